@@ -1,0 +1,153 @@
+//! Per-generation policy configuration read by the kernel programs.
+//!
+//! Reloads are atomic by generation: the daemon writes the new rules (keys carry the new generation
+//! number) and the new [`GenConfig`] into the slot the live generation does not use, then switches
+//! [`Active::generation`] with one map update. A program reads the generation once at its start and
+//! judges the whole request by that generation's config and rules, so no request ever sees a mix of
+//! two policies. The old generation's rules are deleted only after the switch.
+
+use crate::endpoint::{MAX_V4, MAX_V6};
+use crate::rule::field;
+
+/// Largest number of allow rules in one policy.
+pub const MAX_RULES: u32 = 16_384;
+/// Config slots: the live generation and the one being installed.
+pub const GENERATION_SLOTS: u32 = 2;
+/// Lookups a connect to a metadata endpoint may cost: one per rule shape without a cgroup, one per
+/// (shape, cgroup depth) pair for shapes with one. A policy needing more is refused.
+pub const MAX_PROBES: usize = 32;
+
+/// One lookup the programs make: build the key of `shape` from the process's identity, taking the
+/// cgroup ancestor at `level` when the shape has a cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    pub shape: u8,
+    pub level: u8,
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Report connects that match no rule, but let them through.
+    Monitor = 0,
+    /// Refuse connects that match no rule with EPERM, and report them.
+    #[default]
+    Enforce = 1,
+}
+
+impl Mode {
+    #[must_use]
+    pub const fn from_u32(v: u32) -> Self {
+        if v == Mode::Monitor as u32 {
+            Mode::Monitor
+        } else {
+            Mode::Enforce
+        }
+    }
+}
+
+/// The live generation, the single entry of [`crate::maps::ACTIVE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Active {
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+impl Active {
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(&self) -> u32 {
+        self.generation % GENERATION_SLOTS
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenConfig {
+    /// The generation this slot holds; a program that finds another number here fails closed.
+    pub generation: u32,
+    /// [`Mode`] as u32.
+    pub mode: u32,
+    /// Default [`crate::rule::Imdsv1Action`] for processes no rule names.
+    pub default_imdsv1: u32,
+    /// Number of valid entries in `probes`.
+    pub probe_count: u32,
+    /// The lookups that find every rule a process can match (see [`GenConfig::set_probes`]).
+    pub probes: [Probe; MAX_PROBES],
+    pub v4_count: u32,
+    pub v6_count: u32,
+    /// IPv4 endpoints in network byte order, as in `bpf_sock_addr.user_ip4`.
+    pub v4: [u32; MAX_V4],
+    /// IPv6 endpoints as four network-byte-order words, as in `bpf_sock_addr.user_ip6`.
+    pub v6: [[u32; 4]; MAX_V6],
+    /// cgroup v2 id of the cgroup the programs are attached to (for `status`; not read by programs).
+    pub attach_cgroup_id: u64,
+    /// Number of `[[allow]]` tables in the policy (for `status`).
+    pub rule_count: u32,
+    pub _pad1: u32,
+    /// SHA-256 of the policy's canonical form, shown by `status`.
+    pub digest: [u8; 32],
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        GenConfig {
+            generation: 0,
+            mode: Mode::Enforce as u32,
+            default_imdsv1: crate::rule::Imdsv1Action::Log as u32,
+            probe_count: 0,
+            probes: [Probe { shape: 0, level: 0 }; MAX_PROBES],
+            v4_count: 0,
+            v6_count: 0,
+            v4: [0; MAX_V4],
+            v6: [[0; 4]; MAX_V6],
+            attach_cgroup_id: 0,
+            rule_count: 0,
+            _pad1: 0,
+            digest: [0; 32],
+        }
+    }
+}
+
+/// `set_probes` was given more (shape, level) pairs than [`MAX_PROBES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooManyProbes(pub usize);
+
+impl GenConfig {
+    /// Fills `probes` from the distinct rule shapes of a policy and the distinct depths of the
+    /// cgroups its cgroup rules name: shapes without a cgroup need one lookup, shapes with one need
+    /// a lookup per depth. Shapes are taken most specific first; the order does not change verdicts.
+    pub fn set_probes(&mut self, shapes: &[u8], cgroup_levels: &[u8]) -> Result<(), TooManyProbes> {
+        let mut n = 0usize;
+        let mut push = |shape: u8, level: u8, cfg: &mut GenConfig| {
+            if n < MAX_PROBES {
+                cfg.probes[n] = Probe { shape, level };
+            }
+            n += 1;
+        };
+        for bits in (0..=5u32).rev() {
+            for &shape in shapes.iter().filter(|s| s.count_ones() == bits) {
+                if u32::from(shape) & field::CGROUP == 0 {
+                    push(shape, 0, self);
+                } else {
+                    for &level in cgroup_levels {
+                        push(shape, level, self);
+                    }
+                }
+            }
+        }
+        if n > MAX_PROBES {
+            return Err(TooManyProbes(n));
+        }
+        self.probe_count = n as u32;
+        Ok(())
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub fn mode(&self) -> Mode {
+        Mode::from_u32(self.mode)
+    }
+}

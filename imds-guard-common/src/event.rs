@@ -1,0 +1,60 @@
+//! Events the kernel programs write to the ring buffer. Every event starts with a `u32` kind.
+
+use crate::rule::COMM_LEN;
+
+pub mod kind {
+    /// A connect() to a metadata endpoint that matched no allow rule ([`super::ConnectEvent`]).
+    pub const CONNECT_DENIED: u32 = 1;
+}
+
+pub mod flags {
+    /// The connect was refused (enforce mode); otherwise it was let through (monitor mode).
+    pub const ENFORCED: u32 = 1 << 0;
+}
+
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// [`kind::CONNECT_DENIED`].
+    pub kind: u32,
+    /// [`flags`].
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns()` at the connect.
+    pub time_boot_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid (the process id) in the high half, thread id in the low.
+    pub pid_tgid: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    /// Address family of the destination as given: [`AF_INET`], or [`AF_INET6`] (which includes
+    /// IPv4-mapped addresses on an IPv6 socket).
+    pub family: u32,
+    /// Destination port, host byte order.
+    pub port: u32,
+    /// Destination address as given to connect(): the first 4 bytes for IPv4, all 16 for IPv6.
+    pub addr: [u8; 16],
+    /// Policy generation that judged the connect.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+impl ConnectEvent {
+    #[must_use]
+    pub const fn tgid(&self) -> u32 {
+        (self.pid_tgid >> 32) as u32
+    }
+
+    #[must_use]
+    pub const fn tid(&self) -> u32 {
+        self.pid_tgid as u32
+    }
+
+    #[must_use]
+    pub const fn enforced(&self) -> bool {
+        self.flags & flags::ENFORCED != 0
+    }
+}

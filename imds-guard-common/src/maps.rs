@@ -1,0 +1,21 @@
+//! Map names (as pinned under `<pin-dir>/maps/`) and capacities. The kernel object declares the maps
+//! with these names; the daemon, `status` and `unload` find them by the same names.
+
+/// `Array<Active>`, one entry: which generation of the policy is live.
+pub const ACTIVE: &str = "IMDSG_ACTIVE";
+/// `Array<GenConfig>`, [`crate::config::GENERATION_SLOTS`] entries indexed by `generation % slots`.
+pub const CONFIG: &str = "IMDSG_CONFIG";
+/// `HashMap<RuleKey, RuleValue>`: the allow rules of every live generation.
+pub const RULES: &str = "IMDSG_RULES";
+/// `RingBuf` of events (connect_denied, ...).
+pub const EVENTS: &str = "IMDSG_EVENTS";
+/// `PerCpuArray<u64>` of counters, indexed by [`crate::stats::Stat`].
+pub const STATS: &str = "IMDSG_STATS";
+
+/// All maps the daemon pins, in the order `unload` removes them.
+pub const ALL: [&str; 5] = [ACTIVE, CONFIG, RULES, EVENTS, STATS];
+
+/// Room for two full generations of rules (the live one and the one being installed).
+pub const RULES_CAPACITY: u32 = 2 * crate::config::MAX_RULES;
+/// Ring buffer size in bytes (a power of two, a multiple of the page size): ~2,900 connect events.
+pub const EVENTS_BYTES: u32 = 256 * 1024;

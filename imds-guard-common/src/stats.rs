@@ -1,0 +1,43 @@
+//! Kernel-side counters, one `u64` per CPU per [`Stat`], summed by userspace.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// connect() calls to a metadata endpoint that the programs judged.
+    MetadataConnects = 0,
+    /// ...allowed by a rule.
+    Allowed = 1,
+    /// ...refused with EPERM (enforce mode).
+    Denied = 2,
+    /// ...matching no rule but let through because the policy is in monitor mode.
+    Monitored = 3,
+    /// Events that could not be written because the ring buffer was full.
+    EventsDropped = 4,
+    /// Events written to the ring buffer.
+    EventsSent = 5,
+}
+
+pub const STAT_COUNT: u32 = 6;
+
+impl Stat {
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::MetadataConnects,
+        Stat::Allowed,
+        Stat::Denied,
+        Stat::Monitored,
+        Stat::EventsDropped,
+        Stat::EventsSent,
+    ];
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::MetadataConnects => "metadata_connects",
+            Stat::Allowed => "allowed",
+            Stat::Denied => "denied",
+            Stat::Monitored => "monitored",
+            Stat::EventsDropped => "events_dropped",
+            Stat::EventsSent => "events_sent",
+        }
+    }
+}

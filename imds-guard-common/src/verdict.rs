@@ -1,0 +1,352 @@
+//! Policy → verdict: the one place that decides. The kernel program calls these functions with BPF
+//! map lookups and helpers; the daemon (`explain`) and the host unit tests call them with plain data.
+
+use crate::config::{GenConfig, MAX_PROBES, Mode};
+use crate::rule::{Identity, RuleKey, RuleValue, field};
+
+/// Finds the first (lowest `rule_index`) allow rule of `cfg`'s generation that `id` matches.
+///
+/// `ancestor(level)` returns the id of the process's cgroup ancestor at `level` (the cgroup2 root
+/// is level 0, the process's own cgroup is the deepest), or 0 when the process's cgroup is not that
+/// deep; `lookup` looks a key up in the rule map. One lookup per probe, at most [`MAX_PROBES`].
+#[inline(always)]
+pub fn find_rule<A, L>(cfg: &GenConfig, id: &Identity, ancestor: A, lookup: L) -> Option<RuleValue>
+where
+    A: Fn(u32) -> u64,
+    L: Fn(&RuleKey) -> Option<RuleValue>,
+{
+    let mut best: Option<RuleValue> = None;
+    let n = cfg.probe_count as usize;
+    let mut i = 0;
+    while i < MAX_PROBES {
+        if i >= n {
+            break;
+        }
+        let probe = cfg.probes[i];
+        let shape = u32::from(probe.shape);
+        i += 1;
+        let cgroup = if shape & field::CGROUP != 0 {
+            let c = ancestor(u32::from(probe.level));
+            if c == 0 {
+                continue; // the process's cgroup is not that deep
+            }
+            c
+        } else {
+            0
+        };
+        if let Some(v) = lookup(&RuleKey::probe(cfg.generation, shape, id, cgroup)) {
+            match best {
+                Some(b) if b.rule_index <= v.rule_index => {}
+                _ => best = Some(v),
+            }
+        }
+    }
+    best
+}
+
+/// What to do with a connect() to a metadata endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectVerdict {
+    /// A rule allows it.
+    Allow,
+    /// No rule allows it and the policy enforces: refuse with EPERM and report.
+    Deny,
+    /// No rule allows it but the policy only monitors: let it through and report.
+    AllowAndReport,
+}
+
+impl ConnectVerdict {
+    /// The return value of a `cgroup/connect*` program: 1 lets the connect proceed, 0 fails it
+    /// with EPERM.
+    #[inline(always)]
+    #[must_use]
+    pub const fn retval(self) -> i32 {
+        match self {
+            ConnectVerdict::Allow | ConnectVerdict::AllowAndReport => 1,
+            ConnectVerdict::Deny => 0,
+        }
+    }
+}
+
+#[inline(always)]
+#[must_use]
+pub const fn connect_verdict(mode: Mode, matched: Option<RuleValue>) -> ConnectVerdict {
+    match (matched, mode) {
+        (Some(_), _) => ConnectVerdict::Allow,
+        (None, Mode::Enforce) => ConnectVerdict::Deny,
+        (None, Mode::Monitor) => ConnectVerdict::AllowAndReport,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::collections::HashMap;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::rule::Imdsv1Action;
+
+    /// A policy under construction, stored the way the daemon stores it in the kernel.
+    struct Table {
+        cfg: GenConfig,
+        rules: HashMap<RuleKey, RuleValue>,
+        shapes: Vec<u8>,
+        levels: Vec<u8>,
+    }
+
+    impl Table {
+        fn new(generation: u32) -> Self {
+            Table {
+                cfg: GenConfig {
+                    generation,
+                    ..GenConfig::default()
+                },
+                rules: HashMap::new(),
+                shapes: Vec::new(),
+                levels: Vec::new(),
+            }
+        }
+
+        fn rule(mut self, index: u32, key: RuleKey, cgroup_level: Option<u8>) -> Self {
+            let key = RuleKey {
+                generation: self.cfg.generation,
+                ..key
+            };
+            let shape = key.shape as u8;
+            if !self.shapes.contains(&shape) {
+                self.shapes.push(shape);
+            }
+            if let Some(level) = cgroup_level
+                && !self.levels.contains(&level)
+            {
+                self.levels.push(level);
+            }
+            self.cfg.set_probes(&self.shapes, &self.levels).unwrap();
+            self.rules.entry(key).or_insert(RuleValue {
+                rule_index: index,
+                imdsv1: Imdsv1Action::Log as u32,
+            });
+            self
+        }
+
+        fn find(&self, id: &Identity, ancestry: &[u64]) -> Option<u32> {
+            find_rule(
+                &self.cfg,
+                id,
+                |level| ancestry.get(level as usize).copied().unwrap_or(0),
+                |k| self.rules.get(k).copied(),
+            )
+            .map(|v| v.rule_index)
+        }
+    }
+
+    fn uid(uid: u32) -> RuleKey {
+        RuleKey {
+            shape: field::UID,
+            uid,
+            ..RuleKey::default()
+        }
+    }
+
+    fn gid(gid: u32) -> RuleKey {
+        RuleKey {
+            shape: field::GID,
+            gid,
+            ..RuleKey::default()
+        }
+    }
+
+    fn who(uid: u32, gid: u32) -> Identity {
+        Identity {
+            uid,
+            gid,
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn empty_policy_matches_nobody() {
+        let t = Table::new(1);
+        assert_eq!(t.find(&who(0, 0), &[1]), None);
+        assert_eq!(connect_verdict(Mode::Enforce, None), ConnectVerdict::Deny);
+        assert_eq!(
+            connect_verdict(Mode::Monitor, None),
+            ConnectVerdict::AllowAndReport
+        );
+    }
+
+    #[test]
+    fn uid_rule_matches_only_that_uid() {
+        let t = Table::new(1).rule(0, uid(0), None);
+        assert_eq!(t.find(&who(0, 5), &[1]), Some(0));
+        assert_eq!(t.find(&who(1000, 0), &[1]), None);
+    }
+
+    #[test]
+    fn tables_are_alternatives() {
+        let t = Table::new(3).rule(0, uid(0), None).rule(1, gid(42), None);
+        assert_eq!(t.find(&who(0, 0), &[1]), Some(0));
+        assert_eq!(t.find(&who(7, 42), &[1]), Some(1));
+        assert_eq!(t.find(&who(7, 43), &[1]), None);
+    }
+
+    #[test]
+    fn keys_in_one_table_all_must_match() {
+        let both = RuleKey {
+            shape: field::UID | field::GID,
+            uid: 7,
+            gid: 42,
+            ..RuleKey::default()
+        };
+        let t = Table::new(1).rule(0, both, None);
+        assert_eq!(t.find(&who(7, 42), &[1]), Some(0));
+        assert_eq!(t.find(&who(7, 41), &[1]), None);
+        assert_eq!(t.find(&who(8, 42), &[1]), None);
+    }
+
+    #[test]
+    fn first_matching_table_wins() {
+        let t = Table::new(1).rule(0, gid(42), None).rule(1, uid(7), None);
+        assert_eq!(t.find(&who(7, 42), &[1]), Some(0));
+        let t = Table::new(1).rule(0, uid(7), None).rule(1, gid(42), None);
+        assert_eq!(t.find(&who(7, 42), &[1]), Some(0));
+    }
+
+    #[test]
+    fn cgroup_rule_covers_descendants_only() {
+        // root(1) / system.slice(10) / ssm.service(100) / child(1000)
+        let cg = RuleKey {
+            shape: field::CGROUP,
+            cgroup_id: 100,
+            ..RuleKey::default()
+        };
+        let t = Table::new(1).rule(0, cg, Some(2));
+        assert_eq!(t.find(&who(0, 0), &[1, 10, 100]), Some(0));
+        assert_eq!(t.find(&who(0, 0), &[1, 10, 100, 1000]), Some(0));
+        assert_eq!(t.find(&who(0, 0), &[1, 10]), None, "parent is not covered");
+        assert_eq!(
+            t.find(&who(0, 0), &[1, 10, 101]),
+            None,
+            "sibling is not covered"
+        );
+    }
+
+    #[test]
+    fn cgroup_and_uid_combine() {
+        let k = RuleKey {
+            shape: field::CGROUP | field::UID,
+            cgroup_id: 100,
+            uid: 0,
+            ..RuleKey::default()
+        };
+        let t = Table::new(1).rule(0, k, Some(2));
+        assert_eq!(t.find(&who(0, 0), &[1, 10, 100]), Some(0));
+        assert_eq!(t.find(&who(1, 0), &[1, 10, 100]), None);
+    }
+
+    #[test]
+    fn other_generations_are_invisible() {
+        let mut t = Table::new(1).rule(0, uid(0), None);
+        t.cfg.generation = 2;
+        assert_eq!(t.find(&who(0, 0), &[1]), None);
+    }
+
+    #[test]
+    fn exe_and_comm_rules() {
+        let exe = RuleKey {
+            shape: field::EXE,
+            exe_dev: 8,
+            exe_ino: 1234,
+            ..RuleKey::default()
+        };
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"aws");
+        let comm = crate::rule::comm_words(&comm);
+        let c = RuleKey {
+            shape: field::COMM,
+            comm,
+            ..RuleKey::default()
+        };
+        let t = Table::new(1).rule(0, exe, None).rule(1, c, None);
+        let mut id = Identity {
+            exe_dev: 8,
+            exe_ino: 1234,
+            ..Identity::default()
+        };
+        assert_eq!(t.find(&id, &[1]), Some(0));
+        id.exe_ino = 1235;
+        assert_eq!(t.find(&id, &[1]), None);
+        id.comm = comm;
+        assert_eq!(t.find(&id, &[1]), Some(1));
+    }
+
+    #[test]
+    fn probes_cover_shapes_and_levels_and_are_bounded() {
+        let mut cfg = GenConfig::default();
+        let cg = field::CGROUP as u8;
+        let uid = field::UID as u8;
+        cfg.set_probes(&[uid, cg, cg | uid], &[2, 4]).unwrap();
+        assert_eq!(cfg.probe_count, 5);
+        // Most specific first.
+        assert_eq!(cfg.probes[0].shape, cg | uid);
+        let all: Vec<u8> = (0..32).collect();
+        assert!(cfg.set_probes(&all, &[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn cgroup_rules_at_two_depths() {
+        let a = RuleKey {
+            shape: field::CGROUP,
+            cgroup_id: 10,
+            ..RuleKey::default()
+        };
+        let b = RuleKey {
+            shape: field::CGROUP,
+            cgroup_id: 1000,
+            ..RuleKey::default()
+        };
+        let t = Table::new(1).rule(0, b, Some(3)).rule(1, a, Some(1));
+        assert_eq!(t.find(&who(0, 0), &[1, 10, 100, 1000]), Some(0));
+        assert_eq!(t.find(&who(0, 0), &[1, 10, 100]), Some(1));
+        assert_eq!(t.find(&who(0, 0), &[1, 11]), None);
+    }
+
+    #[test]
+    fn endpoints_v4_v6_and_mapped() {
+        let mut cfg = GenConfig::default();
+        let v4 = u32::from_ne_bytes([169, 254, 169, 254]);
+        cfg.v4[0] = v4;
+        cfg.v4_count = 1;
+        let v6: [u8; 16] = [
+            0xfd, 0, 0, 0xec, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
+        ];
+        cfg.v6[0] = words(v6);
+        cfg.v6_count = 1;
+        assert!(cfg.is_endpoint_v4(v4));
+        assert!(!cfg.is_endpoint_v4(u32::from_ne_bytes([169, 254, 169, 253])));
+        assert!(cfg.is_endpoint_v6(words(v6)));
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[169, 254, 169, 254]);
+        assert!(cfg.is_endpoint_v6(words(mapped)));
+        mapped[15] = 1;
+        assert!(!cfg.is_endpoint_v6(words(mapped)));
+        // ::169.254.169.254 (IPv4-compatible, not mapped) is a different, unroutable address.
+        let mut compat = [0u8; 16];
+        compat[12..].copy_from_slice(&[169, 254, 169, 254]);
+        assert!(!cfg.is_endpoint_v6(words(compat)));
+        // Entries past the count are ignored.
+        cfg.v4_count = 0;
+        assert!(!cfg.is_endpoint_v4(v4));
+    }
+
+    fn words(b: [u8; 16]) -> [u32; 4] {
+        let w: Vec<u32> = b
+            .chunks(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        [w[0], w[1], w[2], w[3]]
+    }
+}

@@ -1,0 +1,148 @@
+//! `cgroup/connect4` and `cgroup/connect6`.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
+        },
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use imds_guard_common::{
+    config::GenConfig,
+    event::{AF_INET, AF_INET6, ConnectEvent, flags, kind},
+    rule::{Identity, comm_words},
+    stats::Stat,
+    verdict::{ConnectVerdict, connect_verdict, find_rule},
+};
+
+use crate::maps::{EVENTS, RULES, count, live_config};
+
+/// Lets the connect through: not a metadata endpoint, or no policy loaded.
+const PASS: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn imdsg_connect4(ctx: SockAddrContext) -> i32 {
+    let Some(cfg) = live_config() else {
+        return PASS;
+    };
+    // SAFETY: the context of a cgroup/connect4 program is a bpf_sock_addr.
+    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+    if !cfg.is_endpoint_v4(ip) {
+        return PASS;
+    }
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip.to_ne_bytes());
+    judge(&ctx, cfg, AF_INET, port, addr)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
+    let Some(cfg) = live_config() else {
+        return PASS;
+    };
+    // SAFETY: the context of a cgroup/connect6 program is a bpf_sock_addr. The verifier allows
+    // user_ip6 only as 32-bit loads, one word at a time.
+    let ip = unsafe {
+        let sa = ctx.sock_addr;
+        [
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+        ]
+    };
+    if !cfg.is_endpoint_v6(ip) {
+        return PASS;
+    }
+    // SAFETY: as above.
+    let port = unsafe { (*ctx.sock_addr).user_port };
+    let mut addr = [0u8; 16];
+    addr[0..4].copy_from_slice(&ip[0].to_ne_bytes());
+    addr[4..8].copy_from_slice(&ip[1].to_ne_bytes());
+    addr[8..12].copy_from_slice(&ip[2].to_ne_bytes());
+    addr[12..16].copy_from_slice(&ip[3].to_ne_bytes());
+    judge(&ctx, cfg, AF_INET6, port, addr)
+}
+
+/// A connect to a metadata endpoint: find the rule, decide, count, report.
+#[inline(always)]
+fn judge(_ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [u8; 16]) -> i32 {
+    count(Stat::MetadataConnects);
+    let uid_gid = bpf_get_current_uid_gid();
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    let id = Identity {
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        exe_dev: 0,
+        exe_ino: 0,
+        comm: comm_words(&comm),
+    };
+    let matched = find_rule(
+        cfg,
+        &id,
+        // SAFETY: plain helper call; returns 0 past the process's own cgroup depth.
+        |level| unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) },
+        // SAFETY: the value is copied out before the reference can go stale.
+        |key| unsafe { RULES.get(key).copied() },
+    );
+    let verdict = connect_verdict(cfg.mode(), matched);
+    match verdict {
+        ConnectVerdict::Allow => count(Stat::Allowed),
+        ConnectVerdict::Deny | ConnectVerdict::AllowAndReport => {
+            count(if verdict == ConnectVerdict::Deny {
+                Stat::Denied
+            } else {
+                Stat::Monitored
+            });
+            report(
+                cfg,
+                &id,
+                comm,
+                verdict == ConnectVerdict::Deny,
+                family,
+                port,
+                addr,
+            );
+        }
+    }
+    verdict.retval()
+}
+
+#[inline(always)]
+fn report(
+    cfg: &GenConfig,
+    id: &Identity,
+    comm: [u8; 16],
+    enforced: bool,
+    family: u32,
+    port: u32,
+    addr: [u8; 16],
+) {
+    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
+        count(Stat::EventsDropped);
+        return;
+    };
+    // SAFETY: plain helper calls.
+    let (time_boot_ns, cgroup_id) =
+        unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    entry.write(ConnectEvent {
+        kind: kind::CONNECT_DENIED,
+        flags: if enforced { flags::ENFORCED } else { 0 },
+        time_boot_ns,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        uid: id.uid,
+        gid: id.gid,
+        cgroup_id,
+        comm,
+        family,
+        port: u32::from(u16::from_be(port as u16)),
+        addr,
+        generation: cfg.generation,
+        _pad: 0,
+    });
+    entry.submit(0);
+    count(Stat::EventsSent);
+}

@@ -1,0 +1,21 @@
+//! imds-guard's kernel programs.
+//!
+//! `cgroup/connect4` and `cgroup/connect6` run on every connect() in the cgroup they are attached
+//! to. Each first asks whether the destination is a metadata endpoint (a few compares against the
+//! live config) and returns at once if not; only metadata connects look up the rules, count, and
+//! report. The decision itself is `imds_guard_common::verdict`, shared with userspace.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

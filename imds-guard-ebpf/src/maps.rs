@@ -1,0 +1,42 @@
+//! The maps, pinned by name so that enforcement and its state outlive the daemon.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use imds_guard_common::{
+    config::{Active, GENERATION_SLOTS, GenConfig},
+    maps::{EVENTS_BYTES, RULES_CAPACITY},
+    rule::{RuleKey, RuleValue},
+    stats::{STAT_COUNT, Stat},
+};
+
+#[map(name = "IMDSG_ACTIVE")]
+pub static ACTIVE: Array<Active> = Array::pinned(1, 0);
+
+#[map(name = "IMDSG_CONFIG")]
+pub static CONFIG: Array<GenConfig> = Array::pinned(GENERATION_SLOTS, 0);
+
+#[map(name = "IMDSG_RULES")]
+pub static RULES: HashMap<RuleKey, RuleValue> = HashMap::pinned(RULES_CAPACITY, 0);
+
+#[map(name = "IMDSG_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "IMDSG_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+/// The live generation's config.
+#[inline(always)]
+pub fn live_config() -> Option<&'static GenConfig> {
+    let active = ACTIVE.get(0)?;
+    CONFIG.get(active.slot())
+}
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(c) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot; programs on one CPU do not run concurrently with each other here.
+        unsafe { *c += 1 };
+    }
+}

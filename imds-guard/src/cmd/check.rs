@@ -1,0 +1,40 @@
+use crate::{cli::CheckArgs, config::Source, policy::Policy};
+
+pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let source = Source::read(&args.config)?;
+    let policy = Policy::from_source(&source)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&policy)?);
+        return Ok(());
+    }
+    println!("{}: ok", source.name);
+    println!("  mode: {}", crate::policy::mode_name(policy.mode));
+    let eps: Vec<String> = policy
+        .endpoints
+        .v4
+        .iter()
+        .map(ToString::to_string)
+        .chain(policy.endpoints.v6.iter().map(ToString::to_string))
+        .collect();
+    println!(
+        "  endpoints: {} (any port; IPv4 also as ::ffff:a.b.c.d)",
+        eps.join(", ")
+    );
+    if policy.rules.is_empty() {
+        println!("  no [[allow]] rules: every process is denied");
+    }
+    for r in &policy.rules {
+        let dup = r
+            .duplicate_of
+            .map(|i| format!(" (duplicate of allow[{i}], ignored)"))
+            .unwrap_or_default();
+        println!(
+            "  {} (line {}): {}{dup}",
+            r.name,
+            r.line,
+            r.resolved.join(" and ")
+        );
+    }
+    println!("  digest: {}", policy.digest);
+    Ok(())
+}

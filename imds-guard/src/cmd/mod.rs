@@ -1,0 +1,5 @@
+//! One file per subcommand.
+pub mod check;
+pub mod run;
+pub mod status;
+pub mod unload;

@@ -1,0 +1,238 @@
+//! Kernel events → enriched, structured [`Event`]s (one JSON object per line on stdout).
+//!
+//! What the kernel cannot know cheaply (the executable's path, the cgroup's path, the user's name)
+//! is added here from /proc and the cgroup filesystem while the process most likely still exists.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use imds_guard_common::event::{AF_INET, ConnectEvent, kind};
+use serde::Serialize;
+
+/// Version of the event schema (docs/EVENTS.md).
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Event {
+    pub schema: u32,
+    pub event: &'static str,
+    /// True when the connect was refused; false in monitor mode (let through, reported).
+    pub enforced: bool,
+    pub time: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub comm: String,
+    /// The running executable (`/proc/<pid>/exe`), when the process still exists.
+    pub exe: Option<String>,
+    /// The process's cgroup, relative to the cgroup2 root.
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    pub dst: String,
+    pub port: u16,
+    pub family: &'static str,
+    pub generation: u32,
+}
+
+/// Decodes and enriches kernel events, caching what does not change.
+pub struct Enricher {
+    cgroup_root: PathBuf,
+    cgroups: HashMap<u64, String>,
+    users: HashMap<u32, Option<String>>,
+}
+
+impl Enricher {
+    #[must_use]
+    pub fn new(cgroup_root: PathBuf) -> Self {
+        Enricher {
+            cgroup_root,
+            cgroups: HashMap::new(),
+            users: HashMap::new(),
+        }
+    }
+
+    /// Decodes one ring buffer record; `None` for a record of an unknown kind or size.
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
+        let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+        if kind != kind::CONNECT_DENIED || bytes.len() < size_of::<ConnectEvent>() {
+            return None;
+        }
+        // SAFETY: ConnectEvent is repr(C) plain data and the record is at least that long.
+        let ev: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Some(self.connect(&ev))
+    }
+
+    fn connect(&mut self, ev: &ConnectEvent) -> Event {
+        let pid = ev.tgid();
+        let (dst, family) = if ev.family == AF_INET {
+            let a: [u8; 4] = ev.addr[..4].try_into().expect("4 bytes");
+            (Ipv4Addr::from(a).to_string(), "ipv4")
+        } else {
+            (Ipv6Addr::from(ev.addr).to_string(), "ipv6")
+        };
+        Event {
+            schema: SCHEMA_VERSION,
+            event: "connect_denied",
+            enforced: ev.enforced(),
+            time: wall_time(ev.time_boot_ns),
+            pid,
+            tid: ev.tid(),
+            uid: ev.uid,
+            gid: ev.gid,
+            user: self.user(ev.uid),
+            comm: cstr(&ev.comm),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|p| p.display().to_string()),
+            cgroup: self.cgroup(pid, ev.cgroup_id),
+            cgroup_id: ev.cgroup_id,
+            dst,
+            port: u16::try_from(ev.port).unwrap_or(0),
+            family,
+            generation: ev.generation,
+        }
+    }
+
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+
+    /// The cgroup path of `id`: from /proc/<pid>/cgroup when the process is still there and still in
+    /// that cgroup, else by finding the directory with that inode under the cgroup2 root.
+    fn cgroup(&mut self, pid: u32, id: u64) -> Option<String> {
+        if let Some(p) = self.cgroups.get(&id) {
+            return Some(p.clone());
+        }
+        let from_proc = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            })
+            .filter(|p| {
+                crate::env::cgroup_id(&self.cgroup_root.join(p.trim_start_matches('/'))).ok()
+                    == Some(id)
+            });
+        let path = from_proc.or_else(|| find_cgroup(&self.cgroup_root, id))?;
+        if self.cgroups.len() > 4096 {
+            self.cgroups.clear();
+        }
+        self.cgroups.insert(id, path.clone());
+        Some(path)
+    }
+}
+
+fn find_cgroup(root: &Path, id: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut stack = vec![root.to_owned()];
+    let mut budget = 20_000;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            budget -= 1;
+            if budget == 0 {
+                return None;
+            }
+            let Ok(md) = entry.metadata() else { continue };
+            if md.is_dir() {
+                if md.ino() == id {
+                    let rel = entry.path().strip_prefix(root).ok()?.display().to_string();
+                    return Some(format!("/{rel}"));
+                }
+                stack.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Converts a `bpf_ktime_get_boot_ns()` stamp to RFC 3339 wall-clock time.
+fn wall_time(boot_ns: u64) -> String {
+    let now_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| {
+            Duration::new(
+                t.tv_sec().cast_unsigned(),
+                u32::try_from(t.tv_nsec()).unwrap_or(0),
+            )
+        })
+        .unwrap_or_default();
+    let age = now_boot.saturating_sub(Duration::from_nanos(boot_ns));
+    let at = SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or_else(SystemTime::now);
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imds_guard_common::event::{AF_INET6, flags};
+
+    fn raw(ev: &ConnectEvent) -> Vec<u8> {
+        // SAFETY: plain repr(C) data.
+        unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(ev).cast::<u8>(),
+                size_of::<ConnectEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_v4_and_mapped_events() {
+        let mut en = Enricher::new(PathBuf::from("/nonexistent"));
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let mut ev = ConnectEvent {
+            kind: kind::CONNECT_DENIED,
+            flags: flags::ENFORCED,
+            pid_tgid: (4_000_000u64 << 32) | 4_000_001,
+            uid: 0,
+            comm,
+            family: AF_INET,
+            port: 80,
+            ..ConnectEvent::default()
+        };
+        ev.addr[..4].copy_from_slice(&[169, 254, 169, 254]);
+        let e = en.decode(&raw(&ev)).unwrap();
+        assert_eq!((e.pid, e.tid, e.port), (4_000_000, 4_000_001, 80));
+        assert_eq!(e.dst, "169.254.169.254");
+        assert_eq!(e.comm, "curl");
+        assert_eq!(e.user.as_deref(), Some("root"));
+        assert!(e.enforced);
+        assert!(e.exe.is_none(), "no such process");
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12..].copy_from_slice(&[169, 254, 169, 254]);
+        ev.family = AF_INET6;
+        ev.addr = mapped;
+        ev.flags = 0;
+        let e = en.decode(&raw(&ev)).unwrap();
+        assert_eq!(e.dst, "::ffff:169.254.169.254");
+        assert!(!e.enforced);
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"event\":\"connect_denied\""), "{json}");
+        assert!(en.decode(&[9, 0, 0, 0]).is_none());
+        assert!(en.decode(&raw(&ev)[..20]).is_none());
+    }
+}

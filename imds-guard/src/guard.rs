@@ -1,0 +1,236 @@
+//! The one owner of the loaded kernel programs and maps.
+//!
+//! Layout of the pin directory (on a bpffs):
+//!   maps/IMDSG_*      the maps, pinned by name (reused by the next daemon: state survives)
+//!   links/connect4    the bpf_link attaching `imdsg_connect4` to the cgroup
+//!   links/connect6    the bpf_link attaching `imdsg_connect6`
+//! The links keep the programs attached after the daemon exits; only `unload` removes them. A new
+//! daemon that finds the links replaces their programs in place (BPF_LINK_UPDATE): there is no
+//! instant with no program attached.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr,
+        cgroup_sock_addr::CgroupSockAddrLink,
+        links::{FdLink, PinnedLink},
+    },
+};
+use imds_guard_common::{
+    config::{Active, GenConfig},
+    maps,
+    rule::{RuleKey, RuleValue},
+};
+
+use crate::{policy::Policy, rcu::RcuBarrier};
+
+/// The eBPF object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
+
+/// (program name in the object, link pin name).
+pub const PROGRAMS: [(&str, &str); 2] = [
+    ("imdsg_connect4", "connect4"),
+    ("imdsg_connect6", "connect6"),
+];
+
+/// How the programs came to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attachment {
+    /// Newly attached to the cgroup.
+    Attached,
+    /// Found pinned from an earlier daemon; its program was replaced in place.
+    Adopted,
+}
+
+pub struct Guard {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    cgroup_id: u64,
+    barrier: RcuBarrier,
+    generation: u32,
+}
+
+#[must_use]
+pub fn link_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("links").join(name)
+}
+
+#[must_use]
+pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+impl Guard {
+    /// Loads the programs (reusing pinned maps), installs `policy`, then attaches — or, when an
+    /// earlier daemon's links are pinned, swaps the new programs into them atomically. The policy
+    /// is live in the maps before any program can run, so there is no unconfigured instant.
+    pub fn start(
+        pin_dir: &Path,
+        cgroup: &Path,
+        policy: &Policy,
+    ) -> anyhow::Result<(Self, Attachment)> {
+        let cgroup_id = crate::env::cgroup_id(cgroup)?;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir.join("maps"))
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow!(e))
+            .context(
+                "loading the eBPF programs failed (the maps pinned in the pin directory may be \
+                 from an incompatible version: `imds-guard unload` removes them)",
+            )?;
+        let barrier = RcuBarrier::new().context("creating the RCU barrier map")?;
+        let mut guard = Guard {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            cgroup_id,
+            barrier,
+            generation: 0,
+        };
+        guard.apply(policy).context("installing the policy")?;
+
+        let links: Vec<_> = PROGRAMS.iter().map(|(_, l)| link_pin(pin_dir, l)).collect();
+        let present = links.iter().filter(|p| p.exists()).count();
+        let attachment = match present {
+            0 => Attachment::Attached,
+            n if n == links.len() => Attachment::Adopted,
+            _ => bail!(
+                "{} holds only some of imds-guard's links; run `imds-guard unload --pin-dir {}` and start again",
+                pin_dir.display(),
+                pin_dir.display()
+            ),
+        };
+        let cgroup_file =
+            File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for ((prog_name, _), link_path) in PROGRAMS.iter().zip(&links) {
+            let prog: &mut CgroupSockAddr = guard
+                .ebpf
+                .program_mut(prog_name)
+                .with_context(|| format!("program {prog_name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading {prog_name} (verifier)"))?;
+            match attachment {
+                Attachment::Adopted => {
+                    let pinned = PinnedLink::from_pin(link_path)
+                        .with_context(|| format!("opening {}", link_path.display()))?;
+                    let link = CgroupSockAddrLink::try_from(FdLink::from(pinned))
+                        .with_context(|| format!("{} is not a cgroup link", link_path.display()))?;
+                    prog.attach_to_link(link).with_context(|| {
+                        format!("replacing the program of {}", link_path.display())
+                    })?;
+                }
+                Attachment::Attached => {
+                    // A cgroup bpf_link always coexists with other programs (links are multi-attach
+                    // by nature) and the kernel refuses any attach flag on link creation, so
+                    // `Single` (no flag) is what asks for a link here.
+                    let id = prog
+                        .attach(&cgroup_file, CgroupAttachMode::Single)
+                        .with_context(|| {
+                            format!("attaching {prog_name} to {}", cgroup.display())
+                        })?;
+                    let link: FdLink = prog.take_link(id)?.try_into()?;
+                    link.pin(link_path)
+                        .map_err(|e| anyhow!("{e}"))
+                        .with_context(|| format!("pinning {}", link_path.display()))?;
+                }
+            }
+        }
+        Ok((guard, attachment))
+    }
+
+    #[must_use]
+    pub const fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    #[must_use]
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Installs `policy` as a new generation and switches to it atomically. On error the live
+    /// generation is untouched (whatever was written for the new one is removed).
+    pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<u32> {
+        let [active, config, rules] =
+            self.ebpf
+                .maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES]);
+        let mut active: Array<_, Active> = Array::try_from(active.context("ACTIVE map")?)?;
+        let mut config: Array<_, GenConfig> = Array::try_from(config.context("CONFIG map")?)?;
+        let mut rules: HashMap<_, RuleKey, RuleValue> =
+            HashMap::try_from(rules.context("RULES map")?)?;
+
+        let live = active.get(&0, 0)?.generation;
+        let next = match live.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        let (mut cfg, entries) = policy.kernel_tables(next);
+        cfg.attach_cgroup_id = self.cgroup_id;
+        cfg.rule_count = u32::try_from(policy.rules.len()).unwrap_or(u32::MAX);
+
+        // Leftovers of an interrupted earlier attempt at `next` would be enforced with it.
+        remove_where(&mut rules, |k| k.generation == next)?;
+        for (k, v) in &entries {
+            if let Err(e) = rules.insert(k, v, 0) {
+                remove_where(&mut rules, |k| k.generation == next)?;
+                return Err(anyhow!(e).context(format!(
+                    "writing {} rules (the map holds {}); the previous policy stays enforced",
+                    entries.len(),
+                    maps::RULES_CAPACITY
+                )));
+            }
+        }
+        config.set(next % imds_guard_common::config::GENERATION_SLOTS, &cfg, 0)?;
+        // The switch: one 8-byte map update.
+        active.set(
+            0,
+            &Active {
+                generation: next,
+                _pad: 0,
+            },
+            0,
+        )?;
+        // Programs that read the old generation have all returned after this.
+        self.barrier
+            .wait()
+            .context("waiting for running programs (RCU barrier)")?;
+        remove_where(&mut rules, |k| k.generation != next)?;
+        self.generation = next;
+        Ok(next)
+    }
+
+    /// The ring buffer of events, for the event reader task.
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<aya::maps::MapData>> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+}
+
+fn remove_where(
+    rules: &mut HashMap<&mut MapData, RuleKey, RuleValue>,
+    pred: impl Fn(&RuleKey) -> bool,
+) -> anyhow::Result<()> {
+    let stale: Vec<RuleKey> = rules
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| pred(k))
+        .collect();
+    for k in stale {
+        match rules.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

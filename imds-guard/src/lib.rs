@@ -1,0 +1,17 @@
+//! imds-guard: a host firewall for the cloud instance metadata service.
+//!
+//! The path a request takes: policy file → [`config`] (parse) → [`policy`] (validate, resolve) →
+//! kernel maps ([`guard`]) → kernel verdict (`imds_guard_common::verdict`) → ring buffer →
+//! [`events`] (enrich, report).
+
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod endpoints;
+pub mod env;
+pub mod events;
+pub mod guard;
+pub mod logging;
+pub mod pinned;
+pub mod policy;
+mod rcu;

@@ -1,0 +1,23 @@
+use clap::Parser as _;
+use imds_guard::{
+    cli::{Cli, Command},
+    cmd, logging,
+};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log);
+    let result = match &cli.command {
+        Command::Run(a) => cmd::run::run(a),
+        Command::Check(a) => cmd::check::check(a),
+        Command::Status(a) => cmd::status::status(a),
+        Command::Unload(a) => cmd::unload::unload(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imds-guard: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Read-only view of what a pin directory enforces, for `status` and `unload`; works whether or not
+//! a daemon is running.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use imds_guard_common::{
+    config::{Active, GENERATION_SLOTS, GenConfig, Mode},
+    maps,
+    rule::{RuleKey, RuleValue},
+    stats::Stat,
+};
+use serde::Serialize;
+
+use crate::guard::{PROGRAMS, link_pin, map_pin};
+
+fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = map_pin(pin_dir, name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: PathBuf,
+    /// Link pins present (each one keeps a program attached).
+    pub links: Vec<String>,
+    pub enforcing: bool,
+    pub generation: u32,
+    pub mode: &'static str,
+    pub endpoints: Vec<String>,
+    pub rules: u32,
+    pub rule_entries: usize,
+    pub policy_digest: String,
+    pub cgroup_id: u64,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
+    let links: Vec<String> = PROGRAMS
+        .iter()
+        .filter(|(_, l)| link_pin(pin_dir, l).exists())
+        .map(|(_, l)| (*l).to_owned())
+        .collect();
+    if links.is_empty() && !map_pin(pin_dir, maps::ACTIVE).exists() {
+        anyhow::bail!(
+            "nothing is pinned in {}: imds-guard is not enforcing there",
+            pin_dir.display()
+        );
+    }
+    let active: Array<_, Active> = Array::try_from(open(pin_dir, maps::ACTIVE)?)?;
+    let active = active.get(&0, 0)?;
+    let config: Array<_, GenConfig> = Array::try_from(open(pin_dir, maps::CONFIG)?)?;
+    let cfg = config.get(&(active.generation % GENERATION_SLOTS), 0)?;
+    let rules: HashMap<_, RuleKey, RuleValue> = HashMap::try_from(open(pin_dir, maps::RULES)?)?;
+    let rule_entries = rules
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.generation == active.generation)
+        .count();
+    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(open(pin_dir, maps::STATS)?)?;
+    let mut counters = std::collections::BTreeMap::new();
+    for s in Stat::ALL {
+        let v = stats.get(&(s as u32), 0)?;
+        counters.insert(s.name(), v.iter().sum());
+    }
+    let mut endpoints: Vec<String> = cfg.v4[..cfg.v4_count as usize]
+        .iter()
+        .map(|w| std::net::Ipv4Addr::from(w.to_ne_bytes()).to_string())
+        .collect();
+    for w in &cfg.v6[..cfg.v6_count as usize] {
+        let mut b = [0u8; 16];
+        for (i, x) in w.iter().enumerate() {
+            b[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes());
+        }
+        endpoints.push(std::net::Ipv6Addr::from(b).to_string());
+    }
+    Ok(Status {
+        pin_dir: pin_dir.to_owned(),
+        enforcing: links.len() == PROGRAMS.len()
+            && cfg.generation == active.generation
+            && active.generation != 0,
+        links,
+        generation: active.generation,
+        mode: crate::policy::mode_name(Mode::from_u32(cfg.mode)),
+        endpoints,
+        rules: cfg.rule_count,
+        rule_entries,
+        policy_digest: cfg.digest.iter().map(|b| format!("{b:02x}")).collect(),
+        cgroup_id: cfg.attach_cgroup_id,
+        counters,
+    })
+}
+
+/// Detaches the programs (by removing the link pins, the last references to the links) and removes
+/// the map pins and directories. Returns what was removed.
+pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for (_, l) in PROGRAMS {
+        let p = link_pin(pin_dir, l);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(format!("link {} (program detached)", p.display()));
+        }
+    }
+    for name in maps::ALL {
+        let p = map_pin(pin_dir, name);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(format!("map {}", p.display()));
+        }
+    }
+    for d in [
+        pin_dir.join("links"),
+        pin_dir.join("maps"),
+        pin_dir.to_owned(),
+    ] {
+        if d.exists() {
+            std::fs::remove_dir(&d).with_context(|| {
+                format!(
+                    "removing {} (it holds pins imds-guard did not make)",
+                    d.display()
+                )
+            })?;
+        }
+    }
+    Ok(removed)
+}

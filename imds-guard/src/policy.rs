@@ -1,0 +1,414 @@
+//! Validated, resolved policy: user and group names become ids, endpoint presets become addresses,
+//! and the rules become the kernel's rule keys (see `imds_guard_common::rule`).
+
+use std::collections::BTreeMap;
+
+use imds_guard_common::{
+    config::{GenConfig, MAX_RULES, Mode},
+    rule::{Imdsv1Action, RuleKey, RuleValue, field},
+};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use toml::Spanned;
+
+use crate::{
+    config::{AllowTable, ConfigError, PolicyFile, Source},
+    endpoints::{self, Endpoints},
+};
+
+/// A policy ready to be installed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Policy {
+    pub source: String,
+    #[serde(serialize_with = "ser_mode")]
+    pub mode: Mode,
+    pub endpoints: Endpoints,
+    pub rules: Vec<Rule>,
+    /// Hex SHA-256 of the resolved policy (what the kernel enforces), shown by `status`.
+    pub digest: String,
+}
+
+/// One `[[allow]]` table, resolved.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rule {
+    /// 0-based position among the `[[allow]]` tables.
+    pub index: u32,
+    /// `name = ...`, or `allow[<index>]`.
+    pub name: String,
+    /// Line of the table in the policy file.
+    pub line: usize,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// What the rule's keys were written as (e.g. `user "ssm-user" = uid 1001`).
+    pub resolved: Vec<String>,
+    /// A later table that is identical to this one (kept for `check` to point out).
+    #[serde(skip)]
+    pub duplicate_of: Option<u32>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn ser_mode<S: serde::Serializer>(m: &Mode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(mode_name(*m))
+}
+
+#[must_use]
+pub const fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Enforce => "enforce",
+        Mode::Monitor => "monitor",
+    }
+}
+
+impl Rule {
+    /// This rule's key in the kernel (without the generation).
+    #[must_use]
+    pub fn key(&self) -> RuleKey {
+        let mut key = RuleKey::default();
+        if let Some(uid) = self.uid {
+            key.shape |= field::UID;
+            key.uid = uid;
+        }
+        if let Some(gid) = self.gid {
+            key.shape |= field::GID;
+            key.gid = gid;
+        }
+        key
+    }
+}
+
+impl Policy {
+    /// Parses and resolves a policy. Every error names the file, line and column.
+    pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
+        let file = source.parse()?;
+        Self::resolve(source, file)
+    }
+
+    fn resolve(source: &Source, file: PolicyFile) -> Result<Self, ConfigError> {
+        let mode = match file.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("enforce", _)) => Mode::Enforce,
+            Some(("monitor", _)) => Mode::Monitor,
+            Some((other, span)) => {
+                return Err(source.error_at(
+                    Some(span),
+                    format!("unknown mode `{other}`: expected \"enforce\" or \"monitor\""),
+                ));
+            }
+        };
+
+        let mut endpoints = Endpoints::default();
+        match &file.endpoints {
+            None => {
+                for e in endpoints::DEFAULT {
+                    endpoints.add(e).expect("default endpoints are valid");
+                }
+            }
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(source.error_at(
+                        Some(list.span()),
+                        "`endpoints` is empty: list at least one preset or address (default: [\"aws-imds\"])",
+                    ));
+                }
+                for item in list.get_ref() {
+                    endpoints
+                        .add(item.get_ref())
+                        .map_err(|m| source.error_at(Some(item.span()), m))?;
+                }
+            }
+        }
+
+        if file.allow.len() > MAX_RULES as usize {
+            return Err(source.error_at(
+                None,
+                format!(
+                    "{} [[allow]] tables; at most {MAX_RULES} are supported",
+                    file.allow.len()
+                ),
+            ));
+        }
+        let mut rules = Vec::with_capacity(file.allow.len());
+        let mut seen: BTreeMap<RuleKey, u32> = BTreeMap::new();
+        for (index, table) in file.allow.iter().enumerate() {
+            let index = u32::try_from(index).expect("bounded by MAX_RULES");
+            let mut rule = resolve_rule(source, index, table)?;
+            if let Some(first) = seen.get(&rule.key()) {
+                rule.duplicate_of = Some(*first);
+            } else {
+                seen.insert(rule.key(), index);
+            }
+            rules.push(rule);
+        }
+
+        let mut policy = Policy {
+            source: source.name.clone(),
+            mode,
+            endpoints,
+            rules,
+            digest: String::new(),
+        };
+        policy.digest = policy.compute_digest();
+        Ok(policy)
+    }
+
+    fn compute_digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(mode_name(self.mode));
+        for a in &self.endpoints.v4 {
+            h.update(a.octets());
+        }
+        for a in &self.endpoints.v6 {
+            h.update(a.octets());
+        }
+        for r in &self.rules {
+            let k = r.key();
+            h.update(r.index.to_le_bytes());
+            h.update(k.shape.to_le_bytes());
+            h.update(k.uid.to_le_bytes());
+            h.update(k.gid.to_le_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The map contents that enforce this policy as `generation`.
+    #[must_use]
+    pub fn kernel_tables(&self, generation: u32) -> (GenConfig, Vec<(RuleKey, RuleValue)>) {
+        let mut cfg = GenConfig {
+            generation,
+            mode: self.mode as u32,
+            ..GenConfig::default()
+        };
+        let v4 = self.endpoints.v4_words();
+        cfg.v4[..v4.len()].copy_from_slice(&v4);
+        cfg.v4_count = u32::try_from(v4.len()).expect("bounded");
+        let v6 = self.endpoints.v6_words();
+        cfg.v6[..v6.len()].copy_from_slice(&v6);
+        cfg.v6_count = u32::try_from(v6.len()).expect("bounded");
+        let digest: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&self.digest[2 * i..2 * i + 2], 16).expect("hex digest"))
+            .collect();
+        cfg.digest.copy_from_slice(&digest);
+
+        let mut entries = Vec::with_capacity(self.rules.len());
+        let mut shapes: Vec<u8> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.duplicate_of.is_none()) {
+            let key = RuleKey {
+                generation,
+                ..rule.key()
+            };
+            let shape = u8::try_from(key.shape).expect("shape fits u8");
+            if !shapes.contains(&shape) {
+                shapes.push(shape);
+            }
+            entries.push((
+                key,
+                RuleValue {
+                    rule_index: rule.index,
+                    imdsv1: Imdsv1Action::Log as u32,
+                },
+            ));
+        }
+        cfg.set_probes(&shapes, &[])
+            .expect("checked when the policy was resolved");
+        (cfg, entries)
+    }
+}
+
+fn resolve_rule(
+    source: &Source,
+    index: u32,
+    table: &Spanned<AllowTable>,
+) -> Result<Rule, ConfigError> {
+    let t = table.get_ref();
+    let line = source.text[..table.span().start].matches('\n').count() + 1;
+    let name = t
+        .name
+        .as_ref()
+        .map_or_else(|| format!("allow[{index}]"), |n| n.get_ref().clone());
+    let mut rule = Rule {
+        index,
+        name,
+        line,
+        uid: None,
+        gid: None,
+        resolved: Vec::new(),
+        duplicate_of: None,
+    };
+
+    match (&t.uid, &t.user) {
+        (Some(_), Some(user)) => {
+            return Err(source.error_at(
+                Some(user.span()),
+                "`uid` and `user` in one [[allow]] table both name the user; keep one",
+            ));
+        }
+        (Some(uid), None) => {
+            rule.uid = Some(*uid.get_ref());
+            rule.resolved.push(format!("uid {}", uid.get_ref()));
+        }
+        (None, Some(user)) => {
+            let uid =
+                lookup_user(user.get_ref()).map_err(|m| source.error_at(Some(user.span()), m))?;
+            rule.uid = Some(uid);
+            rule.resolved
+                .push(format!("user \"{}\" = uid {uid}", user.get_ref()));
+        }
+        (None, None) => {}
+    }
+    match (&t.gid, &t.group) {
+        (Some(_), Some(group)) => {
+            return Err(source.error_at(
+                Some(group.span()),
+                "`gid` and `group` in one [[allow]] table both name the group; keep one",
+            ));
+        }
+        (Some(gid), None) => {
+            rule.gid = Some(*gid.get_ref());
+            rule.resolved.push(format!("gid {}", gid.get_ref()));
+        }
+        (None, Some(group)) => {
+            let gid = lookup_group(group.get_ref())
+                .map_err(|m| source.error_at(Some(group.span()), m))?;
+            rule.gid = Some(gid);
+            rule.resolved
+                .push(format!("group \"{}\" = gid {gid}", group.get_ref()));
+        }
+        (None, None) => {}
+    }
+    if rule.key().shape == 0 {
+        return Err(source.error_at(
+            Some(table.span()),
+            "this [[allow]] table has no identity keys (uid, user, gid, group), so it would allow \
+             every process; to let everything through while watching, use mode = \"monitor\"",
+        ));
+    }
+    Ok(rule)
+}
+
+fn lookup_user(name: &str) -> Result<u32, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!(
+            "unknown user `{name}`: no such user in the passwd database"
+        )),
+        Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+    }
+}
+
+fn lookup_group(name: &str) -> Result<u32, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!(
+            "unknown group `{name}`: no such group in the group database"
+        )),
+        Err(e) => Err(format!("cannot look up group `{name}`: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Result<Policy, ConfigError> {
+        Policy::from_source(&Source {
+            name: "p.toml".into(),
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let p = policy("[[allow]]\nuid = 0\n").unwrap();
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(
+            p.endpoints.v4,
+            vec!["169.254.169.254".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            p.endpoints.v6,
+            vec!["fd00:ec2::254".parse::<std::net::Ipv6Addr>().unwrap()]
+        );
+        assert_eq!(p.digest.len(), 64);
+    }
+
+    #[test]
+    fn an_empty_policy_allows_nobody() {
+        let p = policy("").unwrap();
+        assert!(p.rules.is_empty());
+        let (cfg, entries) = p.kernel_tables(1);
+        assert_eq!(cfg.probe_count, 0);
+        assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn user_and_group_resolve() {
+        let p = policy("[[allow]]\nuser = \"root\"\ngroup = \"root\"\n").unwrap();
+        assert_eq!((p.rules[0].uid, p.rules[0].gid), (Some(0), Some(0)));
+        assert_eq!(
+            p.rules[0].resolved,
+            ["user \"root\" = uid 0", "group \"root\" = gid 0"]
+        );
+    }
+
+    #[test]
+    fn unknown_user_names_line_and_value() {
+        let e =
+            policy("mode = \"enforce\"\n\n[[allow]]\nuser = \"no-such-user-xyz\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:4:8");
+        assert!(e.message.contains("unknown user `no-such-user-xyz`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_group_and_mode_and_endpoint() {
+        assert!(
+            policy("[[allow]]\ngroup = \"no-such-group-xyz\"\n")
+                .unwrap_err()
+                .message
+                .contains("unknown group")
+        );
+        let e = policy("mode = \"enforcing\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:1:8");
+        let e = policy("endpoints = [\"aws-imds\", \"imds\"]\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:1:26");
+        assert!(policy("endpoints = []\n").is_err());
+    }
+
+    #[test]
+    fn empty_table_and_conflicts_are_refused() {
+        assert!(
+            policy("[[allow]]\nname = \"x\"\n")
+                .unwrap_err()
+                .message
+                .contains("no identity keys")
+        );
+        assert!(
+            policy("[[allow]]\nuid = 0\nuser = \"root\"\n")
+                .unwrap_err()
+                .message
+                .contains("keep one")
+        );
+        assert!(
+            policy("[[allow]]\ngid = 0\ngroup = \"root\"\n")
+                .unwrap_err()
+                .message
+                .contains("keep one")
+        );
+    }
+
+    #[test]
+    fn kernel_tables() {
+        let p = policy("mode = \"monitor\"\n[[allow]]\nuid = 0\n[[allow]]\ngid = 5\n[[allow]]\nuid = 7\ngid = 8\n[[allow]]\nuid = 0\n").unwrap();
+        assert_eq!(p.rules[3].duplicate_of, Some(0));
+        let (cfg, entries) = p.kernel_tables(9);
+        assert_eq!(cfg.generation, 9);
+        assert_eq!(cfg.mode, Mode::Monitor as u32);
+        assert_eq!(cfg.probe_count, 3);
+        assert_eq!(cfg.probes[0].shape, (field::UID | field::GID) as u8);
+        assert_eq!(entries.len(), 3);
+        assert!(entries.iter().all(|(k, _)| k.generation == 9));
+        assert_eq!(cfg.v4_count, 1);
+        assert_eq!(cfg.v4[0], u32::from_ne_bytes([169, 254, 169, 254]));
+        // The digest changes with the policy.
+        let q = policy("mode = \"monitor\"\n[[allow]]\nuid = 1\n").unwrap();
+        assert_ne!(p.digest, q.digest);
+    }
+}

@@ -1,0 +1,93 @@
+//! Waiting until no kernel program still runs with an old policy generation.
+//!
+//! The kernel waits for an RCU grace period (`synchronize_rcu()`) whenever userspace updates a
+//! map-in-map (`maybe_wait_bpf_programs()` in kernel/bpf/syscall.c), so that userspace knows every
+//! non-sleepable program that could have seen the old value has finished. cgroup connect programs
+//! run inside an RCU read-side section, so after one such update, a program that read the old
+//! generation number has returned. We keep a one-slot `ARRAY_OF_MAPS` that no program uses just for
+//! this, and update it after each generation switch, before deleting the old generation's rules.
+//! aya has no constructor for a map-in-map without an object file, so this is two raw syscalls.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+}
+
+#[repr(C)]
+struct MapUpdateAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size we pass.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn create(map_type: u32, inner_map_fd: u32) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        inner_map_fd,
+        ..MapCreateAttr::default()
+    };
+    let fd = sys_bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).expect("fd fits i32")) })
+}
+
+pub struct RcuBarrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl RcuBarrier {
+    pub fn new() -> io::Result<Self> {
+        let inner = create(BPF_MAP_TYPE_ARRAY, 0)?;
+        let outer = create(
+            BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            inner.as_raw_fd().cast_unsigned(),
+        )?;
+        Ok(RcuBarrier { outer, inner })
+    }
+
+    /// Returns once every BPF program that was running when it was called has finished.
+    pub fn wait(&self) -> io::Result<()> {
+        let key = 0u32;
+        let value = self.inner.as_raw_fd().cast_unsigned();
+        let mut attr = MapUpdateAttr {
+            map_fd: self.outer.as_raw_fd().cast_unsigned(),
+            _pad: 0,
+            key: std::ptr::from_ref(&key) as u64,
+            value: std::ptr::from_ref(&value) as u64,
+            flags: 0,
+        };
+        sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+}
