@@ -1,0 +1,154 @@
+//! `imds-guard run` under test, pointed at the sandbox's cgroup, private bpffs and a policy file.
+//! Its stdout events are collected as JSON; it is killed (by PID, our own child) on drop.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Sandbox, sandbox::guard_bin};
+
+#[derive(Default)]
+struct Output {
+    events: Vec<Value>,
+    stderr: String,
+    closed: bool,
+}
+
+pub struct Daemon {
+    child: Child,
+    out: Arc<(Mutex<Output>, Condvar)>,
+}
+
+/// How long a daemon may take to start enforcing (loading and verifying the programs).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Daemon {
+    pub(crate) fn start(sb: &Sandbox, policy: &Path) -> Self {
+        let mut child = Command::new(guard_bin())
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(policy)
+            .arg("--cgroup")
+            .arg(&sb.cgroup)
+            .arg("--pin-dir")
+            .arg(sb.pin_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn imds-guard run");
+        let out = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let stdout = child.stdout.take().unwrap();
+        let o = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("daemon stdout is not one JSON object per line ({e}): {line}")
+                });
+                o.0.lock().unwrap().events.push(v);
+                o.1.notify_all();
+            }
+            o.0.lock().unwrap().closed = true;
+            o.1.notify_all();
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.0.lock()
+                    .unwrap()
+                    .stderr
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let d = Daemon { child, out };
+        d.wait_event(START_TIMEOUT, |e| e["event"] == "guard_started")
+            .unwrap_or_else(|| panic!("daemon did not start enforcing; stderr:\n{}", d.stderr()));
+        d
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for an event matching `pred` (including ones already received).
+    pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.out;
+        let mut g = lock.lock().unwrap();
+        loop {
+            if let Some(e) = g.events.iter().find(|e| pred(e)) {
+                return Some(e.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Every event so far.
+    #[must_use]
+    pub fn events(&self) -> Vec<Value> {
+        self.out.0.lock().unwrap().events.clone()
+    }
+
+    /// `connect_denied` events so far.
+    #[must_use]
+    pub fn denials(&self) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == "connect_denied")
+            .collect()
+    }
+
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        self.out.0.lock().unwrap().stderr.clone()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid().cast_signed()), sig)
+            .expect("signal daemon");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the daemon to exit (after a signal), returning its exit status.
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,312 @@
+use std::{
+    fs,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::{Client, Daemon, FakeImds, ImdsMode};
+
+/// Addresses the sandbox puts on its `lo`: the metadata endpoints (and their siblings) plus a
+/// link-local neighbour that is *not* an endpoint.
+pub const V4_ADDRS: &[&str] = &[
+    "169.254.169.254",
+    "169.254.170.2",
+    "169.254.170.23",
+    "169.254.169.253",
+];
+pub const V6_ADDRS: &[&str] = &["fd00:ec2::254", "fd00:ec2::23", "fd00:ec2::253"];
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process may run privileged tests. Outside CI a test skips (with a message) when
+/// it cannot; under `CI=true` it fails.
+pub fn privileged_or_skip(what: &str) -> bool {
+    let why = if !nix::unistd::Uid::effective().is_root() {
+        Some("not running as root".to_owned())
+    } else if cgroup2_root().is_none() {
+        Some("no cgroup2 filesystem mounted".to_owned())
+    } else if which("ip").is_none() {
+        Some("iproute2 (`ip`) is not installed; run scripts/bootstrap.sh".to_owned())
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("privileged test `{what}` cannot run under CI=true: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED privileged test `{what}`: {why}");
+            false
+        }
+    }
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.exists())
+}
+
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut f = pre.split_whitespace();
+        let root = f.nth(3)?;
+        let mp = f.next()?;
+        (post.starts_with("cgroup2 ") && root == "/").then(|| PathBuf::from(mp))
+    })
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The imds-guard binary under test: `$IMDS_GUARD_BIN`, else `target/<profile>/imds-guard` beside
+/// the running test binary.
+pub fn guard_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("IMDS_GUARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    for dir in exe.ancestors().skip(1).take(3) {
+        let cand = dir.join("imds-guard");
+        if cand.is_file() {
+            return cand;
+        }
+    }
+    panic!(
+        "imds-guard binary not found near {}; build it first (cargo build -p imds-guard) or set IMDS_GUARD_BIN",
+        exe.display()
+    )
+}
+
+/// One test's private world. Field order is drop order: the fake IMDS stops, then the namespace,
+/// pins and cgroup go.
+pub struct Sandbox {
+    pub name: String,
+    pub imds: FakeImds,
+    /// Files of the test (policies, scripts), readable by other users.
+    pub dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub bpffs: PathBuf,
+    pub netns_fd: OwnedFd,
+    daemons: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Sandbox {
+    /// A sandbox whose fake IMDS runs in `mode`; `None` when privileged tests cannot run here.
+    pub fn new(test: &str, mode: ImdsMode) -> Option<Self> {
+        if !privileged_or_skip(test) {
+            return None;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("imdsg-{}-{n}", std::process::id());
+        let cgroup_root = cgroup2_root().expect("checked");
+        let cgroup = cgroup_root.join(&name);
+        fs::create_dir(&cgroup)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cgroup.display()));
+        let dir = std::env::temp_dir().join(&name);
+        let bpffs = dir.join("bpffs");
+        fs::create_dir_all(&bpffs).expect("test dir");
+        set_mode(&dir, 0o755);
+        // Construct the guard early so everything made so far is removed if a step panics.
+        let mut partial = Partial {
+            name: name.clone(),
+            cgroup: cgroup.clone(),
+            dir: dir.clone(),
+            bpffs: bpffs.clone(),
+            netns: false,
+            mounted: false,
+        };
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs));
+        partial.mounted = true;
+        run(Command::new("ip").args(["netns", "add", &name]));
+        partial.netns = true;
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        for a in V4_ADDRS {
+            run(Command::new("ip").args([
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "lo",
+            ]));
+        }
+        for a in V6_ADDRS {
+            run(Command::new("ip").args([
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]));
+        }
+        let netns_fd: OwnedFd = fs::File::open(format!("/run/netns/{name}"))
+            .expect("netns handle")
+            .into();
+        let imds = FakeImds::start(&netns_fd, mode);
+        std::mem::forget(partial);
+        Some(Sandbox {
+            name,
+            imds,
+            dir,
+            cgroup,
+            cgroup_root,
+            bpffs,
+            netns_fd,
+            daemons: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    #[must_use]
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("imds-guard")
+    }
+
+    /// The sandbox cgroup relative to the cgroup2 root, as events report it.
+    #[must_use]
+    pub fn cgroup_rel(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    pub fn write(&self, file: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(file);
+        fs::write(&p, text).expect("write test file");
+        set_mode(&p, 0o644);
+        p
+    }
+
+    /// Starts `imds-guard run` on this sandbox's cgroup and pin dir with `policy` and waits until
+    /// it enforces.
+    pub fn daemon(&self, policy: &Path) -> Daemon {
+        let d = Daemon::start(self, policy);
+        self.daemons.lock().unwrap().push(d.pid());
+        d
+    }
+
+    /// A command that runs inside the sandbox's cgroup and network namespace as `uid`/`gid`.
+    #[must_use]
+    pub fn client(&self, uid: u32, gid: u32) -> Client<'_> {
+        Client::new(self, uid, gid)
+    }
+
+    /// Runs the imds-guard CLI (not the daemon) with `args`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(guard_bin())
+            .args(args)
+            .output()
+            .expect("running imds-guard")
+    }
+
+    /// Programs attached to the sandbox cgroup (bpftool's view).
+    pub fn attached_programs(&self) -> String {
+        run(Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&self.cgroup))
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Cleanup of a sandbox that is being built (and of a finished one, via Sandbox's Drop).
+struct Partial {
+    name: String,
+    cgroup: PathBuf,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    netns: bool,
+    mounted: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if self.netns {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+        if self.mounted {
+            // Unmounting the private bpffs drops the pins: links detach, maps go.
+            let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+        }
+        remove_cgroup(&self.cgroup);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for pid in self.daemons.lock().unwrap().drain(..) {
+            // Our own children, by PID (the Daemon guard normally did this already).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.cast_signed()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        drop(Partial {
+            name: self.name.clone(),
+            cgroup: self.cgroup.clone(),
+            dir: self.dir.clone(),
+            bpffs: self.bpffs.clone(),
+            netns: true,
+            mounted: true,
+        });
+    }
+}
+
+/// Removes a test cgroup, killing what the test left in it (only processes in our own cgroup).
+fn remove_cgroup(cg: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Children first.
+        if let Ok(rd) = fs::read_dir(cg) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_cgroup(&e.path());
+                }
+            }
+        }
+        if let Ok(procs) = fs::read_to_string(cg.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        match fs::remove_dir(cg) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if Instant::now() > deadline => {
+                eprintln!("could not remove test cgroup {}: {e}", cg.display());
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
