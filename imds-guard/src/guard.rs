@@ -32,7 +32,7 @@ use imds_guard_common::{
 use crate::{policy::Policy, rcu::RcuBarrier};
 
 /// The eBPF object built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-ebpf"));
 
 /// (program name in the object, link pin name).
 pub const PROGRAMS: [(&str, &str); 2] = [
