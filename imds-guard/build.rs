@@ -14,14 +14,8 @@ fn main() -> anyhow::Result<()> {
     let root = root.to_str().context("non-UTF-8 path")?;
     println!("cargo::rerun-if-changed={root}/../imds-guard-common/src");
     aya_build::build_ebpf(
-        [Package {
-            name: "imds-guard-ebpf",
-            root_dir: root,
-            ..Package::default()
-        }],
+        [Package { name: "imds-guard-ebpf", root_dir: root, ..Package::default() }],
         Toolchain::Custom(EBPF_TOOLCHAIN),
     )
-    .context(
-        "building the eBPF programs failed; run scripts/bootstrap.sh to install the eBPF toolchain",
-    )
+    .context("building the eBPF programs failed; run scripts/bootstrap.sh to install the eBPF toolchain")
 }

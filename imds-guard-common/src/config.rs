@@ -39,11 +39,7 @@ pub enum Mode {
 impl Mode {
     #[must_use]
     pub const fn from_u32(v: u32) -> Self {
-        if v == Mode::Monitor as u32 {
-            Mode::Monitor
-        } else {
-            Mode::Enforce
-        }
+        if v == Mode::Monitor as u32 { Mode::Monitor } else { Mode::Enforce }
     }
 }
 
@@ -82,6 +78,10 @@ pub struct GenConfig {
     pub v4: [u32; MAX_V4],
     /// IPv6 endpoints as four network-byte-order words, as in `bpf_sock_addr.user_ip6`.
     pub v6: [[u32; 4]; MAX_V6],
+    /// Non-zero when some rule names an executable: the programs then read the process's
+    /// executable identity with `exe_offsets`.
+    pub needs_exe: u32,
+    pub exe_offsets: ExeOffsets,
     /// cgroup v2 id of the cgroup the programs are attached to (for `status`; not read by programs).
     pub attach_cgroup_id: u64,
     /// Number of `[[allow]]` tables in the policy (for `status`).
@@ -103,12 +103,34 @@ impl Default for GenConfig {
             v6_count: 0,
             v4: [0; MAX_V4],
             v6: [[0; 4]; MAX_V6],
+            needs_exe: 0,
+            exe_offsets: ExeOffsets {
+                task_mm: 0,
+                mm_exe_file: 0,
+                file_inode: 0,
+                inode_ino: 0,
+                inode_sb: 0,
+                sb_dev: 0,
+            },
             attach_cgroup_id: 0,
             rule_count: 0,
             _pad1: 0,
             digest: [0; 32],
         }
     }
+}
+
+/// Byte offsets, from the running kernel's BTF, of the members the programs follow from the
+/// current task to its executable: `task->mm->exe_file->f_inode->{i_ino, i_sb->s_dev}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExeOffsets {
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
 }
 
 /// `set_probes` was given more (shape, level) pairs than [`MAX_PROBES`].

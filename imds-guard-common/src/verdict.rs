@@ -98,10 +98,7 @@ mod tests {
     impl Table {
         fn new(generation: u32) -> Self {
             Table {
-                cfg: GenConfig {
-                    generation,
-                    ..GenConfig::default()
-                },
+                cfg: GenConfig { generation, ..GenConfig::default() },
                 rules: HashMap::new(),
                 shapes: Vec::new(),
                 levels: Vec::new(),
@@ -109,10 +106,7 @@ mod tests {
         }
 
         fn rule(mut self, index: u32, key: RuleKey, cgroup_level: Option<u8>) -> Self {
-            let key = RuleKey {
-                generation: self.cfg.generation,
-                ..key
-            };
+            let key = RuleKey { generation: self.cfg.generation, ..key };
             let shape = key.shape as u8;
             if !self.shapes.contains(&shape) {
                 self.shapes.push(shape);
@@ -123,10 +117,9 @@ mod tests {
                 self.levels.push(level);
             }
             self.cfg.set_probes(&self.shapes, &self.levels).unwrap();
-            self.rules.entry(key).or_insert(RuleValue {
-                rule_index: index,
-                imdsv1: Imdsv1Action::Log as u32,
-            });
+            self.rules
+                .entry(key)
+                .or_insert(RuleValue { rule_index: index, imdsv1: Imdsv1Action::Log as u32 });
             self
         }
 
@@ -142,27 +135,15 @@ mod tests {
     }
 
     fn uid(uid: u32) -> RuleKey {
-        RuleKey {
-            shape: field::UID,
-            uid,
-            ..RuleKey::default()
-        }
+        RuleKey { shape: field::UID, uid, ..RuleKey::default() }
     }
 
     fn gid(gid: u32) -> RuleKey {
-        RuleKey {
-            shape: field::GID,
-            gid,
-            ..RuleKey::default()
-        }
+        RuleKey { shape: field::GID, gid, ..RuleKey::default() }
     }
 
     fn who(uid: u32, gid: u32) -> Identity {
-        Identity {
-            uid,
-            gid,
-            ..Identity::default()
-        }
+        Identity { uid, gid, ..Identity::default() }
     }
 
     #[test]
@@ -170,10 +151,7 @@ mod tests {
         let t = Table::new(1);
         assert_eq!(t.find(&who(0, 0), &[1]), None);
         assert_eq!(connect_verdict(Mode::Enforce, None), ConnectVerdict::Deny);
-        assert_eq!(
-            connect_verdict(Mode::Monitor, None),
-            ConnectVerdict::AllowAndReport
-        );
+        assert_eq!(connect_verdict(Mode::Monitor, None), ConnectVerdict::AllowAndReport);
     }
 
     #[test]
@@ -193,12 +171,7 @@ mod tests {
 
     #[test]
     fn keys_in_one_table_all_must_match() {
-        let both = RuleKey {
-            shape: field::UID | field::GID,
-            uid: 7,
-            gid: 42,
-            ..RuleKey::default()
-        };
+        let both = RuleKey { shape: field::UID | field::GID, uid: 7, gid: 42, ..RuleKey::default() };
         let t = Table::new(1).rule(0, both, None);
         assert_eq!(t.find(&who(7, 42), &[1]), Some(0));
         assert_eq!(t.find(&who(7, 41), &[1]), None);
@@ -216,30 +189,17 @@ mod tests {
     #[test]
     fn cgroup_rule_covers_descendants_only() {
         // root(1) / system.slice(10) / ssm.service(100) / child(1000)
-        let cg = RuleKey {
-            shape: field::CGROUP,
-            cgroup_id: 100,
-            ..RuleKey::default()
-        };
+        let cg = RuleKey { shape: field::CGROUP, cgroup_id: 100, ..RuleKey::default() };
         let t = Table::new(1).rule(0, cg, Some(2));
         assert_eq!(t.find(&who(0, 0), &[1, 10, 100]), Some(0));
         assert_eq!(t.find(&who(0, 0), &[1, 10, 100, 1000]), Some(0));
         assert_eq!(t.find(&who(0, 0), &[1, 10]), None, "parent is not covered");
-        assert_eq!(
-            t.find(&who(0, 0), &[1, 10, 101]),
-            None,
-            "sibling is not covered"
-        );
+        assert_eq!(t.find(&who(0, 0), &[1, 10, 101]), None, "sibling is not covered");
     }
 
     #[test]
     fn cgroup_and_uid_combine() {
-        let k = RuleKey {
-            shape: field::CGROUP | field::UID,
-            cgroup_id: 100,
-            uid: 0,
-            ..RuleKey::default()
-        };
+        let k = RuleKey { shape: field::CGROUP | field::UID, cgroup_id: 100, uid: 0, ..RuleKey::default() };
         let t = Table::new(1).rule(0, k, Some(2));
         assert_eq!(t.find(&who(0, 0), &[1, 10, 100]), Some(0));
         assert_eq!(t.find(&who(1, 0), &[1, 10, 100]), None);
@@ -254,26 +214,13 @@ mod tests {
 
     #[test]
     fn exe_and_comm_rules() {
-        let exe = RuleKey {
-            shape: field::EXE,
-            exe_dev: 8,
-            exe_ino: 1234,
-            ..RuleKey::default()
-        };
+        let exe = RuleKey { shape: field::EXE, exe_dev: 8, exe_ino: 1234, ..RuleKey::default() };
         let mut comm = [0u8; 16];
         comm[..3].copy_from_slice(b"aws");
         let comm = crate::rule::comm_words(&comm);
-        let c = RuleKey {
-            shape: field::COMM,
-            comm,
-            ..RuleKey::default()
-        };
+        let c = RuleKey { shape: field::COMM, comm, ..RuleKey::default() };
         let t = Table::new(1).rule(0, exe, None).rule(1, c, None);
-        let mut id = Identity {
-            exe_dev: 8,
-            exe_ino: 1234,
-            ..Identity::default()
-        };
+        let mut id = Identity { exe_dev: 8, exe_ino: 1234, ..Identity::default() };
         assert_eq!(t.find(&id, &[1]), Some(0));
         id.exe_ino = 1235;
         assert_eq!(t.find(&id, &[1]), None);
@@ -296,16 +243,8 @@ mod tests {
 
     #[test]
     fn cgroup_rules_at_two_depths() {
-        let a = RuleKey {
-            shape: field::CGROUP,
-            cgroup_id: 10,
-            ..RuleKey::default()
-        };
-        let b = RuleKey {
-            shape: field::CGROUP,
-            cgroup_id: 1000,
-            ..RuleKey::default()
-        };
+        let a = RuleKey { shape: field::CGROUP, cgroup_id: 10, ..RuleKey::default() };
+        let b = RuleKey { shape: field::CGROUP, cgroup_id: 1000, ..RuleKey::default() };
         let t = Table::new(1).rule(0, b, Some(3)).rule(1, a, Some(1));
         assert_eq!(t.find(&who(0, 0), &[1, 10, 100, 1000]), Some(0));
         assert_eq!(t.find(&who(0, 0), &[1, 10, 100]), Some(1));
@@ -318,9 +257,7 @@ mod tests {
         let v4 = u32::from_ne_bytes([169, 254, 169, 254]);
         cfg.v4[0] = v4;
         cfg.v4_count = 1;
-        let v6: [u8; 16] = [
-            0xfd, 0, 0, 0xec, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
-        ];
+        let v6: [u8; 16] = [0xfd, 0, 0, 0xec, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54];
         cfg.v6[0] = words(v6);
         cfg.v6_count = 1;
         assert!(cfg.is_endpoint_v4(v4));
@@ -343,10 +280,7 @@ mod tests {
     }
 
     fn words(b: [u8; 16]) -> [u32; 4] {
-        let w: Vec<u32> = b
-            .chunks(4)
-            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let w: Vec<u32> = b.chunks(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
         [w[0], w[1], w[2], w[3]]
     }
 }

@@ -2,16 +2,15 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
-        },
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use imds_guard_common::{
-    config::GenConfig,
+    config::{ExeOffsets, GenConfig},
     event::{AF_INET, AF_INET6, ConnectEvent, flags, kind},
     rule::{Identity, comm_words},
     stats::Stat,
@@ -47,12 +46,7 @@ pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
     // user_ip6 only as 32-bit loads, one word at a time.
     let ip = unsafe {
         let sa = ctx.sock_addr;
-        [
-            (*sa).user_ip6[0],
-            (*sa).user_ip6[1],
-            (*sa).user_ip6[2],
-            (*sa).user_ip6[3],
-        ]
+        [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]
     };
     if !cfg.is_endpoint_v6(ip) {
         return PASS;
@@ -73,11 +67,12 @@ fn judge(_ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: 
     count(Stat::MetadataConnects);
     let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().unwrap_or_default();
+    let (exe_dev, exe_ino) = if cfg.needs_exe != 0 { current_exe(&cfg.exe_offsets) } else { (0, 0) };
     let id = Identity {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        exe_dev: 0,
-        exe_ino: 0,
+        exe_dev,
+        exe_ino,
         comm: comm_words(&comm),
     };
     let matched = find_rule(
@@ -92,23 +87,38 @@ fn judge(_ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: 
     match verdict {
         ConnectVerdict::Allow => count(Stat::Allowed),
         ConnectVerdict::Deny | ConnectVerdict::AllowAndReport => {
-            count(if verdict == ConnectVerdict::Deny {
-                Stat::Denied
-            } else {
-                Stat::Monitored
-            });
-            report(
-                cfg,
-                &id,
-                comm,
-                verdict == ConnectVerdict::Deny,
-                family,
-                port,
-                addr,
-            );
+            count(if verdict == ConnectVerdict::Deny { Stat::Denied } else { Stat::Monitored });
+            report(cfg, &id, comm, verdict == ConnectVerdict::Deny, family, port, addr);
         }
     }
     verdict.retval()
+}
+
+/// The device and inode of the current process's executable (`mm->exe_file`), following the
+/// member offsets the daemon took from this kernel's BTF. (0, 0) when there is none (a kernel
+/// thread) or a read fails: then no exe rule matches, the safe side.
+#[inline(always)]
+fn current_exe(o: &ExeOffsets) -> (u64, u64) {
+    #[inline(always)]
+    fn at<T>(base: u64, off: u32) -> Option<T> {
+        if base == 0 {
+            return None;
+        }
+        // SAFETY: bpf_probe_read_kernel copes with any address (it fails instead of faulting).
+        unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let exe = (|| {
+        let mm: u64 = at(task, o.task_mm)?;
+        let file: u64 = at(mm, o.mm_exe_file)?;
+        let inode: u64 = at(file, o.file_inode)?;
+        let ino: u64 = at(inode, o.inode_ino)?;
+        let sb: u64 = at(inode, o.inode_sb)?;
+        let dev: u32 = at(sb, o.sb_dev)?;
+        Some((u64::from(dev), ino))
+    })();
+    exe.unwrap_or((0, 0))
 }
 
 #[inline(always)]
@@ -126,8 +136,7 @@ fn report(
         return;
     };
     // SAFETY: plain helper calls.
-    let (time_boot_ns, cgroup_id) =
-        unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    let (time_boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
     entry.write(ConnectEvent {
         kind: kind::CONNECT_DENIED,
         flags: if enforced { flags::ENFORCED } else { 0 },

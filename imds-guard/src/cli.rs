@@ -62,6 +62,9 @@ pub struct RunArgs {
     pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub pins: PinArgs,
+    /// Kernel BTF, for the struct offsets that `exe` rules need.
+    #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
+    pub btf: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,12 @@ pub struct AllowTable {
     pub user: Option<Spanned<String>>,
     pub gid: Option<Spanned<u32>>,
     pub group: Option<Spanned<String>>,
+    /// The executable file (by device and inode, resolved at load and when it is replaced).
+    pub exe: Option<Spanned<String>>,
+    /// A cgroup path relative to the cgroup2 root; covers its descendants.
+    pub cgroup: Option<Spanned<String>>,
+    /// Task comm (spoofable: warned about).
+    pub comm: Option<Spanned<String>>,
 }
 
 /// Where a policy came from, to point errors at it.
@@ -47,10 +53,7 @@ impl Source {
             message: format!("cannot read the policy file: {e}"),
             snippet: None,
         })?;
-        Ok(Source {
-            name: path.display().to_string(),
-            text,
-        })
+        Ok(Source { name: path.display().to_string(), text })
     }
 
     /// `file:line:col` and the offending line for a byte range of the text.
@@ -58,24 +61,15 @@ impl Source {
     pub fn error_at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
         let message = message.into();
         let Some(span) = span else {
-            return ConfigError {
-                location: self.name.clone(),
-                message,
-                snippet: None,
-            };
+            return ConfigError { location: self.name.clone(), message, snippet: None };
         };
         let start = span.start.min(self.text.len());
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_no = self.text[..start].matches('\n').count() + 1;
         let col = self.text[line_start..start].chars().count() + 1;
-        let line_end = self.text[start..]
-            .find('\n')
-            .map_or(self.text.len(), |i| start + i);
+        let line_end = self.text[start..].find('\n').map_or(self.text.len(), |i| start + i);
         let line = &self.text[line_start..line_end];
-        let width = self.text[start..span.end.clamp(start, line_end)]
-            .chars()
-            .count()
-            .max(1);
+        let width = self.text[start..span.end.clamp(start, line_end)].chars().count().max(1);
         ConfigError {
             location: format!("{}:{line_no}:{col}", self.name),
             message,
@@ -88,8 +82,7 @@ impl Source {
     }
 
     pub fn parse(&self) -> Result<PolicyFile, ConfigError> {
-        toml::from_str(&self.text)
-            .map_err(|e| self.error_at(e.span(), e.message().trim().to_owned()))
+        toml::from_str(&self.text).map_err(|e| self.error_at(e.span(), e.message().trim().to_owned()))
     }
 }
 
@@ -119,17 +112,12 @@ mod tests {
     use super::*;
 
     fn src(text: &str) -> Source {
-        Source {
-            name: "policy.toml".into(),
-            text: text.into(),
-        }
+        Source { name: "policy.toml".into(), text: text.into() }
     }
 
     #[test]
     fn unknown_key_is_an_error_with_position() {
-        let e = src("mode = \"enforce\"\n[[allow]]\nuidd = 0\n")
-            .parse()
-            .unwrap_err();
+        let e = src("mode = \"enforce\"\n[[allow]]\nuidd = 0\n").parse().unwrap_err();
         assert_eq!(e.location, "policy.toml:3:1");
         assert!(e.message.contains("unknown field `uidd`"), "{e}");
         assert!(e.to_string().contains("uidd = 0"), "{e}");
@@ -150,10 +138,8 @@ mod tests {
 
     #[test]
     fn full_example_parses() {
-        let p = src(
-            "mode = \"monitor\"\nendpoints = [\"aws-imds\", \"169.254.170.2\"]\n\
-             [[allow]]\nuid = 0\n[[allow]]\nuser = \"root\"\n[[allow]]\ngroup = \"root\"\ngid = 0\n",
-        )
+        let p = src("mode = \"monitor\"\nendpoints = [\"aws-imds\", \"169.254.170.2\"]\n\
+             [[allow]]\nuid = 0\n[[allow]]\nuser = \"root\"\n[[allow]]\ngroup = \"root\"\ngid = 0\n")
         .parse()
         .unwrap();
         assert_eq!(p.allow.len(), 3);

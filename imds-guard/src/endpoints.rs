@@ -6,21 +6,9 @@ use imds_guard_common::endpoint::{MAX_V4, MAX_V6};
 
 /// Named endpoint sets a policy may list.
 pub const PRESETS: &[(&str, &str, &[&str])] = &[
-    (
-        "aws-imds",
-        "EC2 instance metadata service",
-        &["169.254.169.254", "fd00:ec2::254"],
-    ),
-    (
-        "ecs-credentials",
-        "ECS task credential endpoint",
-        &["169.254.170.2"],
-    ),
-    (
-        "eks-pod-identity",
-        "EKS Pod Identity agent",
-        &["169.254.170.23", "fd00:ec2::23"],
-    ),
+    ("aws-imds", "EC2 instance metadata service", &["169.254.169.254", "fd00:ec2::254"]),
+    ("ecs-credentials", "ECS task credential endpoint", &["169.254.170.2"]),
+    ("eks-pod-identity", "EKS Pod Identity agent", &["169.254.170.23", "fd00:ec2::23"]),
 ];
 
 pub const DEFAULT: &[&str] = &["aws-imds"];
@@ -42,10 +30,7 @@ impl Endpoints {
         }
         let addr: IpAddr = item.parse().map_err(|_| {
             let names: Vec<_> = PRESETS.iter().map(|p| p.0).collect();
-            format!(
-                "`{item}` is neither an endpoint preset ({}) nor an IP address",
-                names.join(", ")
-            )
+            format!("`{item}` is neither an endpoint preset ({}) nor an IP address", names.join(", "))
         })?;
         self.add_addr(addr)
     }
@@ -85,10 +70,7 @@ impl Endpoints {
     /// Network-byte-order words, as the kernel programs read `user_ip4`/`user_ip6`.
     #[must_use]
     pub fn v4_words(&self) -> Vec<u32> {
-        self.v4
-            .iter()
-            .map(|a| u32::from_ne_bytes(a.octets()))
-            .collect()
+        self.v4.iter().map(|a| u32::from_ne_bytes(a.octets())).collect()
     }
 
     #[must_use]

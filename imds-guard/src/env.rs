@@ -17,8 +17,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
 /// The cgroup v2 mount point, from /proc/self/mountinfo (`/sys/fs/cgroup` on a unified host,
 /// `/sys/fs/cgroup/unified` on a hybrid one).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let info =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     cgroup2_root_from(&info).context(
         "no cgroup v2 filesystem is mounted on this host; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) \
          or pass --cgroup",
@@ -38,15 +37,11 @@ fn cgroup2_root_from(mountinfo: &str) -> Option<PathBuf> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 fn fs_magic(path: &Path) -> anyhow::Result<i64> {
-    let st =
-        nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    let st = nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
     #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
     Ok(st.filesystem_type().0 as i64)
 }
@@ -57,10 +52,7 @@ pub fn check_cgroup2_dir(dir: &Path) -> anyhow::Result<()> {
         bail!("cgroup {} does not exist", dir.display());
     }
     if fs_magic(dir)? != CGROUP2_SUPER_MAGIC {
-        bail!(
-            "{} is not a cgroup v2 directory (the connect hooks need cgroup v2)",
-            dir.display()
-        );
+        bail!("{} is not a cgroup v2 directory (the connect hooks need cgroup v2)", dir.display());
     }
     Ok(())
 }
@@ -68,22 +60,15 @@ pub fn check_cgroup2_dir(dir: &Path) -> anyhow::Result<()> {
 /// The cgroup id (as `bpf_get_current_cgroup_id` reports it) of a cgroup v2 directory.
 pub fn cgroup_id(dir: &Path) -> anyhow::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    Ok(fs::metadata(dir)
-        .with_context(|| format!("stat {}", dir.display()))?
-        .ino())
+    Ok(fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?.ino())
 }
 
 /// Makes sure `pin_dir` exists on a bpffs. For the default location, mounts bpffs on /sys/fs/bpf
 /// when nothing is mounted there; an explicit `--pin-dir` elsewhere must already be on a bpffs.
 pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
-    let parent = pin_dir
-        .parent()
-        .context("the pin directory has no parent")?;
+    let parent = pin_dir.parent().context("the pin directory has no parent")?;
     if !parent.exists() {
-        bail!(
-            "{} does not exist (the pin directory's parent must be on a bpffs)",
-            parent.display()
-        );
+        bail!("{} does not exist (the pin directory's parent must be on a bpffs)", parent.display());
     }
     if fs_magic(parent)? != BPF_FS_MAGIC {
         if pin_dir == Path::new(DEFAULT_PIN_DIR) {
@@ -124,21 +109,12 @@ mod tests {
     fn finds_cgroup2_in_hybrid_and_unified_layouts() {
         let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
                       26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            cgroup2_root_from(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(cgroup2_root_from(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(
-            cgroup2_root_from(unified),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
+        assert_eq!(cgroup2_root_from(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         // A container's bind mount of a sub-cgroup is not the root.
         let sub = "30 24 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_root_from(sub), None);
-        assert_eq!(
-            cgroup2_root_from("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
-            None
-        );
+        assert_eq!(cgroup2_root_from("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
     }
 }

@@ -51,11 +51,7 @@ pub struct Enricher {
 impl Enricher {
     #[must_use]
     pub fn new(cgroup_root: PathBuf) -> Self {
-        Enricher {
-            cgroup_root,
-            cgroups: HashMap::new(),
-            users: HashMap::new(),
-        }
+        Enricher { cgroup_root, cgroups: HashMap::new(), users: HashMap::new() }
     }
 
     /// Decodes one ring buffer record; `None` for a record of an unknown kind or size.
@@ -88,9 +84,7 @@ impl Enricher {
             gid: ev.gid,
             user: self.user(ev.uid),
             comm: cstr(&ev.comm),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
-                .ok()
-                .map(|p| p.display().to_string()),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
             cgroup: self.cgroup(pid, ev.cgroup_id),
             cgroup_id: ev.cgroup_id,
             dst,
@@ -104,10 +98,7 @@ impl Enricher {
         self.users
             .entry(uid)
             .or_insert_with(|| {
-                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
             })
             .clone()
     }
@@ -120,13 +111,9 @@ impl Enricher {
         }
         let from_proc = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-            })
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
             .filter(|p| {
-                crate::env::cgroup_id(&self.cgroup_root.join(p.trim_start_matches('/'))).ok()
-                    == Some(id)
+                crate::env::cgroup_id(&self.cgroup_root.join(p.trim_start_matches('/'))).ok() == Some(id)
             });
         let path = from_proc.or_else(|| find_cgroup(&self.cgroup_root, id))?;
         if self.cgroups.len() > 4096 {
@@ -168,17 +155,10 @@ fn cstr(b: &[u8]) -> String {
 /// Converts a `bpf_ktime_get_boot_ns()` stamp to RFC 3339 wall-clock time.
 fn wall_time(boot_ns: u64) -> String {
     let now_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| {
-            Duration::new(
-                t.tv_sec().cast_unsigned(),
-                u32::try_from(t.tv_nsec()).unwrap_or(0),
-            )
-        })
+        .map(|t| Duration::new(t.tv_sec().cast_unsigned(), u32::try_from(t.tv_nsec()).unwrap_or(0)))
         .unwrap_or_default();
     let age = now_boot.saturating_sub(Duration::from_nanos(boot_ns));
-    let at = SystemTime::now()
-        .checked_sub(age)
-        .unwrap_or_else(SystemTime::now);
+    let at = SystemTime::now().checked_sub(age).unwrap_or_else(SystemTime::now);
     humantime::format_rfc3339_micros(at).to_string()
 }
 
@@ -189,13 +169,8 @@ mod tests {
 
     fn raw(ev: &ConnectEvent) -> Vec<u8> {
         // SAFETY: plain repr(C) data.
-        unsafe {
-            std::slice::from_raw_parts(
-                std::ptr::from_ref(ev).cast::<u8>(),
-                size_of::<ConnectEvent>(),
-            )
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(ev).cast::<u8>(), size_of::<ConnectEvent>()) }
+            .to_vec()
     }
 
     #[test]

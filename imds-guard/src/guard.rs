@@ -24,7 +24,7 @@ use aya::{
     },
 };
 use imds_guard_common::{
-    config::{Active, GenConfig},
+    config::{Active, ExeOffsets, GenConfig},
     maps,
     rule::{RuleKey, RuleValue},
 };
@@ -35,10 +35,7 @@ use crate::{policy::Policy, rcu::RcuBarrier};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-ebpf"));
 
 /// (program name in the object, link pin name).
-pub const PROGRAMS: [(&str, &str); 2] = [
-    ("imdsg_connect4", "connect4"),
-    ("imdsg_connect6", "connect6"),
-];
+pub const PROGRAMS: [(&str, &str); 2] = [("imdsg_connect4", "connect4"), ("imdsg_connect6", "connect6")];
 
 /// How the programs came to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +53,8 @@ pub struct Guard {
     cgroup_id: u64,
     barrier: RcuBarrier,
     generation: u32,
+    /// From the kernel's BTF; `None` when it could not be read (exe rules are then refused).
+    exe_offsets: Option<ExeOffsets>,
 }
 
 #[must_use]
@@ -76,6 +75,7 @@ impl Guard {
         pin_dir: &Path,
         cgroup: &Path,
         policy: &Policy,
+        exe_offsets: Option<ExeOffsets>,
     ) -> anyhow::Result<(Self, Attachment)> {
         let cgroup_id = crate::env::cgroup_id(cgroup)?;
         let ebpf = EbpfLoader::new()
@@ -87,13 +87,8 @@ impl Guard {
                  from an incompatible version: `imds-guard unload` removes them)",
             )?;
         let barrier = RcuBarrier::new().context("creating the RCU barrier map")?;
-        let mut guard = Guard {
-            ebpf,
-            pin_dir: pin_dir.to_owned(),
-            cgroup_id,
-            barrier,
-            generation: 0,
-        };
+        let mut guard =
+            Guard { ebpf, pin_dir: pin_dir.to_owned(), cgroup_id, barrier, generation: 0, exe_offsets };
         guard.apply(policy).context("installing the policy")?;
 
         let links: Vec<_> = PROGRAMS.iter().map(|(_, l)| link_pin(pin_dir, l)).collect();
@@ -115,17 +110,15 @@ impl Guard {
                 .program_mut(prog_name)
                 .with_context(|| format!("program {prog_name} missing from the object"))?
                 .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading {prog_name} (verifier)"))?;
+            prog.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
             match attachment {
                 Attachment::Adopted => {
                     let pinned = PinnedLink::from_pin(link_path)
                         .with_context(|| format!("opening {}", link_path.display()))?;
                     let link = CgroupSockAddrLink::try_from(FdLink::from(pinned))
                         .with_context(|| format!("{} is not a cgroup link", link_path.display()))?;
-                    prog.attach_to_link(link).with_context(|| {
-                        format!("replacing the program of {}", link_path.display())
-                    })?;
+                    prog.attach_to_link(link)
+                        .with_context(|| format!("replacing the program of {}", link_path.display()))?;
                 }
                 Attachment::Attached => {
                     // A cgroup bpf_link always coexists with other programs (links are multi-attach
@@ -133,9 +126,7 @@ impl Guard {
                     // `Single` (no flag) is what asks for a link here.
                     let id = prog
                         .attach(&cgroup_file, CgroupAttachMode::Single)
-                        .with_context(|| {
-                            format!("attaching {prog_name} to {}", cgroup.display())
-                        })?;
+                        .with_context(|| format!("attaching {prog_name} to {}", cgroup.display()))?;
                     let link: FdLink = prog.take_link(id)?.try_into()?;
                     link.pin(link_path)
                         .map_err(|e| anyhow!("{e}"))
@@ -159,13 +150,16 @@ impl Guard {
     /// Installs `policy` as a new generation and switches to it atomically. On error the live
     /// generation is untouched (whatever was written for the new one is removed).
     pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<u32> {
-        let [active, config, rules] =
-            self.ebpf
-                .maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES]);
+        if policy.needs_exe() && self.exe_offsets.is_none() {
+            bail!(
+                "the policy has exe rules, but the kernel's BTF could not be read at start-up, so imds-guard \
+                 cannot find a process's executable without guessing kernel struct layouts; refusing the policy"
+            );
+        }
+        let [active, config, rules] = self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES]);
         let mut active: Array<_, Active> = Array::try_from(active.context("ACTIVE map")?)?;
         let mut config: Array<_, GenConfig> = Array::try_from(config.context("CONFIG map")?)?;
-        let mut rules: HashMap<_, RuleKey, RuleValue> =
-            HashMap::try_from(rules.context("RULES map")?)?;
+        let mut rules: HashMap<_, RuleKey, RuleValue> = HashMap::try_from(rules.context("RULES map")?)?;
 
         let live = active.get(&0, 0)?.generation;
         let next = match live.wrapping_add(1) {
@@ -175,6 +169,7 @@ impl Guard {
         let (mut cfg, entries) = policy.kernel_tables(next);
         cfg.attach_cgroup_id = self.cgroup_id;
         cfg.rule_count = u32::try_from(policy.rules.len()).unwrap_or(u32::MAX);
+        cfg.exe_offsets = self.exe_offsets.unwrap_or_default();
 
         // Leftovers of an interrupted earlier attempt at `next` would be enforced with it.
         remove_where(&mut rules, |k| k.generation == next)?;
@@ -190,18 +185,9 @@ impl Guard {
         }
         config.set(next % imds_guard_common::config::GENERATION_SLOTS, &cfg, 0)?;
         // The switch: one 8-byte map update.
-        active.set(
-            0,
-            &Active {
-                generation: next,
-                _pad: 0,
-            },
-            0,
-        )?;
+        active.set(0, &Active { generation: next, _pad: 0 }, 0)?;
         // Programs that read the old generation have all returned after this.
-        self.barrier
-            .wait()
-            .context("waiting for running programs (RCU barrier)")?;
+        self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
         remove_where(&mut rules, |k| k.generation != next)?;
         self.generation = next;
         Ok(next)
@@ -209,10 +195,7 @@ impl Guard {
 
     /// The ring buffer of events, for the event reader task.
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<aya::maps::MapData>> {
-        let map = self
-            .ebpf
-            .take_map(maps::EVENTS)
-            .context("EVENTS map missing")?;
+        let map = self.ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
     }
 }
@@ -221,11 +204,7 @@ fn remove_where(
     rules: &mut HashMap<&mut MapData, RuleKey, RuleValue>,
     pred: impl Fn(&RuleKey) -> bool,
 ) -> anyhow::Result<()> {
-    let stale: Vec<RuleKey> = rules
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| pred(k))
-        .collect();
+    let stale: Vec<RuleKey> = rules.keys().filter_map(Result::ok).filter(|k| pred(k)).collect();
     for k in stale {
         match rules.remove(&k) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}

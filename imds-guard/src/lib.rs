@@ -4,6 +4,7 @@
 //! kernel maps ([`guard`]) → kernel verdict (`imds_guard_common::verdict`) → ring buffer →
 //! [`events`] (enrich, report).
 
+pub mod btf;
 pub mod cli;
 pub mod cmd;
 pub mod config;
@@ -11,7 +12,9 @@ pub mod endpoints;
 pub mod env;
 pub mod events;
 pub mod guard;
+pub mod identity;
 pub mod logging;
 pub mod pinned;
 pub mod policy;
 mod rcu;
+pub mod reload;

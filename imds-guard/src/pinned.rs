@@ -44,21 +44,15 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
         .map(|(_, l)| (*l).to_owned())
         .collect();
     if links.is_empty() && !map_pin(pin_dir, maps::ACTIVE).exists() {
-        anyhow::bail!(
-            "nothing is pinned in {}: imds-guard is not enforcing there",
-            pin_dir.display()
-        );
+        anyhow::bail!("nothing is pinned in {}: imds-guard is not enforcing there", pin_dir.display());
     }
     let active: Array<_, Active> = Array::try_from(open(pin_dir, maps::ACTIVE)?)?;
     let active = active.get(&0, 0)?;
     let config: Array<_, GenConfig> = Array::try_from(open(pin_dir, maps::CONFIG)?)?;
     let cfg = config.get(&(active.generation % GENERATION_SLOTS), 0)?;
     let rules: HashMap<_, RuleKey, RuleValue> = HashMap::try_from(open(pin_dir, maps::RULES)?)?;
-    let rule_entries = rules
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.generation == active.generation)
-        .count();
+    let rule_entries =
+        rules.keys().filter_map(Result::ok).filter(|k| k.generation == active.generation).count();
     let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(open(pin_dir, maps::STATS)?)?;
     let mut counters = std::collections::BTreeMap::new();
     for s in Stat::ALL {
@@ -111,17 +105,10 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
             removed.push(format!("map {}", p.display()));
         }
     }
-    for d in [
-        pin_dir.join("links"),
-        pin_dir.join("maps"),
-        pin_dir.to_owned(),
-    ] {
+    for d in [pin_dir.join("links"), pin_dir.join("maps"), pin_dir.to_owned()] {
         if d.exists() {
             std::fs::remove_dir(&d).with_context(|| {
-                format!(
-                    "removing {} (it holds pins imds-guard did not make)",
-                    d.display()
-                )
+                format!("removing {} (it holds pins imds-guard did not make)", d.display())
             })?;
         }
     }

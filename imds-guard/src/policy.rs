@@ -1,11 +1,11 @@
 //! Validated, resolved policy: user and group names become ids, endpoint presets become addresses,
 //! and the rules become the kernel's rule keys (see `imds_guard_common::rule`).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use imds_guard_common::{
-    config::{GenConfig, MAX_RULES, Mode},
-    rule::{Imdsv1Action, RuleKey, RuleValue, field},
+    config::{GenConfig, MAX_PROBES, MAX_RULES, Mode, TooManyProbes},
+    rule::{Imdsv1Action, RuleKey, RuleValue, comm_words, field},
 };
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -14,6 +14,7 @@ use toml::Spanned;
 use crate::{
     config::{AllowTable, ConfigError, PolicyFile, Source},
     endpoints::{self, Endpoints},
+    identity::{CgroupRef, ExeId},
 };
 
 /// A policy ready to be installed.
@@ -26,6 +27,15 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Hex SHA-256 of the resolved policy (what the kernel enforces), shown by `status`.
     pub digest: String,
+    /// Things that are allowed but deserve attention (spoofable keys, cgroups not there yet).
+    pub warnings: Vec<String>,
+}
+
+/// What resolving a policy needs from the host.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// The cgroup2 mount point; `cgroup` rules are relative to it.
+    pub cgroup_root: PathBuf,
 }
 
 /// One `[[allow]]` table, resolved.
@@ -39,7 +49,10 @@ pub struct Rule {
     pub line: usize,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    /// What the rule's keys were written as (e.g. `user "ssm-user" = uid 1001`).
+    pub exe: Option<ExeId>,
+    pub cgroup: Option<CgroupRef>,
+    pub comm: Option<String>,
+    /// What the rule's keys were written as and resolved to (e.g. `user "ssm-user" = uid 1001`).
     pub resolved: Vec<String>,
     /// A later table that is identical to this one (kept for `check` to point out).
     #[serde(skip)]
@@ -72,18 +85,50 @@ impl Rule {
             key.shape |= field::GID;
             key.gid = gid;
         }
+        if let Some(exe) = &self.exe {
+            key.shape |= field::EXE;
+            key.exe_dev = exe.dev;
+            key.exe_ino = exe.ino;
+        }
+        if let Some(cg) = &self.cgroup {
+            key.shape |= field::CGROUP;
+            key.cgroup_id = cg.id.unwrap_or(0);
+        }
+        if let Some(comm) = &self.comm {
+            key.shape |= field::COMM;
+            let mut b = [0u8; 16];
+            b[..comm.len()].copy_from_slice(comm.as_bytes());
+            key.comm = comm_words(&b);
+        }
         key
+    }
+
+    /// A cgroup rule whose cgroup does not exist yet is not installed (nothing can be in it).
+    #[must_use]
+    pub fn is_pending(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.id.is_none())
     }
 }
 
 impl Policy {
     /// Parses and resolves a policy. Every error names the file, line and column.
-    pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
+    pub fn from_source(source: &Source, host: &Host) -> Result<Self, ConfigError> {
         let file = source.parse()?;
-        Self::resolve(source, file)
+        Self::resolve(source, file, host)
     }
 
-    fn resolve(source: &Source, file: PolicyFile) -> Result<Self, ConfigError> {
+    /// The rules that go into the kernel: not duplicates, not waiting for their cgroup.
+    pub fn installed(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(|r| r.duplicate_of.is_none() && !r.is_pending())
+    }
+
+    /// Whether some installed rule names an executable (the programs then need BTF offsets).
+    #[must_use]
+    pub fn needs_exe(&self) -> bool {
+        self.installed().any(|r| r.exe.is_some())
+    }
+
+    fn resolve(source: &Source, file: PolicyFile, host: &Host) -> Result<Self, ConfigError> {
         let mode = match file.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
             None | Some(("enforce", _)) => Mode::Enforce,
             Some(("monitor", _)) => Mode::Monitor,
@@ -110,9 +155,7 @@ impl Policy {
                     ));
                 }
                 for item in list.get_ref() {
-                    endpoints
-                        .add(item.get_ref())
-                        .map_err(|m| source.error_at(Some(item.span()), m))?;
+                    endpoints.add(item.get_ref()).map_err(|m| source.error_at(Some(item.span()), m))?;
                 }
             }
         }
@@ -120,32 +163,56 @@ impl Policy {
         if file.allow.len() > MAX_RULES as usize {
             return Err(source.error_at(
                 None,
-                format!(
-                    "{} [[allow]] tables; at most {MAX_RULES} are supported",
-                    file.allow.len()
-                ),
+                format!("{} [[allow]] tables; at most {MAX_RULES} are supported", file.allow.len()),
             ));
         }
         let mut rules = Vec::with_capacity(file.allow.len());
         let mut seen: BTreeMap<RuleKey, u32> = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (index, table) in file.allow.iter().enumerate() {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
-            let mut rule = resolve_rule(source, index, table)?;
+            let mut rule = resolve_rule(source, index, table, host)?;
             if let Some(first) = seen.get(&rule.key()) {
-                rule.duplicate_of = Some(*first);
+                if !rule.is_pending() {
+                    rule.duplicate_of = Some(*first);
+                    warnings.push(format!(
+                        "{} (line {}) repeats allow[{first}] and is ignored",
+                        rule.name, rule.line
+                    ));
+                }
             } else {
                 seen.insert(rule.key(), index);
             }
+            if rule.comm.is_some() {
+                warnings.push(format!(
+                    "{} (line {}) matches on comm, which any process can set (prctl PR_SET_NAME); \
+                     combine it with exe, cgroup or uid",
+                    rule.name, rule.line
+                ));
+            }
+            if let Some(cg) = rule.cgroup.as_ref().filter(|c| c.id.is_none()) {
+                warnings.push(format!(
+                    "{} (line {}): cgroup {} does not exist yet; the rule takes effect as soon as it appears",
+                    rule.name, rule.line, cg.path
+                ));
+            }
             rules.push(rule);
         }
+        let (shapes, levels) = shapes_and_levels(&rules);
+        if let Err(TooManyProbes(n)) = GenConfig::default().set_probes(&shapes, &levels) {
+            return Err(source.error_at(
+                None,
+                format!(
+                    "the rules combine {} kinds of key sets and {} cgroup depths, which takes {n} lookups \
+                     per connect; at most {MAX_PROBES} are supported: use fewer key combinations or cgroup depths",
+                    shapes.len(),
+                    levels.len()
+                ),
+            ));
+        }
 
-        let mut policy = Policy {
-            source: source.name.clone(),
-            mode,
-            endpoints,
-            rules,
-            digest: String::new(),
-        };
+        let mut policy =
+            Policy { source: source.name.clone(), mode, endpoints, rules, digest: String::new(), warnings };
         policy.digest = policy.compute_digest();
         Ok(policy)
     }
@@ -165,6 +232,12 @@ impl Policy {
             h.update(k.shape.to_le_bytes());
             h.update(k.uid.to_le_bytes());
             h.update(k.gid.to_le_bytes());
+            h.update(k.cgroup_id.to_le_bytes());
+            h.update(k.exe_dev.to_le_bytes());
+            h.update(k.exe_ino.to_le_bytes());
+            h.update(k.comm[0].to_le_bytes());
+            h.update(k.comm[1].to_le_bytes());
+            h.update([u8::from(r.is_pending()), r.cgroup.as_ref().map_or(0, |c| c.level)]);
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -172,11 +245,7 @@ impl Policy {
     /// The map contents that enforce this policy as `generation`.
     #[must_use]
     pub fn kernel_tables(&self, generation: u32) -> (GenConfig, Vec<(RuleKey, RuleValue)>) {
-        let mut cfg = GenConfig {
-            generation,
-            mode: self.mode as u32,
-            ..GenConfig::default()
-        };
+        let mut cfg = GenConfig { generation, mode: self.mode as u32, ..GenConfig::default() };
         let v4 = self.endpoints.v4_words();
         cfg.v4[..v4.len()].copy_from_slice(&v4);
         cfg.v4_count = u32::try_from(v4.len()).expect("bounded");
@@ -188,48 +257,56 @@ impl Policy {
             .collect();
         cfg.digest.copy_from_slice(&digest);
 
-        let mut entries = Vec::with_capacity(self.rules.len());
-        let mut shapes: Vec<u8> = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.duplicate_of.is_none()) {
-            let key = RuleKey {
-                generation,
-                ..rule.key()
-            };
-            let shape = u8::try_from(key.shape).expect("shape fits u8");
-            if !shapes.contains(&shape) {
-                shapes.push(shape);
-            }
-            entries.push((
-                key,
-                RuleValue {
-                    rule_index: rule.index,
-                    imdsv1: Imdsv1Action::Log as u32,
-                },
-            ));
-        }
-        cfg.set_probes(&shapes, &[])
-            .expect("checked when the policy was resolved");
+        let entries = self
+            .installed()
+            .map(|rule| {
+                let key = RuleKey { generation, ..rule.key() };
+                (key, RuleValue { rule_index: rule.index, imdsv1: Imdsv1Action::Log as u32 })
+            })
+            .collect();
+        let (shapes, levels) = shapes_and_levels(&self.rules);
+        cfg.set_probes(&shapes, &levels).expect("checked when the policy was resolved");
+        cfg.needs_exe = u32::from(self.needs_exe());
         (cfg, entries)
     }
+}
+
+/// The distinct shapes and cgroup depths of the rules that are installed.
+fn shapes_and_levels(rules: &[Rule]) -> (Vec<u8>, Vec<u8>) {
+    let mut shapes: Vec<u8> = Vec::new();
+    let mut levels: Vec<u8> = Vec::new();
+    for r in rules.iter().filter(|r| r.duplicate_of.is_none() && !r.is_pending()) {
+        let shape = u8::try_from(r.key().shape).expect("shape fits u8");
+        if !shapes.contains(&shape) {
+            shapes.push(shape);
+        }
+        if let Some(c) = &r.cgroup
+            && !levels.contains(&c.level)
+        {
+            levels.push(c.level);
+        }
+    }
+    (shapes, levels)
 }
 
 fn resolve_rule(
     source: &Source,
     index: u32,
     table: &Spanned<AllowTable>,
+    host: &Host,
 ) -> Result<Rule, ConfigError> {
     let t = table.get_ref();
     let line = source.text[..table.span().start].matches('\n').count() + 1;
-    let name = t
-        .name
-        .as_ref()
-        .map_or_else(|| format!("allow[{index}]"), |n| n.get_ref().clone());
+    let name = t.name.as_ref().map_or_else(|| format!("allow[{index}]"), |n| n.get_ref().clone());
     let mut rule = Rule {
         index,
         name,
         line,
         uid: None,
         gid: None,
+        exe: None,
+        cgroup: None,
+        comm: None,
         resolved: Vec::new(),
         duplicate_of: None,
     };
@@ -246,11 +323,9 @@ fn resolve_rule(
             rule.resolved.push(format!("uid {}", uid.get_ref()));
         }
         (None, Some(user)) => {
-            let uid =
-                lookup_user(user.get_ref()).map_err(|m| source.error_at(Some(user.span()), m))?;
+            let uid = lookup_user(user.get_ref()).map_err(|m| source.error_at(Some(user.span()), m))?;
             rule.uid = Some(uid);
-            rule.resolved
-                .push(format!("user \"{}\" = uid {uid}", user.get_ref()));
+            rule.resolved.push(format!("user \"{}\" = uid {uid}", user.get_ref()));
         }
         (None, None) => {}
     }
@@ -266,19 +341,83 @@ fn resolve_rule(
             rule.resolved.push(format!("gid {}", gid.get_ref()));
         }
         (None, Some(group)) => {
-            let gid = lookup_group(group.get_ref())
-                .map_err(|m| source.error_at(Some(group.span()), m))?;
+            let gid = lookup_group(group.get_ref()).map_err(|m| source.error_at(Some(group.span()), m))?;
             rule.gid = Some(gid);
-            rule.resolved
-                .push(format!("group \"{}\" = gid {gid}", group.get_ref()));
+            rule.resolved.push(format!("group \"{}\" = gid {gid}", group.get_ref()));
         }
         (None, None) => {}
+    }
+    if let Some(exe) = &t.exe {
+        let id =
+            crate::identity::resolve_exe(exe.get_ref()).map_err(|m| source.error_at(Some(exe.span()), m))?;
+        rule.resolved.push(format!(
+            "exe {} = file {} (dev {}:{}, inode {})",
+            id.path,
+            id.file.display(),
+            id.dev >> 20,
+            id.dev & 0xfffff,
+            id.ino
+        ));
+        rule.exe = Some(id);
+    }
+    if let Some(cg) = &t.cgroup {
+        let c = crate::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
+            .map_err(|m| source.error_at(Some(cg.span()), m))?;
+        rule.resolved.push(match c.id {
+            Some(id) => format!("cgroup {} (id {id}, depth {}) and below", c.path, c.level),
+            None => format!("cgroup {} (not there yet) and below", c.path),
+        });
+        rule.cgroup = Some(c);
+    }
+    if let Some(comm) = &t.comm {
+        let v = comm.get_ref();
+        if v.is_empty() || v.len() > 15 || v.contains('\0') {
+            return Err(source.error_at(
+                Some(comm.span()),
+                format!("comm `{v}` must be 1 to 15 bytes (the kernel keeps 15 bytes of a task name)"),
+            ));
+        }
+        rule.resolved.push(format!("comm \"{v}\" (spoofable)"));
+        rule.comm = Some(v.clone());
+    }
+    if let Some(exe) = &t.exe {
+        let id =
+            crate::identity::resolve_exe(exe.get_ref()).map_err(|m| source.error_at(Some(exe.span()), m))?;
+        rule.resolved.push(format!(
+            "exe {} = file {} (dev {}:{}, inode {})",
+            id.path,
+            id.file.display(),
+            id.dev >> 20,
+            id.dev & 0xfffff,
+            id.ino
+        ));
+        rule.exe = Some(id);
+    }
+    if let Some(cg) = &t.cgroup {
+        let c = crate::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
+            .map_err(|m| source.error_at(Some(cg.span()), m))?;
+        rule.resolved.push(match c.id {
+            Some(id) => format!("cgroup {} (id {id}, depth {}) and below", c.path, c.level),
+            None => format!("cgroup {} (not there yet) and below", c.path),
+        });
+        rule.cgroup = Some(c);
+    }
+    if let Some(comm) = &t.comm {
+        let v = comm.get_ref();
+        if v.is_empty() || v.len() > 15 || v.contains('\0') {
+            return Err(source.error_at(
+                Some(comm.span()),
+                format!("comm `{v}` must be 1 to 15 bytes (the kernel keeps 15 bytes of a task name)"),
+            ));
+        }
+        rule.resolved.push(format!("comm \"{v}\" (spoofable)"));
+        rule.comm = Some(v.clone());
     }
     if rule.key().shape == 0 {
         return Err(source.error_at(
             Some(table.span()),
-            "this [[allow]] table has no identity keys (uid, user, gid, group), so it would allow \
-             every process; to let everything through while watching, use mode = \"monitor\"",
+            "this [[allow]] table has no identity keys (uid, user, gid, group, exe, cgroup, comm), so \
+             it would allow every process; to let everything through while watching, use mode = \"monitor\"",
         ));
     }
     Ok(rule)
@@ -287,9 +426,7 @@ fn resolve_rule(
 fn lookup_user(name: &str) -> Result<u32, String> {
     match nix::unistd::User::from_name(name) {
         Ok(Some(u)) => Ok(u.uid.as_raw()),
-        Ok(None) => Err(format!(
-            "unknown user `{name}`: no such user in the passwd database"
-        )),
+        Ok(None) => Err(format!("unknown user `{name}`: no such user in the passwd database")),
         Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
     }
 }
@@ -297,9 +434,7 @@ fn lookup_user(name: &str) -> Result<u32, String> {
 fn lookup_group(name: &str) -> Result<u32, String> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(format!(
-            "unknown group `{name}`: no such group in the group database"
-        )),
+        Ok(None) => Err(format!("unknown group `{name}`: no such group in the group database")),
         Err(e) => Err(format!("cannot look up group `{name}`: {e}")),
     }
 }
@@ -309,24 +444,34 @@ mod tests {
     use super::*;
 
     fn policy(text: &str) -> Result<Policy, ConfigError> {
-        Policy::from_source(&Source {
-            name: "p.toml".into(),
-            text: text.into(),
-        })
+        let host = Host { cgroup_root: PathBuf::from("/nonexistent-cgroup-root") };
+        Policy::from_source(&Source { name: "p.toml".into(), text: text.into() }, &host)
+    }
+
+    #[test]
+    fn exe_cgroup_and_comm_rules() {
+        let p = policy("[[allow]]\nexe = \"/bin/sh\"\nuid = 0\n[[allow]]\ncgroup = \"/system.slice/ssm.service\"\n[[allow]]\ncomm = \"aws\"\n").unwrap();
+        assert!(p.needs_exe());
+        assert!(p.rules[1].is_pending(), "cgroup not there");
+        assert!(p.warnings.iter().any(|w| w.contains("does not exist yet")), "{:?}", p.warnings);
+        assert!(p.warnings.iter().any(|w| w.contains("prctl")), "{:?}", p.warnings);
+        let (cfg, entries) = p.kernel_tables(1);
+        assert_eq!(entries.len(), 2, "the pending cgroup rule is not installed");
+        assert_eq!(cfg.needs_exe, 1);
+        let e = policy("[[allow]]\nexe = \"/no/such/binary\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:2:7");
+        assert!(
+            policy("[[allow]]\ncomm = \"a-name-longer-than-15\"\n").unwrap_err().message.contains("15 bytes")
+        );
+        assert!(policy("[[allow]]\ncgroup = \"/\"\n").unwrap_err().message.contains("every process"));
     }
 
     #[test]
     fn defaults() {
         let p = policy("[[allow]]\nuid = 0\n").unwrap();
         assert_eq!(p.mode, Mode::Enforce);
-        assert_eq!(
-            p.endpoints.v4,
-            vec!["169.254.169.254".parse::<std::net::Ipv4Addr>().unwrap()]
-        );
-        assert_eq!(
-            p.endpoints.v6,
-            vec!["fd00:ec2::254".parse::<std::net::Ipv6Addr>().unwrap()]
-        );
+        assert_eq!(p.endpoints.v4, vec!["169.254.169.254".parse::<std::net::Ipv4Addr>().unwrap()]);
+        assert_eq!(p.endpoints.v6, vec!["fd00:ec2::254".parse::<std::net::Ipv6Addr>().unwrap()]);
         assert_eq!(p.digest.len(), 64);
     }
 
@@ -343,16 +488,12 @@ mod tests {
     fn user_and_group_resolve() {
         let p = policy("[[allow]]\nuser = \"root\"\ngroup = \"root\"\n").unwrap();
         assert_eq!((p.rules[0].uid, p.rules[0].gid), (Some(0), Some(0)));
-        assert_eq!(
-            p.rules[0].resolved,
-            ["user \"root\" = uid 0", "group \"root\" = gid 0"]
-        );
+        assert_eq!(p.rules[0].resolved, ["user \"root\" = uid 0", "group \"root\" = gid 0"]);
     }
 
     #[test]
     fn unknown_user_names_line_and_value() {
-        let e =
-            policy("mode = \"enforce\"\n\n[[allow]]\nuser = \"no-such-user-xyz\"\n").unwrap_err();
+        let e = policy("mode = \"enforce\"\n\n[[allow]]\nuser = \"no-such-user-xyz\"\n").unwrap_err();
         assert_eq!(e.location, "p.toml:4:8");
         assert!(e.message.contains("unknown user `no-such-user-xyz`"), "{e}");
     }
@@ -374,24 +515,9 @@ mod tests {
 
     #[test]
     fn empty_table_and_conflicts_are_refused() {
-        assert!(
-            policy("[[allow]]\nname = \"x\"\n")
-                .unwrap_err()
-                .message
-                .contains("no identity keys")
-        );
-        assert!(
-            policy("[[allow]]\nuid = 0\nuser = \"root\"\n")
-                .unwrap_err()
-                .message
-                .contains("keep one")
-        );
-        assert!(
-            policy("[[allow]]\ngid = 0\ngroup = \"root\"\n")
-                .unwrap_err()
-                .message
-                .contains("keep one")
-        );
+        assert!(policy("[[allow]]\nname = \"x\"\n").unwrap_err().message.contains("no identity keys"));
+        assert!(policy("[[allow]]\nuid = 0\nuser = \"root\"\n").unwrap_err().message.contains("keep one"));
+        assert!(policy("[[allow]]\ngid = 0\ngroup = \"root\"\n").unwrap_err().message.contains("keep one"));
     }
 
     #[test]

@@ -41,11 +41,7 @@ struct MapUpdateAttr {
 fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size we pass.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
 fn create(map_type: u32, inner_map_fd: u32) -> io::Result<OwnedFd> {
@@ -70,10 +66,7 @@ pub struct RcuBarrier {
 impl RcuBarrier {
     pub fn new() -> io::Result<Self> {
         let inner = create(BPF_MAP_TYPE_ARRAY, 0)?;
-        let outer = create(
-            BPF_MAP_TYPE_ARRAY_OF_MAPS,
-            inner.as_raw_fd().cast_unsigned(),
-        )?;
+        let outer = create(BPF_MAP_TYPE_ARRAY_OF_MAPS, inner.as_raw_fd().cast_unsigned())?;
         Ok(RcuBarrier { outer, inner })
     }
 

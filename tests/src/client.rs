@@ -49,14 +49,7 @@ impl<'a> Client<'a> {
     /// A `Command` for `program` that will run inside the sandbox as this client.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        let procs = CString::new(
-            self.sb
-                .cgroup
-                .join("cgroup.procs")
-                .as_os_str()
-                .as_encoded_bytes(),
-        )
-        .unwrap();
+        let procs = CString::new(self.sb.cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
         let netns = self.sb.netns_fd.as_raw_fd();
         let (uid, gid) = (self.uid, self.gid);
         // SAFETY: only async-signal-safe libc calls between fork and exec.
@@ -83,21 +76,10 @@ impl<'a> Client<'a> {
     /// Connects to each `(addr, port)` (IPv6 syntax picks an AF_INET6 socket) with Python.
     pub fn probe(&self, targets: &[(&str, u16)]) -> Vec<Probe> {
         let script = self.sb.write("probe.py", PROBE_PY);
-        let args: Vec<String> = targets
-            .iter()
-            .map(|(a, p)| format!("{},{a},{p}", if a.contains(':') { 6 } else { 4 }))
-            .collect();
-        let out = self
-            .command("/usr/bin/python3")
-            .arg(&script)
-            .args(&args)
-            .output()
-            .expect("run python3");
-        assert!(
-            out.status.success(),
-            "probe failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args: Vec<String> =
+            targets.iter().map(|(a, p)| format!("{},{a},{p}", if a.contains(':') { 6 } else { 4 })).collect();
+        let out = self.command("/usr/bin/python3").arg(&script).args(&args).output().expect("run python3");
+        assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| {
@@ -117,21 +99,13 @@ impl<'a> Client<'a> {
 
     /// `curl` with `args`, bounded in time.
     pub fn curl(&self, args: &[&str]) -> Output {
-        self.command("curl")
-            .args(["-sS", "--max-time", "5"])
-            .args(args)
-            .output()
-            .expect("run curl")
+        self.command("curl").args(["-sS", "--max-time", "5"]).args(args).output().expect("run curl")
     }
 
     /// The IMDSv2 flow with curl: token PUT, then GET `path` with the token. Returns the body, or
     /// the error curl printed.
     pub fn imdsv2_get(&self, host: &str, path: &str) -> Result<String, String> {
-        let base = if host.contains(':') {
-            format!("http://[{host}]")
-        } else {
-            format!("http://{host}")
-        };
+        let base = if host.contains(':') { format!("http://[{host}]") } else { format!("http://{host}") };
         let tok = self.curl(&[
             "-f",
             "-X",
@@ -144,12 +118,8 @@ impl<'a> Client<'a> {
             return Err(String::from_utf8_lossy(&tok.stderr).into_owned());
         }
         let token = String::from_utf8_lossy(&tok.stdout).into_owned();
-        let get = self.curl(&[
-            "-f",
-            "-H",
-            &format!("X-aws-ec2-metadata-token: {token}"),
-            &format!("{base}{path}"),
-        ]);
+        let get =
+            self.curl(&["-f", "-H", &format!("X-aws-ec2-metadata-token: {token}"), &format!("{base}{path}")]);
         if get.status.success() {
             Ok(String::from_utf8_lossy(&get.stdout).into_owned())
         } else {

@@ -64,10 +64,7 @@ impl Daemon {
                 if n == 0 {
                     break;
                 }
-                o.0.lock()
-                    .unwrap()
-                    .stderr
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                o.0.lock().unwrap().stderr.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let d = Daemon { child, out };
@@ -107,10 +104,7 @@ impl Daemon {
     /// `connect_denied` events so far.
     #[must_use]
     pub fn denials(&self) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == "connect_denied")
-            .collect()
+        self.events().into_iter().filter(|e| e["event"] == "connect_denied").collect()
     }
 
     #[must_use]
@@ -136,11 +130,7 @@ impl Daemon {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit; stderr:\n{}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "daemon did not exit; stderr:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
     }

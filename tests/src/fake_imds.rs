@@ -74,8 +74,7 @@ impl FakeImds {
             let listeners: Vec<TcpListener> = ["169.254.169.254:80", "[fd00:ec2::254]:80"]
                 .iter()
                 .map(|a| {
-                    let l = TcpListener::bind(a.parse::<SocketAddr>().unwrap())
-                        .expect("bind fake IMDS");
+                    let l = TcpListener::bind(a.parse::<SocketAddr>().unwrap()).expect("bind fake IMDS");
                     l.set_nonblocking(true).unwrap();
                     l
                 })
@@ -95,13 +94,8 @@ impl FakeImds {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("fake IMDS did not start");
-        FakeImds {
-            stop,
-            log,
-            thread: Some(thread),
-        }
+        rx.recv_timeout(Duration::from_secs(10)).expect("fake IMDS did not start");
+        FakeImds { stop, log, thread: Some(thread) }
     }
 
     /// Requests served so far.
@@ -138,25 +132,12 @@ fn serve(st: &State, mut s: TcpStream) {
     let path = req.next().unwrap_or("").to_owned();
     let headers: Vec<(String, String)> = lines
         .take_while(|l| !l.is_empty())
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        })
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
         .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let token = header("x-aws-ec2-metadata-token");
     let (status, body) = respond(st, &method, &path, token, &header);
-    st.log.lock().unwrap().push(Request {
-        method,
-        path,
-        had_token: token.is_some(),
-        status,
-    });
+    st.log.lock().unwrap().push(Request { method, path, had_token: token.is_some(), status });
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -186,18 +167,14 @@ fn respond<'a>(
         if header("x-forwarded-for").is_some() {
             return (403, String::new());
         }
-        let Some(ttl) =
-            header("x-aws-ec2-metadata-token-ttl-seconds").and_then(|v| v.parse::<u32>().ok())
+        let Some(ttl) = header("x-aws-ec2-metadata-token-ttl-seconds").and_then(|v| v.parse::<u32>().ok())
         else {
             return (400, String::new());
         };
         if !(1..=21600).contains(&ttl) {
             return (400, String::new());
         }
-        let t = format!(
-            "AQAEA-imdsg-token-{}",
-            st.next.fetch_add(1, Ordering::Relaxed)
-        );
+        let t = format!("AQAEA-imdsg-token-{}", st.next.fetch_add(1, Ordering::Relaxed));
         st.tokens.lock().unwrap().push(t.clone());
         return (200, t);
     }

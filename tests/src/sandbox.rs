@@ -11,12 +11,7 @@ use crate::{Client, Daemon, FakeImds, ImdsMode};
 
 /// Addresses the sandbox puts on its `lo`: the metadata endpoints (and their siblings) plus a
 /// link-local neighbour that is *not* an endpoint.
-pub const V4_ADDRS: &[&str] = &[
-    "169.254.169.254",
-    "169.254.170.2",
-    "169.254.170.23",
-    "169.254.169.253",
-];
+pub const V4_ADDRS: &[&str] = &["169.254.169.254", "169.254.170.2", "169.254.170.23", "169.254.169.253"];
 pub const V6_ADDRS: &[&str] = &["fd00:ec2::254", "fd00:ec2::23", "fd00:ec2::253"];
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -46,11 +41,7 @@ pub fn privileged_or_skip(what: &str) -> bool {
 }
 
 fn which(prog: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(prog))
-        .find(|p| p.exists())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(prog)).find(|p| p.exists())
 }
 
 pub fn cgroup2_root() -> Option<PathBuf> {
@@ -65,9 +56,7 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 }
 
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -120,8 +109,7 @@ impl Sandbox {
         let name = format!("imdsg-{}-{n}", std::process::id());
         let cgroup_root = cgroup2_root().expect("checked");
         let cgroup = cgroup_root.join(&name);
-        fs::create_dir(&cgroup)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cgroup.display()));
+        fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cgroup.display()));
         let dir = std::env::temp_dir().join(&name);
         let bpffs = dir.join("bpffs");
         fs::create_dir_all(&bpffs).expect("test dir");
@@ -141,15 +129,7 @@ impl Sandbox {
         partial.netns = true;
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
         for a in V4_ADDRS {
-            run(Command::new("ip").args([
-                "-n",
-                &name,
-                "addr",
-                "add",
-                &format!("{a}/32"),
-                "dev",
-                "lo",
-            ]));
+            run(Command::new("ip").args(["-n", &name, "addr", "add", &format!("{a}/32"), "dev", "lo"]));
         }
         for a in V6_ADDRS {
             run(Command::new("ip").args([
@@ -163,9 +143,7 @@ impl Sandbox {
                 "nodad",
             ]));
         }
-        let netns_fd: OwnedFd = fs::File::open(format!("/run/netns/{name}"))
-            .expect("netns handle")
-            .into();
+        let netns_fd: OwnedFd = fs::File::open(format!("/run/netns/{name}")).expect("netns handle").into();
         let imds = FakeImds::start(&netns_fd, mode);
         std::mem::forget(partial);
         Some(Sandbox {
@@ -214,17 +192,12 @@ impl Sandbox {
 
     /// Runs the imds-guard CLI (not the daemon) with `args`.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(guard_bin())
-            .args(args)
-            .output()
-            .expect("running imds-guard")
+        Command::new(guard_bin()).args(args).output().expect("running imds-guard")
     }
 
     /// Programs attached to the sandbox cgroup (bpftool's view).
     pub fn attached_programs(&self) -> String {
-        run(Command::new("bpftool")
-            .args(["cgroup", "show"])
-            .arg(&self.cgroup))
+        run(Command::new("bpftool").args(["cgroup", "show"]).arg(&self.cgroup))
     }
 }
 
@@ -246,9 +219,7 @@ struct Partial {
 impl Drop for Partial {
     fn drop(&mut self) {
         if self.netns {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
         }
         if self.mounted {
             // Unmounting the private bpffs drops the pins: links detach, maps go.

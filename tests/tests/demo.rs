@@ -20,6 +20,10 @@ fn demo_runs_one_round_and_cleans_up() {
     assert!(stderr.contains("EPERM"), "{stderr}");
     assert!(stderr.contains("sandbox removed"), "{stderr}");
     assert_eq!(stdout.matches("\"event\":\"connect_denied\"").count(), 2, "{stdout}");
-    let name = stderr.split("network namespace ").nth(1).and_then(|s| s.split_whitespace().next()).expect("netns name");
+    let name = stderr
+        .split("network namespace ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("netns name");
     assert!(!std::path::Path::new(&format!("/run/netns/{name}")).exists(), "netns {name} left behind");
 }

@@ -13,11 +13,7 @@ const FORMS: [&str; 3] = ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.16
 
 fn assert_denied_fast(p: &imds_guard_tests::Probe, what: &str) {
     assert_eq!(p.result, "EPERM", "{what}: expected EPERM, got {p:?}");
-    assert!(
-        p.elapsed < Duration::from_millis(100),
-        "{what}: EPERM took {:?} (must fail at once)",
-        p.elapsed
-    );
+    assert!(p.elapsed < Duration::from_millis(100), "{what}: EPERM took {:?} (must fail at once)", p.elapsed);
 }
 
 #[test]
@@ -30,46 +26,25 @@ fn allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form() {
 
     // Allowed: the full IMDSv2 flow over IPv4 and IPv6, and a plain connect on every form.
     let root = sb.client(0, 0);
-    assert_eq!(
-        root.imdsv2_get("169.254.169.254", "/latest/meta-data/instance-id")
-            .unwrap(),
-        INSTANCE_ID
-    );
-    assert_eq!(
-        root.imdsv2_get("fd00:ec2::254", "/latest/meta-data/instance-id")
-            .unwrap(),
-        INSTANCE_ID
-    );
+    assert_eq!(root.imdsv2_get("169.254.169.254", "/latest/meta-data/instance-id").unwrap(), INSTANCE_ID);
+    assert_eq!(root.imdsv2_get("fd00:ec2::254", "/latest/meta-data/instance-id").unwrap(), INSTANCE_ID);
     for f in FORMS {
         assert_eq!(root.connect(f, 80).result, "connected", "root to {f}");
     }
 
     // Denied: EPERM at once for every form, whatever the port.
     let nobody = sb.client(NOBODY, NOBODY);
-    let probes = nobody.probe(&[
-        (FORMS[0], 80),
-        (FORMS[1], 80),
-        (FORMS[2], 80),
-        (FORMS[0], 8080),
-    ]);
-    for (p, f) in probes
-        .iter()
-        .zip([FORMS[0], FORMS[1], FORMS[2], "169.254.169.254:8080"])
-    {
+    let probes = nobody.probe(&[(FORMS[0], 80), (FORMS[1], 80), (FORMS[2], 80), (FORMS[0], 8080)]);
+    for (p, f) in probes.iter().zip([FORMS[0], FORMS[1], FORMS[2], "169.254.169.254:8080"]) {
         assert_denied_fast(p, f);
     }
     let curl = nobody.curl(&["http://169.254.169.254/latest/meta-data/"]);
     assert!(!curl.status.success());
-    assert!(
-        String::from_utf8_lossy(&curl.stderr).contains("Couldn't connect"),
-        "{curl:?}"
-    );
+    assert!(String::from_utf8_lossy(&curl.stderr).contains("Couldn't connect"), "{curl:?}");
 
     // One event per denied connect, naming who and where.
     let ev = d
-        .wait_event(Duration::from_secs(5), |e| {
-            e["dst"] == "::ffff:169.254.169.254"
-        })
+        .wait_event(Duration::from_secs(5), |e| e["dst"] == "::ffff:169.254.169.254")
         .expect("event for the v4-mapped connect");
     assert_eq!(ev["event"], "connect_denied");
     assert_eq!(ev["enforced"], true);
@@ -77,29 +52,17 @@ fn allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form() {
     assert_eq!(ev["gid"], NOBODY);
     assert_eq!(ev["user"], "nobody");
     assert_eq!(ev["comm"], "python3");
-    assert!(
-        ev["exe"].as_str().unwrap().starts_with("/usr/bin/python3"),
-        "{ev}"
-    );
+    assert!(ev["exe"].as_str().unwrap().starts_with("/usr/bin/python3"), "{ev}");
     assert_eq!(ev["cgroup"], sb.cgroup_rel());
     assert_eq!(ev["port"], 80);
     assert_eq!(ev["family"], "ipv6");
     assert!(ev["pid"].as_u64().unwrap() > 1);
     assert!(ev["time"].as_str().unwrap().ends_with('Z'));
-    d.wait_event(Duration::from_secs(5), |e| e["port"] == 8080)
-        .expect("event for port 8080");
-    d.wait_event(Duration::from_secs(5), |e| e["comm"] == "curl")
-        .expect("event for curl");
+    d.wait_event(Duration::from_secs(5), |e| e["port"] == 8080).expect("event for port 8080");
+    d.wait_event(Duration::from_secs(5), |e| e["comm"] == "curl").expect("event for curl");
     let denials = d.denials();
-    assert_eq!(
-        denials.len(),
-        5,
-        "one event per denied connect: {denials:#?}"
-    );
-    assert!(
-        denials.iter().all(|e| e["uid"] == NOBODY),
-        "no event for the allowed root connects"
-    );
+    assert_eq!(denials.len(), 5, "one event per denied connect: {denials:#?}");
+    assert!(denials.iter().all(|e| e["uid"] == NOBODY), "no event for the allowed root connects");
     // The fake IMDS saw only root's requests.
     assert_eq!(sb.imds.requests().len(), 4);
 }
@@ -114,12 +77,7 @@ fn other_destinations_are_untouched() {
     let nobody = sb.client(NOBODY, NOBODY);
     // A link-local neighbour and the loopback are not endpoints: refused by the stack (no
     // listener), not by the guard.
-    for (addr, port) in [
-        ("169.254.169.253", 80),
-        ("fd00:ec2::253", 80),
-        ("127.0.0.1", 9),
-        ("::1", 9),
-    ] {
+    for (addr, port) in [("169.254.169.253", 80), ("fd00:ec2::253", 80), ("127.0.0.1", 9), ("::1", 9)] {
         assert_eq!(nobody.connect(addr, port).result, "ECONNREFUSED", "{addr}");
     }
     // Sibling endpoints are not in the default set.
@@ -162,21 +120,13 @@ fn monitor_mode_allows_and_reports() {
     let d = sb.daemon(&policy);
     let nobody = sb.client(NOBODY, NOBODY);
     let out = nobody.curl(&["-f", "http://169.254.169.254/latest/meta-data/instance-id"]);
-    assert!(
-        out.status.success(),
-        "monitor mode lets it through: {out:?}"
-    );
-    let ev = d
-        .wait_event(Duration::from_secs(5), |e| e["event"] == "connect_denied")
-        .expect("reported");
+    assert!(out.status.success(), "monitor mode lets it through: {out:?}");
+    let ev = d.wait_event(Duration::from_secs(5), |e| e["event"] == "connect_denied").expect("reported");
     assert_eq!(ev["enforced"], false);
     assert_eq!(ev["comm"], "curl");
     assert_eq!(ev["uid"], NOBODY);
     // The allowed identity is not reported.
-    assert_eq!(
-        sb.client(0, 0).connect("fd00:ec2::254", 80).result,
-        "connected"
-    );
+    assert_eq!(sb.client(0, 0).connect("fd00:ec2::254", 80).result, "connected");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(d.denials().len(), 1);
 }

@@ -68,7 +68,17 @@ fn main() -> anyhow::Result<()> {
             cargo(&test)
         }
         Cmd::Demo { rounds, interval } => {
-            cargo(&["build", "-p", "imds-guard", "-p", "imds-guard-tests", "--bin", "imds-guard", "--bin", "imds-guard-demo"])?;
+            cargo(&[
+                "build",
+                "-p",
+                "imds-guard",
+                "-p",
+                "imds-guard-tests",
+                "--bin",
+                "imds-guard",
+                "--bin",
+                "imds-guard-demo",
+            ])?;
             let status = Command::new(root().join("target/debug/imds-guard-demo"))
                 .args(["--rounds", &rounds.to_string(), "--interval", &interval.to_string()])
                 .status()?;

@@ -1,8 +1,14 @@
-use crate::{cli::CheckArgs, config::Source, policy::Policy};
+use crate::{
+    cli::CheckArgs,
+    config::Source,
+    env,
+    policy::{Host, Policy},
+};
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     let source = Source::read(&args.config)?;
-    let policy = Policy::from_source(&source)?;
+    let host = Host { cgroup_root: env::cgroup2_root()? };
+    let policy = Policy::from_source(&source, &host)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&policy)?);
         return Ok(());
@@ -16,24 +22,16 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         .map(ToString::to_string)
         .chain(policy.endpoints.v6.iter().map(ToString::to_string))
         .collect();
-    println!(
-        "  endpoints: {} (any port; IPv4 also as ::ffff:a.b.c.d)",
-        eps.join(", ")
-    );
+    println!("  endpoints: {} (any port; IPv4 also as ::ffff:a.b.c.d)", eps.join(", "));
     if policy.rules.is_empty() {
         println!("  no [[allow]] rules: every process is denied");
     }
     for r in &policy.rules {
-        let dup = r
-            .duplicate_of
-            .map(|i| format!(" (duplicate of allow[{i}], ignored)"))
-            .unwrap_or_default();
-        println!(
-            "  {} (line {}): {}{dup}",
-            r.name,
-            r.line,
-            r.resolved.join(" and ")
-        );
+        let dup = r.duplicate_of.map(|i| format!(" (duplicate of allow[{i}], ignored)")).unwrap_or_default();
+        println!("  {} (line {}): {}{dup}", r.name, r.line, r.resolved.join(" and "));
+    }
+    for w in &policy.warnings {
+        println!("  warning: {w}");
     }
     println!("  digest: {}", policy.digest);
     Ok(())

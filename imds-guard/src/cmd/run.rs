@@ -1,7 +1,8 @@
-//! `imds-guard run`: install the policy, attach, then report events and reload on SIGHUP until
-//! SIGTERM/SIGINT. Exiting leaves enforcement in place (the links are pinned).
+//! `imds-guard run`: install the policy, attach, then report events and keep the policy current
+//! (SIGHUP, file changes, identity changes) until SIGTERM/SIGINT. Exiting leaves enforcement in
+//! place (the links are pinned).
 
-use std::{io::Write as _, path::Path};
+use std::{io::Write as _, time::Duration};
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -11,24 +12,48 @@ use tokio::{
 };
 
 use crate::{
+    btf,
     cli::RunArgs,
     config::Source,
     env,
     events::Enricher,
     guard::Guard,
-    policy::{Policy, mode_name},
+    policy::{Host, Policy, mode_name},
+    reload::{Reason, Reloader},
 };
 
+/// How often the rules' identities are re-resolved even without a change notification.
+const RECHECK: Duration = Duration::from_secs(10);
+/// Changes often come in bursts (an editor's save, a package upgrade): wait this long for quiet.
+const SETTLE: Duration = Duration::from_millis(50);
+
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let source = Source::read(&args.config)?;
-    let policy = Policy::from_source(&source)?;
     let cgroup_root = env::cgroup2_root()?;
+    let host = Host { cgroup_root: cgroup_root.clone() };
+    let source = Source::read(&args.config)?;
+    let policy = Policy::from_source(&source, &host)?;
+    for w in &policy.warnings {
+        tracing::warn!("{w}");
+    }
+    let exe_offsets = match btf::Btf::from_file(&args.btf).and_then(|b| btf::exe_offsets(&b)) {
+        Ok(o) => Some(o),
+        Err(e) if policy.needs_exe() => {
+            return Err(e.context(
+                "the policy has exe rules, which need the kernel's BTF to find a process's executable; \
+                 imds-guard refuses to guess kernel struct layouts",
+            ));
+        }
+        Err(e) => {
+            tracing::warn!("exe rules will be refused: {e:#}");
+            None
+        }
+    };
     let cgroup = args.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
     env::check_cgroup2_dir(&cgroup)?;
     let pin_dir = &args.pins.pin_dir;
     env::prepare_pin_dir(pin_dir)?;
 
-    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy)?;
+    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets)?;
     emit(&json!({
         "schema": crate::events::SCHEMA_VERSION,
         "event": "guard_started",
@@ -51,15 +76,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // systemd Type=notify: READY only once the programs are attached with the policy live.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(&mut guard, &args.config, cgroup_root))
+    let reloader = Reloader::new(args.config.clone(), host, source, policy);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(serve(&mut guard, reloader, cgroup_root))
 }
 
 async fn serve(
     guard: &mut Guard,
-    config: &Path,
+    mut reloader: Reloader,
     cgroup_root: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd, which is neither closed nor replaced while the AsyncFd
@@ -70,6 +94,9 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut watch = register(&reloader)?;
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.tick().await;
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
@@ -82,7 +109,23 @@ async fn serve(
                 }
                 ready.clear_ready();
             }
-            _ = hup.recv() => reload(guard, config),
+            ready = watch.readable() => {
+                let mut ready = ready?;
+                let _ = ready.get_inner().0.read_events();
+                ready.clear_ready();
+                drop(ready);
+                tokio::time::sleep(SETTLE).await;
+                reloader.refresh(guard);
+                watch = register(&reloader)?;
+            }
+            _ = recheck.tick() => {
+                reloader.refresh(guard);
+                watch = register(&reloader)?;
+            }
+            _ = hup.recv() => {
+                reloader.reload(guard, Reason::Signal);
+                watch = register(&reloader)?;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -91,42 +134,24 @@ async fn serve(
     Ok(())
 }
 
-fn reload(guard: &mut Guard, config: &Path) {
-    let started = std::time::Instant::now();
-    let result = Source::read(config)
-        .and_then(|s| Policy::from_source(&s))
-        .map_err(anyhow::Error::from)
-        .and_then(|p| guard.apply(&p).map(|g| (g, p)));
-    match result {
-        Ok((generation, policy)) => {
-            tracing::info!(generation, digest = %policy.digest, "policy reloaded");
-            emit(&json!({
-                "schema": crate::events::SCHEMA_VERSION,
-                "event": "policy_reloaded",
-                "generation": generation,
-                "mode": mode_name(policy.mode),
-                "policy_digest": policy.digest,
-                "rules": policy.rules.len(),
-                "elapsed_us": started.elapsed().as_micros(),
-            }));
-        }
-        Err(e) => {
-            tracing::error!(
-                generation = guard.generation(),
-                "policy reload refused, previous policy stays enforced: {e:#}"
-            );
-            emit(&json!({
-                "schema": crate::events::SCHEMA_VERSION,
-                "event": "policy_reload_failed",
-                "generation": guard.generation(),
-                "error": format!("{e:#}"),
-            }));
-        }
+/// nix's Inotify is AsFd only; tokio wants AsRawFd.
+struct Watch(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for Watch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd as _;
+        self.0.as_fd().as_raw_fd()
     }
 }
 
+fn register(reloader: &Reloader) -> anyhow::Result<AsyncFd<Watch>> {
+    let ino = reloader.watcher().context("setting up inotify")?;
+    // SAFETY: the Watch owns the inotify fd for as long as the AsyncFd holds it.
+    Ok(unsafe { AsyncFd::register(Watch(ino)) }?)
+}
+
 /// One JSON object per line on stdout, flushed at once.
-fn emit<T: serde::Serialize>(v: &T) {
+pub fn emit<T: serde::Serialize>(v: &T) {
     let mut out = std::io::stdout().lock();
     if serde_json::to_writer(&mut out, v).is_ok() {
         let _ = out.write_all(b"\n");

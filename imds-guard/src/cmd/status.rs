@@ -10,19 +10,12 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     println!(
         "enforcing:  {}{}",
         if s.enforcing { "yes" } else { "NO" },
-        if s.links.is_empty() {
-            String::new()
-        } else {
-            format!(" (links: {})", s.links.join(", "))
-        }
+        if s.links.is_empty() { String::new() } else { format!(" (links: {})", s.links.join(", ")) }
     );
     println!("mode:       {}", s.mode);
     println!("cgroup id:  {}", s.cgroup_id);
     println!("endpoints:  {}", s.endpoints.join(", "));
-    println!(
-        "rules:      {} ({} kernel entries), generation {}",
-        s.rules, s.rule_entries, s.generation
-    );
+    println!("rules:      {} ({} kernel entries), generation {}", s.rules, s.rule_entries, s.generation);
     println!("policy:     sha256:{}", s.policy_digest);
     println!("counters:");
     for (k, v) in &s.counters {

@@ -79,7 +79,9 @@ fn main() {
         round += 1;
         say(&format!("--- round {round} ---"));
         match sb.client(0, 0).imdsv2_get("169.254.169.254", &creds) {
-            Ok(body) => say(&format!("ALLOWED  root (uid 0), IMDSv2 over IPv4: {} bytes of credentials", body.len())),
+            Ok(body) => {
+                say(&format!("ALLOWED  root (uid 0), IMDSv2 over IPv4: {} bytes of credentials", body.len()))
+            }
             Err(e) => say(&format!("UNEXPECTED root failed: {e}")),
         }
         match sb.client(1, 1).imdsv2_get("fd00:ec2::254", "/latest/meta-data/instance-id") {
@@ -92,7 +94,10 @@ fn main() {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
         let p = sb.client(65534, 65534).connect("::ffff:169.254.169.254", 80);
-        say(&format!("DENIED   nobody, python connect() to ::ffff:169.254.169.254: {} in {:?}", p.result, p.elapsed));
+        say(&format!(
+            "DENIED   nobody, python connect() to ::ffff:169.254.169.254: {} in {:?}",
+            p.result, p.elapsed
+        ));
         show_events(&daemon);
         for _ in 0..interval * 10 {
             if STOP.load(Ordering::Relaxed) || (rounds != 0 && round >= rounds) {

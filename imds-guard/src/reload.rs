@@ -1,0 +1,168 @@
+//! Keeping the enforced policy true to the policy file and to the host: SIGHUP and changes of the
+//! file reload it; changes of the things its rules name (an executable replaced on upgrade, a
+//! cgroup that appears or is recreated when a unit restarts) re-resolve it. Either way the result
+//! is installed as one atomic generation switch, or refused with the old policy left in force.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use serde_json::json;
+
+use crate::{
+    config::Source,
+    guard::Guard,
+    identity::existing_ancestor,
+    policy::{Host, Policy, mode_name},
+};
+
+/// Why a reload happened (reported in the `policy_reloaded` event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Signal,
+    FileChanged,
+    IdentityChanged,
+}
+
+impl Reason {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Signal => "sighup",
+            Reason::FileChanged => "file_changed",
+            Reason::IdentityChanged => "identity_changed",
+        }
+    }
+}
+
+pub struct Reloader {
+    pub config: PathBuf,
+    pub host: Host,
+    /// The text the enforced policy was built from.
+    source: Source,
+    pub policy: Policy,
+    pub reloads: u64,
+    pub failures: u64,
+}
+
+impl Reloader {
+    #[must_use]
+    pub fn new(config: PathBuf, host: Host, source: Source, policy: Policy) -> Self {
+        Reloader { config, host, source, policy, reloads: 0, failures: 0 }
+    }
+
+    /// Called when something watched changed, or periodically: reloads if the file's text changed,
+    /// else re-resolves the current text and installs it if what it resolves to changed.
+    pub fn refresh(&mut self, guard: &mut Guard) {
+        match std::fs::read_to_string(&self.config) {
+            Ok(text) if text != self.source.text => self.reload(guard, Reason::FileChanged),
+            Ok(_) => match Policy::from_source(&self.source, &self.host) {
+                Ok(p) if p.digest != self.policy.digest => {
+                    self.install(guard, self.source.clone(), p, Reason::IdentityChanged, Instant::now());
+                }
+                Ok(_) => {}
+                Err(e) => self.refused(guard, &anyhow::Error::from(e)),
+            },
+            // A file being replaced may be missing for an instant; a later event brings it back.
+            Err(e) => tracing::debug!("policy file unreadable for now: {e}"),
+        }
+    }
+
+    /// Reads and installs the policy file.
+    pub fn reload(&mut self, guard: &mut Guard, reason: Reason) {
+        let started = Instant::now();
+        let parsed =
+            Source::read(&self.config).and_then(|s| Policy::from_source(&s, &self.host).map(|p| (s, p)));
+        match parsed {
+            Ok((source, policy)) => self.install(guard, source, policy, reason, started),
+            Err(e) => self.refused(guard, &anyhow::Error::from(e)),
+        }
+    }
+
+    fn install(
+        &mut self,
+        guard: &mut Guard,
+        source: Source,
+        policy: Policy,
+        reason: Reason,
+        started: Instant,
+    ) {
+        match guard.apply(&policy) {
+            Ok(generation) => {
+                self.reloads += 1;
+                for w in &policy.warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!(generation, digest = %policy.digest, reason = reason.as_str(), "policy installed");
+                crate::cmd::run::emit(&json!({
+                    "schema": crate::events::SCHEMA_VERSION,
+                    "event": "policy_reloaded",
+                    "reason": reason.as_str(),
+                    "generation": generation,
+                    "mode": mode_name(policy.mode),
+                    "policy_digest": policy.digest,
+                    "rules": policy.rules.len(),
+                    "elapsed_us": started.elapsed().as_micros(),
+                }));
+                self.source = source;
+                self.policy = policy;
+            }
+            Err(e) => self.refused(guard, &e),
+        }
+    }
+
+    fn refused(&mut self, guard: &Guard, e: &anyhow::Error) {
+        self.failures += 1;
+        tracing::error!(
+            generation = guard.generation(),
+            "policy refused, the previous policy stays enforced: {e:#}"
+        );
+        crate::cmd::run::emit(&json!({
+            "schema": crate::events::SCHEMA_VERSION,
+            "event": "policy_reload_failed",
+            "generation": guard.generation(),
+            "error": format!("{e:#}"),
+        }));
+    }
+
+    /// An inotify instance watching the policy file's directory and every directory whose change
+    /// can change what the rules resolve to.
+    pub fn watcher(&self) -> nix::Result<Inotify> {
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let dir_events = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF;
+        for dir in self.watched_dirs() {
+            if let Err(e) = ino.add_watch(&dir, dir_events) {
+                tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+            }
+        }
+        Ok(ino)
+    }
+
+    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let mut dirs = BTreeSet::new();
+        let parent = |p: &Path| p.parent().map(Path::to_owned);
+        dirs.extend(parent(&self.config));
+        for r in &self.policy.rules {
+            if let Some(exe) = &r.exe {
+                dirs.extend(parent(Path::new(&exe.path)));
+                dirs.extend(parent(&exe.file));
+            }
+            if let Some(cg) = &r.cgroup {
+                let dir = existing_ancestor(&self.host.cgroup_root, &cg.path);
+                dirs.extend(parent(&dir).filter(|_| cg.id.is_some()));
+                dirs.insert(dir);
+            }
+        }
+        dirs.retain(|d| d.is_dir());
+        dirs
+    }
+}
