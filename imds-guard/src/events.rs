@@ -84,7 +84,10 @@ impl Enricher {
             gid: ev.gid,
             user: self.user(ev.uid),
             comm: cstr(&ev.comm),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .inspect_err(|e| tracing::debug!(pid, "no executable path: {e}"))
+                .ok()
+                .map(|p| p.display().to_string()),
             cgroup: self.cgroup(pid, ev.cgroup_id),
             cgroup_id: ev.cgroup_id,
             dst,

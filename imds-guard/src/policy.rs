@@ -380,39 +380,6 @@ fn resolve_rule(
         rule.resolved.push(format!("comm \"{v}\" (spoofable)"));
         rule.comm = Some(v.clone());
     }
-    if let Some(exe) = &t.exe {
-        let id =
-            crate::identity::resolve_exe(exe.get_ref()).map_err(|m| source.error_at(Some(exe.span()), m))?;
-        rule.resolved.push(format!(
-            "exe {} = file {} (dev {}:{}, inode {})",
-            id.path,
-            id.file.display(),
-            id.dev >> 20,
-            id.dev & 0xfffff,
-            id.ino
-        ));
-        rule.exe = Some(id);
-    }
-    if let Some(cg) = &t.cgroup {
-        let c = crate::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
-            .map_err(|m| source.error_at(Some(cg.span()), m))?;
-        rule.resolved.push(match c.id {
-            Some(id) => format!("cgroup {} (id {id}, depth {}) and below", c.path, c.level),
-            None => format!("cgroup {} (not there yet) and below", c.path),
-        });
-        rule.cgroup = Some(c);
-    }
-    if let Some(comm) = &t.comm {
-        let v = comm.get_ref();
-        if v.is_empty() || v.len() > 15 || v.contains('\0') {
-            return Err(source.error_at(
-                Some(comm.span()),
-                format!("comm `{v}` must be 1 to 15 bytes (the kernel keeps 15 bytes of a task name)"),
-            ));
-        }
-        rule.resolved.push(format!("comm \"{v}\" (spoofable)"));
-        rule.comm = Some(v.clone());
-    }
     if rule.key().shape == 0 {
         return Err(source.error_at(
             Some(table.span()),

@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -18,6 +18,25 @@ use crate::{
     identity::existing_ancestor,
     policy::{Host, Policy, mode_name},
 };
+
+/// How long the policy file must stay unchanged before a change is installed.
+pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// The file's text once two reads `SETTLE` apart agree: a file rewritten in place (truncate, then
+/// write) is never installed half-written, which could drop rules or, with only its first line,
+/// switch to monitor mode.
+fn read_settled(path: &Path) -> std::io::Result<String> {
+    let mut last = std::fs::read_to_string(path)?;
+    for _ in 0..20 {
+        std::thread::sleep(SETTLE);
+        let now = std::fs::read_to_string(path)?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Err(std::io::Error::other("the policy file kept changing for a second"))
+}
 
 /// Why a reload happened (reported in the `policy_reloaded` event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +76,17 @@ impl Reloader {
     /// else re-resolves the current text and installs it if what it resolves to changed.
     pub fn refresh(&mut self, guard: &mut Guard) {
         match std::fs::read_to_string(&self.config) {
-            Ok(text) if text != self.source.text => self.reload(guard, Reason::FileChanged),
+            Ok(text) if text != self.source.text => match read_settled(&self.config) {
+                Ok(text) => {
+                    let started = Instant::now();
+                    let source = Source { name: self.config.display().to_string(), text };
+                    match Policy::from_source(&source, &self.host) {
+                        Ok(p) => self.install(guard, source, p, Reason::FileChanged, started),
+                        Err(e) => self.refused(guard, &anyhow::Error::from(e)),
+                    }
+                }
+                Err(e) => tracing::debug!("policy file still changing or unreadable: {e}"),
+            },
             Ok(_) => match Policy::from_source(&self.source, &self.host) {
                 Ok(p) if p.digest != self.policy.digest => {
                     self.install(guard, self.source.clone(), p, Reason::IdentityChanged, Instant::now());
@@ -129,7 +158,7 @@ impl Reloader {
 
     /// An inotify instance watching the policy file's directory and every directory whose change
     /// can change what the rules resolve to.
-    pub fn watcher(&self) -> nix::Result<Inotify> {
+    pub fn watcher(&self, dirs: &BTreeSet<PathBuf>) -> nix::Result<Inotify> {
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         let dir_events = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
@@ -139,15 +168,16 @@ impl Reloader {
             | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF;
-        for dir in self.watched_dirs() {
-            if let Err(e) = ino.add_watch(&dir, dir_events) {
+        for dir in dirs {
+            if let Err(e) = ino.add_watch(dir.as_path(), dir_events) {
                 tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
             }
         }
         Ok(ino)
     }
 
-    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+    #[must_use]
+    pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
         let parent = |p: &Path| p.parent().map(Path::to_owned);
         dirs.extend(parent(&self.config));

@@ -33,23 +33,73 @@ for arg in sys.argv[1:]:
         r = errno.errorcode.get(e.errno, str(e.errno))
     print(json.dumps({"result": r, "ms": (time.monotonic() - t) * 1000}), flush=True)
     s.close()
+# Linger, so the daemon still finds /proc/<pid>/exe when it enriches the events: attributing a
+# process that has already exited is not done yet (see the reporting issue).
+time.sleep(0.3)
 "#;
 
 pub struct Client<'a> {
     sb: &'a Sandbox,
     uid: u32,
     gid: u32,
+    /// The cgroup to start in (default: the sandbox cgroup).
+    cgroup: std::path::PathBuf,
+}
+
+/// The `imdsg-connect` test client (see its source for the steps it takes).
+#[must_use]
+pub fn connect_bin() -> std::path::PathBuf {
+    let p = crate::sandbox::guard_bin().with_file_name("imdsg-connect");
+    assert!(p.is_file(), "{} not built (cargo build -p imds-guard-tests)", p.display());
+    p
 }
 
 impl<'a> Client<'a> {
     pub(crate) fn new(sb: &'a Sandbox, uid: u32, gid: u32) -> Self {
-        Client { sb, uid, gid }
+        Client { sb, uid, gid, cgroup: sb.cgroup.clone() }
+    }
+
+    /// Start in `sub`, a cgroup below the sandbox cgroup (created if missing).
+    #[must_use]
+    pub fn in_cgroup(mut self, sub: &str) -> Self {
+        self.cgroup = self.sb.cgroup.join(sub);
+        std::fs::create_dir_all(&self.cgroup).expect("create sub-cgroup");
+        self
+    }
+
+    /// Runs `program` (usually a copy of `imdsg-connect`) with `steps`, optionally from `cwd`,
+    /// and returns the JSON lines it printed.
+    pub fn steps(
+        &self,
+        program: &str,
+        cwd: Option<&std::path::Path>,
+        steps: &[&str],
+    ) -> Vec<serde_json::Value> {
+        let mut cmd = self.command(program);
+        cmd.args(steps);
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+        assert!(out.status.success(), "{program} {steps:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Results (`"connected"`, `"EPERM"`, ...) of the `connect` steps of `program`.
+    pub fn results(&self, program: &str, cwd: Option<&std::path::Path>, steps: &[&str]) -> Vec<String> {
+        self.steps(program, cwd, steps)
+            .iter()
+            .filter_map(|v| v["result"].as_str().map(str::to_owned))
+            .collect()
     }
 
     /// A `Command` for `program` that will run inside the sandbox as this client.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        let procs = CString::new(self.sb.cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
+        let procs = CString::new(self.cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
         let netns = self.sb.netns_fd.as_raw_fd();
         let (uid, gid) = (self.uid, self.gid);
         // SAFETY: only async-signal-safe libc calls between fork and exec.

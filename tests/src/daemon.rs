@@ -83,10 +83,14 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.out;
         let mut g = lock.lock().unwrap();
+        // Each event is looked at once: rescanning everything on every new line would make the
+        // reader fall behind a flood, fill the pipe and stall the daemon on its stdout.
+        let mut seen = 0;
         loop {
-            if let Some(e) = g.events.iter().find(|e| pred(e)) {
+            if let Some(e) = g.events[seen..].iter().find(|e| pred(e)) {
                 return Some(e.clone());
             }
+            seen = g.events.len();
             let now = Instant::now();
             if now >= deadline || g.closed {
                 return None;

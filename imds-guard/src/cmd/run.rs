@@ -22,10 +22,11 @@ use crate::{
     reload::{Reason, Reloader},
 };
 
-/// How often the rules' identities are re-resolved even without a change notification.
-const RECHECK: Duration = Duration::from_secs(10);
-/// Changes often come in bursts (an editor's save, a package upgrade): wait this long for quiet.
-const SETTLE: Duration = Duration::from_millis(50);
+/// Events handled per wake-up before other work gets a turn.
+const EVENT_BATCH: usize = 256;
+/// How often the policy file and the rules' identities are looked at even without a change
+/// notification (a safety net behind inotify: a few stat calls and one small read).
+const RECHECK: Duration = Duration::from_secs(2);
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let cgroup_root = env::cgroup2_root()?;
@@ -54,36 +55,55 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     env::prepare_pin_dir(pin_dir)?;
 
     let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets)?;
-    emit(&json!({
-        "schema": crate::events::SCHEMA_VERSION,
-        "event": "guard_started",
-        "attachment": attachment,
-        "mode": mode_name(policy.mode),
-        "generation": guard.generation(),
-        "policy": source.name,
-        "policy_digest": policy.digest,
-        "rules": policy.rules.len(),
-        "cgroup": cgroup.display().to_string(),
-        "pin_dir": pin_dir.display().to_string(),
-    }));
-    tracing::info!(
-        mode = mode_name(policy.mode),
-        cgroup = %cgroup.display(),
-        pin_dir = %pin_dir.display(),
-        ?attachment,
-        "enforcing"
-    );
-    // systemd Type=notify: READY only once the programs are attached with the policy live.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-
-    let reloader = Reloader::new(args.config.clone(), host, source, policy);
+    let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(serve(&mut guard, reloader, cgroup_root))
+    rt.block_on(async {
+        // Signals first: a reload requested the moment we are ready must not kill us.
+        let signals = Signals::new()?;
+        // Watch, then look once more, so that nothing that changed since the policy was read (a
+        // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
+        let watch = rewatch(&mut reloader, &mut guard, Some(Reason::FileChanged))?;
+        let policy = &reloader.policy;
+        emit(&json!({
+            "schema": crate::events::SCHEMA_VERSION,
+            "event": "guard_started",
+            "attachment": attachment,
+            "mode": mode_name(policy.mode),
+            "generation": guard.generation(),
+            "policy": policy.source,
+            "policy_digest": policy.digest,
+            "rules": policy.rules.len(),
+            "cgroup": cgroup.display().to_string(),
+            "pin_dir": pin_dir.display().to_string(),
+        }));
+        tracing::info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), ?attachment, "enforcing");
+        // systemd Type=notify: READY only once the programs are attached with the policy live.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        serve(&mut guard, reloader, watch, signals, cgroup_root).await
+    })
+}
+
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
 }
 
 async fn serve(
     guard: &mut Guard,
     mut reloader: Reloader,
+    mut watch: AsyncFd<Watch>,
+    mut sig: Signals,
     cgroup_root: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd, which is neither closed nor replaced while the AsyncFd
@@ -91,10 +111,6 @@ async fn serve(
     let mut events =
         unsafe { AsyncFd::register(guard.take_events()?) }.context("watching the ring buffer")?;
     let mut enricher = Enricher::new(cgroup_root);
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut watch = register(&reloader)?;
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
     loop {
@@ -102,32 +118,31 @@ async fn serve(
             ready = events.readable_mut() => {
                 let mut ready = ready?;
                 let ring = ready.get_inner_mut();
-                while let Some(item) = ring.next() {
+                // A bounded batch, so that a flood of events cannot starve reloads and signals.
+                let mut drained = true;
+                for _ in 0..EVENT_BATCH {
+                    let Some(item) = ring.next() else { break };
                     if let Some(ev) = enricher.decode(&item) {
                         emit(&ev);
                     }
+                    drained = false;
                 }
-                ready.clear_ready();
+                if drained {
+                    ready.clear_ready();
+                }
             }
             ready = watch.readable() => {
                 let mut ready = ready?;
                 let _ = ready.get_inner().0.read_events();
                 ready.clear_ready();
                 drop(ready);
-                tokio::time::sleep(SETTLE).await;
-                reloader.refresh(guard);
-                watch = register(&reloader)?;
+                tokio::time::sleep(crate::reload::SETTLE).await;
+                watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
             }
-            _ = recheck.tick() => {
-                reloader.refresh(guard);
-                watch = register(&reloader)?;
-            }
-            _ = hup.recv() => {
-                reloader.reload(guard, Reason::Signal);
-                watch = register(&reloader)?;
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = recheck.tick() => watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?,
+            _ = sig.hup.recv() => watch = rewatch(&mut reloader, guard, Some(Reason::Signal))?,
+            _ = sig.term.recv() => break,
+            _ = sig.int.recv() => break,
         }
     }
     tracing::info!(pin_dir = %guard.pin_dir().display(), "exiting; enforcement stays in place (imds-guard unload removes it)");
@@ -144,10 +159,29 @@ impl std::os::fd::AsRawFd for Watch {
     }
 }
 
-fn register(reloader: &Reloader) -> anyhow::Result<AsyncFd<Watch>> {
-    let ino = reloader.watcher().context("setting up inotify")?;
-    // SAFETY: the Watch owns the inotify fd for as long as the AsyncFd holds it.
-    Ok(unsafe { AsyncFd::register(Watch(ino)) }?)
+/// Watches what the current policy depends on, *then* refreshes (or reloads, for a signal), so that
+/// a change landing in between is seen by the new watch rather than lost; repeats while the refresh
+/// changes what there is to watch.
+fn rewatch(
+    reloader: &mut Reloader,
+    guard: &mut Guard,
+    what: Option<Reason>,
+) -> anyhow::Result<AsyncFd<Watch>> {
+    let mut what = what;
+    loop {
+        let dirs = reloader.watched_dirs();
+        let ino = reloader.watcher(&dirs).context("setting up inotify")?;
+        match what.take() {
+            Some(Reason::Signal) => reloader.reload(guard, Reason::Signal),
+            Some(_) => reloader.refresh(guard),
+            None => {}
+        }
+        if reloader.watched_dirs() == dirs {
+            // SAFETY: the Watch owns the inotify fd for as long as the AsyncFd holds it.
+            return Ok(unsafe { AsyncFd::register(Watch(ino)) }?);
+        }
+        what = Some(Reason::FileChanged);
+    }
 }
 
 /// One JSON object per line on stdout, flushed at once.

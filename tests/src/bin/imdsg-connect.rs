@@ -1,0 +1,99 @@
+//! Test client: runs a sequence of steps and prints one JSON line per connect, so tests can play
+//! an attacker or a workload precisely (what it is called, where it lives, what it execs).
+//!
+//!   connect ADDR PORT        connect() once: {"result": "connected"|"EPERM"|..., "ms": f64}
+//!   storm ADDR PORT MILLIS   connect() every 0.5 ms for MILLIS ms: {"storm": {"connected": n, "EPERM": m, ...}}
+//!   comm NAME                prctl(PR_SET_NAME)
+//!   cgroup PROCS             move this process into a cgroup (write its pid to PROCS)
+//!   exec PROG ARGS...        fork; the child execs PROG with the rest of the arguments; wait for it
+//!   sleep MILLIS             sleep
+//!   pause                    wait for a line on stdin (so a test can act in between)
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    time::{Duration, Instant},
+};
+
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(n) => format!("errno {n}"),
+        None => e.to_string(),
+    }
+}
+
+fn connect(addr: &str, port: &str) -> String {
+    let ip: IpAddr = addr.parse().expect("address");
+    let sa = SocketAddr::new(ip, port.parse().expect("port"));
+    match TcpStream::connect_timeout(&sa, Duration::from_secs(2)) {
+        Ok(_) => "connected".into(),
+        Err(e) => errno_name(&e),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut out = std::io::stdout();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "connect" => {
+                let t = Instant::now();
+                let r = connect(&args[i + 1], &args[i + 2]);
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                writeln!(out, "{{\"result\":\"{r}\",\"ms\":{ms}}}").unwrap();
+                i += 3;
+            }
+            "storm" => {
+                let until = Instant::now() + Duration::from_millis(args[i + 3].parse().expect("millis"));
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                while Instant::now() < until {
+                    *counts.entry(connect(&args[i + 1], &args[i + 2])).or_default() += 1;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                let body: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                writeln!(out, "{{\"storm\":{{{}}}}}", body.join(",")).unwrap();
+                i += 4;
+            }
+            "comm" => {
+                let name = std::ffi::CString::new(args[i + 1].as_str()).unwrap();
+                // SAFETY: PR_SET_NAME with a NUL-terminated string.
+                let r = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                assert_eq!(r, 0, "prctl");
+                i += 2;
+            }
+            "cgroup" => {
+                std::fs::write(&args[i + 1], "0").expect("move to cgroup");
+                i += 2;
+            }
+            "sleep" => {
+                std::thread::sleep(Duration::from_millis(args[i + 1].parse().expect("millis")));
+                i += 2;
+            }
+            "pause" => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).unwrap();
+                i += 1;
+            }
+            "exec" => {
+                out.flush().unwrap();
+                let status = std::process::Command::new(&args[i + 1])
+                    .args(&args[i + 2..])
+                    .arg0(&args[i + 1])
+                    .status()
+                    .expect("exec");
+                assert!(status.code().is_some(), "child died: {status}");
+                return;
+            }
+            other => panic!("unknown step {other}"),
+        }
+        out.flush().unwrap();
+    }
+}

@@ -1,0 +1,227 @@
+//! Workload identity: executables by file identity, cgroup subtrees, comm, and keeping the enforced
+//! policy true to the host as binaries are replaced and cgroups come and go.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use imds_guard_tests::{ImdsMode, Sandbox, client::connect_bin};
+
+const NOBODY: u32 = 65534;
+const IMDS: &str = "169.254.169.254";
+
+/// Copies the test client into `dir` as `name` (a new file: a new inode).
+fn install(dir: &Path, name: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = dir.join(name);
+    std::fs::copy(connect_bin(), &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn exe_rule_matches_the_running_file_not_its_name() {
+    let Some(sb) = Sandbox::new("exe_rule", ImdsMode::Optional) else { return };
+    let bin = sb.dir.join("bin");
+    let allowed = install(&bin, "allowed");
+    let copy = install(&bin, "copy"); // byte-identical, another inode
+    std::fs::hard_link(&allowed, bin.join("hardlink")).unwrap();
+    std::os::unix::fs::symlink(&allowed, bin.join("symlink")).unwrap();
+    let policy = sb.write("policy.toml", &format!("[[allow]]\nexe = \"{}\"\n", s(&allowed)));
+    let d = sb.daemon(&policy);
+    let c = sb.client(NOBODY, NOBODY);
+    let once = ["connect", IMDS, "80"];
+
+    assert_eq!(c.results(s(&allowed), None, &once), ["connected"], "the allowed file");
+    assert_eq!(c.results(s(&copy), None, &once), ["EPERM"], "a byte-identical copy is another file");
+    assert_eq!(c.results(s(&bin.join("hardlink")), None, &once), ["connected"], "hard link: same file");
+    assert_eq!(c.results(s(&bin.join("symlink")), None, &once), ["connected"], "symlink: same file");
+    assert_eq!(c.results("./allowed", Some(&bin), &once), ["connected"], "relative path: same file");
+    // Renaming itself does not help the copy.
+    assert_eq!(
+        c.results(
+            s(&copy),
+            None,
+            // (it lingers, so that the daemon still finds /proc/<pid>/exe for the event)
+            &["comm", "allowed", "connect", IMDS, "80", "connect", "fd00:ec2::254", "80", "sleep", "300"]
+        ),
+        ["EPERM", "EPERM"]
+    );
+    // A child that the allowed binary forks and that execs another program is that program.
+    assert_eq!(
+        c.results(s(&allowed), None, &["connect", IMDS, "80", "exec", s(&copy), "connect", IMDS, "80"]),
+        ["connected", "EPERM"]
+    );
+    let curl = c
+        .command(s(&allowed))
+        .args(["exec", "/usr/bin/curl", "-sS", "--max-time", "3", "http://169.254.169.254/"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&curl.stderr).contains("Couldn't connect"), "{curl:?}");
+
+    let ev =
+        d.wait_event(Duration::from_secs(5), |e| e["comm"] == "allowed").expect("event for the renamed copy");
+    assert_eq!(
+        ev["exe"],
+        s(&copy),
+        "the event names the real executable, not the comm: {ev}\n{}",
+        d.stderr()
+    );
+    assert!(d.wait_event(Duration::from_secs(5), |e| e["comm"] == "curl").is_some());
+    assert_eq!(d.denials().len(), 5, "{:#?}", d.denials());
+}
+
+#[test]
+fn exe_rule_follows_the_binary_when_it_is_replaced() {
+    let Some(sb) = Sandbox::new("exe_upgrade", ImdsMode::Optional) else { return };
+    let bin = sb.dir.join("bin");
+    let agent = install(&bin, "agent");
+    let policy = sb.write("policy.toml", &format!("[[allow]]\nexe = \"{}\"\n", s(&agent)));
+    let d = sb.daemon(&policy);
+    let c = sb.client(NOBODY, NOBODY);
+    assert_eq!(c.results(s(&agent), None, &["connect", IMDS, "80"]), ["connected"]);
+
+    // An upgrade as package managers do it: write the new file beside, rename over.
+    let new = install(&bin, "agent.new");
+    std::fs::rename(&new, &agent).unwrap();
+    let ev = d
+        .wait_event(Duration::from_secs(5), |e| {
+            e["event"] == "policy_reloaded" && e["reason"] == "identity_changed"
+        })
+        .expect("re-resolved after the replacement");
+    assert_eq!(ev["generation"], 2);
+    assert_eq!(
+        c.results(s(&agent), None, &["connect", IMDS, "80"]),
+        ["connected"],
+        "the new binary is allowed"
+    );
+}
+
+#[test]
+fn exe_rules_without_kernel_btf_refuse_to_start() {
+    let Some(sb) = Sandbox::new("exe_no_btf", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nexe = \"/usr/bin/curl\"\n");
+    let pin = sb.pin_dir();
+    let args = [
+        "run",
+        "--config",
+        s(&policy),
+        "--cgroup",
+        s(&sb.cgroup),
+        "--pin-dir",
+        s(&pin),
+        "--btf",
+        "/nonexistent/vmlinux",
+    ];
+    let out = sb.cli(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/nonexistent/vmlinux") && err.contains("refuses to guess"), "{err}");
+    assert!(!sb.attached_programs().contains("imdsg"));
+}
+
+#[test]
+fn cgroup_rule_covers_the_subtree_and_only_it() {
+    let Some(sb) = Sandbox::new("cgroup_rule", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", &format!("[[allow]]\ncgroup = \"{}/svc\"\n", sb.cgroup_rel()));
+    for sub in ["svc/worker", "other"] {
+        std::fs::create_dir_all(sb.cgroup.join(sub)).unwrap();
+    }
+    let _d = sb.daemon(&policy);
+    let prog = connect_bin();
+    let prog = s(&prog);
+    let once = ["connect", IMDS, "80"];
+    assert_eq!(sb.client(NOBODY, NOBODY).in_cgroup("svc").results(prog, None, &once), ["connected"]);
+    assert_eq!(
+        sb.client(NOBODY, NOBODY).in_cgroup("svc/worker").results(prog, None, &once),
+        ["connected"],
+        "descendant"
+    );
+    assert_eq!(
+        sb.client(0, 0).in_cgroup("other").results(prog, None, &once),
+        ["EPERM"],
+        "sibling, even as root"
+    );
+    assert_eq!(sb.client(0, 0).results(prog, None, &once), ["EPERM"], "parent");
+    // A process that leaves the allowed cgroup loses the right.
+    let other = sb.cgroup.join("other/cgroup.procs");
+    assert_eq!(
+        sb.client(0, 0).in_cgroup("svc").results(
+            prog,
+            None,
+            &["connect", IMDS, "80", "cgroup", s(&other), "connect", IMDS, "80"]
+        ),
+        ["connected", "EPERM"]
+    );
+}
+
+#[test]
+fn cgroup_rule_takes_effect_when_the_cgroup_appears_and_survives_its_recreation() {
+    let Some(sb) = Sandbox::new("cgroup_later", ImdsMode::Optional) else { return };
+    let policy =
+        sb.write("policy.toml", &format!("[[allow]]\ncgroup = \"{}/later.service\"\n", sb.cgroup_rel()));
+    let check = sb.cli(&["check", "--config", s(&policy)]);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("does not exist yet"), "{check:?}");
+    let d = sb.daemon(&policy);
+    let prog = connect_bin();
+    let unit = sb.cgroup.join("later.service");
+
+    // The unit starts: its cgroup appears and the rule applies.
+    std::fs::create_dir(&unit).unwrap();
+    d.wait_event(Duration::from_secs(5), |e| e["event"] == "policy_reloaded" && e["generation"] == 2)
+        .unwrap_or_else(|| {
+            panic!("not re-resolved when the cgroup appeared: {:#?}\n{}", d.events(), d.stderr())
+        });
+    assert_eq!(
+        sb.client(NOBODY, NOBODY).in_cgroup("later.service").results(
+            s(&prog),
+            None,
+            &["connect", IMDS, "80"]
+        ),
+        ["connected"]
+    );
+
+    // The unit restarts: a new cgroup with a new id under the same path.
+    std::fs::remove_dir(&unit).unwrap();
+    d.wait_event(Duration::from_secs(5), |e| e["event"] == "policy_reloaded" && e["generation"] == 3)
+        .expect("gone");
+    std::fs::create_dir(&unit).unwrap();
+    d.wait_event(Duration::from_secs(5), |e| e["event"] == "policy_reloaded" && e["generation"] == 4)
+        .expect("back");
+    assert_eq!(
+        sb.client(NOBODY, NOBODY).in_cgroup("later.service").results(
+            s(&prog),
+            None,
+            &["connect", IMDS, "80"]
+        ),
+        ["connected"]
+    );
+}
+
+#[test]
+fn comm_rules_work_and_are_flagged_as_spoofable() {
+    let Some(sb) = Sandbox::new("comm_rule", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\ncomm = \"ssm-agent\"\nuid = 65534\n");
+    let check = sb.cli(&["check", "--config", s(&policy)]);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("PR_SET_NAME"), "{check:?}");
+    let d = sb.daemon(&policy);
+    assert!(d.stderr().contains("PR_SET_NAME"), "run warns too: {}", d.stderr());
+    let prog = connect_bin();
+    let c = sb.client(NOBODY, NOBODY);
+    assert_eq!(
+        c.results(s(&prog), None, &["connect", IMDS, "80", "comm", "ssm-agent", "connect", IMDS, "80"]),
+        ["EPERM", "connected"]
+    );
+    assert_eq!(
+        sb.client(1, 1).results(s(&prog), None, &["comm", "ssm-agent", "connect", IMDS, "80"]),
+        ["EPERM"],
+        "uid must match too"
+    );
+}
