@@ -42,6 +42,20 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop enforcing: detach the programs and remove the pins. The only way to stop enforcement.
     Unload(PinArgs),
+    /// Would this process be allowed to reach the metadata service? By which rule, or why not?
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The process to judge.
+    #[arg(long)]
+    pub pid: u32,
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Policy file, for per-rule reasons (the verdict itself comes from the kernel's maps).
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,79 @@ fn kernel_dev(file: &Path) -> Option<u64> {
     best.map(|(_, d)| d)
 }
 
+/// What the connect programs would see of a running process, read from /proc.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    pub comm: String,
+    /// Real uid and gid (what `bpf_get_current_uid_gid` reports).
+    pub uid: u32,
+    pub gid: u32,
+    pub exe: Option<PathBuf>,
+    pub exe_dev: u64,
+    pub exe_ino: u64,
+    /// The cgroup path relative to the cgroup2 root.
+    pub cgroup: String,
+    /// Ids of the cgroup and its ancestors, index = depth (0 is the root).
+    pub cgroup_ancestry: Vec<u64>,
+}
+
+impl ProcessIdentity {
+    pub fn of(pid: u32, cgroup_root: &Path) -> Result<Self, String> {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let status =
+            std::fs::read_to_string(proc.join("status")).map_err(|e| format!("process {pid}: {e}"))?;
+        let field = |name: &str| -> Result<u32, String> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("process {pid}: no {name} in /proc/{pid}/status"))
+        };
+        let (uid, gid) = (field("Uid:")?, field("Gid:")?);
+        let comm = std::fs::read_to_string(proc.join("comm")).unwrap_or_default().trim_end().to_owned();
+        let exe = std::fs::read_link(proc.join("exe")).ok();
+        let (exe_dev, exe_ino) = match std::fs::metadata(proc.join("exe")) {
+            Ok(md) => {
+                let dev = exe
+                    .as_deref()
+                    .and_then(kernel_dev)
+                    .unwrap_or_else(|| encode(libc::major(md.dev()), libc::minor(md.dev())));
+                (dev, md.ino())
+            }
+            Err(_) => (0, 0),
+        };
+        let cgroup = std::fs::read_to_string(proc.join("cgroup"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
+            .ok_or_else(|| format!("process {pid} has no cgroup v2 membership in /proc/{pid}/cgroup"))?;
+        let mut cgroup_ancestry = Vec::new();
+        let mut dir = cgroup_root.to_owned();
+        cgroup_ancestry.push(std::fs::metadata(&dir).map(|m| m.ino()).unwrap_or(0));
+        for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            cgroup_ancestry.push(std::fs::metadata(&dir).map(|m| m.ino()).unwrap_or(0));
+        }
+        Ok(ProcessIdentity { pid, comm, uid, gid, exe, exe_dev, exe_ino, cgroup, cgroup_ancestry })
+    }
+
+    /// The identity in the form the shared verdict logic takes.
+    #[must_use]
+    pub fn kernel_identity(&self) -> imds_guard_common::rule::Identity {
+        let mut comm = [0u8; 16];
+        let n = self.comm.len().min(15);
+        comm[..n].copy_from_slice(&self.comm.as_bytes()[..n]);
+        imds_guard_common::rule::Identity {
+            uid: self.uid,
+            gid: self.gid,
+            exe_dev: self.exe_dev,
+            exe_ino: self.exe_ino,
+            comm: imds_guard_common::rule::comm_words(&comm),
+        }
+    }
+}
+
 /// A cgroup named by a rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CgroupRef {

@@ -12,6 +12,7 @@ fn main() -> std::process::ExitCode {
         Command::Check(a) => cmd::check::check(a),
         Command::Status(a) => cmd::status::status(a),
         Command::Unload(a) => cmd::unload::unload(a),
+        Command::Explain(a) => cmd::explain::explain(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

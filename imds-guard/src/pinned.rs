@@ -21,6 +21,25 @@ fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     Ok(Map::from_map_data(data)?)
 }
 
+/// The maps a verdict depends on, opened from their pins.
+pub struct PinnedMaps {
+    pub active: Active,
+    pub config: Array<MapData, GenConfig>,
+    pub rules: HashMap<MapData, RuleKey, RuleValue>,
+}
+
+pub fn open_maps(pin_dir: &Path) -> anyhow::Result<PinnedMaps> {
+    if !map_pin(pin_dir, maps::ACTIVE).exists() {
+        anyhow::bail!("nothing is pinned in {}: imds-guard is not enforcing there", pin_dir.display());
+    }
+    let active: Array<_, Active> = Array::try_from(open(pin_dir, maps::ACTIVE)?)?;
+    Ok(PinnedMaps {
+        active: active.get(&0, 0)?,
+        config: Array::try_from(open(pin_dir, maps::CONFIG)?)?,
+        rules: HashMap::try_from(open(pin_dir, maps::RULES)?)?,
+    })
+}
+
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub pin_dir: PathBuf,
@@ -46,11 +65,8 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
     if links.is_empty() && !map_pin(pin_dir, maps::ACTIVE).exists() {
         anyhow::bail!("nothing is pinned in {}: imds-guard is not enforcing there", pin_dir.display());
     }
-    let active: Array<_, Active> = Array::try_from(open(pin_dir, maps::ACTIVE)?)?;
-    let active = active.get(&0, 0)?;
-    let config: Array<_, GenConfig> = Array::try_from(open(pin_dir, maps::CONFIG)?)?;
+    let PinnedMaps { active, config, rules } = open_maps(pin_dir)?;
     let cfg = config.get(&(active.generation % GENERATION_SLOTS), 0)?;
-    let rules: HashMap<_, RuleKey, RuleValue> = HashMap::try_from(open(pin_dir, maps::RULES)?)?;
     let rule_entries =
         rules.keys().filter_map(Result::ok).filter(|k| k.generation == active.generation).count();
     let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(open(pin_dir, maps::STATS)?)?;

@@ -225,3 +225,61 @@ fn comm_rules_work_and_are_flagged_as_spoofable() {
         "uid must match too"
     );
 }
+
+#[test]
+fn explain_names_the_rule_or_the_reason() {
+    let Some(sb) = Sandbox::new("explain", ImdsMode::Optional) else { return };
+    std::fs::create_dir_all(sb.cgroup.join("svc")).unwrap();
+    let policy = sb.write(
+        "policy.toml",
+        &format!(
+            "[[allow]]\nname = \"root\"\nuid = 0\n\n[[allow]]\nname = \"the service\"\ncgroup = \"{}/svc\"\nuid = 65534\n",
+            sb.cgroup_rel()
+        ),
+    );
+    let _d = sb.daemon(&policy);
+    let prog = connect_bin();
+    let spawn =
+        |c: imds_guard_tests::Client<'_>| c.command(s(&prog)).args(["sleep", "5000"]).spawn().unwrap();
+    let explain = |pid: u32| {
+        let out = sb.cli(&[
+            "explain",
+            "--pid",
+            &pid.to_string(),
+            "--pin-dir",
+            s(&sb.pin_dir()),
+            "--config",
+            s(&policy),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut root = spawn(sb.client(0, 0));
+    let mut svc = spawn(sb.client(NOBODY, NOBODY).in_cgroup("svc"));
+    let mut other = spawn(sb.client(NOBODY, NOBODY));
+    std::thread::sleep(Duration::from_millis(200));
+
+    let r = explain(root.id());
+    assert!(r.contains("ALLOWED by allow[0]") && r.contains("root (line 1): matches"), "{r}");
+    let r = explain(svc.id());
+    assert!(r.contains("ALLOWED by allow[1]"), "{r}");
+    assert!(r.contains("root (line 1): no: uid is 65534, the rule wants 0"), "{r}");
+    let r = explain(other.id());
+    assert!(r.contains("DENIED"), "{r}");
+    assert!(
+        r.contains(&format!(
+            "the service (line 5): no: cgroup {} is not inside {}/svc",
+            sb.cgroup_rel(),
+            sb.cgroup_rel()
+        )),
+        "{r}"
+    );
+
+    for c in [&mut root, &mut svc, &mut other] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let out = sb.cli(&["explain", "--pid", "999999999", "--pin-dir", s(&sb.pin_dir())]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("process 999999999"), "{out:?}");
+}

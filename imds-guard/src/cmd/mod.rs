@@ -1,5 +1,6 @@
 //! One file per subcommand.
 pub mod check;
+pub mod explain;
 pub mod run;
 pub mod status;
 pub mod unload;
