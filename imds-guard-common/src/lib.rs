@@ -9,6 +9,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod event;
+pub mod http;
 pub mod maps;
 pub mod rule;
 pub mod stats;
