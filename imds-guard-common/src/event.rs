@@ -5,6 +5,8 @@ use crate::rule::COMM_LEN;
 pub mod kind {
     /// A connect() to a metadata endpoint that matched no allow rule ([`super::ConnectEvent`]).
     pub const CONNECT_DENIED: u32 = 1;
+    /// A request to a metadata endpoint worth reporting ([`super::RequestEvent`]).
+    pub const IMDS_REQUEST: u32 = 2;
 }
 
 pub mod flags {
@@ -57,4 +59,35 @@ impl ConnectEvent {
     pub const fn enforced(&self) -> bool {
         self.flags & flags::ENFORCED != 0
     }
+}
+
+/// A request written to a metadata endpoint that is reported: tokenless (IMDSv1), a token PUT with
+/// X-Forwarded-For, or one too long to classify.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RequestEvent {
+    /// [`kind::IMDS_REQUEST`].
+    pub kind: u32,
+    /// [`flags::ENFORCED`] when the request was refused.
+    pub flags: u32,
+    pub time_boot_ns: u64,
+    /// The process that wrote the request.
+    pub pid_tgid: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub family: u32,
+    pub port: u32,
+    pub addr: [u8; 16],
+    pub generation: u32,
+    /// [`crate::http::Finding`] as u32.
+    pub finding: u32,
+    /// [`crate::http::method`].
+    pub method: u32,
+    pub path_len: u32,
+    /// The `[[allow]]` rule that let the connection through, or [`crate::sock::NO_RULE`].
+    pub rule_index: u32,
+    pub _pad: u32,
+    pub path: [u8; crate::http::PATH_MAX],
 }

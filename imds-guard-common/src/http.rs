@@ -91,9 +91,13 @@ impl Finding {
     }
 }
 
-#[repr(C)]
+/// 8-byte aligned and reset field by field: in the kernel, a byte-wise copy or clear of it would
+/// become a loop the verifier has to walk.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpState {
+    /// Header bytes of this request so far.
+    pub bytes: u32,
     pub phase: u8,
     pub method: u8,
     /// Bytes of the current token (method) or header name seen.
@@ -102,25 +106,23 @@ pub struct HttpState {
     pub alive: u8,
     pub flags: u8,
     pub path_len: u8,
-    /// The path is known to be the token path so far / a credentials path.
-    pub _pad: [u8; 2],
-    /// Header bytes of this request so far.
-    pub bytes: u32,
+    pub _pad: [u8; 6],
     pub method_buf: [u8; 8],
+    /// The first `path_len` bytes are the request path; the rest is stale.
     pub path: [u8; PATH_MAX],
 }
 
 impl Default for HttpState {
     fn default() -> Self {
         HttpState {
+            bytes: 0,
             phase: phase::METHOD,
             method: method::UNKNOWN,
             pos: 0,
             alive: 0,
             flags: 0,
             path_len: 0,
-            _pad: [0; 2],
-            bytes: 0,
+            _pad: [0; 6],
             method_buf: [0; 8],
             path: [0; PATH_MAX],
         }
@@ -130,11 +132,6 @@ impl Default for HttpState {
 #[inline(always)]
 const fn lower(b: u8) -> u8 {
     if b >= b'A' && b <= b'Z' { b | 0x20 } else { b }
-}
-
-#[inline(always)]
-const fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'^' | b'`' | b'|' | b'~')
 }
 
 /// `name[pos] == b`, false past its end.
@@ -307,10 +304,18 @@ impl HttpState {
         }
     }
 
-    /// Ready for the next request on the same connection (keep-alive).
+    /// Ready for the next request on the same connection (keep-alive). The path bytes are left
+    /// as they are (only `path_len` counts).
     #[inline(always)]
     pub fn reset(&mut self) {
-        *self = HttpState::default();
+        self.bytes = 0;
+        self.phase = phase::METHOD;
+        self.method = method::UNKNOWN;
+        self.pos = 0;
+        self.alive = 0;
+        self.flags = 0;
+        self.path_len = 0;
+        self.method_buf = [0; 8];
     }
 
     /// The request path (at most [`PATH_MAX`] bytes).
@@ -342,13 +347,18 @@ mod tests {
 
     #[test]
     fn tokenless_get_and_head_are_imdsv1() {
-        let (f, s) = classify("GET /latest/meta-data/iam/security-credentials/role HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n");
+        let (f, s) = classify(
+            "GET /latest/meta-data/iam/security-credentials/role HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+        );
         assert_eq!(f, Finding::Imdsv1);
         assert!(s.is_credentials_path());
         assert_eq!(s.path(), b"/latest/meta-data/iam/security-credentials/role");
         assert_eq!(s.method, method::GET);
         assert_eq!(classify("HEAD / HTTP/1.0\r\n\r\n").0, Finding::Imdsv1);
-        assert_eq!(classify("POST /latest/meta-data/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, Finding::Imdsv1);
+        assert_eq!(
+            classify("POST /latest/meta-data/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0,
+            Finding::Imdsv1
+        );
         assert_eq!(classify("GET / HTTP/1.1\n\n").0, Finding::Imdsv1, "bare LF line ends");
     }
 

@@ -12,6 +12,7 @@ pub mod event;
 pub mod http;
 pub mod maps;
 pub mod rule;
+pub mod sock;
 pub mod stats;
 pub mod verdict;
 
@@ -23,4 +24,5 @@ mod pod {
     unsafe impl aya::Pod for crate::rule::RuleValue {}
     unsafe impl aya::Pod for crate::config::GenConfig {}
     unsafe impl aya::Pod for crate::config::Active {}
+    unsafe impl aya::Pod for crate::sock::SockState {}
 }

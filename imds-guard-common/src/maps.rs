@@ -12,8 +12,15 @@ pub const EVENTS: &str = "IMDSG_EVENTS";
 /// `PerCpuArray<u64>` of counters, indexed by [`crate::stats::Stat`].
 pub const STATS: &str = "IMDSG_STATS";
 
+/// `SockHash<u64>` of established connections to metadata endpoints (socket cookie → socket):
+/// the message hook is attached to it, so it sees metadata traffic and nothing else.
+pub const SOCKETS: &str = "IMDSG_SOCKETS";
+
 /// All maps the daemon pins, in the order `unload` removes them.
-pub const ALL: [&str; 5] = [ACTIVE, CONFIG, RULES, EVENTS, STATS];
+pub const ALL: [&str; 6] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS];
+
+/// Connections to metadata endpoints tracked at once.
+pub const SOCKETS_CAPACITY: u32 = 65_536;
 
 /// Room for two full generations of rules (the live one and the one being installed).
 pub const RULES_CAPACITY: u32 = 2 * crate::config::MAX_RULES;

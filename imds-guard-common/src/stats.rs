@@ -15,9 +15,17 @@ pub enum Stat {
     EventsDropped = 4,
     /// Events written to the ring buffer.
     EventsSent = 5,
+    /// Tokenless (IMDSv1) requests seen.
+    Imdsv1Requests = 6,
+    /// ...of which refused (the workload's `imdsv1 = "deny"`).
+    Imdsv1Denied = 7,
+    /// Token PUTs carrying X-Forwarded-For.
+    TokenPutForwarded = 8,
+    /// Requests that could not be classified (header block too long): treated like IMDSv1.
+    Unclassified = 9,
 }
 
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 10;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -27,6 +35,10 @@ impl Stat {
         Stat::Monitored,
         Stat::EventsDropped,
         Stat::EventsSent,
+        Stat::Imdsv1Requests,
+        Stat::Imdsv1Denied,
+        Stat::TokenPutForwarded,
+        Stat::Unclassified,
     ];
 
     #[must_use]
@@ -38,6 +50,10 @@ impl Stat {
             Stat::Monitored => "monitored",
             Stat::EventsDropped => "events_dropped",
             Stat::EventsSent => "events_sent",
+            Stat::Imdsv1Requests => "imdsv1_requests",
+            Stat::Imdsv1Denied => "imdsv1_denied",
+            Stat::TokenPutForwarded => "token_put_forwarded",
+            Stat::Unclassified => "requests_unclassified",
         }
     }
 }

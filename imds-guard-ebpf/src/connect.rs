@@ -12,12 +12,13 @@ use aya_ebpf::{
 use imds_guard_common::{
     config::{ExeOffsets, GenConfig},
     event::{AF_INET, AF_INET6, ConnectEvent, flags, kind},
-    rule::{Identity, comm_words},
+    rule::{Identity, RuleValue, comm_words},
+    sock::NO_RULE,
     stats::Stat,
     verdict::{ConnectVerdict, connect_verdict, find_rule},
 };
 
-use crate::maps::{EVENTS, RULES, count, live_config};
+use crate::maps::{EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config};
 
 /// Lets the connect through: not a metadata endpoint, or no policy loaded.
 const PASS: i32 = 1;
@@ -63,7 +64,7 @@ pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
 
 /// A connect to a metadata endpoint: find the rule, decide, count, report.
 #[inline(always)]
-fn judge(_ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [u8; 16]) -> i32 {
+fn judge(ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [u8; 16]) -> i32 {
     count(Stat::MetadataConnects);
     let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().unwrap_or_default();
@@ -84,6 +85,9 @@ fn judge(_ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: 
         |key| unsafe { RULES.get(key).copied() },
     );
     let verdict = connect_verdict(cfg.mode(), matched);
+    if verdict != ConnectVerdict::Deny {
+        remember(ctx, cfg, &id, comm, matched);
+    }
     match verdict {
         ConnectVerdict::Allow => count(Stat::Allowed),
         ConnectVerdict::Deny | ConnectVerdict::AllowAndReport => {
@@ -92,6 +96,34 @@ fn judge(_ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: 
         }
     }
     verdict.retval()
+}
+
+/// Keeps, with the socket, who connected and what its workload may do over IMDSv1, for the
+/// message hook (the socket-local storage goes away with the socket).
+#[inline(always)]
+fn remember(
+    ctx: &SockAddrContext,
+    cfg: &GenConfig,
+    id: &Identity,
+    comm: [u8; 16],
+    matched: Option<RuleValue>,
+) {
+    let st = IMDSG_SOCKSTATE.get_or_insert_ptr_mut(ctx, None);
+    if st.is_null() {
+        return;
+    }
+    // SAFETY: a valid storage pointer for this socket, owned by this program run.
+    let st = unsafe { &mut *st };
+    st.imdsv1 = matched.map_or(cfg.default_imdsv1, |v| v.imdsv1);
+    st.rule_index = matched.map_or(NO_RULE, |v| v.rule_index);
+    st.generation = cfg.generation;
+    st.uid = id.uid;
+    st.gid = id.gid;
+    st.pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain helper call.
+    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    st.comm = comm;
+    st.http.reset();
 }
 
 /// The device and inode of the current process's executable (`mm->exe_file`), following the

@@ -4,11 +4,17 @@
 //! to. Each first asks whether the destination is a metadata endpoint (a few compares against the
 //! live config) and returns at once if not; only metadata connects look up the rules, count, and
 //! report. The decision itself is `imds_guard_common::verdict`, shared with userspace.
+//!
+//! Request inspection touches metadata connections only: the connect hook gives such a socket
+//! local storage, `sockops` puts it (once established) into a sockhash, and the `sk_msg` program
+//! attached to that sockhash classifies what the process writes.
 #![no_std]
 #![no_main]
 
 mod connect;
 mod maps;
+mod msg;
+mod sockops;
 
 #[cfg(not(test))]
 #[panic_handler]

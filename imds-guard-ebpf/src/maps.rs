@@ -1,13 +1,15 @@
 //! The maps, pinned by name so that enforcement and its state outlive the daemon.
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, SockHash},
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
-    maps::{EVENTS_BYTES, RULES_CAPACITY},
+    maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
+    sock::{SCAN_MAX, SockState},
     stats::{STAT_COUNT, Stat},
 };
 
@@ -25,6 +27,17 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[map(name = "IMDSG_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+#[map(name = "IMDSG_SOCKETS")]
+pub static SOCKETS: SockHash<u64> = SockHash::pinned(SOCKETS_CAPACITY, 0);
+
+/// Per-socket state of connections to metadata endpoints; freed with the socket.
+#[btf_map]
+pub static IMDSG_SOCKSTATE: SkStorage<SockState> = SkStorage::new();
+
+/// Per-CPU copy of the message being classified (`bpf_loop` callbacks cannot read packet data).
+#[map(name = "IMDSG_SCRATCH")]
+pub static SCRATCH: PerCpuArray<[u8; SCAN_MAX as usize]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The live generation's config.
 #[inline(always)]

@@ -15,6 +15,8 @@ pub struct PolicyFile {
     pub mode: Option<Spanned<String>>,
     /// Endpoint presets and literal addresses; default `["aws-imds"]`.
     pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Default treatment of tokenless (IMDSv1) requests: `"allow"`, `"log"` (default) or `"deny"`.
+    pub imdsv1: Option<Spanned<String>>,
     /// Allow rules: the keys of one table must all match; tables are alternatives.
     #[serde(default)]
     pub allow: Vec<Spanned<AllowTable>>,
@@ -36,6 +38,8 @@ pub struct AllowTable {
     pub cgroup: Option<Spanned<String>>,
     /// Task comm (spoofable: warned about).
     pub comm: Option<Spanned<String>>,
+    /// This workload's tokenless (IMDSv1) requests: `"allow"`, `"log"` or `"deny"`.
+    pub imdsv1: Option<Spanned<String>>,
 }
 
 /// Where a policy came from, to point errors at it.

@@ -10,11 +10,58 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use imds_guard_common::event::{AF_INET, ConnectEvent, kind};
+use imds_guard_common::{
+    event::{AF_INET, ConnectEvent, RequestEvent, kind},
+    http::{self, Finding},
+};
 use serde::Serialize;
 
 /// Version of the event schema (docs/EVENTS.md).
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// A reported event: a denied connect, or a request worth reporting.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Connect(Event),
+    Request(RequestReport),
+}
+
+/// A request written to a metadata endpoint: `imdsv1_request`, `token_put_forwarded` or
+/// `imds_request_unclassified`.
+#[derive(Debug, Serialize)]
+pub struct RequestReport {
+    pub schema: u32,
+    pub event: &'static str,
+    /// True when the request was refused (the workload's `imdsv1 = "deny"`): the write failed
+    /// and nothing reached the metadata service.
+    pub enforced: bool,
+    pub time: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Task name of the process that connected.
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    /// HTTP method and path (the path is cut at 96 bytes).
+    pub method: Option<&'static str>,
+    pub path: Option<String>,
+    /// The request asks for IAM role credentials.
+    pub credentials: bool,
+    pub dst: String,
+    pub port: u16,
+    pub family: &'static str,
+    /// The `[[allow]]` rule (0-based) that let the connection through; absent in monitor mode
+    /// when no rule matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    pub generation: u32,
+}
 
 #[derive(Debug, Serialize)]
 pub struct Event {
@@ -55,24 +102,76 @@ impl Enricher {
     }
 
     /// Decodes one ring buffer record; `None` for a record of an unknown kind or size.
-    pub fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Report> {
         let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-        if kind != kind::CONNECT_DENIED || bytes.len() < size_of::<ConnectEvent>() {
-            return None;
+        match kind {
+            kind::CONNECT_DENIED if bytes.len() >= size_of::<ConnectEvent>() => {
+                // SAFETY: ConnectEvent is repr(C) plain data and the record is at least that long.
+                let ev: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                Some(Report::Connect(self.connect(&ev)))
+            }
+            kind::IMDS_REQUEST if bytes.len() >= size_of::<RequestEvent>() => {
+                // SAFETY: as above, for RequestEvent.
+                let ev: RequestEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                Some(Report::Request(self.request(&ev)))
+            }
+            _ => None,
         }
-        // SAFETY: ConnectEvent is repr(C) plain data and the record is at least that long.
-        let ev: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        Some(self.connect(&ev))
+    }
+
+    fn request(&mut self, ev: &RequestEvent) -> RequestReport {
+        let pid = (ev.pid_tgid >> 32) as u32;
+        let (dst, family) = destination(ev.family, &ev.addr);
+        let finding = Finding::from_u32(ev.finding);
+        let path = (ev.path_len > 0).then(|| {
+            String::from_utf8_lossy(&ev.path[..(ev.path_len as usize).min(ev.path.len())]).into_owned()
+        });
+        let method = match u8::try_from(ev.method).unwrap_or(0) {
+            http::method::GET => Some("GET"),
+            http::method::HEAD => Some("HEAD"),
+            http::method::PUT => Some("PUT"),
+            http::method::POST => Some("POST"),
+            http::method::OTHER => Some("OTHER"),
+            _ => None,
+        };
+        let (method, path) = match finding {
+            Finding::TokenPutForwarded => (Some("PUT"), Some("/latest/api/token".to_owned())),
+            _ => (method, path),
+        };
+        let credentials =
+            path.as_deref().is_some_and(|p| p.starts_with("/latest/meta-data/iam/security-credentials/"));
+        RequestReport {
+            schema: SCHEMA_VERSION,
+            event: match finding {
+                Finding::TokenPutForwarded => "token_put_forwarded",
+                Finding::Oversized => "imds_request_unclassified",
+                _ => "imdsv1_request",
+            },
+            enforced: ev.flags & imds_guard_common::event::flags::ENFORCED != 0,
+            time: wall_time(ev.time_boot_ns),
+            pid,
+            tid: ev.pid_tgid as u32,
+            uid: ev.uid,
+            gid: ev.gid,
+            user: self.user(ev.uid),
+            comm: cstr(&ev.comm),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
+            cgroup: self.cgroup(pid, ev.cgroup_id),
+            cgroup_id: ev.cgroup_id,
+            method,
+            path,
+            credentials,
+            dst,
+            port: u16::try_from(ev.port).unwrap_or(0),
+            family,
+            rule: (ev.rule_index != imds_guard_common::sock::NO_RULE).then_some(ev.rule_index),
+            generation: ev.generation,
+        }
     }
 
     fn connect(&mut self, ev: &ConnectEvent) -> Event {
         let pid = ev.tgid();
-        let (dst, family) = if ev.family == AF_INET {
-            let a: [u8; 4] = ev.addr[..4].try_into().expect("4 bytes");
-            (Ipv4Addr::from(a).to_string(), "ipv4")
-        } else {
-            (Ipv6Addr::from(ev.addr).to_string(), "ipv6")
-        };
+        let (dst, family) = destination(ev.family, &ev.addr);
         Event {
             schema: SCHEMA_VERSION,
             event: "connect_denied",
@@ -124,6 +223,15 @@ impl Enricher {
         }
         self.cgroups.insert(id, path.clone());
         Some(path)
+    }
+}
+
+fn destination(family: u32, addr: &[u8; 16]) -> (String, &'static str) {
+    if family == AF_INET {
+        let a: [u8; 4] = addr[..4].try_into().expect("4 bytes");
+        (Ipv4Addr::from(a).to_string(), "ipv4")
+    } else {
+        (Ipv6Addr::from(*addr).to_string(), "ipv6")
     }
 }
 
@@ -192,7 +300,7 @@ mod tests {
             ..ConnectEvent::default()
         };
         ev.addr[..4].copy_from_slice(&[169, 254, 169, 254]);
-        let e = en.decode(&raw(&ev)).unwrap();
+        let Report::Connect(e) = en.decode(&raw(&ev)).unwrap() else { panic!("a connect event") };
         assert_eq!((e.pid, e.tid, e.port), (4_000_000, 4_000_001, 80));
         assert_eq!(e.dst, "169.254.169.254");
         assert_eq!(e.comm, "curl");
@@ -205,7 +313,7 @@ mod tests {
         ev.family = AF_INET6;
         ev.addr = mapped;
         ev.flags = 0;
-        let e = en.decode(&raw(&ev)).unwrap();
+        let Report::Connect(e) = en.decode(&raw(&ev)).unwrap() else { panic!("a connect event") };
         assert_eq!(e.dst, "::ffff:169.254.169.254");
         assert!(!e.enforced);
         let json = serde_json::to_string(&e).unwrap();

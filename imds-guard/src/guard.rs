@@ -10,18 +10,16 @@
 
 use std::{
     fs::File,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::SockHash,
     maps::{Array, HashMap, MapData, RingBuf},
-    programs::{
-        CgroupAttachMode, CgroupSockAddr,
-        cgroup_sock_addr::CgroupSockAddrLink,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{CgroupAttachMode, Program, links::FdLink},
 };
 use imds_guard_common::{
     config::{Active, ExeOffsets, GenConfig},
@@ -29,13 +27,23 @@ use imds_guard_common::{
     rule::{RuleKey, RuleValue},
 };
 
-use crate::{policy::Policy, rcu::RcuBarrier};
+use crate::{
+    bpf_sys::{RcuBarrier, link_update, obj_get},
+    policy::Policy,
+};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-ebpf"));
 
 /// (program name in the object, link pin name).
-pub const PROGRAMS: [(&str, &str); 2] = [("imdsg_connect4", "connect4"), ("imdsg_connect6", "connect6")];
+/// In attach order: enforcement first, then request inspection (the message hook before the
+/// sockops program that feeds its sockhash).
+pub const PROGRAMS: [(&str, &str); 4] = [
+    ("imdsg_connect4", "connect4"),
+    ("imdsg_connect6", "connect6"),
+    ("imdsg_msg", "msg"),
+    ("imdsg_sockops", "sockops"),
+];
 
 /// How the programs came to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -91,46 +99,67 @@ impl Guard {
             Guard { ebpf, pin_dir: pin_dir.to_owned(), cgroup_id, barrier, generation: 0, exe_offsets };
         guard.apply(policy).context("installing the policy")?;
 
-        let links: Vec<_> = PROGRAMS.iter().map(|(_, l)| link_pin(pin_dir, l)).collect();
-        let present = links.iter().filter(|p| p.exists()).count();
-        let attachment = match present {
-            0 => Attachment::Attached,
-            n if n == links.len() => Attachment::Adopted,
-            _ => bail!(
-                "{} holds only some of imds-guard's links; run `imds-guard unload --pin-dir {}` and start again",
-                pin_dir.display(),
-                pin_dir.display()
-            ),
-        };
         let cgroup_file =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        for ((prog_name, _), link_path) in PROGRAMS.iter().zip(&links) {
-            let prog: &mut CgroupSockAddr = guard
-                .ebpf
-                .program_mut(prog_name)
-                .with_context(|| format!("program {prog_name} missing from the object"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
-            match attachment {
-                Attachment::Adopted => {
-                    let pinned = PinnedLink::from_pin(link_path)
-                        .with_context(|| format!("opening {}", link_path.display()))?;
-                    let link = CgroupSockAddrLink::try_from(FdLink::from(pinned))
-                        .with_context(|| format!("{} is not a cgroup link", link_path.display()))?;
-                    prog.attach_to_link(link)
-                        .with_context(|| format!("replacing the program of {}", link_path.display()))?;
+        let sockets = SockHash::<_, u64>::try_from(guard.ebpf.map(maps::SOCKETS).context("SOCKETS map")?)?
+            .fd()
+            .try_clone()?;
+        let mut attachment = Attachment::Attached;
+        for (prog_name, link_name) in PROGRAMS {
+            let link_path = link_pin(pin_dir, link_name);
+            let adopt = link_path.exists();
+            let program =
+                guard.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
+            // Load (the verifier runs here); then either swap the program into the pinned link of an
+            // earlier daemon, or attach it afresh. A cgroup bpf_link always coexists with other
+            // programs (links are multi-attach by nature) and the kernel refuses attach flags on
+            // link creation, so `Single` (no flag) is what asks for a link.
+            let fresh: Option<FdLink> = match program {
+                Program::CgroupSockAddr(p) => {
+                    p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
+                    if adopt {
+                        None
+                    } else {
+                        let id = p.attach(&cgroup_file, CgroupAttachMode::Single)?;
+                        Some(p.take_link(id)?.try_into()?)
+                    }
                 }
-                Attachment::Attached => {
-                    // A cgroup bpf_link always coexists with other programs (links are multi-attach
-                    // by nature) and the kernel refuses any attach flag on link creation, so
-                    // `Single` (no flag) is what asks for a link here.
-                    let id = prog
-                        .attach(&cgroup_file, CgroupAttachMode::Single)
-                        .with_context(|| format!("attaching {prog_name} to {}", cgroup.display()))?;
-                    let link: FdLink = prog.take_link(id)?.try_into()?;
-                    link.pin(link_path)
+                Program::SockOps(p) => {
+                    p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
+                    if adopt {
+                        None
+                    } else {
+                        let id = p.attach(&cgroup_file, CgroupAttachMode::Single)?;
+                        Some(p.take_link(id)?.try_into()?)
+                    }
+                }
+                Program::SkMsg(p) => {
+                    p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
+                    if adopt {
+                        None
+                    } else {
+                        let id = p.attach(&sockets)?;
+                        Some(p.take_link(id)?.try_into().map_err(|e| {
+                            anyhow!(
+                                "{e}: this kernel attached the message hook without a bpf_link (Linux < 6.10)"
+                            )
+                        })?)
+                    }
+                }
+                _ => bail!("program {prog_name} has an unexpected type"),
+            };
+            match fresh {
+                Some(link) => {
+                    link.pin(&link_path)
                         .map_err(|e| anyhow!("{e}"))
                         .with_context(|| format!("pinning {}", link_path.display()))?;
+                }
+                None => {
+                    let link =
+                        obj_get(&link_path).with_context(|| format!("opening {}", link_path.display()))?;
+                    link_update(link.as_fd(), program.fd()?.as_fd())
+                        .with_context(|| format!("replacing the program of {}", link_path.display()))?;
+                    attachment = Attachment::Adopted;
                 }
             }
         }

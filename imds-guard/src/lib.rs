@@ -4,6 +4,7 @@
 //! kernel maps ([`guard`]) → kernel verdict (`imds_guard_common::verdict`) → ring buffer →
 //! [`events`] (enrich, report).
 
+mod bpf_sys;
 pub mod btf;
 pub mod cli;
 pub mod cmd;
@@ -16,5 +17,4 @@ pub mod identity;
 pub mod logging;
 pub mod pinned;
 pub mod policy;
-mod rcu;
 pub mod reload;

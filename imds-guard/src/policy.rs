@@ -24,6 +24,10 @@ pub struct Policy {
     #[serde(serialize_with = "ser_mode")]
     pub mode: Mode,
     pub endpoints: Endpoints,
+    /// IMDSv1 treatment for rules that do not set their own, and for processes no rule names
+    /// (which only get a connection in monitor mode).
+    #[serde(serialize_with = "ser_imdsv1")]
+    pub default_imdsv1: Imdsv1Action,
     pub rules: Vec<Rule>,
     /// Hex SHA-256 of the resolved policy (what the kernel enforces), shown by `status`.
     pub digest: String,
@@ -52,6 +56,9 @@ pub struct Rule {
     pub exe: Option<ExeId>,
     pub cgroup: Option<CgroupRef>,
     pub comm: Option<String>,
+    /// What this workload's tokenless (IMDSv1) requests get.
+    #[serde(serialize_with = "ser_imdsv1")]
+    pub imdsv1: Imdsv1Action,
     /// What the rule's keys were written as and resolved to (e.g. `user "ssm-user" = uid 1001`).
     pub resolved: Vec<String>,
     /// A later table that is identical to this one (kept for `check` to point out).
@@ -62,6 +69,37 @@ pub struct Rule {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
 fn ser_mode<S: serde::Serializer>(m: &Mode, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(mode_name(*m))
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn ser_imdsv1<S: serde::Serializer>(a: &Imdsv1Action, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(imdsv1_name(*a))
+}
+
+#[must_use]
+pub const fn imdsv1_name(a: Imdsv1Action) -> &'static str {
+    match a {
+        Imdsv1Action::Allow => "allow",
+        Imdsv1Action::Log => "log",
+        Imdsv1Action::Deny => "deny",
+    }
+}
+
+fn parse_imdsv1(
+    source: &Source,
+    v: Option<&Spanned<String>>,
+    default: Imdsv1Action,
+) -> Result<Imdsv1Action, ConfigError> {
+    match v.map(|v| (v.get_ref().as_str(), v.span())) {
+        None => Ok(default),
+        Some(("allow", _)) => Ok(Imdsv1Action::Allow),
+        Some(("log", _)) => Ok(Imdsv1Action::Log),
+        Some(("deny", _)) => Ok(Imdsv1Action::Deny),
+        Some((other, span)) => Err(source.error_at(
+            Some(span),
+            format!("unknown imdsv1 treatment `{other}`: expected \"allow\", \"log\" or \"deny\""),
+        )),
+    }
 }
 
 #[must_use]
@@ -166,12 +204,14 @@ impl Policy {
                 format!("{} [[allow]] tables; at most {MAX_RULES} are supported", file.allow.len()),
             ));
         }
+        let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
         let mut rules = Vec::with_capacity(file.allow.len());
         let mut seen: BTreeMap<RuleKey, u32> = BTreeMap::new();
         let mut warnings = Vec::new();
         for (index, table) in file.allow.iter().enumerate() {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
             let mut rule = resolve_rule(source, index, table, host)?;
+            rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_ref(), default_imdsv1)?;
             if let Some(first) = seen.get(&rule.key()) {
                 if !rule.is_pending() {
                     rule.duplicate_of = Some(*first);
@@ -211,8 +251,15 @@ impl Policy {
             ));
         }
 
-        let mut policy =
-            Policy { source: source.name.clone(), mode, endpoints, rules, digest: String::new(), warnings };
+        let mut policy = Policy {
+            source: source.name.clone(),
+            mode,
+            endpoints,
+            default_imdsv1,
+            rules,
+            digest: String::new(),
+            warnings,
+        };
         policy.digest = policy.compute_digest();
         Ok(policy)
     }
@@ -220,6 +267,7 @@ impl Policy {
     fn compute_digest(&self) -> String {
         let mut h = Sha256::new();
         h.update(mode_name(self.mode));
+        h.update(imdsv1_name(self.default_imdsv1));
         for a in &self.endpoints.v4 {
             h.update(a.octets());
         }
@@ -237,7 +285,7 @@ impl Policy {
             h.update(k.exe_ino.to_le_bytes());
             h.update(k.comm[0].to_le_bytes());
             h.update(k.comm[1].to_le_bytes());
-            h.update([u8::from(r.is_pending()), r.cgroup.as_ref().map_or(0, |c| c.level)]);
+            h.update([u8::from(r.is_pending()), r.cgroup.as_ref().map_or(0, |c| c.level), r.imdsv1 as u8]);
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -261,12 +309,13 @@ impl Policy {
             .installed()
             .map(|rule| {
                 let key = RuleKey { generation, ..rule.key() };
-                (key, RuleValue { rule_index: rule.index, imdsv1: Imdsv1Action::Log as u32 })
+                (key, RuleValue { rule_index: rule.index, imdsv1: rule.imdsv1 as u32 })
             })
             .collect();
         let (shapes, levels) = shapes_and_levels(&self.rules);
         cfg.set_probes(&shapes, &levels).expect("checked when the policy was resolved");
         cfg.needs_exe = u32::from(self.needs_exe());
+        cfg.default_imdsv1 = self.default_imdsv1 as u32;
         (cfg, entries)
     }
 }
@@ -307,6 +356,7 @@ fn resolve_rule(
         exe: None,
         cgroup: None,
         comm: None,
+        imdsv1: Imdsv1Action::Log,
         resolved: Vec::new(),
         duplicate_of: None,
     };
@@ -413,6 +463,20 @@ mod tests {
     fn policy(text: &str) -> Result<Policy, ConfigError> {
         let host = Host { cgroup_root: PathBuf::from("/nonexistent-cgroup-root") };
         Policy::from_source(&Source { name: "p.toml".into(), text: text.into() }, &host)
+    }
+
+    #[test]
+    fn imdsv1_treatment() {
+        let p = policy("imdsv1 = \"deny\"\n[[allow]]\nuid = 0\nimdsv1 = \"allow\"\n[[allow]]\nuid = 1\n")
+            .unwrap();
+        assert_eq!(p.default_imdsv1, Imdsv1Action::Deny);
+        assert_eq!((p.rules[0].imdsv1, p.rules[1].imdsv1), (Imdsv1Action::Allow, Imdsv1Action::Deny));
+        let (cfg, entries) = p.kernel_tables(1);
+        assert_eq!(cfg.default_imdsv1, Imdsv1Action::Deny as u32);
+        assert_eq!(entries[0].1.imdsv1, Imdsv1Action::Allow as u32);
+        let e = policy("[[allow]]\nuid = 0\nimdsv1 = \"block\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:3:10");
+        assert_ne!(policy("").unwrap().digest, policy("imdsv1 = \"deny\"\n").unwrap().digest);
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum ImdsMode {
     Optional,
     /// Only IMDSv2 answers (`HttpTokens=required`).
     Required,
+    /// Token PUTs are refused with 403 (as behind a proxy that blocks them), so SDKs fall back to
+    /// IMDSv1; tokenless requests answer.
+    TokenForbidden,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +167,7 @@ fn respond<'a>(
         if method != "PUT" {
             return (405, String::new());
         }
-        if header("x-forwarded-for").is_some() {
+        if header("x-forwarded-for").is_some() || st.mode == ImdsMode::TokenForbidden {
             return (403, String::new());
         }
         let Some(ttl) = header("x-aws-ec2-metadata-token-ttl-seconds").and_then(|v| v.parse::<u32>().ok())

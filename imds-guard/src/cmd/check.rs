@@ -15,6 +15,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     }
     println!("{}: ok", source.name);
     println!("  mode: {}", crate::policy::mode_name(policy.mode));
+    println!("  imdsv1 (default): {}", crate::policy::imdsv1_name(policy.default_imdsv1));
     let eps: Vec<String> = policy
         .endpoints
         .v4
@@ -28,7 +29,13 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     }
     for r in &policy.rules {
         let dup = r.duplicate_of.map(|i| format!(" (duplicate of allow[{i}], ignored)")).unwrap_or_default();
-        println!("  {} (line {}): {}{dup}", r.name, r.line, r.resolved.join(" and "));
+        println!(
+            "  {} (line {}): {}; imdsv1 {}{dup}",
+            r.name,
+            r.line,
+            r.resolved.join(" and "),
+            crate::policy::imdsv1_name(r.imdsv1)
+        );
     }
     for w in &policy.warnings {
         println!("  warning: {w}");

@@ -1,4 +1,6 @@
-//! Waiting until no kernel program still runs with an old policy generation.
+//! Two bpf() commands aya does not offer: an RCU barrier, and replacing a link's program.
+//!
+//! ## Waiting until no kernel program still runs with an old policy generation
 //!
 //! The kernel waits for an RCU grace period (`synchronize_rcu()`) whenever userspace updates a
 //! map-in-map (`maybe_wait_bpf_programs()` in kernel/bpf/syscall.c), so that userspace knows every
@@ -15,6 +17,7 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
@@ -83,4 +86,42 @@ impl RcuBarrier {
         };
         sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
     }
+}
+
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// Replaces the program of a bpf_link in place (`BPF_LINK_UPDATE`): the hook never goes without a
+/// program. Works for cgroup links (connect, sockops) and, since Linux 6.10, sockmap links.
+pub fn link_update(link: std::os::fd::BorrowedFd<'_>, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd().cast_unsigned(),
+        new_prog_fd: prog.as_raw_fd().cast_unsigned(),
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    sys_bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Opens a pinned BPF object (a link here).
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) })
 }

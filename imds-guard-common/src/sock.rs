@@ -1,0 +1,29 @@
+//! Per-socket state for connections to a metadata endpoint, kept in socket-local storage: set by
+//! the connect hook (who connected, which rule allowed it, what it may do over IMDSv1), then read
+//! and advanced by the message hook as the process writes requests.
+
+use crate::{http::HttpState, rule::COMM_LEN};
+
+/// `rule_index` when no rule matched (the connect was let through by monitor mode).
+pub const NO_RULE: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    /// [`crate::rule::Imdsv1Action`] for this connection's workload.
+    pub imdsv1: u32,
+    pub rule_index: u32,
+    pub generation: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    /// Who connected (the fallback attribution when the sender cannot be read).
+    pub pid_tgid: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    /// Where the request being written stands.
+    pub http: HttpState,
+}
+
+/// Bytes of one message the message hook reads (one page; more is flagged, not skipped).
+pub const SCAN_MAX: u32 = 4096;

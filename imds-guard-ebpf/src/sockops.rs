@@ -1,0 +1,32 @@
+//! `sockops`: when a connection to a metadata endpoint is established, put it into the sockhash
+//! that the message hook is attached to. Every other callback returns at once.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    helpers::generated::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use imds_guard_common::event::{AF_INET, AF_INET6};
+
+use crate::maps::{SOCKETS, live_config};
+
+#[sock_ops]
+pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    let Some(cfg) = live_config() else { return 1 };
+    let metadata = match ctx.family() {
+        AF_INET => cfg.is_endpoint_v4(ctx.remote_ip4()),
+        AF_INET6 => cfg.is_endpoint_v6(ctx.remote_ip6()),
+        _ => false,
+    };
+    if metadata {
+        // SAFETY: the sock_ops context pointer, as the helper expects.
+        let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        // SAFETY: as above.
+        let _ = SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY));
+    }
+    1
+}

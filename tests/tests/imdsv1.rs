@@ -1,0 +1,267 @@
+//! IMDSv1 visibility and per-workload IMDSv2 enforcement: what a process writes to the metadata
+//! service is classified in the kernel, tokenless requests are reported with the sending process,
+//! and refused where the workload's policy says `imdsv1 = "deny"`.
+
+use std::{
+    io::Write as _,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use imds_guard_tests::{ImdsMode, Sandbox, fake_imds::ROLE};
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
+
+fn url(path: &str) -> String {
+    format!("http://169.254.169.254{path}")
+}
+
+fn requests(d: &imds_guard_tests::Daemon) -> Vec<Value> {
+    std::thread::sleep(Duration::from_millis(300));
+    d.events().into_iter().filter(|e| e["event"] != "connect_denied" && e["pid"].is_number()).collect()
+}
+
+#[test]
+fn a_tokenless_get_is_reported_once_with_the_process_that_sent_it() {
+    let Some(sb) = Sandbox::new("v1_report", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    // Another process keeps the same CPU busy, so "whoever runs when the packet leaves" would be
+    // the wrong answer.
+    let mut hog = sb
+        .client(0, 0)
+        .command("taskset")
+        .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    let path = format!("{CREDS}{ROLE}");
+    let curl = sb
+        .client(0, 0)
+        .command("taskset")
+        .args(["-c", "0", "curl", "-sS", "--max-time", "5", &url(&path)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let curl_pid = curl.id();
+    let out = curl.wait_with_output().unwrap();
+    hog.kill().unwrap();
+    hog.wait().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("AccessKeyId"),
+        "log mode lets it through: {out:?}"
+    );
+
+    let reqs = requests(&d);
+    assert_eq!(reqs.len(), 1, "exactly one event: {reqs:#?}");
+    let e = &reqs[0];
+    assert_eq!(e["event"], "imdsv1_request");
+    assert_eq!(e["pid"], curl_pid, "the sender, not the CPU hog: {e}");
+    assert_eq!(e["comm"], "curl");
+    assert_eq!(e["uid"], 0);
+    assert_eq!(e["method"], "GET");
+    assert_eq!(e["path"], path.as_str());
+    assert_eq!(e["credentials"], true);
+    assert_eq!(e["enforced"], false);
+    assert_eq!(e["rule"], 0);
+    assert_eq!(e["dst"], "169.254.169.254");
+    assert_eq!(e["port"], 80);
+    assert_eq!(e["cgroup"], sb.cgroup_rel());
+
+    // IPv6 endpoint and a HEAD request too.
+    let out = sb.client(0, 0).curl(&["-I", "http://[fd00:ec2::254]/latest/meta-data/"]);
+    assert!(out.status.success(), "{out:?}");
+    let e = d
+        .wait_event(Duration::from_secs(5), |e| e["event"] == "imdsv1_request" && e["family"] == "ipv6")
+        .expect("v6");
+    assert_eq!(e["method"], "HEAD");
+    assert_eq!(e["credentials"], false);
+}
+
+#[test]
+fn imdsv2_requests_and_token_puts_are_not_findings_but_forwarded_puts_are() {
+    let Some(sb) = Sandbox::new("v2_quiet", ImdsMode::Required) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let root = sb.client(0, 0);
+    let tok = root.curl(&[
+        "-f",
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        &url("/latest/api/token"),
+    ]);
+    assert!(tok.status.success(), "{tok:?}");
+    let token = String::from_utf8_lossy(&tok.stdout).into_owned();
+    for header in ["X-aws-ec2-metadata-token", "x-aws-ec2-metadata-token", "X-AWS-EC2-METADATA-TOKEN"] {
+        let out =
+            root.curl(&["-f", "-H", &format!("{header}: {token}"), &url("/latest/meta-data/instance-id")]);
+        assert!(out.status.success(), "{header}: {out:?}");
+    }
+    // A token PUT without the TTL header is not IMDSv1 either (IMDS answers 400).
+    let _ = root.curl(&["-X", "PUT", &url("/latest/api/token")]);
+    assert_eq!(requests(&d), Vec::<Value>::new(), "no findings");
+
+    let fwd = root.curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        "-H",
+        "X-Forwarded-For: 203.0.113.7",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url("/latest/api/token"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&fwd.stdout), "403", "IMDS refuses it");
+    let e = d.wait_event(Duration::from_secs(5), |e| e["event"] == "token_put_forwarded").expect("reported");
+    assert_eq!(
+        (e["comm"].as_str(), e["method"].as_str(), e["path"].as_str()),
+        (Some("curl"), Some("PUT"), Some("/latest/api/token"))
+    );
+    assert_eq!(requests(&d).len(), 1);
+}
+
+#[test]
+fn imdsv1_deny_refuses_tokenless_requests_at_once_while_imdsv2_works() {
+    let Some(sb) = Sandbox::new("v1_deny", ImdsMode::Optional) else { return };
+    let policy = sb.write(
+        "policy.toml",
+        "[[allow]]\nname = \"app\"\nuid = 0\nimdsv1 = \"deny\"\n\n[[allow]]\nname = \"legacy\"\nuid = 65534\n",
+    );
+    let d = sb.daemon(&policy);
+    let root = sb.client(0, 0);
+    let t = Instant::now();
+    let v1 = root.curl(&[&url(&format!("{CREDS}{ROLE}"))]);
+    let took = t.elapsed();
+    assert!(!v1.status.success(), "{v1:?}");
+    assert!(took < Duration::from_millis(900), "fails at once, not on a timeout: {took:?}");
+    assert!(!String::from_utf8_lossy(&v1.stdout).contains("AccessKeyId"));
+    // The same identity's IMDSv2 flow works, over IPv4 and IPv6.
+    assert!(root.imdsv2_get("169.254.169.254", &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId"));
+    assert_eq!(
+        root.imdsv2_get("fd00:ec2::254", "/latest/meta-data/instance-id").unwrap(),
+        imds_guard_tests::fake_imds::INSTANCE_ID
+    );
+    // Another workload's policy is its own: "legacy" may still use IMDSv1 (and is reported).
+    let legacy = sb.client(NOBODY, NOBODY).curl(&["-f", &url("/latest/meta-data/instance-id")]);
+    assert!(legacy.status.success(), "{legacy:?}");
+
+    let e = d
+        .wait_event(Duration::from_secs(5), |e| e["event"] == "imdsv1_request" && e["enforced"] == true)
+        .expect("refusal reported");
+    assert_eq!(
+        (e["uid"].as_u64(), e["credentials"].as_bool(), e["rule"].as_u64()),
+        (Some(0), Some(true), Some(0))
+    );
+    d.wait_event(Duration::from_secs(5), |e| {
+        e["event"] == "imdsv1_request" && e["uid"] == NOBODY && e["enforced"] == false
+    })
+    .expect("legacy reported, not refused");
+    // Nothing tokenless from root ever reached the service.
+    let served: Vec<_> =
+        sb.imds.requests().into_iter().filter(|r| r.method == "GET" && !r.had_token).collect();
+    assert_eq!(served.len(), 1, "only legacy's: {served:?}");
+}
+
+#[test]
+fn requests_split_across_writes_are_judged_once_complete() {
+    let Some(sb) = Sandbox::new("v1_split", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+    let d = sb.daemon(&policy);
+    let token = {
+        let out = sb.client(0, 0).curl(&[
+            "-f",
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 60",
+            &url("/latest/api/token"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Python writes the request in pieces, with pauses, the token header in the last piece.
+    let script = sb.write(
+        "split.py",
+        r#"
+import socket, sys, time
+s = socket.create_connection(("169.254.169.254", 80))
+parts = sys.argv[1:]
+try:
+    for p in parts:
+        s.sendall(p.encode().replace(b"|", b"\r\n"))
+        time.sleep(0.05)
+    print(s.recv(4096).split(b"\r\n")[0].decode())
+except OSError as e:
+    print("error", e.errno)
+"#,
+    );
+    let run = |parts: &[&str]| {
+        let out = sb.client(0, 0).command("/usr/bin/python3").arg(&script).args(parts).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let v2 = run(&[
+        "GET /latest/meta-data/instance-id HTTP/1.1|Ho",
+        "st: x|X-aws-ec2-",
+        &format!("metadata-token: {token}||"),
+    ]);
+    assert_eq!(v2, "HTTP/1.1 200 OK", "a split IMDSv2 request goes through");
+    assert_eq!(requests(&d), Vec::<Value>::new(), "and is no finding");
+    let v1 = run(&["GET /latest/meta-data/instance-id HTTP/1.1|", "Host: x|", "|"]);
+    assert_eq!(v1, "error 13", "the write that completes a tokenless request fails (EACCES)");
+    let e = d.wait_event(Duration::from_secs(5), |e| e["event"] == "imdsv1_request").expect("reported");
+    assert_eq!(e["enforced"], true);
+    assert!(
+        !sb.imds.requests().iter().any(|r| !r.had_token && r.method == "GET"),
+        "{:?}",
+        sb.imds.requests()
+    );
+}
+
+/// botocore's InstanceMetadataFetcher (the AWS SDK for Python): tries IMDSv2, falls back to v1.
+fn botocore(sb: &Sandbox, uid: u32) -> String {
+    let script = sb.write(
+        "sdk.py",
+        r#"
+from botocore.utils import InstanceMetadataFetcher
+creds = InstanceMetadataFetcher(timeout=2, num_attempts=1).retrieve_iam_role_credentials()
+print("credentials" if creds.get("access_key") else "none")
+"#,
+    );
+    let mut cmd = sb.client(uid, uid).command("/usr/bin/python3");
+    cmd.arg(&script).env_remove("AWS_EC2_METADATA_DISABLED").env("HOME", "/nonexistent");
+    let out = cmd.output().unwrap();
+    let _ = std::io::stderr().write_all(&out.stderr);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_aws_sdk_gets_credentials_over_imdsv2_and_cannot_fall_back_to_v1() {
+    for (mode, name) in [
+        (ImdsMode::Optional, "optional"),
+        (ImdsMode::Required, "required"),
+        (ImdsMode::TokenForbidden, "token_forbidden"),
+    ] {
+        let Some(sb) = Sandbox::new(&format!("sdk_{name}"), mode) else { return };
+        let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+        let d = sb.daemon(&policy);
+        let got = botocore(&sb, 0);
+        let v1_served = sb.imds.requests().into_iter().filter(|r| r.method == "GET" && !r.had_token).count();
+        assert_eq!(v1_served, 0, "{name}: nothing reached IMDS over v1: {:?}", sb.imds.requests());
+        if mode == ImdsMode::TokenForbidden {
+            // The SDK's fallback to v1 is refused in the kernel: no credentials, and it is reported.
+            assert_eq!(got, "none", "{name}");
+            let e = d
+                .wait_event(Duration::from_secs(5), |e| e["event"] == "imdsv1_request")
+                .expect("fallback reported");
+            assert_eq!((e["enforced"].as_bool(), e["comm"].as_str()), (Some(true), Some("python3")));
+        } else {
+            assert_eq!(got, "credentials", "{name}");
+            assert_eq!(requests(&d), Vec::<Value>::new(), "{name}: the SDK used IMDSv2 only");
+        }
+    }
+}
