@@ -108,8 +108,9 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     let mut scan = Scan { http: st.http, len, finding: 0, v1: 0, _pad: 0 };
     // SAFETY: bpf_loop with a callback that only touches `scan` and the scratch buffer.
     unsafe { bpf_loop(len, scan_byte as *mut c_void, core::ptr::addr_of_mut!(scan).cast(), 0) };
-    if scan.v1 == 0 && size > len && scan.http.bytes != 0 {
-        // The rest of this request is in bytes we did not read: never let that be a way around.
+    if scan.v1 == 0 && size > len {
+        // Bytes we did not read: whether they continue this request or start another one, they
+        // must not be a way around (no IMDS request needs a write of this size).
         scan.v1 = 1;
         scan.finding = Finding::Oversized as u32;
     }

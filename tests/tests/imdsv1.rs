@@ -265,3 +265,50 @@ fn the_aws_sdk_gets_credentials_over_imdsv2_and_cannot_fall_back_to_v1() {
         }
     }
 }
+
+#[test]
+fn a_tokenless_request_cannot_hide_behind_4096_bytes_of_valid_ones_in_one_write() {
+    let Some(sb) = Sandbox::new("v1_hide", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+    let d = sb.daemon(&policy);
+    let token = {
+        let out = sb.client(0, 0).curl(&[
+            "-f",
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 60",
+            &url("/latest/api/token"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Pipelined IMDSv2 requests filling the first 4096 bytes exactly, then a tokenless one, in a
+    // single write.
+    let script = sb.write(
+        "hide.py",
+        r#"
+import socket, sys
+v2 = ("GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aws-ec2-metadata-token: %s\r\nX-Pad: " % sys.argv[1]).encode()
+one = v2 + b"a" * (512 - len(v2) - 4) + b"\r\n\r\n"
+assert len(one) == 512
+payload = one * 8 + b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\n\r\n"
+s = socket.create_connection(("169.254.169.254", 80))
+try:
+    s.sendall(payload)
+    print("sent")
+except OSError as e:
+    print("error", e.errno)
+"#,
+    );
+    let out = sb.client(0, 0).command("/usr/bin/python3").arg(&script).arg(token.trim()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "error 13", "{out:?}");
+    let e = d
+        .wait_event(Duration::from_secs(5), |e| e["event"] == "imds_request_unclassified")
+        .expect("reported");
+    assert_eq!(e["enforced"], true);
+    assert!(
+        !sb.imds.requests().iter().any(|r| r.path.contains("security-credentials")),
+        "{:?}",
+        sb.imds.requests()
+    );
+}
