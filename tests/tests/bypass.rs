@@ -1,0 +1,1036 @@
+//! Adversarial tests: a denied identity tries to reach the metadata service some other way than a
+//! plain `connect()`. Each attempt must fail (and a `connect_denied` event must name it where a
+//! connect is involved); where it matters, the same attempt by an allowed identity succeeds, to
+//! show that the attempt itself works. Where imds-guard cannot stop something today (raw sockets,
+//! unconnected UDP, sockets handed over after the connect, connections older than the guard, writes
+//! accepted before the handshake completes), the test pins down what happens, as docs/SECURITY.md
+//! describes it; the `known_gap_*` tests will fail once a gap is closed, and must then be turned
+//! around.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, ChildStdout, Stdio},
+    time::{Duration, Instant},
+};
+
+use imds_guard_tests::{
+    Daemon, ImdsMode, Sandbox,
+    fake_imds::{INSTANCE_ID, ROLE},
+};
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
+
+/// Runs a Python `script` (written to the sandbox as `name`) as `uid` inside the sandbox and returns
+/// the JSON lines it printed.
+fn python(sb: &Sandbox, uid: u32, name: &str, script: &str, args: &[&str]) -> Vec<Value> {
+    let path = sb.write(name, script);
+    let out = sb.client(uid, uid).command("/usr/bin/python3").arg(&path).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} as {uid}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
+        .collect()
+}
+
+/// A background Python process in the sandbox that prints `ready` once it is set up; killed (our
+/// own child, by its handle) and reaped on drop.
+struct Background {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Background {
+    fn start(sb: &Sandbox, uid: u32, name: &str, script: &str, args: &[&str]) -> Self {
+        let path = sb.write(name, script);
+        let mut child = sb
+            .client(uid, uid)
+            .command("/usr/bin/python3")
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "{name} did not start");
+        Background { child, out }
+    }
+
+    /// The JSON lines it prints until it exits.
+    fn finish(mut self) -> Vec<Value> {
+        let lines: Vec<Value> = (&mut self.out)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "background script failed: {status}");
+        lines
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn denials_to(d: &Daemon, dst: &str) -> Vec<Value> {
+    d.denials().into_iter().filter(|e| e["dst"] == dst).collect()
+}
+
+/// Waits until `n` connect_denied events have arrived (and a moment more, to see any extra one).
+fn wait_denials(d: &Daemon, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.denials().len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    d.denials()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Other spellings of the endpoint addresses.
+
+/// Resolves each argument with the C library (`getaddrinfo`, numeric hosts only: no DNS), connects
+/// to what it gave and, when connected, fetches the instance id.
+const RESOLVE_PY: &str = r#"
+import errno, json, socket, sys, time
+for host in sys.argv[1:]:
+    r = {"host": host}
+    if ":" not in host:
+        try:
+            r["inet_aton"] = socket.inet_ntoa(socket.inet_aton(host))
+        except OSError as e:
+            r["inet_aton"] = str(e)
+    try:
+        fam, typ, proto, _, sa = socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM,
+                                                    flags=socket.AI_NUMERICHOST)[0]
+    except socket.gaierror as e:
+        r["result"] = "gaierror " + str(e)
+        print(json.dumps(r), flush=True)
+        continue
+    r["family"] = "ipv6" if fam == socket.AF_INET6 else "ipv4"
+    r["addr"] = sa[0]
+    s = socket.socket(fam, typ, proto)
+    s.settimeout(3)
+    t = time.monotonic()
+    try:
+        s.connect(sa)
+        s.sendall(b"GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            c = s.recv(4096)
+            if not c:
+                break
+            data += c
+        r["result"] = "connected"
+        r["body"] = data.split(b"\r\n\r\n", 1)[-1].decode()
+    except OSError as e:
+        r["result"] = errno.errorcode.get(e.errno, str(e.errno))
+    r["ms"] = (time.monotonic() - t) * 1000
+    s.close()
+    print(json.dumps(r), flush=True)
+time.sleep(0.3)
+"#;
+
+/// (URL host part, what the destination becomes, family).
+const LITERALS: [(&str, &str, &str); 7] = [
+    ("2852039166", "169.254.169.254", "ipv4"),
+    ("0xa9fea9fe", "169.254.169.254", "ipv4"),
+    ("0251.0376.0251.0376", "169.254.169.254", "ipv4"),
+    ("169.254.43518", "169.254.169.254", "ipv4"),
+    ("[::ffff:169.254.169.254]", "::ffff:169.254.169.254", "ipv6"),
+    ("[::ffff:a9fe:a9fe]", "::ffff:169.254.169.254", "ipv6"),
+    ("[fd00:ec2::254]", "fd00:ec2::254", "ipv6"),
+];
+
+#[test]
+fn endpoint_literals_in_any_spelling_are_denied_through_curl_and_the_c_resolver() {
+    let Some(sb) = Sandbox::new("bypass_literals", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let path = "/latest/meta-data/instance-id";
+
+    // Observed: curl (7.88) accepts all seven. It normalises the IPv4 shorthands itself (decimal,
+    // hex, octal, a.b.c) and takes the IPv6 forms as they are: every form is a connect to the
+    // endpoint.
+    for (host, _, _) in LITERALS {
+        let url = format!("http://{host}{path}");
+        let t = Instant::now();
+        let out = sb.client(NOBODY, NOBODY).curl(&[&url]);
+        let took = t.elapsed();
+        assert_eq!(out.status.code(), Some(7), "nobody {url}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"), "{url}: {out:?}");
+        assert!(took < Duration::from_secs(1), "{url}: failed at once, not on a timeout: {took:?}");
+        let ok = sb.client(0, 0).curl(&["-f", &url]);
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), INSTANCE_ID, "root {url}: {ok:?}");
+    }
+
+    // The C library's resolver turns the same spellings into the endpoint address.
+    let hosts: Vec<&str> = LITERALS.iter().map(|(h, _, _)| h.trim_matches(['[', ']'])).collect();
+    let denied = python(&sb, NOBODY, "resolve.py", RESOLVE_PY, &hosts);
+    let allowed = python(&sb, 0, "resolve.py", RESOLVE_PY, &hosts);
+    for ((r, ok), (host, dst, family)) in denied.iter().zip(&allowed).zip(LITERALS) {
+        assert_eq!(r["addr"], dst, "{host} resolves to the endpoint: {r}");
+        assert_eq!(r["family"], family, "{r}");
+        if family == "ipv4" {
+            assert_eq!(r["inet_aton"], dst, "{r}");
+        }
+        assert_eq!(r["result"], "EPERM", "nobody {host}: {r}");
+        assert!(r["ms"].as_f64().unwrap() < 100.0, "{r}");
+        assert_eq!(ok["result"], "connected", "root {host}: {ok}");
+        assert_eq!(ok["body"], INSTANCE_ID, "root {host}: {ok}");
+    }
+
+    // The deprecated IPv4-compatible form (::a9fe:a9fe) is an IPv6 address of its own, not the
+    // IPv4 endpoint: not judged, and not routed (no event; ENETUNREACH in the sandbox).
+    let compat = python(&sb, NOBODY, "resolve.py", RESOLVE_PY, &["::169.254.169.254"]);
+    assert_eq!(compat[0]["result"], "ENETUNREACH", "{compat:?}");
+
+    // One event per denied connect (7 by curl, 7 by python), each naming the real destination.
+    let denials = wait_denials(&d, 14);
+    assert_eq!(denials.len(), 14, "{denials:#?}");
+    assert!(denials.iter().all(|e| e["uid"] == NOBODY && e["enforced"] == true), "{denials:#?}");
+    for (comm, n) in [("curl", 7), ("python3", 7)] {
+        assert_eq!(denials.iter().filter(|e| e["comm"] == comm).count(), n, "{comm}: {denials:#?}");
+    }
+    for (dst, family, n) in
+        [("169.254.169.254", "ipv4", 8), ("::ffff:169.254.169.254", "ipv6", 4), ("fd00:ec2::254", "ipv6", 2)]
+    {
+        let to = denials_to(&d, dst);
+        assert_eq!(to.len(), n, "{dst}: {denials:#?}");
+        assert!(to.iter().all(|e| e["family"] == family && e["port"] == 80), "{to:#?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. UDP.
+
+/// Receives on UDP port 80 of both endpoint addresses (as root: a privileged port) and prints
+/// what arrived.
+const UDP_RECV_PY: &str = r#"
+import json, select, socket, time
+socks = []
+for fam, addr in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:ec2::254")]:
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((addr, 80))
+    socks.append(s)
+print("ready", flush=True)
+deadline = time.monotonic() + 5
+got = 0
+while got < 2 and time.monotonic() < deadline:
+    r, _, _ = select.select(socks, [], [], 0.1)
+    for s in r:
+        data, src = s.recvfrom(2048)
+        print(json.dumps({"data": data.decode(), "src": src[0]}), flush=True)
+        got += 1
+"#;
+
+const UDP_SEND_PY: &str = r#"
+import errno, json, socket, time
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+for fam, addr in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:ec2::254")]:
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        s.connect((addr, 80))
+        r = "connected"
+    except OSError as e:
+        r = name(e)
+    print(json.dumps({"step": "connect", "dst": addr, "result": r}), flush=True)
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        n = u.sendto(b"imdsg-udp " + addr.encode(), (addr, 80))
+        r = "sent %d" % n
+    except OSError as e:
+        r = name(e)
+    print(json.dumps({"step": "sendto", "dst": addr, "result": r}), flush=True)
+time.sleep(0.3)
+"#;
+
+#[test]
+fn udp_connect_is_denied_but_an_unconnected_sendto_is_not_judged() {
+    let Some(sb) = Sandbox::new("bypass_udp", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let recv = Background::start(&sb, 0, "udp_recv.py", UDP_RECV_PY, &[]);
+    let sent = python(&sb, NOBODY, "udp_send.py", UDP_SEND_PY, &[]);
+    let got = recv.finish();
+    let result = |step: &str, dst: &str| {
+        sent.iter().find(|v| v["step"] == step && v["dst"] == dst).unwrap()["result"].clone()
+    };
+    // cgroup/connect4 and connect6 judge UDP connects too.
+    assert_eq!(result("connect", "169.254.169.254"), "EPERM", "{sent:?}");
+    assert_eq!(result("connect", "fd00:ec2::254"), "EPERM", "{sent:?}");
+    // KNOWN GAP: there is no sendmsg4/6 hook, so an unconnected sendto() leaves the host. The
+    // metadata service is TCP-only, so this reaches nothing there; a listener in the sandbox shows
+    // that the datagrams were delivered.
+    assert_eq!(result("sendto", "169.254.169.254"), "sent 25", "{sent:?}");
+    assert_eq!(result("sendto", "fd00:ec2::254"), "sent 23", "{sent:?}");
+    let data: Vec<&str> = got.iter().map(|v| v["data"].as_str().unwrap()).collect();
+    assert!(data.contains(&"imdsg-udp 169.254.169.254"), "{got:?}");
+    assert!(data.contains(&"imdsg-udp fd00:ec2::254"), "{got:?}");
+
+    let denials = wait_denials(&d, 2);
+    assert_eq!(denials.len(), 2, "the two connects, not the sendtos: {denials:#?}");
+    assert!(denials.iter().all(|e| e["uid"] == NOBODY && e["comm"] == "python3"), "{denials:#?}");
+    assert_eq!(denials_to(&d, "169.254.169.254").len(), 1);
+    assert_eq!(denials_to(&d, "fd00:ec2::254").len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. TCP Fast Open.
+
+/// For each destination: `sendto(MSG_FASTOPEN)` on an unconnected socket, and `TCP_FASTOPEN_CONNECT`
+/// (connect() returns at once, the SYN leaves with the first write). `argv[1]` is the request.
+const TFO_PY: &str = r#"
+import errno, json, socket, sys, time
+TCP_FASTOPEN_CONNECT, TCP_FASTOPEN_NO_COOKIE = 30, 34
+req = sys.argv[1].encode().replace(b"|", b"\r\n")
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+def answer(s):
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c:
+            break
+        data += c
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), body.decode()
+for addr in sys.argv[2:]:
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    for how in ["msg_fastopen", "fastopen_connect"]:
+        for no_cookie in [False, True]:
+            r = {"how": how, "no_cookie": no_cookie, "dst": addr}
+            # Blocking (Python's timeouts make the socket non-blocking, and a non-blocking
+            # MSG_FASTOPEN without a cookie only starts the handshake: EINPROGRESS).
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            if no_cookie:
+                s.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
+            t = time.monotonic()
+            try:
+                if how == "msg_fastopen":
+                    r["sent"] = s.sendto(req, socket.MSG_FASTOPEN, (addr, 80))
+                else:
+                    s.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
+                    s.connect((addr, 80))
+                    r["connect"] = "ok"
+                    r["sent"] = s.send(req)
+                s.settimeout(3)
+                r["status"], r["body"] = answer(s)
+                r["result"] = "answered"
+            except OSError as e:
+                r["result"] = name(e)
+            r["ms"] = (time.monotonic() - t) * 1000
+            s.close()
+            print(json.dumps(r), flush=True)
+time.sleep(0.3)
+"#;
+
+const TFO_TARGETS: [&str; 3] = ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"];
+
+#[test]
+fn tcp_fast_open_goes_through_the_connect_hook() {
+    let Some(sb) = Sandbox::new("bypass_tfo", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let req = "GET /latest/meta-data/instance-id HTTP/1.1|Host: x||";
+    let mut args = vec![req];
+    args.extend(TFO_TARGETS);
+    let denied = python(&sb, NOBODY, "tfo.py", TFO_PY, &args);
+    assert_eq!(denied.len(), 12);
+    for r in &denied {
+        // sendto(MSG_FASTOPEN) connects inside sendmsg, through the same pre-connect hook; with
+        // TCP_FASTOPEN_CONNECT it is connect() itself that is refused.
+        assert_eq!(r["result"], "EPERM", "{r}");
+        assert!(r.get("connect").is_none(), "{r}");
+        assert!(r["ms"].as_f64().unwrap() < 100.0, "{r}");
+    }
+    let allowed = python(&sb, 0, "tfo.py", TFO_PY, &args);
+    for r in &allowed {
+        assert_eq!((&r["status"], &r["body"]), (&"HTTP/1.1 200 OK".into(), &INSTANCE_ID.into()), "{r}");
+    }
+    let denials = wait_denials(&d, 12);
+    assert_eq!(denials.len(), 12, "{denials:#?}");
+    assert!(denials.iter().all(|e| e["uid"] == NOBODY && e["comm"] == "python3"), "{denials:#?}");
+    for dst in TFO_TARGETS {
+        assert_eq!(denials_to(&d, dst).len(), 4, "{dst}: {denials:#?}");
+    }
+    assert!(sb.imds.requests().iter().all(|r| r.status == 200), "{:?}", sb.imds.requests());
+    assert_eq!(sb.imds.requests().len(), 12, "only root's");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Sockets connected by an allowed identity and used by a denied one.
+
+/// Uses three sockets connected to 169.254.169.254:80 by someone else: a tokenless GET on the
+/// first, a token PUT on the second, a GET with that token on the third. Also tries a connect of
+/// its own. Prints one JSON line.
+const USE_SOCKETS_PY: &str = r#"
+import errno, json, os, socket, time
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+def ask(s, req):
+    try:
+        s.sendall(req.encode())
+    except OSError as e:
+        return {"send": name(e)}
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c:
+            break
+        data += c
+    head, _, body = data.partition(b"\r\n\r\n")
+    return {"status": head.split(b"\r\n")[0].decode(), "body": body.decode()}
+def use_sockets(socks, creds):
+    r = {"pid": os.getpid(), "uid": os.getuid(), "euid": os.geteuid()}
+    try:
+        socket.create_connection(("169.254.169.254", 80), timeout=3)
+        r["own_connect"] = "connected"
+    except OSError as e:
+        r["own_connect"] = name(e)
+    r["v1"] = ask(socks[0], "GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % creds)
+    tok = ask(socks[1], "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\n"
+              "X-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n")
+    r["token"] = tok
+    r["v2"] = ask(socks[2], "GET %s HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: %s\r\n\r\n"
+                  % (creds, tok.get("body", "")))
+    print(json.dumps(r), flush=True)
+    time.sleep(0.3)
+"#;
+
+/// 4a: root connects, then the same process becomes nobody and uses the sockets.
+const SETUID_PY: &str = r#"
+import sys
+socks = [socket.create_connection(("169.254.169.254", 80), timeout=3) for _ in range(3)]
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+use_sockets(socks, sys.argv[1])
+"#;
+
+/// 4b, the giver: root connects three sockets and hands them over a unix socket (abstract name
+/// `argv[1]`) to whoever asks first.
+const FD_GIVER_PY: &str = r#"
+import socket, sys
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind("\0" + sys.argv[1])
+srv.listen(1)
+socks = [socket.create_connection(("169.254.169.254", 80), timeout=3) for _ in range(3)]
+print("ready", flush=True)
+srv.settimeout(10)
+c, _ = srv.accept()
+socket.send_fds(c, [b"fds"], [s.fileno() for s in socks])
+c.settimeout(10)
+c.recv(1)
+"#;
+
+/// 4b, the taker: a process that has been nobody from the start receives the sockets.
+const FD_TAKER_PY: &str = r#"
+import sys
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+u.connect("\0" + sys.argv[1])
+_, fds, _, _ = socket.recv_fds(u, 16, 3)
+socks = [socket.socket(fileno=fd) for fd in fds]
+for s in socks:
+    s.settimeout(3)
+use_sockets(socks, sys.argv[2])
+u.sendall(b"x")
+"#;
+
+/// What nobody got through sockets root connected, handed over `how`.
+fn handed_over(sb: &Sandbox, how: &str) -> Value {
+    let creds = format!("{CREDS}{ROLE}");
+    let mut got = match how {
+        "setuid" => python(sb, 0, "setuid.py", &format!("{USE_SOCKETS_PY}{SETUID_PY}"), &[&creds]),
+        "scm_rights" => {
+            let name = format!("{}-fds", sb.name);
+            let giver = Background::start(sb, 0, "giver.py", FD_GIVER_PY, &[&name]);
+            let got =
+                python(sb, NOBODY, "taker.py", &format!("{USE_SOCKETS_PY}{FD_TAKER_PY}"), &[&name, &creds]);
+            assert_eq!(giver.finish(), Vec::<Value>::new());
+            got
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!(got.len(), 1, "{got:?}");
+    got.remove(0)
+}
+
+/// Connect-time enforcement judges the process that connects; a connected socket is a capability
+/// that whoever holds it can use. Handed to a denied identity (4a: the connecting process drops to
+/// nobody; 4b: SCM_RIGHTS to a process that was never root), it keeps working for IMDSv2. The
+/// message hook still applies the *connecting* workload's `imdsv1` treatment and reports the
+/// *writer's* uid and pid.
+#[test]
+fn a_socket_connected_by_an_allowed_process_keeps_working_for_a_denied_one() {
+    for how in ["setuid", "scm_rights"] {
+        for treatment in ["deny", "log"] {
+            let what = format!("{how}, imdsv1 = {treatment}");
+            let Some(sb) = Sandbox::new(&format!("bypass_{how}_{treatment}"), ImdsMode::Optional) else {
+                return;
+            };
+            let policy = sb.write("policy.toml", &format!("[[allow]]\nuid = 0\nimdsv1 = \"{treatment}\"\n"));
+            let d = sb.daemon(&policy);
+            let r = handed_over(&sb, how);
+            assert_eq!((r["uid"].as_u64(), r["euid"].as_u64()), (Some(65534), Some(65534)), "{what}: {r}");
+            // Its own connects are refused...
+            assert_eq!(r["own_connect"], "EPERM", "{what}: {r}");
+            // ...but the sockets it was given carry the full IMDSv2 flow: credentials. (KNOWN GAP)
+            assert_eq!(r["token"]["status"], "HTTP/1.1 200 OK", "{what}: {r}");
+            assert_eq!(r["v2"]["status"], "HTTP/1.1 200 OK", "{what}: {r}");
+            assert!(r["v2"]["body"].as_str().unwrap().contains("AccessKeyId"), "{what}: {r}");
+            // A tokenless request gets the treatment of the workload that connected (root's rule).
+            if treatment == "deny" {
+                assert_eq!(r["v1"]["send"], "EACCES", "{what}: refused at the write: {r}");
+            } else {
+                assert_eq!(r["v1"]["status"], "HTTP/1.1 200 OK", "{what}: {r}");
+            }
+            let ev = d
+                .wait_event(Duration::from_secs(5), |e| e["event"] == "imdsv1_request")
+                .unwrap_or_else(|| panic!("{what}: not reported: {:#?}", d.events()));
+            assert_eq!(ev["enforced"], treatment == "deny", "{what}: {ev}");
+            // The writer is reported (uid, gid, pid), with the rule that admitted the connect.
+            assert_eq!(
+                (ev["uid"].as_u64(), ev["gid"].as_u64(), &ev["pid"], ev["rule"].as_u64()),
+                (Some(65534), Some(65534), &r["pid"], Some(0)),
+                "{what}: {ev}"
+            );
+            assert_eq!(ev["credentials"], true, "{what}: {ev}");
+            let denials = wait_denials(&d, 1);
+            assert_eq!(denials.len(), 1, "{what}: only its own connect: {denials:#?}");
+            assert_eq!((&denials[0]["uid"], &denials[0]["pid"]), (&65534.into(), &r["pid"]), "{what}");
+            let v1_served = sb.imds.requests().iter().filter(|q| q.method == "GET" && !q.had_token).count();
+            assert_eq!(v1_served, usize::from(treatment == "log"), "{what}: {:?}", sb.imds.requests());
+        }
+    }
+}
+
+/// A denied process that connected before the guard started: waits for `argv[1]` to exist, then
+/// uses its sockets.
+const BEFORE_PY: &str = r#"
+import sys
+socks = [socket.create_connection(("169.254.169.254", 80), timeout=3) for _ in range(3)]
+print("ready", flush=True)
+deadline = time.monotonic() + 10
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.01)
+use_sockets(socks, sys.argv[2])
+"#;
+
+/// Connections opened before imds-guard started were never judged and have no socket state: they
+/// keep working, IMDSv1 included, and nothing is reported. KNOWN GAP (planned: report or close
+/// them at start-up); this test pins the current behaviour.
+#[test]
+fn known_gap_connections_open_before_the_guard_started_are_not_judged() {
+    let Some(sb) = Sandbox::new("bypass_before", ImdsMode::Optional) else { return };
+    let go = sb.dir.join("go");
+    let creds = format!("{CREDS}{ROLE}");
+    let early = Background::start(
+        &sb,
+        NOBODY,
+        "before.py",
+        &format!("{USE_SOCKETS_PY}{BEFORE_PY}"),
+        &[go.to_str().unwrap(), &creds],
+    );
+    let policy = sb.write("policy.toml", "imdsv1 = \"deny\"\n[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+    let t = Instant::now();
+    let d = sb.daemon(&policy);
+    // The fake IMDS gives an accepted connection 5 s to send its request.
+    assert!(t.elapsed() < Duration::from_secs(4), "the daemon took {:?} to start", t.elapsed());
+    sb.write("go", "");
+    let r = early.finish();
+    assert_eq!(r.len(), 1, "{r:?}");
+    let r = &r[0];
+    assert_eq!(r["own_connect"], "EPERM", "new connects are judged: {r}");
+    for step in ["v1", "token", "v2"] {
+        assert_eq!(r[step]["status"], "HTTP/1.1 200 OK", "{step}: {r}");
+    }
+    assert!(r["v1"]["body"].as_str().unwrap().contains("AccessKeyId"), "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    let findings: Vec<Value> = d
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] != "guard_started" && e["event"] != "connect_denied")
+        .collect();
+    assert_eq!(findings, Vec::<Value>::new(), "nothing reported about the old connections");
+    assert_eq!(d.denials().len(), 1, "only the new connect: {:#?}", d.denials());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Who the process is: user namespaces, effective uids, cgroup moves.
+
+const IDENT_PY: &str = r#"
+import errno, json, os, socket, sys, time
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+mode = sys.argv[1]
+r = {"mode": mode}
+if mode == "seteuid":
+    # Root lowers only its effective ids (as a daemon handling a request might).
+    os.setegid(65534)
+    os.seteuid(65534)
+elif mode == "move":
+    try:
+        with open(sys.argv[2], "w") as f:
+            f.write("0")
+        r["move"] = "moved"
+    except OSError as e:
+        r["move"] = name(e)
+r["uid"], r["euid"], r["pid"] = os.getuid(), os.geteuid(), os.getpid()
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(("169.254.169.254", 80))
+    r["result"] = "connected"
+except OSError as e:
+    r["result"] = name(e)
+print(json.dumps(r), flush=True)
+time.sleep(0.3)
+"#;
+
+#[test]
+fn user_namespaces_effective_uids_and_cgroup_moves_do_not_change_who_connects() {
+    let Some(sb) = Sandbox::new("bypass_ident", ImdsMode::Optional) else { return };
+    std::fs::create_dir_all(sb.cgroup.join("svc")).unwrap();
+    let policy = sb.write(
+        "policy.toml",
+        &format!("[[allow]]\nuid = 0\n\n[[allow]]\ncgroup = \"{}/svc\"\n", sb.cgroup_rel()),
+    );
+    let d = sb.daemon(&policy);
+    let script = sb.write("ident.py", IDENT_PY);
+    let script = script.to_str().unwrap();
+    let run = |uid: u32, prog: &str, args: &[&str]| -> Value {
+        let out = sb.client(uid, uid).command(prog).args(args).output().unwrap();
+        assert!(out.status.success(), "{prog} {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+
+    // Root in a user namespace of its own is still nobody to the kernel (and to the policy).
+    let r = run(NOBODY, "unshare", &["--user", "--map-root-user", "/usr/bin/python3", script, "userns"]);
+    assert_eq!((r["uid"].as_u64(), r["result"].as_str()), (Some(0), Some("EPERM")), "{r}");
+    let userns_pid = r["pid"].clone();
+    // The same, in a new network namespace where it put the endpoint address on its own lo: the
+    // hooks belong to the cgroup, not to a network namespace.
+    let netns = format!(
+        "ip link set lo up && ip addr add 169.254.169.254/32 dev lo && exec /usr/bin/python3 {script} netns"
+    );
+    let r = run(NOBODY, "unshare", &["--user", "--map-root-user", "--net", "sh", "-c", &netns]);
+    assert_eq!((r["uid"].as_u64(), r["result"].as_str()), (Some(0), Some("EPERM")), "{r}");
+    let netns_pid = r["pid"].clone();
+    // Nobody cannot move itself into the allowed cgroup (cgroup.procs is root's).
+    let procs = sb.cgroup.join("svc/cgroup.procs");
+    let r = run(NOBODY, "/usr/bin/python3", &[script, "move", procs.to_str().unwrap()]);
+    assert_eq!((r["move"].as_str(), r["result"].as_str()), (Some("EACCES"), Some("EPERM")), "{r}");
+    let move_pid = r["pid"].clone();
+    // The policy judges the real uid: root that lowered only its effective uid is still root.
+    let r = run(0, "/usr/bin/python3", &[script, "seteuid"]);
+    assert_eq!(
+        (r["uid"].as_u64(), r["euid"].as_u64(), r["result"].as_str()),
+        (Some(0), Some(65534), Some("connected")),
+        "{r}"
+    );
+
+    let denials = wait_denials(&d, 3);
+    assert_eq!(denials.len(), 3, "{denials:#?}");
+    for (pid, e) in [userns_pid, netns_pid, move_pid].iter().zip(&denials) {
+        assert_eq!((&e["pid"], e["uid"].as_u64(), e["gid"].as_u64()), (pid, Some(65534), Some(65534)), "{e}");
+        assert_eq!(e["cgroup"], sb.cgroup_rel(), "{e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. An HTTP redirect to the metadata service.
+
+const REDIRECT_PY: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(301)
+        self.send_header("Location", "http://169.254.169.254/latest/meta-data/iam/security-credentials/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 8080), H)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn a_redirect_to_the_endpoint_is_a_connect_like_any_other() {
+    let Some(sb) = Sandbox::new("bypass_redirect", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let server = Background::start(&sb, 0, "redirect.py", REDIRECT_PY, &[]);
+    let t = Instant::now();
+    let out = sb.client(NOBODY, NOBODY).curl(&["-L", "http://127.0.0.1:8080/"]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(7), "the redirect target is refused: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"), "{out:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let ev = d.wait_event(Duration::from_secs(5), |e| e["event"] == "connect_denied").expect("reported");
+    assert_eq!(
+        (ev["comm"].as_str(), ev["uid"].as_u64(), ev["dst"].as_str()),
+        (Some("curl"), Some(u64::from(NOBODY)), Some("169.254.169.254")),
+        "{ev}"
+    );
+    let ok = sb.client(0, 0).curl(&["-f", "-L", "http://127.0.0.1:8080/"]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), ROLE, "root follows it: {ok:?}");
+    drop(server);
+    assert_eq!(wait_denials(&d, 1).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Raw sockets.
+
+/// Sends a hand-made SYN to 169.254.169.254:80 over a raw IPPROTO_TCP socket and waits (at most 3
+/// s, never blocking longer than 0.2 s at a time) for the answer.
+const RAW_SYN_PY: &str = r#"
+import errno, json, os, socket, struct, time
+DST = "169.254.169.254"
+SPORT = 40000 + os.getpid() % 20000
+SEQ = 0x1234567
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+r = {}
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+except OSError as e:
+    r["socket"] = errno.errorcode.get(e.errno, str(e.errno))
+    print(json.dumps(r), flush=True)
+    raise SystemExit(0)
+# connect() on a raw socket does not pass the hooks either (the raw protocol has no pre-connect).
+c = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+try:
+    c.connect((DST, 0))
+    r["raw_connect"] = "connected"
+except OSError as e:
+    r["raw_connect"] = errno.errorcode.get(e.errno, str(e.errno))
+c.close()
+s.bind((DST, 0))  # the source: the endpoint address is local in the sandbox
+s.settimeout(0.2)
+tcp = struct.pack("!HHIIBBHHH", SPORT, 80, SEQ, 0, 5 << 4, 0x02, 65535, 0, 0)
+pseudo = socket.inet_aton(DST) + socket.inet_aton(DST) + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+try:
+    s.sendto(tcp, (DST, 0))
+    r["send"] = "sent"
+except OSError as e:
+    r["send"] = errno.errorcode.get(e.errno, str(e.errno))
+deadline = time.monotonic() + 3
+while "send" in r and r["send"] == "sent" and time.monotonic() < deadline:
+    try:
+        pkt, src = s.recvfrom(65535)
+    except (TimeoutError, socket.timeout):
+        continue
+    ihl = (pkt[0] & 0xF) * 4
+    sp, dp, seq, ack, off, fl = struct.unpack("!HHIIBB", pkt[ihl:ihl + 14])
+    if sp == 80 and dp == SPORT:
+        r["reply"] = {"src": src[0], "flags": fl, "ack": ack}
+        r["syn_ack"] = fl & 0x12 == 0x12 and ack == SEQ + 1
+        break
+print(json.dumps(r), flush=True)
+"#;
+
+#[test]
+fn a_raw_socket_sends_a_syn_past_the_connect_hooks() {
+    let Some(sb) = Sandbox::new("bypass_raw", ImdsMode::Optional) else { return };
+    // Only uid 1 may connect: root is denied.
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 1\n");
+    let d = sb.daemon(&policy);
+    assert_eq!(sb.client(0, 0).connect("169.254.169.254", 80).result, "EPERM", "root is denied");
+    let got = python(&sb, 0, "raw.py", RAW_SYN_PY, &[]);
+    let r = &got[0];
+    assert_eq!(r["raw_connect"], "connected", "{r}");
+    assert_eq!(r["send"], "sent", "{r}");
+    assert_eq!(
+        (r["reply"]["src"].as_str(), r["reply"]["flags"].as_u64()),
+        (Some("169.254.169.254"), Some(0x12)),
+        "{r}"
+    );
+    assert_eq!(r["syn_ack"], true, "the listener answered the hand-made SYN: {r}");
+    assert_eq!(wait_denials(&d, 1).len(), 1, "only the connect is seen: {:#?}", d.denials());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. io_uring.
+
+/// IORING_OP_CONNECT with a hand-rolled ring (no liburing): setup, one SQE, enter, read the CQE.
+/// Three ways to have it issued: inline by the submitting thread, by an io-wq worker thread
+/// (IOSQE_ASYNC), and by the ring's submission-queue polling thread (IORING_SETUP_SQPOLL).
+const IO_URING_PY: &str = r#"
+import ctypes, errno, json, mmap, os, socket, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+SYS_io_uring_setup, SYS_io_uring_enter = 425, 426
+IORING_OP_CONNECT, IOSQE_ASYNC, IORING_SETUP_SQPOLL = 16, 0x10, 2
+IORING_ENTER_GETEVENTS, IORING_ENTER_SQ_WAKEUP = 1, 2
+PROT = mmap.PROT_READ | mmap.PROT_WRITE
+def connect(fam, sa, how):
+    params = ctypes.create_string_buffer(120)
+    if how == "sqpoll":
+        struct.pack_into("III", params, 8, IORING_SETUP_SQPOLL, 0, 1000)  # flags, cpu, idle ms
+    fd = libc.syscall(SYS_io_uring_setup, ctypes.c_uint(4), params)
+    if fd < 0:
+        return "setup " + errno.errorcode.get(ctypes.get_errno(), "?")
+    sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+    sq = struct.unpack_from("8IQ", params, 40)  # head tail ring_mask ring_entries flags dropped array
+    cq = struct.unpack_from("8IQ", params, 80)  # head tail ring_mask ring_entries overflow cqes
+    size = max(sq[6] + sq_entries * 4, cq[5] + cq_entries * 16)
+    ring = mmap.mmap(fd, size, mmap.MAP_SHARED, PROT, offset=0)
+    sqes = mmap.mmap(fd, sq_entries * 64, mmap.MAP_SHARED, PROT, offset=0x10000000)
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    buf = ctypes.create_string_buffer(sa, len(sa))
+    flags = IOSQE_ASYNC if how == "async" else 0
+    # opcode, flags, ioprio, fd, off (= addrlen), addr (= sockaddr), len, op flags, user_data
+    struct.pack_into("<BBHiQQIIQ", sqes, 0, IORING_OP_CONNECT, flags, 0, s.fileno(), len(sa),
+                     ctypes.addressof(buf), 0, 0, 0x42)
+    tail = struct.unpack_from("I", ring, sq[1])[0]
+    struct.pack_into("I", ring, sq[6] + (tail & sq[2]) * 4, 0)
+    struct.pack_into("I", ring, sq[1], tail + 1)
+    enter = IORING_ENTER_GETEVENTS | (IORING_ENTER_SQ_WAKEUP if how == "sqpoll" else 0)
+    n = libc.syscall(SYS_io_uring_enter, fd, 1, 1, enter, None, 0)
+    if n < 0:
+        return "enter " + errno.errorcode.get(ctypes.get_errno(), "?")
+    head = struct.unpack_from("I", ring, cq[0])[0]
+    user_data, res, _ = struct.unpack_from("<QiI", ring, cq[5] + (head & cq[2]) * 16)
+    assert user_data == 0x42, user_data
+    os.close(fd)
+    s.close()
+    return "connected" if res == 0 else errno.errorcode.get(-res, str(res))
+v4 = struct.pack("<H", socket.AF_INET) + struct.pack("!H", 80) + socket.inet_aton("169.254.169.254") + bytes(8)
+v6 = (struct.pack("<H", socket.AF_INET6) + struct.pack("!HI", 80, 0)
+      + socket.inet_pton(socket.AF_INET6, "fd00:ec2::254") + bytes(4))
+for how in ["inline", "async", "sqpoll"]:
+    for dst, fam, sa in [("169.254.169.254", socket.AF_INET, v4), ("fd00:ec2::254", socket.AF_INET6, v6)]:
+        r = {"how": how, "dst": dst, "pid": os.getpid(), "result": connect(fam, sa, how)}
+        print(json.dumps(r), flush=True)
+time.sleep(0.3)
+"#;
+
+#[test]
+fn io_uring_connect_goes_through_the_connect_hook() {
+    let Some(sb) = Sandbox::new("bypass_io_uring", ImdsMode::Optional) else { return };
+    let policy = sb.write(
+        "policy.toml",
+        "[[allow]]\nuid = 0\n\n[[allow]]\ncomm = \"python3\"\nuid = 1\n\n[[allow]]\nexe = \"/usr/bin/python3\"\nuid = 2\n",
+    );
+    let d = sb.daemon(&policy);
+    let result = |runs: &[Value], how: &str| -> Vec<String> {
+        runs.iter().filter(|r| r["how"] == how).map(|r| r["result"].as_str().unwrap().to_owned()).collect()
+    };
+    let denied = python(&sb, NOBODY, "uring.py", IO_URING_PY, &[]);
+    assert_eq!(denied.len(), 6, "{denied:?}");
+    assert!(denied.iter().all(|r| r["result"] == "EPERM"), "{denied:?}");
+    let root = python(&sb, 0, "uring.py", IO_URING_PY, &[]);
+    assert!(root.iter().all(|r| r["result"] == "connected"), "{root:?}");
+    // The offloaded connects run on threads of the process (same uid, cgroup and executable), but
+    // with their own task name: a comm rule does not match them (a false denial, not a bypass),
+    // an exe rule does.
+    let by_comm = python(&sb, 1, "uring.py", IO_URING_PY, &[]);
+    assert_eq!(result(&by_comm, "inline"), ["connected", "connected"], "{by_comm:?}");
+    assert_eq!(result(&by_comm, "async"), ["EPERM", "EPERM"], "{by_comm:?}");
+    assert_eq!(result(&by_comm, "sqpoll"), ["EPERM", "EPERM"], "{by_comm:?}");
+    let by_exe = python(&sb, 2, "uring.py", IO_URING_PY, &[]);
+    assert!(by_exe.iter().all(|r| r["result"] == "connected"), "{by_exe:?}");
+
+    let denials = wait_denials(&d, 10);
+    assert_eq!(denials.len(), 10, "{denials:#?}");
+    let nobody: Vec<&Value> = denials.iter().filter(|e| e["uid"] == NOBODY).collect();
+    assert_eq!(nobody.len(), 6, "{denials:#?}");
+    let pid = &denials[0]["pid"];
+    assert_eq!(pid, &denied[0]["pid"]);
+    let comms: Vec<&str> = nobody.iter().map(|e| e["comm"].as_str().unwrap()).collect();
+    let wrk = format!("iou-wrk-{pid}");
+    let sqp = format!("iou-sqp-{pid}");
+    assert_eq!(comms, ["python3", "python3", &wrk, &wrk, &sqp, &sqp], "{denials:#?}");
+    assert!(nobody.iter().all(|e| &e["pid"] == pid), "the process, whichever thread: {denials:#?}");
+    assert!(nobody[2..].iter().all(|e| &e["tid"] != pid), "{denials:#?}");
+    let by_comm_denials: Vec<&str> =
+        denials.iter().filter(|e| e["uid"] == 1).map(|e| e["comm"].as_str().unwrap()).collect();
+    assert_eq!(by_comm_denials.len(), 4, "{denials:#?}");
+    assert!(by_comm_denials.iter().all(|c| c.starts_with("iou-")), "{denials:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Writes that the message hook does not see: IMDSv1 enforcement for an allowed workload.
+
+/// The request bytes are only inspected once the socket is in the sockhash, which `sockops` does
+/// when the handshake completes. Data a `sendmsg` accepts before that is never inspected: TCP Fast
+/// Open (`MSG_FASTOPEN` on a blocking socket; `TCP_FASTOPEN_CONNECT` with `TCP_FASTOPEN_NO_COOKIE`,
+/// which defers the handshake into the first write), and a blocking write on a socket whose
+/// non-blocking connect has not completed yet. Every one of these reaches the service tokenless,
+/// for a workload whose policy says `imdsv1 = "deny"`, and is not reported.
+///
+/// KNOWN GAP (see docs/SECURITY.md). This test pins the current behaviour; when it is fixed, this
+/// test fails and must be turned around (refused with EACCES and reported).
+#[test]
+fn known_gap_writes_accepted_before_the_handshake_completes_are_not_inspected() {
+    let Some(sb) = Sandbox::new("bypass_early_write", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+    let d = sb.daemon(&policy);
+    let req = format!("GET {CREDS}{ROLE} HTTP/1.1|Host: x||");
+    let mut args = vec![req.as_str()];
+    args.extend(TFO_TARGETS);
+    let got = python(&sb, 0, "tfo.py", TFO_PY, &args);
+    assert_eq!(got.len(), 12);
+    for r in &got {
+        if r["how"] == "fastopen_connect" && r["no_cookie"] == false {
+            // Without a cookie, connect() does the handshake itself: the write is inspected.
+            assert_eq!(r["result"], "EACCES", "{r}");
+        } else {
+            assert_eq!(r["status"], "HTTP/1.1 200 OK", "not inspected: {r}");
+            assert!(r["body"].as_str().unwrap().contains("AccessKeyId"), "{r}");
+        }
+    }
+
+    // No Fast Open at all: the handshake is slow (the first SYN is dropped in the sandbox, so it is
+    // retransmitted after about 1 s) and the blocking write waits for it inside sendmsg.
+    let rules = sb.write(
+        "drop-syn.nft",
+        "table inet imdsg_bypass {\n  chain out {\n    type filter hook output priority 0;\n    \
+         ip daddr 169.254.169.254 tcp dport 80 tcp flags syn drop\n  }\n}\n",
+    );
+    let nft = |args: &[&str]| {
+        let out = sb.client(0, 0).command("nft").args(args).output().unwrap();
+        assert!(out.status.success(), "nft {args:?}: {out:?}");
+    };
+    nft(&["-f", rules.to_str().unwrap()]);
+    let slow = Background::start(&sb, 0, "slow.py", SLOW_HANDSHAKE_PY, &[&req]);
+    std::thread::sleep(Duration::from_millis(200)); // it is now blocked in send()
+    nft(&["delete", "table", "inet", "imdsg_bypass"]);
+    let r = slow.finish();
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0]["connect"].as_str(), r[0]["status"].as_str()),
+        (Some("EINPROGRESS"), Some("HTTP/1.1 200 OK")),
+        "{r:?}"
+    );
+
+    // 9 Fast Open requests and the slow one reached the service without a token; only the three
+    // that were inspected were refused and reported.
+    std::thread::sleep(Duration::from_millis(300));
+    let served = sb.imds.requests().iter().filter(|q| q.method == "GET" && !q.had_token).count();
+    assert_eq!(served, 10, "{:?}", sb.imds.requests());
+    let reported: Vec<Value> = d.events().into_iter().filter(|e| e["event"] == "imdsv1_request").collect();
+    assert_eq!(reported.len(), 3, "{reported:#?}");
+    assert!(reported.iter().all(|e| e["enforced"] == true), "{reported:#?}");
+}
+
+/// A blocking write on a socket whose non-blocking connect is still in progress. Prints `ready`
+/// after the connect, then writes `argv[1]` and prints the answer's status line.
+const SLOW_HANDSHAKE_PY: &str = r#"
+import errno, json, socket, sys, time
+req = sys.argv[1].encode().replace(b"|", b"\r\n")
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setblocking(False)
+r = {}
+try:
+    s.connect(("169.254.169.254", 80))
+    r["connect"] = "connected"
+except BlockingIOError as e:
+    r["connect"] = errno.errorcode[e.errno]
+print("ready", flush=True)
+s.setblocking(True)
+try:
+    r["sent"] = s.send(req)
+    s.settimeout(5)
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c:
+            break
+        data += c
+    r["status"] = data.split(b"\r\n")[0].decode()
+except OSError as e:
+    r["error"] = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps(r), flush=True)
+"#;
+
+/// Every way of writing to an established connection.
+const WRITE_PATHS_PY: &str = r#"
+import errno, json, os, socket, sys, tempfile
+req = sys.argv[1].encode().replace(b"|", b"\r\n")
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+def answer(s):
+    s.settimeout(3)
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c:
+            break
+        data += c
+    return data.split(b"\r\n")[0].decode()
+f = tempfile.TemporaryFile()
+f.write(req)
+f.flush()
+def splice(s):
+    r, w = os.pipe()
+    os.write(w, req)
+    os.splice(r, s.fileno(), len(req))
+def zerocopy(s):
+    s.setsockopt(socket.SOL_SOCKET, 60, 1)  # SO_ZEROCOPY
+    s.send(req, 0x4000000)  # MSG_ZEROCOPY
+ways = {
+    "send": lambda s: s.sendall(req),
+    "sendmsg_iov": lambda s: s.sendmsg([req[:5], req[5:20], req[20:]]),
+    "write": lambda s: os.write(s.fileno(), req),
+    "writev": lambda s: os.writev(s.fileno(), [req[:3], req[3:]]),
+    "sendfile": lambda s: os.sendfile(s.fileno(), f.fileno(), 0, len(req)),
+    "splice": splice,
+    "zerocopy": zerocopy,
+}
+for how, fn in ways.items():
+    s = socket.create_connection(("169.254.169.254", 80))
+    r = {"how": how}
+    try:
+        fn(s)
+        r["result"] = answer(s)
+    except OSError as e:
+        r["result"] = name(e)
+    print(json.dumps(r), flush=True)
+"#;
+
+#[test]
+fn every_write_path_on_an_established_connection_is_inspected() {
+    let Some(sb) = Sandbox::new("bypass_write_paths", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+    let d = sb.daemon(&policy);
+    let req = format!("GET {CREDS}{ROLE} HTTP/1.1|Host: x||");
+    let got = python(&sb, 0, "paths.py", WRITE_PATHS_PY, &[&req]);
+    let hows: Vec<&str> = got.iter().map(|r| r["how"].as_str().unwrap()).collect();
+    assert_eq!(hows, ["send", "sendmsg_iov", "write", "writev", "sendfile", "splice", "zerocopy"]);
+    for r in &got {
+        assert_eq!(r["result"], "EACCES", "{r}");
+    }
+    // curl's own Fast Open option: without a cookie from the server, connect() completes the
+    // handshake first, so the request is inspected like any other.
+    let out = sb.client(0, 0).curl(&["--tcp-fastopen", &format!("http://169.254.169.254{CREDS}{ROLE}")]);
+    assert_eq!(out.status.code(), Some(55), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let reported: Vec<Value> = d.events().into_iter().filter(|e| e["event"] == "imdsv1_request").collect();
+    assert_eq!(reported.len(), 8, "{reported:#?}");
+    assert!(reported.iter().all(|e| e["enforced"] == true && e["uid"] == 0), "{reported:#?}");
+    assert!(sb.imds.requests().is_empty(), "{:?}", sb.imds.requests());
+}
