@@ -60,6 +60,12 @@ impl Source {
         Ok(Source { name: path.display().to_string(), text })
     }
 
+    /// Line numbers (1-based) of byte offsets, for many offsets at once (one pass over the text).
+    #[must_use]
+    pub fn line_index(&self) -> LineIndex {
+        LineIndex(self.text.match_indices('\n').map(|(i, _)| i).collect())
+    }
+
     /// `file:line:col` and the offending line for a byte range of the text.
     #[must_use]
     pub fn error_at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
@@ -87,6 +93,17 @@ impl Source {
 
     pub fn parse(&self) -> Result<PolicyFile, ConfigError> {
         toml::from_str(&self.text).map_err(|e| self.error_at(e.span(), e.message().trim().to_owned()))
+    }
+}
+
+/// Offsets of the newlines of a text.
+pub struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    /// 1-based line of byte offset `at`.
+    #[must_use]
+    pub fn line(&self, at: usize) -> usize {
+        self.0.partition_point(|&nl| nl < at) + 1
     }
 }
 

@@ -32,8 +32,8 @@ use crate::{
     policy::Policy,
 };
 
-/// The eBPF object built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-ebpf"));
+/// The eBPF object built by build.rs (public for the benchmark, which loads its empty programs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-ebpf"));
 
 /// (program name in the object, link pin name).
 /// In attach order: enforcement first, then request inspection (the message hook before the
@@ -212,12 +212,15 @@ impl Guard {
                 )));
             }
         }
+        tracing::debug!(rules = entries.len(), "rules written");
         config.set(next % imds_guard_common::config::GENERATION_SLOTS, &cfg, 0)?;
         // The switch: one 8-byte map update.
         active.set(0, &Active { generation: next, _pad: 0 }, 0)?;
         // Programs that read the old generation have all returned after this.
         self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
+        tracing::debug!("switched; waiting for running programs");
         remove_where(&mut rules, |k| k.generation != next)?;
+        tracing::debug!("old generation removed");
         self.generation = next;
         Ok(next)
     }

@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
 use crate::{
-    config::{AllowTable, ConfigError, PolicyFile, Source},
+    config::{AllowTable, ConfigError, LineIndex, PolicyFile, Source},
     endpoints::{self, Endpoints},
     identity::{CgroupRef, ExeId},
 };
@@ -206,11 +206,12 @@ impl Policy {
         }
         let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
         let mut rules = Vec::with_capacity(file.allow.len());
+        let lines = source.line_index();
         let mut seen: BTreeMap<RuleKey, u32> = BTreeMap::new();
         let mut warnings = Vec::new();
         for (index, table) in file.allow.iter().enumerate() {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
-            let mut rule = resolve_rule(source, index, table, host)?;
+            let mut rule = resolve_rule(source, &lines, index, table, host)?;
             rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_ref(), default_imdsv1)?;
             if let Some(first) = seen.get(&rule.key()) {
                 if !rule.is_pending() {
@@ -340,12 +341,13 @@ fn shapes_and_levels(rules: &[Rule]) -> (Vec<u8>, Vec<u8>) {
 
 fn resolve_rule(
     source: &Source,
+    lines: &LineIndex,
     index: u32,
     table: &Spanned<AllowTable>,
     host: &Host,
 ) -> Result<Rule, ConfigError> {
     let t = table.get_ref();
-    let line = source.text[..table.span().start].matches('\n').count() + 1;
+    let line = lines.line(table.span().start);
     let name = t.name.as_ref().map_or_else(|| format!("allow[{index}]"), |n| n.get_ref().clone());
     let mut rule = Rule {
         index,

@@ -67,6 +67,13 @@ impl<'a> Client<'a> {
         self
     }
 
+    /// Start in `dir`, any cgroup v2 directory the test made (for benchmarks without the guard).
+    #[must_use]
+    pub fn at_cgroup(mut self, dir: &std::path::Path) -> Self {
+        self.cgroup = dir.to_owned();
+        self
+    }
+
     /// Runs `program` (usually a copy of `imdsg-connect`) with `steps`, optionally from `cwd`,
     /// and returns the JSON lines it printed.
     pub fn steps(

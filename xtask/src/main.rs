@@ -24,6 +24,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Measure what imds-guard costs (root; sandbox): prints a table, writes docs/BENCHMARKS.md
+    /// and target/bench/results.json.
+    Bench,
     /// Run the guard in a sandbox with a fake IMDS and show allowed, denied and reported requests.
     Demo {
         /// Rounds of requests (0: until Ctrl-C).
@@ -66,6 +69,30 @@ fn main() -> anyhow::Result<()> {
                 test.extend(args.iter().map(String::as_str));
             }
             cargo(&test)
+        }
+        Cmd::Bench => {
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "imds-guard",
+                "-p",
+                "imds-guard-tests",
+                "--bin",
+                "imds-guard",
+                "--bin",
+                "imds-guard-bench",
+            ])?;
+            std::fs::create_dir_all(root().join("target/bench"))?;
+            let status = Command::new(root().join("target/release/imds-guard-bench"))
+                .env("IMDS_GUARD_BIN", root().join("target/release/imds-guard"))
+                .args(["--markdown", "docs/BENCHMARKS.md", "--json", "target/bench/results.json"])
+                .current_dir(root())
+                .status()?;
+            if !status.success() {
+                bail!("bench failed ({status})");
+            }
+            Ok(())
         }
         Cmd::Demo { rounds, interval } => {
             cargo(&[

@@ -29,6 +29,7 @@ const EVENT_BATCH: usize = 256;
 const RECHECK: Duration = Duration::from_secs(2);
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
     let cgroup_root = env::cgroup2_root()?;
     let host = Host { cgroup_root: cgroup_root.clone() };
     let source = Source::read(&args.config)?;
@@ -36,6 +37,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     for w in &policy.warnings {
         tracing::warn!("{w}");
     }
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "policy resolved");
     let exe_offsets = match btf::Btf::from_file(&args.btf).and_then(|b| btf::exe_offsets(&b)) {
         Ok(o) => Some(o),
         Err(e) if policy.needs_exe() => {
@@ -54,7 +56,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let pin_dir = &args.pins.pin_dir;
     env::prepare_pin_dir(pin_dir)?;
 
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "kernel BTF read");
     let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets)?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
     let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
