@@ -17,10 +17,12 @@ endpoints = ["aws-imds"]
 [[allow]]
 name = "root, standing in for the SSM agent"
 uid = 0
+imdsv1 = "deny"
 
 [[allow]]
-name = "the daemon user"
+name = "the daemon user, a legacy app still on IMDSv1"
 user = "daemon"
+imdsv1 = "log"
 "#;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -88,6 +90,16 @@ fn main() {
             Ok(body) => say(&format!("ALLOWED  daemon (uid 1), IMDSv2 over IPv6: instance-id {body}")),
             Err(e) => say(&format!("UNEXPECTED daemon failed: {e}")),
         }
+        let out = sb.client(1, 1).curl(&["-sS", "-o", "/dev/null", "-w", "HTTP %{http_code}", "http://169.254.169.254/latest/meta-data/"]);
+        say(&format!(
+            "REPORTED daemon (uid 1), tokenless IMDSv1 GET: {} (allowed by its policy, reported as imdsv1_request)",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+        let out = sb.client(0, 0).curl(&[&format!("http://169.254.169.254{creds}")]);
+        say(&format!(
+            "REFUSED  root (uid 0), tokenless IMDSv1 GET of credentials: {} (imdsv1 = \"deny\": the write fails, IMDSv2 works)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
         let out = sb.client(65534, 65534).curl(&[&format!("http://169.254.169.254{creds}")]);
         say(&format!(
             "DENIED   nobody (uid 65534), curl IMDSv1: {}",
