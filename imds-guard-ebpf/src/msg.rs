@@ -18,39 +18,26 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     event::{AF_INET, RequestEvent, flags, kind},
-    http::{Finding, HttpState},
+    http::Finding,
     rule::Imdsv1Action,
     sock::{SCAN_MAX, SockState},
     stats::Stat,
 };
 
-use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCRATCH, count};
+use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCRATCH, Scan, count};
 
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
 
-/// What one message contained, built by the `bpf_loop` callback.
-#[repr(C)]
-struct Scan {
-    http: HttpState,
-    len: u32,
-    /// The first reportable finding in this message (0: none).
-    finding: u32,
-    /// A tokenless or unclassifiable request was found: the scan stopped there, and `http` still
-    /// describes it (its path is reported, and the message is refused where IMDSv1 is denied).
-    v1: u32,
-    _pad: u32,
-}
-
-extern "C" fn scan_byte(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer to the Scan on our stack.
-    let s = unsafe { &mut *ctx.cast::<Scan>() };
+extern "C" fn scan_byte(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's scratch value; nothing else runs on it during the loop.
+    let scratch = unsafe { &mut *scratch };
+    let s = &mut scratch.scan;
     if i >= u64::from(s.len) {
         return 1;
     }
-    let Some(buf) = SCRATCH.get_ptr(0) else { return 1 };
-    // SAFETY: per-CPU scratch value, index masked into it.
-    let b = unsafe { (*buf)[(i as usize) & (SCAN_MAX as usize - 1)] };
+    let b = scratch.buf[(i as usize) & (SCAN_MAX as usize - 1)];
     s.http.step(b);
     let f = s.http.finding();
     match f {
@@ -97,17 +84,23 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if len > want {
         len = want;
     }
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else { return SK_PASS };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return SK_PASS };
+    // SAFETY: this CPU's scratch value.
+    let scratch = unsafe { &mut *scratch };
     if len == 0 || len > SCAN_MAX {
         return SK_PASS;
     }
     // SAFETY: copies `len` (1..=SCAN_MAX) bytes of the message into the per-CPU scratch buffer.
-    if unsafe { bpf_probe_read_kernel(buf.cast(), len, data as *const c_void) } != 0 {
+    if unsafe { bpf_probe_read_kernel(scratch.buf.as_mut_ptr().cast(), len, data as *const c_void) } != 0 {
         return SK_PASS;
     }
-    let mut scan = Scan { http: st.http, len, finding: 0, v1: 0, _pad: 0 };
-    // SAFETY: bpf_loop with a callback that only touches `scan` and the scratch buffer.
-    unsafe { bpf_loop(len, scan_byte as *mut c_void, core::ptr::addr_of_mut!(scan).cast(), 0) };
+    scratch.scan.http = st.http;
+    scratch.scan.len = len;
+    scratch.scan.finding = 0;
+    scratch.scan.v1 = 0;
+    // SAFETY: bpf_loop with a callback that only touches this CPU's scratch value.
+    unsafe { bpf_loop(len, scan_byte as *mut c_void, core::ptr::null_mut(), 0) };
+    let scan = &mut scratch.scan;
     if scan.v1 == 0 && size > len {
         // Bytes we did not read: whether they continue this request or start another one, they
         // must not be a way around (no IMDS request needs a write of this size).
@@ -130,7 +123,7 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         count(Stat::Imdsv1Denied);
     }
     if deny || action != Imdsv1Action::Allow || finding == Finding::TokenPutForwarded {
-        report(&ctx, st, &scan, deny);
+        report(&ctx, st, scan, deny);
     }
     // The message is judged; the next one starts a new request.
     scan.http.reset();

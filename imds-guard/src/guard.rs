@@ -108,6 +108,7 @@ impl Guard {
         for (prog_name, link_name) in PROGRAMS {
             let link_path = link_pin(pin_dir, link_name);
             let adopt = link_path.exists();
+            let t = std::time::Instant::now();
             let program =
                 guard.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
             // Load (the verifier runs here); then either swap the program into the pinned link of an
@@ -148,6 +149,7 @@ impl Guard {
                 }
                 _ => bail!("program {prog_name} has an unexpected type"),
             };
+            tracing::debug!(program = prog_name, ms = t.elapsed().as_secs_f64() * 1e3, "loaded (verified)");
             match fresh {
                 Some(link) => {
                     link.pin(&link_path)
