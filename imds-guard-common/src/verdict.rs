@@ -4,41 +4,57 @@
 use crate::config::{GenConfig, MAX_PROBES, Mode};
 use crate::rule::{Identity, RuleKey, RuleValue, field};
 
-/// Finds the first (lowest `rule_index`) allow rule of `cfg`'s generation that `id` matches.
-///
-/// `ancestor(level)` returns the id of the process's cgroup ancestor at `level` (the cgroup2 root
-/// is level 0, the process's own cgroup is the deepest), or 0 when the process's cgroup is not that
-/// deep; `lookup` looks a key up in the rule map. One lookup per probe, at most [`MAX_PROBES`].
+/// The key that probe `i` of `cfg` looks up for `id`, or `None` when that probe does not apply (past
+/// the probe count, or a cgroup depth below the process's own cgroup). `ancestor(level)` returns
+/// the id of the process's cgroup ancestor at `level` (the cgroup2 root is level 0), or 0 when the
+/// process's cgroup is not that deep.
+#[inline(always)]
+pub fn probe_key<A: Fn(u32) -> u64>(
+    cfg: &GenConfig,
+    i: usize,
+    id: &Identity,
+    ancestor: A,
+) -> Option<RuleKey> {
+    if i >= MAX_PROBES || i >= cfg.probe_count as usize {
+        return None;
+    }
+    let probe = cfg.probes[i];
+    let shape = u32::from(probe.shape);
+    let cgroup = if shape & field::CGROUP != 0 {
+        let c = ancestor(u32::from(probe.level));
+        if c == 0 {
+            return None;
+        }
+        c
+    } else {
+        0
+    };
+    Some(RuleKey::probe(cfg.generation, shape, id, cgroup))
+}
+
+/// Of two matching rules, the one that decides: the first in the policy file.
+#[inline(always)]
+#[must_use]
+pub fn better(best: Option<RuleValue>, found: RuleValue) -> Option<RuleValue> {
+    match best {
+        Some(b) if b.rule_index <= found.rule_index => Some(b),
+        _ => Some(found),
+    }
+}
+
+/// Finds the first (lowest `rule_index`) allow rule of `cfg`'s generation that `id` matches: one
+/// lookup per probe, at most [`MAX_PROBES`]. (The kernel runs the same [`probe_key`] and
+/// [`better`] from a `bpf_loop` callback.)
 #[inline(always)]
 pub fn find_rule<A, L>(cfg: &GenConfig, id: &Identity, ancestor: A, lookup: L) -> Option<RuleValue>
 where
     A: Fn(u32) -> u64,
     L: Fn(&RuleKey) -> Option<RuleValue>,
 {
-    let mut best: Option<RuleValue> = None;
-    let n = cfg.probe_count as usize;
-    let mut i = 0;
-    while i < MAX_PROBES {
-        if i >= n {
-            break;
-        }
-        let probe = cfg.probes[i];
-        let shape = u32::from(probe.shape);
-        i += 1;
-        let cgroup = if shape & field::CGROUP != 0 {
-            let c = ancestor(u32::from(probe.level));
-            if c == 0 {
-                continue; // the process's cgroup is not that deep
-            }
-            c
-        } else {
-            0
-        };
-        if let Some(v) = lookup(&RuleKey::probe(cfg.generation, shape, id, cgroup)) {
-            match best {
-                Some(b) if b.rule_index <= v.rule_index => {}
-                _ => best = Some(v),
-            }
+    let mut best = None;
+    for i in 0..MAX_PROBES {
+        if let Some(v) = probe_key(cfg, i, id, &ancestor).and_then(|k| lookup(&k)) {
+            best = better(best, v);
         }
     }
     best

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
+    http::HttpState,
     maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
-    http::HttpState,
     sock::{SCAN_MAX, SockState},
     stats::{STAT_COUNT, Stat},
 };

@@ -20,7 +20,11 @@ fn demo_runs_one_round_and_cleans_up() {
     assert!(stderr.contains("EPERM"), "{stderr}");
     assert!(stderr.contains("sandbox removed"), "{stderr}");
     assert_eq!(stdout.matches("\"event\":\"connect_denied\"").count(), 2, "{stdout}");
-    assert_eq!(stdout.matches("\"event\":\"imdsv1_request\"").count(), 2, "one reported, one refused: {stdout}");
+    assert_eq!(
+        stdout.matches("\"event\":\"imdsv1_request\"").count(),
+        2,
+        "one reported, one refused: {stdout}"
+    );
     assert!(stderr.contains("REPORTED") && stderr.contains("REFUSED"), "{stderr}");
     let name = stderr
         .split("network namespace ")

@@ -90,7 +90,14 @@ fn main() {
             Ok(body) => say(&format!("ALLOWED  daemon (uid 1), IMDSv2 over IPv6: instance-id {body}")),
             Err(e) => say(&format!("UNEXPECTED daemon failed: {e}")),
         }
-        let out = sb.client(1, 1).curl(&["-sS", "-o", "/dev/null", "-w", "HTTP %{http_code}", "http://169.254.169.254/latest/meta-data/"]);
+        let out = sb.client(1, 1).curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "HTTP %{http_code}",
+            "http://169.254.169.254/latest/meta-data/",
+        ]);
         say(&format!(
             "REPORTED daemon (uid 1), tokenless IMDSv1 GET: {} (allowed by its policy, reported as imdsv1_request)",
             String::from_utf8_lossy(&out.stdout).trim()
