@@ -23,6 +23,25 @@ pub struct SockState {
     pub comm: [u8; COMM_LEN],
     /// Where the request being written stands.
     pub http: HttpState,
+    /// Working memory of the message hook for this socket: sendmsg holds the socket lock, so no
+    /// two runs of the hook ever share it (per-CPU memory could be shared by a run preempted by
+    /// another on the same CPU).
+    pub scan: ScanState,
+    pub buf: [u8; SCAN_MAX as usize],
+}
+
+/// What the message being classified contained so far.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ScanState {
+    /// Bytes of the message copied into `buf`.
+    pub len: u32,
+    /// The first reportable finding in this message (0: none).
+    pub finding: u32,
+    /// A tokenless or unclassifiable request was found: the scan stopped there, and `http` still
+    /// describes it.
+    pub v1: u32,
+    pub _pad: u32,
 }
 
 /// Bytes of one message the message hook reads (one page; more is flagged, not skipped).

@@ -36,31 +36,6 @@ pub static SOCKETS: SockHash<u64> = SockHash::pinned(SOCKETS_CAPACITY, 0);
 #[btf_map]
 pub static IMDSG_SOCKSTATE: SkStorage<SockState> = SkStorage::new();
 
-/// Per-CPU working memory of the message hook: a copy of the message (`bpf_loop` callbacks cannot
-/// read packet data) and the scan state. Keeping the state in a map value rather than on the stack
-/// lets the verifier treat it as plain data, which keeps the callback's verification short.
-#[repr(C)]
-pub struct Scratch {
-    pub scan: Scan,
-    pub buf: [u8; SCAN_MAX as usize],
-}
-
-/// What one message contained, built by the `bpf_loop` callback.
-#[repr(C)]
-pub struct Scan {
-    pub http: HttpState,
-    pub len: u32,
-    /// The first reportable finding in this message (0: none).
-    pub finding: u32,
-    /// A tokenless or unclassifiable request was found: the scan stopped there, and `http` still
-    /// describes it (its path is reported, and the message is refused where IMDSv1 is denied).
-    pub v1: u32,
-    pub _pad: u32,
-}
-
-#[map(name = "IMDSG_SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-
 /// The live generation's config.
 #[inline(always)]
 pub fn live_config() -> Option<&'static GenConfig> {

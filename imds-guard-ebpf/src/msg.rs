@@ -20,37 +20,36 @@ use imds_guard_common::{
     event::{AF_INET, RequestEvent, flags, kind},
     http::Finding,
     rule::Imdsv1Action,
-    sock::{SCAN_MAX, SockState},
+    sock::{SCAN_MAX, ScanState, SockState},
     stats::Stat,
 };
 
-use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCRATCH, Scan, count};
+use crate::maps::{EVENTS, IMDSG_SOCKSTATE, count};
 
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
 
-extern "C" fn scan_byte(i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return 1 };
-    // SAFETY: this CPU's scratch value; nothing else runs on it during the loop.
-    let scratch = unsafe { &mut *scratch };
-    let s = &mut scratch.scan;
-    if i >= u64::from(s.len) {
+extern "C" fn scan_byte(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer to imdsg_msg's stack slot holding the socket's
+    // storage pointer; the storage stays valid for the whole program run.
+    let st = unsafe { &mut **ctx.cast::<*mut SockState>() };
+    if i >= u64::from(st.scan.len) {
         return 1;
     }
-    let b = scratch.buf[(i as usize) & (SCAN_MAX as usize - 1)];
-    s.http.step(b);
-    let f = s.http.finding();
+    let b = st.buf[(i as usize) & (SCAN_MAX as usize - 1)];
+    st.http.step(b);
+    let f = st.http.finding();
     match f {
         Finding::Imdsv1 | Finding::Oversized => {
-            s.finding = f as u32;
-            s.v1 = 1;
+            st.scan.finding = f as u32;
+            st.scan.v1 = 1;
             return 1; // stop: this request decides the message
         }
-        Finding::TokenPutForwarded if s.finding == 0 => s.finding = f as u32,
+        Finding::TokenPutForwarded if st.scan.finding == 0 => st.scan.finding = f as u32,
         _ => {}
     }
     if f.is_final() {
-        s.http.reset();
+        st.http.reset();
     }
     0
 }
@@ -73,6 +72,7 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if st.is_null() {
         return SK_PASS;
     }
+    let mut st_ptr = st;
     // SAFETY: storage of this socket.
     let st = unsafe { &mut *st };
     let size = ctx.size();
@@ -84,23 +84,18 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if len > want {
         len = want;
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return SK_PASS };
-    // SAFETY: this CPU's scratch value.
-    let scratch = unsafe { &mut *scratch };
     if len == 0 || len > SCAN_MAX {
         return SK_PASS;
     }
-    // SAFETY: copies `len` (1..=SCAN_MAX) bytes of the message into the per-CPU scratch buffer.
-    if unsafe { bpf_probe_read_kernel(scratch.buf.as_mut_ptr().cast(), len, data as *const c_void) } != 0 {
+    // SAFETY: copies `len` (1..=SCAN_MAX) bytes of the message into this socket's buffer.
+    if unsafe { bpf_probe_read_kernel(st.buf.as_mut_ptr().cast(), len, data as *const c_void) } != 0 {
         return SK_PASS;
     }
-    scratch.scan.http = st.http;
-    scratch.scan.len = len;
-    scratch.scan.finding = 0;
-    scratch.scan.v1 = 0;
-    // SAFETY: bpf_loop with a callback that only touches this CPU's scratch value.
-    unsafe { bpf_loop(len, scan_byte as *mut c_void, core::ptr::null_mut(), 0) };
-    let scan = &mut scratch.scan;
+    st.scan = ScanState { len, finding: 0, v1: 0, _pad: 0 };
+    // SAFETY: bpf_loop with a callback that only touches this socket's storage.
+    unsafe { bpf_loop(len, scan_byte as *mut c_void, core::ptr::addr_of_mut!(st_ptr).cast(), 0) };
+    let st = unsafe { &mut *st_ptr };
+    let mut scan = st.scan;
     if scan.v1 == 0 && size > len {
         // Bytes we did not read: whether they continue this request or start another one, they
         // must not be a way around (no IMDS request needs a write of this size).
@@ -108,7 +103,6 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         scan.finding = Finding::Oversized as u32;
     }
     if scan.finding == 0 {
-        st.http = scan.http;
         return SK_PASS;
     }
     let finding = Finding::from_u32(scan.finding);
@@ -123,16 +117,15 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         count(Stat::Imdsv1Denied);
     }
     if deny || action != Imdsv1Action::Allow || finding == Finding::TokenPutForwarded {
-        report(&ctx, st, scan, deny);
+        report(&ctx, st, &scan, deny);
     }
     // The message is judged; the next one starts a new request.
-    scan.http.reset();
-    st.http = scan.http;
+    st.http.reset();
     if deny { SK_DROP } else { SK_PASS }
 }
 
 #[inline(always)]
-fn report(ctx: &SkMsgContext, st: &SockState, scan: &Scan, deny: bool) {
+fn report(ctx: &SkMsgContext, st: &SockState, scan: &ScanState, deny: bool) {
     let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
         count(Stat::EventsDropped);
         return;
@@ -182,11 +175,11 @@ fn report(ctx: &SkMsgContext, st: &SockState, scan: &Scan, deny: bool) {
         addr,
         generation: st.generation,
         finding: scan.finding,
-        method: if scan.v1 != 0 { u32::from(scan.http.method) } else { 0 },
-        path_len: if scan.v1 != 0 { u32::from(scan.http.path_len) } else { 0 },
+        method: if scan.v1 != 0 { u32::from(st.http.method) } else { 0 },
+        path_len: if scan.v1 != 0 { u32::from(st.http.path_len) } else { 0 },
         rule_index: st.rule_index,
         _pad: 0,
-        path: scan.http.path,
+        path: st.http.path,
     });
     entry.submit(0);
     count(Stat::EventsSent);
