@@ -76,6 +76,10 @@ pub struct RunArgs {
     pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub pins: PinArgs,
+    /// Report identical repeated events (same identity, verdict and destination) once per this
+    /// many seconds, with a count; 0 reports every event.
+    #[arg(long, default_value_t = 10.0)]
+    pub aggregate_window: f64,
     /// Kernel BTF, for the struct offsets that `exe` rules need.
     #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,

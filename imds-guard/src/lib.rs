@@ -4,6 +4,7 @@
 //! kernel maps ([`guard`]) → kernel verdict (`imds_guard_common::verdict`) → ring buffer →
 //! [`events`] (enrich, report).
 
+pub mod aggregate;
 mod bpf_sys;
 pub mod btf;
 pub mod cli;

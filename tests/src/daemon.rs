@@ -29,10 +29,11 @@ pub struct Daemon {
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Daemon {
-    pub(crate) fn start(sb: &Sandbox, policy: &Path) -> Self {
+    pub(crate) fn start(sb: &Sandbox, policy: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(guard_bin())
             .args(["run", "--log-format", "json", "--config"])
             .arg(policy)
+            .args(extra)
             .arg("--cgroup")
             .arg(&sb.cgroup)
             .arg("--pin-dir")

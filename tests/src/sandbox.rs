@@ -178,8 +178,14 @@ impl Sandbox {
 
     /// Starts `imds-guard run` on this sandbox's cgroup and pin dir with `policy` and waits until
     /// it enforces.
+    /// (Repeated events are not aggregated here, so tests see every event; see `daemon_with`.)
     pub fn daemon(&self, policy: &Path) -> Daemon {
-        let d = Daemon::start(self, policy);
+        self.daemon_with(policy, &["--aggregate-window", "0"])
+    }
+
+    /// `imds-guard run` with extra arguments.
+    pub fn daemon_with(&self, policy: &Path, extra: &[&str]) -> Daemon {
+        let d = Daemon::start(self, policy, extra);
         self.daemons.lock().unwrap().push(d.pid());
         d
     }

@@ -154,3 +154,50 @@ fn endpoint_presets_and_literals() {
     }
     assert_eq!(nobody.connect("fd00:ec2::253", 80).result, "ECONNREFUSED");
 }
+
+#[test]
+fn a_flood_of_identical_violations_gives_a_bounded_number_of_lines_that_add_up() {
+    let Some(sb) = Sandbox::new("flood", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon_with(&policy, &["--aggregate-window", "1"]);
+    let prog = imds_guard_tests::client::connect_bin();
+    let out = sb.client(NOBODY, NOBODY).steps(
+        prog.to_str().unwrap(),
+        None,
+        &["repeat", "169.254.169.254", "80", "10000"],
+    );
+    assert_eq!(out[0]["repeat"]["EPERM"], 10_000, "{out:?}");
+    // The window closes within a second or two; the kernel's counters say what was generated.
+    let st = |sb: &Sandbox| -> serde_json::Value {
+        let o = sb.cli(&["status", "--json", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let evs = d.events();
+        let single = evs.iter().filter(|e| e["event"] == "connect_denied").count() as u64;
+        let repeated: u64 = evs
+            .iter()
+            .filter(|e| e["event"] == "connect_denied_repeated")
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        let s = st(&sb);
+        let (denied, dropped) =
+            (s["counters"]["denied"].as_u64().unwrap(), s["counters"]["events_dropped"].as_u64().unwrap());
+        if single + repeated + dropped == denied {
+            assert_eq!(denied, 10_000);
+            let lines =
+                evs.iter().filter(|e| e["event"].as_str().unwrap().starts_with("connect_denied")).count();
+            assert!(lines <= 30, "bounded: {lines} lines for 10,000 violations");
+            eprintln!(
+                "10,000 denied connects: {single} delivered + {repeated} aggregated + {dropped} dropped, in {lines} lines"
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counts never added up: {single} + {repeated} + {dropped} != {denied}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -12,6 +12,7 @@ use tokio::{
 };
 
 use crate::{
+    aggregate::Aggregator,
     btf,
     cli::RunArgs,
     config::Source,
@@ -83,7 +84,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         tracing::info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), ?attachment, "enforcing");
         // systemd Type=notify: READY only once the programs are attached with the policy live.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        serve(&mut guard, reloader, watch, signals, cgroup_root).await
+        let window = Duration::from_secs_f64(args.aggregate_window.max(0.0));
+        serve(&mut guard, reloader, watch, signals, cgroup_root, window).await
     })
 }
 
@@ -109,12 +111,15 @@ async fn serve(
     mut watch: AsyncFd<Watch>,
     mut sig: Signals,
     cgroup_root: std::path::PathBuf,
+    aggregate_window: Duration,
 ) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd, which is neither closed nor replaced while the AsyncFd
     // holds it.
     let mut events =
         unsafe { AsyncFd::register(guard.take_events()?) }.context("watching the ring buffer")?;
     let mut enricher = Enricher::new(cgroup_root);
+    let mut aggregator = Aggregator::new(aggregate_window);
+    let mut summaries = tokio::time::interval(Duration::from_secs(1));
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
     loop {
@@ -124,12 +129,18 @@ async fn serve(
                 let ring = ready.get_inner_mut();
                 // A bounded batch, so that a flood of events cannot starve reloads and signals.
                 let mut drained = true;
+                let now = std::time::Instant::now();
                 for _ in 0..EVENT_BATCH {
                     let Some(item) = ring.next() else { break };
-                    if let Some(ev) = enricher.decode(&item) {
-                        emit(&ev);
-                    }
                     drained = false;
+                    if aggregator.is_repeat(&item, now) {
+                        continue;
+                    }
+                    if let Some(ev) = enricher.decode(&item) {
+                        let v = serde_json::to_value(&ev).unwrap_or_default();
+                        emit(&v);
+                        aggregator.delivered(&item, v, now);
+                    }
                 }
                 if drained {
                     ready.clear_ready();
@@ -144,10 +155,18 @@ async fn serve(
                 watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
             }
             _ = recheck.tick() => watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?,
+            _ = summaries.tick() => {
+                for line in aggregator.flush(std::time::Instant::now(), false) {
+                    emit(&line);
+                }
+            }
             _ = sig.hup.recv() => watch = rewatch(&mut reloader, guard, Some(Reason::Signal))?,
             _ = sig.term.recv() => break,
             _ = sig.int.recv() => break,
         }
+    }
+    for line in aggregator.flush(std::time::Instant::now(), true) {
+        emit(&line);
     }
     tracing::info!(pin_dir = %guard.pin_dir().display(), "exiting; enforcement stays in place (imds-guard unload removes it)");
     Ok(())

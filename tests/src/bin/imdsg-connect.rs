@@ -2,6 +2,7 @@
 //! an attacker or a workload precisely (what it is called, where it lives, what it execs).
 //!
 //!   connect ADDR PORT        connect() once: {"result": "connected"|"EPERM"|..., "ms": f64}
+//!   repeat ADDR PORT N       connect() N times: {"repeat": {"EPERM": n, ...}}
 //!   storm ADDR PORT MILLIS   connect() every 0.5 ms for MILLIS ms: {"storm": {"connected": n, "EPERM": m, ...}}
 //!   comm NAME                prctl(PR_SET_NAME)
 //!   cgroup PROCS             move this process into a cgroup (write its pid to PROCS)
@@ -50,6 +51,17 @@ fn main() {
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
                 writeln!(out, "{{\"result\":\"{r}\",\"ms\":{ms}}}").unwrap();
                 i += 3;
+            }
+            "repeat" => {
+                // connect() N times as fast as possible: {"repeat": {"EPERM": n, ...}}
+                let n: u64 = args[i + 3].parse().expect("count");
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for _ in 0..n {
+                    *counts.entry(connect(&args[i + 1], &args[i + 2])).or_default() += 1;
+                }
+                let body: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                writeln!(out, "{{\"repeat\":{{{}}}}}", body.join(",")).unwrap();
+                i += 4;
             }
             "storm" => {
                 let until = Instant::now() + Duration::from_millis(args[i + 3].parse().expect("millis"));

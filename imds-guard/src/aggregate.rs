@@ -1,0 +1,195 @@
+//! Repeated violations are reported once, then counted: the first occurrence of an identical event
+//! goes out at once (enriched, as JSON), the repeats within the window are only counted (no /proc
+//! reads, no JSON), and when the window ends one `<event>_repeated` line carries the count. A
+//! crash-looping client thus costs a bounded number of lines, and the daemon drains the ring buffer
+//! faster, so the kernel drops less. Every kernel event is either delivered, aggregated or dropped
+//! (counted in the kernel): delivered + aggregated + dropped = generated, exactly.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use imds_guard_common::event::{ConnectEvent, RequestEvent, kind};
+use serde_json::{Value, json};
+
+/// What makes two events "identical": who (uid, gid, comm, cgroup), what (kind, verdict, finding,
+/// path) and where (destination). Not the pid: a crash-looping client has a new pid every time.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    kind: u32,
+    flags: u32,
+    uid: u32,
+    gid: u32,
+    cgroup_id: u64,
+    comm: [u8; 16],
+    family: u32,
+    port: u32,
+    addr: [u8; 16],
+    finding: u32,
+    path: Vec<u8>,
+}
+
+struct Entry {
+    first: Instant,
+    repeats: u64,
+    /// The first occurrence's report, to describe the repeats.
+    sample: Value,
+}
+
+pub struct Aggregator {
+    window: Duration,
+    entries: HashMap<Key, Entry>,
+    /// Events written out individually, and repeats counted instead.
+    pub delivered: u64,
+    pub aggregated: u64,
+}
+
+fn key(bytes: &[u8]) -> Option<Key> {
+    let k = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    match k {
+        kind::CONNECT_DENIED if bytes.len() >= size_of::<ConnectEvent>() => {
+            // SAFETY: repr(C) plain data, length checked.
+            let e: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            Some(Key {
+                kind: k,
+                flags: e.flags,
+                uid: e.uid,
+                gid: e.gid,
+                cgroup_id: e.cgroup_id,
+                comm: e.comm,
+                family: e.family,
+                port: e.port,
+                addr: e.addr,
+                finding: 0,
+                path: Vec::new(),
+            })
+        }
+        kind::IMDS_REQUEST if bytes.len() >= size_of::<RequestEvent>() => {
+            // SAFETY: as above.
+            let e: RequestEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            Some(Key {
+                kind: k,
+                flags: e.flags,
+                uid: e.uid,
+                gid: e.gid,
+                cgroup_id: e.cgroup_id,
+                comm: e.comm,
+                family: e.family,
+                port: e.port,
+                addr: e.addr,
+                finding: e.finding,
+                path: e.path[..(e.path_len as usize).min(e.path.len())].to_vec(),
+            })
+        }
+        _ => None,
+    }
+}
+
+impl Aggregator {
+    /// `window` zero: every event is delivered.
+    #[must_use]
+    pub fn new(window: Duration) -> Self {
+        Aggregator { window, entries: HashMap::new(), delivered: 0, aggregated: 0 }
+    }
+
+    /// Whether this record repeats one delivered within the window (then it is counted, and the
+    /// caller does nothing more with it).
+    pub fn is_repeat(&mut self, bytes: &[u8], now: Instant) -> bool {
+        if self.window.is_zero() {
+            return false;
+        }
+        let Some(k) = key(bytes) else { return false };
+        match self.entries.get_mut(&k) {
+            Some(e) if now.duration_since(e.first) < self.window => {
+                e.repeats += 1;
+                self.aggregated += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a delivered event (its report as JSON) as the first of its kind in a new window.
+    pub fn delivered(&mut self, bytes: &[u8], report: Value, now: Instant) {
+        self.delivered += 1;
+        if self.window.is_zero() {
+            return;
+        }
+        if let Some(k) = key(bytes) {
+            self.entries.insert(k, Entry { first: now, repeats: 0, sample: report });
+        }
+    }
+
+    /// The `<event>_repeated` lines of windows that have ended (all of them with `all`).
+    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        let window = self.window;
+        self.entries.retain(|_, e| {
+            if !all && now.duration_since(e.first) < window {
+                return true;
+            }
+            if e.repeats > 0 {
+                let mut v = e.sample.clone();
+                let event = v["event"].as_str().unwrap_or("event").to_owned();
+                if let Some(o) = v.as_object_mut() {
+                    for volatile in ["pid", "tid", "time", "exe"] {
+                        o.remove(volatile);
+                    }
+                    o.insert("event".into(), json!(format!("{event}_repeated")));
+                    o.insert("count".into(), json!(e.repeats));
+                    o.insert("first_time".into(), e.sample["time"].clone());
+                    o.insert("window_s".into(), json!(window.as_secs_f64()));
+                }
+                out.push(v);
+            }
+            false
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(ev: &ConnectEvent) -> Vec<u8> {
+        // SAFETY: plain repr(C) data.
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(ev).cast::<u8>(), size_of::<ConnectEvent>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn first_is_delivered_repeats_counted_then_summarised() {
+        let mut a = Aggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let ev = ConnectEvent { kind: kind::CONNECT_DENIED, uid: 7, ..ConnectEvent::default() };
+        let other = ConnectEvent { uid: 8, ..ev };
+        assert!(!a.is_repeat(&raw(&ev), t0));
+        a.delivered(&raw(&ev), json!({"event": "connect_denied", "pid": 1, "time": "t"}), t0);
+        for i in 0..999u64 {
+            // A new pid each time (crash loop) is still the same event.
+            let again = ConnectEvent { pid_tgid: i << 32, ..ev };
+            assert!(a.is_repeat(&raw(&again), t0 + Duration::from_millis(i)));
+        }
+        assert!(!a.is_repeat(&raw(&other), t0), "another identity is not a repeat");
+        assert!(a.flush(t0 + Duration::from_secs(5), false).is_empty(), "window still open");
+        let lines = a.flush(t0 + Duration::from_secs(11), false);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["event"], "connect_denied_repeated");
+        assert_eq!(lines[0]["count"], 999);
+        assert!(lines[0].get("pid").is_none());
+        assert_eq!((a.delivered, a.aggregated), (1, 999));
+        // After the window, the next one is delivered again.
+        assert!(!a.is_repeat(&raw(&ev), t0 + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn zero_window_delivers_everything() {
+        let mut a = Aggregator::new(Duration::ZERO);
+        let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
+        let t = Instant::now();
+        a.delivered(&raw(&ev), json!({}), t);
+        assert!(!a.is_repeat(&raw(&ev), t));
+    }
+}
