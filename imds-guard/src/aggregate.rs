@@ -40,6 +40,8 @@ struct Entry {
 pub struct Aggregator {
     window: Duration,
     entries: HashMap<Key, Entry>,
+    /// Ended windows with repeats, replaced by a new first occurrence before `flush` reported them.
+    pending: Vec<Entry>,
     /// Events written out individually, and repeats counted instead.
     pub delivered: u64,
     pub aggregated: u64,
@@ -90,7 +92,7 @@ impl Aggregator {
     /// `window` zero: every event is delivered.
     #[must_use]
     pub fn new(window: Duration) -> Self {
-        Aggregator { window, entries: HashMap::new(), delivered: 0, aggregated: 0 }
+        Aggregator { window, entries: HashMap::new(), pending: Vec::new(), delivered: 0, aggregated: 0 }
     }
 
     /// Whether this record repeats one delivered within the window (then it is counted, and the
@@ -116,37 +118,45 @@ impl Aggregator {
         if self.window.is_zero() {
             return;
         }
-        if let Some(k) = key(bytes) {
-            self.entries.insert(k, Entry { first: now, repeats: 0, sample: report });
+        if let Some(k) = key(bytes)
+            && let Some(old) = self.entries.insert(k, Entry { first: now, repeats: 0, sample: report })
+            && old.repeats > 0
+        {
+            // Its window ended before `flush` came round: keep its count for the next report.
+            self.pending.push(old);
         }
     }
 
     /// The `<event>_repeated` lines of windows that have ended (all of them with `all`).
     pub fn flush(&mut self, now: Instant, all: bool) -> Vec<Value> {
-        let mut out = Vec::new();
         let window = self.window;
+        let mut out: Vec<Value> = self.pending.drain(..).map(|e| summary(&e, window)).collect();
         self.entries.retain(|_, e| {
             if !all && now.duration_since(e.first) < window {
                 return true;
             }
             if e.repeats > 0 {
-                let mut v = e.sample.clone();
-                let event = v["event"].as_str().unwrap_or("event").to_owned();
-                if let Some(o) = v.as_object_mut() {
-                    for volatile in ["pid", "tid", "time", "exe"] {
-                        o.remove(volatile);
-                    }
-                    o.insert("event".into(), json!(format!("{event}_repeated")));
-                    o.insert("count".into(), json!(e.repeats));
-                    o.insert("first_time".into(), e.sample["time"].clone());
-                    o.insert("window_s".into(), json!(window.as_secs_f64()));
-                }
-                out.push(v);
+                out.push(summary(e, window));
             }
             false
         });
         out
     }
+}
+
+fn summary(e: &Entry, window: Duration) -> Value {
+    let mut v = e.sample.clone();
+    let event = v["event"].as_str().unwrap_or("event").to_owned();
+    if let Some(o) = v.as_object_mut() {
+        for volatile in ["pid", "tid", "time", "exe"] {
+            o.remove(volatile);
+        }
+        o.insert("event".into(), json!(format!("{event}_repeated")));
+        o.insert("count".into(), json!(e.repeats));
+        o.insert("first_time".into(), e.sample["time"].clone());
+        o.insert("window_s".into(), json!(window.as_secs_f64()));
+    }
+    v
 }
 
 #[cfg(test)]
@@ -182,6 +192,48 @@ mod tests {
         assert_eq!((a.delivered, a.aggregated), (1, 999));
         // After the window, the next one is delivered again.
         assert!(!a.is_repeat(&raw(&ev), t0 + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn counts_survive_a_window_that_ends_before_the_flush() {
+        let mut a = Aggregator::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let ev = raw(&ConnectEvent { kind: kind::CONNECT_DENIED, uid: 7, ..ConnectEvent::default() });
+        let mut generated = 0u64;
+        // 5 s of a flood, one event per ms, with a flush only every 1.5 s.
+        for ms in 0..5000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            generated += 1;
+            if !a.is_repeat(&ev, now) {
+                a.delivered(&ev, json!({"event": "connect_denied"}), now);
+            }
+            if ms % 1500 == 0 {
+                let _ = a.flush(now, false);
+            }
+        }
+        let reported: u64 =
+            a.flush(t0 + Duration::from_secs(10), true).iter().map(|v| v["count"].as_u64().unwrap()).sum();
+        assert_eq!(a.delivered + a.aggregated, generated);
+        assert!(reported <= a.aggregated);
+        // Everything aggregated is eventually reported in some summary line.
+        let mut b = Aggregator::new(Duration::from_secs(1));
+        let mut lines_total = 0u64;
+        for ms in 0..5000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if !b.is_repeat(&ev, now) {
+                b.delivered(&ev, json!({"event": "connect_denied"}), now);
+            }
+            if ms % 1500 == 0 {
+                lines_total += b.flush(now, false).iter().map(|v| v["count"].as_u64().unwrap()).sum::<u64>();
+            }
+        }
+        lines_total += b
+            .flush(t0 + Duration::from_secs(10), true)
+            .iter()
+            .map(|v| v["count"].as_u64().unwrap())
+            .sum::<u64>();
+        assert_eq!(lines_total, b.aggregated, "no count is lost");
+        assert_eq!(b.delivered + b.aggregated, 5000);
     }
 
     #[test]
