@@ -118,3 +118,43 @@ mod tests {
         assert_eq!(cgroup2_root_from("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
     }
 }
+
+/// Checks the capabilities `run` needs before trying anything, naming each one that is missing
+/// and what it is for. Missing ones that only degrade reports are warnings.
+pub fn check_capabilities() -> anyhow::Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .context("no CapEff in /proc/self/status")?;
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    const NET_ADMIN: u32 = 12;
+    const SYS_PTRACE: u32 = 19;
+    const SYS_ADMIN: u32 = 21;
+    const DAC_READ_SEARCH: u32 = 2;
+    const PERFMON: u32 = 38;
+    const BPF: u32 = 39;
+    let mut missing = Vec::new();
+    if !has(BPF) && !has(SYS_ADMIN) {
+        missing.push("CAP_BPF, to load the programs and create and pin their maps");
+    }
+    if !has(NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN, to attach the cgroup socket programs and the socket map");
+    }
+    if !has(PERFMON) && !has(SYS_ADMIN) {
+        missing.push("CAP_PERFMON, for the helpers that read a process's executable (exe rules)");
+    }
+    if !missing.is_empty() {
+        bail!("imds-guard run is missing {}", missing.join("; and "));
+    }
+    if !has(SYS_PTRACE) {
+        tracing::warn!("without CAP_SYS_PTRACE, events cannot name the executable of other users' processes");
+    }
+    if !has(DAC_READ_SEARCH) {
+        tracing::warn!(
+            "without CAP_DAC_READ_SEARCH, files and directories the policy names may be unreadable"
+        );
+    }
+    Ok(())
+}

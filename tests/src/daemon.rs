@@ -30,7 +30,29 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Daemon {
     pub(crate) fn start(sb: &Sandbox, policy: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(guard_bin())
+        Self::start_with(sb, policy, extra, &[], &[])
+    }
+
+    /// `wrapper` runs the daemon (e.g. `setpriv --bounding-set ...`); `env` is added to its
+    /// environment.
+    pub(crate) fn start_with(
+        sb: &Sandbox,
+        policy: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let bin = guard_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
             .args(["run", "--log-format", "json", "--config"])
             .arg(policy)
             .args(extra)

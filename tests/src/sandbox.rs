@@ -183,6 +183,13 @@ impl Sandbox {
         self.daemon_with(policy, &["--aggregate-window", "0"])
     }
 
+    /// `imds-guard run` started through `wrapper`, with `env` added (aggregation off).
+    pub fn daemon_wrapped(&self, policy: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let d = Daemon::start_with(self, policy, &["--aggregate-window", "0"], wrapper, env);
+        self.daemons.lock().unwrap().push(d.pid());
+        d
+    }
+
     /// `imds-guard run` with extra arguments.
     pub fn daemon_with(&self, policy: &Path, extra: &[&str]) -> Daemon {
         let d = Daemon::start(self, policy, extra);

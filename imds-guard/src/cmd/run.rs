@@ -31,6 +31,7 @@ const RECHECK: Duration = Duration::from_secs(2);
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
+    env::check_capabilities()?;
     let cgroup_root = env::cgroup2_root()?;
     let host = Host { cgroup_root: cgroup_root.clone() };
     let source = Source::read(&args.config)?;
