@@ -156,7 +156,10 @@ impl Btf {
                 continue;
             }
             if self.name(m.name_off) == member {
-                ensure!(bits % 8 == 0 && !(t.kind_flag && m.offset >> 24 != 0), "{member} is a bitfield");
+                ensure!(
+                    bits.is_multiple_of(8) && !(t.kind_flag && m.offset >> 24 != 0),
+                    "{member} is a bitfield"
+                );
                 let r = self.resolve(m.ty);
                 let size = match r.kind {
                     KIND_PTR => 8,

@@ -101,24 +101,6 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
-        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
-                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_root_from(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_root_from(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        // A container's bind mount of a sub-cgroup is not the root.
-        let sub = "30 24 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_root_from(sub), None);
-        assert_eq!(cgroup2_root_from("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
-    }
-}
-
 /// Checks the capabilities `run` needs before trying anything, naming each one that is missing
 /// and what it is for. Missing ones that only degrade reports are warnings.
 pub fn check_capabilities() -> anyhow::Result<()> {
@@ -157,4 +139,22 @@ pub fn check_capabilities() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_root_from(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_root_from(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        // A container's bind mount of a sub-cgroup is not the root.
+        let sub = "30 24 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_root_from(sub), None);
+        assert_eq!(cgroup2_root_from("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
 }

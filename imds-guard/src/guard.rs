@@ -115,25 +115,21 @@ impl Guard {
             // earlier daemon, or attach it afresh. A cgroup bpf_link always coexists with other
             // programs (links are multi-attach by nature) and the kernel refuses attach flags on
             // link creation, so `Single` (no flag) is what asks for a link.
+            // The two cgroup program types have the same load/attach/take_link shape.
+            macro_rules! cgroup_link {
+                ($p:expr) => {{
+                    $p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
+                    if adopt {
+                        None
+                    } else {
+                        let id = $p.attach(&cgroup_file, CgroupAttachMode::Single)?;
+                        Some($p.take_link(id)?.try_into()?)
+                    }
+                }};
+            }
             let fresh: Option<FdLink> = match program {
-                Program::CgroupSockAddr(p) => {
-                    p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
-                    if adopt {
-                        None
-                    } else {
-                        let id = p.attach(&cgroup_file, CgroupAttachMode::Single)?;
-                        Some(p.take_link(id)?.try_into()?)
-                    }
-                }
-                Program::SockOps(p) => {
-                    p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
-                    if adopt {
-                        None
-                    } else {
-                        let id = p.attach(&cgroup_file, CgroupAttachMode::Single)?;
-                        Some(p.take_link(id)?.try_into()?)
-                    }
-                }
+                Program::CgroupSockAddr(p) => cgroup_link!(p),
+                Program::SockOps(p) => cgroup_link!(p),
                 Program::SkMsg(p) => {
                     p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
                     if adopt {

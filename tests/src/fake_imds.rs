@@ -198,11 +198,10 @@ fn respond<'a>(
         "/latest/meta-data/iam/security-credentials/" => (200, ROLE.into()),
         p if p == creds => (
             200,
-            format!(
-                "{{\"Code\":\"Success\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"ASIAIMDSGUARDTEST\",\
-                 \"SecretAccessKey\":\"fake-secret\",\"Token\":\"fake-session-token\",\
-                 \"Expiration\":\"2099-01-01T00:00:00Z\",\"LastUpdated\":\"2026-01-01T00:00:00Z\"}}"
-            ),
+            "{\"Code\":\"Success\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"ASIAIMDSGUARDTEST\",\
+             \"SecretAccessKey\":\"fake-secret\",\"Token\":\"fake-session-token\",\
+             \"Expiration\":\"2099-01-01T00:00:00Z\",\"LastUpdated\":\"2026-01-01T00:00:00Z\"}"
+                .to_owned(),
         ),
         _ => (404, String::new()),
     }

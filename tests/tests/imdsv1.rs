@@ -18,6 +18,20 @@ fn url(path: &str) -> String {
     format!("http://169.254.169.254{path}")
 }
 
+/// An IMDSv2 session token, fetched by root with curl.
+fn token(sb: &Sandbox) -> String {
+    let out = sb.client(0, 0).curl(&[
+        "-f",
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        &url("/latest/api/token"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn requests(d: &imds_guard_tests::Daemon) -> Vec<Value> {
     std::thread::sleep(Duration::from_millis(300));
     d.events().into_iter().filter(|e| e["event"] != "connect_denied" && e["pid"].is_number()).collect()
@@ -173,17 +187,7 @@ fn requests_split_across_writes_are_judged_once_complete() {
     let Some(sb) = Sandbox::new("v1_split", ImdsMode::Optional) else { return };
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
     let d = sb.daemon(&policy);
-    let token = {
-        let out = sb.client(0, 0).curl(&[
-            "-f",
-            "-X",
-            "PUT",
-            "-H",
-            "X-aws-ec2-metadata-token-ttl-seconds: 60",
-            &url("/latest/api/token"),
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let token = token(&sb);
     // Python writes the request in pieces, with pauses, the token header in the last piece.
     let script = sb.write(
         "split.py",
@@ -271,17 +275,7 @@ fn a_tokenless_request_cannot_hide_behind_4096_bytes_of_valid_ones_in_one_write(
     let Some(sb) = Sandbox::new("v1_hide", ImdsMode::Optional) else { return };
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
     let d = sb.daemon(&policy);
-    let token = {
-        let out = sb.client(0, 0).curl(&[
-            "-f",
-            "-X",
-            "PUT",
-            "-H",
-            "X-aws-ec2-metadata-token-ttl-seconds: 60",
-            &url("/latest/api/token"),
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let token = token(&sb);
     // Pipelined IMDSv2 requests filling the first 4096 bytes exactly, then a tokenless one, in a
     // single write.
     let script = sb.write(

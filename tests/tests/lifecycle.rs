@@ -124,7 +124,7 @@ fn reload_switches_policy_and_a_broken_one_keeps_the_old() {
     assert_eq!(nobody.connect("169.254.169.254", 80).result, "connected");
     assert_eq!(sb.client(0, 0).connect("169.254.169.254", 80).result, "EPERM");
     std::thread::sleep(Duration::from_millis(300)); // the file watch and the signal may both reload
-    let last = d.events().into_iter().filter(|e| e["event"] == "policy_reloaded").last().unwrap();
+    let last = d.events().into_iter().rev().find(|e| e["event"] == "policy_reloaded").unwrap();
     let st = sb.cli(&["status", "--json", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["generation"], last["generation"]);
