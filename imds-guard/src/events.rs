@@ -37,17 +37,10 @@ pub struct RequestReport {
     /// and nothing reached the metadata service.
     pub enforced: bool,
     pub time: String,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Task name of the process that connected.
-    pub comm: String,
-    pub exe: Option<String>,
-    pub cgroup: Option<String>,
-    pub cgroup_id: u64,
+    /// pid, tid, uid, gid and user of the process that wrote the request; comm and cgroup of the
+    /// process that connected.
+    #[serde(flatten)]
+    pub who: Who,
     /// HTTP method and path (the path is cut at 96 bytes).
     pub method: Option<&'static str>,
     pub path: Option<String>,
@@ -70,6 +63,17 @@ pub struct Event {
     /// True when the connect was refused; false in monitor mode (let through, reported).
     pub enforced: bool,
     pub time: String,
+    #[serde(flatten)]
+    pub who: Who,
+    pub dst: String,
+    pub port: u16,
+    pub family: &'static str,
+    pub generation: u32,
+}
+
+/// The process behind an event, as the kernel saw it plus what /proc and the cgroup tree add.
+#[derive(Debug, Serialize)]
+pub struct Who {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -82,10 +86,6 @@ pub struct Event {
     /// The process's cgroup, relative to the cgroup2 root.
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
-    pub dst: String,
-    pub port: u16,
-    pub family: &'static str,
-    pub generation: u32,
 }
 
 /// Decodes and enriches kernel events, caching what does not change.
@@ -120,7 +120,6 @@ impl Enricher {
     }
 
     fn request(&mut self, ev: &RequestEvent) -> RequestReport {
-        let pid = (ev.pid_tgid >> 32) as u32;
         let (dst, family) = destination(ev.family, &ev.addr);
         let finding = Finding::from_u32(ev.finding);
         let path = (ev.path_len > 0).then(|| {
@@ -149,15 +148,7 @@ impl Enricher {
             },
             enforced: ev.flags & imds_guard_common::event::flags::ENFORCED != 0,
             time: wall_time(ev.time_boot_ns),
-            pid,
-            tid: ev.pid_tgid as u32,
-            uid: ev.uid,
-            gid: ev.gid,
-            user: self.user(ev.uid),
-            comm: cstr(&ev.comm),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
-            cgroup: self.cgroup(pid, ev.cgroup_id),
-            cgroup_id: ev.cgroup_id,
+            who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id),
             method,
             path,
             credentials,
@@ -170,29 +161,37 @@ impl Enricher {
     }
 
     fn connect(&mut self, ev: &ConnectEvent) -> Event {
-        let pid = ev.tgid();
         let (dst, family) = destination(ev.family, &ev.addr);
         Event {
             schema: SCHEMA_VERSION,
             event: "connect_denied",
             enforced: ev.enforced(),
             time: wall_time(ev.time_boot_ns),
-            pid,
-            tid: ev.tid(),
-            uid: ev.uid,
-            gid: ev.gid,
-            user: self.user(ev.uid),
-            comm: cstr(&ev.comm),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
-                .inspect_err(|e| tracing::debug!(pid, "no executable path: {e}"))
-                .ok()
-                .map(|p| p.display().to_string()),
-            cgroup: self.cgroup(pid, ev.cgroup_id),
-            cgroup_id: ev.cgroup_id,
+            who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id),
             dst,
             port: u16::try_from(ev.port).unwrap_or(0),
             family,
             generation: ev.generation,
+        }
+    }
+
+    /// Who `pid_tgid` is: ids from the kernel, the user's name, the executable from /proc while
+    /// the process exists, the cgroup's path.
+    fn who(&mut self, pid_tgid: u64, uid: u32, gid: u32, comm: &[u8; 16], cgroup_id: u64) -> Who {
+        let pid = (pid_tgid >> 32) as u32;
+        Who {
+            pid,
+            tid: pid_tgid as u32,
+            uid,
+            gid,
+            user: self.user(uid),
+            comm: cstr(comm),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .inspect_err(|e| tracing::debug!(pid, "no executable path: {e}"))
+                .ok()
+                .map(|p| p.display().to_string()),
+            cgroup: self.cgroup(pid, cgroup_id),
+            cgroup_id,
         }
     }
 
@@ -301,12 +300,12 @@ mod tests {
         };
         ev.addr[..4].copy_from_slice(&[169, 254, 169, 254]);
         let Report::Connect(e) = en.decode(&raw(&ev)).unwrap() else { panic!("a connect event") };
-        assert_eq!((e.pid, e.tid, e.port), (4_000_000, 4_000_001, 80));
+        assert_eq!((e.who.pid, e.who.tid, e.port), (4_000_000, 4_000_001, 80));
         assert_eq!(e.dst, "169.254.169.254");
-        assert_eq!(e.comm, "curl");
-        assert_eq!(e.user.as_deref(), Some("root"));
+        assert_eq!(e.who.comm, "curl");
+        assert_eq!(e.who.user.as_deref(), Some("root"));
         assert!(e.enforced);
-        assert!(e.exe.is_none(), "no such process");
+        assert!(e.who.exe.is_none(), "no such process");
         let mut mapped = [0u8; 16];
         mapped[10..12].copy_from_slice(&[0xff, 0xff]);
         mapped[12..].copy_from_slice(&[169, 254, 169, 254]);

@@ -138,9 +138,10 @@ async fn serve(
                         continue;
                     }
                     if let Some(ev) = enricher.decode(&item) {
-                        let v = serde_json::to_value(&ev).unwrap_or_default();
-                        emit(&v);
-                        aggregator.delivered(&item, v, now);
+                        // The typed event keeps its documented key order; the Value (sorted
+                        // keys) only describes the repeats later.
+                        emit(&ev);
+                        aggregator.delivered(&item, serde_json::to_value(&ev).unwrap_or_default(), now);
                     }
                 }
                 if drained {
