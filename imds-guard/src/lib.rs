@@ -18,4 +18,5 @@ pub mod identity;
 pub mod logging;
 pub mod pinned;
 pub mod policy;
+pub mod preexisting;
 pub mod reload;

@@ -560,12 +560,27 @@ fn known_gap_connections_open_before_the_guard_started_are_not_judged() {
     }
     assert!(r["v1"]["body"].as_str().unwrap().contains("AccessKeyId"), "{r}");
     std::thread::sleep(Duration::from_millis(300));
+    // The old connections are reported at start-up (they cannot be judged), each with its owner
+    // and the fact that the policy would not let it connect now; what is sent over them is not.
+    let pre: Vec<Value> = d.events().into_iter().filter(|e| e["event"] == "preexisting_connection").collect();
+    assert!(!pre.is_empty(), "the old connections are reported: {:#?}", d.events());
+    for e in &pre {
+        assert_eq!(
+            (e["uid"].as_u64(), e["allowed"].as_bool(), e["dst"].as_str()),
+            (Some(65534), Some(false), Some("169.254.169.254")),
+            "{e}"
+        );
+        assert_eq!(e["port"], 80);
+    }
     let findings: Vec<Value> = d
         .events()
         .into_iter()
-        .filter(|e| e["event"] != "guard_started" && e["event"] != "connect_denied")
+        .filter(|e| {
+            !["guard_started", "connect_denied", "preexisting_connection"]
+                .contains(&e["event"].as_str().unwrap())
+        })
         .collect();
-    assert_eq!(findings, Vec::<Value>::new(), "nothing reported about the old connections");
+    assert_eq!(findings, Vec::<Value>::new(), "nothing reported about what is sent on them");
     assert_eq!(d.denials().len(), 1, "only the new connect: {:#?}", d.denials());
 }
 

@@ -70,6 +70,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
         let watch = rewatch(&mut reloader, &mut guard, Some(Reason::FileChanged))?;
         let policy = &reloader.policy;
+        // Connections opened before the hooks were attached cannot be judged by them: report them.
+        for c in crate::preexisting::scan(policy, &cgroup_root) {
+            if !c.allowed {
+                tracing::warn!(pid = c.pid, uid = c.uid, comm = %c.comm, "a connection to {} was open before imds-guard started, held by a process the policy does not allow", c.dst);
+            }
+            emit(&c);
+        }
         emit(&json!({
             "schema": crate::events::SCHEMA_VERSION,
             "event": "guard_started",
