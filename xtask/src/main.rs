@@ -63,6 +63,9 @@ fn main() -> anyhow::Result<()> {
             // The default members: everything but the eBPF crate, which only builds for the BPF
             // target (imds-guard's build.rs builds it).
             cargo(&["build", "--all-targets"])?;
+            // The quality gate: formatting and lints (the toolchain and its rustfmt/clippy are pinned).
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
             let mut test = vec!["test", "--no-fail-fast"];
             if !args.is_empty() {
                 test.push("--");
