@@ -62,6 +62,7 @@ pub struct Reloader {
     /// The text the enforced policy was built from.
     source: Source,
     pub policy: Policy,
+    /// Policies installed and refused since the daemon started (reported in the reload events).
     pub reloads: u64,
     pub failures: u64,
 }
@@ -134,6 +135,8 @@ impl Reloader {
                     "policy_digest": policy.digest,
                     "rules": policy.rules.len(),
                     "elapsed_us": started.elapsed().as_micros(),
+                    "reloads": self.reloads,
+                    "reload_failures": self.failures,
                 }));
                 self.source = source;
                 self.policy = policy;
@@ -153,6 +156,8 @@ impl Reloader {
             "event": "policy_reload_failed",
             "generation": guard.generation(),
             "error": format!("{e:#}"),
+            "reloads": self.reloads,
+            "reload_failures": self.failures,
         }));
     }
 

@@ -54,12 +54,31 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the daemon and `bin` (a binary of the tests crate) with `profile` flags, then runs `bin`
+/// from the workspace root with `IMDS_GUARD_BIN` pointing at the daemon of the same profile.
+fn build_and_run(profile: &[&str], bin: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut build = vec!["build"];
+    build.extend(profile);
+    build.extend(["-p", "imds-guard", "-p", "imds-guard-tests", "--bin", "imds-guard", "--bin", bin]);
+    cargo(&build)?;
+    let dir = root().join("target").join(if profile.contains(&"--release") { "release" } else { "debug" });
+    let status = Command::new(dir.join(bin))
+        .env("IMDS_GUARD_BIN", dir.join("imds-guard"))
+        .args(args)
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("{bin} failed ({status})");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let bin = root().join("target/debug/imds-guard");
-    // SAFETY: single-threaded at this point.
-    unsafe { std::env::set_var("IMDS_GUARD_BIN", &bin) };
     match Cli::parse().cmd {
         Cmd::Test { args } => {
+            // The privileged tests run this daemon (inherited by cargo test).
+            // SAFETY: single-threaded at this point.
+            unsafe { std::env::set_var("IMDS_GUARD_BIN", root().join("target/debug/imds-guard")) };
             // The default members: everything but the eBPF crate, which only builds for the BPF
             // target (imds-guard's build.rs builds it).
             cargo(&["build", "--all-targets"])?;
@@ -74,48 +93,17 @@ fn main() -> anyhow::Result<()> {
             cargo(&test)
         }
         Cmd::Bench => {
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "imds-guard",
-                "-p",
-                "imds-guard-tests",
-                "--bin",
-                "imds-guard",
-                "--bin",
-                "imds-guard-bench",
-            ])?;
             std::fs::create_dir_all(root().join("target/bench"))?;
-            let status = Command::new(root().join("target/release/imds-guard-bench"))
-                .env("IMDS_GUARD_BIN", root().join("target/release/imds-guard"))
-                .args(["--markdown", "docs/BENCHMARKS.md", "--json", "target/bench/results.json"])
-                .current_dir(root())
-                .status()?;
-            if !status.success() {
-                bail!("bench failed ({status})");
-            }
-            Ok(())
+            build_and_run(
+                &["--release"],
+                "imds-guard-bench",
+                &["--markdown", "docs/BENCHMARKS.md", "--json", "target/bench/results.json"],
+            )
         }
-        Cmd::Demo { rounds, interval } => {
-            cargo(&[
-                "build",
-                "-p",
-                "imds-guard",
-                "-p",
-                "imds-guard-tests",
-                "--bin",
-                "imds-guard",
-                "--bin",
-                "imds-guard-demo",
-            ])?;
-            let status = Command::new(root().join("target/debug/imds-guard-demo"))
-                .args(["--rounds", &rounds.to_string(), "--interval", &interval.to_string()])
-                .status()?;
-            if !status.success() {
-                bail!("demo failed ({status})");
-            }
-            Ok(())
-        }
+        Cmd::Demo { rounds, interval } => build_and_run(
+            &[],
+            "imds-guard-demo",
+            &["--rounds", &rounds.to_string(), "--interval", &interval.to_string()],
+        ),
     }
 }
