@@ -111,6 +111,12 @@ impl Default for GenConfig {
                 inode_ino: 0,
                 inode_sb: 0,
                 sb_dev: 0,
+                task_real_parent: 0,
+                task_tgid: 0,
+                task_comm: 0,
+                file_dentry: 0,
+                dentry_name: 0,
+                dentry_parent: 0,
             },
             attach_cgroup_id: 0,
             rule_count: 0,
@@ -121,7 +127,9 @@ impl Default for GenConfig {
 }
 
 /// Byte offsets, from the running kernel's BTF, of the members the programs follow from the
-/// current task to its executable: `task->mm->exe_file->f_inode->{i_ino, i_sb->s_dev}`.
+/// current task to its executable: `task->mm->exe_file->f_inode->{i_ino, i_sb->s_dev}`, and to its
+/// ancestors: `task->real_parent`, `task->tgid`, `task->comm`. All zero: unknown (no BTF), then
+/// nothing is followed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExeOffsets {
@@ -131,6 +139,13 @@ pub struct ExeOffsets {
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    /// `file->f_path.dentry`, `dentry->d_name.name`, `dentry->d_parent`: the executable's path.
+    pub file_dentry: u32,
+    pub dentry_name: u32,
+    pub dentry_parent: u32,
 }
 
 /// `set_probes` was given more (shape, level) pairs than [`MAX_PROBES`].

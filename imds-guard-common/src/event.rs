@@ -14,6 +14,52 @@ pub mod flags {
     pub const ENFORCED: u32 = 1 << 0;
 }
 
+/// Ancestors recorded with each event (parent, grandparent, ...).
+pub const ANCESTORS: usize = 4;
+
+/// One ancestor of the reporting process, read in the kernel at the event, so that a process that
+/// has exited by the time the daemon looks is still placed in its tree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ancestor {
+    /// Thread group id; 0 for "none" (the chain ended, or it could not be read).
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Path components of the executable recorded with each event, and their length (longer names
+/// are cut).
+pub const EXE_COMPONENTS: usize = 8;
+pub const COMPONENT_LEN: usize = 32;
+
+/// What the kernel knows about the process at the event and may be gone later: its executable's
+/// device and inode (0 when unknown), the executable's path within its filesystem (the last
+/// [`EXE_COMPONENTS`] names, leaf first, read from the dentries), and its ancestry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub exe_dev: u64,
+    pub exe_ino: u64,
+    pub ancestors: [Ancestor; ANCESTORS],
+    /// Number of `exe_names` filled; `EXE_COMPONENTS + 1` when the path was deeper (cut at the top).
+    pub exe_depth: u32,
+    pub _pad: u32,
+    pub exe_names: [[u8; COMPONENT_LEN]; EXE_COMPONENTS],
+}
+
+impl Default for TaskInfo {
+    fn default() -> Self {
+        TaskInfo {
+            exe_dev: 0,
+            exe_ino: 0,
+            ancestors: [Ancestor::default(); ANCESTORS],
+            exe_depth: 0,
+            _pad: 0,
+            exe_names: [[0; COMPONENT_LEN]; EXE_COMPONENTS],
+        }
+    }
+}
+
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 
@@ -42,6 +88,7 @@ pub struct ConnectEvent {
     /// Policy generation that judged the connect.
     pub generation: u32,
     pub _pad: u32,
+    pub task: TaskInfo,
 }
 
 impl ConnectEvent {
@@ -89,5 +136,6 @@ pub struct RequestEvent {
     /// The `[[allow]]` rule that let the connection through, or [`crate::sock::NO_RULE`].
     pub rule_index: u32,
     pub _pad: u32,
+    pub task: TaskInfo,
     pub path: [u8; crate::http::PATH_MAX],
 }

@@ -25,4 +25,4 @@ pub const SOCKETS_CAPACITY: u32 = 65_536;
 /// Room for two full generations of rules (the live one and the one being installed).
 pub const RULES_CAPACITY: u32 = 2 * crate::config::MAX_RULES;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size): ~2,900 connect events.
-pub const EVENTS_BYTES: u32 = 256 * 1024;
+pub const EVENTS_BYTES: u32 = 1024 * 1024;

@@ -2,8 +2,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_loop,
         },
@@ -12,8 +11,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use imds_guard_common::{
-    config::{ExeOffsets, GENERATION_SLOTS, GenConfig, MAX_PROBES},
-    event::{AF_INET, AF_INET6, ConnectEvent, flags, kind},
+    config::{GENERATION_SLOTS, GenConfig, MAX_PROBES},
+    event::{AF_INET, AF_INET6, ConnectEvent, TaskInfo, flags, kind},
     rule::{Identity, RuleValue, comm_words},
     sock::NO_RULE,
     stats::Stat,
@@ -102,7 +101,8 @@ fn judge(ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [
     count(Stat::MetadataConnects);
     let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().unwrap_or_default();
-    let (exe_dev, exe_ino) = if cfg.needs_exe != 0 { current_exe(&cfg.exe_offsets) } else { (0, 0) };
+    let (exe_dev, exe_ino) =
+        if cfg.needs_exe != 0 { crate::task::current_exe(&cfg.exe_offsets) } else { (0, 0) };
     let id = Identity {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
@@ -164,33 +164,6 @@ fn remember(
     st.http.reset();
 }
 
-/// The device and inode of the current process's executable (`mm->exe_file`), following the
-/// member offsets the daemon took from this kernel's BTF. (0, 0) when there is none (a kernel
-/// thread) or a read fails: then no exe rule matches, the safe side.
-#[inline(always)]
-fn current_exe(o: &ExeOffsets) -> (u64, u64) {
-    #[inline(always)]
-    fn at<T>(base: u64, off: u32) -> Option<T> {
-        if base == 0 {
-            return None;
-        }
-        // SAFETY: bpf_probe_read_kernel copes with any address (it fails instead of faulting).
-        unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
-    }
-    // SAFETY: plain helper call.
-    let task = unsafe { bpf_get_current_task() };
-    let exe = (|| {
-        let mm: u64 = at(task, o.task_mm)?;
-        let file: u64 = at(mm, o.mm_exe_file)?;
-        let inode: u64 = at(file, o.file_inode)?;
-        let ino: u64 = at(inode, o.inode_ino)?;
-        let sb: u64 = at(inode, o.inode_sb)?;
-        let dev: u32 = at(sb, o.sb_dev)?;
-        Some((u64::from(dev), ino))
-    })();
-    exe.unwrap_or((0, 0))
-}
-
 #[inline(always)]
 fn report(
     cfg: &GenConfig,
@@ -207,7 +180,7 @@ fn report(
     };
     // SAFETY: plain helper calls.
     let (time_boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
-    entry.write(ConnectEvent {
+    let ev = entry.write(ConnectEvent {
         kind: kind::CONNECT_DENIED,
         flags: if enforced { flags::ENFORCED } else { 0 },
         time_boot_ns,
@@ -221,7 +194,9 @@ fn report(
         addr,
         generation: cfg.generation,
         _pad: 0,
+        task: TaskInfo::default(),
     });
+    crate::task::fill(&mut ev.task, &cfg.exe_offsets);
     entry.submit(0);
     count(Stat::EventsSent);
 }

@@ -16,6 +16,7 @@ mod connect;
 mod maps;
 mod msg;
 mod sockops;
+mod task;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -7,10 +7,9 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
-    http::HttpState,
     maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
-    sock::{SCAN_MAX, SockState},
+    sock::SockState,
     stats::{STAT_COUNT, Stat},
 };
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use imds_guard_common::{
-    event::{AF_INET, RequestEvent, flags, kind},
+    event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
     http::Finding,
     rule::Imdsv1Action,
     sock::{SCAN_MAX, ScanState, SockState},
@@ -159,7 +159,7 @@ fn report(ctx: &SkMsgContext, st: &SockState, scan: &ScanState, deny: bool) {
     // The writer, which sendmsg runs as; the connect-time identity where it differs is kept in
     // the storage and not reported here.
     let uid_gid = bpf_get_current_uid_gid();
-    entry.write(RequestEvent {
+    let ev = entry.write(RequestEvent {
         kind: kind::IMDS_REQUEST,
         flags: if deny { flags::ENFORCED } else { 0 },
         // SAFETY: plain helper call.
@@ -179,8 +179,12 @@ fn report(ctx: &SkMsgContext, st: &SockState, scan: &ScanState, deny: bool) {
         path_len: if scan.v1 != 0 { u32::from(st.http.path_len) } else { 0 },
         rule_index: st.rule_index,
         _pad: 0,
+        task: TaskInfo::default(),
         path: st.http.path,
     });
+    if let Some(cfg) = crate::maps::live_config() {
+        crate::task::fill(&mut ev.task, &cfg.exe_offsets);
+    }
     entry.submit(0);
     count(Stat::EventsSent);
 }

@@ -18,6 +18,7 @@ const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
+const KIND_ARRAY: u32 = 3;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
@@ -29,6 +30,8 @@ struct Type {
     /// Size for INT/STRUCT/UNION/ENUM, referenced type for PTR/TYPEDEF/modifiers.
     size_or_type: u32,
     members: Vec<Member>,
+    /// ARRAY: element type and number of elements.
+    array: Option<(u32, u32)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -67,8 +70,14 @@ impl Btf {
         let strings =
             d.get(hdr_len + str_off..hdr_len + str_off + str_len).context("truncated strings")?.to_vec();
         let tdata = d.get(hdr_len + type_off..hdr_len + type_off + type_len).context("truncated types")?;
-        let mut types =
-            vec![Type { name_off: 0, kind: 0, kind_flag: false, size_or_type: 0, members: vec![] }];
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            kind_flag: false,
+            size_or_type: 0,
+            members: vec![],
+            array: None,
+        }];
         let mut o = 0;
         while o < tdata.len() {
             let name_off = u32_at(tdata, o)?;
@@ -78,9 +87,13 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let mut members = Vec::new();
+            let mut array = None;
             let extra = match kind {
                 KIND_INT | 14 | 17 => 4, // INT, VAR, DECL_TAG
-                3 => 12,                 // ARRAY
+                KIND_ARRAY => {
+                    array = Some((u32_at(tdata, o)?, u32_at(tdata, o + 8)?));
+                    12
+                }
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = o + 12 * i;
@@ -99,7 +112,7 @@ impl Btf {
                 k => bail!("unknown BTF kind {k}"),
             };
             o += extra;
-            types.push(Type { name_off, kind, kind_flag: info >> 31 == 1, size_or_type, members });
+            types.push(Type { name_off, kind, kind_flag: info >> 31 == 1, size_or_type, members, array });
         }
         let mut btf = Btf { types, strings, structs: HashMap::new() };
         for (id, t) in btf.types.iter().enumerate() {
@@ -161,10 +174,14 @@ impl Btf {
                     "{member} is a bitfield"
                 );
                 let r = self.resolve(m.ty);
-                let size = match r.kind {
+                let scalar = |t: &Type| match t.kind {
                     KIND_PTR => 8,
-                    KIND_INT | KIND_STRUCT | KIND_UNION => r.size_or_type,
+                    KIND_INT | KIND_STRUCT | KIND_UNION => t.size_or_type,
                     _ => 0,
+                };
+                let size = match r.array {
+                    Some((elem, n)) => scalar(self.resolve(elem)).saturating_mul(n),
+                    None => scalar(r),
                 };
                 return Ok(Some((bits / 8, size)));
             }
@@ -192,6 +209,12 @@ pub fn exe_offsets(btf: &Btf) -> anyhow::Result<imds_guard_common::config::ExeOf
         inode_ino: want("inode", "i_ino", 8)?,
         inode_sb: want("inode", "i_sb", 8)?,
         sb_dev: want("super_block", "s_dev", 4)?,
+        task_real_parent: want("task_struct", "real_parent", 8)?,
+        task_tgid: want("task_struct", "tgid", 4)?,
+        task_comm: want("task_struct", "comm", 16)?,
+        file_dentry: want("file", "f_path", 16)? + want("path", "dentry", 8)?,
+        dentry_name: want("dentry", "d_name", 16)? + want("qstr", "name", 8)?,
+        dentry_parent: want("dentry", "d_parent", 8)?,
     })
 }
 
@@ -209,6 +232,7 @@ mod tests {
         let btf = Btf::from_file(p).unwrap();
         let o = exe_offsets(&btf).unwrap();
         assert!(o.task_mm > 0 && o.mm_exe_file > 0 && o.inode_sb > 0, "{o:?}");
+        assert!(o.task_real_parent > 0 && o.task_tgid > 0 && o.task_comm > 0, "{o:?}");
         // exe_file sits in mm_struct's anonymous struct: found through it.
         assert!(btf.member("mm_struct", "no_such_member").is_err());
         assert!(btf.member("no_such_struct_imdsg", "x").is_err());

@@ -1,0 +1,92 @@
+//! What the programs read from the current task through the member offsets the daemon took from
+//! this kernel's BTF: the executable (for `exe` rules and events) and the ancestry (for events).
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
+use imds_guard_common::{
+    config::ExeOffsets,
+    event::{ANCESTORS, EXE_COMPONENTS, TaskInfo},
+};
+
+/// `*(base + off)` as a `T`, or `None` (null base, or a read that failed).
+#[inline(always)]
+fn at<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address (it fails instead of faulting).
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
+}
+
+/// The device and inode of the current process's executable (`mm->exe_file`). (0, 0) when there
+/// is none (a kernel thread) or a read fails: then no exe rule matches, the safe side.
+#[inline(always)]
+pub fn current_exe(o: &ExeOffsets) -> (u64, u64) {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let exe = (|| {
+        let mm: u64 = at(task, o.task_mm)?;
+        let file: u64 = at(mm, o.mm_exe_file)?;
+        let inode: u64 = at(file, o.file_inode)?;
+        let ino: u64 = at(inode, o.inode_ino)?;
+        let sb: u64 = at(inode, o.inode_sb)?;
+        let dev: u32 = at(sb, o.sb_dev)?;
+        Some((u64::from(dev), ino))
+    })();
+    exe.unwrap_or((0, 0))
+}
+
+/// The executable's path within its filesystem, leaf first, from the dentry chain.
+#[inline(always)]
+fn exe_path(info: &mut TaskInfo, o: &ExeOffsets) {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(mm) = at::<u64>(task, o.task_mm) else { return };
+    let Some(file) = at::<u64>(mm, o.mm_exe_file) else { return };
+    let Some(mut dentry) = at::<u64>(file, o.file_dentry) else { return };
+    let mut depth = 0u32;
+    for slot in info.exe_names.iter_mut().take(EXE_COMPONENTS) {
+        let Some(parent) = at::<u64>(dentry, o.dentry_parent) else { break };
+        if parent == dentry {
+            // The filesystem's root.
+            info.exe_depth = depth;
+            return;
+        }
+        let Some(name) = at::<u64>(dentry, o.dentry_name) else { break };
+        // SAFETY: reads at most the slot's length from a kernel address; fails instead of faulting.
+        if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, slot) }.is_err() {
+            break;
+        }
+        depth += 1;
+        dentry = parent;
+    }
+    // Deeper than recorded, or a read failed: mark the path as cut at the top.
+    info.exe_depth = EXE_COMPONENTS as u32 + 1;
+}
+
+/// Fills `info` (zeroed by the caller) with the executable and up to [`ANCESTORS`] ancestors
+/// (`real_parent` chain; it ends at pid 1's parent, the idle task, pid 0). Only on the report
+/// path: a handful of reads, never on a connect that is not reported.
+#[inline(always)]
+pub fn fill(info: &mut TaskInfo, o: &ExeOffsets) {
+    if o.task_real_parent == 0 {
+        return;
+    }
+    let (dev, ino) = current_exe(o);
+    info.exe_dev = dev;
+    info.exe_ino = ino;
+    exe_path(info, o);
+    // SAFETY: plain helper call.
+    let mut task = unsafe { bpf_get_current_task() };
+    for a in info.ancestors.iter_mut().take(ANCESTORS) {
+        let Some(parent) = at::<u64>(task, o.task_real_parent) else { return };
+        let Some(pid) = at::<u32>(parent, o.task_tgid) else { return };
+        if pid == 0 || parent == task {
+            return;
+        }
+        a.pid = pid;
+        if let Some(comm) = at::<[u8; 16]>(parent, o.task_comm) {
+            a.comm = comm;
+        }
+        task = parent;
+    }
+}
