@@ -95,20 +95,20 @@ impl Aggregator {
         Aggregator { window, entries: HashMap::new(), pending: Vec::new(), delivered: 0, aggregated: 0 }
     }
 
-    /// Whether this record repeats one delivered within the window (then it is counted, and the
-    /// caller does nothing more with it).
-    pub fn is_repeat(&mut self, bytes: &[u8], now: Instant) -> bool {
+    /// Whether this record repeats one delivered within the window: then it is counted, and the
+    /// first occurrence's report is returned (the caller writes nothing for it).
+    pub fn is_repeat(&mut self, bytes: &[u8], now: Instant) -> Option<&Value> {
         if self.window.is_zero() {
-            return false;
+            return None;
         }
-        let Some(k) = key(bytes) else { return false };
+        let k = key(bytes)?;
         match self.entries.get_mut(&k) {
             Some(e) if now.duration_since(e.first) < self.window => {
                 e.repeats += 1;
                 self.aggregated += 1;
-                true
+                Some(&e.sample)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -175,14 +175,14 @@ mod tests {
         let t0 = Instant::now();
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, uid: 7, ..ConnectEvent::default() };
         let other = ConnectEvent { uid: 8, ..ev };
-        assert!(!a.is_repeat(&raw(&ev), t0));
+        assert!(a.is_repeat(&raw(&ev), t0).is_none());
         a.delivered(&raw(&ev), json!({"event": "connect_denied", "pid": 1, "time": "t"}), t0);
         for i in 0..999u64 {
             // A new pid each time (crash loop) is still the same event.
             let again = ConnectEvent { pid_tgid: i << 32, ..ev };
-            assert!(a.is_repeat(&raw(&again), t0 + Duration::from_millis(i)));
+            assert!(a.is_repeat(&raw(&again), t0 + Duration::from_millis(i)).is_some());
         }
-        assert!(!a.is_repeat(&raw(&other), t0), "another identity is not a repeat");
+        assert!(a.is_repeat(&raw(&other), t0).is_none(), "another identity is not a repeat");
         assert!(a.flush(t0 + Duration::from_secs(5), false).is_empty(), "window still open");
         let lines = a.flush(t0 + Duration::from_secs(11), false);
         assert_eq!(lines.len(), 1);
@@ -191,7 +191,7 @@ mod tests {
         assert!(lines[0].get("pid").is_none());
         assert_eq!((a.delivered, a.aggregated), (1, 999));
         // After the window, the next one is delivered again.
-        assert!(!a.is_repeat(&raw(&ev), t0 + Duration::from_secs(12)));
+        assert!(a.is_repeat(&raw(&ev), t0 + Duration::from_secs(12)).is_none());
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
         for ms in 0..5000u64 {
             let now = t0 + Duration::from_millis(ms);
             generated += 1;
-            if !a.is_repeat(&ev, now) {
+            if a.is_repeat(&ev, now).is_none() {
                 a.delivered(&ev, json!({"event": "connect_denied"}), now);
             }
             if ms % 1500 == 0 {
@@ -220,7 +220,7 @@ mod tests {
         let mut lines_total = 0u64;
         for ms in 0..5000u64 {
             let now = t0 + Duration::from_millis(ms);
-            if !b.is_repeat(&ev, now) {
+            if b.is_repeat(&ev, now).is_none() {
                 b.delivered(&ev, json!({"event": "connect_denied"}), now);
             }
             if ms % 1500 == 0 {
@@ -242,6 +242,6 @@ mod tests {
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
         let t = Instant::now();
         a.delivered(&raw(&ev), json!({}), t);
-        assert!(!a.is_repeat(&raw(&ev), t));
+        assert!(a.is_repeat(&raw(&ev), t).is_none());
     }
 }

@@ -44,6 +44,53 @@ pub enum Command {
     Unload(PinArgs),
     /// Would this process be allowed to reach the metadata service? By which rule, or why not?
     Explain(ExplainArgs),
+    /// Show the running daemon's events: the recent ones, or (--follow) live as they happen.
+    Events(EventsArgs),
+    /// Print a policy (TOML, enforce mode) that allows every workload the running daemon saw
+    /// reaching the metadata service without a rule (run in monitor mode first).
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events as they happen (until interrupted).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Print the JSON lines as the daemon writes them, instead of one readable line per event.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's event socket.
+    #[arg(long, default_value = crate::stream::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    /// The daemon's event socket (where the table of what was seen is read from).
+    #[arg(long, default_value = crate::stream::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Read events from these JSON-lines files instead of the daemon (`-` for stdin), e.g. an
+    /// `--events-file` and its rotated files, or `journalctl -u imds-guard -o cat`.
+    #[arg(long = "events", value_name = "FILE")]
+    pub events: Vec<PathBuf>,
+    /// The current policy, whose endpoints and [[allow]] tables are kept. Default: the policy the
+    /// daemon runs with (with --events: /etc/imds-guard/policy.toml when it exists).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where events go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sink {
+    /// The journal (with every event field as a journal field) when stdout is connected to it
+    /// (running under systemd), else stdout.
+    Auto,
+    /// JSON lines on stdout.
+    Stdout,
+    /// The systemd journal's native protocol.
+    Journald,
+    /// Neither (use --events-file, the event socket or metrics).
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +130,31 @@ pub struct RunArgs {
     /// Kernel BTF, for the struct offsets that `exe` rules need.
     #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,
+    /// Where events go (besides --events-file, the event socket and metrics).
+    #[arg(long, value_enum, default_value_t = Sink::Auto)]
+    pub sink: Sink,
+    /// The journal's socket (for --sink journald).
+    #[arg(long, default_value = crate::output::JOURNAL_SOCKET, hide = true)]
+    pub journal_socket: PathBuf,
+    /// Also append events (JSON lines) to this file, rotated by size.
+    #[arg(long, value_name = "PATH")]
+    pub events_file: Option<PathBuf>,
+    /// Rotate the event file when it would grow past this many bytes.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub events_file_max_bytes: u64,
+    /// Rotated event files to keep (PATH.1 … PATH.N).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub events_file_keep: u32,
+    /// Local socket for `imds-guard events` and `suggest` (mode 0600); `none` disables it.
+    #[arg(long, default_value = crate::stream::DEFAULT_SOCKET, value_name = "PATH")]
+    pub events_socket: PathBuf,
+    /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz: 200 while
+    /// enforcing) on this address, e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Allow --metrics-addr to be a non-loopback address (the metrics name workloads).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
 }
 
 #[derive(Debug, Args)]

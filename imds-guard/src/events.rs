@@ -11,7 +11,7 @@ use std::{
 };
 
 use imds_guard_common::{
-    event::{AF_INET, ConnectEvent, RequestEvent, kind},
+    event::{AF_INET, ConnectEvent, RequestEvent, TaskInfo, kind},
     http::{self, Finding},
 };
 use serde::Serialize;
@@ -86,6 +86,18 @@ pub struct Who {
     /// The process's cgroup, relative to the cgroup2 root.
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
+    /// Parent, grandparent, ... (up to 4), as the kernel saw them at the event.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Ancestor>,
+}
+
+/// One ancestor: pid and comm recorded by the kernel at the event; the executable from /proc when
+/// that pid still runs a task of that name.
+#[derive(Debug, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
 }
 
 /// Decodes and enriches kernel events, caching what does not change.
@@ -93,12 +105,15 @@ pub struct Enricher {
     cgroup_root: PathBuf,
     cgroups: HashMap<u64, String>,
     users: HashMap<u32, Option<String>>,
+    /// Executables by the kernel's (device, inode), learnt from processes that were still there,
+    /// to name the executable of one that has already exited.
+    exes: HashMap<(u64, u64), String>,
 }
 
 impl Enricher {
     #[must_use]
     pub fn new(cgroup_root: PathBuf) -> Self {
-        Enricher { cgroup_root, cgroups: HashMap::new(), users: HashMap::new() }
+        Enricher { cgroup_root, cgroups: HashMap::new(), users: HashMap::new(), exes: HashMap::new() }
     }
 
     /// Decodes one ring buffer record; `None` for a record of an unknown kind or size.
@@ -148,7 +163,7 @@ impl Enricher {
             },
             enforced: ev.flags & imds_guard_common::event::flags::ENFORCED != 0,
             time: wall_time(ev.time_boot_ns),
-            who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id),
+            who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id, &ev.task),
             method,
             path,
             credentials,
@@ -167,7 +182,7 @@ impl Enricher {
             event: "connect_denied",
             enforced: ev.enforced(),
             time: wall_time(ev.time_boot_ns),
-            who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id),
+            who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id, &ev.task),
             dst,
             port: u16::try_from(ev.port).unwrap_or(0),
             family,
@@ -177,7 +192,15 @@ impl Enricher {
 
     /// Who `pid_tgid` is: ids from the kernel, the user's name, the executable from /proc while
     /// the process exists, the cgroup's path.
-    fn who(&mut self, pid_tgid: u64, uid: u32, gid: u32, comm: &[u8; 16], cgroup_id: u64) -> Who {
+    fn who(
+        &mut self,
+        pid_tgid: u64,
+        uid: u32,
+        gid: u32,
+        comm: &[u8; 16],
+        cgroup_id: u64,
+        task: &TaskInfo,
+    ) -> Who {
         let pid = (pid_tgid >> 32) as u32;
         Who {
             pid,
@@ -186,12 +209,48 @@ impl Enricher {
             gid,
             user: self.user(uid),
             comm: cstr(comm),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
-                .inspect_err(|e| tracing::debug!(pid, "no executable path: {e}"))
-                .ok()
-                .map(|p| p.display().to_string()),
+            exe: self.exe(pid, task),
             cgroup: self.cgroup(pid, cgroup_id),
             cgroup_id,
+            ancestors: task
+                .ancestors
+                .iter()
+                .take_while(|a| a.pid != 0)
+                .map(|a| {
+                    let comm = cstr(&a.comm);
+                    // The pid may have been reused since: only a task of the same name counts.
+                    let same = std::fs::read_to_string(format!("/proc/{}/comm", a.pid))
+                        .is_ok_and(|c| c.trim_end_matches('\n') == comm);
+                    let exe = same
+                        .then(|| std::fs::read_link(format!("/proc/{}/exe", a.pid)).ok())
+                        .flatten()
+                        .map(|p| p.display().to_string());
+                    Ancestor { pid: a.pid, comm, exe }
+                })
+                .collect(),
+        }
+    }
+
+    /// The executable: /proc/<pid>/exe while the process exists, else what an earlier process with
+    /// the same executable (device and inode, read by the kernel) showed, else the path the kernel
+    /// read from the dentries at the event (within the executable's filesystem).
+    fn exe(&mut self, pid: u32, task: &TaskInfo) -> Option<String> {
+        let key = (task.exe_dev, task.exe_ino);
+        match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(p) => {
+                let p = p.display().to_string();
+                if key != (0, 0) && !self.exes.contains_key(&key) {
+                    if self.exes.len() > 4096 {
+                        self.exes.clear();
+                    }
+                    self.exes.insert(key, p.clone());
+                }
+                Some(p)
+            }
+            Err(e) => {
+                tracing::debug!(pid, "no executable path in /proc: {e}");
+                self.exes.get(&key).cloned().or_else(|| kernel_exe_path(task))
+            }
         }
     }
 
@@ -223,6 +282,127 @@ impl Enricher {
         self.cgroups.insert(id, path.clone());
         Some(path)
     }
+}
+
+/// Event types that report a violation or a finding (counted in metrics, shown as warnings).
+#[must_use]
+pub fn is_violation(event: &str) -> bool {
+    matches!(
+        event.strip_suffix("_repeated").unwrap_or(event),
+        "connect_denied"
+            | "imdsv1_request"
+            | "token_put_forwarded"
+            | "imds_request_unclassified"
+            | "forward_denied"
+    )
+}
+
+/// The strongest identity an event carries, as one short string: `pod:<namespace>/<name>`,
+/// `unit:<unit>`, `container:<id, 12 hex>`, `exe:<path>`, else `uid:<uid>`. Used as the
+/// metrics' `workload` label and by `suggest` to group what it saw.
+#[must_use]
+pub fn workload_name(v: &serde_json::Value) -> String {
+    if let (Some(ns), Some(name)) = (v["pod"]["namespace"].as_str(), v["pod"]["name"].as_str()) {
+        return format!("pod:{ns}/{name}");
+    }
+    if let Some(unit) = v["unit"].as_str() {
+        return format!("unit:{unit}");
+    }
+    if let Some(id) = v["container_id"].as_str() {
+        return format!("container:{}", &id[..id.len().min(12)]);
+    }
+    if let Some(exe) = v["exe"].as_str() {
+        return format!("exe:{}", exe.strip_suffix(" (deleted)").unwrap_or(exe));
+    }
+    match v["uid"].as_u64() {
+        Some(uid) => format!("uid:{uid}"),
+        None => "unknown".into(),
+    }
+}
+
+/// One event as a line for a person at a terminal (`imds-guard events`, the journal's MESSAGE).
+#[must_use]
+pub fn human(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let event = v["event"].as_str().unwrap_or("?");
+    let base = event.strip_suffix("_repeated");
+    let s = |k: &str| v[k].as_str().map(str::to_owned).unwrap_or_else(|| v[k].to_string());
+    let mut out = String::new();
+    if let Some(t) = v["time"].as_str().or(v["first_time"].as_str()) {
+        let _ = write!(out, "{t} ");
+    }
+    let verdict = if v["enforced"].as_bool() == Some(true) { "REFUSED" } else { "reported" };
+    match base.unwrap_or(event) {
+        "connect_denied" => {
+            let _ = write!(out, "connect {verdict}: {}:{}", s("dst"), s("port"));
+        }
+        "imdsv1_request" | "token_put_forwarded" | "imds_request_unclassified" => {
+            let what = match base.unwrap_or(event) {
+                "imdsv1_request" => "IMDSv1 (tokenless) request",
+                "token_put_forwarded" => "token PUT with X-Forwarded-For",
+                _ => "unclassified request",
+            };
+            let _ = write!(out, "{what} {verdict}: {} {}", s("method"), s("path"));
+        }
+        "forward_denied" => {
+            let _ = write!(out, "forwarded packet {verdict}: {} -> {}:{}", s("src"), s("dst"), s("port"));
+        }
+        _ => {
+            let _ = write!(out, "{event}");
+            if let Some(o) = v.as_object() {
+                for (k, val) in o {
+                    if matches!(k.as_str(), "schema" | "event" | "time") || val.is_null() || val.is_object() {
+                        continue;
+                    }
+                    let text = val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string());
+                    let _ = write!(out, " {k}={text}");
+                }
+            }
+            return out;
+        }
+    }
+    if base.is_some() {
+        let _ = write!(out, " x{} more in {}s", s("count"), s("window_s"));
+    }
+    if v["pid"].is_u64() {
+        let _ = write!(out, " by pid {} ({})", s("pid"), s("comm"));
+    } else if v["comm"].is_string() {
+        let _ = write!(out, " by {}", s("comm"));
+    }
+    if v["uid"].is_u64() {
+        let _ = write!(out, " uid {}", s("uid"));
+        if let Some(u) = v["user"].as_str() {
+            let _ = write!(out, " ({u})");
+        }
+    }
+    for k in ["exe", "unit", "container_id"] {
+        if let Some(x) = v[k].as_str() {
+            let _ = write!(out, " {k} {x}");
+        }
+    }
+    if let (Some(ns), Some(name)) = (v["pod"]["namespace"].as_str(), v["pod"]["name"].as_str()) {
+        let _ = write!(out, " pod {ns}/{name}");
+        if let Some(c) = v["pod"]["container"].as_str() {
+            let _ = write!(out, " container {c}");
+        }
+    }
+    if let Some(c) = v["cgroup"].as_str() {
+        let _ = write!(out, " cgroup {c}");
+    }
+    out
+}
+
+/// The executable's path as the kernel recorded it (leaf first); `…/` in front when cut.
+fn kernel_exe_path(task: &TaskInfo) -> Option<String> {
+    use imds_guard_common::event::EXE_COMPONENTS;
+    let depth = task.exe_depth as usize;
+    if depth == 0 {
+        return None;
+    }
+    let names: Vec<String> =
+        task.exe_names[..depth.min(EXE_COMPONENTS)].iter().rev().map(|n| cstr(n)).collect();
+    let prefix = if depth > EXE_COMPONENTS { "…/" } else { "/" };
+    Some(format!("{prefix}{}", names.join("/")))
 }
 
 fn destination(family: u32, addr: &[u8; 16]) -> (String, &'static str) {

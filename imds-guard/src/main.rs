@@ -13,6 +13,8 @@ fn main() -> std::process::ExitCode {
         Command::Status(a) => cmd::status::status(a),
         Command::Unload(a) => cmd::unload::unload(a),
         Command::Explain(a) => cmd::explain::explain(a),
+        Command::Events(a) => cmd::events::events(a),
+        Command::Suggest(a) => cmd::suggest::suggest(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

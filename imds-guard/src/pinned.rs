@@ -69,12 +69,7 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
     let cfg = config.get(&(active.generation % GENERATION_SLOTS), 0)?;
     let rule_entries =
         rules.keys().filter_map(Result::ok).filter(|k| k.generation == active.generation).count();
-    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(open(pin_dir, maps::STATS)?)?;
-    let mut counters = std::collections::BTreeMap::new();
-    for s in Stat::ALL {
-        let v = stats.get(&(s as u32), 0)?;
-        counters.insert(s.name(), v.iter().sum());
-    }
+    let counters = counters(pin_dir)?;
     let mut endpoints: Vec<String> = cfg.v4[..cfg.v4_count as usize]
         .iter()
         .map(|w| std::net::Ipv4Addr::from(w.to_ne_bytes()).to_string())
@@ -101,6 +96,17 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
         cgroup_id: cfg.attach_cgroup_id,
         counters,
     })
+}
+
+/// The kernel programs' counters, summed over CPUs.
+pub fn counters(pin_dir: &Path) -> anyhow::Result<std::collections::BTreeMap<&'static str, u64>> {
+    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(open(pin_dir, maps::STATS)?)?;
+    let mut counters = std::collections::BTreeMap::new();
+    for s in Stat::ALL {
+        let v = stats.get(&(s as u32), 0)?;
+        counters.insert(s.name(), v.iter().sum());
+    }
+    Ok(counters)
 }
 
 /// Detaches the programs (by removing the link pins, the last references to the links) and removes

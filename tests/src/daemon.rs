@@ -60,6 +60,11 @@ impl Daemon {
             .arg(&sb.cgroup)
             .arg("--pin-dir")
             .arg(sb.pin_dir())
+            .args(if extra.contains(&"--events-socket") {
+                vec![]
+            } else {
+                vec!["--events-socket".into(), sb.events_socket()]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -91,8 +96,18 @@ impl Daemon {
             }
         });
         let d = Daemon { child, out };
-        d.wait_event(START_TIMEOUT, |e| e["event"] == "guard_started")
-            .unwrap_or_else(|| panic!("daemon did not start enforcing; stderr:\n{}", d.stderr()));
+        let quiet = extra.windows(2).any(|w| w[0] == "--sink" && w[1] != "stdout");
+        if quiet {
+            // No events on stdout: the log says when it enforces.
+            let deadline = Instant::now() + START_TIMEOUT;
+            while !d.stderr().contains("\"message\":\"enforcing\"") {
+                assert!(Instant::now() < deadline, "daemon did not start enforcing; stderr:\n{}", d.stderr());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            d.wait_event(START_TIMEOUT, |e| e["event"] == "guard_started")
+                .unwrap_or_else(|| panic!("daemon did not start enforcing; stderr:\n{}", d.stderr()));
+        }
         d
     }
 

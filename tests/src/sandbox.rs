@@ -158,6 +158,12 @@ impl Sandbox {
         })
     }
 
+    /// The daemon's event socket (for `imds-guard events` / `suggest`).
+    #[must_use]
+    pub fn events_socket(&self) -> std::ffi::OsString {
+        self.dir.join("events.sock").into_os_string()
+    }
+
     #[must_use]
     pub fn pin_dir(&self) -> PathBuf {
         self.bpffs.join("imds-guard")

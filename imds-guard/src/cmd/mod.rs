@@ -1,6 +1,8 @@
 //! One file per subcommand.
 pub mod check;
+pub mod events;
 pub mod explain;
 pub mod run;
 pub mod status;
+pub mod suggest;
 pub mod unload;

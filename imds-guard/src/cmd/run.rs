@@ -2,7 +2,7 @@
 //! (SIGHUP, file changes, identity changes) until SIGTERM/SIGINT. Exiting leaves enforcement in
 //! place (the links are pinned).
 
-use std::{io::Write as _, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -14,11 +14,12 @@ use tokio::{
 use crate::{
     aggregate::Aggregator,
     btf,
-    cli::RunArgs,
+    cli::{RunArgs, Sink},
     config::Source,
     env,
     events::Enricher,
     guard::Guard,
+    output::{FileConfig, Hub, Output, SinkConfig},
     policy::{Host, Policy, mode_name},
     reload::{Reason, Reloader},
 };
@@ -63,7 +64,30 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
     let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
+    let hub = Arc::new(start_outputs(args, pin_dir)?);
+    Hub::install(hub.clone());
+    let socket = crate::stream::socket_path(&args.events_socket);
+    let result = rt.block_on(async {
+        // Consumers first, so that the first events have somewhere to go.
+        let mut serving = None;
+        if let Some(path) = &socket {
+            match crate::stream::bind(path) {
+                Ok(l) => {
+                    tokio::spawn(crate::stream::serve(l, hub.clone()));
+                    serving = Some(path.display().to_string());
+                }
+                // The socket is a convenience; enforcement and the sinks do not depend on it.
+                Err(e) => tracing::warn!("no event socket: {e:#}"),
+            }
+        }
+        let mut metrics_addr = None;
+        if let Some(addr) = args.metrics_addr {
+            let l = crate::metrics::bind(addr, args.metrics_allow_remote)?;
+            let addr = l.local_addr()?;
+            tracing::info!(%addr, "serving metrics");
+            metrics_addr = Some(addr.to_string());
+            tokio::spawn(crate::metrics::serve(l, hub.clone()));
+        }
         // Signals first: a reload requested the moment we are ready must not kill us.
         let signals = Signals::new()?;
         // Watch, then look once more, so that nothing that changed since the policy was read (a
@@ -88,13 +112,42 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             "rules": policy.rules.len(),
             "cgroup": cgroup.display().to_string(),
             "pin_dir": pin_dir.display().to_string(),
+            "metrics": metrics_addr,
+            "events_socket": serving,
         }));
         tracing::info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), ?attachment, "enforcing");
         // systemd Type=notify: READY only once the programs are attached with the policy live.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let window = Duration::from_secs_f64(args.aggregate_window.max(0.0));
-        serve(&mut guard, reloader, watch, signals, cgroup_root, window).await
-    })
+        serve(&mut guard, reloader, watch, signals, cgroup_root, window, &hub).await
+    });
+    hub.output.flush();
+    if let Some(path) = &socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// The sinks `args` ask for, and the metrics and table of what was seen.
+fn start_outputs(args: &RunArgs, pin_dir: &std::path::Path) -> anyhow::Result<Hub> {
+    let journal = match args.sink {
+        Sink::Journald => true,
+        Sink::Auto => crate::output::stdout_is_journal(),
+        Sink::Stdout | Sink::None => false,
+    };
+    let sinks = SinkConfig {
+        stdout: args.sink == Sink::Stdout || (args.sink == Sink::Auto && !journal),
+        journal: journal.then(|| args.journal_socket.clone()),
+        file: args.events_file.clone().map(|path| FileConfig {
+            path,
+            max_bytes: args.events_file_max_bytes.max(4096),
+            keep: args.events_file_keep,
+        }),
+    };
+    tracing::debug!(?sinks, "event sinks");
+    let output = Output::start(sinks)?;
+    let metrics = crate::metrics::Metrics::new(pin_dir.to_owned(), output.stats.clone());
+    Ok(Hub { output, metrics, observed: crate::observe::Observed::default(), policy: args.config.clone() })
 }
 
 struct Signals {
@@ -120,6 +173,7 @@ async fn serve(
     mut sig: Signals,
     cgroup_root: std::path::PathBuf,
     aggregate_window: Duration,
+    hub: &Hub,
 ) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd, which is neither closed nor replaced while the AsyncFd
     // holds it.
@@ -141,7 +195,8 @@ async fn serve(
                 for _ in 0..EVENT_BATCH {
                     let Some(item) = ring.next() else { break };
                     drained = false;
-                    if aggregator.is_repeat(&item, now) {
+                    if let Some(sample) = aggregator.is_repeat(&item, now) {
+                        hub.repeat(sample);
                         continue;
                     }
                     if let Some(ev) = enricher.decode(&item) {
@@ -216,11 +271,4 @@ fn rewatch(
     }
 }
 
-/// One JSON object per line on stdout, flushed at once.
-pub fn emit<T: serde::Serialize>(v: &T) {
-    let mut out = std::io::stdout().lock();
-    if serde_json::to_writer(&mut out, v).is_ok() {
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    }
-}
+pub use crate::output::emit;

@@ -4,6 +4,7 @@
 //!   connect ADDR PORT        connect() once: {"result": "connected"|"EPERM"|..., "ms": f64}
 //!   repeat ADDR PORT N       connect() N times: {"repeat": {"EPERM": n, ...}}
 //!   storm ADDR PORT MILLIS   connect() every 0.5 ms for MILLIS ms: {"storm": {"connected": n, "EPERM": m, ...}}
+//!   get ADDR PORT PATH N     N tokenless HTTP GETs, one connection each: {"get": {"200": n, "EPERM": m, ...}}
 //!   comm NAME                prctl(PR_SET_NAME)
 //!   cgroup PROCS             move this process into a cgroup (write its pid to PROCS)
 //!   exec PROG ARGS...        fork; the child execs PROG with the rest of the arguments; wait for it
@@ -35,6 +36,26 @@ fn connect(addr: &str, port: &str) -> String {
     let sa = SocketAddr::new(ip, port.parse().expect("port"));
     match TcpStream::connect_timeout(&sa, Duration::from_secs(2)) {
         Ok(_) => "connected".into(),
+        Err(e) => errno_name(&e),
+    }
+}
+
+/// One tokenless GET: the status code, or the error.
+fn get(addr: &str, port: &str, path: &str) -> String {
+    use std::io::Read as _;
+    let ip: IpAddr = addr.parse().expect("address");
+    let sa = SocketAddr::new(ip, port.parse().expect("port"));
+    let mut s = match TcpStream::connect_timeout(&sa, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => return errno_name(&e),
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = s.write_all(req.as_bytes()) {
+        return errno_name(&e);
+    }
+    let mut resp = String::new();
+    match s.read_to_string(&mut resp) {
+        Ok(_) => resp.split(' ').nth(1).unwrap_or("no-status").to_owned(),
         Err(e) => errno_name(&e),
     }
 }
@@ -73,6 +94,16 @@ fn main() {
                 let body: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                 writeln!(out, "{{\"storm\":{{{}}}}}", body.join(",")).unwrap();
                 i += 4;
+            }
+            "get" => {
+                let n: u64 = args[i + 4].parse().expect("count");
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for _ in 0..n {
+                    *counts.entry(get(&args[i + 1], &args[i + 2], &args[i + 3])).or_default() += 1;
+                }
+                let body: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                writeln!(out, "{{\"get\":{{{}}}}}", body.join(",")).unwrap();
+                i += 5;
             }
             "comm" => {
                 let name = std::ffi::CString::new(args[i + 1].as_str()).unwrap();

@@ -1,0 +1,371 @@
+//! What the daemon has seen using the metadata service without a rule (monitor mode's
+//! `connect_denied` with `"enforced": false`, and IMDSv1 findings), grouped by workload, and the
+//! policy `imds-guard suggest` writes from it: the path from "observe" to "enforce".
+//!
+//! A workload is named by the strongest identity its events carry (see
+//! [`crate::events::workload_name`]): a Kubernetes pod, else a systemd unit, else the executable
+//! (with the uid when only one was seen), else the uid. Container ids are not used for rules: they
+//! change at every container restart.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    sync::Mutex,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Workloads remembered; beyond this, new ones are counted in `overflow` only.
+pub const MAX_SEEN: usize = 4096;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Seen {
+    /// [`crate::events::workload_name`] of the first event.
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    /// The systemd unit and its cgroup (relative to the cgroup2 root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_cgroup: Option<String>,
+    #[serde(default)]
+    pub uids: BTreeSet<u32>,
+    #[serde(default)]
+    pub exes: BTreeSet<String>,
+    #[serde(default)]
+    pub comms: BTreeSet<String>,
+    #[serde(default)]
+    pub cgroups: BTreeSet<String>,
+    /// Connects no rule allowed.
+    pub connects: u64,
+    /// Tokenless (IMDSv1) requests and other findings.
+    pub imdsv1: u64,
+    pub first_time: Option<String>,
+    pub last_time: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Observed {
+    inner: Mutex<Table>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Table {
+    pub seen: BTreeMap<String, Seen>,
+    /// Events of workloads not remembered because [`MAX_SEEN`] were already.
+    pub overflow: u64,
+}
+
+/// Small sets stay small: a workload's list of pids-turned-comms cannot grow without bound.
+const MAX_SET: usize = 16;
+
+fn add(set: &mut BTreeSet<String>, v: Option<&str>) {
+    if let Some(v) = v
+        && set.len() < MAX_SET
+    {
+        set.insert(v.to_owned());
+    }
+}
+
+impl Table {
+    /// Takes one event (`count` occurrences: 1, or a `*_repeated` line's count).
+    pub fn observe(&mut self, v: &Value, count: u64) {
+        let event = v["event"].as_str().unwrap_or("");
+        let base = event.strip_suffix("_repeated").unwrap_or(event);
+        let (connects, findings) = match base {
+            "connect_denied" => (count, 0),
+            "imdsv1_request" | "imds_request_unclassified" => (0, count),
+            _ => return,
+        };
+        let workload = crate::events::workload_name(v);
+        if !self.seen.contains_key(&workload) && self.seen.len() >= MAX_SEEN {
+            self.overflow += count;
+            return;
+        }
+        let s = self.seen.entry(workload.clone()).or_insert_with(|| Seen { workload, ..Seen::default() });
+        s.connects += connects;
+        s.imdsv1 += findings;
+        if s.pod.is_none()
+            && let (Some(ns), Some(name)) = (v["pod"]["namespace"].as_str(), v["pod"]["name"].as_str())
+        {
+            s.pod = Some(Pod { namespace: ns.into(), name: name.into() });
+        }
+        if s.unit.is_none()
+            && let Some(unit) = v["unit"].as_str()
+        {
+            s.unit = Some(unit.into());
+            s.unit_cgroup = v["cgroup"].as_str().and_then(|c| unit_cgroup(c, unit));
+        }
+        if let Some(uid) = v["uid"].as_u64().and_then(|u| u32::try_from(u).ok())
+            && s.uids.len() < MAX_SET
+        {
+            s.uids.insert(uid);
+        }
+        add(&mut s.exes, v["exe"].as_str().map(|e| e.strip_suffix(" (deleted)").unwrap_or(e)));
+        add(&mut s.comms, v["comm"].as_str());
+        add(&mut s.cgroups, v["cgroup"].as_str());
+        let time = v["time"].as_str().or(v["first_time"].as_str()).map(str::to_owned);
+        if s.first_time.is_none() {
+            s.first_time.clone_from(&time);
+        }
+        if time.is_some() {
+            s.last_time = time;
+        }
+    }
+}
+
+impl Observed {
+    pub fn observe(&self, v: &Value, count: u64) {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(v, count);
+    }
+
+    #[must_use]
+    pub fn snapshot(&self) -> Table {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// The unit's own cgroup: `cgroup` cut after the component named `unit`
+/// (`/system.slice/foo.service/sub` → `/system.slice/foo.service`).
+fn unit_cgroup(cgroup: &str, unit: &str) -> Option<String> {
+    let mut out = String::new();
+    for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+        out.push('/');
+        out.push_str(part);
+        if part == unit {
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// What `suggest` starts from besides what was seen: the endpoints and the `[[allow]]` tables of
+/// the current policy (kept as they are, first).
+#[derive(Debug, Default)]
+pub struct Base {
+    pub endpoints: Vec<String>,
+    pub imdsv1: Option<String>,
+    pub tables: Vec<String>,
+}
+
+impl Base {
+    /// The endpoints, top-level `imdsv1` and `[[allow]]` tables of a policy file, each table
+    /// re-written as TOML.
+    pub fn from_policy(file: &crate::config::PolicyFile) -> Self {
+        let mut tables = Vec::new();
+        for t in &file.allow {
+            let t = t.get_ref();
+            let mut s = String::from("[[allow]]\n");
+            let mut kv = |k: &str, v: String| {
+                let _ = writeln!(s, "{k} = {v}");
+            };
+            let q = |x: &toml::Spanned<String>| toml_str(x.get_ref());
+            if let Some(x) = &t.name {
+                kv("name", q(x));
+            }
+            if let Some(x) = &t.uid {
+                kv("uid", x.get_ref().to_string());
+            }
+            if let Some(x) = &t.user {
+                kv("user", q(x));
+            }
+            if let Some(x) = &t.gid {
+                kv("gid", x.get_ref().to_string());
+            }
+            if let Some(x) = &t.group {
+                kv("group", q(x));
+            }
+            if let Some(x) = &t.exe {
+                kv("exe", q(x));
+            }
+            if let Some(x) = &t.cgroup {
+                kv("cgroup", q(x));
+            }
+            if let Some(x) = &t.comm {
+                kv("comm", q(x));
+            }
+            if let Some(x) = &t.imdsv1 {
+                kv("imdsv1", q(x));
+            }
+            tables.push(s);
+        }
+        Base {
+            endpoints: file
+                .endpoints
+                .as_ref()
+                .map(|e| e.get_ref().iter().map(|x| x.get_ref().clone()).collect())
+                .unwrap_or_default(),
+            imdsv1: file.imdsv1.as_ref().map(|x| x.get_ref().clone()),
+            tables,
+        }
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The suggested policy: enforce mode, the base's tables, then one table per workload seen.
+#[must_use]
+pub fn suggest(base: &Base, table: &Table) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Suggested by `imds-guard suggest` from {} workload(s) seen reaching the metadata service\n\
+         # without a rule. Review every table, then install it (imds-guard check --config FILE first).",
+        table.seen.len()
+    );
+    if table.overflow > 0 {
+        let _ = writeln!(
+            out,
+            "# WARNING: {} event(s) came from workloads beyond the {MAX_SEEN} remembered; they are not covered.",
+            table.overflow
+        );
+    }
+    out.push_str("mode = \"enforce\"\n");
+    if !base.endpoints.is_empty() {
+        let eps: Vec<String> = base.endpoints.iter().map(|e| toml_str(e)).collect();
+        let _ = writeln!(out, "endpoints = [{}]", eps.join(", "));
+    }
+    if let Some(v) = &base.imdsv1 {
+        let _ = writeln!(out, "imdsv1 = {}", toml_str(v));
+    }
+    if !base.tables.is_empty() {
+        out.push_str("\n# From the current policy, unchanged.\n");
+        for t in &base.tables {
+            out.push('\n');
+            out.push_str(t);
+        }
+    }
+    let mut seen: Vec<&Seen> = table.seen.values().collect();
+    seen.sort_by_key(|s| (rank(s), s.workload.clone()));
+    for s in seen {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "# {}: {} connect(s){}, {} to {}",
+            s.workload,
+            s.connects,
+            if s.imdsv1 > 0 {
+                format!(
+                    ", STILL USES IMDSv1 ({} tokenless request(s)): move it to IMDSv2, then set imdsv1 = \"deny\"",
+                    s.imdsv1
+                )
+            } else {
+                String::new()
+            },
+            s.first_time.as_deref().unwrap_or("?"),
+            s.last_time.as_deref().unwrap_or("?"),
+        );
+        let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+        let uids = s.uids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(out, "#   seen as: uid {uids}; comm {}; exe {}", list(&s.comms), list(&s.exes));
+        if !s.cgroups.is_empty() {
+            let _ = writeln!(out, "#   cgroups: {}", list(&s.cgroups));
+        }
+        out.push_str("[[allow]]\n");
+        let _ = writeln!(out, "name = {}", toml_str(&format!("seen: {}", s.workload)));
+        if let Some(p) = &s.pod {
+            let _ = writeln!(
+                out,
+                "# covers pod {}/{} only; widen to its owner's name prefix if it is replicated",
+                p.namespace, p.name
+            );
+            let _ = writeln!(out, "pod = {}", toml_str(&format!("{}/{}", p.namespace, p.name)));
+        } else if let Some(c) = &s.unit_cgroup {
+            let _ = writeln!(out, "# covers every process of {}", s.unit.as_deref().unwrap_or("the unit"));
+            let _ = writeln!(out, "cgroup = {}", toml_str(c));
+        } else if let Some(exe) = s.exes.iter().next().filter(|_| s.workload.starts_with("exe:")) {
+            let _ = writeln!(out, "exe = {}", toml_str(exe));
+            if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
+                let _ = writeln!(out, "uid = {uid}   # the only uid seen running it; remove to allow any");
+            }
+        } else if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
+            let _ = writeln!(out, "# no stronger identity was available: covers every process of this uid");
+            let _ = writeln!(out, "uid = {uid}");
+        } else {
+            let _ = writeln!(out, "# no identity to write a rule for: review the events");
+        }
+        if s.imdsv1 > 0 {
+            out.push_str("imdsv1 = \"log\"\n");
+        }
+    }
+    out
+}
+
+/// Order of the suggested tables: pods, units, executables, uids.
+fn rank(s: &Seen) -> u8 {
+    match s.workload.split(':').next() {
+        Some("pod") => 0,
+        Some("unit") => 1,
+        Some("container") => 2,
+        Some("exe") => 3,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn groups_by_strongest_identity() {
+        let mut t = Table::default();
+        let unit = json!({"event": "connect_denied", "uid": 0, "comm": "agent", "exe": "/usr/bin/agent",
+            "unit": "agent.service", "cgroup": "/system.slice/agent.service/worker", "time": "t1"});
+        t.observe(&unit, 1);
+        t.observe(
+            &json!({"event": "connect_denied_repeated", "uid": 0, "comm": "agent", "unit": "agent.service",
+            "cgroup": "/system.slice/agent.service/worker", "count": 41, "first_time": "t2"}),
+            41,
+        );
+        t.observe(
+            &json!({"event": "imdsv1_request", "uid": 1000, "comm": "curl", "exe": "/usr/bin/curl"}),
+            1,
+        );
+        t.observe(
+            &json!({"event": "connect_denied", "uid": 1000, "comm": "curl", "exe": "/usr/bin/curl"}),
+            1,
+        );
+        t.observe(&json!({"event": "connect_denied", "uid": 33, "comm": "x", "exe": null}), 1);
+        t.observe(&json!({"event": "guard_started"}), 1);
+        assert_eq!(t.seen.len(), 3);
+        let u = &t.seen["unit:agent.service"];
+        assert_eq!((u.connects, u.unit_cgroup.as_deref()), (42, Some("/system.slice/agent.service")));
+        let base = Base {
+            endpoints: vec!["aws-imds".into()],
+            imdsv1: None,
+            tables: vec!["[[allow]]\nuid = 0\n".into()],
+        };
+        let policy = suggest(&base, &t);
+        let parsed: toml::Value = toml::from_str(&policy).expect(&policy);
+        let tables = parsed["allow"].as_array().unwrap();
+        assert_eq!(tables.len(), 4, "{policy}");
+        assert_eq!(tables[1]["cgroup"].as_str(), Some("/system.slice/agent.service"));
+        assert_eq!(tables[2]["exe"].as_str(), Some("/usr/bin/curl"));
+        assert_eq!(tables[2]["uid"].as_integer(), Some(1000));
+        assert_eq!(tables[2]["imdsv1"].as_str(), Some("log"));
+        assert_eq!(tables[3]["uid"].as_integer(), Some(33));
+        assert!(policy.contains("STILL USES IMDSv1 (1 tokenless"), "{policy}");
+        assert_eq!(parsed["mode"].as_str(), Some("enforce"));
+    }
+
+    #[test]
+    fn bounded() {
+        let mut t = Table::default();
+        for uid in 0..(MAX_SEEN as u64 + 10) {
+            t.observe(&json!({"event": "connect_denied", "uid": uid}), 1);
+        }
+        assert_eq!((t.seen.len(), t.overflow), (MAX_SEEN, 10));
+    }
+}
