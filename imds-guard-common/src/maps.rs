@@ -1,4 +1,4 @@
-//! Map names (as pinned under `<pin-dir>/maps/`) and capacities. The kernel object declares the maps
+//! Map names (as pinned under `<pin-dir>/maps-<layout>/`) and capacities. The kernel object declares the maps
 //! with these names; the daemon, `status` and `unload` find them by the same names.
 
 /// `Array<Active>`, one entry: which generation of the policy is live.
@@ -24,5 +24,42 @@ pub const SOCKETS_CAPACITY: u32 = 65_536;
 
 /// Room for two full generations of rules (the live one and the one being installed).
 pub const RULES_CAPACITY: u32 = 2 * crate::config::MAX_RULES;
-/// Ring buffer size in bytes (a power of two, a multiple of the page size): ~2,900 connect events.
+/// Ring buffer size in bytes (a power of two, a multiple of the page size): ~2,300 connect events.
 pub const EVENTS_BYTES: u32 = 1024 * 1024;
+
+/// Bumped by hand when a map's meaning changes without its size changing.
+const LAYOUT_REVISION: u64 = 2;
+
+/// Identifies the layout of the pinned maps (their value and key sizes and capacities). Maps are
+/// pinned under `maps-<LAYOUT as 16 hex digits>`: a daemon of the same layout adopts them (state and
+/// counters survive a restart); one of another layout (an upgrade that changed a struct) creates its
+/// own and swaps its programs in, so an upgrade never needs `unload`.
+pub const LAYOUT: u64 = {
+    let parts: [u64; 12] = [
+        LAYOUT_REVISION,
+        size_of::<crate::config::Active>() as u64,
+        size_of::<crate::config::GenConfig>() as u64,
+        crate::config::GENERATION_SLOTS as u64,
+        size_of::<crate::rule::RuleKey>() as u64,
+        size_of::<crate::rule::RuleValue>() as u64,
+        RULES_CAPACITY as u64,
+        EVENTS_BYTES as u64,
+        crate::stats::STAT_COUNT as u64,
+        SOCKETS_CAPACITY as u64,
+        size_of::<crate::event::ConnectEvent>() as u64,
+        size_of::<crate::event::RequestEvent>() as u64,
+    ];
+    // FNV-1a over the parts.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < parts.len() {
+        let mut b = 0;
+        while b < 8 {
+            h ^= (parts[i] >> (8 * b)) & 0xff;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            b += 1;
+        }
+        i += 1;
+    }
+    h
+};

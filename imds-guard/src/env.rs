@@ -92,8 +92,7 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
-    for sub in ["", "maps", "links"] {
-        let d = pin_dir.join(sub);
+    for d in [pin_dir.to_owned(), crate::guard::maps_dir(pin_dir), pin_dir.join("links")] {
         if !d.exists() {
             fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
         }

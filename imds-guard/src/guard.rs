@@ -1,12 +1,16 @@
 //! The one owner of the loaded kernel programs and maps.
 //!
 //! Layout of the pin directory (on a bpffs):
-//!   maps/IMDSG_*      the maps, pinned by name (reused by the next daemon: state survives)
-//!   links/connect4    the bpf_link attaching `imdsg_connect4` to the cgroup
-//!   links/connect6    the bpf_link attaching `imdsg_connect6`
+//!   maps-<layout>/IMDSG_*  the maps, pinned by name, in a directory named after their layout
+//!                          (`imds_guard_common::maps::LAYOUT`); a daemon of the same layout reuses
+//!                          them (state and counters survive a restart)
+//!   links/connect4         the bpf_link attaching `imdsg_connect4` to the cgroup
+//!   links/connect6, links/sockops, links/msg (the last attaches to the sockhash map)
 //! The links keep the programs attached after the daemon exits; only `unload` removes them. A new
 //! daemon that finds the links replaces their programs in place (BPF_LINK_UPDATE): there is no
-//! instant with no program attached.
+//! instant with no program attached. An upgrade whose maps have another layout creates its own
+//! maps, installs the policy in them, swaps its programs into the same links (and attaches the
+//! message hook to its new sockhash), then removes the old maps: still no unguarded instant.
 
 use std::{
     fs::File,
@@ -70,9 +74,42 @@ pub fn link_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("links").join(name)
 }
 
+/// This build's map directory: `maps-<layout>`. (`IMDS_GUARD_LAYOUT_TAG` replaces the layout
+/// part: tests use it to play an upgrade to a binary whose maps have another layout.)
+#[must_use]
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    let tag = std::env::var("IMDS_GUARD_LAYOUT_TAG")
+        .ok()
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| format!("{:016x}", maps::LAYOUT));
+    pin_dir.join(format!("maps-{tag}"))
+}
+
 #[must_use]
 pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
-    pin_dir.join("maps").join(name)
+    maps_dir(pin_dir).join(name)
+}
+
+/// Map directories of other layouts (an earlier version's), oldest naming first.
+#[must_use]
+pub fn other_map_dirs(pin_dir: &Path) -> Vec<PathBuf> {
+    let mine = maps_dir(pin_dir);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(pin_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_dir()
+                        && *p != mine
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n == "maps" || n.starts_with("maps-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }
 
 impl Guard {
@@ -86,8 +123,12 @@ impl Guard {
         exe_offsets: Option<ExeOffsets>,
     ) -> anyhow::Result<(Self, Attachment)> {
         let cgroup_id = crate::env::cgroup_id(cgroup)?;
+        let maps_dir = maps_dir(pin_dir);
+        // No maps of this layout yet: this daemon makes them (first start, or an upgrade).
+        let fresh_maps = !maps_dir.join(maps::ACTIVE).exists();
+        let old_maps = other_map_dirs(pin_dir);
         let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir.join("maps"))
+            .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!(e))
             .context(
@@ -105,6 +146,8 @@ impl Guard {
             .fd()
             .try_clone()?;
         let mut attachment = Attachment::Attached;
+        // The message hook's link of an upgrade, pinned beside the old one until all is swapped.
+        let mut new_msg_link = None;
         for (prog_name, link_name) in PROGRAMS {
             let link_path = link_pin(pin_dir, link_name);
             let adopt = link_path.exists();
@@ -132,7 +175,7 @@ impl Guard {
                 Program::SockOps(p) => cgroup_link!(p),
                 Program::SkMsg(p) => {
                     p.load().with_context(|| format!("loading {prog_name} (verifier)"))?;
-                    if adopt {
+                    if adopt && !fresh_maps {
                         None
                     } else {
                         let id = p.attach(&sockets)?;
@@ -147,6 +190,19 @@ impl Guard {
             };
             tracing::debug!(program = prog_name, ms = t.elapsed().as_secs_f64() * 1e3, "loaded (verified)");
             match fresh {
+                Some(link) if adopt => {
+                    // An upgrade: the old link is attached to the old sockhash; this one to the new
+                    // sockhash, which the new sockops program (swapped in below) fills. It takes the
+                    // old link's pin once everything is swapped.
+                    // (bpffs reserves '.' in names.)
+                    let tmp = link_path.with_file_name(format!("{link_name}_new"));
+                    let _ = std::fs::remove_file(&tmp);
+                    link.pin(&tmp)
+                        .map_err(|e| anyhow!("{e}"))
+                        .with_context(|| format!("pinning {}", tmp.display()))?;
+                    new_msg_link = Some((tmp, link_path));
+                    attachment = Attachment::Adopted;
+                }
                 Some(link) => {
                     link.pin(&link_path)
                         .map_err(|e| anyhow!("{e}"))
@@ -159,6 +215,23 @@ impl Guard {
                         .with_context(|| format!("replacing the program of {}", link_path.display()))?;
                     attachment = Attachment::Adopted;
                 }
+            }
+        }
+        if let Some((tmp, path)) = new_msg_link {
+            // rename(2) on bpffs replaces the old pin in one step; the old link, attached to the old
+            // sockhash, goes with its last reference.
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("replacing {} with {}", path.display(), tmp.display()))?;
+        }
+        if !old_maps.is_empty() {
+            if attachment == Attachment::Adopted {
+                tracing::info!(
+                    ?old_maps,
+                    "upgraded: programs swapped onto maps of a new layout; removing the old maps"
+                );
+            }
+            for d in &old_maps {
+                remove_map_dir(d);
             }
         }
         Ok((guard, attachment))
@@ -242,4 +315,19 @@ fn remove_where(
         }
     }
     Ok(())
+}
+
+/// Unpins every map in `dir` and removes it (a map lives on while a program still uses it).
+pub fn remove_map_dir(dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => removed.push(format!("map {}", e.path().display())),
+            Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+        }
+    }
+    if let Err(err) = std::fs::remove_dir(dir) {
+        tracing::warn!("cannot remove {}: {err}", dir.display());
+    }
+    removed
 }

@@ -30,6 +30,7 @@ pub struct PinnedMaps {
 
 pub fn open_maps(pin_dir: &Path) -> anyhow::Result<PinnedMaps> {
     if !map_pin(pin_dir, maps::ACTIVE).exists() {
+        not_mine(pin_dir)?;
         anyhow::bail!("nothing is pinned in {}: imds-guard is not enforcing there", pin_dir.display());
     }
     let active: Array<_, Active> = Array::try_from(open(pin_dir, maps::ACTIVE)?)?;
@@ -65,6 +66,9 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
     if links.is_empty() && !map_pin(pin_dir, maps::ACTIVE).exists() {
         anyhow::bail!("nothing is pinned in {}: imds-guard is not enforcing there", pin_dir.display());
     }
+    if !map_pin(pin_dir, maps::ACTIVE).exists() {
+        not_mine(pin_dir)?;
+    }
     let PinnedMaps { active, config, rules } = open_maps(pin_dir)?;
     let cfg = config.get(&(active.generation % GENERATION_SLOTS), 0)?;
     let rule_entries =
@@ -98,6 +102,19 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
     })
 }
 
+/// Fails, saying so, when the maps in `pin_dir` are of another imds-guard version's layout.
+fn not_mine(pin_dir: &Path) -> anyhow::Result<()> {
+    if let Some(d) = crate::guard::other_map_dirs(pin_dir).first() {
+        anyhow::bail!(
+            "the maps in {} were made by an imds-guard version with another map layout, which this \
+             binary cannot read; enforcement is unaffected. Restart the daemon with this version to \
+             upgrade them in place, or use the matching `imds-guard` binary",
+            d.display()
+        );
+    }
+    Ok(())
+}
+
 /// The kernel programs' counters, summed over CPUs.
 pub fn counters(pin_dir: &Path) -> anyhow::Result<std::collections::BTreeMap<&'static str, u64>> {
     let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(open(pin_dir, maps::STATS)?)?;
@@ -113,12 +130,17 @@ pub fn counters(pin_dir: &Path) -> anyhow::Result<std::collections::BTreeMap<&'s
 /// the map pins and directories. Returns what was removed.
 pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
-    for (_, l) in PROGRAMS {
-        let p = link_pin(pin_dir, l);
+    // `<link>_new`: an upgrade's new message-hook link, if one was interrupted before taking over.
+    let names = PROGRAMS.iter().flat_map(|(_, l)| [(*l).to_owned(), format!("{l}_new")]);
+    for l in names {
+        let p = link_pin(pin_dir, &l);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             removed.push(format!("link {} (program detached)", p.display()));
         }
+    }
+    for d in crate::guard::other_map_dirs(pin_dir) {
+        removed.extend(crate::guard::remove_map_dir(&d));
     }
     for name in maps::ALL {
         let p = map_pin(pin_dir, name);
@@ -127,7 +149,7 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
             removed.push(format!("map {}", p.display()));
         }
     }
-    for d in [pin_dir.join("links"), pin_dir.join("maps"), pin_dir.to_owned()] {
+    for d in [pin_dir.join("links"), crate::guard::maps_dir(pin_dir), pin_dir.to_owned()] {
         if d.exists() {
             std::fs::remove_dir(&d).with_context(|| {
                 format!("removing {} (it holds pins imds-guard did not make)", d.display())

@@ -130,3 +130,76 @@ fn reload_switches_policy_and_a_broken_one_keeps_the_old() {
     assert_eq!(st["generation"], last["generation"]);
     assert_eq!(st["rule_entries"], 1, "the old generation's rules are gone");
 }
+
+/// A denied identity connecting every 0.5 ms never gets through while the daemon is SIGKILLed,
+/// restarted, and upgraded twice to binaries whose maps have another layout (new maps, programs
+/// swapped into the same links, the message hook moved to the new sockhash, old maps removed).
+#[test]
+fn a_denied_storm_gets_nothing_across_sigkill_restart_and_upgrades() {
+    let Some(sb) = Sandbox::new("upgrade_storm", ImdsMode::Optional) else {
+        return;
+    };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let old = [("IMDS_GUARD_LAYOUT_TAG", "oldlayout")];
+    let d = sb.daemon_wrapped(&policy, &[], &old);
+    let storm = sb
+        .client(NOBODY, NOBODY)
+        .command(imds_guard_tests::client::connect_bin().to_str().unwrap())
+        .args(["storm", "169.254.169.254", "80", "9000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    d.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    // Restart, same layout: adopted.
+    let d = sb.daemon_wrapped(&policy, &[], &old);
+    let e = d.wait_event(Duration::from_secs(1), |e| e["event"] == "guard_started").unwrap();
+    assert_eq!(e["attachment"], "adopted");
+    std::thread::sleep(Duration::from_millis(500));
+    d.kill();
+    // Upgrade: another layout.
+    let d = sb.daemon_wrapped(&policy, &[], &[("IMDS_GUARD_LAYOUT_TAG", "newlayout")]);
+    let e = d.wait_event(Duration::from_secs(1), |e| e["event"] == "guard_started").unwrap();
+    assert_eq!(e["attachment"], "adopted", "the links were kept: {e}");
+    assert!(sb.pin_dir().join("maps-newlayout").is_dir());
+    assert!(!sb.pin_dir().join("maps-oldlayout").exists(), "old maps removed");
+    std::thread::sleep(Duration::from_millis(800));
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).success());
+    // And to this build's real layout.
+    let d = sb.daemon(&policy);
+    assert_eq!(
+        d.wait_event(Duration::from_secs(1), |e| e["event"] == "guard_started").unwrap()["attachment"],
+        "adopted"
+    );
+    assert!(!sb.pin_dir().join("maps-newlayout").exists());
+
+    let out = storm.wait_with_output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("storm result");
+    let counts = line["storm"].as_object().unwrap();
+    assert!(counts.get("connected").is_none(), "a denied connect got through: {line}");
+    assert!(counts["EPERM"].as_u64().unwrap() > 1000, "{line}");
+    assert_eq!(counts.len(), 1, "only EPERM: {line}");
+    assert_eq!(
+        sb.attached_programs().matches("imdsg_").count(),
+        3,
+        "connect4, connect6, sockops: {}",
+        sb.attached_programs()
+    );
+
+    // Request inspection works on the new sockhash: a tokenless GET by root is reported.
+    let res = sb.client(0, 0).steps(
+        imds_guard_tests::client::connect_bin().to_str().unwrap(),
+        None,
+        &["get", "169.254.169.254", "80", "/latest/meta-data/", "1"],
+    );
+    assert_eq!(res[0]["get"]["200"], 1);
+    assert!(
+        d.wait_event(Duration::from_secs(5), |e| e["event"] == "imdsv1_request").is_some(),
+        "{:?}",
+        d.events()
+    );
+    let st = sb.cli(&["status", "--json", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
+    assert!(st.status.success(), "{st:?}");
+}
