@@ -55,3 +55,133 @@ impl GenConfig {
         false
     }
 }
+
+/// A necessary condition for being one of a generation's endpoints, checked before anything else
+/// so that a connect to anywhere else costs two loads and a compare: the address must agree with
+/// the endpoints on every bit in which they all agree (`addr & mask == net`). Any mask is sound;
+/// with the default endpoints it is exact. IPv6 is filtered on its first word; an IPv4-mapped
+/// address on the IPv4 filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefilter {
+    pub v4_net: u32,
+    pub v4_mask: u32,
+    pub v6_net: u32,
+    pub v6_mask: u32,
+}
+
+/// What the programs read without a map lookup (a global of theirs): the live generation and the
+/// prefilter of each config slot. Written by the daemon in the same order as the maps (the slot's
+/// filter before the switch), so a reader sees the filter of the generation it then judges by, or
+/// of the one before (as if it had run a moment earlier).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fast {
+    pub generation: u32,
+    pub _pad: u32,
+    pub filters: [Prefilter; crate::config::GENERATION_SLOTS as usize],
+}
+
+/// No address passes (`x & 0 == 1` never holds).
+const NONE_NET: u32 = 1;
+
+fn agree(words: impl Iterator<Item = u32>) -> (u32, u32) {
+    let mut first = None;
+    let mut differ = 0u32;
+    for w in words {
+        let f = *first.get_or_insert(w);
+        differ |= f ^ w;
+    }
+    match first {
+        Some(f) => (f & !differ, !differ),
+        None => (NONE_NET, 0),
+    }
+}
+
+impl Prefilter {
+    /// The filter of a generation's endpoints.
+    #[must_use]
+    pub fn of(cfg: &GenConfig) -> Self {
+        let (v4_net, v4_mask) = agree(cfg.v4[..(cfg.v4_count as usize).min(MAX_V4)].iter().copied());
+        let (v6_net, v6_mask) = agree(cfg.v6[..(cfg.v6_count as usize).min(MAX_V6)].iter().map(|w| w[0]));
+        Prefilter { v4_net, v4_mask, v6_net, v6_mask }
+    }
+
+    /// `ip` in network byte order: false means "certainly not an endpoint".
+    #[inline(always)]
+    #[must_use]
+    pub const fn may_be_v4(&self, ip: u32) -> bool {
+        ip & self.v4_mask == self.v4_net
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn may_be_v6(&self, ip: [u32; 4]) -> bool {
+        if ip[0] == 0 && ip[1] == 0 && ip[2] == v4_mapped_marker() {
+            return self.may_be_v4(ip[3]);
+        }
+        ip[0] & self.v6_mask == self.v6_net
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn cfg(v4: &[[u8; 4]], v6: &[std::net::Ipv6Addr]) -> GenConfig {
+        let mut c = GenConfig::default();
+        for (i, a) in v4.iter().enumerate() {
+            c.v4[i] = u32::from_ne_bytes(*a);
+        }
+        c.v4_count = v4.len() as u32;
+        for (i, a) in v6.iter().enumerate() {
+            let o = a.octets();
+            for w in 0..4 {
+                c.v6[i][w] = u32::from_ne_bytes(o[4 * w..4 * w + 4].try_into().unwrap());
+            }
+        }
+        c.v6_count = v6.len() as u32;
+        c
+    }
+
+    fn words(a: std::net::Ipv6Addr) -> [u32; 4] {
+        let o = a.octets();
+        core::array::from_fn(|w| u32::from_ne_bytes(o[4 * w..4 * w + 4].try_into().unwrap()))
+    }
+
+    #[test]
+    fn every_endpoint_passes_and_other_traffic_does_not() {
+        let v6: Vec<std::net::Ipv6Addr> =
+            ["fd00:ec2::254", "fd00:ec2::23"].iter().map(|s| s.parse().unwrap()).collect();
+        let c = cfg(&[[169, 254, 169, 254], [169, 254, 170, 2], [169, 254, 170, 23]], &v6);
+        let f = Prefilter::of(&c);
+        for i in 0..c.v4_count as usize {
+            assert!(f.may_be_v4(c.v4[i]) && c.is_endpoint_v4(c.v4[i]));
+            let mapped = [0, 0, v4_mapped_marker(), c.v4[i]];
+            assert!(f.may_be_v6(mapped));
+        }
+        for a in &v6 {
+            assert!(f.may_be_v6(words(*a)));
+        }
+        for other in [[127, 0, 0, 1], [10, 0, 0, 1], [8, 8, 8, 8], [0, 0, 0, 0]] {
+            assert!(!f.may_be_v4(u32::from_ne_bytes(other)), "{other:?}");
+        }
+        assert!(!f.may_be_v6(words("::1".parse().unwrap())));
+        assert!(!f.may_be_v6(words("2001:db8::1".parse().unwrap())));
+        // Sound for any set: whatever passes the exact check passes the filter.
+        let odd = cfg(&[[1, 2, 3, 4], [200, 100, 50, 25]], &[]);
+        let f = Prefilter::of(&odd);
+        assert!(f.may_be_v4(odd.v4[0]) && f.may_be_v4(odd.v4[1]));
+        assert!(!f.may_be_v6(words("fd00:ec2::254".parse().unwrap())), "no v6 endpoints: nothing passes");
+        let none = Prefilter::of(&GenConfig::default());
+        assert!(!none.may_be_v4(0) && !none.may_be_v4(u32::MAX));
+    }
+
+    #[test]
+    fn default_filter_lets_everything_through_to_the_exact_check() {
+        let f = Prefilter::default();
+        assert!(f.may_be_v4(u32::from_ne_bytes([127, 0, 0, 1])));
+    }
+}

@@ -24,5 +24,6 @@ mod pod {
     unsafe impl aya::Pod for crate::rule::RuleValue {}
     unsafe impl aya::Pod for crate::config::GenConfig {}
     unsafe impl aya::Pod for crate::config::Active {}
+    unsafe impl aya::Pod for crate::endpoint::Fast {}
     unsafe impl aya::Pod for crate::sock::SockState {}
 }

@@ -16,6 +16,10 @@ pub const STATS: &str = "IMDSG_STATS";
 /// the message hook is attached to it, so it sees metadata traffic and nothing else.
 pub const SOCKETS: &str = "IMDSG_SOCKETS";
 
+/// The programs' global [`crate::endpoint::Fast`] (its section, loaded as a one-entry array map;
+/// not pinned: each loaded program set has its own, written by the daemon that loaded it).
+pub const FAST: &str = ".data.imdsg";
+
 /// All maps the daemon pins, in the order `unload` removes them.
 pub const ALL: [&str; 6] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS];
 

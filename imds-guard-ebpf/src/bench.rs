@@ -26,3 +26,39 @@ pub fn bench_sockops(_ctx: SockOpsContext) -> u32 {
 pub fn bench_msg(_ctx: SkMsgContext) -> u32 {
     1
 }
+
+/// An empty program that also reads the destination address and port, as any program that judges
+/// a connect must (the context loads are rewritten by the verifier into loads from the kernel's
+/// `sockaddr`): the floor for "judging a connect at all".
+#[cgroup_sock_addr(connect4)]
+pub fn bench_connect4_addr(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context of a cgroup/connect4 program is a bpf_sock_addr; volatile so the loads
+    // are kept.
+    let (ip, port) = unsafe {
+        use core::ptr::{addr_of, read_volatile};
+        (
+            read_volatile(addr_of!((*ctx.sock_addr).user_ip4)),
+            read_volatile(addr_of!((*ctx.sock_addr).user_port)),
+        )
+    };
+    // Never true for a real connect (port is 16 bits): keeps the values used.
+    if ip == u32::MAX && port == u32::MAX { 0 } else { 1 }
+}
+
+/// As [`bench_connect4_addr`], for connect6 (four address words and the port).
+#[cgroup_sock_addr(connect6)]
+pub fn bench_connect6_addr(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above; user_ip6 only as 32-bit loads.
+    let (a, b, c, d, port) = unsafe {
+        use core::ptr::{addr_of, read_volatile as rd};
+        let sa = ctx.sock_addr;
+        (
+            rd(addr_of!((*sa).user_ip6[0])),
+            rd(addr_of!((*sa).user_ip6[1])),
+            rd(addr_of!((*sa).user_ip6[2])),
+            rd(addr_of!((*sa).user_ip6[3])),
+            rd(addr_of!((*sa).user_port)),
+        )
+    };
+    if (a & b & c & d) == u32::MAX && port == u32::MAX { 0 } else { 1 }
+}

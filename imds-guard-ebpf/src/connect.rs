@@ -21,18 +21,21 @@ use imds_guard_common::{
 
 use core::{ffi::c_void, ptr::addr_of_mut};
 
-use crate::maps::{CONFIG, EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config};
+use crate::maps::{CONFIG, EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config, prefilter};
 
 /// Lets the connect through: not a metadata endpoint, or no policy loaded.
 const PASS: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn imdsg_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context of a cgroup/connect4 program is a bpf_sock_addr.
+    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+    if !prefilter().may_be_v4(ip) {
+        return PASS;
+    }
     let Some(cfg) = live_config() else {
         return PASS;
     };
-    // SAFETY: the context of a cgroup/connect4 program is a bpf_sock_addr.
-    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
     if !cfg.is_endpoint_v4(ip) {
         return PASS;
     }
@@ -43,14 +46,17 @@ pub fn imdsg_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
-    let Some(cfg) = live_config() else {
-        return PASS;
-    };
     // SAFETY: the context of a cgroup/connect6 program is a bpf_sock_addr. The verifier allows
     // user_ip6 only as 32-bit loads, one word at a time.
     let ip = unsafe {
         let sa = ctx.sock_addr;
         [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]
+    };
+    if !prefilter().may_be_v6(ip) {
+        return PASS;
+    }
+    let Some(cfg) = live_config() else {
+        return PASS;
     };
     if !cfg.is_endpoint_v6(ip) {
         return PASS;

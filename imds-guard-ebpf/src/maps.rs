@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
+    endpoint::{Fast, Prefilter},
     maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
     sock::SockState,
@@ -34,6 +35,35 @@ pub static SOCKETS: SockHash<u64> = SockHash::pinned(SOCKETS_CAPACITY, 0);
 /// Per-socket state of connections to metadata endpoints; freed with the socket.
 #[btf_map]
 pub static IMDSG_SOCKSTATE: SkStorage<SockState> = SkStorage::new();
+
+/// The live generation and each config slot's endpoint prefilter, as a global: read with plain
+/// loads, no map lookup, so that a connect to anything but an endpoint is over quickly. Alone in
+/// its section, which the daemon writes as the map `.data.imdsg`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.imdsg")]
+pub static mut IMDSG_FAST: Fast = Fast {
+    generation: 0,
+    _pad: 0,
+    // Until the daemon writes it: everything passes on to the exact check.
+    filters: [Prefilter { v4_net: 0, v4_mask: 0, v6_net: 0, v6_mask: 0 }; GENERATION_SLOTS as usize],
+};
+
+/// The prefilter of the live generation.
+#[inline(always)]
+pub fn prefilter() -> Prefilter {
+    // SAFETY: volatile reads of a global the daemon rewrites; each field is an aligned u32.
+    unsafe {
+        use core::ptr::{addr_of, read_volatile as rd};
+        let g = rd(addr_of!(IMDSG_FAST.generation));
+        let f = addr_of!(IMDSG_FAST.filters[(g % GENERATION_SLOTS) as usize]);
+        Prefilter {
+            v4_net: rd(addr_of!((*f).v4_net)),
+            v4_mask: rd(addr_of!((*f).v4_mask)),
+            v6_net: rd(addr_of!((*f).v6_net)),
+            v6_mask: rd(addr_of!((*f).v6_mask)),
+        }
+    }
+}
 
 /// The live generation's config.
 #[inline(always)]

@@ -27,6 +27,7 @@ use aya::{
 };
 use imds_guard_common::{
     config::{Active, ExeOffsets, GenConfig},
+    endpoint::{Fast, Prefilter},
     maps,
     rule::{RuleKey, RuleValue},
 };
@@ -67,6 +68,8 @@ pub struct Guard {
     generation: u32,
     /// From the kernel's BTF; `None` when it could not be read (exe rules are then refused).
     exe_offsets: Option<ExeOffsets>,
+    /// What the programs' global holds (written whole on every change).
+    fast: Fast,
 }
 
 #[must_use]
@@ -136,8 +139,15 @@ impl Guard {
                  from an incompatible version: `imds-guard unload` removes them)",
             )?;
         let barrier = RcuBarrier::new().context("creating the RCU barrier map")?;
-        let mut guard =
-            Guard { ebpf, pin_dir: pin_dir.to_owned(), cgroup_id, barrier, generation: 0, exe_offsets };
+        let mut guard = Guard {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            cgroup_id,
+            barrier,
+            generation: 0,
+            exe_offsets,
+            fast: Fast::default(),
+        };
         guard.apply(policy).context("installing the policy")?;
 
         let cgroup_file =
@@ -256,7 +266,9 @@ impl Guard {
                  cannot find a process's executable without guessing kernel struct layouts; refusing the policy"
             );
         }
-        let [active, config, rules] = self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES]);
+        let [active, config, rules, fast] =
+            self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES, maps::FAST]);
+        let mut fast: Array<_, Fast> = Array::try_from(fast.context("the programs' global (.data.imdsg)")?)?;
         let mut active: Array<_, Active> = Array::try_from(active.context("ACTIVE map")?)?;
         let mut config: Array<_, GenConfig> = Array::try_from(config.context("CONFIG map")?)?;
         let mut rules: HashMap<_, RuleKey, RuleValue> = HashMap::try_from(rules.context("RULES map")?)?;
@@ -284,9 +296,15 @@ impl Guard {
             }
         }
         tracing::debug!(rules = entries.len(), "rules written");
-        config.set(next % imds_guard_common::config::GENERATION_SLOTS, &cfg, 0)?;
-        // The switch: one 8-byte map update.
+        let slot = next % imds_guard_common::config::GENERATION_SLOTS;
+        config.set(slot, &cfg, 0)?;
+        // The new slot's prefilter, before the switch (the live slot's bytes are rewritten unchanged).
+        self.fast.filters[slot as usize] = Prefilter::of(&cfg);
+        fast.set(0, &self.fast, 0)?;
+        // The switch: one 8-byte map update, then its mirror in the programs' global.
         active.set(0, &Active { generation: next, _pad: 0 }, 0)?;
+        self.fast.generation = next;
+        fast.set(0, &self.fast, 0)?;
         // Programs that read the old generation have all returned after this.
         self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
         tracing::debug!("switched; waiting for running programs");
