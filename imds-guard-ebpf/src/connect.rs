@@ -21,7 +21,9 @@ use imds_guard_common::{
 
 use core::{ffi::c_void, ptr::addr_of_mut};
 
-use crate::maps::{CONFIG, EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config, prefilter};
+use crate::maps::{
+    CONFIG, EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config, may_be_endpoint_v4, may_be_endpoint_v6,
+};
 
 /// Lets the connect through: not a metadata endpoint, or no policy loaded.
 const PASS: i32 = 1;
@@ -30,7 +32,7 @@ const PASS: i32 = 1;
 pub fn imdsg_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context of a cgroup/connect4 program is a bpf_sock_addr.
     let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
-    if !prefilter().may_be_v4(ip) {
+    if !may_be_endpoint_v4(ip) {
         return PASS;
     }
     let Some(cfg) = live_config() else {
@@ -52,7 +54,7 @@ pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
         let sa = ctx.sock_addr;
         [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]
     };
-    if !prefilter().may_be_v6(ip) {
+    if !may_be_endpoint_v6(ip) {
         return PASS;
     }
     let Some(cfg) = live_config() else {

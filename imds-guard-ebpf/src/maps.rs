@@ -48,21 +48,42 @@ pub static mut IMDSG_FAST: Fast = Fast {
     filters: [Prefilter { v4_net: 0, v4_mask: 0, v6_net: 0, v6_mask: 0 }; GENERATION_SLOTS as usize],
 };
 
-/// The prefilter of the live generation.
+/// The live generation's prefilter.
 #[inline(always)]
-pub fn prefilter() -> Prefilter {
-    // SAFETY: volatile reads of a global the daemon rewrites; each field is an aligned u32.
+fn live_filter() -> *const Prefilter {
+    // SAFETY: a volatile read of an aligned u32 of a global the daemon rewrites.
     unsafe {
-        use core::ptr::{addr_of, read_volatile as rd};
-        let g = rd(addr_of!(IMDSG_FAST.generation));
-        let f = addr_of!(IMDSG_FAST.filters[(g % GENERATION_SLOTS) as usize]);
-        Prefilter {
-            v4_net: rd(addr_of!((*f).v4_net)),
-            v4_mask: rd(addr_of!((*f).v4_mask)),
-            v6_net: rd(addr_of!((*f).v6_net)),
-            v6_mask: rd(addr_of!((*f).v6_mask)),
-        }
+        use core::ptr::{addr_of, read_volatile};
+        let g = read_volatile(addr_of!(IMDSG_FAST.generation));
+        addr_of!(IMDSG_FAST.filters[(g % GENERATION_SLOTS) as usize])
     }
+}
+
+/// False: `ip` (network order) is certainly not an endpoint of the live generation.
+#[inline(always)]
+pub fn may_be_endpoint_v4(ip: u32) -> bool {
+    let f = live_filter();
+    // SAFETY: volatile reads of aligned u32s of the global.
+    let (net, mask) = unsafe {
+        use core::ptr::{addr_of, read_volatile as rd};
+        (rd(addr_of!((*f).v4_net)), rd(addr_of!((*f).v4_mask)))
+    };
+    Prefilter { v4_net: net, v4_mask: mask, v6_net: 0, v6_mask: 0 }.may_be_v4(ip)
+}
+
+/// As [`may_be_endpoint_v4`], for an AF_INET6 destination (IPv4-mapped ones on the IPv4 filter).
+#[inline(always)]
+pub fn may_be_endpoint_v6(ip: [u32; 4]) -> bool {
+    if ip[0] == 0 && ip[1] == 0 && ip[2] == imds_guard_common::endpoint::v4_mapped_marker() {
+        return may_be_endpoint_v4(ip[3]);
+    }
+    let f = live_filter();
+    // SAFETY: as above.
+    let (net, mask) = unsafe {
+        use core::ptr::{addr_of, read_volatile as rd};
+        (rd(addr_of!((*f).v6_net)), rd(addr_of!((*f).v6_mask)))
+    };
+    ip[0] & mask == net
 }
 
 /// The live generation's config.
