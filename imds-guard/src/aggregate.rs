@@ -30,6 +30,13 @@ struct Key {
     path: Vec<u8>,
 }
 
+/// A kernel record's key, or the key of an event from elsewhere (NFLOG), given by its source.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum AnyKey {
+    Kernel(Key),
+    Other(String),
+}
+
 struct Entry {
     first: Instant,
     repeats: u64,
@@ -39,7 +46,7 @@ struct Entry {
 
 pub struct Aggregator {
     window: Duration,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<AnyKey, Entry>,
     /// Ended windows with repeats, replaced by a new first occurrence before `flush` reported them.
     pending: Vec<Entry>,
     /// Events written out individually, and repeats counted instead.
@@ -102,7 +109,16 @@ impl Aggregator {
             return false;
         }
         let Some(k) = key(bytes) else { return false };
-        match self.entries.get_mut(&k) {
+        self.repeat(&AnyKey::Kernel(k), now)
+    }
+
+    /// [`Aggregator::is_repeat`] for an event that is not a kernel record, identified by `key`.
+    pub fn is_repeat_keyed(&mut self, key: &str, now: Instant) -> bool {
+        !self.window.is_zero() && self.repeat(&AnyKey::Other(key.to_owned()), now)
+    }
+
+    fn repeat(&mut self, k: &AnyKey, now: Instant) -> bool {
+        match self.entries.get_mut(k) {
             Some(e) if now.duration_since(e.first) < self.window => {
                 e.repeats += 1;
                 self.aggregated += 1;
@@ -118,8 +134,21 @@ impl Aggregator {
         if self.window.is_zero() {
             return;
         }
-        if let Some(k) = key(bytes)
-            && let Some(old) = self.entries.insert(k, Entry { first: now, repeats: 0, sample: report })
+        if let Some(k) = key(bytes) {
+            self.first(AnyKey::Kernel(k), report, now);
+        }
+    }
+
+    /// [`Aggregator::delivered`] for an event identified by `key`.
+    pub fn delivered_keyed(&mut self, key: String, report: Value, now: Instant) {
+        self.delivered += 1;
+        if !self.window.is_zero() {
+            self.first(AnyKey::Other(key), report, now);
+        }
+    }
+
+    fn first(&mut self, k: AnyKey, report: Value, now: Instant) {
+        if let Some(old) = self.entries.insert(k, Entry { first: now, repeats: 0, sample: report })
             && old.repeats > 0
         {
             // Its window ended before `flush` came round: keep its count for the next report.

@@ -16,6 +16,8 @@ pub mod events;
 pub mod guard;
 pub mod identity;
 pub mod logging;
+pub mod netfilter;
+pub mod nflog;
 pub mod pinned;
 pub mod policy;
 pub mod preexisting;
