@@ -107,8 +107,9 @@ impl Net {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let addr: IpAddr =
-            addr.parse().map_err(|_| format!("`{text}` is not an IP address or prefix (a.b.c.d/n, x:y::/n)"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{text}` is not an IP address or prefix (a.b.c.d/n, x:y::/n)"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
@@ -123,7 +124,9 @@ impl Net {
             IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(len))),
         };
         if masked != addr {
-            return Err(format!("`{text}` has bits set past the prefix length; did you mean `{masked}/{len}`?"));
+            return Err(format!(
+                "`{text}` has bits set past the prefix length; did you mean `{masked}/{len}`?"
+            ));
         }
         Ok(Net { addr, len })
     }
@@ -182,7 +185,10 @@ impl Settings {
             if net.len == 0 {
                 return Err(source.error_at(
                     Some(n.span()),
-                    format!("`{}` would let every forwarded packet through; use forward = false instead", n.get_ref()),
+                    format!(
+                        "`{}` would let every forwarded packet through; use forward = false instead",
+                        n.get_ref()
+                    ),
                 ));
             }
             if !s.forward_allow_sources.contains(&net) {
@@ -220,13 +226,19 @@ impl Settings {
 fn check_ifname(name: &str) -> Result<(), String> {
     let body = name.strip_suffix('*').unwrap_or(name);
     if name.is_empty() || name.len() > 15 {
-        return Err(format!("interface `{name}` must be 1 to 15 bytes (the kernel's limit for interface names)"));
+        return Err(format!(
+            "interface `{name}` must be 1 to 15 bytes (the kernel's limit for interface names)"
+        ));
     }
     if body.is_empty() {
         return Err("interface `*` would match every interface; use forward = false instead".into());
     }
-    if let Some(c) = body.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '"' | '\\' | '*')) {
-        return Err(format!("interface `{name}` contains {c:?}, which no interface name has (only a trailing `*` is a wildcard)"));
+    if let Some(c) =
+        body.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '"' | '\\' | '*'))
+    {
+        return Err(format!(
+            "interface `{name}` contains {c:?}, which no interface name has (only a trailing `*` is a wildcard)"
+        ));
     }
     Ok(())
 }
@@ -320,7 +332,11 @@ fn chain(name: &'static str) -> NfListObject<'static> {
     })
 }
 
-fn rule(chain: &'static str, expr: Vec<Statement<'static>>, comment: Option<String>) -> NfListObject<'static> {
+fn rule(
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+    comment: Option<String>,
+) -> NfListObject<'static> {
     NfListObject::Rule(schema::Rule {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -470,14 +486,11 @@ impl Plan {
             objects.push(chain(OUTPUT_ENDPOINTS));
             objects.extend(endpoint_jumps(policy, OUTPUT, OUTPUT_ENDPOINTS));
             for r in policy.installed() {
-                let unsupported: Vec<&str> = [
-                    (r.exe.is_some(), "exe"),
-                    (r.cgroup.is_some(), "cgroup"),
-                    (r.comm.is_some(), "comm"),
-                ]
-                .into_iter()
-                .filter_map(|(has, k)| has.then_some(k))
-                .collect();
+                let unsupported: Vec<&str> =
+                    [(r.exe.is_some(), "exe"), (r.cgroup.is_some(), "cgroup"), (r.comm.is_some(), "comm")]
+                        .into_iter()
+                        .filter_map(|(has, k)| has.then_some(k))
+                        .collect();
                 if !unsupported.is_empty() {
                     not_enforced.push(NotEnforced {
                         rule: r.index,
@@ -498,14 +511,19 @@ impl Plan {
                     expr.push(eq(meta(MetaKey::Skgid), Expression::Number(gid)));
                 }
                 expr.push(Statement::Return(None));
-                objects.push(rule(OUTPUT_ENDPOINTS, expr, Some(format!("imds-guard: allow[{}] {}", r.index, r.name))));
+                objects.push(rule(
+                    OUTPUT_ENDPOINTS,
+                    expr,
+                    Some(format!("imds-guard: allow[{}] {}", r.index, r.name)),
+                ));
                 if r.imdsv1 == imds_guard_common::rule::Imdsv1Action::Deny {
                     not_enforced.push(NotEnforced {
                         rule: r.index,
                         name: r.name.clone(),
-                        reason: "imdsv1 = \"deny\" needs the message hook: tokenless requests of this workload \
+                        reason:
+                            "imdsv1 = \"deny\" needs the message hook: tokenless requests of this workload \
                                  go through, unreported"
-                            .into(),
+                                .into(),
                     });
                 }
             }
@@ -609,8 +627,9 @@ fn nft_error(e: NftablesError, what: &str) -> anyhow::Error {
 /// Reads the table (`None` when it does not exist) in this network namespace. Only this table is
 /// listed; other tables are neither read nor parsed.
 pub fn existing() -> anyhow::Result<Option<Existing>> {
-    let tables = nftables::helper::get_current_ruleset_raw(nftables::helper::DEFAULT_NFT, ["list", "tables", "inet"])
-        .map_err(|e| nft_error(e, "listing nftables tables"))?;
+    let tables =
+        nftables::helper::get_current_ruleset_raw(nftables::helper::DEFAULT_NFT, ["list", "tables", "inet"])
+            .map_err(|e| nft_error(e, "listing nftables tables"))?;
     let tables: serde_json::Value = serde_json::from_str(&tables).context("nft -j list tables: not JSON")?;
     let present = tables["nftables"]
         .as_array()
@@ -618,9 +637,11 @@ pub fn existing() -> anyhow::Result<Option<Existing>> {
     if !present {
         return Ok(None);
     }
-    let raw =
-        nftables::helper::get_current_ruleset_raw(nftables::helper::DEFAULT_NFT, ["list", "table", "inet", TABLE])
-            .map_err(|e| nft_error(e, "listing table inet imds_guard"))?;
+    let raw = nftables::helper::get_current_ruleset_raw(
+        nftables::helper::DEFAULT_NFT,
+        ["list", "table", "inet", TABLE],
+    )
+    .map_err(|e| nft_error(e, "listing table inet imds_guard"))?;
     Ok(Some(parse_existing(&raw)?))
 }
 
@@ -673,7 +694,8 @@ pub fn remove() -> anyhow::Result<bool> {
     }
     let mut b = Batch::new();
     b.delete(NfListObject::Table(table()));
-    nftables::helper::apply_ruleset(&b.to_nftables()).map_err(|e| nft_error(e, "deleting table inet imds_guard"))?;
+    nftables::helper::apply_ruleset(&b.to_nftables())
+        .map_err(|e| nft_error(e, "deleting table inet imds_guard"))?;
     Ok(true)
 }
 
@@ -760,7 +782,10 @@ mod tests {
         assert!(j.contains(r#""hook":"forward","prio":-10,"policy":"accept""#), "{j}");
         assert!(j.contains(r#"{"match":{"left":{"payload":{"protocol":"ip","field":"daddr"}},"right":{"set":["169.254.169.254"]},"op":"=="}},{"jump":{"target":"forward_endpoints"}}"#), "{j}");
         assert!(j.contains(r#""right":{"set":["fd00:ec2::254"]}"#), "{j}");
-        assert!(j.contains(r#"{"log":{"prefix":"imds-guard forward g3 enforce","group":169}},{"drop":null}"#), "{j}");
+        assert!(
+            j.contains(r#"{"log":{"prefix":"imds-guard forward g3 enforce","group":169}},{"drop":null}"#),
+            "{j}"
+        );
         assert!(!j.contains("output"), "no output chain outside reduced mode: {j}");
         assert!(!j.contains("ruleset"), "never the whole ruleset: {j}");
     }
@@ -793,8 +818,18 @@ mod tests {
         assert_eq!(e.location, "p.toml:2:26");
         assert!(e.message.contains("did you mean `10.0.0.0/8`"), "{e}");
         assert!(policy("[netfilter]\nforward_allow_sources = [\"10.0.0.0/33\"]\n").is_err());
-        assert!(policy("[netfilter]\nforward_allow_sources = [\"eth0\"]\n").unwrap_err().message.contains("not an IP"));
-        assert!(policy("[netfilter]\nforward_allow_sources = [\"0.0.0.0/0\"]\n").unwrap_err().message.contains("every"));
+        assert!(
+            policy("[netfilter]\nforward_allow_sources = [\"eth0\"]\n")
+                .unwrap_err()
+                .message
+                .contains("not an IP")
+        );
+        assert!(
+            policy("[netfilter]\nforward_allow_sources = [\"0.0.0.0/0\"]\n")
+                .unwrap_err()
+                .message
+                .contains("every")
+        );
         let e = policy("[netfilter]\nforward_allow_interfaces = [\"a\\\"b\"]\n").unwrap_err();
         assert!(e.message.contains("contains"), "{e}");
         assert!(policy("[netfilter]\nforward_allow_interfaces = [\"*\"]\n").is_err());
@@ -816,7 +851,10 @@ mod tests {
         let plan = Plan::new(&p, 4, true);
         let j = json(&plan, None);
         assert!(j.contains(r#""hook":"output""#), "{j}");
-        assert!(j.contains(r#"{"match":{"left":{"meta":{"key":"skuid"}},"right":0,"op":"=="}},{"return":null}"#), "{j}");
+        assert!(
+            j.contains(r#"{"match":{"left":{"meta":{"key":"skuid"}},"right":0,"op":"=="}},{"return":null}"#),
+            "{j}"
+        );
         assert!(j.contains(r#"{"meta":{"key":"skuid"}},"right":7,"op":"=="}},{"match":{"left":{"meta":{"key":"skgid"}},"right":8"#), "{j}");
         assert!(!j.contains(r#""right":5,"#), "a rule with exe is left out whole, never widened: {j}");
         assert!(j.contains(r#"{"reject":{"type":"icmpx","expr":"admin-prohibited"}}"#), "{j}");
@@ -833,7 +871,8 @@ mod tests {
         let plan = Plan::new(&off, 1, false);
         assert!(!plan.wants_table());
         assert_eq!(json(&plan, None), r#"{"nftables":[]}"#);
-        let existing = Existing { chains: vec!["forward".into(), "forward_endpoints".into()], ..Existing::default() };
+        let existing =
+            Existing { chains: vec!["forward".into(), "forward_endpoints".into()], ..Existing::default() };
         assert_eq!(
             json(&plan, Some(&existing)),
             r#"{"nftables":[{"delete":{"table":{"family":"inet","name":"imds_guard"}}}]}"#
@@ -841,12 +880,20 @@ mod tests {
         // Reduced mode off again: its (flushed) chains go, base chain first.
         let on = policy("").unwrap();
         let existing = Existing {
-            chains: vec!["forward".into(), "forward_endpoints".into(), "output_endpoints".into(), "output".into()],
+            chains: vec![
+                "forward".into(),
+                "forward_endpoints".into(),
+                "output_endpoints".into(),
+                "output".into(),
+            ],
             ..Existing::default()
         };
         let j = json(&Plan::new(&on, 2, false), Some(&existing));
-        let a = j.find(r#"{"delete":{"chain":{"family":"inet","table":"imds_guard","name":"output"}}}"#).unwrap();
-        let b = j.find(r#"{"delete":{"chain":{"family":"inet","table":"imds_guard","name":"output_endpoints"}}}"#).unwrap();
+        let a =
+            j.find(r#"{"delete":{"chain":{"family":"inet","table":"imds_guard","name":"output"}}}"#).unwrap();
+        let b = j
+            .find(r#"{"delete":{"chain":{"family":"inet","table":"imds_guard","name":"output_endpoints"}}}"#)
+            .unwrap();
         assert!(a < b, "{j}");
     }
 

@@ -231,7 +231,9 @@ fn parse_ip(p: &[u8]) -> Option<Headers> {
                 }
                 44 => {
                     let Some(next) = p.get(off) else { break };
-                    let first = p.get(off + 2..off + 4).is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0xfff8 == 0);
+                    let first = p
+                        .get(off + 2..off + 4)
+                        .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0xfff8 == 0);
                     proto = *next;
                     off = if first { off + 8 } else { usize::MAX };
                 }
@@ -240,10 +242,9 @@ fn parse_ip(p: &[u8]) -> Option<Headers> {
         }
     }
     let port = match proto {
-        6 | 17 | 132 | 136 => off
-            .checked_add(2)
-            .and_then(|o| p.get(o..o + 2))
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]])),
+        6 | 17 | 132 | 136 => {
+            off.checked_add(2).and_then(|o| p.get(o..o + 2)).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+        }
         _ => 0,
     };
     Some(Headers { src, dst, protocol: proto, port })

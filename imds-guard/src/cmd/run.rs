@@ -109,12 +109,19 @@ fn start_netfilter(policy: &Policy) -> anyhow::Result<(NetfilterRuntime, Option<
         tracing::warn!(
             "REDUCED MODE: the cgroup programs are not attached{}; nftables output rules enforce the policy's \
              uid/gid rules only (exe, comm and cgroup rules and IMDSv1 treatments are not enforced)",
-            if netfilter::cgroup_bpf_supported() { " (reduced_mode = \"on\")" } else { " (this kernel cannot run them)" }
+            if netfilter::cgroup_bpf_supported() {
+                " (reduced_mode = \"on\")"
+            } else {
+                " (this kernel cannot run them)"
+            }
         );
     }
     let wants_table = netfilter::Plan::new(policy, 0, reduced).wants_table();
     let nflog = if wants_table { Some(Nflog::bind(policy.netfilter.nflog_group)?) } else { None };
-    Ok((NetfilterRuntime { reduced, nflog_group: nflog.as_ref().map(|_| policy.netfilter.nflog_group) }, nflog))
+    Ok((
+        NetfilterRuntime { reduced, nflog_group: nflog.as_ref().map(|_| policy.netfilter.nflog_group) },
+        nflog,
+    ))
 }
 
 /// The `netfilter` object of `guard_started`: what the table does, and what reduced mode leaves out.
