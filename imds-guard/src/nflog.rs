@@ -123,13 +123,14 @@ impl Nflog {
         }
     }
 
-    /// Every packet logged so far (non-blocking). `Ok(empty)`: nothing more for now.
-    pub fn read(&mut self) -> io::Result<Vec<Logged>> {
+    /// The packets logged so far, from at most `max_batches` reads of the socket (non-blocking,
+    /// so that a flood cannot starve the daemon's other work), and whether the socket is drained.
+    pub fn read(&mut self, max_batches: usize) -> io::Result<(Vec<Logged>, bool)> {
         let mut out = Vec::new();
-        loop {
+        for _ in 0..max_batches {
             let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((out, true)),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     // The kernel dropped messages for us; the socket goes on.
                     self.lost_batches += 1;
@@ -151,6 +152,7 @@ impl Nflog {
                 off += (len + 3) & !3;
             }
         }
+        Ok((out, false))
     }
 }
 

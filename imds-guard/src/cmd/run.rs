@@ -190,7 +190,8 @@ async fn serve(
             } => {
                 let mut ready = ready?;
                 let now = std::time::Instant::now();
-                for l in ready.get_inner_mut().read()? {
+                let (logged, drained) = ready.get_inner_mut().read(EVENT_BATCH / 8)?;
+                for l in logged {
                     let key = crate::nflog::aggregation_key(&l);
                     if aggregator.is_repeat_keyed(&key, now) {
                         continue;
@@ -199,7 +200,9 @@ async fn serve(
                     emit(&report);
                     aggregator.delivered_keyed(key, serde_json::to_value(&report).unwrap_or_default(), now);
                 }
-                ready.clear_ready();
+                if drained {
+                    ready.clear_ready();
+                }
             }
             ready = events.readable_mut() => {
                 let mut ready = ready?;
