@@ -266,6 +266,27 @@ mod tests {
     }
 
     #[test]
+    fn keyed_events_aggregate_apart_from_kernel_records() {
+        let mut a = Aggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(!a.is_repeat_keyed("forward|192.0.2.2", t0));
+        a.delivered_keyed("forward|192.0.2.2".into(), json!({"event": "forward_denied", "time": "t"}), t0);
+        for i in 0..5 {
+            assert!(a.is_repeat_keyed("forward|192.0.2.2", t0 + Duration::from_millis(i)));
+        }
+        assert!(!a.is_repeat_keyed("forward|192.0.2.3", t0), "another source");
+        let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
+        assert!(!a.is_repeat(&raw(&ev), t0), "kernel records have keys of their own");
+        let lines = a.flush(t0 + Duration::from_secs(11), false);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            (lines[0]["event"].as_str(), lines[0]["count"].as_u64()),
+            (Some("forward_denied_repeated"), Some(5))
+        );
+        assert!(lines[0].get("time").is_none());
+    }
+
+    #[test]
     fn zero_window_delivers_everything() {
         let mut a = Aggregator::new(Duration::ZERO);
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
