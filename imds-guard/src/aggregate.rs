@@ -30,6 +30,13 @@ struct Key {
     path: Vec<u8>,
 }
 
+/// A kernel record's key, or the key of an event from elsewhere (NFLOG), given by its source.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum AnyKey {
+    Kernel(Key),
+    Other(String),
+}
+
 struct Entry {
     first: Instant,
     repeats: u64,
@@ -39,7 +46,7 @@ struct Entry {
 
 pub struct Aggregator {
     window: Duration,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<AnyKey, Entry>,
     /// Ended windows with repeats, replaced by a new first occurrence before `flush` reported them.
     pending: Vec<Entry>,
     /// Events written out individually, and repeats counted instead.
@@ -102,7 +109,19 @@ impl Aggregator {
             return None;
         }
         let k = key(bytes)?;
-        match self.entries.get_mut(&k) {
+        self.repeat(&AnyKey::Kernel(k), now)
+    }
+
+    /// [`Aggregator::is_repeat`] for an event that is not a kernel record, identified by `key`.
+    pub fn is_repeat_keyed(&mut self, key: &str, now: Instant) -> Option<&Value> {
+        if self.window.is_zero() {
+            return None;
+        }
+        self.repeat(&AnyKey::Other(key.to_owned()), now)
+    }
+
+    fn repeat(&mut self, k: &AnyKey, now: Instant) -> Option<&Value> {
+        match self.entries.get_mut(k) {
             Some(e) if now.duration_since(e.first) < self.window => {
                 e.repeats += 1;
                 self.aggregated += 1;
@@ -118,8 +137,21 @@ impl Aggregator {
         if self.window.is_zero() {
             return;
         }
-        if let Some(k) = key(bytes)
-            && let Some(old) = self.entries.insert(k, Entry { first: now, repeats: 0, sample: report })
+        if let Some(k) = key(bytes) {
+            self.first(AnyKey::Kernel(k), report, now);
+        }
+    }
+
+    /// [`Aggregator::delivered`] for an event identified by `key`.
+    pub fn delivered_keyed(&mut self, key: String, report: Value, now: Instant) {
+        self.delivered += 1;
+        if !self.window.is_zero() {
+            self.first(AnyKey::Other(key), report, now);
+        }
+    }
+
+    fn first(&mut self, k: AnyKey, report: Value, now: Instant) {
+        if let Some(old) = self.entries.insert(k, Entry { first: now, repeats: 0, sample: report })
             && old.repeats > 0
         {
             // Its window ended before `flush` came round: keep its count for the next report.
@@ -234,6 +266,27 @@ mod tests {
             .sum::<u64>();
         assert_eq!(lines_total, b.aggregated, "no count is lost");
         assert_eq!(b.delivered + b.aggregated, 5000);
+    }
+
+    #[test]
+    fn keyed_events_aggregate_apart_from_kernel_records() {
+        let mut a = Aggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(a.is_repeat_keyed("forward|192.0.2.2", t0).is_none());
+        a.delivered_keyed("forward|192.0.2.2".into(), json!({"event": "forward_denied", "time": "t"}), t0);
+        for i in 0..5 {
+            assert!(a.is_repeat_keyed("forward|192.0.2.2", t0 + Duration::from_millis(i)).is_some());
+        }
+        assert!(a.is_repeat_keyed("forward|192.0.2.3", t0).is_none(), "another source");
+        let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
+        assert!(a.is_repeat(&raw(&ev), t0).is_none(), "kernel records have keys of their own");
+        let lines = a.flush(t0 + Duration::from_secs(11), false);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            (lines[0]["event"].as_str(), lines[0]["count"].as_u64()),
+            (Some("forward_denied_repeated"), Some(5))
+        );
+        assert!(lines[0].get("time").is_none());
     }
 
     #[test]

@@ -20,6 +20,24 @@ pub struct PolicyFile {
     /// Allow rules: the keys of one table must all match; tables are alternatives.
     #[serde(default)]
     pub allow: Vec<Spanned<AllowTable>>,
+    /// The nftables layer (forwarded traffic, reduced mode); see [`crate::netfilter`].
+    pub netfilter: Option<Spanned<NetfilterTable>>,
+}
+
+/// `[netfilter]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetfilterTable {
+    /// Drop (monitor mode: report) forwarded packets to the endpoints; default true.
+    pub forward: Option<Spanned<bool>>,
+    /// Input interfaces whose forwarded packets are let through (`eni*`: prefix).
+    pub forward_allow_interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Source addresses or prefixes whose forwarded packets are let through.
+    pub forward_allow_sources: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `"auto"` (default), `"off"` or `"on"`: nftables output rules instead of the cgroup programs.
+    pub reduced_mode: Option<Spanned<String>>,
+    /// NFLOG group the rules log to.
+    pub nflog_group: Option<Spanned<u16>>,
 }
 
 /// One `[[allow]]` table.

@@ -294,6 +294,7 @@ pub fn is_violation(event: &str) -> bool {
             | "token_put_forwarded"
             | "imds_request_unclassified"
             | "forward_denied"
+            | "output_denied"
     )
 }
 
@@ -346,6 +347,13 @@ pub fn human(v: &serde_json::Value) -> String {
         }
         "forward_denied" => {
             let _ = write!(out, "forwarded packet {verdict}: {} -> {}:{}", s("src"), s("dst"), s("port"));
+            if let Some(i) = v["in_interface"].as_str() {
+                let _ = write!(out, " in on {i}");
+            }
+        }
+        "output_denied" => {
+            let _ =
+                write!(out, "packet {verdict} (reduced mode): {} -> {}:{}", s("src"), s("dst"), s("port"));
         }
         _ => {
             let _ = write!(out, "{event}");

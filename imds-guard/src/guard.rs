@@ -58,6 +58,17 @@ pub enum Attachment {
     Attached,
     /// Found pinned from an earlier daemon; its program was replaced in place.
     Adopted,
+    /// Reduced mode: the programs are not attached; nftables output rules enforce what they can.
+    NotAttached,
+}
+
+/// How the netfilter layer runs for this daemon (fixed at start: changing it needs a restart).
+#[derive(Clone, Copy, Debug)]
+pub struct NetfilterRuntime {
+    /// Reduced mode: nftables output rules instead of the cgroup programs.
+    pub reduced: bool,
+    /// The NFLOG group the daemon has bound (`None`: none, so the policy may not want the table).
+    pub nflog_group: Option<u16>,
 }
 
 pub struct Guard {
@@ -74,6 +85,9 @@ pub struct Guard {
     /// deletes exactly those instead of walking the whole map (two walks of 10k-rule maps were
     /// most of a reload's kernel time).
     live_keys: Option<Vec<RuleKey>>,
+    netfilter: NetfilterRuntime,
+    /// The nftables table as last installed (to restore it if the maps cannot follow).
+    nft_plan: Option<crate::netfilter::Plan>,
 }
 
 #[must_use]
@@ -128,6 +142,7 @@ impl Guard {
         cgroup: &Path,
         policy: &Policy,
         exe_offsets: Option<ExeOffsets>,
+        netfilter: NetfilterRuntime,
     ) -> anyhow::Result<(Self, Attachment)> {
         let cgroup_id = crate::env::cgroup_id(cgroup)?;
         let maps_dir = maps_dir(pin_dir);
@@ -143,6 +158,15 @@ impl Guard {
                  from an incompatible version: `imds-guard unload` removes them)",
             )?;
         let barrier = RcuBarrier::new().context("creating the RCU barrier map")?;
+        if netfilter.reduced
+            && let Some((_, l)) = PROGRAMS.iter().find(|(_, l)| link_pin(pin_dir, l).exists())
+        {
+            bail!(
+                "reduced mode, but an earlier daemon's programs are attached ({} is pinned); \
+                 `imds-guard unload` them first, or let this daemon adopt them (reduced_mode = \"auto\")",
+                link_pin(pin_dir, l).display()
+            );
+        }
         let mut guard = Guard {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -152,8 +176,14 @@ impl Guard {
             exe_offsets,
             fast: Fast::default(),
             live_keys: None,
+            netfilter,
+            nft_plan: None,
         };
         guard.apply(policy).context("installing the policy")?;
+        if netfilter.reduced {
+            // The maps hold the policy (status, explain), but no program is attached to read them.
+            return Ok((guard, Attachment::NotAttached));
+        }
 
         let cgroup_file =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
@@ -271,18 +301,66 @@ impl Guard {
                  cannot find a process's executable without guessing kernel struct layouts; refusing the policy"
             );
         }
+        let active: Array<_, Active> = Array::try_from(self.ebpf.map(maps::ACTIVE).context("ACTIVE map")?)?;
+        let live = active.get(&0, 0)?.generation;
+        let next = match live.wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        // The nftables table first: it is one transaction, and a refusal leaves everything as it was.
+        let plan = crate::netfilter::Plan::new(policy, next, self.netfilter.reduced);
+        self.check_netfilter(policy, &plan)?;
+        crate::netfilter::apply(&plan)?;
+        match self.apply_maps(policy, next) {
+            Ok(()) => {
+                self.nft_plan = Some(plan);
+                self.generation = next;
+                Ok(next)
+            }
+            Err(e) => {
+                if let Some(prev) = &self.nft_plan
+                    && let Err(r) = crate::netfilter::apply(prev)
+                {
+                    tracing::error!("restoring the previous nftables table failed: {r:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What the netfilter layer cannot change without a restart.
+    fn check_netfilter(&self, policy: &Policy, plan: &crate::netfilter::Plan) -> anyhow::Result<()> {
+        if crate::netfilter::decide_reduced(&policy.netfilter)? != self.netfilter.reduced {
+            bail!(
+                "[netfilter] reduced_mode now asks to {} the cgroup programs; that takes a restart of the daemon",
+                if self.netfilter.reduced { "use" } else { "stop using" }
+            );
+        }
+        if plan.wants_table() && self.netfilter.nflog_group != Some(plan.nflog_group) {
+            bail!(
+                "the netfilter rules would log to NFLOG group {}, which this daemon has not bound{}; \
+                 that takes a restart of the daemon",
+                plan.nflog_group,
+                self.netfilter.nflog_group.map(|g| format!(" (it reads group {g})")).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The nftables table as installed last.
+    #[must_use]
+    pub fn netfilter_plan(&self) -> Option<&crate::netfilter::Plan> {
+        self.nft_plan.as_ref()
+    }
+
+    /// Writes `policy` into the maps as generation `next` and switches to it.
+    fn apply_maps(&mut self, policy: &Policy, next: u32) -> anyhow::Result<()> {
         let [active, config, rules, fast] =
             self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES, maps::FAST]);
         let mut fast: Array<_, Fast> = Array::try_from(fast.context("the programs' global (.data.imdsg)")?)?;
         let mut active: Array<_, Active> = Array::try_from(active.context("ACTIVE map")?)?;
         let mut config: Array<_, GenConfig> = Array::try_from(config.context("CONFIG map")?)?;
         let mut rules: HashMap<_, RuleKey, RuleValue> = HashMap::try_from(rules.context("RULES map")?)?;
-
-        let live = active.get(&0, 0)?.generation;
-        let next = match live.wrapping_add(1) {
-            0 => 1,
-            n => n,
-        };
         let (mut cfg, entries) = policy.kernel_tables(next);
         cfg.attach_cgroup_id = self.cgroup_id;
         cfg.rule_count = u32::try_from(policy.rules.len()).unwrap_or(u32::MAX);
@@ -316,21 +394,22 @@ impl Guard {
         // Programs that read the old generation have all returned after this.
         self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
         tracing::debug!("switched; waiting for running programs");
-        self.generation = next;
-        match self.live_keys.replace(entries.iter().map(|(k, _)| *k).collect()) {
-            Some(old) => {
-                for k in old {
-                    match rules.remove(&k) {
-                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
+        // The switch is done: a failure to clean up the old generation's keys leaves them unused
+        // (they are looked for by generation), so it is reported, not an error.
+        let old = self.live_keys.replace(entries.iter().map(|(k, _)| *k).collect());
+        let cleaned = match old {
+            Some(old) => old.iter().try_for_each(|k| match rules.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(anyhow!(e)),
+            }),
             // The first install of this daemon: whatever an earlier one left.
-            None => remove_where(&mut rules, |k| k.generation != next)?,
+            None => remove_where(&mut rules, |k| k.generation != next),
+        };
+        if let Err(e) = cleaned {
+            tracing::warn!("removing the previous generation's rules: {e:#}");
         }
         tracing::debug!("old generation removed");
-        Ok(next)
+        Ok(())
     }
 
     /// The ring buffer of events, for the event reader task.

@@ -17,6 +17,8 @@ pub mod guard;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod netfilter;
+pub mod nflog;
 pub mod observe;
 pub mod output;
 pub mod pinned;

@@ -29,6 +29,8 @@ pub struct Policy {
     #[serde(serialize_with = "ser_imdsv1")]
     pub default_imdsv1: Imdsv1Action,
     pub rules: Vec<Rule>,
+    /// `[netfilter]`: the nftables layer.
+    pub netfilter: crate::netfilter::Settings,
     /// Hex SHA-256 of the resolved policy (what the kernel enforces), shown by `status`.
     pub digest: String,
     /// Things that are allowed but deserve attention (spoofable keys, cgroups not there yet).
@@ -239,6 +241,7 @@ impl Policy {
             }
             rules.push(rule);
         }
+        let netfilter = crate::netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
         let (shapes, levels) = shapes_and_levels(&rules);
         if let Err(TooManyProbes(n)) = GenConfig::default().set_probes(&shapes, &levels) {
             return Err(source.error_at(
@@ -258,6 +261,7 @@ impl Policy {
             endpoints,
             default_imdsv1,
             rules,
+            netfilter,
             digest: String::new(),
             warnings,
         };
@@ -288,6 +292,7 @@ impl Policy {
             h.update(k.comm[1].to_le_bytes());
             h.update([u8::from(r.is_pending()), r.cgroup.as_ref().map_or(0, |c| c.level), r.imdsv1 as u8]);
         }
+        h.update(self.netfilter.digest_input());
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 

@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
+    os::fd::OwnedFd,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Condvar, Mutex},
@@ -30,13 +31,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Daemon {
     pub(crate) fn start(sb: &Sandbox, policy: &Path, extra: &[&str]) -> Self {
-        Self::start_with(sb, policy, extra, &[], &[])
+        Self::start_with(sb, &sb.netns_fd, policy, extra, &[], &[])
     }
 
     /// `wrapper` runs the daemon (e.g. `setpriv --bounding-set ...`); `env` is added to its
-    /// environment.
+    /// environment. The daemon runs in the network namespace `netns` (the sandbox's, or one of a
+    /// [`crate::Topology`]), so that its nftables table is made there and never in the host's.
     pub(crate) fn start_with(
         sb: &Sandbox,
+        netns: &OwnedFd,
         policy: &Path,
         extra: &[&str],
         wrapper: &[&str],
@@ -52,6 +55,7 @@ impl Daemon {
             None => Command::new(&bin),
         };
         cmd.envs(env.iter().copied());
+        crate::sandbox::enter_netns(&mut cmd, netns);
         let mut child = cmd
             .args(["run", "--log-format", "json", "--config"])
             .arg(policy)

@@ -9,8 +9,10 @@ pub mod client;
 pub mod daemon;
 pub mod fake_imds;
 pub mod sandbox;
+pub mod topology;
 
 pub use client::{Client, Probe};
 pub use daemon::Daemon;
 pub use fake_imds::{FakeImds, ImdsMode};
 pub use sandbox::Sandbox;
+pub use topology::Topology;

@@ -191,7 +191,7 @@ impl Sandbox {
 
     /// `imds-guard run` started through `wrapper`, with `env` added (aggregation off).
     pub fn daemon_wrapped(&self, policy: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let d = Daemon::start_with(self, policy, &["--aggregate-window", "0"], wrapper, env);
+        let d = Daemon::start_with(self, &self.netns_fd, policy, &["--aggregate-window", "0"], wrapper, env);
         self.daemons.lock().unwrap().push(d.pid());
         d
     }
@@ -203,20 +203,51 @@ impl Sandbox {
         d
     }
 
+    /// `imds-guard run` (aggregation off) in another network namespace the test made.
+    pub fn daemon_in(&self, netns: &OwnedFd, policy: &Path) -> Daemon {
+        let d = Daemon::start_with(self, netns, policy, &["--aggregate-window", "0"], &[], &[]);
+        self.daemons.lock().unwrap().push(d.pid());
+        d
+    }
+
     /// A command that runs inside the sandbox's cgroup and network namespace as `uid`/`gid`.
     #[must_use]
     pub fn client(&self, uid: u32, gid: u32) -> Client<'_> {
         Client::new(self, uid, gid)
     }
 
-    /// Runs the imds-guard CLI (not the daemon) with `args`.
+    /// Runs the imds-guard CLI (not the daemon) with `args`, in the sandbox's network namespace
+    /// (where `status` reads and `unload` removes the nftables table).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(guard_bin()).args(args).output().expect("running imds-guard")
+        self.cli_in(&self.netns_fd, args)
+    }
+
+    /// The CLI in another network namespace the test made.
+    pub fn cli_in(&self, netns: &OwnedFd, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(guard_bin());
+        enter_netns(&mut cmd, netns);
+        cmd.args(args).output().expect("running imds-guard")
     }
 
     /// Programs attached to the sandbox cgroup (bpftool's view).
     pub fn attached_programs(&self) -> String {
         run(Command::new("bpftool").args(["cgroup", "show"]).arg(&self.cgroup))
+    }
+}
+
+/// Makes `cmd` run in the network namespace `netns` (setns before exec: unlike `ip netns exec`,
+/// nothing is remounted).
+pub fn enter_netns(cmd: &mut Command, netns: &OwnedFd) {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let fd = netns.as_raw_fd();
+    // SAFETY: only an async-signal-safe syscall between fork and exec, on an fd we keep open.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -270,7 +301,7 @@ impl Drop for Sandbox {
 }
 
 /// Removes a test cgroup, killing what the test left in it (only processes in our own cgroup).
-fn remove_cgroup(cg: &Path) {
+pub(crate) fn remove_cgroup(cg: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // Children first.

@@ -2,11 +2,7 @@
 //! a bounded number of lines with exact counts, the sinks (file with rotation, journal), the
 //! metrics endpoint, the live event stream and `suggest`.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use imds_guard_tests::{ImdsMode, Sandbox, client::connect_bin};
 use serde_json::Value;
@@ -18,15 +14,13 @@ fn connect_prog() -> String {
     connect_bin().display().to_string()
 }
 
-/// GET `path` from the daemon's metrics server (on the host's loopback).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to metrics");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+/// GET `path` from the daemon's metrics server (on the loopback of the sandbox's network namespace,
+/// where the harness runs the daemon), with curl.
+fn http_get(sb: &Sandbox, addr: &str, path: &str) -> (u16, String) {
+    let out = sb.client(0, 0).curl(&["-s", "-w", "\n%{http_code}", &format!("http://{addr}{path}")]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// Sum of the samples of `metric` whose labels contain every `(label, value)` of `with`.
@@ -93,7 +87,7 @@ fn a_flood_costs_a_bounded_number_of_lines_and_the_counts_add_up() {
     // Let the windows close and the summaries come out.
     std::thread::sleep(Duration::from_millis(4000));
     let events = d.events();
-    let (_, text) = http_get(&metrics, "/metrics");
+    let (_, text) = http_get(&sb, &metrics, "/metrics");
     let single = events.iter().filter(|e| e["event"] == "imdsv1_request").count() as u64;
     let repeated: u64 = events
         .iter()
@@ -121,7 +115,7 @@ fn metrics_parse_and_match_the_events() {
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
     let d = sb.daemon_with(&policy, &["--aggregate-window", "0", "--metrics-addr", "127.0.0.1:0"]);
     let addr = started(&d)["metrics"].as_str().expect("metrics address").to_owned();
-    assert_eq!(http_get(&addr, "/healthz").0, 200, "enforcing");
+    assert_eq!(http_get(&sb, &addr, "/healthz").0, 200, "enforcing");
     let prog = connect_prog();
     let res = sb.client(1000, 1000).steps(&prog, None, &["repeat", IMDS, "80", "25"]);
     assert_eq!(res[0]["repeat"]["EPERM"], 25);
@@ -135,7 +129,7 @@ fn metrics_parse_and_match_the_events() {
     }
     let denials = d.denials();
     assert_eq!(denials.len(), 25);
-    let (status, text) = http_get(&addr, "/metrics");
+    let (status, text) = http_get(&sb, &addr, "/metrics");
     assert_eq!(status, 200);
     let workload = format!("exe:{prog}");
     let denied = metric_sum(
@@ -154,11 +148,11 @@ fn metrics_parse_and_match_the_events() {
     // A reload is counted.
     sb.write("policy.toml", "[[allow]]\nuid = 0\n\n[[allow]]\nuid = 1001\n");
     d.wait_event(T, |e| e["event"] == "policy_reloaded").expect("reloaded");
-    let (_, text) = http_get(&addr, "/metrics");
+    let (_, text) = http_get(&sb, &addr, "/metrics");
     assert!(metric_sum(&text, "imds_guard_policy_reloads_total", &[("result", "ok")]) >= 1.0, "{text}");
     // Unloaded: the health check says so.
     assert!(sb.cli(&["unload", "--pin-dir", sb.pin_dir().to_str().unwrap()]).status.success());
-    assert_eq!(http_get(&addr, "/healthz").0, 503);
+    assert_eq!(http_get(&sb, &addr, "/healthz").0, 503);
 }
 
 #[test]

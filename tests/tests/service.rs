@@ -57,7 +57,10 @@ fn the_daemon_enforces_with_only_the_unit_s_capabilities_and_says_what_is_missin
     d.kill();
 
     // Without CAP_BPF the daemon refuses to start, and says why.
-    let out = std::process::Command::new("setpriv")
+    let mut cmd = std::process::Command::new("setpriv");
+    // In the sandbox's network namespace, like every daemon of the tests (its nftables table).
+    imds_guard_tests::sandbox::enter_netns(&mut cmd, &sb.netns_fd);
+    let out = cmd
         .args(["--bounding-set=-all,+net_admin,+perfmon,+sys_ptrace,+dac_read_search", "--"])
         .arg(imds_guard_tests::sandbox::guard_bin())
         .args(["run", "--config", policy.to_str().unwrap(), "--cgroup", sb.cgroup.to_str().unwrap()])

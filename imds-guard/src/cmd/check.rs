@@ -24,6 +24,24 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         .chain(policy.endpoints.v6.iter().map(ToString::to_string))
         .collect();
     println!("  endpoints: {} (any port; IPv4 also as ::ffff:a.b.c.d)", eps.join(", "));
+    let nf = &policy.netfilter;
+    let mut forward = if nf.forward {
+        "forwarded packets to the endpoints judged".to_owned()
+    } else {
+        "forward off".to_owned()
+    };
+    if nf.forward && !nf.forward_allow_interfaces.is_empty() {
+        forward.push_str(&format!(" (allowed interfaces: {})", nf.forward_allow_interfaces.join(", ")));
+    }
+    if nf.forward && !nf.forward_allow_sources.is_empty() {
+        let s: Vec<String> = nf.forward_allow_sources.iter().map(ToString::to_string).collect();
+        forward.push_str(&format!(" (allowed sources: {})", s.join(", ")));
+    }
+    println!(
+        "  netfilter: {forward}; reduced_mode {}; NFLOG group {}",
+        serde_json::to_value(nf.reduced_mode)?.as_str().unwrap_or("?"),
+        nf.nflog_group
+    );
     if policy.rules.is_empty() {
         println!("  no [[allow]] rules: every process is denied");
     }

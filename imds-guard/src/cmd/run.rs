@@ -18,7 +18,9 @@ use crate::{
     config::Source,
     env,
     events::Enricher,
-    guard::Guard,
+    guard::{Guard, NetfilterRuntime},
+    netfilter,
+    nflog::Nflog,
     output::{FileConfig, Hub, Output, SinkConfig},
     policy::{Host, Policy, mode_name},
     reload::{Reason, Reloader},
@@ -60,7 +62,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     env::prepare_pin_dir(pin_dir)?;
 
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "kernel BTF read");
-    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets)?;
+    let (netfilter, nflog) = start_netfilter(&policy)?;
+    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
     let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -114,12 +117,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             "pin_dir": pin_dir.display().to_string(),
             "metrics": metrics_addr,
             "events_socket": serving,
+            "enforcement": if netfilter.reduced { "reduced" } else { "cgroup" },
+            "netfilter": netfilter_summary(&guard),
         }));
         tracing::info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), ?attachment, "enforcing");
         // systemd Type=notify: READY only once the programs are attached with the policy live.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let window = Duration::from_secs_f64(args.aggregate_window.max(0.0));
-        serve(&mut guard, reloader, watch, signals, cgroup_root, window, &hub).await
+        serve(&mut guard, reloader, watch, signals, cgroup_root, window, &hub, nflog).await
     });
     hub.output.flush();
     if let Some(path) = &socket {
@@ -150,6 +155,45 @@ fn start_outputs(args: &RunArgs, pin_dir: &std::path::Path) -> anyhow::Result<Hu
     Ok(Hub { output, metrics, observed: crate::observe::Observed::default(), policy: args.config.clone() })
 }
 
+/// Decides reduced mode and binds the NFLOG group before any rule can log to it.
+fn start_netfilter(policy: &Policy) -> anyhow::Result<(NetfilterRuntime, Option<Nflog>)> {
+    let reduced = netfilter::decide_reduced(&policy.netfilter)?;
+    if reduced {
+        tracing::warn!(
+            "REDUCED MODE: the cgroup programs are not attached{}; nftables output rules enforce the policy's \
+             uid/gid rules only (exe, comm and cgroup rules and IMDSv1 treatments are not enforced)",
+            if netfilter::cgroup_bpf_supported() {
+                " (reduced_mode = \"on\")"
+            } else {
+                " (this kernel cannot run them)"
+            }
+        );
+    }
+    let wants_table = netfilter::Plan::new(policy, 0, reduced).wants_table();
+    let nflog = if wants_table { Some(Nflog::bind(policy.netfilter.nflog_group)?) } else { None };
+    Ok((
+        NetfilterRuntime { reduced, nflog_group: nflog.as_ref().map(|_| policy.netfilter.nflog_group) },
+        nflog,
+    ))
+}
+
+/// The `netfilter` object of `guard_started`: what the table does, and what reduced mode leaves out.
+fn netfilter_summary(guard: &Guard) -> serde_json::Value {
+    let Some(plan) = guard.netfilter_plan().filter(|p| p.wants_table()) else {
+        return json!({"table": null, "forward": false, "reduced": false});
+    };
+    for n in &plan.not_enforced {
+        tracing::warn!(rule = n.rule, "reduced mode does not enforce {}: {}", n.name, n.reason);
+    }
+    json!({
+        "table": format!("inet {}", netfilter::TABLE),
+        "forward": plan.forward,
+        "reduced": plan.reduced,
+        "nflog_group": plan.nflog_group,
+        "not_enforced": plan.not_enforced,
+    })
+}
+
 struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
@@ -166,6 +210,8 @@ impl Signals {
     }
 }
 
+// Each argument is one of the loop's event sources or sinks; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     guard: &mut Guard,
     mut reloader: Reloader,
@@ -174,6 +220,7 @@ async fn serve(
     cgroup_root: std::path::PathBuf,
     aggregate_window: Duration,
     hub: &Hub,
+    nflog: Option<Nflog>,
 ) -> anyhow::Result<()> {
     // SAFETY: the RingBuf owns its map fd, which is neither closed nor replaced while the AsyncFd
     // holds it.
@@ -184,8 +231,36 @@ async fn serve(
     let mut summaries = tokio::time::interval(Duration::from_secs(1));
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
+    // SAFETY: the Nflog owns its socket, which is neither closed nor replaced while the AsyncFd
+    // holds it.
+    let mut nflog =
+        nflog.map(|n| unsafe { AsyncFd::register(n) }).transpose().context("watching the NFLOG socket")?;
+    let mut packets = crate::nflog::Reporter::default();
     loop {
         tokio::select! {
+            ready = async {
+                match nflog.as_mut() {
+                    Some(fd) => fd.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut ready = ready?;
+                let now = std::time::Instant::now();
+                let (logged, drained) = ready.get_inner_mut().read(EVENT_BATCH / 8)?;
+                for l in logged {
+                    let key = crate::nflog::aggregation_key(&l);
+                    if let Some(sample) = aggregator.is_repeat_keyed(&key, now) {
+                        hub.repeat(sample);
+                        continue;
+                    }
+                    let report = packets.report(&l);
+                    emit(&report);
+                    aggregator.delivered_keyed(key, serde_json::to_value(&report).unwrap_or_default(), now);
+                }
+                if drained {
+                    ready.clear_ready();
+                }
+            }
             ready = events.readable_mut() => {
                 let mut ready = ready?;
                 let ring = ready.get_inner_mut();

@@ -1,15 +1,41 @@
-use crate::{cli::StatusArgs, pinned};
+use crate::{cli::StatusArgs, netfilter, pinned};
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let s = pinned::status(&args.pins.pin_dir)?;
+    // The nftables table of this network namespace, if any (it can outlive the pins, or be all
+    // that enforces in reduced mode).
+    let nf = netfilter::status()?;
+    let s = match pinned::status(&args.pins.pin_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(nf) = &nf {
+                print_netfilter(nf);
+            }
+            return Err(e);
+        }
+    };
+    let enforcement = if s.enforcing {
+        "cgroup"
+    } else if nf.as_ref().is_some_and(|n| n.reduced) {
+        "reduced"
+    } else {
+        "none"
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        v["enforcement"] = enforcement.into();
+        v["netfilter"] = serde_json::to_value(&nf)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("pin dir:    {}", s.pin_dir.display());
     println!(
         "enforcing:  {}{}",
-        if s.enforcing { "yes" } else { "NO" },
+        match enforcement {
+            "cgroup" => "yes",
+            "reduced" =>
+                "REDUCED MODE (nftables output rules: uid/gid rules only; the cgroup programs are not attached)",
+            _ => "NO",
+        },
         if s.links.is_empty() { String::new() } else { format!(" (links: {})", s.links.join(", ")) }
     );
     println!("mode:       {}", s.mode);
@@ -21,5 +47,30 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     for (k, v) in &s.counters {
         println!("  {k:<18} {v}");
     }
+    match &nf {
+        Some(nf) => print_netfilter(nf),
+        None => println!("netfilter:  no table {} in this network namespace", netfilter::TABLE),
+    }
     Ok(())
+}
+
+fn print_netfilter(nf: &netfilter::Status) {
+    let mut what = Vec::new();
+    if nf.forward {
+        what.push("forward");
+    }
+    if nf.reduced {
+        what.push("output (reduced mode)");
+    }
+    println!(
+        "netfilter:  table {} ({}), {} rules, generation {}, {}",
+        nf.table,
+        what.join(", "),
+        nf.rules,
+        nf.generation.map_or_else(|| "?".to_owned(), |g| g.to_string()),
+        nf.mode.unwrap_or("?")
+    );
+    for (k, (packets, bytes)) in &nf.counters {
+        println!("  {k:<18} {packets} packets, {bytes} bytes");
+    }
 }
