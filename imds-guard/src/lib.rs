@@ -20,3 +20,4 @@ pub mod pinned;
 pub mod policy;
 pub mod preexisting;
 pub mod reload;
+pub mod workload;
