@@ -44,6 +44,8 @@ pub struct Client<'a> {
     gid: u32,
     /// The cgroup to start in (default: the sandbox cgroup).
     cgroup: std::path::PathBuf,
+    /// The network namespace to join (default: the sandbox's).
+    netns: std::os::fd::BorrowedFd<'a>,
 }
 
 /// The `imdsg-connect` test client (see its source for the steps it takes).
@@ -56,7 +58,16 @@ pub fn connect_bin() -> std::path::PathBuf {
 
 impl<'a> Client<'a> {
     pub(crate) fn new(sb: &'a Sandbox, uid: u32, gid: u32) -> Self {
-        Client { sb, uid, gid, cgroup: sb.cgroup.clone() }
+        use std::os::fd::AsFd as _;
+        Client { sb, uid, gid, cgroup: sb.cgroup.clone(), netns: sb.netns_fd.as_fd() }
+    }
+
+    /// Join `netns` (another namespace the test made, e.g. a pod's) instead of the sandbox's.
+    #[must_use]
+    pub fn in_netns(mut self, netns: &'a std::os::fd::OwnedFd) -> Self {
+        use std::os::fd::AsFd as _;
+        self.netns = netns.as_fd();
+        self
     }
 
     /// Start in `sub`, a cgroup below the sandbox cgroup (created if missing).
@@ -107,7 +118,7 @@ impl<'a> Client<'a> {
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         let procs = CString::new(self.cgroup.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
-        let netns = self.sb.netns_fd.as_raw_fd();
+        let netns = self.netns.as_raw_fd();
         let (uid, gid) = (self.uid, self.gid);
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         unsafe {
