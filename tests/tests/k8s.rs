@@ -286,3 +286,28 @@ fn a_configmap_update_is_installed_without_a_restart() {
     assert!(ev["error"].as_str().unwrap().contains("policy.toml:2:7"), "{ev}");
     assert_eq!(nobody(), ["connected"], "the previous policy stays enforced");
 }
+
+#[test]
+fn the_health_probe_reflects_enforcement() {
+    let Some(sb) = Sandbox::new("k8s_probe", ImdsMode::Optional) else { return };
+    let pin = sb.pin_dir();
+    let probe = || sb.cli(&["status", "--check", "--pin-dir", s(&pin)]);
+    let before = probe();
+    assert!(!before.status.success(), "nothing attached yet: {before:?}");
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let ok = probe();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).starts_with("enforcing: generation 1, mode enforce, 1 rules"),
+        "{ok:?}"
+    );
+    // The daemon exits: enforcement stays pinned, and so does the probe's answer.
+    d.kill();
+    assert!(probe().status.success());
+    let unload = sb.cli(&["unload", "--pin-dir", s(&pin)]);
+    assert!(unload.status.success(), "{unload:?}");
+    let after = probe();
+    assert!(!after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).contains("not enforcing"), "{after:?}");
+}

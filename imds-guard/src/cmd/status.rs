@@ -2,6 +2,21 @@ use crate::{cli::StatusArgs, pinned};
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let s = pinned::status(&args.pins.pin_dir)?;
+    if args.check {
+        if !s.enforcing {
+            anyhow::bail!(
+                "not enforcing: {} of {} programs attached, generation {}",
+                s.links.len(),
+                crate::guard::PROGRAMS.len(),
+                s.generation
+            );
+        }
+        println!(
+            "enforcing: generation {}, mode {}, {} rules, policy sha256:{}",
+            s.generation, s.mode, s.rules, s.policy_digest
+        );
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
