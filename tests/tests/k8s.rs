@@ -311,3 +311,33 @@ fn the_health_probe_reflects_enforcement() {
     assert!(!after.status.success());
     assert!(String::from_utf8_lossy(&after.stderr).contains("not enforcing"), "{after:?}");
 }
+
+#[test]
+fn a_cgroup_namespace_view_of_the_hierarchy_is_refused() {
+    // An unprivileged container on a cgroup v2 node: its own cgroup namespace and a cgroup2 mount
+    // that shows only its subtree. Made here with unshare in the sandbox cgroup (the namespaces die
+    // with the process).
+    let Some(sb) = Sandbox::new("k8s_cgroupns", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let mnt = sb.dir.join("container-cgroupfs");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "mount -t cgroup2 none {mnt} && exec {bin} check --config {policy}",
+        mnt = s(&mnt),
+        bin = s(&imds_guard_tests::sandbox::guard_bin()),
+        policy = s(&policy),
+    );
+    let out = sb
+        .client(0, 0)
+        .in_cgroup("container")
+        .command("unshare")
+        .args(["--cgroup", "--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("cgroup namespace's view of a subtree") && err.contains("privileged"), "{err}");
+    // The same check from the host's namespaces passes.
+    let ok = sb.cli(&["check", "--config", s(&policy)]);
+    assert!(ok.status.success(), "{ok:?}");
+}
