@@ -10,7 +10,7 @@ STABLE=1.99.1
 NIGHTLY=nightly-2026-10-29
 BPF_LINKER_VERSION=0.13.0
 BPF_LINKER_LLVM_FEATURE=llvm-23
-APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore procps)
+APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps)
 
 export RUSTUP_AUTO_INSTALL=0
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
