@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod k8s;
 
 #[derive(Parser)]
@@ -38,6 +39,13 @@ enum Cmd {
         /// Regenerate deploy/daemonset.yaml from the chart instead of failing when it differs.
         #[arg(long)]
         write: bool,
+    },
+    /// Build the container image (Containerfile: the static musl binary alone) with podman,
+    /// buildah or docker.
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = concat!("imds-guard:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
     },
     /// Run the guard in a sandbox with a fake IMDS and show allowed, denied and reported requests.
     Demo {
@@ -118,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             cargo(&["build", "-p", "imds-guard"])?;
             k8s::validate(write, &root().join("target/debug/imds-guard"))
         }
+        Cmd::Image { tag } => image::build(&tag),
         Cmd::Demo { rounds, interval } => build_and_run(
             &[],
             "imds-guard-demo",
