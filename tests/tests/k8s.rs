@@ -198,6 +198,26 @@ fn pod_rules_allow_the_system_agents_and_deny_every_other_pod() {
     assert_eq!(dir.pod_by_uid(&exporter.uid).unwrap().namespace, "monitoring");
     assert_eq!(dir.container_by_id(w.container_id.as_deref().unwrap()).unwrap().name, "node-exporter");
 
+    // explain names the reason for a pod's process.
+    let mut sleeper =
+        sb.client(0, 0).in_cgroup(&exporter.container).command(prog).args(["sleep", "5000"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let explain = sb.cli(&[
+        "explain",
+        "--pid",
+        &sleeper.id().to_string(),
+        "--pin-dir",
+        s(&sb.pin_dir()),
+        "--config",
+        s(&policy),
+    ]);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(text.contains("DENIED"), "{explain:?}");
+    assert!(text.contains("aws-node (line 3): no: cgroup "), "{text}");
+    assert!(text.contains("is not inside any of the 1 pod cgroups the rule selects now"), "{text}");
+
     // A pod that starts after the daemon: kubelet makes its cgroup and log directory, the rule
     // follows without a restart.
     let generation = |e: &serde_json::Value| e["generation"].as_u64().unwrap_or(0);
