@@ -15,7 +15,7 @@
 //!   | systemd unit | `/system.slice/kubelet.service`, `/user.slice/user-1000.slice/session-4.scope` |
 //!
 //! - [`PodDirectory`] maps pod uids and container ids to namespace, pod name and container name
-//!   from kubelet's log directories: `/var/log/pods/<namespace>_<name>_<uid>/<container>/` and the
+//!   ([`PodDirectory::identify`] does both for a classified path) from kubelet's log directories: `/var/log/pods/<namespace>_<name>_<uid>/<container>/` and the
 //!   symlinks `/var/log/containers/<name>_<namespace>_<container>-<containerid>.log`. Both roots
 //!   are parameters (tests make their own).
 //!
@@ -326,6 +326,34 @@ impl PodDirectory {
     }
 }
 
+/// The pod (and container) a process belongs to, as far as the node can tell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    /// The container's name, when the cgroup is a container's and kubelet has its log link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+impl PodDirectory {
+    /// Names the pod (and container) of a classified cgroup path, e.g. for an event:
+    /// `dir.identify(&classify(&event.cgroup))`. `None` for a process outside pods, or a pod
+    /// kubelet has no log directory for (already gone).
+    #[must_use]
+    pub fn identify(&self, w: &Workload) -> Option<PodIdentity> {
+        let pod = self.pod_by_uid(w.pod_uid.as_deref()?)?;
+        let container = w
+            .container_id
+            .as_deref()
+            .and_then(|id| self.container_by_id(id))
+            .filter(|c| c.pod.uid == pod.uid)
+            .map(|c| c.name);
+        Some(PodIdentity { namespace: pod.namespace, pod: pod.name, pod_uid: pod.uid, container })
+    }
+}
+
 fn container_from_link(file: &str, link: &Path) -> Option<ContainerRef> {
     let (pod, ns, container, id) = parse_container_log_name(file)?;
     let target = std::fs::read_link(link).ok()?;
@@ -592,6 +620,21 @@ mod tests {
         assert_eq!((c.name.as_str(), c.pod.uid.as_str()), ("aws-node", UID));
         assert_eq!(dir.container_by_id(&other), None);
         assert_eq!(dir.containers().unwrap().len(), 1);
+        let cg = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{CID}.scope"
+        );
+        assert_eq!(
+            dir.identify(&classify(&cg)),
+            Some(PodIdentity {
+                namespace: "kube-system".into(),
+                pod: "aws-node-7xk2p".into(),
+                pod_uid: UID.into(),
+                container: Some("aws-node".into())
+            })
+        );
+        let pod_only = dir.identify(&classify(&format!("/kubepods/pod{UID}"))).unwrap();
+        assert_eq!((pod_only.pod.as_str(), pod_only.container), ("aws-node-7xk2p", None));
+        assert_eq!(dir.identify(&classify("/system.slice/kubelet.service")), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

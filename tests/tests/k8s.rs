@@ -195,8 +195,11 @@ fn pod_rules_allow_the_system_agents_and_deny_every_other_pod() {
     assert_eq!(w.pod_uid.as_deref(), Some(exporter.uid.as_str()), "{ev}");
     let dir =
         imds_guard::workload::PodDirectory::new(sb.dir.join("logs/pods"), sb.dir.join("logs/containers"));
-    assert_eq!(dir.pod_by_uid(&exporter.uid).unwrap().namespace, "monitoring");
-    assert_eq!(dir.container_by_id(w.container_id.as_deref().unwrap()).unwrap().name, "node-exporter");
+    let who = dir.identify(&w).expect("the pod behind the event");
+    assert_eq!(
+        (who.namespace.as_str(), who.pod.as_str(), who.container.as_deref()),
+        ("monitoring", "node-exporter-4hj9q", Some("node-exporter"))
+    );
 
     // explain names the reason for a pod's process.
     let mut sleeper =
