@@ -263,16 +263,19 @@ impl Policy {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
             let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
             rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_ref(), default_imdsv1)?;
-            if let Some(first) = seen.get(&rule.keys()) {
-                if !rule.is_pending() {
+            // Pod rules are left out: two selectors that pick the same pods now may not later
+            // (their shared keys go to the first rule anyway, see kernel_tables).
+            if rule.pods.is_none() && !rule.is_pending() {
+                let keys = rule.keys();
+                if let Some(first) = seen.get(&keys) {
                     rule.duplicate_of = Some(*first);
                     warnings.push(format!(
                         "{} (line {}) repeats allow[{first}] and is ignored",
                         rule.name, rule.line
                     ));
+                } else {
+                    seen.insert(keys, index);
                 }
-            } else if !rule.is_pending() {
-                seen.insert(rule.keys(), index);
             }
             if rule.comm.is_some() {
                 warnings.push(format!(
@@ -763,6 +766,7 @@ mod tests {
             p.rules[0].resolved
         );
         assert_eq!(p.rules[2].pods.as_ref().unwrap().matches.len(), 2);
+        assert!(p.rules.iter().all(|r| r.duplicate_of.is_none()), "selectors are never duplicates");
         let (cfg, entries) = p.kernel_tables(1);
         // aws-node is in all three rules: its plain cgroup key belongs to the first one.
         let a_id = p.rules[0].pods.as_ref().unwrap().matches[0].cgroup.id.unwrap();
