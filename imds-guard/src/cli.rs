@@ -174,4 +174,8 @@ pub struct StatusArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Exit non-zero unless every program is attached with a live policy (for health probes);
+    /// prints one line.
+    #[arg(long, conflicts_with = "json")]
+    pub check: bool,
 }

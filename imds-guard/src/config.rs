@@ -22,6 +22,21 @@ pub struct PolicyFile {
     pub allow: Vec<Spanned<AllowTable>>,
     /// The nftables layer (forwarded traffic, reduced mode); see [`crate::netfilter`].
     pub netfilter: Option<Spanned<NetfilterTable>>,
+    /// Where kubelet's records and the pod cgroups are (for `pod` and `namespace` keys).
+    pub kubernetes: Option<Spanned<KubernetesTable>>,
+}
+
+/// The `[kubernetes]` table: where this node keeps what `pod`/`namespace`/`container` keys are
+/// resolved from. Every key has a default that fits a kubelet node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesTable {
+    /// kubelet's pod log directory (default `/var/log/pods`).
+    pub pod_logs: Option<Spanned<String>>,
+    /// kubelet's container log symlinks (default `/var/log/containers`).
+    pub container_logs: Option<Spanned<String>>,
+    /// cgroups to search for pod cgroups (default: the whole tree).
+    pub pod_cgroups: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[netfilter]`.
@@ -56,6 +71,12 @@ pub struct AllowTable {
     pub cgroup: Option<Spanned<String>>,
     /// Task comm (spoofable: warned about).
     pub comm: Option<Spanned<String>>,
+    /// Pods of a namespace whose name starts with a prefix: `"<namespace>/<prefix>"`.
+    pub pod: Option<Spanned<String>>,
+    /// Every pod of a namespace.
+    pub namespace: Option<Spanned<String>>,
+    /// With `pod` or `namespace`: only this container of the selected pods.
+    pub container: Option<Spanned<String>>,
     /// This workload's tokenless (IMDSv1) requests: `"allow"`, `"log"` or `"deny"`.
     pub imdsv1: Option<Spanned<String>>,
 }

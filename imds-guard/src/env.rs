@@ -18,10 +18,22 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
 /// `/sys/fs/cgroup/unified` on a hybrid one).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    cgroup2_root_from(&info).context(
+    let root = cgroup2_root_from(&info).context(
         "no cgroup v2 filesystem is mounted on this host; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) \
          or pass --cgroup",
-    )
+    )?;
+    // In a cgroup namespace (an unprivileged container on a cgroup v2 host) the mount that looks
+    // like the root is the namespace's own subtree: attaching there would judge only the
+    // container, and every path would be off. Only non-root cgroups have `cgroup.events`.
+    if root.join("cgroup.events").exists() {
+        bail!(
+            "the cgroup2 filesystem at {} is a cgroup namespace's view of a subtree, not the host's hierarchy: \
+             run imds-guard in the host's cgroup namespace (in Kubernetes, a privileged container: containerd \
+             and CRI-O give those the host's cgroup namespace)",
+            root.display()
+        );
+    }
+    Ok(root)
 }
 
 fn cgroup2_root_from(mountinfo: &str) -> Option<PathBuf> {

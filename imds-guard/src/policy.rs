@@ -1,7 +1,10 @@
 //! Validated, resolved policy: user and group names become ids, endpoint presets become addresses,
 //! and the rules become the kernel's rule keys (see `imds_guard_common::rule`).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use imds_guard_common::{
     config::{GenConfig, MAX_PROBES, MAX_RULES, Mode, TooManyProbes},
@@ -15,6 +18,8 @@ use crate::{
     config::{AllowTable, ConfigError, LineIndex, PolicyFile, Source},
     endpoints::{self, Endpoints},
     identity::{CgroupRef, ExeId},
+    pods::{KubeConfig, Node, PodMatch},
+    workload::PodSelector,
 };
 
 /// A policy ready to be installed.
@@ -35,6 +40,10 @@ pub struct Policy {
     pub digest: String,
     /// Things that are allowed but deserve attention (spoofable keys, cgroups not there yet).
     pub warnings: Vec<String>,
+    /// Directories whose change can change what `pod`/`namespace` rules resolve to (kubelet's
+    /// log directories, the cgroups pods appear in); empty without such rules.
+    #[serde(skip)]
+    pub pod_watch: BTreeSet<PathBuf>,
 }
 
 /// What resolving a policy needs from the host.
@@ -58,6 +67,9 @@ pub struct Rule {
     pub exe: Option<ExeId>,
     pub cgroup: Option<CgroupRef>,
     pub comm: Option<String>,
+    /// `pod`/`namespace`/`container`: the selector and the cgroups it selects now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodRule>,
     /// What this workload's tokenless (IMDSv1) requests get.
     #[serde(serialize_with = "ser_imdsv1")]
     pub imdsv1: Imdsv1Action,
@@ -66,6 +78,14 @@ pub struct Rule {
     /// A later table that is identical to this one (kept for `check` to point out).
     #[serde(skip)]
     pub duplicate_of: Option<u32>,
+}
+
+/// A rule's pod selector and what it resolved to on this node.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodRule {
+    pub selector: PodSelector,
+    /// One cgroup per selected pod (or container) that exists now.
+    pub matches: Vec<PodMatch>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
@@ -134,6 +154,9 @@ impl Rule {
             key.shape |= field::CGROUP;
             key.cgroup_id = cg.id.unwrap_or(0);
         }
+        if self.pods.is_some() {
+            key.shape |= field::CGROUP;
+        }
         if let Some(comm) = &self.comm {
             key.shape |= field::COMM;
             let mut b = [0u8; 16];
@@ -143,10 +166,27 @@ impl Rule {
         key
     }
 
-    /// A cgroup rule whose cgroup does not exist yet is not installed (nothing can be in it).
+    /// The keys this rule puts in the kernel, each with the cgroup depth it is probed at: one,
+    /// or for a pod rule one per selected pod (or container) cgroup.
+    #[must_use]
+    pub fn keys(&self) -> Vec<(RuleKey, Option<u8>)> {
+        let key = self.key();
+        match &self.pods {
+            Some(p) => p
+                .matches
+                .iter()
+                .filter_map(|m| Some((RuleKey { cgroup_id: m.cgroup.id?, ..key }, Some(m.cgroup.level))))
+                .collect(),
+            None => vec![(key, self.cgroup.as_ref().map(|c| c.level))],
+        }
+    }
+
+    /// A cgroup rule whose cgroup does not exist yet is not installed (nothing can be in it), nor
+    /// is a pod rule that selects no running pod.
     #[must_use]
     pub fn is_pending(&self) -> bool {
         self.cgroup.as_ref().is_some_and(|c| c.id.is_none())
+            || self.pods.as_ref().is_some_and(|p| p.matches.is_empty())
     }
 }
 
@@ -207,24 +247,37 @@ impl Policy {
             ));
         }
         let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
+        let kube = KubeConfig::from_table(source, file.kubernetes.as_ref())?;
+        // The node's pods are read only when some table selects pods, once for all of them.
+        let mut node = None;
+        if file.allow.iter().any(|t| t.get_ref().pod.is_some() || t.get_ref().namespace.is_some()) {
+            let containers = file.allow.iter().any(|t| t.get_ref().container.is_some());
+            node = Some(
+                Node::read(&kube, &host.cgroup_root, containers)
+                    .map_err(|m| source.error_at(file.kubernetes.as_ref().map(Spanned::span), m))?,
+            );
+        }
         let mut rules = Vec::with_capacity(file.allow.len());
         let lines = source.line_index();
-        let mut seen: BTreeMap<RuleKey, u32> = BTreeMap::new();
+        let mut seen: BTreeMap<Vec<(RuleKey, Option<u8>)>, u32> = BTreeMap::new();
         let mut warnings = Vec::new();
         for (index, table) in file.allow.iter().enumerate() {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
-            let mut rule = resolve_rule(source, &lines, index, table, host)?;
+            let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
             rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_ref(), default_imdsv1)?;
-            if let Some(first) = seen.get(&rule.key()) {
-                if !rule.is_pending() {
+            // Pod rules are left out: two selectors that pick the same pods now may not later
+            // (their shared keys go to the first rule anyway, see kernel_tables).
+            if rule.pods.is_none() && !rule.is_pending() {
+                let keys = rule.keys();
+                if let Some(first) = seen.get(&keys) {
                     rule.duplicate_of = Some(*first);
                     warnings.push(format!(
                         "{} (line {}) repeats allow[{first}] and is ignored",
                         rule.name, rule.line
                     ));
+                } else {
+                    seen.insert(keys, index);
                 }
-            } else {
-                seen.insert(rule.key(), index);
             }
             if rule.comm.is_some() {
                 warnings.push(format!(
@@ -239,9 +292,28 @@ impl Policy {
                     rule.name, rule.line, cg.path
                 ));
             }
+            if rule.pods.as_ref().is_some_and(|p| p.matches.is_empty()) {
+                warnings.push(format!(
+                    "{} (line {}): no pod it selects runs on this node now; the rule takes effect as soon as one starts",
+                    rule.name, rule.line
+                ));
+            }
             rules.push(rule);
         }
         let netfilter = crate::netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
+        let entries: usize = rules
+            .iter()
+            .filter(|r| r.duplicate_of.is_none() && !r.is_pending())
+            .map(|r| r.keys().len())
+            .sum();
+        if entries > MAX_RULES as usize {
+            return Err(source.error_at(
+                None,
+                format!(
+                    "the rules resolve to {entries} kernel entries (pod rules count one per selected pod); at most {MAX_RULES} are supported"
+                ),
+            ));
+        }
         let (shapes, levels) = shapes_and_levels(&rules);
         if let Err(TooManyProbes(n)) = GenConfig::default().set_probes(&shapes, &levels) {
             return Err(source.error_at(
@@ -264,6 +336,7 @@ impl Policy {
             netfilter,
             digest: String::new(),
             warnings,
+            pod_watch: node.map(|n| n.watch).unwrap_or_default(),
         };
         policy.digest = policy.compute_digest();
         Ok(policy)
@@ -280,17 +353,19 @@ impl Policy {
             h.update(a.octets());
         }
         for r in &self.rules {
-            let k = r.key();
             h.update(r.index.to_le_bytes());
-            h.update(k.shape.to_le_bytes());
-            h.update(k.uid.to_le_bytes());
-            h.update(k.gid.to_le_bytes());
-            h.update(k.cgroup_id.to_le_bytes());
-            h.update(k.exe_dev.to_le_bytes());
-            h.update(k.exe_ino.to_le_bytes());
-            h.update(k.comm[0].to_le_bytes());
-            h.update(k.comm[1].to_le_bytes());
-            h.update([u8::from(r.is_pending()), r.cgroup.as_ref().map_or(0, |c| c.level), r.imdsv1 as u8]);
+            for (k, level) in r.keys() {
+                h.update(k.shape.to_le_bytes());
+                h.update(k.uid.to_le_bytes());
+                h.update(k.gid.to_le_bytes());
+                h.update(k.cgroup_id.to_le_bytes());
+                h.update(k.exe_dev.to_le_bytes());
+                h.update(k.exe_ino.to_le_bytes());
+                h.update(k.comm[0].to_le_bytes());
+                h.update(k.comm[1].to_le_bytes());
+                h.update([level.unwrap_or(0)]);
+            }
+            h.update([u8::from(r.is_pending()), r.imdsv1 as u8]);
         }
         h.update(self.netfilter.digest_input());
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -311,10 +386,15 @@ impl Policy {
             .collect();
         cfg.digest.copy_from_slice(&digest);
 
+        // A key two rules share (a pod selected by a `pod` and a `namespace` rule) belongs to the
+        // first: the first matching table decides.
+        let mut seen = BTreeSet::new();
         let entries = self
             .installed()
-            .map(|rule| {
-                let key = RuleKey { generation, ..rule.key() };
+            .flat_map(|rule| rule.keys().into_iter().map(move |(k, _)| (k, rule)))
+            .filter(|(k, _)| seen.insert(*k))
+            .map(|(k, rule)| {
+                let key = RuleKey { generation, ..k };
                 (key, RuleValue { rule_index: rule.index, imdsv1: rule.imdsv1 as u32 })
             })
             .collect();
@@ -335,10 +415,12 @@ fn shapes_and_levels(rules: &[Rule]) -> (Vec<u8>, Vec<u8>) {
         if !shapes.contains(&shape) {
             shapes.push(shape);
         }
-        if let Some(c) = &r.cgroup
-            && !levels.contains(&c.level)
-        {
-            levels.push(c.level);
+        for (_, level) in r.keys() {
+            if let Some(level) = level
+                && !levels.contains(&level)
+            {
+                levels.push(level);
+            }
         }
     }
     (shapes, levels)
@@ -350,6 +432,7 @@ fn resolve_rule(
     index: u32,
     table: &Spanned<AllowTable>,
     host: &Host,
+    node: Option<&mut Node>,
 ) -> Result<Rule, ConfigError> {
     let t = table.get_ref();
     let line = lines.line(table.span().start);
@@ -363,6 +446,7 @@ fn resolve_rule(
         exe: None,
         cgroup: None,
         comm: None,
+        pods: None,
         imdsv1: Imdsv1Action::Log,
         resolved: Vec::new(),
         duplicate_of: None,
@@ -437,14 +521,77 @@ fn resolve_rule(
         rule.resolved.push(format!("comm \"{v}\" (spoofable)"));
         rule.comm = Some(v.clone());
     }
+    if let Some(sel) = pod_selector(source, t)? {
+        let node = node.expect("the node is read when a table selects pods");
+        let matches = node.resolve(&sel, &host.cgroup_root);
+        let what = match (&t.pod, &sel.container) {
+            (Some(p), None) => format!("pod {}*", p.get_ref()),
+            (Some(p), Some(c)) => format!("container {c} of pod {}*", p.get_ref()),
+            (None, None) => format!("namespace {}", sel.namespace),
+            (None, Some(c)) => format!("container {c} of namespace {}", sel.namespace),
+        };
+        let list: Vec<String> = matches
+            .iter()
+            .map(|m| format!("{} ({}, id {})", m.pod.name, m.cgroup.path, m.cgroup.id.unwrap_or(0)))
+            .collect();
+        rule.resolved.push(if list.is_empty() {
+            format!("{what}: none running now")
+        } else {
+            format!("{what}: {}", list.join(", "))
+        });
+        rule.pods = Some(PodRule { selector: sel, matches });
+    }
     if rule.key().shape == 0 {
         return Err(source.error_at(
             Some(table.span()),
-            "this [[allow]] table has no identity keys (uid, user, gid, group, exe, cgroup, comm), so \
-             it would allow every process; to let everything through while watching, use mode = \"monitor\"",
+            "this [[allow]] table has no identity keys (uid, user, gid, group, exe, cgroup, comm, pod, \
+             namespace), so it would allow every process; to let everything through while watching, use \
+             mode = \"monitor\"",
         ));
     }
     Ok(rule)
+}
+
+/// The pod selector of a table (`pod` or `namespace`, and `container`), checked.
+fn pod_selector(source: &Source, t: &AllowTable) -> Result<Option<PodSelector>, ConfigError> {
+    let at = |v: &Spanned<String>, m: String| source.error_at(Some(v.span()), m);
+    if let Some(cg) = &t.cgroup
+        && (t.pod.is_some() || t.namespace.is_some())
+    {
+        return Err(at(
+            cg,
+            "`cgroup` and `pod`/`namespace` in one [[allow]] table both name the cgroup; keep one".into(),
+        ));
+    }
+    let (namespace, name_prefix) = match (&t.pod, &t.namespace) {
+        (Some(_), Some(ns)) => {
+            return Err(at(ns, "`pod` already names the namespace; keep `pod` or `namespace`".into()));
+        }
+        (Some(p), None) => crate::pods::parse_pod(p.get_ref()).map_err(|m| at(p, m))?,
+        (None, Some(ns)) => {
+            crate::pods::check_namespace(ns.get_ref()).map_err(|m| at(ns, m))?;
+            (ns.get_ref().clone(), String::new())
+        }
+        (None, None) => {
+            if let Some(c) = &t.container {
+                return Err(at(
+                    c,
+                    "`container` needs `pod` or `namespace` in the same table: any pod can name a container \
+                     anything"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let container = match &t.container {
+        Some(c) => {
+            crate::pods::check_container(c.get_ref()).map_err(|m| at(c, m))?;
+            Some(c.get_ref().clone())
+        }
+        None => None,
+    };
+    Ok(Some(PodSelector { namespace, name_prefix, container }))
 }
 
 fn lookup_user(name: &str) -> Result<u32, String> {
@@ -556,6 +703,155 @@ mod tests {
         assert!(policy("[[allow]]\nname = \"x\"\n").unwrap_err().message.contains("no identity keys"));
         assert!(policy("[[allow]]\nuid = 0\nuser = \"root\"\n").unwrap_err().message.contains("keep one"));
         assert!(policy("[[allow]]\ngid = 0\ngroup = \"root\"\n").unwrap_err().message.contains("keep one"));
+    }
+
+    /// A node in a temporary directory: pod log directories and a kubepods tree (plain
+    /// directories: resolution only reads and stats them).
+    struct FakeNode(PathBuf);
+
+    const UID_A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+    const UID_B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+    const UID_C: &str = "cccccccc-0000-4000-8000-000000000003";
+
+    impl FakeNode {
+        fn new(name: &str) -> Self {
+            let root = std::env::temp_dir().join(format!("imdsg-policy-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(root.join("logs/pods")).unwrap();
+            std::fs::create_dir_all(root.join("logs/containers")).unwrap();
+            std::fs::create_dir_all(root.join("cg/kubepods.slice/kubepods-besteffort.slice")).unwrap();
+            FakeNode(root)
+        }
+        fn pod(&self, ns: &str, name: &str, uid: &str, qos: &str) -> String {
+            std::fs::create_dir_all(self.0.join(format!("logs/pods/{ns}_{name}_{uid}/main"))).unwrap();
+            let u = uid.replace('-', "_");
+            let cg = if qos.is_empty() {
+                format!("/kubepods.slice/kubepods-pod{u}.slice")
+            } else {
+                format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{u}.slice")
+            };
+            std::fs::create_dir_all(self.0.join("cg").join(&cg[1..])).unwrap();
+            cg
+        }
+        fn policy(&self, text: &str) -> Result<Policy, ConfigError> {
+            let host = Host { cgroup_root: self.0.join("cg") };
+            let text = format!(
+                "{text}\n[kubernetes]\npod_logs = \"{}\"\ncontainer_logs = \"{}\"\n",
+                self.0.join("logs/pods").display(),
+                self.0.join("logs/containers").display()
+            );
+            Policy::from_source(&Source { name: "p.toml".into(), text }, &host)
+        }
+    }
+
+    impl Drop for FakeNode {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn pod_and_namespace_rules_resolve_to_pod_cgroups() {
+        let n = FakeNode::new("pods");
+        let a = n.pod("kube-system", "aws-node-x1", UID_A, "burstable");
+        n.pod("kube-system", "coredns-5d", UID_B, "");
+        n.pod("default", "aws-node-fake", UID_C, "besteffort");
+        let p = n
+            .policy("[[allow]]\npod = \"kube-system/aws-node-\"\n[[allow]]\nnamespace = \"kube-system\"\nuid = 0\n[[allow]]\nnamespace = \"kube-system\"\n")
+            .unwrap();
+        let m = &p.rules[0].pods.as_ref().unwrap().matches;
+        assert_eq!(m.len(), 1, "only kube-system's aws-node: {m:?}");
+        assert_eq!(
+            (m[0].pod.uid.as_str(), m[0].cgroup.path.as_str(), m[0].cgroup.level),
+            (UID_A, a.as_str(), 3)
+        );
+        assert!(
+            p.rules[0].resolved[0].starts_with("pod kube-system/aws-node-*: aws-node-x1 ("),
+            "{:?}",
+            p.rules[0].resolved
+        );
+        assert_eq!(p.rules[2].pods.as_ref().unwrap().matches.len(), 2);
+        assert!(p.rules.iter().all(|r| r.duplicate_of.is_none()), "selectors are never duplicates");
+        let (cfg, entries) = p.kernel_tables(1);
+        // aws-node is in all three rules: its plain cgroup key belongs to the first one.
+        let a_id = p.rules[0].pods.as_ref().unwrap().matches[0].cgroup.id.unwrap();
+        let owners: Vec<u32> = entries
+            .iter()
+            .filter(|(k, _)| k.cgroup_id == a_id && k.uid == 0 && k.shape == field::CGROUP)
+            .map(|(_, v)| v.rule_index)
+            .collect();
+        assert_eq!(owners, [0]);
+        assert_eq!(entries.len(), 1 + 2 + 1, "{entries:?}");
+        assert_eq!(
+            cfg.probe_count,
+            2 * 2,
+            "two shapes at two pod depths (guaranteed pods have no QoS slice)"
+        );
+        assert!(p.pod_watch.contains(&n.0.join("logs/pods")));
+        assert!(p.pod_watch.contains(&n.0.join("cg/kubepods.slice/kubepods-besteffort.slice")));
+
+        // A new pod changes the resolution (and so the digest the reloader compares).
+        let before = p.digest.clone();
+        n.pod("kube-system", "aws-node-y2", "dddddddd-0000-4000-8000-000000000004", "besteffort");
+        let q = n.policy("[[allow]]\npod = \"kube-system/aws-node-\"\n[[allow]]\nnamespace = \"kube-system\"\nuid = 0\n[[allow]]\nnamespace = \"kube-system\"\n").unwrap();
+        assert_eq!(q.rules[0].pods.as_ref().unwrap().matches.len(), 2);
+        assert_ne!(before, q.digest);
+    }
+
+    #[test]
+    fn pod_rules_without_pods_wait() {
+        let n = FakeNode::new("nopods");
+        // A log directory without a cgroup (a pod that is gone) selects nothing.
+        std::fs::create_dir_all(n.0.join(format!("logs/pods/kube-system_aws-node-old_{UID_A}"))).unwrap();
+        let p = n.policy("[[allow]]\npod = \"kube-system/aws-node-\"\n").unwrap();
+        assert!(p.rules[0].is_pending());
+        assert!(p.warnings.iter().any(|w| w.contains("no pod it selects runs")), "{:?}", p.warnings);
+        assert!(p.kernel_tables(1).1.is_empty());
+    }
+
+    #[test]
+    fn container_rules_resolve_to_the_container_cgroup() {
+        let n = FakeNode::new("containers");
+        let pod = n.pod("kube-system", "aws-node-x1", UID_A, "burstable");
+        let id = "ab".repeat(32);
+        std::fs::create_dir_all(n.0.join(format!("cg{pod}/cri-containerd-{id}.scope"))).unwrap();
+        std::os::unix::fs::symlink(
+            n.0.join(format!("logs/pods/kube-system_aws-node-x1_{UID_A}/aws-node/0.log")),
+            n.0.join(format!("logs/containers/aws-node-x1_kube-system_aws-node-{id}.log")),
+        )
+        .unwrap();
+        let p = n.policy("[[allow]]\npod = \"kube-system/aws-node-\"\ncontainer = \"aws-node\"\n[[allow]]\nnamespace = \"kube-system\"\ncontainer = \"other\"\n").unwrap();
+        let m = &p.rules[0].pods.as_ref().unwrap().matches;
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].container_id.as_deref(), Some(id.as_str()));
+        assert_eq!(m[0].cgroup.level, 4);
+        assert!(p.rules[1].is_pending());
+        assert!(p.pod_watch.contains(&n.0.join("logs/containers")));
+        assert!(p.pod_watch.contains(&n.0.join(format!("cg{pod}"))), "container cgroups appear in the pod's");
+    }
+
+    #[test]
+    fn pod_key_errors_name_the_value() {
+        let n = FakeNode::new("errors");
+        let e = n.policy("[[allow]]\npod = \"aws-node\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:2:7");
+        assert!(e.message.contains("<namespace>/<pod name prefix>"), "{e}");
+        let e = n
+            .policy("[[allow]]\npod = \"kube-system/aws-node-\"\nnamespace = \"kube-system\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("keep `pod` or `namespace`"), "{e}");
+        let e = n.policy("[[allow]]\ncgroup = \"/a\"\nnamespace = \"kube-system\"\n").unwrap_err();
+        assert!(e.message.contains("both name the cgroup"), "{e}");
+        let e = n.policy("[[allow]]\ncontainer = \"aws-node\"\nuid = 0\n").unwrap_err();
+        assert!(e.message.contains("needs `pod` or `namespace`"), "{e}");
+        let e = n.policy("[[allow]]\nnamespace = \"Kube_System\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:2:13");
+        let e = policy("[kubernetes]\npod_logs = \"var/log/pods\"\n").unwrap_err();
+        assert!(e.message.contains("absolute"), "{e}");
+        let e = policy("[kubernetes]\npod_cgroups = []\n").unwrap_err();
+        assert!(e.message.contains("empty"), "{e}");
+        let e = policy("[kubernetes]\npod_cgroups = [\"kubepods\"]\n").unwrap_err();
+        assert!(e.message.contains("starting with `/`"), "{e}");
     }
 
     #[test]

@@ -197,6 +197,7 @@ impl Reloader {
                 dirs.insert(dir);
             }
         }
+        dirs.extend(self.policy.pod_watch.iter().cloned());
         dirs.retain(|d| d.is_dir());
         dirs
     }

@@ -1,5 +1,7 @@
 //! Project tasks: `cargo xtask test` builds everything and runs every test (privileged ones
-//! included: run as root); `cargo xtask demo` runs imds-guard on its embedded policy in a sandbox.
+//! included: run as root) and validates the Kubernetes manifests; `cargo xtask demo` runs
+//! imds-guard on its embedded policy in a sandbox; `cargo xtask validate-k8s` renders the Helm
+//! chart and validates every manifest.
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
 
 use std::{
@@ -9,6 +11,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod image;
+mod k8s;
 
 #[derive(Parser)]
 struct Cli {
@@ -27,6 +32,21 @@ enum Cmd {
     /// Measure what imds-guard costs (root; sandbox): prints a table, writes docs/BENCHMARKS.md
     /// and target/bench/results.json.
     Bench,
+    /// Render the Helm chart (defaults and charts/imds-guard/ci/*.yaml), check that
+    /// deploy/daemonset.yaml is the default rendering, validate every manifest against the
+    /// Kubernetes schemas and with checkov, and resolve the rendered policies.
+    ValidateK8s {
+        /// Regenerate deploy/daemonset.yaml from the chart instead of failing when it differs.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Build the container image (Containerfile: the static musl binary alone) with podman,
+    /// buildah or docker.
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = concat!("imds-guard:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+    },
     /// Run the guard in a sandbox with a fake IMDS and show allowed, denied and reported requests.
     Demo {
         /// Rounds of requests (0: until Ctrl-C).
@@ -85,6 +105,8 @@ fn main() -> anyhow::Result<()> {
             // The quality gate: formatting and lints (the toolchain and its rustfmt/clippy are pinned).
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+            // The chart, the plain manifest and the policies they carry.
+            k8s::validate(false, &root().join("target/debug/imds-guard"))?;
             let mut test = vec!["test", "--no-fail-fast"];
             if !args.is_empty() {
                 test.push("--");
@@ -100,6 +122,11 @@ fn main() -> anyhow::Result<()> {
                 &["--markdown", "docs/BENCHMARKS.md", "--json", "target/bench/results.json"],
             )
         }
+        Cmd::ValidateK8s { write } => {
+            cargo(&["build", "-p", "imds-guard"])?;
+            k8s::validate(write, &root().join("target/debug/imds-guard"))
+        }
+        Cmd::Image { tag } => image::build(&tag),
         Cmd::Demo { rounds, interval } => build_and_run(
             &[],
             "imds-guard-demo",

@@ -103,6 +103,20 @@ fn mismatch(rule: &Rule, who: &ProcessIdentity) -> Option<String> {
             why.insert(3, format!("cgroup {} is not inside {}{state}", who.cgroup, cg.path));
         }
     }
+    if let Some(p) = &rule.pods {
+        let level_id =
+            |m: &crate::pods::PodMatch| who.cgroup_ancestry.get(usize::from(m.cgroup.level)).copied();
+        if !p.matches.iter().any(|m| m.cgroup.id.is_some() && level_id(m) == m.cgroup.id) {
+            why.insert(
+                3,
+                format!(
+                    "cgroup {} is not inside any of the {} pod cgroups the rule selects now",
+                    who.cgroup,
+                    p.matches.len()
+                ),
+            );
+        }
+    }
     if let Some(comm) = rule.comm.as_ref().filter(|c| **c != who.comm) {
         why.insert(4, format!("comm is \"{}\", the rule wants \"{comm}\"", who.comm));
     }

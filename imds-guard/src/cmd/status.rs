@@ -20,6 +20,21 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     } else {
         "none"
     };
+    if args.check {
+        if !s.enforcing {
+            anyhow::bail!(
+                "not enforcing: {} of {} programs attached, generation {}",
+                s.links.len(),
+                crate::guard::PROGRAMS.len(),
+                s.generation
+            );
+        }
+        println!(
+            "enforcing: generation {}, mode {}, {} rules, policy sha256:{}",
+            s.generation, s.mode, s.rules, s.policy_digest
+        );
+        return Ok(());
+    }
     if args.json {
         let mut v = serde_json::to_value(&s)?;
         v["enforcement"] = enforcement.into();
