@@ -36,6 +36,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Load the policy, attach the kernel programs, and report violations (foreground).
     Run(RunArgs),
+    /// Get the host ready for `run` (as root, e.g. from the systemd unit's ExecStartPre=): find
+    /// cgroup v2 or mount one, mount bpffs for the pin directory if missing, and check that the
+    /// kernel has every feature imds-guard needs (one sentence per missing feature).
+    Prepare(PinArgs),
     /// Validate a policy file and show what each rule resolves to; exits non-zero on error.
     Check(CheckArgs),
     /// Show what is attached and enforced, the policy digest and the counters.

@@ -18,6 +18,7 @@ use crate::{
     config::Source,
     env,
     events::Enricher,
+    features,
     guard::Guard,
     policy::{Host, Policy, mode_name},
     reload::{Reason, Reloader},
@@ -32,7 +33,7 @@ const RECHECK: Duration = Duration::from_secs(2);
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     env::check_capabilities()?;
-    let cgroup_root = env::cgroup2_root()?;
+    let (cgroup_root, _) = env::cgroup2_root_or_mount()?;
     let host = Host { cgroup_root: cgroup_root.clone() };
     let source = Source::read(&args.config)?;
     let policy = Policy::from_source(&source, &host)?;
@@ -59,7 +60,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     env::prepare_pin_dir(pin_dir)?;
 
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "kernel BTF read");
-    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets)?;
+    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets)
+        .map_err(|e| features::explain_failure(e, &features::ALWAYS))?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
     let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
