@@ -28,11 +28,24 @@ pub struct Policy {
     /// (which only get a connection in monitor mode).
     #[serde(serialize_with = "ser_imdsv1")]
     pub default_imdsv1: Imdsv1Action,
+    /// What the daemon does at start-up with connections denied processes opened before it.
+    pub preexisting: Preexisting,
     pub rules: Vec<Rule>,
     /// Hex SHA-256 of the resolved policy (what the kernel enforces), shown by `status`.
     pub digest: String,
     /// Things that are allowed but deserve attention (spoofable keys, cgroups not there yet).
     pub warnings: Vec<String>,
+}
+
+/// `preexisting = ...`: connections to an endpoint that were open before imds-guard started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preexisting {
+    /// Report each one (`preexisting_connection`), leave it open.
+    #[default]
+    Report,
+    /// Report each one, and reset those a process the policy denies holds (enforce mode only).
+    Close,
 }
 
 /// What resolving a policy needs from the host.
@@ -205,6 +218,16 @@ impl Policy {
             ));
         }
         let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
+        let preexisting = match file.preexisting.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+            None | Some(("report", _)) => Preexisting::Report,
+            Some(("close", _)) => Preexisting::Close,
+            Some((other, span)) => {
+                return Err(source.error_at(
+                    Some(span),
+                    format!("unknown preexisting treatment `{other}`: expected \"report\" or \"close\""),
+                ));
+            }
+        };
         let mut rules = Vec::with_capacity(file.allow.len());
         let lines = source.line_index();
         let mut seen: BTreeMap<RuleKey, u32> = BTreeMap::new();
@@ -257,6 +280,7 @@ impl Policy {
             mode,
             endpoints,
             default_imdsv1,
+            preexisting,
             rules,
             digest: String::new(),
             warnings,
@@ -479,6 +503,16 @@ mod tests {
         let e = policy("[[allow]]\nuid = 0\nimdsv1 = \"block\"\n").unwrap_err();
         assert_eq!(e.location, "p.toml:3:10");
         assert_ne!(policy("").unwrap().digest, policy("imdsv1 = \"deny\"\n").unwrap().digest);
+    }
+
+    #[test]
+    fn preexisting_treatment() {
+        assert_eq!(policy("").unwrap().preexisting, Preexisting::Report);
+        assert_eq!(policy("preexisting = \"report\"\n").unwrap().preexisting, Preexisting::Report);
+        assert_eq!(policy("preexisting = \"close\"\n").unwrap().preexisting, Preexisting::Close);
+        let e = policy("mode = \"enforce\"\npreexisting = \"kill\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:2:15");
+        assert!(e.message.contains("unknown preexisting treatment `kill`"), "{e}");
     }
 
     #[test]

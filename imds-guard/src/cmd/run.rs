@@ -5,6 +5,7 @@
 use std::{io::Write as _, time::Duration};
 
 use anyhow::Context as _;
+use imds_guard_common::config::Mode;
 use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
@@ -20,7 +21,7 @@ use crate::{
     events::Enricher,
     features,
     guard::Guard,
-    policy::{Host, Policy, mode_name},
+    policy::{Host, Policy, Preexisting, mode_name},
     reload::{Reason, Reloader},
 };
 
@@ -41,6 +42,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "policy resolved");
+    if policy.preexisting == Preexisting::Close {
+        features::require(&[features::Feature::PidfdGetfd])?;
+    }
     let exe_offsets = match btf::Btf::from_file(&args.btf).and_then(|b| btf::exe_offsets(&b)) {
         Ok(o) => Some(o),
         Err(e) if policy.needs_exe() => {
@@ -72,12 +76,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
         let watch = rewatch(&mut reloader, &mut guard, Some(Reason::FileChanged))?;
         let policy = &reloader.policy;
-        // Connections opened before the hooks were attached cannot be judged by them: report them.
-        for c in crate::preexisting::scan(policy, &cgroup_root) {
+        // Connections opened before the hooks were attached cannot be judged by them: report them
+        // (and, if the policy says so, reset the ones denied processes hold).
+        let mut found = crate::preexisting::scan(policy, &cgroup_root, &cgroup);
+        let close = policy.preexisting == Preexisting::Close && policy.mode == Mode::Enforce;
+        if close {
+            crate::preexisting::close_denied(&mut found);
+        }
+        for c in &found {
             if !c.allowed {
-                tracing::warn!(pid = c.pid, uid = c.uid, comm = %c.comm, "a connection to {} was open before imds-guard started, held by a process the policy does not allow", c.dst);
+                let what = match (&c.close_error, c.closed) {
+                    (Some(e), _) => format!("; resetting it failed: {e}"),
+                    (None, true) => "; it was reset".to_owned(),
+                    (None, false) if policy.preexisting == Preexisting::Close => {
+                        "; left open in monitor mode".to_owned()
+                    }
+                    (None, false) => "; left open (preexisting = \"close\" resets such connections)".to_owned(),
+                };
+                tracing::warn!(pid = c.pid, uid = c.uid, comm = %c.comm, "a connection to {} was open before imds-guard started, held by a process the policy does not allow{what}", c.dst);
             }
-            emit(&c);
+            emit(c);
         }
         emit(&json!({
             "schema": crate::events::SCHEMA_VERSION,
