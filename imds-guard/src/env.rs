@@ -73,7 +73,9 @@ pub fn cgroup2_root_or_mount() -> anyhow::Result<(PathBuf, Cgroup2)> {
             "this kernel has no cgroup v2 filesystem (Linux 4.5+, CONFIG_CGROUPS), which the connect \
              hooks are attached to"
         ),
-        Err(e) => bail!("no cgroup v2 filesystem is mounted, and mounting one at {} failed: {e}", dir.display()),
+        Err(e) => {
+            bail!("no cgroup v2 filesystem is mounted, and mounting one at {} failed: {e}", dir.display())
+        }
     }
     check_cgroup2_dir(dir)?;
     Ok((dir.to_owned(), Cgroup2::Mounted))

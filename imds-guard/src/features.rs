@@ -192,7 +192,10 @@ mod tests {
         }
         assert!(report(&ALWAYS, |_| Ok(true)).is_ok());
         let e = report(&[Feature::PidfdGetfd], |_| Ok(false)).unwrap_err().to_string();
-        assert!(e.starts_with("this kernel lacks 1 feature imds-guard needs:\n  - The kernel has no pidfd_getfd"), "{e}");
+        assert!(
+            e.starts_with("this kernel lacks 1 feature imds-guard needs:\n  - The kernel has no pidfd_getfd"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -200,9 +203,17 @@ mod tests {
         let load = || anyhow::anyhow!("loading imdsg_connect4 (verifier)");
         let e = explain_with(load(), &ALWAYS, |f| Ok(f != Feature::RingBuf));
         let text = format!("{e:#}");
-        assert!(text.starts_with("the loader said: loading imdsg_connect4 (verifier): this kernel lacks 1 feature"), "{text}");
+        assert!(
+            text.starts_with(
+                "the loader said: loading imdsg_connect4 (verifier): this kernel lacks 1 feature"
+            ),
+            "{text}"
+        );
         assert!(text.contains(Feature::RingBuf.missing()), "{text}");
-        assert_eq!(format!("{:#}", explain_with(load(), &ALWAYS, |_| Ok(true))), "loading imdsg_connect4 (verifier)");
+        assert_eq!(
+            format!("{:#}", explain_with(load(), &ALWAYS, |_| Ok(true))),
+            "loading imdsg_connect4 (verifier)"
+        );
         let cannot_tell = explain_with(load(), &ALWAYS, |_| Err(io::Error::from_raw_os_error(libc::EPERM)));
         assert_eq!(format!("{cannot_tell:#}"), "loading imdsg_connect4 (verifier)");
     }

@@ -42,6 +42,19 @@ impl Daemon {
         wrapper: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_as_seen(sb, policy, extra, wrapper, env, &sb.cgroup)
+    }
+
+    /// Like `start_with`, for a daemon that sees the sandbox cgroup at `cgroup` (a wrapper that
+    /// gives it a mount namespace of its own, where cgroup2 is mounted elsewhere).
+    pub(crate) fn start_as_seen(
+        sb: &Sandbox,
+        policy: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        cgroup: &Path,
+    ) -> Self {
         let bin = guard_bin();
         let mut cmd = match wrapper.split_first() {
             Some((w, rest)) => {
@@ -57,7 +70,7 @@ impl Daemon {
             .arg(policy)
             .args(extra)
             .arg("--cgroup")
-            .arg(&sb.cgroup)
+            .arg(cgroup)
             .arg("--pin-dir")
             .arg(sb.pin_dir())
             .stdin(Stdio::null())

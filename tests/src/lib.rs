@@ -9,6 +9,7 @@ pub mod client;
 pub mod daemon;
 pub mod fake_imds;
 pub mod sandbox;
+pub mod unit;
 
 pub use client::{Client, Probe};
 pub use daemon::Daemon;

@@ -138,10 +138,18 @@ fn preexisting_close_resets_the_connections_denied_processes_hold() {
     assert_eq!(o.allowed, "HTTP/1.1 200 OK", "the allowed process's old connection keeps working");
     assert_eq!(o.new_connect, "EPERM");
     let r = &o.denied_report;
-    assert_eq!((&r["uid"], &r["allowed"], &r["closed"]), (&Value::from(NOBODY), &false.into(), &true.into()), "{r}");
+    assert_eq!(
+        (&r["uid"], &r["allowed"], &r["closed"]),
+        (&Value::from(NOBODY), &false.into(), &true.into()),
+        "{r}"
+    );
     assert!(r.get("close_error").is_none(), "{r}");
     let r = &o.allowed_report;
-    assert_eq!((&r["uid"], &r["allowed"], &r["closed"]), (&Value::from(0), &true.into(), &false.into()), "{r}");
+    assert_eq!(
+        (&r["uid"], &r["allowed"], &r["closed"]),
+        (&Value::from(0), &true.into(), &false.into()),
+        "{r}"
+    );
 }
 
 #[test]
@@ -150,12 +158,16 @@ fn preexisting_report_and_monitor_mode_leave_them_open() {
         return;
     }
     for (policy, new_connect) in [
-        ("[[allow]]\nuid = 0\n", "EPERM"),                           // default: report
+        ("[[allow]]\nuid = 0\n", "EPERM"), // default: report
         ("preexisting = \"report\"\n[[allow]]\nuid = 0\n", "EPERM"), // explicit
         ("mode = \"monitor\"\npreexisting = \"close\"\n[[allow]]\nuid = 0\n", "connected"), // monitor blocks nothing
     ] {
         let o = run("pre_report", policy);
-        assert_eq!((o.denied.as_str(), o.allowed.as_str()), ("HTTP/1.1 200 OK", "HTTP/1.1 200 OK"), "{policy}");
+        assert_eq!(
+            (o.denied.as_str(), o.allowed.as_str()),
+            ("HTTP/1.1 200 OK", "HTTP/1.1 200 OK"),
+            "{policy}"
+        );
         assert_eq!(o.new_connect, new_connect, "{policy}");
         let r = &o.denied_report;
         assert_eq!((&r["allowed"], &r["closed"]), (&false.into(), &false.into()), "{policy}: {r}");
