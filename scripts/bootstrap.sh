@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything imds-guard needs to build and test, idempotently:
-#   - apt packages the tests use (bpftool, iproute2, curl, util-linux's setpriv, nftables)
+#   - apt packages the tests use (bpftool, iproute2, curl, util-linux's setpriv, nftables,
+#     systemd's systemd-analyze for the unit checks, linux-libc-dev's syscall and capability numbers)
 #   - the pinned stable toolchain (userspace) and pinned nightly + rust-src (eBPF, -Z build-std=core)
 #   - bpf-linker built against the nightly's own libLLVM (Debian's LLVM is too old)
 # Fast (< 1 s) when everything is present. Versions are pinned here and in rust-toolchain.toml.
@@ -10,7 +11,7 @@ STABLE=1.99.1
 NIGHTLY=nightly-2026-10-29
 BPF_LINKER_VERSION=0.13.0
 BPF_LINKER_LLVM_FEATURE=llvm-23
-APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore procps)
+APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore procps systemd linux-libc-dev)
 
 export RUSTUP_AUTO_INSTALL=0
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
