@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask test` builds everything and runs every test (privileged ones
-//! included: run as root); `cargo xtask demo` runs imds-guard on its embedded policy in a sandbox.
+//! included: run as root); `cargo xtask demo` runs imds-guard on its embedded policy in a sandbox;
+//! `cargo xtask deb` builds and checks the Debian package.
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
 
 use std::{
@@ -9,6 +10,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod deb;
 
 #[derive(Parser)]
 struct Cli {
@@ -27,6 +30,9 @@ enum Cmd {
     /// Measure what imds-guard costs (root; sandbox): prints a table, writes docs/BENCHMARKS.md
     /// and target/bench/results.json.
     Bench,
+    /// Build the Debian package (target/debian/) and check it: fields, files, conffile, maintainer
+    /// scripts, and (as root) install/remove/purge in a throwaway root.
+    Deb,
     /// Run the guard in a sandbox with a fake IMDS and show allowed, denied and reported requests.
     Demo {
         /// Rounds of requests (0: until Ctrl-C).
@@ -100,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                 &["--markdown", "docs/BENCHMARKS.md", "--json", "target/bench/results.json"],
             )
         }
+        Cmd::Deb => deb::deb(),
         Cmd::Demo { rounds, interval } => build_and_run(
             &[],
             "imds-guard-demo",
