@@ -104,8 +104,14 @@ fn unit_sandbox(u: &Unit, pin_fs: &std::path::Path) -> Vec<String> {
         let v = v.as_str();
         match (k.as_str(), v) {
             ("ProtectSystem", "strict") => push(&["--ro-root"]),
-            // Read-only /sys, /proc/sys and /sys/fs/cgroup: part of --ro-root.
-            ("ProtectKernelTunables" | "ProtectControlGroups", "yes") => {}
+            // Read-only /sys and /sys/fs/cgroup: part of --ro-root.
+            ("ReadOnlyPaths", "/sys") | ("ProtectControlGroups", "yes") => {}
+            // systemd's ProtectKernelTunables= table marks /sys/fs/bpf read-only, and the more
+            // restrictive of two entries for one path wins over ReadWritePaths=/sys/fs/bpf.
+            ("ProtectKernelTunables", "yes") => panic!(
+                "ProtectKernelTunables=yes makes /sys/fs/bpf read-only whatever ReadWritePaths= says \
+                 (systemd src/core/namespace.c), so the daemon could not pin: use ReadOnlyPaths=/sys"
+            ),
             ("ReadWritePaths", "/sys/fs/bpf") => push(&["--rw", pin_fs.to_str().unwrap()]),
             ("ProcSubset", "pid") => proc.push("subset=pid"),
             ("ProtectProc", "invisible") => proc.push("hidepid=invisible"),
