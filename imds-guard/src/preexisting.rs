@@ -30,10 +30,14 @@ use std::{
     path::Path,
 };
 
-use imds_guard_common::verdict::find_rule;
+use imds_guard_common::{config::Mode, verdict::find_rule};
 use serde::Serialize;
 
-use crate::{endpoints::Endpoints, identity::ProcessIdentity, policy::Policy};
+use crate::{
+    endpoints::Endpoints,
+    identity::ProcessIdentity,
+    policy::{Policy, Preexisting as PreexistingPolicy},
+};
 
 #[derive(Debug, Serialize)]
 pub struct Preexisting {
@@ -211,6 +215,33 @@ pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexis
         }
     }
     out
+}
+
+/// What `run` does once enforcement is attached: finds the connections that predate it (below
+/// `attached`), resets the ones denied processes hold when the policy says `preexisting =
+/// "close"` in enforce mode, and logs a warning about each denied holder. Returns the reports.
+pub fn at_start(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexisting> {
+    let mut found = scan(policy, cgroup_root, attached);
+    let close = policy.preexisting == PreexistingPolicy::Close;
+    if close && policy.mode == Mode::Enforce {
+        close_denied(&mut found);
+    }
+    for c in found.iter().filter(|c| !c.allowed) {
+        let what = match (&c.close_error, c.closed) {
+            (Some(e), _) => format!("; resetting it failed: {e}"),
+            (None, true) => "; it was reset".to_owned(),
+            (None, false) if close => "; left open in monitor mode".to_owned(),
+            (None, false) => "; left open (preexisting = \"close\" resets such connections)".to_owned(),
+        };
+        tracing::warn!(
+            pid = c.pid,
+            uid = c.uid,
+            comm = %c.comm,
+            "a connection to {} was open before imds-guard started, held by a process the policy does not allow{what}",
+            c.dst
+        );
+    }
+    found
 }
 
 /// Resets every connection in `found` that a denied process holds (also for the other processes

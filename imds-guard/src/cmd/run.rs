@@ -5,7 +5,6 @@
 use std::{io::Write as _, time::Duration};
 
 use anyhow::Context as _;
-use imds_guard_common::config::Mode;
 use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
@@ -78,24 +77,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let policy = &reloader.policy;
         // Connections opened before the hooks were attached cannot be judged by them: report them
         // (and, if the policy says so, reset the ones denied processes hold).
-        let mut found = crate::preexisting::scan(policy, &cgroup_root, &cgroup);
-        let close = policy.preexisting == Preexisting::Close && policy.mode == Mode::Enforce;
-        if close {
-            crate::preexisting::close_denied(&mut found);
-        }
-        for c in &found {
-            if !c.allowed {
-                let what = match (&c.close_error, c.closed) {
-                    (Some(e), _) => format!("; resetting it failed: {e}"),
-                    (None, true) => "; it was reset".to_owned(),
-                    (None, false) if policy.preexisting == Preexisting::Close => {
-                        "; left open in monitor mode".to_owned()
-                    }
-                    (None, false) => "; left open (preexisting = \"close\" resets such connections)".to_owned(),
-                };
-                tracing::warn!(pid = c.pid, uid = c.uid, comm = %c.comm, "a connection to {} was open before imds-guard started, held by a process the policy does not allow{what}", c.dst);
-            }
-            emit(c);
+        for c in crate::preexisting::at_start(policy, &cgroup_root, &cgroup) {
+            emit(&c);
         }
         emit(&json!({
             "schema": crate::events::SCHEMA_VERSION,
