@@ -14,10 +14,10 @@
 //! socket goes through the connect hooks like any other.
 //!
 //! The alternatives both abort through the same kernel function (`tcp_abort`) but only see the
-//! sockets of the network namespace the caller is in: the `bpf_sock_destroy` kfunc runs from a
-//! `iter/tcp` program, which iterates the namespace of the process that opens the iterator, and
-//! the netlink `SOCK_DESTROY` request (CONFIG_INET_DIAG_DESTROY, off in many distribution
-//! kernels) addresses the namespace of the netlink socket. Reaching a container's connections
+//! sockets of the network namespace the caller is in: the `bpf_sock_destroy` kfunc (Linux 6.5)
+//! runs from an `iter/tcp` program, which iterates the namespace of the process that opens the
+//! iterator, and the netlink `SOCK_DESTROY` request (a kernel option, CONFIG_INET_DIAG_DESTROY,
+//! that not every distribution enables) addresses the namespace of the netlink socket. Reaching a container's connections
 //! would need `setns()` into each namespace, i.e. CAP_SYS_ADMIN, and the systemd unit runs the
 //! daemon in a private network namespace of its own without it. `pidfd_getfd` reaches the socket
 //! through its holder, in whatever namespace it is, with the privileges the daemon already has.
