@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything imds-guard needs to build and test, idempotently:
 #   - apt packages the tests use (bpftool, iproute2, curl, util-linux's setpriv, nftables, python3-venv,
-#     npm for the Kubernetes manifest checks)
+#     npm for the Kubernetes manifest checks, systemd's systemd-analyze for the unit checks,
+#     linux-libc-dev's syscall and capability numbers)
 #   - the pinned stable toolchain (userspace) and pinned nightly + rust-src (eBPF, -Z build-std=core)
 #   - bpf-linker built against the nightly's own libLLVM (Debian's LLVM is too old)
+#   - cargo-deb, which `cargo xtask deb` builds the Debian package with
 # Fast (< 1 s) when everything is present. Versions are pinned here and in rust-toolchain.toml.
 set -euo pipefail
 
@@ -11,7 +13,8 @@ STABLE=1.99.1
 NIGHTLY=nightly-2026-10-29
 BPF_LINKER_VERSION=0.13.0
 BPF_LINKER_LLVM_FEATURE=llvm-23
-APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps)
+CARGO_DEB_VERSION=3.8.0
+APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps systemd linux-libc-dev)
 
 export RUSTUP_AUTO_INSTALL=0
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
@@ -80,4 +83,9 @@ if ! linker_ok; then
   echo "$libllvm" >"$CARGO_HOME/imds-guard-llvm/bpf-linker.built-for"
   linker_ok || { log "bpf-linker does not run: $(ldd "$(command -v bpf-linker)" | grep 'not found')"; exit 1; }
 fi
-log "toolchains ready: $STABLE, $NIGHTLY (+rust-src), bpf-linker $BPF_LINKER_VERSION"
+# cargo-deb: a pinned version, built once with the pinned stable toolchain (about 2 min).
+if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+  log "building cargo-deb $CARGO_DEB_VERSION (about two minutes)"
+  cargo +"$STABLE" install cargo-deb@"$CARGO_DEB_VERSION" --locked --force
+fi
+log "toolchains ready: $STABLE, $NIGHTLY (+rust-src), bpf-linker $BPF_LINKER_VERSION, cargo-deb $CARGO_DEB_VERSION"

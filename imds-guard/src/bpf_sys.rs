@@ -1,4 +1,5 @@
-//! Two bpf() commands aya does not offer: an RCU barrier, and replacing a link's program.
+//! bpf() commands aya does not offer: an RCU barrier, replacing a link's program, opening a pin
+//! of any type, and probing for sockmap links.
 //!
 //! ## Waiting until no kernel program still runs with an old policy generation
 //!
@@ -124,4 +125,62 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
     let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) })
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_SK_MSG: u32 = 16;
+const BPF_SK_MSG_VERDICT: u32 = 7;
+
+/// The head of `bpf_attr` for BPF_PROG_LOAD (the kernel zero-fills the rest).
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+}
+
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// Whether an `sk_msg` program can be attached to a sockhash through a bpf_link (Linux 6.10),
+/// which is what keeps the message hook attached when the daemon exits. Loads a two-instruction
+/// program and asks for a link to an invalid map fd: a kernel that has such links looks the map up
+/// and answers EBADF; one that does not refuses the link type with EINVAL.
+pub fn sk_msg_link_supported() -> io::Result<bool> {
+    // r0 = 1 (SK_PASS); exit
+    let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SK_MSG,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+    };
+    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nothing else owns.
+    let prog = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) };
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd().cast_unsigned(),
+        target_fd: u32::MAX,
+        attach_type: BPF_SK_MSG_VERDICT,
+        flags: 0,
+    };
+    match sys_bpf(BPF_LINK_CREATE, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+        Ok(fd) => {
+            // Cannot happen (the map fd is invalid); do not leak it if it does.
+            // SAFETY: a new file descriptor that nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) });
+            Ok(true)
+        }
+    }
 }

@@ -36,6 +36,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Load the policy, attach the kernel programs, and report violations (foreground).
     Run(RunArgs),
+    /// Get the host ready for `run` (as root, e.g. from the systemd unit's ExecStartPre=): find
+    /// cgroup v2 or mount one, mount bpffs for the pin directory if missing, and check that the
+    /// kernel has every feature imds-guard needs (one sentence per missing feature).
+    Prepare(PrepareArgs),
     /// Validate a policy file and show what each rule resolves to; exits non-zero on error.
     Check(CheckArgs),
     /// Show what is attached and enforced, the policy digest and the counters.
@@ -103,6 +107,17 @@ pub struct ExplainArgs {
     /// Policy file, for per-rule reasons (the verdict itself comes from the kernel's maps).
     #[arg(long, short, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Give the pin directory (and what is pinned in it) to this user and its group (a name, or
+    /// numeric UID[:GID]), the one `run` runs as (the systemd unit's User=): it keeps no
+    /// capability to write what root owns.
+    #[arg(long, value_name = "USER")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,9 @@ pub struct PolicyFile {
     pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
     /// Default treatment of tokenless (IMDSv1) requests: `"allow"`, `"log"` (default) or `"deny"`.
     pub imdsv1: Option<Spanned<String>>,
+    /// Connections to an endpoint open before imds-guard started, held by a process the policy
+    /// denies: `"report"` (default) or `"close"`.
+    pub preexisting: Option<Spanned<String>>,
     /// Allow rules: the keys of one table must all match; tables are alternatives.
     #[serde(default)]
     pub allow: Vec<Spanned<AllowTable>>,

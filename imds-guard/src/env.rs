@@ -1,5 +1,6 @@
-//! The host environment: where cgroup v2 and bpffs are, and making sure the pin directory is on a
-//! bpffs so that pinned programs and maps outlive the daemon.
+//! The host environment: where cgroup v2 and bpffs are (mounting them when the host has none), and
+//! making sure the pin directory is on a bpffs so that pinned programs and maps outlive the daemon.
+//! What the kernel itself must support is checked in [`crate::features`].
 
 use std::{
     fs,
@@ -14,17 +15,29 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
 
+/// Where imds-guard mounts a cgroup v2 hierarchy of its own when the host has none mounted (a pure
+/// cgroup v1 host such as Amazon Linux 2). The hierarchy is the same everywhere it is mounted:
+/// every process of a v1 host is in its root cgroup, which is what the hooks attach to.
+pub const PRIVATE_CGROUP2: &str = "/run/imds-guard/cgroup2";
+
 /// The cgroup v2 mount point, from /proc/self/mountinfo (`/sys/fs/cgroup` on a unified host,
-/// `/sys/fs/cgroup/unified` on a hybrid one).
+/// `/sys/fs/cgroup/unified` on a hybrid one, [`PRIVATE_CGROUP2`] once imds-guard mounted one).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let root = cgroup2_root_from(&info).context(
-        "no cgroup v2 filesystem is mounted on this host; mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) \
-         or pass --cgroup",
-    )?;
-    // In a cgroup namespace (an unprivileged container on a cgroup v2 host) the mount that looks
-    // like the root is the namespace's own subtree: attaching there would judge only the
-    // container, and every path would be off. Only non-root cgroups have `cgroup.events`.
+    let root = cgroup2_root_from(&info).with_context(|| {
+        format!(
+            "no cgroup v2 filesystem is mounted on this host; run `imds-guard prepare` as root to mount one \
+             at {PRIVATE_CGROUP2} (or mount one yourself: mount -t cgroup2 none {PRIVATE_CGROUP2})"
+        )
+    })?;
+    not_a_namespace_view(&root)?;
+    Ok(root)
+}
+
+/// In a cgroup namespace (an unprivileged container on a cgroup v2 host) the mount that looks like
+/// the root is the namespace's own subtree: attaching there would judge only the container, and
+/// every path would be off. Only non-root cgroups have `cgroup.events`.
+fn not_a_namespace_view(root: &Path) -> anyhow::Result<()> {
     if root.join("cgroup.events").exists() {
         bail!(
             "the cgroup2 filesystem at {} is a cgroup namespace's view of a subtree, not the host's hierarchy: \
@@ -33,7 +46,57 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
             root.display()
         );
     }
-    Ok(root)
+    Ok(())
+}
+
+/// How the cgroup v2 mount was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cgroup2 {
+    /// Mounted by the host (or by an earlier `imds-guard prepare`).
+    Found,
+    /// None was mounted; imds-guard mounted one at [`PRIVATE_CGROUP2`] just now.
+    Mounted,
+}
+
+/// The cgroup v2 mount point; when none is mounted, mounts one at [`PRIVATE_CGROUP2`] (which needs
+/// CAP_SYS_ADMIN: without it, the error says to run `imds-guard prepare` as root first).
+pub fn cgroup2_root_or_mount() -> anyhow::Result<(PathBuf, Cgroup2)> {
+    let info = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    if let Some(root) = cgroup2_root_from(&info) {
+        not_a_namespace_view(&root)?;
+        return Ok((root, Cgroup2::Found));
+    }
+    let dir = Path::new(PRIVATE_CGROUP2);
+    fs::create_dir_all(dir).with_context(|| {
+        format!("no cgroup v2 filesystem is mounted, and creating {} to mount one failed", dir.display())
+    })?;
+    tracing::info!(path = %dir.display(), "no cgroup v2 filesystem is mounted: mounting one");
+    match nix::mount::mount(
+        Some("cgroup2"),
+        dir,
+        Some("cgroup2"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) => bail!(
+            "no cgroup v2 filesystem is mounted, and mounting one at {} needs CAP_SYS_ADMIN, which this \
+             process does not have: run `imds-guard prepare` as root first (the systemd unit does, in \
+             ExecStartPre=), or mount one yourself (mount -t cgroup2 none {})",
+            dir.display(),
+            dir.display()
+        ),
+        Err(nix::errno::Errno::ENODEV) => bail!(
+            "this kernel has no cgroup v2 filesystem (Linux 4.5+, CONFIG_CGROUPS), which the connect \
+             hooks are attached to"
+        ),
+        Err(e) => {
+            bail!("no cgroup v2 filesystem is mounted, and mounting one at {} failed: {e}", dir.display())
+        }
+    }
+    check_cgroup2_dir(dir)?;
+    Ok((dir.to_owned(), Cgroup2::Mounted))
 }
 
 fn cgroup2_root_from(mountinfo: &str) -> Option<PathBuf> {
@@ -76,8 +139,10 @@ pub fn cgroup_id(dir: &Path) -> anyhow::Result<u64> {
 }
 
 /// Makes sure `pin_dir` exists on a bpffs. For the default location, mounts bpffs on /sys/fs/bpf
-/// when nothing is mounted there; an explicit `--pin-dir` elsewhere must already be on a bpffs.
-pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
+/// when nothing is mounted there (returns whether it did); an explicit `--pin-dir` elsewhere must
+/// already be on a bpffs.
+pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<bool> {
+    let mut mounted = false;
     let parent = pin_dir.parent().context("the pin directory has no parent")?;
     if !parent.exists() {
         bail!("{} does not exist (the pin directory's parent must be on a bpffs)", parent.display());
@@ -94,7 +159,19 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
                     | nix::mount::MsFlags::MS_NOEXEC,
                 Some("mode=0700"),
             )
-            .with_context(|| format!("mounting bpffs on {}", parent.display()))?;
+            .map_err(|e| match e {
+                nix::errno::Errno::EPERM => anyhow::anyhow!(
+                    "no bpffs is mounted on {0}, and mounting one needs CAP_SYS_ADMIN, which this process \
+                     does not have: run `imds-guard prepare` as root first (the systemd unit does, in \
+                     ExecStartPre=), or mount it yourself (mount -t bpf bpf {0})",
+                    parent.display()
+                ),
+                nix::errno::Errno::ENODEV => anyhow::anyhow!(
+                    "this kernel has no bpf filesystem (CONFIG_BPF_SYSCALL), where enforcement is pinned"
+                ),
+                e => anyhow::anyhow!("mounting bpffs on {}: {e}", parent.display()),
+            })?;
+            mounted = true;
         } else {
             bail!(
                 "{} is not on a bpffs, so pins there would not survive the daemon; \
@@ -109,7 +186,7 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<()> {
             fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
         }
     }
-    Ok(())
+    Ok(mounted)
 }
 
 /// Checks the capabilities `run` needs before trying anything, naming each one that is missing

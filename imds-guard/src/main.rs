@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format, &cli.log);
     let result = match &cli.command {
         Command::Run(a) => cmd::run::run(a),
+        Command::Prepare(a) => cmd::prepare::prepare(a),
         Command::Check(a) => cmd::check::check(a),
         Command::Status(a) => cmd::status::status(a),
         Command::Unload(a) => cmd::unload::unload(a),

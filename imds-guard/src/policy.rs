@@ -33,6 +33,8 @@ pub struct Policy {
     /// (which only get a connection in monitor mode).
     #[serde(serialize_with = "ser_imdsv1")]
     pub default_imdsv1: Imdsv1Action,
+    /// What the daemon does at start-up with connections denied processes opened before it.
+    pub preexisting: Preexisting,
     pub rules: Vec<Rule>,
     /// `[netfilter]`: the nftables layer.
     pub netfilter: crate::netfilter::Settings,
@@ -44,6 +46,17 @@ pub struct Policy {
     /// log directories, the cgroups pods appear in); empty without such rules.
     #[serde(skip)]
     pub pod_watch: BTreeSet<PathBuf>,
+}
+
+/// `preexisting = ...`: connections to an endpoint that were open before imds-guard started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preexisting {
+    /// Report each one (`preexisting_connection`), leave it open.
+    #[default]
+    Report,
+    /// Report each one, and reset those a process the policy denies holds (enforce mode only).
+    Close,
 }
 
 /// What resolving a policy needs from the host.
@@ -257,6 +270,16 @@ impl Policy {
                     .map_err(|m| source.error_at(file.kubernetes.as_ref().map(Spanned::span), m))?,
             );
         }
+        let preexisting = match file.preexisting.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+            None | Some(("report", _)) => Preexisting::Report,
+            Some(("close", _)) => Preexisting::Close,
+            Some((other, span)) => {
+                return Err(source.error_at(
+                    Some(span),
+                    format!("unknown preexisting treatment `{other}`: expected \"report\" or \"close\""),
+                ));
+            }
+        };
         let mut rules = Vec::with_capacity(file.allow.len());
         let lines = source.line_index();
         let mut seen: BTreeMap<Vec<(RuleKey, Option<u8>)>, u32> = BTreeMap::new();
@@ -332,6 +355,7 @@ impl Policy {
             mode,
             endpoints,
             default_imdsv1,
+            preexisting,
             rules,
             netfilter,
             digest: String::new(),
@@ -631,6 +655,16 @@ mod tests {
         let e = policy("[[allow]]\nuid = 0\nimdsv1 = \"block\"\n").unwrap_err();
         assert_eq!(e.location, "p.toml:3:10");
         assert_ne!(policy("").unwrap().digest, policy("imdsv1 = \"deny\"\n").unwrap().digest);
+    }
+
+    #[test]
+    fn preexisting_treatment() {
+        assert_eq!(policy("").unwrap().preexisting, Preexisting::Report);
+        assert_eq!(policy("preexisting = \"report\"\n").unwrap().preexisting, Preexisting::Report);
+        assert_eq!(policy("preexisting = \"close\"\n").unwrap().preexisting, Preexisting::Close);
+        let e = policy("mode = \"enforce\"\npreexisting = \"kill\"\n").unwrap_err();
+        assert_eq!(e.location, "p.toml:2:15");
+        assert!(e.message.contains("unknown preexisting treatment `kill`"), "{e}");
     }
 
     #[test]

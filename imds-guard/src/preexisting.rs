@@ -1,7 +1,26 @@
 //! Connections to a metadata endpoint that were open before imds-guard started. The connect hooks
 //! cannot judge them (they are already connected), so at start-up the daemon finds them, in every
 //! network namespace, with the processes holding them, and reports each one with whether the
-//! policy would allow its owner.
+//! policy would allow its owner. With `preexisting = "close"` (enforce mode) it also resets the
+//! ones a denied process holds.
+//!
+//! ## How a connection is reset
+//!
+//! The daemon takes a duplicate of the holder's socket descriptor (`pidfd_getfd`, which needs
+//! CAP_SYS_PTRACE, the capability that already lets it read other users' /proc entries), checks it
+//! is still the socket it found (same inode), and calls `connect()` on it with `AF_UNSPEC`: the
+//! kernel disconnects the socket (`tcp_disconnect`), sends an RST to the peer and leaves
+//! ECONNRESET pending, so the holder's next read or write fails. A new `connect()` on the same
+//! socket goes through the connect hooks like any other.
+//!
+//! The alternatives both abort through the same kernel function (`tcp_abort`) but only see the
+//! sockets of the network namespace the caller is in: the `bpf_sock_destroy` kfunc (Linux 6.5)
+//! runs from an `iter/tcp` program, which iterates the namespace of the process that opens the
+//! iterator, and the netlink `SOCK_DESTROY` request (a kernel option, CONFIG_INET_DIAG_DESTROY,
+//! that not every distribution enables) addresses the namespace of the netlink socket. Reaching a container's connections
+//! would need `setns()` into each namespace, i.e. CAP_SYS_ADMIN, which the systemd unit does
+//! not grant. `pidfd_getfd` reaches the socket
+//! through its holder, in whatever namespace it is, with the privileges the daemon already has.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -11,10 +30,14 @@ use std::{
     path::Path,
 };
 
-use imds_guard_common::verdict::find_rule;
+use imds_guard_common::{config::Mode, verdict::find_rule};
 use serde::Serialize;
 
-use crate::{endpoints::Endpoints, identity::ProcessIdentity, policy::Policy};
+use crate::{
+    endpoints::Endpoints,
+    identity::ProcessIdentity,
+    policy::{Policy, Preexisting as PreexistingPolicy},
+};
 
 #[derive(Debug, Serialize)]
 pub struct Preexisting {
@@ -32,6 +55,17 @@ pub struct Preexisting {
     pub state: &'static str,
     /// Whether the enforced policy would let this process connect now.
     pub allowed: bool,
+    /// Whether imds-guard reset the connection (`preexisting = "close"`, enforce mode, and some
+    /// process that holds it is denied).
+    pub closed: bool,
+    /// Why resetting it failed, when it was tried and failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_error: Option<String>,
+    /// The socket's inode and the holder's descriptor for it (to reset it).
+    #[serde(skip)]
+    inode: u64,
+    #[serde(skip)]
+    fd: i32,
 }
 
 /// A socket of /proc/<pid>/net/tcp{,6}.
@@ -92,8 +126,11 @@ fn is_endpoint(ip: IpAddr, endpoints: &Endpoints) -> bool {
     }
 }
 
-/// Finds the connections to `policy`'s endpoints open now, in every network namespace.
-pub fn scan(policy: &Policy, cgroup_root: &Path) -> Vec<Preexisting> {
+/// Finds the connections to `policy`'s endpoints open now, in every network namespace, held by
+/// processes below `attached` (the cgroup the hooks judge: processes elsewhere are not the
+/// policy's business).
+pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexisting> {
+    let Ok(attached_id) = crate::env::cgroup_id(attached) else { return Vec::new() };
     // One process per network namespace is enough to read that namespace's TCP tables.
     let mut namespaces: BTreeMap<u64, u32> = BTreeMap::new();
     let pids: Vec<u32> = fs::read_dir("/proc")
@@ -135,6 +172,7 @@ pub fn scan(policy: &Policy, cgroup_root: &Path) -> Vec<Preexisting> {
     for &pid in &pids {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for fd in fds.flatten() {
+            let Some(fd_num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
             let Ok(target) = fs::read_link(fd.path()) else { continue };
             let Some(inode) =
                 target.to_str().and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
@@ -146,6 +184,9 @@ pub fn scan(policy: &Policy, cgroup_root: &Path) -> Vec<Preexisting> {
                 continue;
             }
             let Ok(who) = ProcessIdentity::of(pid, cgroup_root) else { continue };
+            if !who.cgroup_ancestry.contains(&attached_id) {
+                continue;
+            }
             let allowed = find_rule(
                 &cfg,
                 &who.kernel_identity(),
@@ -166,10 +207,105 @@ pub fn scan(policy: &Policy, cgroup_root: &Path) -> Vec<Preexisting> {
                 port,
                 state,
                 allowed,
+                closed: false,
+                close_error: None,
+                inode,
+                fd: fd_num,
             });
         }
     }
     out
+}
+
+/// What `run` does once enforcement is attached: finds the connections that predate it (below
+/// `attached`), resets the ones denied processes hold when the policy says `preexisting =
+/// "close"` in enforce mode, and logs a warning about each denied holder. Returns the reports.
+pub fn at_start(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexisting> {
+    let mut found = scan(policy, cgroup_root, attached);
+    let close = policy.preexisting == PreexistingPolicy::Close;
+    if close && policy.mode == Mode::Enforce {
+        close_denied(&mut found);
+    }
+    for c in found.iter().filter(|c| !c.allowed) {
+        let what = match (&c.close_error, c.closed) {
+            (Some(e), _) => format!("; resetting it failed: {e}"),
+            (None, true) => "; it was reset".to_owned(),
+            (None, false) if close => "; left open in monitor mode".to_owned(),
+            (None, false) => "; left open (preexisting = \"close\" resets such connections)".to_owned(),
+        };
+        tracing::warn!(
+            pid = c.pid,
+            uid = c.uid,
+            comm = %c.comm,
+            "a connection to {} was open before imds-guard started, held by a process the policy does not allow{what}",
+            c.dst
+        );
+    }
+    found
+}
+
+/// Resets every connection in `found` that a denied process holds (also for the other processes
+/// that share the socket), and records the outcome in each report of it.
+pub fn close_denied(found: &mut [Preexisting]) {
+    let denied: HashSet<u64> = found.iter().filter(|c| !c.allowed).map(|c| c.inode).collect();
+    let mut outcome: HashMap<u64, Result<(), String>> = HashMap::new();
+    for inode in denied {
+        // Any holder's descriptor will do; the first that can still be taken.
+        let mut result = Err(String::from("no holder left"));
+        for c in found.iter().filter(|c| c.inode == inode) {
+            result = reset(c.pid, c.fd, inode).map_err(|e| format!("pid {} fd {}: {e}", c.pid, c.fd));
+            if result.is_ok() {
+                break;
+            }
+        }
+        outcome.insert(inode, result);
+    }
+    for c in found.iter_mut() {
+        match outcome.get(&c.inode) {
+            Some(Ok(())) => c.closed = true,
+            Some(Err(e)) => c.close_error = Some(e.clone()),
+            None => {}
+        }
+    }
+}
+
+/// Disconnects socket `inode`, which process `pid` holds as descriptor `fd` (see the module doc).
+fn reset(pid: u32, fd: i32, inode: u64) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let owned = |r: libc::c_long| -> std::io::Result<OwnedFd> {
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the system call returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(r).map_err(std::io::Error::other)?) })
+    };
+    // SAFETY: plain system calls on integers; the results are checked.
+    let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: as above.
+    let sock = owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) }).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            std::io::Error::other(format!(
+                "pidfd_getfd: {e} (under systemd, install the drop-in systemd/preexisting-close.conf: the \
+                 unit's system call filter leaves pidfd_getfd out; elsewhere the daemon needs CAP_SYS_PTRACE)"
+            ))
+        } else {
+            e
+        }
+    })?;
+    // The process may have closed the descriptor and reused its number since the scan.
+    let st = nix::sys::stat::fstat(&sock)?;
+    if st.st_ino != inode {
+        return Err(std::io::Error::other(format!("descriptor {fd} is no longer socket {inode}")));
+    }
+    // SAFETY: an all-zero sockaddr is valid; AF_UNSPEC asks the kernel to disconnect the socket.
+    let mut unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+    unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    let len = libc::socklen_t::try_from(size_of::<libc::sockaddr>()).expect("small");
+    // SAFETY: a valid socket descriptor and a sockaddr of the given length.
+    if unsafe { libc::connect(sock.as_raw_fd(), &raw const unspec, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

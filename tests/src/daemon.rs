@@ -45,6 +45,20 @@ impl Daemon {
         wrapper: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_as_seen(sb, netns, policy, extra, wrapper, env, &sb.cgroup)
+    }
+
+    /// Like `start_with`, for a daemon that sees the sandbox cgroup at `cgroup` (a wrapper that
+    /// gives it a mount namespace of its own, where cgroup2 is mounted elsewhere).
+    pub(crate) fn start_as_seen(
+        sb: &Sandbox,
+        netns: &OwnedFd,
+        policy: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        cgroup: &Path,
+    ) -> Self {
         let bin = guard_bin();
         let mut cmd = match wrapper.split_first() {
             Some((w, rest)) => {
@@ -61,7 +75,7 @@ impl Daemon {
             .arg(policy)
             .args(extra)
             .arg("--cgroup")
-            .arg(&sb.cgroup)
+            .arg(cgroup)
             .arg("--pin-dir")
             .arg(sb.pin_dir())
             .args(if extra.contains(&"--events-socket") {

@@ -8,11 +8,14 @@
 pub mod client;
 pub mod daemon;
 pub mod fake_imds;
+pub mod holder;
 pub mod sandbox;
 pub mod topology;
+pub mod unit;
 
 pub use client::{Client, Probe};
 pub use daemon::Daemon;
 pub use fake_imds::{FakeImds, ImdsMode};
+pub use holder::Holder;
 pub use sandbox::Sandbox;
 pub use topology::Topology;

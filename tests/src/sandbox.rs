@@ -196,6 +196,22 @@ impl Sandbox {
         d
     }
 
+    /// `imds-guard run` started through `wrapper`, which gives it a mount namespace of its own in
+    /// which the sandbox cgroup is at `cgroup` (aggregation off).
+    pub fn daemon_as_seen(&self, policy: &Path, wrapper: &[&str], cgroup: &Path) -> Daemon {
+        let d = Daemon::start_as_seen(
+            self,
+            &self.netns_fd,
+            policy,
+            &["--aggregate-window", "0"],
+            wrapper,
+            &[],
+            cgroup,
+        );
+        self.daemons.lock().unwrap().push(d.pid());
+        d
+    }
+
     /// `imds-guard run` with extra arguments.
     pub fn daemon_with(&self, policy: &Path, extra: &[&str]) -> Daemon {
         let d = Daemon::start(self, policy, extra);

@@ -530,9 +530,10 @@ while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
 use_sockets(socks, sys.argv[2])
 "#;
 
-/// Connections opened before imds-guard started were never judged and have no socket state: they
-/// keep working, IMDSv1 included, and nothing is reported. KNOWN GAP (planned: report or close
-/// them at start-up); this test pins the current behaviour.
+/// Connections opened before imds-guard started were never judged and have no socket state: under
+/// the default `preexisting = "report"` they keep working, IMDSv1 included; they are reported at
+/// start-up, what is sent over them is not. KNOWN GAP unless `preexisting = "close"` (tested in
+/// preexisting.rs); this test pins the default behaviour.
 #[test]
 fn known_gap_connections_open_before_the_guard_started_are_not_judged() {
     let Some(sb) = Sandbox::new("bypass_before", ImdsMode::Optional) else { return };

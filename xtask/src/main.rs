@@ -1,7 +1,7 @@
 //! Project tasks: `cargo xtask test` builds everything and runs every test (privileged ones
 //! included: run as root) and validates the Kubernetes manifests; `cargo xtask demo` runs
 //! imds-guard on its embedded policy in a sandbox; `cargo xtask validate-k8s` renders the Helm
-//! chart and validates every manifest.
+//! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package.
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
 
 use std::{
@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod deb;
 mod image;
 mod k8s;
 
@@ -47,6 +48,9 @@ enum Cmd {
         #[arg(long, default_value = concat!("imds-guard:", env!("CARGO_PKG_VERSION")))]
         tag: String,
     },
+    /// Build the Debian package (target/debian/) and check it: fields, files, conffile, maintainer
+    /// scripts, and (as root) install/remove/purge in a throwaway root.
+    Deb,
     /// Run the guard in a sandbox with a fake IMDS and show allowed, denied and reported requests.
     Demo {
         /// Rounds of requests (0: until Ctrl-C).
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             k8s::validate(write, &root().join("target/debug/imds-guard"))
         }
         Cmd::Image { tag } => image::build(&tag),
+        Cmd::Deb => deb::deb(),
         Cmd::Demo { rounds, interval } => build_and_run(
             &[],
             "imds-guard-demo",

@@ -2,6 +2,7 @@
 pub mod check;
 pub mod events;
 pub mod explain;
+pub mod prepare;
 pub mod run;
 pub mod status;
 pub mod suggest;

@@ -18,11 +18,12 @@ use crate::{
     config::Source,
     env,
     events::Enricher,
+    features,
     guard::{Guard, NetfilterRuntime},
     netfilter,
     nflog::Nflog,
     output::{FileConfig, Hub, Output, SinkConfig},
-    policy::{Host, Policy, mode_name},
+    policy::{Host, Policy, Preexisting, mode_name},
     reload::{Reason, Reloader},
 };
 
@@ -35,7 +36,7 @@ const RECHECK: Duration = Duration::from_secs(2);
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     env::check_capabilities()?;
-    let cgroup_root = env::cgroup2_root()?;
+    let (cgroup_root, _) = env::cgroup2_root_or_mount()?;
     let host = Host { cgroup_root: cgroup_root.clone() };
     let source = Source::read(&args.config)?;
     let policy = Policy::from_source(&source, &host)?;
@@ -43,6 +44,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "policy resolved");
+    if policy.preexisting == Preexisting::Close {
+        features::require(&[features::Feature::PidfdGetfd])?;
+    }
     let exe_offsets = match btf::Btf::from_file(&args.btf).and_then(|b| btf::exe_offsets(&b)) {
         Ok(o) => Some(o),
         Err(e) if policy.needs_exe() => {
@@ -63,7 +67,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "kernel BTF read");
     let (netfilter, nflog) = start_netfilter(&policy)?;
-    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)?;
+    let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)
+        .map_err(|e| features::explain_failure(e, &features::ALWAYS))?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
     let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -97,11 +102,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
         let watch = rewatch(&mut reloader, &mut guard, Some(Reason::FileChanged))?;
         let policy = &reloader.policy;
-        // Connections opened before the hooks were attached cannot be judged by them: report them.
-        for c in crate::preexisting::scan(policy, &cgroup_root) {
-            if !c.allowed {
-                tracing::warn!(pid = c.pid, uid = c.uid, comm = %c.comm, "a connection to {} was open before imds-guard started, held by a process the policy does not allow", c.dst);
-            }
+        // Connections opened before the hooks were attached cannot be judged by them: report them
+        // (and, if the policy says so, reset the ones denied processes hold).
+        for c in crate::preexisting::at_start(policy, &cgroup_root, &cgroup) {
             emit(&c);
         }
         emit(&json!({

@@ -1,0 +1,175 @@
+//! `cargo xtask deb`: builds the Debian package with cargo-deb (`[package.metadata.deb]` in
+//! imds-guard/Cargo.toml) and checks it: control fields, the exact file list with modes, the
+//! conffile, the maintainer scripts, that the packaged unit and policy are the repository's and the
+//! binary runs; then, as root, installs, removes and purges it in a throwaway root
+//! (scripts/deb-roundtrip.sh in a private mount namespace), never on this machine's own root.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::root;
+
+/// Every file the package installs, with its mode (directories are not listed).
+const FILES: [(&str, &str); 8] = [
+    ("./etc/imds-guard/policy.toml", "-rw-r--r--"),
+    ("./usr/bin/imds-guard", "-rwxr-xr-x"),
+    ("./usr/lib/systemd/system/imds-guard.service", "-rw-r--r--"),
+    ("./usr/share/doc/imds-guard/EVENTS.md", "-rw-r--r--"),
+    ("./usr/share/doc/imds-guard/POLICY.md", "-rw-r--r--"),
+    ("./usr/share/doc/imds-guard/README.md", "-rw-r--r--"),
+    ("./usr/share/doc/imds-guard/SECURITY.md", "-rw-r--r--"),
+    ("./usr/share/doc/imds-guard/copyright", "-rw-r--r--"),
+];
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn deb() -> anyhow::Result<()> {
+    let deb = build()?;
+    println!("built {}", deb.display());
+    check(&deb)?;
+    println!("checked: control fields, files and modes, conffile, maintainer scripts, unit, policy, binary");
+    roundtrip(&deb)
+}
+
+/// `cargo deb`, which builds imds-guard in release mode and prints the package's path last.
+fn build() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let probe = Command::new(&cargo).args(["deb", "--version"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        bail!("cargo-deb is not installed; run scripts/bootstrap.sh (or ./x deb)");
+    }
+    let out = output(Command::new(&cargo).args(["deb", "-p", "imds-guard"]).current_dir(root()))?;
+    let path = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with(".deb"))
+        .context("cargo deb printed no .deb path")?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+fn check(deb: &Path) -> anyhow::Result<()> {
+    // Control fields.
+    let field = |name: &str| -> anyhow::Result<String> {
+        Ok(output(Command::new("dpkg-deb").args(["--field"]).arg(deb).arg(name))?.trim().to_owned())
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    ensure!(field("Package")? == "imds-guard", "Package: {}", field("Package")?);
+    ensure!(field("Version")? == format!("{version}-1"), "Version: {}", field("Version")?);
+    ensure!(field("Architecture")? == "amd64", "Architecture: {}", field("Architecture")?);
+    ensure!(field("Section")? == "admin", "Section: {}", field("Section")?);
+    ensure!(field("Maintainer")?.contains('@'), "Maintainer: {}", field("Maintainer")?);
+    let depends = field("Depends")?;
+    ensure!(depends.contains("libc6"), "Depends should name the C library: {depends}");
+
+    // Files and modes, owned by root.
+    let listing = output(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+    let mut files = BTreeMap::new();
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        ensure!(f.len() >= 6 && (f[1] == "root/root" || f[1] == "0/0"), "not owned by root: {line}");
+        if !f[0].starts_with('d') {
+            files.insert(f[5].to_owned(), f[0].to_owned());
+        }
+    }
+    let expected: BTreeMap<String, String> =
+        FILES.iter().map(|(p, m)| ((*p).to_owned(), (*m).to_owned())).collect();
+    ensure!(files == expected, "package files differ:\n got: {files:#?}\nwant: {expected:#?}");
+
+    // Control archive: the conffile and the maintainer scripts (cargo-deb's systemd snippets plus
+    // ours), all valid shell.
+    let ctl = tempdir("ctl")?;
+    output(Command::new("dpkg-deb").arg("--control").arg(deb).arg(&ctl.0))?;
+    let conffiles = std::fs::read_to_string(ctl.0.join("conffiles")).context("no conffiles")?;
+    ensure!(conffiles.trim() == "/etc/imds-guard/policy.toml", "conffiles: {conffiles}");
+    for script in ["postinst", "prerm", "postrm"] {
+        let p = ctl.0.join(script);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("no {script}"))?;
+        output(Command::new("sh").arg("-n").arg(&p)).with_context(|| format!("{script} is not valid sh"))?;
+        ensure!(!text.contains("#DEBHELPER#"), "{script}: the systemd snippet was not filled in");
+        let must = match script {
+            "postinst" => &["deb-systemd-helper", "enable", "useradd --system"][..],
+            "prerm" => &["imds-guard unload", "deb-systemd-invoke stop"][..],
+            _ => &["deb-systemd-helper purge", "rm -rf /var/lib/imds-guard"][..],
+        };
+        for m in must {
+            ensure!(text.contains(m), "{script} does not contain `{m}`:\n{text}");
+        }
+    }
+
+    // The files themselves: the repository's unit and policy, a binary that runs.
+    let x = tempdir("x")?;
+    output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&x.0))?;
+    for (packaged, source) in [
+        ("usr/lib/systemd/system/imds-guard.service", "systemd/imds-guard.service"),
+        ("etc/imds-guard/policy.toml", "systemd/policy.toml"),
+    ] {
+        ensure!(
+            std::fs::read(x.0.join(packaged))? == std::fs::read(root().join(source))?,
+            "{packaged} is not {source}"
+        );
+    }
+    let bin = x.0.join("usr/bin/imds-guard");
+    let v = output(Command::new(&bin).arg("--version"))?;
+    ensure!(v.trim() == format!("imds-guard {version}"), "--version: {v}");
+    let check =
+        output(Command::new(&bin).args(["check", "--config"]).arg(x.0.join("etc/imds-guard/policy.toml")))?;
+    ensure!(check.contains("mode: monitor"), "the example policy is not in monitor mode:\n{check}");
+    Ok(())
+}
+
+/// scripts/deb-roundtrip.sh in a private mount namespace; root only (under CI=true, required).
+fn roundtrip(deb: &Path) -> anyhow::Result<()> {
+    let is_root = output(Command::new("id").arg("-u"))?.trim() == "0";
+    if !is_root {
+        ensure!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI=true: the install/remove/purge round trip needs root"
+        );
+        println!("SKIPPED the install/remove/purge round trip: it needs root");
+        return Ok(());
+    }
+    let host_bin = Path::new("/usr/bin/imds-guard");
+    let had_host_bin = host_bin.exists();
+    let dir = tempdir("root")?;
+    output(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh"])
+            .arg(root().join("scripts/deb-roundtrip.sh"))
+            .arg(deb)
+            .arg(&dir.0),
+    )
+    .map(|out| print!("{out}"))?;
+    ensure!(host_bin.exists() == had_host_bin, "the round trip changed this machine's /usr/bin/imds-guard");
+    Ok(())
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+fn tempdir(what: &str) -> anyhow::Result<TempDir> {
+    let p = std::env::temp_dir().join(format!("imdsg-deb-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
