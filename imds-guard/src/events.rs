@@ -86,9 +86,31 @@ pub struct Who {
     /// The process's cgroup, relative to the cgroup2 root.
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
+    /// The systemd unit the cgroup belongs to (`foo.service`, `session-3.scope`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The container's id, when the cgroup is a container's (containerd, CRI-O, Docker, Podman).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<crate::workload::Runtime>,
+    /// The Kubernetes pod, named from kubelet's log directories.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
     /// Parent, grandparent, ... (up to 4), as the kernel saw them at the event.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ancestors: Vec<Ancestor>,
+}
+
+/// A Kubernetes pod (and container) on this node.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The container's name, when the cgroup is a container's and kubelet has its log link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// One ancestor: pid and comm recorded by the kernel at the event; the executable from /proc when
@@ -108,12 +130,24 @@ pub struct Enricher {
     /// Executables by the kernel's (device, inode), learnt from processes that were still there,
     /// to name the executable of one that has already exited.
     exes: HashMap<(u64, u64), String>,
+    /// kubelet's log directories (from the policy's `[kubernetes]`), to name pods.
+    pub pods: crate::workload::PodDirectory,
+    /// Pods found, by the cgroup id of the event (a pod's log directory can appear a moment after
+    /// its first process runs, so only what was found is remembered).
+    pod_of: HashMap<u64, Pod>,
 }
 
 impl Enricher {
     #[must_use]
     pub fn new(cgroup_root: PathBuf) -> Self {
-        Enricher { cgroup_root, cgroups: HashMap::new(), users: HashMap::new(), exes: HashMap::new() }
+        Enricher {
+            cgroup_root,
+            cgroups: HashMap::new(),
+            users: HashMap::new(),
+            exes: HashMap::new(),
+            pods: crate::workload::PodDirectory::default(),
+            pod_of: HashMap::new(),
+        }
     }
 
     /// Decodes one ring buffer record; `None` for a record of an unknown kind or size.
@@ -202,6 +236,9 @@ impl Enricher {
         task: &TaskInfo,
     ) -> Who {
         let pid = (pid_tgid >> 32) as u32;
+        let cgroup = self.cgroup(pid, cgroup_id);
+        let workload = cgroup.as_deref().map(crate::workload::classify).unwrap_or_default();
+        let pod = self.pod(cgroup_id, &workload);
         Who {
             pid,
             tid: pid_tgid as u32,
@@ -210,8 +247,12 @@ impl Enricher {
             user: self.user(uid),
             comm: cstr(comm),
             exe: self.exe(pid, task),
-            cgroup: self.cgroup(pid, cgroup_id),
+            cgroup,
             cgroup_id,
+            unit: workload.unit,
+            container_id: workload.container_id,
+            container_runtime: workload.runtime,
+            pod,
             ancestors: task
                 .ancestors
                 .iter()
@@ -229,6 +270,20 @@ impl Enricher {
                 })
                 .collect(),
         }
+    }
+
+    fn pod(&mut self, cgroup_id: u64, w: &crate::workload::Workload) -> Option<Pod> {
+        w.pod_uid.as_ref()?;
+        if let Some(p) = self.pod_of.get(&cgroup_id) {
+            return Some(p.clone());
+        }
+        let id = self.pods.identify(w)?;
+        let pod = Pod { namespace: id.namespace, name: id.pod, uid: id.pod_uid, container: id.container };
+        if self.pod_of.len() > 4096 {
+            self.pod_of.clear();
+        }
+        self.pod_of.insert(cgroup_id, pod.clone());
+        Some(pod)
     }
 
     /// The executable: /proc/<pid>/exe while the process exists, else what an earlier process with

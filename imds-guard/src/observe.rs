@@ -147,65 +147,29 @@ fn unit_cgroup(cgroup: &str, unit: &str) -> Option<String> {
     None
 }
 
-/// What `suggest` starts from besides what was seen: the endpoints and the `[[allow]]` tables of
-/// the current policy (kept as they are, first).
+/// What `suggest` starts from besides what was seen: everything in the current policy but its
+/// `mode` (endpoints, `imdsv1`, `preexisting`, `[netfilter]`, `[kubernetes]`, ...), and its
+/// `[[allow]]` tables, kept first, as they are (re-written as TOML: comments are not kept).
 #[derive(Debug, Default)]
 pub struct Base {
-    pub endpoints: Vec<String>,
-    pub imdsv1: Option<String>,
+    /// The policy's other keys and tables, as TOML.
+    pub prelude: String,
     pub tables: Vec<String>,
 }
 
 impl Base {
-    /// The endpoints, top-level `imdsv1` and `[[allow]]` tables of a policy file, each table
-    /// re-written as TOML.
-    pub fn from_policy(file: &crate::config::PolicyFile) -> Self {
-        let mut tables = Vec::new();
-        for t in &file.allow {
-            let t = t.get_ref();
-            let mut s = String::from("[[allow]]\n");
-            let mut kv = |k: &str, v: String| {
-                let _ = writeln!(s, "{k} = {v}");
-            };
-            let q = |x: &toml::Spanned<String>| toml_str(x.get_ref());
-            if let Some(x) = &t.name {
-                kv("name", q(x));
-            }
-            if let Some(x) = &t.uid {
-                kv("uid", x.get_ref().to_string());
-            }
-            if let Some(x) = &t.user {
-                kv("user", q(x));
-            }
-            if let Some(x) = &t.gid {
-                kv("gid", x.get_ref().to_string());
-            }
-            if let Some(x) = &t.group {
-                kv("group", q(x));
-            }
-            if let Some(x) = &t.exe {
-                kv("exe", q(x));
-            }
-            if let Some(x) = &t.cgroup {
-                kv("cgroup", q(x));
-            }
-            if let Some(x) = &t.comm {
-                kv("comm", q(x));
-            }
-            if let Some(x) = &t.imdsv1 {
-                kv("imdsv1", q(x));
-            }
-            tables.push(s);
-        }
-        Base {
-            endpoints: file
-                .endpoints
-                .as_ref()
-                .map(|e| e.get_ref().iter().map(|x| x.get_ref().clone()).collect())
-                .unwrap_or_default(),
-            imdsv1: file.imdsv1.as_ref().map(|x| x.get_ref().clone()),
-            tables,
-        }
+    /// From a policy file's text (already validated by the caller).
+    pub fn from_text(text: &str) -> anyhow::Result<Self> {
+        let mut t: toml::Table = toml::from_str(text)?;
+        t.remove("mode");
+        let tables = match t.remove("allow") {
+            Some(toml::Value::Array(a)) => a
+                .into_iter()
+                .map(|v| Ok(format!("[[allow]]\n{}", toml::to_string(&v)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        Ok(Base { prelude: toml::to_string(&t)?, tables })
     }
 }
 
@@ -232,12 +196,8 @@ pub fn suggest(base: &Base, table: &Table) -> String {
         );
     }
     out.push_str("mode = \"enforce\"\n");
-    if !base.endpoints.is_empty() {
-        let eps: Vec<String> = base.endpoints.iter().map(|e| toml_str(e)).collect();
-        let _ = writeln!(out, "endpoints = [{}]", eps.join(", "));
-    }
-    if let Some(v) = &base.imdsv1 {
-        let _ = writeln!(out, "imdsv1 = {}", toml_str(v));
+    if !base.prelude.trim().is_empty() {
+        out.push_str(&base.prelude);
     }
     if !base.tables.is_empty() {
         out.push_str("\n# From the current policy, unchanged.\n");
@@ -342,11 +302,10 @@ mod tests {
         assert_eq!(t.seen.len(), 3);
         let u = &t.seen["unit:agent.service"];
         assert_eq!((u.connects, u.unit_cgroup.as_deref()), (42, Some("/system.slice/agent.service")));
-        let base = Base {
-            endpoints: vec!["aws-imds".into()],
-            imdsv1: None,
-            tables: vec!["[[allow]]\nuid = 0\n".into()],
-        };
+        let base = Base::from_text(
+            "mode = \"monitor\"\nendpoints = [\"aws-imds\"]\n[kubernetes]\npod_logs = \"/l\"\n[[allow]]\nuid = 0\n",
+        )
+        .unwrap();
         let policy = suggest(&base, &t);
         let parsed: toml::Value = toml::from_str(&policy).expect(&policy);
         let tables = parsed["allow"].as_array().unwrap();
@@ -358,6 +317,9 @@ mod tests {
         assert_eq!(tables[3]["uid"].as_integer(), Some(33));
         assert!(policy.contains("STILL USES IMDSv1 (1 tokenless"), "{policy}");
         assert_eq!(parsed["mode"].as_str(), Some("enforce"));
+        assert_eq!(parsed["kubernetes"]["pod_logs"].as_str(), Some("/l"), "other tables are kept");
+        assert_eq!(parsed["endpoints"][0].as_str(), Some("aws-imds"));
+        assert_eq!(tables[0]["uid"].as_integer(), Some(0));
     }
 
     #[test]

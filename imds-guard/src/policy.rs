@@ -46,6 +46,9 @@ pub struct Policy {
     /// log directories, the cgroups pods appear in); empty without such rules.
     #[serde(skip)]
     pub pod_watch: BTreeSet<PathBuf>,
+    /// Where kubelet's log directories are (`[kubernetes]`), to name the pod of an event.
+    #[serde(skip)]
+    pub pods: crate::workload::PodDirectory,
 }
 
 /// `preexisting = ...`: connections to an endpoint that were open before imds-guard started.
@@ -356,6 +359,7 @@ impl Policy {
             endpoints,
             default_imdsv1,
             preexisting,
+            pods: kube.dir.clone(),
             rules,
             netfilter,
             digest: String::new(),

@@ -364,3 +364,69 @@ fn a_cgroup_namespace_view_of_the_hierarchy_is_refused() {
     let ok = sb.cli(&["check", "--config", s(&policy)]);
     assert!(ok.status.success(), "{ok:?}");
 }
+
+/// Events name the systemd unit, the container and the pod (issue: "an event from a process in a
+/// cgroup laid out like a systemd service, a containerd container and a Kubernetes pod carries the
+/// unit, container id and pod namespace/name"); `suggest` turns what monitor mode saw into pod and
+/// unit rules that, enforced, allow exactly those workloads.
+#[test]
+fn events_name_the_unit_container_and_pod_and_suggest_turns_them_into_rules() {
+    let Some(sb) = Sandbox::new("k8s_attrib", ImdsMode::Optional) else { return };
+    let mut node = Node::new(&sb);
+    let agent = node.pod("kube-system", "metrics-agent-7f9c", "agent", Layout::SystemdBurstable);
+    let unit = "system.slice/report.service";
+    let docker_id = format!("{:064x}", 0xd0c4e2u128 << 64 | u128::from(std::process::id()));
+    let docker = format!("system.slice/docker-{docker_id}.scope");
+    for d in [unit, &docker] {
+        std::fs::create_dir_all(sb.cgroup.join(d)).unwrap();
+    }
+    let policy = sb.write("policy.toml", &format!("mode = \"monitor\"\n\n{}", node.kubernetes_table()));
+    let d = sb.daemon(&policy);
+    let prog = connect_bin();
+    let prog = s(&prog);
+    let connect = |cg: &str, uid: u32| {
+        let r = sb.client(uid, uid).in_cgroup(cg).results(prog, None, &["connect", IMDS, "80"]);
+        assert_eq!(r, ["connected"], "monitor mode");
+    };
+    connect(&agent.container, NOBODY);
+    connect(unit, 1000);
+    connect(&docker, 1001);
+    let by_uid = |uid: u32| {
+        d.wait_event(Duration::from_secs(10), |e| e["event"] == "connect_denied" && e["uid"] == uid)
+            .unwrap_or_else(|| panic!("no event for uid {uid}: {:#?}", d.events()))
+    };
+    let pod = by_uid(NOBODY);
+    assert_eq!(pod["pod"]["namespace"], "kube-system", "{pod}");
+    assert_eq!(pod["pod"]["name"], "metrics-agent-7f9c");
+    assert_eq!(pod["pod"]["uid"], agent.uid.as_str());
+    assert_eq!(pod["pod"]["container"], "agent");
+    assert_eq!(pod["container_runtime"], "containerd");
+    assert_eq!(pod["container_id"].as_str().map(str::len), Some(64));
+    let svc = by_uid(1000);
+    assert_eq!(svc["unit"], "report.service", "{svc}");
+    assert!(svc.get("pod").is_none() && svc.get("container_id").is_none());
+    let ctr = by_uid(1001);
+    assert_eq!(ctr["container_id"], docker_id.as_str(), "{ctr}");
+    assert_eq!(ctr["container_runtime"], "docker");
+
+    // suggest → enforce: the pod and the unit are allowed by name; the Docker container (no pod,
+    // no unit of its own) by executable and uid; anything else is denied.
+    let out = sb.cli(&["suggest", "--socket", sb.events_socket().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let suggested = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(suggested.contains("pod = \"kube-system/metrics-agent-7f9c\""), "{suggested}");
+    assert!(suggested.contains(&format!("cgroup = \"{}/{unit}\"", sb.cgroup_rel())), "{suggested}");
+    d.kill();
+    let path = sb.write("suggested.toml", &suggested);
+    let d = sb.daemon(&path);
+    let r =
+        |cg: &str, uid: u32| sb.client(uid, uid).in_cgroup(cg).results(prog, None, &["connect", IMDS, "80"]);
+    assert_eq!(r(&agent.container, NOBODY), ["connected"], "{suggested}");
+    assert_eq!(r(unit, 1000), ["connected"]);
+    assert_eq!(r(&docker, 1001), ["connected"]);
+    let other = node.pod("default", "web-1", "web", Layout::SystemdBurstable);
+    assert_eq!(r(&other.container, NOBODY), ["EPERM"], "a pod never seen");
+    assert_eq!(r(unit, 1002), ["connected"], "the unit's rule covers the unit, whoever runs in it");
+    assert_eq!(r("system.slice/other.service", 1000), ["EPERM"], "another unit");
+    drop(d);
+}

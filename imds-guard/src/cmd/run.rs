@@ -266,6 +266,10 @@ async fn serve(
             }
             ready = events.readable_mut() => {
                 let mut ready = ready?;
+                // Where pods are named from follows the policy's [kubernetes].
+                if enricher.pods != reloader.policy.pods {
+                    enricher.pods = reloader.policy.pods.clone();
+                }
                 let ring = ready.get_inner_mut();
                 // A bounded batch, so that a flood of events cannot starve reloads and signals.
                 let mut drained = true;

@@ -24,8 +24,8 @@ pub fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
     let base = match &config {
         Some(path) => {
             let source = Source::read(path)?;
-            let file: PolicyFile = source.parse()?;
-            Base::from_policy(&file)
+            let _: PolicyFile = source.parse()?;
+            Base::from_text(&source.text).with_context(|| format!("re-reading {}", path.display()))?
         }
         None => Base::default(),
     };
