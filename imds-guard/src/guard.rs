@@ -6,7 +6,9 @@
 //!   links/connect6    the bpf_link attaching `imdsg_connect6`
 //! The links keep the programs attached after the daemon exits; only `unload` removes them. A new
 //! daemon that finds the links replaces their programs in place (BPF_LINK_UPDATE): there is no
-//! instant with no program attached.
+//! instant with no program attached. The running daemon also holds a descriptor of each link and
+//! map, so that losing the pins (bpffs unmounted) does not detach anything while it runs; see
+//! [`crate::pins`].
 
 use std::{
     fs::File,
@@ -28,7 +30,7 @@ use imds_guard_common::{
 };
 
 use crate::{
-    bpf_sys::{RcuBarrier, link_update, obj_get},
+    bpf_sys::{RcuBarrier, link_attached, link_update, obj_get},
     policy::Policy,
 };
 
@@ -63,6 +65,17 @@ pub struct Guard {
     generation: u32,
     /// From the kernel's BTF; `None` when it could not be read (exe rules are then refused).
     exe_offsets: Option<ExeOffsets>,
+    /// A descriptor of every pinned link and map, with its pin: while the daemon runs, the links
+    /// stay attached even if their pins go (bpffs unmounted), and can be pinned again.
+    held: Vec<Held>,
+}
+
+/// A pinned object the daemon keeps a descriptor of.
+pub struct Held {
+    pub pin: PathBuf,
+    pub fd: std::os::fd::OwnedFd,
+    /// A link (else a map).
+    pub link: bool,
 }
 
 #[must_use]
@@ -95,8 +108,20 @@ impl Guard {
                  from an incompatible version: `imds-guard unload` removes them)",
             )?;
         let barrier = RcuBarrier::new().context("creating the RCU barrier map")?;
-        let mut guard =
-            Guard { ebpf, pin_dir: pin_dir.to_owned(), cgroup_id, barrier, generation: 0, exe_offsets };
+        let mut guard = Guard {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            cgroup_id,
+            barrier,
+            generation: 0,
+            exe_offsets,
+            held: Vec::new(),
+        };
+        for name in maps::ALL {
+            let pin = map_pin(pin_dir, name);
+            let fd = obj_get(&pin).with_context(|| format!("opening {}", pin.display()))?;
+            guard.held.push(Held { pin, fd, link: false });
+        }
         guard.apply(policy).context("installing the policy")?;
 
         let cgroup_file =
@@ -107,7 +132,15 @@ impl Guard {
         let mut attachment = Attachment::Attached;
         for (prog_name, link_name) in PROGRAMS {
             let link_path = link_pin(pin_dir, link_name);
-            let adopt = link_path.exists();
+            let mut adopt = link_path.exists();
+            if adopt && !obj_get(&link_path).and_then(|l| link_attached(l.as_fd())).unwrap_or(true) {
+                // Detached behind our back (`bpftool link detach`, or its cgroup was removed):
+                // adopting it would enforce nothing. Attach afresh instead.
+                tracing::warn!(link = %link_path.display(), "the pinned link is detached; attaching anew");
+                std::fs::remove_file(&link_path)
+                    .with_context(|| format!("removing the detached link {}", link_path.display()))?;
+                adopt = false;
+            }
             let t = std::time::Instant::now();
             let program =
                 guard.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
@@ -146,11 +179,12 @@ impl Guard {
                 _ => bail!("program {prog_name} has an unexpected type"),
             };
             tracing::debug!(program = prog_name, ms = t.elapsed().as_secs_f64() * 1e3, "loaded (verified)");
-            match fresh {
+            let link = match fresh {
                 Some(link) => {
                     link.pin(&link_path)
                         .map_err(|e| anyhow!("{e}"))
                         .with_context(|| format!("pinning {}", link_path.display()))?;
+                    obj_get(&link_path).with_context(|| format!("opening {}", link_path.display()))?
                 }
                 None => {
                     let link =
@@ -158,8 +192,10 @@ impl Guard {
                     link_update(link.as_fd(), program.fd()?.as_fd())
                         .with_context(|| format!("replacing the program of {}", link_path.display()))?;
                     attachment = Attachment::Adopted;
+                    link
                 }
-            }
+            };
+            guard.held.push(Held { pin: link_path, fd: link, link: true });
         }
         Ok((guard, attachment))
     }
@@ -172,6 +208,12 @@ impl Guard {
     #[must_use]
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The pinned links and maps, by descriptor (see [`crate::pins`]).
+    #[must_use]
+    pub fn held(&self) -> &[Held] {
+        &self.held
     }
 
     /// Installs `policy` as a new generation and switches to it atomically. On error the live

@@ -17,6 +17,7 @@ pub mod guard;
 pub mod identity;
 pub mod logging;
 pub mod pinned;
+pub mod pins;
 pub mod policy;
 pub mod preexisting;
 pub mod reload;

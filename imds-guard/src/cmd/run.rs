@@ -130,6 +130,7 @@ async fn serve(
     let mut summaries = tokio::time::interval(Duration::from_secs(1));
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
+    let mut pins = crate::pins::PinKeeper::default();
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
@@ -163,7 +164,10 @@ async fn serve(
                 tokio::time::sleep(crate::reload::SETTLE).await;
                 watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
             }
-            _ = recheck.tick() => watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?,
+            _ = recheck.tick() => {
+                pins.check(guard);
+                watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
+            }
             _ = summaries.tick() => {
                 for line in aggregator.flush(std::time::Instant::now(), false) {
                     emit(&line);
@@ -177,6 +181,7 @@ async fn serve(
     for line in aggregator.flush(std::time::Instant::now(), true) {
         emit(&line);
     }
+    pins.at_exit(guard);
     tracing::info!(pin_dir = %guard.pin_dir().display(), "exiting; enforcement stays in place (imds-guard unload removes it)");
     Ok(())
 }

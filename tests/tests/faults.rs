@@ -1,0 +1,120 @@
+//! Faults under a running daemon: the pin filesystem unmounted, the programs detached, the policy
+//! file deleted, the rules map full, a watched cgroup tree removed, the daemon killed during a
+//! storm of denied connects. In every case the guard keeps enforcing what it enforced (or says
+//! clearly that it no longer does, and why), says what happened, and recovers.
+
+use std::{process::Command, time::Duration};
+
+use imds_guard_tests::{Daemon, ImdsMode, Sandbox, sandbox::run};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+const IMDS: &str = "169.254.169.254";
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn status(sb: &Sandbox) -> Value {
+    let o = sb.cli(&["status", "--json", "--pin-dir", s(&sb.pin_dir())]);
+    assert!(o.status.success(), "status: {o:?}");
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn wait(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    d.wait_event(Duration::from_secs(10), pred)
+        .unwrap_or_else(|| panic!("no {what}; events: {:#?}\nstderr:\n{}", d.events(), d.stderr()))
+}
+
+/// The denied identity is refused and reported; root gets through.
+fn still_enforced(sb: &Sandbox, d: &Daemon, what: &str) {
+    let before = d.denials().len();
+    assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "EPERM", "{what}: nobody");
+    assert_eq!(sb.client(0, 0).connect(IMDS, 80).result, "connected", "{what}: root");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while d.denials().len() == before {
+        assert!(std::time::Instant::now() < deadline, "{what}: the denial was not reported\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
+    let Some(sb) = Sandbox::new("fault_bpffs", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    still_enforced(&sb, &d, "at start");
+
+    // The pins go with the filesystem. The daemon holds the links, so nothing is detached.
+    nix::mount::umount2(&sb.bpffs, nix::mount::MntFlags::empty()).expect("unmount the sandbox bpffs");
+    still_enforced(&sb, &d, "right after the unmount");
+    let lost = wait(&d, "pins_lost", |e| e["event"] == "pins_lost");
+    assert_eq!(lost["enforcing"], true);
+    assert_eq!(lost["pins"].as_array().unwrap().len(), 10, "4 links and 6 maps: {lost}");
+    let why = lost["error"].as_str().unwrap();
+    assert!(why.contains("is not on a bpffs") && why.contains("mount -t bpf"), "{why}");
+    assert!(d.stderr().contains("enforcement continues while this daemon runs, but ends when it exits"));
+
+    // A second daemon cannot take over without a bpffs, and says why; the first one goes on.
+    let second =
+        sb.cli(&["run", "--config", s(&policy), "--cgroup", s(&sb.cgroup), "--pin-dir", s(&sb.pin_dir())]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && err.contains("is not on a bpffs"), "{second:?}");
+    still_enforced(&sb, &d, "with the pins lost");
+
+    // bpffs back: the daemon pins its links and maps again, so enforcement outlives it again.
+    run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&sb.bpffs));
+    let restored = wait(&d, "pins_restored", |e| e["event"] == "pins_restored");
+    assert_eq!(restored["pins"].as_array().unwrap().len(), 10, "{restored}");
+    let st = status(&sb);
+    assert_eq!((st["enforcing"].as_bool(), st["generation"].as_u64()), (Some(true), Some(1)), "{st}");
+    assert_eq!(st["counters"]["denied"], 3, "the counters are the live maps' ({st})");
+    d.kill();
+    assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "EPERM", "enforcement outlives it");
+    let d = sb.daemon(&policy);
+    let started = wait(&d, "guard_started", |e| e["event"] == "guard_started");
+    assert_eq!(started["attachment"], "adopted", "{started}");
+    still_enforced(&sb, &d, "after the restart");
+
+    // Pins lost and the daemon exits: the links go with it, and it says so.
+    nix::mount::umount2(&sb.bpffs, nix::mount::MntFlags::empty()).expect("unmount again");
+    wait(&d, "pins_lost", |e| e["event"] == "pins_lost");
+    d.signal(Signal::SIGTERM);
+    let stderr_at_exit = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !d.stderr().contains("exiting") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d.stderr()
+    };
+    assert!(d.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        stderr_at_exit.contains("the programs are detached now that this daemon exits"),
+        "{stderr_at_exit}"
+    );
+    assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "connected", "as it said");
+}
+
+#[test]
+fn unload_under_a_running_daemon_stops_enforcement_and_is_reported() {
+    let Some(sb) = Sandbox::new("fault_unload", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    still_enforced(&sb, &d, "at start");
+    let out = sb.cli(&["unload", "--pin-dir", s(&sb.pin_dir())]);
+    assert!(out.status.success(), "{out:?}");
+    // The daemon still holds the links, but unload detaches them.
+    assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "connected", "unload wins");
+    assert!(!sb.attached_programs().contains("imdsg"), "{}", sb.attached_programs());
+    let ev = wait(&d, "programs_detached", |e| e["event"] == "programs_detached");
+    assert_eq!((ev["enforcing"].as_bool(), ev["links"].as_array().map(Vec::len)), (Some(false), Some(4)));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!sb.pin_dir().exists(), "a detached link is not pinned again");
+    assert_eq!(d.events().iter().filter(|e| e["event"] == "programs_detached").count(), 1, "said once");
+    // A restart enforces again (from scratch).
+    d.kill();
+    let d = sb.daemon(&policy);
+    assert_eq!(wait(&d, "start", |e| e["event"] == "guard_started")["attachment"], "attached");
+    still_enforced(&sb, &d, "after the restart");
+}
