@@ -118,3 +118,53 @@ fn unload_under_a_running_daemon_stops_enforcement_and_is_reported() {
     assert_eq!(wait(&d, "start", |e| e["event"] == "guard_started")["attachment"], "attached");
     still_enforced(&sb, &d, "after the restart");
 }
+
+#[test]
+fn policy_file_deleted_keeps_the_policy_says_so_once_and_is_read_when_back() {
+    let Some(sb) = Sandbox::new("fault_config", ImdsMode::Optional) else { return };
+    let text = "[[allow]]\nuid = 0\n";
+    let policy = sb.write("policy.toml", text);
+    let d = sb.daemon(&policy);
+    let failed = |d: &Daemon| d.events().into_iter().filter(|e| e["event"] == "policy_reload_failed").count();
+
+    std::fs::remove_file(&policy).unwrap();
+    let ev = wait(&d, "policy_reload_failed", |e| e["event"] == "policy_reload_failed");
+    let err = ev["error"].as_str().unwrap();
+    assert!(
+        err.contains("policy.toml: cannot read the policy file") && err.contains("No such file"),
+        "{err}"
+    );
+    assert_eq!(ev["generation"], 1, "the policy in force stays");
+    assert!(d.stderr().contains("the policy in force stays enforced until it can be read again"));
+    still_enforced(&sb, &d, "with the policy file gone");
+    std::thread::sleep(Duration::from_secs(5)); // two re-checks and more
+    assert_eq!(failed(&d), 1, "said once, not at every re-check");
+    // SIGHUP asks for it explicitly: refused again, and said.
+    d.signal(Signal::SIGHUP);
+    wait(&d, "a refused SIGHUP", |e| e["event"] == "policy_reload_failed" && e["reload_failures"] == 2);
+    still_enforced(&sb, &d, "after SIGHUP without a policy file");
+
+    // Back unchanged: nothing to install, but it is noticed.
+    sb.write("policy.toml", text);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.stderr().contains("the policy file can be read again") {
+        assert!(std::time::Instant::now() < deadline, "not noticed:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!d.events().iter().any(|e| e["event"] == "policy_reloaded"));
+    // A file that is not UTF-8 is refused with its position (it used to be ignored as unreadable).
+    std::fs::write(&policy, b"[[allow]]\nuid = 0\nname = \"caf\xe9\"\n").unwrap();
+    let ev = wait(&d, "refused non-UTF-8", |e| {
+        e["event"] == "policy_reload_failed" && e["error"].as_str().is_some_and(|m| m.contains("not UTF-8"))
+    });
+    assert!(ev["error"].as_str().unwrap().contains("policy.toml:3:12"), "{ev}");
+    still_enforced(&sb, &d, "after a policy that is not UTF-8");
+    // Deleted and back changed: installed.
+    std::fs::remove_file(&policy).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    sb.write("policy.toml", "[[allow]]\nuid = 65534\n");
+    let ev = wait(&d, "policy_reloaded", |e| e["event"] == "policy_reloaded");
+    assert_eq!((ev["reason"].as_str(), ev["generation"].as_u64()), (Some("file_changed"), Some(2)));
+    assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "connected");
+    assert_eq!(sb.client(0, 0).connect(IMDS, 80).result, "EPERM");
+}
