@@ -242,12 +242,21 @@ impl Guard {
 
         // Leftovers of an interrupted earlier attempt at `next` would be enforced with it.
         remove_where(&mut rules, |k| k.generation == next)?;
-        for (k, v) in &entries {
+        for (written, (k, v)) in entries.iter().enumerate() {
             if let Err(e) = rules.insert(k, v, 0) {
+                // Say how full the map is, and with what: it holds two full generations, so a
+                // full map means entries that are neither the live policy's nor this one's.
+                let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
+                let live_n = keys.iter().filter(|k| k.generation == live).count();
+                let other = keys.len() - live_n - written;
                 remove_where(&mut rules, |k| k.generation == next)?;
                 return Err(anyhow!(e).context(format!(
-                    "writing {} rules (the map holds {}); the previous policy stays enforced",
+                    "writing rule {} of {}: {} of the {} entries of the kernel's rules map are in use ({live_n} \
+                     by the policy in force, {written} by this one, {other} by neither); the previous policy \
+                     stays enforced",
+                    written + 1,
                     entries.len(),
+                    keys.len(),
                     maps::RULES_CAPACITY
                 )));
             }

@@ -5,7 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use imds_guard_tests::{Daemon, ImdsMode, Sandbox, sandbox::run};
+use imds_guard_tests::{Daemon, ImdsMode, Sandbox, client::connect_bin, sandbox::run};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -167,4 +167,144 @@ fn policy_file_deleted_keeps_the_policy_says_so_once_and_is_read_when_back() {
     assert_eq!((ev["reason"].as_str(), ev["generation"].as_u64()), (Some("file_changed"), Some(2)));
     assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "connected");
     assert_eq!(sb.client(0, 0).connect(IMDS, 80).result, "EPERM");
+}
+
+#[test]
+fn a_full_rules_map_refuses_the_reload_and_keeps_the_policy() {
+    use aya::maps::{HashMap, Map, MapData};
+    use imds_guard_common::{
+        maps::{RULES, RULES_CAPACITY},
+        rule::{RuleKey, RuleValue},
+    };
+    let Some(sb) = Sandbox::new("fault_mapfull", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    // Fill the pinned rules map (it holds two generations of the largest policy) with entries of
+    // a generation that is never live, as a leak or another writer would.
+    let pin = sb.pin_dir().join("maps").join(RULES);
+    let mut rules: HashMap<MapData, RuleKey, RuleValue> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&pin).expect("open the pinned rules map"))).unwrap();
+    let mut junk = 0u32;
+    while rules
+        .insert(
+            &RuleKey { generation: 0xdead_0000, uid: junk, shape: 1, ..RuleKey::default() },
+            &RuleValue::default(),
+            0,
+        )
+        .is_ok()
+    {
+        junk += 1;
+    }
+    assert_eq!(junk, RULES_CAPACITY - 1, "the live policy's one rule and the junk fill it");
+
+    // A reload needs room for its rules next to the live ones: refused, with the reason.
+    sb.write("policy.toml", "[[allow]]\nuid = 0\n[[allow]]\nuid = 65534\n");
+    let ev = wait(&d, "policy_reload_failed", |e| e["event"] == "policy_reload_failed");
+    let err = ev["error"].as_str().unwrap();
+    let expected = "writing rule 1 of 2: 32768 of the 32768 entries of the kernel's rules map are in use (1 by \
+                    the policy in force, 0 by this one, 32767 by neither); the previous policy stays enforced";
+    assert!(err.contains(expected), "{err}");
+    assert_eq!(ev["generation"], 1);
+    eprintln!("refused: {err}");
+    still_enforced(&sb, &d, "after the refused reload");
+    let st = status(&sb);
+    assert_eq!((st["generation"].as_u64(), st["rule_entries"].as_u64()), (Some(1), Some(1)), "{st}");
+
+    // Room again: the next attempt installs it and clears out every other generation, junk included.
+    for uid in 0..100 {
+        rules.remove(&RuleKey { generation: 0xdead_0000, uid, shape: 1, ..RuleKey::default() }).unwrap();
+    }
+    d.signal(Signal::SIGHUP);
+    let ev = wait(&d, "policy_reloaded", |e| e["event"] == "policy_reloaded");
+    assert_eq!(ev["generation"], 2);
+    assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "connected");
+    assert_eq!(rules.keys().count(), 2, "only the live generation's two rules are left");
+}
+
+#[test]
+fn sigkill_during_a_storm_of_denied_connects_lets_none_through() {
+    let Some(sb) = Sandbox::new("fault_sigkill_storm", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let mut d = Some(sb.daemon(&policy));
+    let prog = connect_bin();
+    let storm = |uid: u32, addr: &'static str| {
+        let c = sb.client(uid, uid);
+        c.steps(s(&prog), None, &["storm", addr, "80", "7000"]).remove(0)["storm"].clone()
+    };
+    std::thread::scope(|scope| {
+        let denied4 = scope.spawn(|| storm(NOBODY, IMDS));
+        let denied6 = scope.spawn(|| storm(NOBODY, "fd00:ec2::254"));
+        let allowed = scope.spawn(|| storm(0, IMDS));
+        // Kill the daemon, restart it, kill it again, and leave it dead for a while.
+        for pause in [800, 1200, 1500] {
+            std::thread::sleep(Duration::from_millis(pause));
+            if let Some(old) = d.take() {
+                old.kill();
+            } else {
+                let new = sb.daemon(&policy);
+                assert_eq!(wait(&new, "start", |e| e["event"] == "guard_started")["attachment"], "adopted");
+                d = Some(new);
+            }
+        }
+        let (denied4, denied6, allowed) =
+            (denied4.join().unwrap(), denied6.join().unwrap(), allowed.join().unwrap());
+        let refused = |v: &Value| v["EPERM"].as_u64().unwrap_or(0);
+        assert_eq!(denied4.as_object().unwrap().len(), 1, "nobody got through over IPv4: {denied4}");
+        assert_eq!(denied6.as_object().unwrap().len(), 1, "nobody got through over IPv6: {denied6}");
+        assert_eq!(allowed.as_object().unwrap().len(), 1, "root was refused at some instant: {allowed}");
+        let ok = allowed["connected"].as_u64().unwrap();
+        // The kernel counted every attempt, across the kills (the counters are pinned).
+        let st = status(&sb);
+        let c = &st["counters"];
+        assert_eq!(c["denied"].as_u64(), Some(refused(&denied4) + refused(&denied6)), "{st}");
+        assert_eq!(c["allowed"].as_u64(), Some(ok), "{st}");
+        assert_eq!(c["metadata_connects"].as_u64(), Some(refused(&denied4) + refused(&denied6) + ok));
+        eprintln!(
+            "{} + {} denied and {ok} allowed connects through two SIGKILLs and a restart, no wrong decision",
+            refused(&denied4),
+            refused(&denied6)
+        );
+    });
+}
+
+#[test]
+fn a_watched_cgroup_tree_removed_and_recreated_is_followed() {
+    let Some(sb) = Sandbox::new("fault_cgroup_tree", ImdsMode::Optional) else { return };
+    let policy = sb.write(
+        "policy.toml",
+        &format!("[[allow]]\ncgroup = \"{}/app.slice/app.service\"\n", sb.cgroup_rel()),
+    );
+    for sub in ["app.slice/app.service", "other"] {
+        std::fs::create_dir_all(sb.cgroup.join(sub)).unwrap();
+    }
+    let d = sb.daemon(&policy);
+    let prog = connect_bin();
+    let once = ["connect", IMDS, "80"];
+    let from =
+        |cg: &str, uid: u32| sb.client(uid, uid).in_cgroup(cg).results(s(&prog), None, &once).remove(0);
+    assert_eq!(from("app.slice/app.service", NOBODY), "connected");
+    assert_eq!(from("other", 0), "EPERM");
+
+    // The unit and its slice go (the watch on the slice goes with it).
+    std::fs::remove_dir(sb.cgroup.join("app.slice/app.service")).unwrap();
+    std::fs::remove_dir(sb.cgroup.join("app.slice")).unwrap();
+    let ev =
+        wait(&d, "re-resolution", |e| e["event"] == "policy_reloaded" && e["reason"] == "identity_changed");
+    assert_eq!(ev["generation"], 2);
+    assert!(d.stderr().contains("does not exist yet"), "the rule waits for its cgroup:\n{}", d.stderr());
+    assert_eq!(from("other", 0), "EPERM", "everyone else is still judged");
+    assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "EPERM");
+
+    // Both come back, with new ids: the rule follows.
+    std::fs::create_dir(sb.cgroup.join("app.slice")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::create_dir(sb.cgroup.join("app.slice/app.service")).unwrap();
+    wait(&d, "the cgroup back", |e| e["event"] == "policy_reloaded" && e["generation"].as_u64() >= Some(3));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while from("app.slice/app.service", NOBODY) != "connected" {
+        assert!(std::time::Instant::now() < deadline, "the recreated cgroup is not allowed:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(from("app.slice", NOBODY), "EPERM", "the parent is not covered");
+    assert_eq!(from("other", 0), "EPERM");
 }
