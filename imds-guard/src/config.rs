@@ -52,7 +52,7 @@ pub struct Source {
 
 impl Source {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|e| ConfigError {
+        let bytes = read_bytes(path).map_err(|e| ConfigError {
             location: path.display().to_string(),
             message: format!("cannot read the policy file: {e}"),
             snippet: None,
@@ -138,6 +138,25 @@ impl Source {
     pub fn parse(&self) -> Result<PolicyFile, ConfigError> {
         toml::from_str(&self.text).map_err(|e| self.error_at(e.span(), e.message().trim().to_owned()))
     }
+}
+
+/// Largest policy file read: the largest policy (16,384 tables) fits in well under this, and
+/// parsing costs about a hundred times the file's size in memory, so a runaway file (generated,
+/// or appended to in a loop) must not reach the parser.
+pub const MAX_POLICY_BYTES: u64 = 2 << 20;
+
+/// The bytes of a policy file, refusing one larger than [`MAX_POLICY_BYTES`] without reading it all.
+pub fn read_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("it is larger than {MAX_POLICY_BYTES} bytes (2 MiB), the most imds-guard reads"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Longest error message shown whole (values from the file are quoted in messages).
@@ -267,6 +286,19 @@ mod tests {
         assert_eq!(&line[caret..=caret], "a", "{snippet}");
         assert!(line.len() < 200 && line.contains("...a"), "{snippet}");
         assert_eq!(e.location, format!("policy.toml:2:{}", 50_000 - 10 + 1));
+    }
+
+    #[test]
+    fn a_runaway_file_is_refused_without_being_read_whole() {
+        let p = std::env::temp_dir().join(format!("imdsg-big-{}.toml", std::process::id()));
+        std::fs::write(&p, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
+        let e = Source::read(&p).unwrap_err();
+        std::fs::write(&p, vec![b'#'; MAX_POLICY_BYTES as usize]).unwrap();
+        let at_the_limit = Source::read(&p);
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(e.location, p.display().to_string());
+        assert!(e.message.contains("larger than 2097152 bytes (2 MiB)"), "{e}");
+        assert!(at_the_limit.is_ok());
     }
 
     #[test]

@@ -17,6 +17,9 @@ use crate::{
     identity::{CgroupRef, ExeId},
 };
 
+/// Warnings kept for a policy (the rest are counted in one more).
+pub const MAX_WARNINGS: usize = 10;
+
 /// A policy ready to be installed.
 #[derive(Clone, Debug, Serialize)]
 pub struct Policy {
@@ -265,6 +268,15 @@ impl Policy {
             }
         }
 
+        if warnings.len() > MAX_WARNINGS {
+            // Every reload logs them: a policy of thousands of repeated tables must not flood the
+            // journal. `check` still marks every table.
+            let more = warnings.len() - MAX_WARNINGS;
+            warnings.truncate(MAX_WARNINGS);
+            warnings.push(format!(
+                "... and {more} more warnings like these (imds-guard check shows every table)"
+            ));
+        }
         let mut policy = Policy {
             source: source.name.clone(),
             mode,

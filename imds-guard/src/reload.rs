@@ -26,10 +26,10 @@ pub const SETTLE: Duration = Duration::from_millis(50);
 /// write) is never installed half-written, which could drop rules or, with only its first line,
 /// switch to monitor mode.
 fn read_settled(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut last = std::fs::read(path)?;
+    let mut last = crate::config::read_bytes(path)?;
     for _ in 0..20 {
         std::thread::sleep(SETTLE);
-        let now = std::fs::read(path)?;
+        let now = crate::config::read_bytes(path)?;
         if now == last {
             return Ok(now);
         }
@@ -78,7 +78,7 @@ impl Reloader {
     /// Called when something watched changed, or periodically: reloads if the file's text changed,
     /// else re-resolves the current text and installs it if what it resolves to changed.
     pub fn refresh(&mut self, guard: &mut Guard) {
-        let read = std::fs::read(&self.config);
+        let read = crate::config::read_bytes(&self.config);
         if read.is_ok() && std::mem::take(&mut self.unreadable) {
             tracing::info!(policy = %self.config.display(), "the policy file can be read again");
         }
@@ -108,7 +108,7 @@ impl Reloader {
             Err(_) if self.unreadable => {}
             Err(_) => {
                 std::thread::sleep(SETTLE);
-                if let Err(e) = std::fs::read(&self.config) {
+                if let Err(e) = crate::config::read_bytes(&self.config) {
                     self.unreadable = true;
                     tracing::warn!(
                         policy = %self.config.display(),
