@@ -4,6 +4,7 @@
 //!   connect ADDR PORT        connect() once: {"result": "connected"|"EPERM"|..., "ms": f64}
 //!   repeat ADDR PORT N       connect() N times: {"repeat": {"EPERM": n, ...}}
 //!   storm ADDR PORT MILLIS   connect() every 0.5 ms for MILLIS ms: {"storm": {"connected": n, "EPERM": m, ...}}
+//!   ports ADDR FROM TO       connect() once to each port FROM..=TO, as fast as possible: {"ports": {"EPERM": n, ...}}
 //!   comm NAME                prctl(PR_SET_NAME)
 //!   cgroup PROCS             move this process into a cgroup (write its pid to PROCS)
 //!   exec PROG ARGS...        fork; the child execs PROG with the rest of the arguments; wait for it
@@ -61,6 +62,17 @@ fn main() {
                 }
                 let body: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                 writeln!(out, "{{\"repeat\":{{{}}}}}", body.join(",")).unwrap();
+                i += 4;
+            }
+            "ports" => {
+                let (from, to): (u16, u16) =
+                    (args[i + 2].parse().expect("first port"), args[i + 3].parse().expect("last port"));
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for port in from..=to {
+                    *counts.entry(connect(&args[i + 1], &port.to_string())).or_default() += 1;
+                }
+                let body: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                writeln!(out, "{{\"ports\":{{{}}}}}", body.join(",")).unwrap();
                 i += 4;
             }
             "storm" => {
