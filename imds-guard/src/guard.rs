@@ -210,6 +210,13 @@ impl Guard {
         &self.pin_dir
     }
 
+    /// A kernel counter, summed over the CPUs.
+    pub fn stat(&self, stat: imds_guard_common::stats::Stat) -> anyhow::Result<u64> {
+        let map = self.ebpf.map(maps::STATS).context("STATS map")?;
+        let stats: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+        Ok(stats.get(&(stat as u32), 0)?.iter().sum())
+    }
+
     /// The pinned links and maps, by descriptor (see [`crate::pins`]).
     #[must_use]
     pub fn held(&self) -> &[Held] {

@@ -21,3 +21,4 @@ pub mod pins;
 pub mod policy;
 pub mod preexisting;
 pub mod reload;
+pub mod uninspected;

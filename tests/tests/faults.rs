@@ -308,3 +308,136 @@ fn a_watched_cgroup_tree_removed_and_recreated_is_followed() {
     assert_eq!(from("app.slice", NOBODY), "EPERM", "the parent is not covered");
     assert_eq!(from("other", 0), "EPERM");
 }
+
+/// Listens on 20 ports of the endpoint address with full backlogs and never accepts: the
+/// connections complete in the kernel and wait in the queues (81,920 places), so that a few
+/// processes can hold tens of thousands of them without a descriptor for the server side.
+const LISTEN_PY: &str = r#"
+import socket, sys
+ls = []
+for p in range(9000, 9020):
+    l = socket.socket()
+    l.bind(("169.254.169.254", p))
+    l.listen(4096)
+    ls.append(l)
+print("ready", flush=True)
+sys.stdin.readline()
+"#;
+
+/// Opens and holds N connections to those ports (argv: N, an offset to spread them).
+const HOLD_PY: &str = r#"
+import resource, socket, sys
+n, k = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+for i in range(n):
+    s = socket.socket()
+    s.connect(("169.254.169.254", 9000 + (i * 8 + k) % 20))
+    held.append(s)
+print("ready", flush=True)
+sys.stdin.readline()
+"#;
+
+/// A tokenless GET on a fresh connection: "refused" (EACCES) or the status line.
+const GET_PY: &str = r#"
+import socket
+s = socket.create_connection(("169.254.169.254", 80))
+try:
+    s.sendall(b"GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n")
+    print(s.recv(100).split(b"\r\n")[0].decode(), flush=True)
+except PermissionError:
+    print("refused", flush=True)
+"#;
+
+/// A process in the sandbox that prints `ready` when set up and ends when its stdin gets a line
+/// (or is closed); our own child, waited for on drop.
+struct Held(std::process::Child);
+
+impl Held {
+    fn start(sb: &Sandbox, uid: u32, script: &std::path::Path, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = sb
+            .client(uid, uid)
+            .command("/usr/bin/python3")
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "{} did not start", script.display());
+        Held(child)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported() {
+    let Some(sb) = Sandbox::new("fault_sockhash", ImdsMode::Optional) else { return };
+    // Root's tokenless requests are refused; uid 1000 is a legacy workload whose are only logged.
+    let policy = sb.write(
+        "policy.toml",
+        "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n\n[[allow]]\nuid = 1000\nimdsv1 = \"log\"\n",
+    );
+    let d = sb.daemon(&policy);
+    let get = sb.write("get.py", GET_PY);
+    let tokenless_get = || {
+        let out = sb.client(0, 0).command("/usr/bin/python3").arg(&get).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(tokenless_get(), "refused");
+
+    // The legacy workload holds 68,000 connections to the endpoint (any port counts): more than
+    // the 65,536 the kernel tracks for inspection.
+    let listen = sb.write("listen.py", LISTEN_PY);
+    let hold = sb.write("hold.py", HOLD_PY);
+    let t = std::time::Instant::now();
+    let listener = Held::start(&sb, 0, &listen, &[]);
+    let holders: Vec<Held> =
+        (0..8).map(|k| Held::start(&sb, 1000, &hold, &["8500", &k.to_string()])).collect();
+    let filled = t.elapsed();
+    let c = &status(&sb)["counters"];
+    let uninspected = c["connections_uninspected"].as_u64().unwrap();
+    assert_eq!(uninspected, 68_000 - u64::from(imds_guard_common::maps::SOCKETS_CAPACITY), "{c}");
+
+    // The gap: root's next tokenless request is neither refused nor reported...
+    let requests_before = c["imdsv1_requests"].as_u64();
+    assert_eq!(tokenless_get(), "HTTP/1.1 200 OK", "a full table leaves new connections uninspected");
+    assert_eq!(status(&sb)["counters"]["imdsv1_requests"].as_u64(), requests_before, "nor counted");
+    // ...but the daemon says that connections went uninspected, and how many.
+    let ev = wait(&d, "connections_uninspected", |e| {
+        e["event"] == "connections_uninspected" && e["total"].as_u64() == Some(uninspected + 1)
+    });
+    assert_eq!(ev["capacity"], 65_536, "{ev}");
+    let reported: u64 = d
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "connections_uninspected")
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(reported, uninspected + 1, "every one is counted in some event");
+    assert!(d.stderr().contains("imdsv1 = \\\"deny\\\" does not apply to them"), "{}", d.stderr());
+
+    // Once the connections close, there is room again and inspection is back.
+    drop(holders);
+    drop(listener);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokenless_get() != "refused" {
+        assert!(std::time::Instant::now() < deadline, "inspection did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "68,000 connections held in {filled:?}; {} went uninspected, then inspection came back",
+        uninspected + 1
+    );
+}

@@ -131,6 +131,8 @@ async fn serve(
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
     let mut pins = crate::pins::PinKeeper::default();
+    let mut uninspected = crate::uninspected::UninspectedWatch::default();
+    uninspected.check(guard);
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
@@ -166,6 +168,7 @@ async fn serve(
             }
             _ = recheck.tick() => {
                 pins.check(guard);
+                uninspected.check(guard);
                 watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
             }
             _ = summaries.tick() => {
