@@ -6,6 +6,8 @@
 //!   storm ADDR PORT MILLIS   connect() every 0.5 ms for MILLIS ms: {"storm": {"connected": n, "EPERM": m, ...}}
 //!   ports ADDR FROM TO       connect() once to each port FROM..=TO, as fast as possible: {"ports": {"EPERM": n, ...}}
 //!   comm NAME                prctl(PR_SET_NAME)
+//!   ids                      print the real and effective uid: {"uid": n, "euid": m}
+//!   setuid UID               setresuid(UID, UID, UID) (a setuid-root copy can become root)
 //!   cgroup PROCS             move this process into a cgroup (write its pid to PROCS)
 //!   exec PROG ARGS...        fork; the child execs PROG with the rest of the arguments; wait for it
 //!   sleep MILLIS             sleep
@@ -91,6 +93,18 @@ fn main() {
                 // SAFETY: PR_SET_NAME with a NUL-terminated string.
                 let r = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
                 assert_eq!(r, 0, "prctl");
+                i += 2;
+            }
+            "ids" => {
+                // SAFETY: plain getters.
+                let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+                writeln!(out, "{{\"uid\":{uid},\"euid\":{euid}}}").unwrap();
+                i += 1;
+            }
+            "setuid" => {
+                let uid: u32 = args[i + 1].parse().expect("uid");
+                // SAFETY: plain syscall.
+                assert_eq!(unsafe { libc::setresuid(uid, uid, uid) }, 0, "setresuid");
                 i += 2;
             }
             "cgroup" => {
