@@ -345,7 +345,13 @@ import socket
 s = socket.create_connection(("169.254.169.254", 80))
 try:
     s.sendall(b"GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n")
-    print(s.recv(100).split(b"\r\n")[0].decode(), flush=True)
+    head = b""
+    while b"\r\n" not in head:
+        chunk = s.recv(100)
+        if not chunk:
+            break
+        head += chunk
+    print(head.split(b"\r\n")[0].decode(), flush=True)
 except PermissionError:
     print("refused", flush=True)
 "#;
