@@ -23,9 +23,12 @@ pub enum Stat {
     TokenPutForwarded = 8,
     /// Requests that could not be classified (header block too long): treated like IMDSv1.
     Unclassified = 9,
+    /// Connections to a metadata endpoint that could not be put into the sockhash (full), so
+    /// that nothing written on them is classified or refused.
+    ConnectionsUninspected = 10,
 }
 
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 11;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -39,6 +42,7 @@ impl Stat {
         Stat::Imdsv1Denied,
         Stat::TokenPutForwarded,
         Stat::Unclassified,
+        Stat::ConnectionsUninspected,
     ];
 
     #[must_use]
@@ -54,6 +58,7 @@ impl Stat {
             Stat::Imdsv1Denied => "imdsv1_denied",
             Stat::TokenPutForwarded => "token_put_forwarded",
             Stat::Unclassified => "requests_unclassified",
+            Stat::ConnectionsUninspected => "connections_uninspected",
         }
     }
 }

@@ -7,9 +7,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use imds_guard_common::event::{AF_INET, AF_INET6};
+use imds_guard_common::{
+    event::{AF_INET, AF_INET6},
+    stats::Stat,
+};
 
-use crate::maps::{SOCKETS, live_config};
+use crate::maps::{SOCKETS, count, live_config};
 
 #[sock_ops]
 pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
@@ -26,7 +29,11 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
         // SAFETY: the sock_ops context pointer, as the helper expects.
         let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
         // SAFETY: as above.
-        let _ = SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY));
+        if SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY)).is_err() {
+            // The sockhash is full: the message hook will not see this connection. Nothing here
+            // can refuse it any more; count it so that the daemon says so.
+            count(Stat::ConnectionsUninspected);
+        }
     }
     1
 }

@@ -1,5 +1,6 @@
 //! bpf() commands aya does not offer: an RCU barrier, replacing a link's program, opening a pin
-//! of any type, and probing for sockmap links.
+//! of any type, probing for sockmap links, pinning an object by descriptor, detaching a link, and
+//! asking whether a link is still attached.
 //!
 //! ## Waiting until no kernel program still runs with an old policy generation
 //!
@@ -183,4 +184,66 @@ pub fn sk_msg_link_supported() -> io::Result<bool> {
             Ok(true)
         }
     }
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+
+/// Pins a BPF object (a map or a link) at `path` on a bpffs.
+pub fn obj_pin(fd: std::os::fd::BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let mut attr =
+        ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd().cast_unsigned(), file_flags: 0 };
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Detaches a link from its hook (`BPF_LINK_DETACH`) whoever else holds it: the program stops
+/// running at once, and the link stays as an empty shell for the holders of its descriptors.
+pub fn link_detach(link: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr: u32 = link.as_raw_fd().cast_unsigned();
+    sys_bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+const BPF_LINK_TYPE_SOCKMAP: u32 = 14;
+
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The start of `struct bpf_link_info`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    /// The union: `cgroup.cgroup_id` (u64) or `sockmap.map_id` (u32, the first four bytes).
+    target: u64,
+    _rest: [u64; 3],
+}
+
+/// Whether a link is still attached to its hook: a cgroup link reports the id of its cgroup, a
+/// sockmap link the id of its map, and 0 once it was detached (`BPF_LINK_DETACH`, or its cgroup
+/// was removed).
+pub fn link_attached(link: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    let mut info = LinkInfo::default();
+    let mut attr = InfoByFdAttr {
+        bpf_fd: link.as_raw_fd().cast_unsigned(),
+        info_len: u32::try_from(size_of::<LinkInfo>()).expect("small"),
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let first_word = u32::from_ne_bytes(info.target.to_ne_bytes()[..4].try_into().expect("4 bytes"));
+    Ok(match info.link_type {
+        BPF_LINK_TYPE_CGROUP => info.target != 0,
+        BPF_LINK_TYPE_SOCKMAP => first_word != 0,
+        _ => true,
+    })
 }

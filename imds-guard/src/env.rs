@@ -142,13 +142,18 @@ pub fn cgroup_id(dir: &Path) -> anyhow::Result<u64> {
 /// when nothing is mounted there (returns whether it did); an explicit `--pin-dir` elsewhere must
 /// already be on a bpffs.
 pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<bool> {
+    prepare_pin_dir_with(pin_dir, pin_dir == Path::new(DEFAULT_PIN_DIR))
+}
+
+/// [`prepare_pin_dir`], mounting bpffs only if `may_mount`.
+pub fn prepare_pin_dir_with(pin_dir: &Path, may_mount: bool) -> anyhow::Result<bool> {
     let mut mounted = false;
     let parent = pin_dir.parent().context("the pin directory has no parent")?;
     if !parent.exists() {
         bail!("{} does not exist (the pin directory's parent must be on a bpffs)", parent.display());
     }
     if fs_magic(parent)? != BPF_FS_MAGIC {
-        if pin_dir == Path::new(DEFAULT_PIN_DIR) {
+        if may_mount {
             tracing::info!(path = %parent.display(), "mounting bpffs");
             nix::mount::mount(
                 Some("bpf"),

@@ -310,6 +310,10 @@ impl Enricher {
     }
 
     fn user(&mut self, uid: u32) -> Option<String> {
+        if self.users.len() > 4096 && !self.users.contains_key(&uid) {
+            // Bounded like the cgroup cache: uids in user namespaces span a wide range.
+            self.users.clear();
+        }
         self.users
             .entry(uid)
             .or_insert_with(|| {

@@ -11,6 +11,8 @@
 //! instant with no program attached. An upgrade whose maps have another layout creates its own
 //! maps, installs the policy in them, swaps its programs into the same links (and attaches the
 //! message hook to its new sockhash), then removes the old maps: still no unguarded instant.
+//! The running daemon also holds a descriptor of each link and map, so that losing the pins (bpffs
+//! unmounted) does not detach anything while it runs; see [`crate::pins`].
 
 use std::{
     fs::File,
@@ -33,7 +35,7 @@ use imds_guard_common::{
 };
 
 use crate::{
-    bpf_sys::{RcuBarrier, link_update, obj_get},
+    bpf_sys::{RcuBarrier, link_attached, link_update, obj_get},
     policy::Policy,
 };
 
@@ -88,6 +90,17 @@ pub struct Guard {
     netfilter: NetfilterRuntime,
     /// The nftables table as last installed (to restore it if the maps cannot follow).
     nft_plan: Option<crate::netfilter::Plan>,
+    /// A descriptor of every pinned link and map, with its pin: while the daemon runs, the links
+    /// stay attached even if their pins go (bpffs unmounted), and can be pinned again.
+    held: Vec<Held>,
+}
+
+/// A pinned object the daemon keeps a descriptor of.
+pub struct Held {
+    pub pin: PathBuf,
+    pub fd: std::os::fd::OwnedFd,
+    /// A link (else a map).
+    pub link: bool,
 }
 
 #[must_use]
@@ -178,7 +191,13 @@ impl Guard {
             live_keys: None,
             netfilter,
             nft_plan: None,
+            held: Vec::new(),
         };
+        for name in maps::ALL {
+            let pin = map_pin(pin_dir, name);
+            let fd = obj_get(&pin).with_context(|| format!("opening {}", pin.display()))?;
+            guard.held.push(Held { pin, fd, link: false });
+        }
         guard.apply(policy).context("installing the policy")?;
         if netfilter.reduced {
             // The maps hold the policy (status, explain), but no program is attached to read them.
@@ -195,7 +214,15 @@ impl Guard {
         let mut new_msg_link = None;
         for (prog_name, link_name) in PROGRAMS {
             let link_path = link_pin(pin_dir, link_name);
-            let adopt = link_path.exists();
+            let mut adopt = link_path.exists();
+            if adopt && !obj_get(&link_path).and_then(|l| link_attached(l.as_fd())).unwrap_or(true) {
+                // Detached behind our back (`bpftool link detach`, or its cgroup was removed):
+                // adopting it would enforce nothing. Attach afresh instead.
+                tracing::warn!(link = %link_path.display(), "the pinned link is detached; attaching anew");
+                std::fs::remove_file(&link_path)
+                    .with_context(|| format!("removing the detached link {}", link_path.display()))?;
+                adopt = false;
+            }
             let t = std::time::Instant::now();
             let program =
                 guard.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
@@ -234,7 +261,7 @@ impl Guard {
                 _ => bail!("program {prog_name} has an unexpected type"),
             };
             tracing::debug!(program = prog_name, ms = t.elapsed().as_secs_f64() * 1e3, "loaded (verified)");
-            match fresh {
+            let link = match fresh {
                 Some(link) if adopt => {
                     // An upgrade: the old link is attached to the old sockhash; this one to the new
                     // sockhash, which the new sockops program (swapped in below) fills. It takes the
@@ -245,13 +272,16 @@ impl Guard {
                     link.pin(&tmp)
                         .map_err(|e| anyhow!("{e}"))
                         .with_context(|| format!("pinning {}", tmp.display()))?;
-                    new_msg_link = Some((tmp, link_path));
+                    let fd = obj_get(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
+                    new_msg_link = Some((tmp, link_path.clone()));
                     attachment = Attachment::Adopted;
+                    fd
                 }
                 Some(link) => {
                     link.pin(&link_path)
                         .map_err(|e| anyhow!("{e}"))
                         .with_context(|| format!("pinning {}", link_path.display()))?;
+                    obj_get(&link_path).with_context(|| format!("opening {}", link_path.display()))?
                 }
                 None => {
                     let link =
@@ -259,8 +289,10 @@ impl Guard {
                     link_update(link.as_fd(), program.fd()?.as_fd())
                         .with_context(|| format!("replacing the program of {}", link_path.display()))?;
                     attachment = Attachment::Adopted;
+                    link
                 }
-            }
+            };
+            guard.held.push(Held { pin: link_path, fd: link, link: true });
         }
         if let Some((tmp, path)) = new_msg_link {
             // rename(2) on bpffs replaces the old pin in one step; the old link, attached to the old
@@ -290,6 +322,19 @@ impl Guard {
     #[must_use]
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// A kernel counter, summed over the CPUs.
+    pub fn stat(&self, stat: imds_guard_common::stats::Stat) -> anyhow::Result<u64> {
+        let map = self.ebpf.map(maps::STATS).context("STATS map")?;
+        let stats: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+        Ok(stats.get(&(stat as u32), 0)?.iter().sum())
+    }
+
+    /// The pinned links and maps, by descriptor (see [`crate::pins`]).
+    #[must_use]
+    pub fn held(&self) -> &[Held] {
+        &self.held
     }
 
     /// Installs `policy` as a new generation and switches to it atomically. On error the live
@@ -371,12 +416,25 @@ impl Guard {
         if self.live_keys.is_none() {
             remove_where(&mut rules, |k| k.generation == next)?;
         }
-        for (k, v) in &entries {
+        let live = active.get(&0, 0)?.generation;
+        for (written, (k, v)) in entries.iter().enumerate() {
             if let Err(e) = rules.insert(k, v, 0) {
+                // Say how full the map is, and with what: it holds two full generations, so a
+                // full map means entries that are neither the live policy's nor this one's.
+                let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
+                let live_n = keys.iter().filter(|k| k.generation == live).count();
+                let other = keys.len() - live_n - written;
                 remove_where(&mut rules, |k| k.generation == next)?;
+                // Entries nobody accounts for fill the map: the next install sweeps the whole map,
+                // not only the keys this daemon knows it wrote.
+                self.live_keys = None;
                 return Err(anyhow!(e).context(format!(
-                    "writing {} rules (the map holds {}); the previous policy stays enforced",
+                    "writing rule {} of {}: {} of the {} entries of the kernel's rules map are in use ({live_n} \
+                     by the policy in force, {written} by this one, {other} by neither); the previous policy \
+                     stays enforced",
+                    written + 1,
                     entries.len(),
+                    keys.len(),
                     maps::RULES_CAPACITY
                 )));
             }
@@ -402,7 +460,8 @@ impl Guard {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
                 Err(e) => Err(anyhow!(e)),
             }),
-            // The first install of this daemon: whatever an earlier one left.
+            // The first install of this daemon, or one after the map was found full: whatever
+            // else is in the map.
             None => remove_where(&mut rules, |k| k.generation != next),
         };
         if let Err(e) = cleaned {

@@ -126,8 +126,8 @@ pub fn counters(pin_dir: &Path) -> anyhow::Result<std::collections::BTreeMap<&'s
     Ok(counters)
 }
 
-/// Detaches the programs (by removing the link pins, the last references to the links) and removes
-/// the map pins and directories. Returns what was removed.
+/// Detaches the programs (`BPF_LINK_DETACH`, so that they stop even while a running daemon holds
+/// the links) and removes the link and map pins and the directories. Returns what was removed.
 pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
     // `<link>_new`: an upgrade's new message-hook link, if one was interrupted before taking over.
@@ -135,6 +135,9 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
     for l in names {
         let p = link_pin(pin_dir, &l);
         if p.exists() {
+            let link = crate::bpf_sys::obj_get(&p).with_context(|| format!("opening {}", p.display()))?;
+            crate::bpf_sys::link_detach(std::os::fd::AsFd::as_fd(&link))
+                .with_context(|| format!("detaching {}", p.display()))?;
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             removed.push(format!("link {} (program detached)", p.display()));
         }

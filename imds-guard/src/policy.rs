@@ -22,6 +22,9 @@ use crate::{
     workload::PodSelector,
 };
 
+/// Warnings kept for a policy (the rest are counted in one more).
+pub const MAX_WARNINGS: usize = 10;
+
 /// A policy ready to be installed.
 #[derive(Clone, Debug, Serialize)]
 pub struct Policy {
@@ -256,10 +259,14 @@ impl Policy {
             }
         }
 
-        if file.allow.len() > MAX_RULES as usize {
+        if let Some(first_extra) = file.allow.get(MAX_RULES as usize) {
             return Err(source.error_at(
-                None,
-                format!("{} [[allow]] tables; at most {MAX_RULES} are supported", file.allow.len()),
+                Some(first_extra.span()),
+                format!(
+                    "[[allow]] table {} of {}: at most {MAX_RULES} are supported",
+                    MAX_RULES + 1,
+                    file.allow.len()
+                ),
             ));
         }
         let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
@@ -287,6 +294,7 @@ impl Policy {
         let lines = source.line_index();
         let mut seen: BTreeMap<Vec<(RuleKey, Option<u8>)>, u32> = BTreeMap::new();
         let mut warnings = Vec::new();
+        let (mut probe_shapes, mut probe_levels): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
         for (index, table) in file.allow.iter().enumerate() {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
             let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
@@ -325,6 +333,26 @@ impl Policy {
                 ));
             }
             rules.push(rule);
+            // Checked as each table comes, so that the error points at the one that goes too far.
+            let (shapes, levels) = shapes_and_levels(&rules[rules.len() - 1..]);
+            let new_shape = shapes.first().filter(|s| !probe_shapes.contains(s));
+            let new_level = levels.first().filter(|l| !probe_levels.contains(l));
+            if new_shape.is_some() || new_level.is_some() {
+                probe_shapes.extend(new_shape);
+                probe_levels.extend(new_level);
+                if let Err(TooManyProbes(n)) = GenConfig::default().set_probes(&probe_shapes, &probe_levels) {
+                    return Err(source.error_at(
+                        Some(table.span()),
+                        format!(
+                            "with this table the rules combine {} kinds of key sets and {} cgroup depths, which \
+                             takes {n} lookups per connect; at most {MAX_PROBES} are supported: use fewer key \
+                             combinations or cgroup depths",
+                            probe_shapes.len(),
+                            probe_levels.len()
+                        ),
+                    ));
+                }
+            }
         }
         let netfilter = crate::netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
         let entries: usize = rules
@@ -340,19 +368,16 @@ impl Policy {
                 ),
             ));
         }
-        let (shapes, levels) = shapes_and_levels(&rules);
-        if let Err(TooManyProbes(n)) = GenConfig::default().set_probes(&shapes, &levels) {
-            return Err(source.error_at(
-                None,
-                format!(
-                    "the rules combine {} kinds of key sets and {} cgroup depths, which takes {n} lookups \
-                     per connect; at most {MAX_PROBES} are supported: use fewer key combinations or cgroup depths",
-                    shapes.len(),
-                    levels.len()
-                ),
+
+        if warnings.len() > MAX_WARNINGS {
+            // Every reload logs them: a policy of thousands of repeated tables must not flood the
+            // journal. `check` still marks every table.
+            let more = warnings.len() - MAX_WARNINGS;
+            warnings.truncate(MAX_WARNINGS);
+            warnings.push(format!(
+                "... and {more} more warnings like these (imds-guard check shows every table)"
             ));
         }
-
         let mut policy = Policy {
             source: source.name.clone(),
             mode,
@@ -890,6 +915,32 @@ mod tests {
         assert!(e.message.contains("empty"), "{e}");
         let e = policy("[kubernetes]\npod_cgroups = [\"kubepods\"]\n").unwrap_err();
         assert!(e.message.contains("starting with `/`"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_errors_at_the_table_that_exceeds_them() {
+        let many: String = (0..=MAX_RULES).map(|i| format!("[[allow]]\nuid = {i}\n")).collect();
+        let e = policy(&many).unwrap_err();
+        assert_eq!(e.location, format!("p.toml:{}:1", 2 * MAX_RULES + 1));
+        assert!(e.message.contains("at most 16384"), "{e}");
+        assert!(policy(&many[..many.rfind("[[allow]]").unwrap()]).is_ok(), "16384 tables are fine");
+
+        // Four key sets with a cgroup, at 12 depths: 4 * 12 lookups > 32.
+        let root = std::env::temp_dir().join(format!("imdsg-probes-{}", std::process::id()));
+        let deep: Vec<String> = (1..=12).map(|d| vec!["x"; d].join("/")).collect();
+        std::fs::create_dir_all(root.join(&deep[11])).unwrap();
+        let mut text = String::new();
+        for d in &deep {
+            for extra in ["", "uid = 1\n", "gid = 1\n", "comm = \"c\"\n"] {
+                text.push_str(&format!("[[allow]]\ncgroup = \"/{d}\"\n{extra}"));
+            }
+        }
+        let host = Host { cgroup_root: root.clone() };
+        let e = Policy::from_source(&Source { name: "p.toml".into(), text }, &host).unwrap_err();
+        std::fs::remove_dir_all(&root).unwrap();
+        // Depths 1 to 8 take 4 * 8 = 32 lookups (11 lines each); the first table at depth 9 adds 4.
+        assert!(e.message.contains("36 lookups per connect; at most 32"), "{e}");
+        assert_eq!(e.location, "p.toml:89:1", "{e}");
     }
 
     #[test]

@@ -25,11 +25,11 @@ pub const SETTLE: Duration = Duration::from_millis(50);
 /// The file's text once two reads `SETTLE` apart agree: a file rewritten in place (truncate, then
 /// write) is never installed half-written, which could drop rules or, with only its first line,
 /// switch to monitor mode.
-fn read_settled(path: &Path) -> std::io::Result<String> {
-    let mut last = std::fs::read_to_string(path)?;
+fn read_settled(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut last = crate::config::read_bytes(path)?;
     for _ in 0..20 {
         std::thread::sleep(SETTLE);
-        let now = std::fs::read_to_string(path)?;
+        let now = crate::config::read_bytes(path)?;
         if now == last {
             return Ok(now);
         }
@@ -65,24 +65,31 @@ pub struct Reloader {
     /// Policies installed and refused since the daemon started (reported in the reload events).
     pub reloads: u64,
     pub failures: u64,
+    /// The policy file could not be read at the last look (reported once, when that began).
+    unreadable: bool,
 }
 
 impl Reloader {
     #[must_use]
     pub fn new(config: PathBuf, host: Host, source: Source, policy: Policy) -> Self {
-        Reloader { config, host, source, policy, reloads: 0, failures: 0 }
+        Reloader { config, host, source, policy, reloads: 0, failures: 0, unreadable: false }
     }
 
     /// Called when something watched changed, or periodically: reloads if the file's text changed,
     /// else re-resolves the current text and installs it if what it resolves to changed.
     pub fn refresh(&mut self, guard: &mut Guard) {
-        match std::fs::read_to_string(&self.config) {
-            Ok(text) if text != self.source.text => match read_settled(&self.config) {
-                Ok(text) => {
+        let read = crate::config::read_bytes(&self.config);
+        if read.is_ok() && std::mem::take(&mut self.unreadable) {
+            tracing::info!(policy = %self.config.display(), "the policy file can be read again");
+        }
+        match read {
+            Ok(bytes) if bytes != self.source.text.as_bytes() => match read_settled(&self.config) {
+                Ok(bytes) => {
                     let started = Instant::now();
-                    let source = Source { name: self.config.display().to_string(), text };
-                    match Policy::from_source(&source, &self.host) {
-                        Ok(p) => self.install(guard, source, p, Reason::FileChanged, started),
+                    let parsed = Source::from_bytes(self.config.display().to_string(), bytes)
+                        .and_then(|s| Policy::from_source(&s, &self.host).map(|p| (s, p)));
+                    match parsed {
+                        Ok((source, p)) => self.install(guard, source, p, Reason::FileChanged, started),
                         Err(e) => self.refused(guard, &anyhow::Error::from(e)),
                     }
                 }
@@ -95,8 +102,22 @@ impl Reloader {
                 Ok(_) => {}
                 Err(e) => self.refused(guard, &anyhow::Error::from(e)),
             },
-            // A file being replaced may be missing for an instant; a later event brings it back.
-            Err(e) => tracing::debug!("policy file unreadable for now: {e}"),
+            // A file being replaced may be missing for an instant; one that stays missing (deleted,
+            // its directory gone, permissions changed) is reported once. The enforced policy
+            // stays; the file is read again on every change notification and re-check.
+            Err(_) if self.unreadable => {}
+            Err(_) => {
+                std::thread::sleep(SETTLE);
+                if let Err(e) = crate::config::read_bytes(&self.config) {
+                    self.unreadable = true;
+                    tracing::warn!(
+                        policy = %self.config.display(),
+                        "cannot read the policy file ({e}); the policy in force stays enforced until it can be read again"
+                    );
+                    let e = anyhow::anyhow!("{}: cannot read the policy file: {e}", self.config.display());
+                    self.refused(guard, &e);
+                }
+            }
         }
     }
 

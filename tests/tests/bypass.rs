@@ -450,11 +450,47 @@ use_sockets(socks, sys.argv[2])
 u.sendall(b"x")
 "#;
 
+/// 4c: root connects, marks the sockets inheritable and forks; the child becomes nobody and execs
+/// a new program (`argv[2]`), which finds the sockets among its descriptors.
+const FORK_EXEC_PY: &str = r#"
+import sys
+socks = [socket.create_connection(("169.254.169.254", 80), timeout=3) for _ in range(3)]
+for s in socks:
+    os.set_inheritable(s.fileno(), True)
+pid = os.fork()
+if pid == 0:
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    os.execv(sys.executable, [sys.executable, sys.argv[2], sys.argv[1]] + [str(s.fileno()) for s in socks])
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+/// 4c, the exec'd program: uses the descriptors it inherited.
+const INHERITED_PY: &str = r#"
+import sys
+socks = [socket.socket(fileno=int(fd)) for fd in sys.argv[2:]]
+for s in socks:
+    s.settimeout(3)
+use_sockets(socks, sys.argv[1])
+"#;
+
 /// What nobody got through sockets root connected, handed over `how`.
 fn handed_over(sb: &Sandbox, how: &str) -> Value {
     let creds = format!("{CREDS}{ROLE}");
     let mut got = match how {
         "setuid" => python(sb, 0, "setuid.py", &format!("{USE_SOCKETS_PY}{SETUID_PY}"), &[&creds]),
+        "fork_exec" => {
+            let inherited = sb.write("inherited.py", &format!("{USE_SOCKETS_PY}{INHERITED_PY}"));
+            python(
+                sb,
+                0,
+                "fork_exec.py",
+                &format!("{USE_SOCKETS_PY}{FORK_EXEC_PY}"),
+                &[&creds, inherited.to_str().unwrap()],
+            )
+        }
         "scm_rights" => {
             let name = format!("{}-fds", sb.name);
             let giver = Background::start(sb, 0, "giver.py", FD_GIVER_PY, &[&name]);
@@ -471,12 +507,13 @@ fn handed_over(sb: &Sandbox, how: &str) -> Value {
 
 /// Connect-time enforcement judges the process that connects; a connected socket is a capability
 /// that whoever holds it can use. Handed to a denied identity (4a: the connecting process drops to
-/// nobody; 4b: SCM_RIGHTS to a process that was never root), it keeps working for IMDSv2. The
+/// nobody; 4b: SCM_RIGHTS to a process that was never root; 4c: inherited by a child that becomes
+/// nobody and execs another program), it keeps working for IMDSv2. The
 /// message hook still applies the *connecting* workload's `imdsv1` treatment and reports the
 /// *writer's* uid and pid.
 #[test]
 fn a_socket_connected_by_an_allowed_process_keeps_working_for_a_denied_one() {
-    for how in ["setuid", "scm_rights"] {
+    for how in ["setuid", "scm_rights", "fork_exec"] {
         for treatment in ["deny", "log"] {
             let what = format!("{how}, imdsv1 = {treatment}");
             let Some(sb) = Sandbox::new(&format!("bypass_{how}_{treatment}"), ImdsMode::Optional) else {
@@ -667,14 +704,55 @@ fn user_namespaces_effective_uids_and_cgroup_moves_do_not_change_who_connects() 
     }
 }
 
+/// A setuid-root copy of the test client, run by nobody: its effective uid is 0, its real uid is
+/// still nobody's, and the policy judges the real one. A helper that makes itself root entirely
+/// (`setresuid(0, 0, 0)`, which its effective uid permits) is root, like `su` and `sudo`: root is
+/// trusted.
+#[test]
+fn a_setuid_helper_is_judged_by_the_real_uid() {
+    let Some(sb) = Sandbox::new("bypass_setuid_helper", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let helper = sb.dir.join("suid-connect");
+    std::fs::copy(imds_guard_tests::client::connect_bin(), &helper).unwrap();
+    std::os::unix::fs::chown(&helper, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let out = sb.client(NOBODY, NOBODY).steps(
+        helper.to_str().unwrap(),
+        None,
+        &[
+            "ids",
+            "connect",
+            "169.254.169.254",
+            "80",
+            "setuid",
+            "0",
+            "ids",
+            "connect",
+            "169.254.169.254",
+            "80",
+        ],
+    );
+    assert_eq!((out[0]["uid"].as_u64(), out[0]["euid"].as_u64()), (Some(65534), Some(0)), "{out:?}");
+    assert_eq!(out[1]["result"], "EPERM", "effective root is not root: {out:?}");
+    assert_eq!((out[2]["uid"].as_u64(), out[2]["euid"].as_u64()), (Some(0), Some(0)), "{out:?}");
+    assert_eq!(out[3]["result"], "connected", "a process that became root is root: {out:?}");
+    let denials = wait_denials(&d, 1);
+    assert_eq!(denials.len(), 1, "{denials:#?}");
+    assert_eq!(
+        (denials[0]["uid"].as_u64(), denials[0]["comm"].as_str()),
+        (Some(65534), Some("suid-connect"))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. An HTTP redirect to the metadata service.
 
 const REDIRECT_PY: &str = r#"
-import http.server
+import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(301)
+        self.send_response(int(sys.argv[1]))
         self.send_header("Location", "http://169.254.169.254/latest/meta-data/iam/security-credentials/")
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -687,26 +765,28 @@ srv.serve_forever()
 
 #[test]
 fn a_redirect_to_the_endpoint_is_a_connect_like_any_other() {
-    let Some(sb) = Sandbox::new("bypass_redirect", ImdsMode::Optional) else { return };
-    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
-    let d = sb.daemon(&policy);
-    let server = Background::start(&sb, 0, "redirect.py", REDIRECT_PY, &[]);
-    let t = Instant::now();
-    let out = sb.client(NOBODY, NOBODY).curl(&["-L", "http://127.0.0.1:8080/"]);
-    let took = t.elapsed();
-    assert_eq!(out.status.code(), Some(7), "the redirect target is refused: {out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"), "{out:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
-    let ev = d.wait_event(Duration::from_secs(5), |e| e["event"] == "connect_denied").expect("reported");
-    assert_eq!(
-        (ev["comm"].as_str(), ev["uid"].as_u64(), ev["dst"].as_str()),
-        (Some("curl"), Some(u64::from(NOBODY)), Some("169.254.169.254")),
-        "{ev}"
-    );
-    let ok = sb.client(0, 0).curl(&["-f", "-L", "http://127.0.0.1:8080/"]);
-    assert_eq!(String::from_utf8_lossy(&ok.stdout), ROLE, "root follows it: {ok:?}");
-    drop(server);
-    assert_eq!(wait_denials(&d, 1).len(), 1);
+    for status in ["301", "307"] {
+        let Some(sb) = Sandbox::new(&format!("bypass_redirect_{status}"), ImdsMode::Optional) else { return };
+        let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+        let d = sb.daemon(&policy);
+        let server = Background::start(&sb, 0, "redirect.py", REDIRECT_PY, &[status]);
+        let t = Instant::now();
+        let out = sb.client(NOBODY, NOBODY).curl(&["-L", "http://127.0.0.1:8080/"]);
+        let took = t.elapsed();
+        assert_eq!(out.status.code(), Some(7), "{status}: the redirect target is refused: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"), "{status}: {out:?}");
+        assert!(took < Duration::from_secs(2), "{status}: {took:?}");
+        let ev = d.wait_event(Duration::from_secs(5), |e| e["event"] == "connect_denied").expect("reported");
+        assert_eq!(
+            (ev["comm"].as_str(), ev["uid"].as_u64(), ev["dst"].as_str()),
+            (Some("curl"), Some(u64::from(NOBODY)), Some("169.254.169.254")),
+            "{status}: {ev}"
+        );
+        let ok = sb.client(0, 0).curl(&["-f", "-L", "http://127.0.0.1:8080/"]);
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), ROLE, "{status}: root follows it: {ok:?}");
+        drop(server);
+        assert_eq!(wait_denials(&d, 1).len(), 1, "{status}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

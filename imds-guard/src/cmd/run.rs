@@ -239,6 +239,9 @@ async fn serve(
     let mut nflog =
         nflog.map(|n| unsafe { AsyncFd::register(n) }).transpose().context("watching the NFLOG socket")?;
     let mut packets = crate::nflog::Reporter::default();
+    let mut pins = crate::pins::PinKeeper::default();
+    let mut uninspected = crate::uninspected::UninspectedWatch::default();
+    uninspected.check(guard);
     loop {
         tokio::select! {
             ready = async {
@@ -300,7 +303,11 @@ async fn serve(
                 tokio::time::sleep(crate::reload::SETTLE).await;
                 watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
             }
-            _ = recheck.tick() => watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?,
+            _ = recheck.tick() => {
+                pins.check(guard);
+                uninspected.check(guard);
+                watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
+            }
             _ = summaries.tick() => {
                 for line in aggregator.flush(std::time::Instant::now(), false) {
                     emit(&line);
@@ -314,6 +321,7 @@ async fn serve(
     for line in aggregator.flush(std::time::Instant::now(), true) {
         emit(&line);
     }
+    pins.at_exit(guard);
     tracing::info!(pin_dir = %guard.pin_dir().display(), "exiting; enforcement stays in place (imds-guard unload removes it)");
     Ok(())
 }

@@ -5,7 +5,10 @@
 //!   repeat ADDR PORT N       connect() N times: {"repeat": {"EPERM": n, ...}}
 //!   storm ADDR PORT MILLIS   connect() every 0.5 ms for MILLIS ms: {"storm": {"connected": n, "EPERM": m, ...}}
 //!   get ADDR PORT PATH N     N tokenless HTTP GETs, one connection each: {"get": {"200": n, "EPERM": m, ...}}
+//!   ports ADDR FROM TO       connect() once to each port FROM..=TO, as fast as possible: {"ports": {"EPERM": n, ...}}
 //!   comm NAME                prctl(PR_SET_NAME)
+//!   ids                      print the real and effective uid: {"uid": n, "euid": m}
+//!   setuid UID               setresuid(UID, UID, UID) (a setuid-root copy can become root)
 //!   cgroup PROCS             move this process into a cgroup (write its pid to PROCS)
 //!   exec PROG ARGS...        fork; the child execs PROG with the rest of the arguments; wait for it
 //!   sleep MILLIS             sleep
@@ -84,6 +87,17 @@ fn main() {
                 writeln!(out, "{{\"repeat\":{{{}}}}}", body.join(",")).unwrap();
                 i += 4;
             }
+            "ports" => {
+                let (from, to): (u16, u16) =
+                    (args[i + 2].parse().expect("first port"), args[i + 3].parse().expect("last port"));
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for port in from..=to {
+                    *counts.entry(connect(&args[i + 1], &port.to_string())).or_default() += 1;
+                }
+                let body: Vec<String> = counts.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                writeln!(out, "{{\"ports\":{{{}}}}}", body.join(",")).unwrap();
+                i += 4;
+            }
             "storm" => {
                 let until = Instant::now() + Duration::from_millis(args[i + 3].parse().expect("millis"));
                 let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -110,6 +124,18 @@ fn main() {
                 // SAFETY: PR_SET_NAME with a NUL-terminated string.
                 let r = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
                 assert_eq!(r, 0, "prctl");
+                i += 2;
+            }
+            "ids" => {
+                // SAFETY: plain getters.
+                let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+                writeln!(out, "{{\"uid\":{uid},\"euid\":{euid}}}").unwrap();
+                i += 1;
+            }
+            "setuid" => {
+                let uid: u32 = args[i + 1].parse().expect("uid");
+                // SAFETY: plain syscall.
+                assert_eq!(unsafe { libc::setresuid(uid, uid, uid) }, 0, "setresuid");
                 i += 2;
             }
             "cgroup" => {
