@@ -447,3 +447,70 @@ fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported(
         uninspected + 1
     );
 }
+
+/// The event file's disk fills up (a 64 KiB tmpfs of the test's): enforcement and the other sinks go
+/// on, the failure is logged once, the file keeps only whole lines, and writing resumes by itself
+/// once there is room again.
+#[test]
+fn a_full_disk_for_the_event_file_loses_lines_not_enforcement_and_recovers() {
+    let Some(sb) = Sandbox::new("fault_diskfull", ImdsMode::Optional) else { return };
+    let disk = sb.dir.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "imdsg-disk"]).arg(&disk));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let file = disk.join("events.jsonl");
+    // A filler that leaves ~4 KiB free.
+    let filler = disk.join("filler");
+    std::fs::write(&filler, vec![0u8; 60 * 1024]).unwrap();
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon_with(
+        &policy,
+        &[
+            "--aggregate-window",
+            "0",
+            "--events-file",
+            file.to_str().unwrap(),
+            "--events-file-max-bytes",
+            "1048576",
+        ],
+    );
+    // Far more events than fit: each denied connect is one line of ~500 bytes.
+    let prog = connect_bin();
+    let res = sb.client(NOBODY, NOBODY).steps(prog.to_str().unwrap(), None, &["repeat", IMDS, "80", "60"]);
+    assert_eq!(res[0]["repeat"]["EPERM"], 60, "enforcement goes on: {res:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.denials().len() < 60 {
+        assert!(std::time::Instant::now() < deadline, "stdout lost events: {}", d.denials().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = d.stderr();
+    assert_eq!(err.matches("cannot write events").count(), 1, "logged once: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let kept = std::fs::read_to_string(&file).unwrap();
+    let whole: Vec<Value> =
+        kept.lines().map(|l| serde_json::from_str(l).expect("whole lines only")).collect();
+    assert!(!whole.is_empty() && whole.len() < 60, "{} lines fitted", whole.len());
+    // Room again: the next events are written, and the recovery is logged.
+    std::fs::remove_file(&filler).unwrap();
+    still_enforced(&sb, &d, "after the disk filled");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = std::fs::read_to_string(&file).unwrap();
+        if now.lines().count() > whole.len() {
+            for l in now.lines() {
+                serde_json::from_str::<Value>(l).expect("whole lines only");
+            }
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "writing did not resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.stderr().contains("events are being written again"), "{}", d.stderr());
+    drop(d);
+}
