@@ -167,6 +167,22 @@ impl Daemon {
         self.events().into_iter().filter(|e| e["event"] == "connect_denied").collect()
     }
 
+    /// Waits (up to 5 s) until stderr contains `needle`. Logs and events travel through different
+    /// pipes read by different threads, so a log line written before an event can be seen after it.
+    #[must_use]
+    pub fn wait_stderr(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[must_use]
     pub fn stderr(&self) -> String {
         self.out.0.lock().unwrap().stderr.clone()

@@ -35,7 +35,7 @@ fn without_cgroup2_the_daemon_mounts_its_own_and_enforces() {
     let w = wrapper("");
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     let d = sb.daemon_as_seen(&policy, &w, &seen(&sb));
-    assert!(d.stderr().contains("no cgroup v2 filesystem is mounted: mounting one"), "{}", d.stderr());
+    assert!(d.wait_stderr("no cgroup v2 filesystem is mounted: mounting one"), "{}", d.stderr());
     let started = d.events().into_iter().find(|e| e["event"] == "guard_started").unwrap();
     assert_eq!(started["cgroup"], seen(&sb).to_str().unwrap(), "{started}");
     assert_eq!(started["attachment"], "attached");

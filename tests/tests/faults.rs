@@ -54,7 +54,7 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     assert_eq!(lost["pins"].as_array().unwrap().len(), 10, "4 links and 6 maps: {lost}");
     let why = lost["error"].as_str().unwrap();
     assert!(why.contains("is not on a bpffs") && why.contains("mount -t bpf"), "{why}");
-    assert!(d.stderr().contains("enforcement continues while this daemon runs, but ends when it exits"));
+    assert!(d.wait_stderr("enforcement continues while this daemon runs, but ends when it exits"));
 
     // A second daemon cannot take over without a bpffs, and says why; the first one goes on.
     let second =
@@ -135,7 +135,7 @@ fn policy_file_deleted_keeps_the_policy_says_so_once_and_is_read_when_back() {
         "{err}"
     );
     assert_eq!(ev["generation"], 1, "the policy in force stays");
-    assert!(d.stderr().contains("the policy in force stays enforced until it can be read again"));
+    assert!(d.wait_stderr("the policy in force stays enforced until it can be read again"));
     still_enforced(&sb, &d, "with the policy file gone");
     std::thread::sleep(Duration::from_secs(5)); // two re-checks and more
     assert_eq!(failed(&d), 1, "said once, not at every re-check");
@@ -291,7 +291,7 @@ fn a_watched_cgroup_tree_removed_and_recreated_is_followed() {
     let ev =
         wait(&d, "re-resolution", |e| e["event"] == "policy_reloaded" && e["reason"] == "identity_changed");
     assert_eq!(ev["generation"], 2);
-    assert!(d.stderr().contains("does not exist yet"), "the rule waits for its cgroup:\n{}", d.stderr());
+    assert!(d.wait_stderr("does not exist yet"), "the rule waits for its cgroup:\n{}", d.stderr());
     assert_eq!(from("other", 0), "EPERM", "everyone else is still judged");
     assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "EPERM");
 
@@ -432,7 +432,7 @@ fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported(
         .map(|e| e["count"].as_u64().unwrap())
         .sum();
     assert_eq!(reported, uninspected + 1, "every one is counted in some event");
-    assert!(d.stderr().contains("imdsv1 = \\\"deny\\\" does not apply to them"), "{}", d.stderr());
+    assert!(d.wait_stderr("imdsv1 = \\\"deny\\\" does not apply to them"), "{}", d.stderr());
 
     // Once the connections close, there is room again and inspection is back.
     drop(holders);
@@ -489,6 +489,7 @@ fn a_full_disk_for_the_event_file_loses_lines_not_enforcement_and_recovers() {
         assert!(std::time::Instant::now() < deadline, "stdout lost events: {}", d.denials().len());
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(d.wait_stderr("No space left on device"), "{}", d.stderr());
     let err = d.stderr();
     assert_eq!(err.matches("cannot write events").count(), 1, "logged once: {err}");
     assert!(err.contains("No space left on device"), "{err}");
@@ -511,6 +512,6 @@ fn a_full_disk_for_the_event_file_loses_lines_not_enforcement_and_recovers() {
         assert!(std::time::Instant::now() < deadline, "writing did not resume");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(d.stderr().contains("events are being written again"), "{}", d.stderr());
+    assert!(d.wait_stderr("events are being written again"), "{}", d.stderr());
     drop(d);
 }

@@ -212,7 +212,7 @@ fn comm_rules_work_and_are_flagged_as_spoofable() {
     let check = sb.cli(&["check", "--config", s(&policy)]);
     assert!(String::from_utf8_lossy(&check.stdout).contains("PR_SET_NAME"), "{check:?}");
     let d = sb.daemon(&policy);
-    assert!(d.stderr().contains("PR_SET_NAME"), "run warns too: {}", d.stderr());
+    assert!(d.wait_stderr("PR_SET_NAME"), "run warns too: {}", d.stderr());
     let prog = connect_bin();
     let c = sb.client(NOBODY, NOBODY);
     assert_eq!(

@@ -183,7 +183,7 @@ fn reduced_mode_enforces_uid_rules_with_nftables_when_the_programs_are_not_attac
     assert_eq!(ne.len(), 1, "{started}");
     assert_eq!((ne[0]["rule"].as_u64(), ne[0]["name"].as_str()), (Some(1), Some("curl")));
     assert!(ne[0]["reason"].as_str().unwrap().starts_with("exe"), "{started}");
-    assert!(d.stderr().contains("REDUCED MODE"), "{}", d.stderr());
+    assert!(d.wait_stderr("REDUCED MODE"), "{}", d.stderr());
     assert!(!topo.sb.attached_programs().contains("imdsg"), "{}", topo.sb.attached_programs());
 
     // uid 1 is allowed by nftables' output rule; nobody is refused at once (ICMP admin-prohibited,
