@@ -238,6 +238,14 @@ impl Sandbox {
         self.cli_in(&self.netns_fd, args)
     }
 
+    /// `imds-guard status --json` of this sandbox's pin directory (it must succeed).
+    #[must_use]
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = self.cli(&["status", "--json", "--pin-dir", self.pin_dir().to_str().unwrap()]);
+        assert!(o.status.success(), "status: {o:?}");
+        serde_json::from_slice(&o.stdout).expect("status --json prints JSON")
+    }
+
     /// The CLI in another network namespace the test made.
     pub fn cli_in(&self, netns: &OwnedFd, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(guard_bin());

@@ -17,9 +17,7 @@ fn s(p: &std::path::Path) -> &str {
 }
 
 fn status(sb: &Sandbox) -> Value {
-    let o = sb.cli(&["status", "--json", "--pin-dir", s(&sb.pin_dir())]);
-    assert!(o.status.success(), "status: {o:?}");
-    serde_json::from_slice(&o.stdout).unwrap()
+    sb.status_json()
 }
 
 fn wait(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
