@@ -247,3 +247,59 @@ pub fn link_attached(link: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
         _ => true,
     })
 }
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// `bpf_attr.batch`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `keys[i] → values[i]` in one `BPF_MAP_UPDATE_BATCH` (Linux 5.6). Returns how many were
+/// written, which is fewer than asked when the map fills up (then with the error).
+pub fn map_update_batch<K: Copy, V: Copy>(
+    map: std::os::fd::BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> (usize, io::Result<()>) {
+    assert_eq!(keys.len(), values.len());
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+        map_fd: map.as_raw_fd().cast_unsigned(),
+        elem_flags: 0,
+        flags: 0,
+    };
+    let r = sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(drop);
+    // The kernel reports in `count` how many elements it processed, also on error.
+    (attr.count as usize, r)
+}
+
+/// Deletes `keys` in one `BPF_MAP_DELETE_BATCH`; keys that are not there are an error (ENOENT)
+/// after the ones before them were deleted, so callers pass keys they know are present.
+pub fn map_delete_batch<K: Copy>(map: std::os::fd::BorrowedFd<'_>, keys: &[K]) -> (usize, io::Result<()>) {
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: 0,
+        count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+        map_fd: map.as_raw_fd().cast_unsigned(),
+        elem_flags: 0,
+        flags: 0,
+    };
+    let r = sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(drop);
+    (attr.count as usize, r)
+}

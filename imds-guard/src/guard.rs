@@ -87,6 +87,8 @@ pub struct Guard {
     /// deletes exactly those instead of walking the whole map (two walks of 10k-rule maps were
     /// most of a reload's kernel time).
     live_keys: Option<Vec<RuleKey>>,
+    /// The last install's timings: rules written, switched (enforced), old generation removed.
+    last_timings: Option<(std::time::Duration, std::time::Duration, std::time::Duration)>,
     netfilter: NetfilterRuntime,
     /// The nftables table as last installed (to restore it if the maps cannot follow).
     nft_plan: Option<crate::netfilter::Plan>,
@@ -189,6 +191,7 @@ impl Guard {
             exe_offsets,
             fast: Fast::default(),
             live_keys: None,
+            last_timings: None,
             netfilter,
             nft_plan: None,
             held: Vec::new(),
@@ -314,6 +317,15 @@ impl Guard {
         Ok((guard, attachment))
     }
 
+    /// The last install's timings, from the start of writing its rules: written, switched (the new
+    /// policy enforced), old generation removed.
+    #[must_use]
+    pub const fn last_timings(
+        &self,
+    ) -> Option<(std::time::Duration, std::time::Duration, std::time::Duration)> {
+        self.last_timings
+    }
+
     #[must_use]
     pub const fn generation(&self) -> u32 {
         self.generation
@@ -406,6 +418,14 @@ impl Guard {
         let mut active: Array<_, Active> = Array::try_from(active.context("ACTIVE map")?)?;
         let mut config: Array<_, GenConfig> = Array::try_from(config.context("CONFIG map")?)?;
         let mut rules: HashMap<_, RuleKey, RuleValue> = HashMap::try_from(rules.context("RULES map")?)?;
+        let rules_fd = {
+            use aya::maps::IterableMap as _;
+            use std::os::fd::AsRawFd as _;
+            rules.map().fd().as_fd().as_raw_fd()
+        };
+        // SAFETY: the map (owned by self.ebpf) outlives this function.
+        let rules_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(rules_fd) };
+        let t0 = std::time::Instant::now();
         let (mut cfg, entries) = policy.kernel_tables(next);
         cfg.attach_cgroup_id = self.cgroup_id;
         cfg.rule_count = u32::try_from(policy.rules.len()).unwrap_or(u32::MAX);
@@ -417,28 +437,44 @@ impl Guard {
             remove_where(&mut rules, |k| k.generation == next)?;
         }
         let live = active.get(&0, 0)?.generation;
-        for (written, (k, v)) in entries.iter().enumerate() {
-            if let Err(e) = rules.insert(k, v, 0) {
-                // Say how full the map is, and with what: it holds two full generations, so a
-                // full map means entries that are neither the live policy's nor this one's.
-                let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
-                let live_n = keys.iter().filter(|k| k.generation == live).count();
-                let other = keys.len() - live_n - written;
-                remove_where(&mut rules, |k| k.generation == next)?;
-                // Entries nobody accounts for fill the map: the next install sweeps the whole map,
-                // not only the keys this daemon knows it wrote.
-                self.live_keys = None;
-                return Err(anyhow!(e).context(format!(
-                    "writing rule {} of {}: {} of the {} entries of the kernel's rules map are in use ({live_n} \
-                     by the policy in force, {written} by this one, {other} by neither); the previous policy \
-                     stays enforced",
-                    written + 1,
-                    entries.len(),
-                    keys.len(),
-                    maps::RULES_CAPACITY
-                )));
+        // One BPF_MAP_UPDATE_BATCH for the whole generation (one bpf() call per key took ~1 µs
+        // each); a kernel without batch operations on hash maps gets them one by one.
+        let keys: Vec<RuleKey> = entries.iter().map(|(k, _)| *k).collect();
+        let values: Vec<RuleValue> = entries.iter().map(|(_, v)| *v).collect();
+        let (mut written, mut result) = crate::bpf_sys::map_update_batch(rules_fd, &keys, &values);
+        if matches!(&result, Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)))
+            && written == 0
+        {
+            result = Ok(());
+            for (k, v) in &entries {
+                if let Err(e) = rules.insert(k, v, 0) {
+                    result = Err(std::io::Error::other(e));
+                    break;
+                }
+                written += 1;
             }
         }
+        if let Err(e) = result {
+            // Say how full the map is, and with what: it holds two full generations, so a
+            // full map means entries that are neither the live policy's nor this one's.
+            let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
+            let live_n = keys.iter().filter(|k| k.generation == live).count();
+            let other = keys.len().saturating_sub(live_n + written);
+            remove_where(&mut rules, |k| k.generation == next)?;
+            // Entries nobody accounts for fill the map: the next install sweeps the whole map,
+            // not only the keys this daemon knows it wrote.
+            self.live_keys = None;
+            return Err(anyhow!(e).context(format!(
+                "writing rule {} of {}: {} of the {} entries of the kernel's rules map are in use ({live_n} \
+                 by the policy in force, {written} by this one, {other} by neither); the previous policy \
+                 stays enforced",
+                written + 1,
+                entries.len(),
+                keys.len(),
+                maps::RULES_CAPACITY
+            )));
+        }
+        let t_written = t0.elapsed();
         tracing::debug!(rules = entries.len(), "rules written");
         let slot = next % imds_guard_common::config::GENERATION_SLOTS;
         config.set(slot, &cfg, 0)?;
@@ -454,12 +490,20 @@ impl Guard {
         tracing::debug!("switched; waiting for running programs");
         // The switch is done: a failure to clean up the old generation's keys leaves them unused
         // (they are looked for by generation), so it is reported, not an error.
-        let old = self.live_keys.replace(entries.iter().map(|(k, _)| *k).collect());
+        let t_switched = t0.elapsed();
+        let old = self.live_keys.replace(keys);
         let cleaned = match old {
-            Some(old) => old.iter().try_for_each(|k| match rules.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(anyhow!(e)),
-            }),
+            Some(old) => {
+                let (done, r) = crate::bpf_sys::map_delete_batch(rules_fd, &old);
+                // A key already gone (ENOENT) or no batch support: the rest one by one.
+                match r {
+                    Ok(()) => Ok(()),
+                    Err(_) => old[done.min(old.len())..].iter().try_for_each(|k| match rules.remove(k) {
+                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                        Err(e) => Err(anyhow!(e)),
+                    }),
+                }
+            }
             // The first install of this daemon, or one after the map was found full: whatever
             // else is in the map.
             None => remove_where(&mut rules, |k| k.generation != next),
@@ -467,7 +511,13 @@ impl Guard {
         if let Err(e) = cleaned {
             tracing::warn!("removing the previous generation's rules: {e:#}");
         }
-        tracing::debug!("old generation removed");
+        tracing::debug!(
+            written_ms = t_written.as_secs_f64() * 1e3,
+            switched_ms = t_switched.as_secs_f64() * 1e3,
+            cleaned_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "old generation removed"
+        );
+        self.last_timings = Some((t_written, t_switched, t0.elapsed()));
         Ok(())
     }
 

@@ -142,6 +142,11 @@ impl Reloader {
     ) {
         match guard.apply(&policy) {
             Ok(generation) => {
+                let elapsed = started.elapsed();
+                // The old generation's removal comes after the switch: the new policy is enforced
+                // before it.
+                let cleanup = guard.last_timings().map(|(_, switched, done)| done.saturating_sub(switched));
+                let enforced = elapsed.saturating_sub(cleanup.unwrap_or_default());
                 self.reloads += 1;
                 for w in &policy.warnings {
                     tracing::warn!("{w}");
@@ -155,7 +160,8 @@ impl Reloader {
                     "mode": mode_name(policy.mode),
                     "policy_digest": policy.digest,
                     "rules": policy.rules.len(),
-                    "elapsed_us": started.elapsed().as_micros(),
+                    "elapsed_us": elapsed.as_micros(),
+                    "enforced_us": enforced.as_micros(),
                     "reloads": self.reloads,
                     "reload_failures": self.failures,
                 }));

@@ -507,11 +507,12 @@ fn run() -> Value {
     let ev = d
         .wait_event(Duration::from_secs(30), |e| e["event"] == "policy_reloaded" && e["rules"] == 10_000)
         .expect("10k reload");
-    let reload_ms = ev["elapsed_us"].as_f64().unwrap() / 1000.0;
+    let reload_ms = ev["enforced_us"].as_f64().unwrap() / 1000.0;
+    let reload_total_ms = ev["elapsed_us"].as_f64().unwrap() / 1000.0;
     let bin = imds_guard_tests::sandbox::guard_bin();
     r.insert(
         "daemon",
-        json!({"start_ms": start_ms, "reload_10k_rules_ms": reload_ms, "idle_rss_kb": idle_rss_kb,
+        json!({"start_ms": start_ms, "reload_10k_rules_ms": reload_ms, "reload_10k_rules_complete_ms": reload_total_ms, "idle_rss_kb": idle_rss_kb,
                "binary_bytes": fs::metadata(&bin).map(|m| m.len()).unwrap_or(0), "binary": bin.display().to_string(),
                "targets": {"start_ms": 100, "reload_ms": 10, "idle_rss_kb": 20480}}),
     );
@@ -610,13 +611,14 @@ fn markdown(r: &Value) -> String {
         e["daemon_peak_rss_kb"]
     );
     let d = &r["daemon"];
-    let (st, rl, rss) = (
+    let (st, rl, rc, rss) = (
         d["start_ms"].as_f64().unwrap(),
         d["reload_10k_rules_ms"].as_f64().unwrap(),
+        d["reload_10k_rules_complete_ms"].as_f64().unwrap(),
         d["idle_rss_kb"].as_f64().unwrap(),
     );
     s += &format!(
-        "### Daemon\n\n| | value | target |\n|---|---:|---|\n| exec → enforcing | {st:.0} ms | ≤ 100 ms: {} |\n| reload, 10,000 rules | {rl:.1} ms | ≤ 10 ms: {} |\n| idle RSS | {:.1} MB | ≤ 20 MB: {} |\n| binary | {:.1} MB | |\n",
+        "### Daemon\n\n| | value | target |\n|---|---:|---|\n| exec → enforcing | {st:.0} ms | ≤ 100 ms: {} |\n| reload, 10,000 rules: file read → new policy enforced | {rl:.1} ms | ≤ 10 ms: {} |\n| reload, 10,000 rules: … → previous generation removed | {rc:.1} ms | |\n| idle RSS | {:.1} MB | ≤ 20 MB: {} |\n| binary | {:.1} MB | |\n",
         ok(st <= 100.0),
         ok(rl <= 10.0),
         rss / 1024.0,
