@@ -367,10 +367,18 @@ impl Guard {
         // The nftables table first: it is one transaction, and a refusal leaves everything as it was.
         let plan = crate::netfilter::Plan::new(policy, next, self.netfilter.reduced);
         self.check_netfilter(policy, &plan)?;
-        crate::netfilter::apply(&plan)?;
+        // A reload that leaves the table as it is (the common case: a change of [[allow]] tables
+        // that nftables does not express) keeps the installed rules, and their log prefixes keep
+        // naming the generation that installed them.
+        let unchanged = self.nft_plan.as_ref().is_some_and(|p| p.same_table(policy, self.netfilter.reduced));
+        if !unchanged {
+            crate::netfilter::apply(&plan)?;
+        }
         match self.apply_maps(policy, next) {
             Ok(()) => {
-                self.nft_plan = Some(plan);
+                if !unchanged {
+                    self.nft_plan = Some(plan);
+                }
                 self.generation = next;
                 Ok(next)
             }
@@ -485,12 +493,13 @@ impl Guard {
         active.set(0, &Active { generation: next, _pad: 0 }, 0)?;
         self.fast.generation = next;
         fast.set(0, &self.fast, 0)?;
+        // From here every program run judges by the new generation.
+        let t_switched = t0.elapsed();
         // Programs that read the old generation have all returned after this.
         self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
         tracing::debug!("switched; waiting for running programs");
         // The switch is done: a failure to clean up the old generation's keys leaves them unused
         // (they are looked for by generation), so it is reported, not an error.
-        let t_switched = t0.elapsed();
         let old = self.live_keys.replace(keys);
         let cleaned = match old {
             Some(old) => {
