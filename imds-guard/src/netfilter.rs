@@ -775,7 +775,7 @@ mod tests {
     use crate::policy::Host;
 
     fn policy(text: &str) -> Result<Policy, ConfigError> {
-        let host = Host { cgroup_root: PathBuf::from("/nonexistent-cgroup-root") };
+        let host = Host { cgroup_root: PathBuf::from("/nonexistent-cgroup-root"), waiting_names: false };
         Policy::from_source(&Source { name: "p.toml".into(), text: text.into() }, &host)
     }
 

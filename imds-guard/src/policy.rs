@@ -70,6 +70,12 @@ pub enum Preexisting {
 pub struct Host {
     /// The cgroup2 mount point; `cgroup` rules are relative to it.
     pub cgroup_root: PathBuf,
+    /// A `user`/`group` name the user database does not know makes its table wait (like a cgroup
+    /// that does not exist yet) instead of refusing the policy. The daemon resolves this way the
+    /// text it starts with and re-resolves a text it already accepted: at boot, a daemon that
+    /// refused to start over a user that cloud-init creates later would leave nothing enforced.
+    /// An edited policy (and `check`) is resolved strictly, so that a typo is an error.
+    pub waiting_names: bool,
 }
 
 /// One `[[allow]]` table, resolved.
@@ -97,6 +103,9 @@ pub struct Rule {
     /// A later table that is identical to this one (kept for `check` to point out).
     #[serde(skip)]
     pub duplicate_of: Option<u32>,
+    /// A user or group name the user database does not know yet (see [`Host::waiting_names`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// A rule's pod selector and what it resolved to on this node.
@@ -204,7 +213,8 @@ impl Rule {
     /// is a pod rule that selects no running pod.
     #[must_use]
     pub fn is_pending(&self) -> bool {
-        self.cgroup.as_ref().is_some_and(|c| c.id.is_none())
+        self.waiting_for.is_some()
+            || self.cgroup.as_ref().is_some_and(|c| c.id.is_none())
             || self.pods.as_ref().is_some_and(|p| p.matches.is_empty())
     }
 }
@@ -317,6 +327,12 @@ impl Policy {
                 warnings.push(format!(
                     "{} (line {}) matches on comm, which any process can set (prctl PR_SET_NAME); \
                      combine it with exe, cgroup or uid",
+                    rule.name, rule.line
+                ));
+            }
+            if let Some(w) = &rule.waiting_for {
+                warnings.push(format!(
+                    "{} (line {}): {w} does not exist yet; the rule takes effect as soon as it does",
                     rule.name, rule.line
                 ));
             }
@@ -503,6 +519,7 @@ fn resolve_rule(
         imdsv1: Imdsv1Action::Log,
         resolved: Vec::new(),
         duplicate_of: None,
+        waiting_for: None,
     };
 
     match (&t.uid, &t.user) {
@@ -516,11 +533,18 @@ fn resolve_rule(
             rule.uid = Some(*uid.get_ref());
             rule.resolved.push(format!("uid {}", uid.get_ref()));
         }
-        (None, Some(user)) => {
-            let uid = lookup_user(user.get_ref()).map_err(|m| source.error_at(Some(user.span()), m))?;
-            rule.uid = Some(uid);
-            rule.resolved.push(format!("user \"{}\" = uid {uid}", user.get_ref()));
-        }
+        (None, Some(user)) => match lookup_user(user.get_ref()) {
+            Ok(uid) => {
+                rule.uid = Some(uid);
+                rule.resolved.push(format!("user \"{}\" = uid {uid}", user.get_ref()));
+            }
+            Err(Missing::Unknown(_)) if host.waiting_names => {
+                rule.uid = Some(u32::MAX);
+                rule.waiting_for = Some(format!("user `{}`", user.get_ref()));
+                rule.resolved.push(format!("user \"{}\" = (not in the user database yet)", user.get_ref()));
+            }
+            Err(m) => return Err(source.error_at(Some(user.span()), m.to_string())),
+        },
         (None, None) => {}
     }
     match (&t.gid, &t.group) {
@@ -534,11 +558,19 @@ fn resolve_rule(
             rule.gid = Some(*gid.get_ref());
             rule.resolved.push(format!("gid {}", gid.get_ref()));
         }
-        (None, Some(group)) => {
-            let gid = lookup_group(group.get_ref()).map_err(|m| source.error_at(Some(group.span()), m))?;
-            rule.gid = Some(gid);
-            rule.resolved.push(format!("group \"{}\" = gid {gid}", group.get_ref()));
-        }
+        (None, Some(group)) => match lookup_group(group.get_ref()) {
+            Ok(gid) => {
+                rule.gid = Some(gid);
+                rule.resolved.push(format!("group \"{}\" = gid {gid}", group.get_ref()));
+            }
+            Err(Missing::Unknown(_)) if host.waiting_names => {
+                rule.gid = Some(u32::MAX);
+                rule.waiting_for.get_or_insert_with(|| format!("group `{}`", group.get_ref()));
+                rule.resolved
+                    .push(format!("group \"{}\" = (not in the group database yet)", group.get_ref()));
+            }
+            Err(m) => return Err(source.error_at(Some(group.span()), m.to_string())),
+        },
         (None, None) => {}
     }
     if let Some(exe) = &t.exe {
@@ -647,19 +679,37 @@ fn pod_selector(source: &Source, t: &AllowTable) -> Result<Option<PodSelector>, 
     Ok(Some(PodSelector { namespace, name_prefix, container }))
 }
 
-fn lookup_user(name: &str) -> Result<u32, String> {
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Ok(u.uid.as_raw()),
-        Ok(None) => Err(format!("unknown user `{name}`: no such user in the passwd database")),
-        Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+/// Why a name did not resolve: not in the database (it may appear later), or the lookup failed.
+enum Missing {
+    Unknown(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missing::Unknown(m) | Missing::Failed(m) => f.write_str(m),
+        }
     }
 }
 
-fn lookup_group(name: &str) -> Result<u32, String> {
+fn lookup_user(name: &str) -> Result<u32, Missing> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => {
+            Err(Missing::Unknown(format!("unknown user `{name}`: no such user in the passwd database")))
+        }
+        Err(e) => Err(Missing::Failed(format!("cannot look up user `{name}`: {e}"))),
+    }
+}
+
+fn lookup_group(name: &str) -> Result<u32, Missing> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(format!("unknown group `{name}`: no such group in the group database")),
-        Err(e) => Err(format!("cannot look up group `{name}`: {e}")),
+        Ok(None) => {
+            Err(Missing::Unknown(format!("unknown group `{name}`: no such group in the group database")))
+        }
+        Err(e) => Err(Missing::Failed(format!("cannot look up group `{name}`: {e}"))),
     }
 }
 
@@ -668,7 +718,7 @@ mod tests {
     use super::*;
 
     fn policy(text: &str) -> Result<Policy, ConfigError> {
-        let host = Host { cgroup_root: PathBuf::from("/nonexistent-cgroup-root") };
+        let host = Host { cgroup_root: PathBuf::from("/nonexistent-cgroup-root"), waiting_names: false };
         Policy::from_source(&Source { name: "p.toml".into(), text: text.into() }, &host)
     }
 
@@ -797,7 +847,7 @@ mod tests {
             cg
         }
         fn policy(&self, text: &str) -> Result<Policy, ConfigError> {
-            let host = Host { cgroup_root: self.0.join("cg") };
+            let host = Host { cgroup_root: self.0.join("cg"), waiting_names: false };
             let text = format!(
                 "{text}\n[kubernetes]\npod_logs = \"{}\"\ncontainer_logs = \"{}\"\n",
                 self.0.join("logs/pods").display(),
@@ -935,7 +985,7 @@ mod tests {
                 text.push_str(&format!("[[allow]]\ncgroup = \"/{d}\"\n{extra}"));
             }
         }
-        let host = Host { cgroup_root: root.clone() };
+        let host = Host { cgroup_root: root.clone(), waiting_names: false };
         let e = Policy::from_source(&Source { name: "p.toml".into(), text }, &host).unwrap_err();
         std::fs::remove_dir_all(&root).unwrap();
         // Depths 1 to 8 take 4 * 8 = 32 lookups (11 lines each); the first table at depth 9 adds 4.

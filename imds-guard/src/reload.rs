@@ -86,8 +86,9 @@ impl Reloader {
             Ok(bytes) if bytes != self.source.text.as_bytes() => match read_settled(&self.config) {
                 Ok(bytes) => {
                     let started = Instant::now();
+                    let strict = self.strict_host();
                     let parsed = Source::from_bytes(self.config.display().to_string(), bytes)
-                        .and_then(|s| Policy::from_source(&s, &self.host).map(|p| (s, p)));
+                        .and_then(|s| Policy::from_source(&s, &strict).map(|p| (s, p)));
                     match parsed {
                         Ok((source, p)) => self.install(guard, source, p, Reason::FileChanged, started),
                         Err(e) => self.refused(guard, &anyhow::Error::from(e)),
@@ -124,8 +125,11 @@ impl Reloader {
     /// Reads and installs the policy file.
     pub fn reload(&mut self, guard: &mut Guard, reason: Reason) {
         let started = Instant::now();
-        let parsed =
-            Source::read(&self.config).and_then(|s| Policy::from_source(&s, &self.host).map(|p| (s, p)));
+        // The text in force may keep waiting for users and groups; an edited one may not.
+        let parsed = Source::read(&self.config).and_then(|s| {
+            let host = if s.text == self.source.text { self.host.clone() } else { self.strict_host() };
+            Policy::from_source(&s, &host).map(|p| (s, p))
+        });
         match parsed {
             Ok((source, policy)) => self.install(guard, source, policy, reason, started),
             Err(e) => self.refused(guard, &anyhow::Error::from(e)),
@@ -209,10 +213,20 @@ impl Reloader {
     }
 
     #[must_use]
+    /// [`Host`] for a policy text that was edited: unknown user and group names are errors.
+    fn strict_host(&self) -> Host {
+        Host { waiting_names: false, ..self.host.clone() }
+    }
+
     pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
         let parent = |p: &Path| p.parent().map(Path::to_owned);
         dirs.extend(parent(&self.config));
+        // The user and group databases (NSS sources other than files are seen by the periodic
+        // re-check).
+        if self.policy.rules.iter().any(|r| r.waiting_for.is_some()) {
+            dirs.insert(PathBuf::from("/etc"));
+        }
         for r in &self.policy.rules {
             if let Some(exe) = &r.exe {
                 dirs.extend(parent(Path::new(&exe.path)));

@@ -45,7 +45,7 @@ fn host() -> &'static Host {
         for d in ["a/b/c/d", "system.slice/app.service", "x y"] {
             std::fs::create_dir_all(root.join(d)).expect("fuzz cgroup root");
         }
-        Host { cgroup_root: root }
+        Host { cgroup_root: root, waiting_names: false }
     })
 }
 

@@ -283,3 +283,55 @@ fn explain_names_the_rule_or_the_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("process 999999999"), "{out:?}");
 }
+
+/// A user the policy names but the user database does not know yet (at boot, cloud-init creates
+/// it later): the daemon starts anyway, with that table waiting, and installs it once the user
+/// exists. An edited policy naming an unknown user is still refused (a typo is an error).
+#[test]
+fn a_user_created_after_the_daemon_started_gets_its_rule() {
+    use std::process::Command;
+    let Some(sb) = Sandbox::new("id_late_user", ImdsMode::Optional) else { return };
+    let name = format!("imdsgw{}", std::process::id());
+    let uid = (47_000..48_000)
+        .map(|u: u32| u + std::process::id() % 1000)
+        .find(|u| nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*u)).ok().flatten().is_none())
+        .expect("a free uid");
+    /// Removes the test's user however the test ends.
+    struct UserGuard(String);
+    impl Drop for UserGuard {
+        fn drop(&mut self) {
+            let _ = Command::new("userdel").arg(&self.0).status();
+        }
+    }
+    let policy = sb.write("policy.toml", &format!("[[allow]]\nuid = 0\n\n[[allow]]\nuser = \"{name}\"\n"));
+    let check = sb.cli(&["check", "--config", s(&policy)]);
+    assert!(!check.status.success(), "check is strict: {check:?}");
+    let d = sb.daemon(&policy);
+    assert!(d.wait_stderr(&format!("user `{name}` does not exist yet")), "{}", d.stderr());
+    let prog = connect_bin();
+    let r = || sb.client(uid, 100).results(s(&prog), None, &["connect", IMDS, "80"]);
+    assert_eq!(r(), ["EPERM"], "no such user yet: nobody with its uid is allowed");
+
+    let out = Command::new("useradd")
+        .args(["-u", &uid.to_string(), "-g", "100", "-M", "-s", "/usr/sbin/nologin", &name])
+        .output()
+        .unwrap();
+    let _user = UserGuard(name.clone());
+    assert!(out.status.success(), "useradd: {out:?}");
+    let ev = d
+        .wait_event(Duration::from_secs(10), |e| e["event"] == "policy_reloaded")
+        .unwrap_or_else(|| panic!("not picked up: {:#?}\n{}", d.events(), d.stderr()));
+    assert_eq!(ev["reason"], "identity_changed");
+    assert_eq!(r(), ["connected"], "the user's table is installed");
+
+    // An edit that names another unknown user is refused; the policy in force stays.
+    sb.write(
+        "policy.toml",
+        &format!("[[allow]]\nuid = 0\n\n[[allow]]\nuser = \"{name}\"\n\n[[allow]]\nuser = \"{name}x\"\n"),
+    );
+    let ev = d
+        .wait_event(Duration::from_secs(10), |e| e["event"] == "policy_reload_failed")
+        .unwrap_or_else(|| panic!("not refused: {:#?}", d.events()));
+    assert!(ev["error"].as_str().unwrap().contains(&format!("unknown user `{name}x`")), "{ev}");
+    assert_eq!(r(), ["connected"]);
+}

@@ -7,7 +7,7 @@ use crate::{
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     let source = Source::read(&args.config)?;
-    let host = Host { cgroup_root: env::cgroup2_root()? };
+    let host = Host { cgroup_root: env::cgroup2_root()?, waiting_names: false };
     let policy = Policy::from_source(&source, &host)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&policy)?);

@@ -66,7 +66,8 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let policy = Policy::from_source(&source, &Host { cgroup_root }).context("the policy file")?;
+    let policy = Policy::from_source(&source, &Host { cgroup_root, waiting_names: true })
+        .context("the policy file")?;
     if policy.digest != live_digest {
         println!(
             "note: {} differs from the enforced policy (digest {} vs {}); reasons below are for the file",

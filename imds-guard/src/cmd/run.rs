@@ -37,7 +37,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     env::check_capabilities()?;
     let (cgroup_root, _) = env::cgroup2_root_or_mount()?;
-    let host = Host { cgroup_root: cgroup_root.clone() };
+    let host = Host { cgroup_root: cgroup_root.clone(), waiting_names: true };
     let source = Source::read(&args.config)?;
     let policy = Policy::from_source(&source, &host)?;
     for w in &policy.warnings {
