@@ -215,7 +215,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 /// `message` on one line with control characters escaped, and at most [`MAX_MESSAGE`] characters:
 /// a longer one keeps its beginning and end (what is wrong, and why) around a note of what was cut.
-fn printable_message(message: &str) -> String {
+pub fn printable_message(message: &str) -> String {
     let escaped: Vec<char> = message
         .chars()
         .flat_map(|c| {

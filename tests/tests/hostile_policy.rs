@@ -208,3 +208,15 @@ fn the_largest_policy_and_one_of_duplicates_work() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `check` prints what the file names (rule names, paths) escaped: a policy cannot drive the
+/// operator's terminal.
+#[test]
+fn check_prints_names_escaped() {
+    let Some(sb) = Sandbox::new("hostile_check_print", ImdsMode::Optional) else { return };
+    let p = sb.write("policy.toml", "[[allow]]\nname = \"a\\u001b[2Jb\"\nuid = 0\n");
+    let out = sb.cli(&["check", "--config", s(&p)]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!out.stdout.contains(&0x1b), "raw escape printed: {:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a\\u{1b}[2Jb (line 1)"));
+}

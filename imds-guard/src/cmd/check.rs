@@ -47,16 +47,18 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     }
     for r in &policy.rules {
         let dup = r.duplicate_of.map(|i| format!(" (duplicate of allow[{i}], ignored)")).unwrap_or_default();
+        // Names and paths come from the file: escaped, so that none can drive the terminal.
+        let p = crate::config::printable_message;
         println!(
             "  {} (line {}): {}; imdsv1 {}{dup}",
-            r.name,
+            p(&r.name),
             r.line,
-            r.resolved.join(" and "),
+            p(&r.resolved.join(" and ")),
             crate::policy::imdsv1_name(r.imdsv1)
         );
     }
     for w in &policy.warnings {
-        println!("  warning: {w}");
+        println!("  warning: {}", crate::config::printable_message(w));
     }
     println!("  digest: {}", policy.digest);
     Ok(())
