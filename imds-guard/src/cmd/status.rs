@@ -60,7 +60,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     println!("policy:     sha256:{}", s.policy_digest);
     println!("counters:");
     for (k, v) in &s.counters {
-        println!("  {k:<18} {v}");
+        println!("  {k:<width$} {v}", width = s.counters.keys().map(|k| k.len()).max().unwrap_or(0));
     }
     match &nf {
         Some(nf) => print_netfilter(nf),
