@@ -139,3 +139,39 @@ pub struct RequestEvent {
     pub task: TaskInfo,
     pub path: [u8; crate::http::PATH_MAX],
 }
+
+/// One ring buffer record, read once: the daemon decides from it whether it repeats an earlier
+/// event and, if not, reports it.
+#[derive(Clone, Copy, Debug)]
+pub enum Record {
+    Connect(ConnectEvent),
+    Request(RequestEvent),
+}
+
+impl Record {
+    /// Reads a record by its `kind`; `None` for an unknown kind or a record too short for it.
+    #[must_use]
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        let k = u32::from_ne_bytes([*bytes.first()?, *bytes.get(1)?, *bytes.get(2)?, *bytes.get(3)?]);
+        match k {
+            kind::CONNECT_DENIED if bytes.len() >= size_of::<ConnectEvent>() => {
+                // SAFETY: ConnectEvent is repr(C) plain data and the record is at least that long.
+                Some(Record::Connect(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }))
+            }
+            kind::IMDS_REQUEST if bytes.len() >= size_of::<RequestEvent>() => {
+                // SAFETY: as above, for RequestEvent.
+                Some(Record::Request(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ConnectEvent {
+    /// The record's bytes, as the kernel writes them (for tests of the readers).
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) plain data without padding bytes (every gap is an explicit field).
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(self).cast::<u8>(), size_of::<Self>()) }
+    }
+}

@@ -10,13 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use imds_guard_common::event::{ConnectEvent, RequestEvent, kind};
+use imds_guard_common::event::Record;
 use serde_json::{Value, json};
 
 /// What makes two events "identical": who (uid, gid, comm, cgroup), what (kind, verdict, finding,
 /// path) and where (destination). Not the pid: a crash-looping client has a new pid every time.
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Key {
+pub struct Key {
     kind: u32,
     flags: u32,
     uid: u32,
@@ -32,9 +32,43 @@ struct Key {
 
 /// A kernel record's key, or the key of an event from elsewhere (NFLOG), given by its source.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum AnyKey {
+pub enum AnyKey {
     Kernel(Key),
     Other(String),
+}
+
+impl AnyKey {
+    #[must_use]
+    pub fn of(record: &Record) -> Self {
+        AnyKey::Kernel(match record {
+            Record::Connect(e) => Key {
+                kind: e.kind,
+                flags: e.flags,
+                uid: e.uid,
+                gid: e.gid,
+                cgroup_id: e.cgroup_id,
+                comm: e.comm,
+                family: e.family,
+                port: e.port,
+                addr: e.addr,
+                finding: 0,
+                path: Vec::new(),
+            },
+            Record::Request(e) => Key {
+                kind: e.kind,
+                flags: e.flags,
+                uid: e.uid,
+                gid: e.gid,
+                cgroup_id: e.cgroup_id,
+                comm: e.comm,
+                family: e.family,
+                port: e.port,
+                addr: e.addr,
+                finding: e.finding,
+                path: e.path[..(e.path_len as usize).min(e.path.len())].to_vec(),
+            },
+        })
+    }
 }
 
 struct Entry {
@@ -60,47 +94,6 @@ pub struct Aggregator {
     pub aggregated: u64,
 }
 
-fn key(bytes: &[u8]) -> Option<Key> {
-    let k = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-    match k {
-        kind::CONNECT_DENIED if bytes.len() >= size_of::<ConnectEvent>() => {
-            // SAFETY: repr(C) plain data, length checked.
-            let e: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-            Some(Key {
-                kind: k,
-                flags: e.flags,
-                uid: e.uid,
-                gid: e.gid,
-                cgroup_id: e.cgroup_id,
-                comm: e.comm,
-                family: e.family,
-                port: e.port,
-                addr: e.addr,
-                finding: 0,
-                path: Vec::new(),
-            })
-        }
-        kind::IMDS_REQUEST if bytes.len() >= size_of::<RequestEvent>() => {
-            // SAFETY: as above.
-            let e: RequestEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-            Some(Key {
-                kind: k,
-                flags: e.flags,
-                uid: e.uid,
-                gid: e.gid,
-                cgroup_id: e.cgroup_id,
-                comm: e.comm,
-                family: e.family,
-                port: e.port,
-                addr: e.addr,
-                finding: e.finding,
-                path: e.path[..(e.path_len as usize).min(e.path.len())].to_vec(),
-            })
-        }
-        _ => None,
-    }
-}
-
 impl Aggregator {
     /// `window` zero: every event is delivered.
     #[must_use]
@@ -108,25 +101,12 @@ impl Aggregator {
         Aggregator { window, entries: HashMap::new(), pending: Vec::new(), delivered: 0, aggregated: 0 }
     }
 
-    /// Whether this record repeats one delivered within the window: then it is counted, and the
-    /// first occurrence's report is returned (the caller writes nothing for it).
-    pub fn is_repeat(&mut self, bytes: &[u8], now: Instant) -> Option<&Value> {
+    /// Whether the event keyed `k` repeats one delivered within the window: then it is counted,
+    /// and the first occurrence's report is returned (the caller writes nothing for it).
+    pub fn is_repeat(&mut self, k: &AnyKey, now: Instant) -> Option<&Value> {
         if self.window.is_zero() {
             return None;
         }
-        let k = key(bytes)?;
-        self.repeat(&AnyKey::Kernel(k), now)
-    }
-
-    /// [`Aggregator::is_repeat`] for an event that is not a kernel record, identified by `key`.
-    pub fn is_repeat_keyed(&mut self, key: &str, now: Instant) -> Option<&Value> {
-        if self.window.is_zero() {
-            return None;
-        }
-        self.repeat(&AnyKey::Other(key.to_owned()), now)
-    }
-
-    fn repeat(&mut self, k: &AnyKey, now: Instant) -> Option<&Value> {
         match self.entries.get_mut(k) {
             Some(e) if now.duration_since(e.first) < self.window => {
                 e.repeats += 1;
@@ -138,25 +118,11 @@ impl Aggregator {
     }
 
     /// Records a delivered event (its report as JSON) as the first of its kind in a new window.
-    pub fn delivered(&mut self, bytes: &[u8], report: Value, now: Instant) {
+    pub fn delivered(&mut self, k: AnyKey, report: Value, now: Instant) {
         self.delivered += 1;
         if self.window.is_zero() {
             return;
         }
-        if let Some(k) = key(bytes) {
-            self.first(AnyKey::Kernel(k), report, now);
-        }
-    }
-
-    /// [`Aggregator::delivered`] for an event identified by `key`.
-    pub fn delivered_keyed(&mut self, key: String, report: Value, now: Instant) {
-        self.delivered += 1;
-        if !self.window.is_zero() {
-            self.first(AnyKey::Other(key), report, now);
-        }
-    }
-
-    fn first(&mut self, k: AnyKey, report: Value, now: Instant) {
         // A bounded table: past MAX_TRACKED distinct events in their windows, new ones are
         // delivered one by one (and counted) rather than remembered.
         if self.entries.len() >= MAX_TRACKED && !self.entries.contains_key(&k) {
@@ -206,10 +172,14 @@ fn summary(e: &Entry, window: Duration) -> Value {
 mod tests {
     use super::*;
 
-    fn raw(ev: &ConnectEvent) -> Vec<u8> {
-        // SAFETY: plain repr(C) data.
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(ev).cast::<u8>(), size_of::<ConnectEvent>()) }
-            .to_vec()
+    use imds_guard_common::event::{ConnectEvent, kind};
+
+    fn key(ev: &ConnectEvent) -> AnyKey {
+        AnyKey::of(&Record::Connect(*ev))
+    }
+
+    fn other(k: &str) -> AnyKey {
+        AnyKey::Other(k.to_owned())
     }
 
     #[test]
@@ -218,14 +188,14 @@ mod tests {
         let t0 = Instant::now();
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, uid: 7, ..ConnectEvent::default() };
         let other = ConnectEvent { uid: 8, ..ev };
-        assert!(a.is_repeat(&raw(&ev), t0).is_none());
-        a.delivered(&raw(&ev), json!({"event": "connect_denied", "pid": 1, "time": "t"}), t0);
+        assert!(a.is_repeat(&key(&ev), t0).is_none());
+        a.delivered(key(&ev), json!({"event": "connect_denied", "pid": 1, "time": "t"}), t0);
         for i in 0..999u64 {
             // A new pid each time (crash loop) is still the same event.
             let again = ConnectEvent { pid_tgid: i << 32, ..ev };
-            assert!(a.is_repeat(&raw(&again), t0 + Duration::from_millis(i)).is_some());
+            assert!(a.is_repeat(&key(&again), t0 + Duration::from_millis(i)).is_some());
         }
-        assert!(a.is_repeat(&raw(&other), t0).is_none(), "another identity is not a repeat");
+        assert!(a.is_repeat(&key(&other), t0).is_none(), "another identity is not a repeat");
         assert!(a.flush(t0 + Duration::from_secs(5), false).is_empty(), "window still open");
         let lines = a.flush(t0 + Duration::from_secs(11), false);
         assert_eq!(lines.len(), 1);
@@ -234,21 +204,21 @@ mod tests {
         assert!(lines[0].get("pid").is_none());
         assert_eq!((a.delivered, a.aggregated), (1, 999));
         // After the window, the next one is delivered again.
-        assert!(a.is_repeat(&raw(&ev), t0 + Duration::from_secs(12)).is_none());
+        assert!(a.is_repeat(&key(&ev), t0 + Duration::from_secs(12)).is_none());
     }
 
     #[test]
     fn counts_survive_a_window_that_ends_before_the_flush() {
         let mut a = Aggregator::new(Duration::from_secs(1));
         let t0 = Instant::now();
-        let ev = raw(&ConnectEvent { kind: kind::CONNECT_DENIED, uid: 7, ..ConnectEvent::default() });
+        let ev = key(&ConnectEvent { kind: kind::CONNECT_DENIED, uid: 7, ..ConnectEvent::default() });
         let mut generated = 0u64;
         // 5 s of a flood, one event per ms, with a flush only every 1.5 s.
         for ms in 0..5000u64 {
             let now = t0 + Duration::from_millis(ms);
             generated += 1;
             if a.is_repeat(&ev, now).is_none() {
-                a.delivered(&ev, json!({"event": "connect_denied"}), now);
+                a.delivered(ev.clone(), json!({"event": "connect_denied"}), now);
             }
             if ms % 1500 == 0 {
                 let _ = a.flush(now, false);
@@ -264,7 +234,7 @@ mod tests {
         for ms in 0..5000u64 {
             let now = t0 + Duration::from_millis(ms);
             if b.is_repeat(&ev, now).is_none() {
-                b.delivered(&ev, json!({"event": "connect_denied"}), now);
+                b.delivered(ev.clone(), json!({"event": "connect_denied"}), now);
             }
             if ms % 1500 == 0 {
                 lines_total += b.flush(now, false).iter().map(|v| v["count"].as_u64().unwrap()).sum::<u64>();
@@ -283,14 +253,14 @@ mod tests {
     fn keyed_events_aggregate_apart_from_kernel_records() {
         let mut a = Aggregator::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        assert!(a.is_repeat_keyed("forward|192.0.2.2", t0).is_none());
-        a.delivered_keyed("forward|192.0.2.2".into(), json!({"event": "forward_denied", "time": "t"}), t0);
+        assert!(a.is_repeat(&other("forward|192.0.2.2"), t0).is_none());
+        a.delivered(other("forward|192.0.2.2"), json!({"event": "forward_denied", "time": "t"}), t0);
         for i in 0..5 {
-            assert!(a.is_repeat_keyed("forward|192.0.2.2", t0 + Duration::from_millis(i)).is_some());
+            assert!(a.is_repeat(&other("forward|192.0.2.2"), t0 + Duration::from_millis(i)).is_some());
         }
-        assert!(a.is_repeat_keyed("forward|192.0.2.3", t0).is_none(), "another source");
+        assert!(a.is_repeat(&other("forward|192.0.2.3"), t0).is_none(), "another source");
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
-        assert!(a.is_repeat(&raw(&ev), t0).is_none(), "kernel records have keys of their own");
+        assert!(a.is_repeat(&key(&ev), t0).is_none(), "kernel records have keys of their own");
         let lines = a.flush(t0 + Duration::from_secs(11), false);
         assert_eq!(lines.len(), 1);
         assert_eq!(
@@ -309,10 +279,10 @@ mod tests {
         // aggregated, the rest delivered one by one; every one is accounted for.
         for _ in 0..3 {
             for port in 0..2 * MAX_TRACKED as u32 {
-                let ev = raw(&ConnectEvent { kind: kind::CONNECT_DENIED, port, ..ConnectEvent::default() });
+                let ev = key(&ConnectEvent { kind: kind::CONNECT_DENIED, port, ..ConnectEvent::default() });
                 generated += 1;
                 if a.is_repeat(&ev, t0).is_none() {
-                    a.delivered(&ev, json!({"event": "connect_denied"}), t0);
+                    a.delivered(ev, json!({"event": "connect_denied"}), t0);
                 }
             }
             assert!(a.entries.len() <= MAX_TRACKED);
@@ -330,7 +300,7 @@ mod tests {
         let mut a = Aggregator::new(Duration::ZERO);
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
         let t = Instant::now();
-        a.delivered(&raw(&ev), json!({}), t);
-        assert!(a.is_repeat(&raw(&ev), t).is_none());
+        a.delivered(key(&ev), json!({}), t);
+        assert!(a.is_repeat(&key(&ev), t).is_none());
     }
 }

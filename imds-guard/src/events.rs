@@ -11,7 +11,7 @@ use std::{
 };
 
 use imds_guard_common::{
-    event::{AF_INET, ConnectEvent, RequestEvent, TaskInfo, kind},
+    event::{AF_INET, ConnectEvent, Record, RequestEvent, TaskInfo},
     http::{self, Finding},
 };
 use serde::Serialize;
@@ -150,21 +150,11 @@ impl Enricher {
         }
     }
 
-    /// Decodes one ring buffer record; `None` for a record of an unknown kind or size.
-    pub fn decode(&mut self, bytes: &[u8]) -> Option<Report> {
-        let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-        match kind {
-            kind::CONNECT_DENIED if bytes.len() >= size_of::<ConnectEvent>() => {
-                // SAFETY: ConnectEvent is repr(C) plain data and the record is at least that long.
-                let ev: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-                Some(Report::Connect(self.connect(&ev)))
-            }
-            kind::IMDS_REQUEST if bytes.len() >= size_of::<RequestEvent>() => {
-                // SAFETY: as above, for RequestEvent.
-                let ev: RequestEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-                Some(Report::Request(self.request(&ev)))
-            }
-            _ => None,
+    /// The report of one ring buffer record.
+    pub fn report(&mut self, record: &Record) -> Report {
+        match record {
+            Record::Connect(ev) => Report::Connect(self.connect(ev)),
+            Record::Request(ev) => Report::Request(self.request(ev)),
         }
     }
 
@@ -522,12 +512,10 @@ fn wall_time(boot_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imds_guard_common::event::{AF_INET6, flags};
+    use imds_guard_common::event::{AF_INET6, flags, kind};
 
-    fn raw(ev: &ConnectEvent) -> Vec<u8> {
-        // SAFETY: plain repr(C) data.
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(ev).cast::<u8>(), size_of::<ConnectEvent>()) }
-            .to_vec()
+    fn decode(en: &mut Enricher, bytes: &[u8]) -> Option<Report> {
+        Record::parse(bytes).map(|r| en.report(&r))
     }
 
     #[test]
@@ -546,7 +534,7 @@ mod tests {
             ..ConnectEvent::default()
         };
         ev.addr[..4].copy_from_slice(&[169, 254, 169, 254]);
-        let Report::Connect(e) = en.decode(&raw(&ev)).unwrap() else { panic!("a connect event") };
+        let Report::Connect(e) = decode(&mut en, ev.as_bytes()).unwrap() else { panic!("a connect event") };
         assert_eq!((e.who.pid, e.who.tid, e.port), (4_000_000, 4_000_001, 80));
         assert_eq!(e.dst, "169.254.169.254");
         assert_eq!(e.who.comm, "curl");
@@ -559,12 +547,12 @@ mod tests {
         ev.family = AF_INET6;
         ev.addr = mapped;
         ev.flags = 0;
-        let Report::Connect(e) = en.decode(&raw(&ev)).unwrap() else { panic!("a connect event") };
+        let Report::Connect(e) = decode(&mut en, ev.as_bytes()).unwrap() else { panic!("a connect event") };
         assert_eq!(e.dst, "::ffff:169.254.169.254");
         assert!(!e.enforced);
         let json = serde_json::to_string(&e).unwrap();
         assert!(json.contains("\"event\":\"connect_denied\""), "{json}");
-        assert!(en.decode(&[9, 0, 0, 0]).is_none());
-        assert!(en.decode(&raw(&ev)[..20]).is_none());
+        assert!(decode(&mut en, &[9, 0, 0, 0]).is_none());
+        assert!(decode(&mut en, &ev.as_bytes()[..20]).is_none());
     }
 }

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use imds_guard_common::event::Record;
 use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
@@ -12,7 +13,7 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::Aggregator,
+    aggregate::{Aggregator, AnyKey},
     btf,
     cli::{RunArgs, Sink},
     config::Source,
@@ -254,14 +255,14 @@ async fn serve(
                 let now = std::time::Instant::now();
                 let (logged, drained) = ready.get_inner_mut().read(EVENT_BATCH / 8)?;
                 for l in logged {
-                    let key = crate::nflog::aggregation_key(&l);
-                    if let Some(sample) = aggregator.is_repeat_keyed(&key, now) {
+                    let key = AnyKey::Other(crate::nflog::aggregation_key(&l));
+                    if let Some(sample) = aggregator.is_repeat(&key, now) {
                         hub.repeat(sample);
                         continue;
                     }
                     let report = packets.report(&l);
                     emit(&report);
-                    aggregator.delivered_keyed(key, serde_json::to_value(&report).unwrap_or_default(), now);
+                    aggregator.delivered(key, serde_json::to_value(&report).unwrap_or_default(), now);
                 }
                 if drained {
                     ready.clear_ready();
@@ -280,16 +281,18 @@ async fn serve(
                 for _ in 0..EVENT_BATCH {
                     let Some(item) = ring.next() else { break };
                     drained = false;
-                    if let Some(sample) = aggregator.is_repeat(&item, now) {
+                    // Read once; an unknown kind is skipped.
+                    let Some(record) = Record::parse(&item) else { continue };
+                    let key = AnyKey::of(&record);
+                    if let Some(sample) = aggregator.is_repeat(&key, now) {
                         hub.repeat(sample);
                         continue;
                     }
-                    if let Some(ev) = enricher.decode(&item) {
-                        // The typed event keeps its documented key order; the Value (sorted
-                        // keys) only describes the repeats later.
-                        emit(&ev);
-                        aggregator.delivered(&item, serde_json::to_value(&ev).unwrap_or_default(), now);
-                    }
+                    let ev = enricher.report(&record);
+                    // The typed event keeps its documented key order; the Value (sorted keys)
+                    // only describes the repeats later.
+                    emit(&ev);
+                    aggregator.delivered(key, serde_json::to_value(&ev).unwrap_or_default(), now);
                 }
                 if drained {
                     ready.clear_ready();
