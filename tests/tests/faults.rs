@@ -16,10 +16,6 @@ fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn status(sb: &Sandbox) -> Value {
-    sb.status_json()
-}
-
 fn wait(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     d.wait_event(Duration::from_secs(10), pred)
         .unwrap_or_else(|| panic!("no {what}; events: {:#?}\nstderr:\n{}", d.events(), d.stderr()))
@@ -65,7 +61,7 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&sb.bpffs));
     let restored = wait(&d, "pins_restored", |e| e["event"] == "pins_restored");
     assert_eq!(restored["pins"].as_array().unwrap().len(), 10, "{restored}");
-    let st = status(&sb);
+    let st = sb.status_json();
     assert_eq!((st["enforcing"].as_bool(), st["generation"].as_u64()), (Some(true), Some(1)), "{st}");
     assert_eq!(st["counters"]["denied"], 3, "the counters are the live maps' ({st})");
     d.kill();
@@ -205,7 +201,7 @@ fn a_full_rules_map_refuses_the_reload_and_keeps_the_policy() {
     assert_eq!(ev["generation"], 1);
     eprintln!("refused: {err}");
     still_enforced(&sb, &d, "after the refused reload");
-    let st = status(&sb);
+    let st = sb.status_json();
     assert_eq!((st["generation"].as_u64(), st["rule_entries"].as_u64()), (Some(1), Some(1)), "{st}");
 
     // Room again: the next attempt installs it and clears out every other generation, junk included.
@@ -252,7 +248,7 @@ fn sigkill_during_a_storm_of_denied_connects_lets_none_through() {
         assert_eq!(allowed.as_object().unwrap().len(), 1, "root was refused at some instant: {allowed}");
         let ok = allowed["connected"].as_u64().unwrap();
         // The kernel counted every attempt, across the kills (the counters are pinned).
-        let st = status(&sb);
+        let st = sb.status_json();
         let c = &st["counters"];
         assert_eq!(c["denied"].as_u64(), Some(refused(&denied4) + refused(&denied6)), "{st}");
         assert_eq!(c["allowed"].as_u64(), Some(ok), "{st}");
@@ -410,14 +406,14 @@ fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported(
     let holders: Vec<Held> =
         (0..8).map(|k| Held::start(&sb, 1000, &hold, &["8500", &k.to_string()])).collect();
     let filled = t.elapsed();
-    let c = &status(&sb)["counters"];
+    let c = &sb.status_json()["counters"];
     let uninspected = c["connections_uninspected"].as_u64().unwrap();
     assert_eq!(uninspected, 68_000 - u64::from(imds_guard_common::maps::SOCKETS_CAPACITY), "{c}");
 
     // The gap: root's next tokenless request is neither refused nor reported...
     let requests_before = c["imdsv1_requests"].as_u64();
     assert_eq!(tokenless_get(), "HTTP/1.1 200 OK", "a full table leaves new connections uninspected");
-    assert_eq!(status(&sb)["counters"]["imdsv1_requests"].as_u64(), requests_before, "nor counted");
+    assert_eq!(sb.status_json()["counters"]["imdsv1_requests"].as_u64(), requests_before, "nor counted");
     // ...but the daemon says that connections went uninspected, and how many.
     let ev = wait(&d, "connections_uninspected", |e| {
         e["event"] == "connections_uninspected" && e["total"].as_u64() == Some(uninspected + 1)

@@ -18,10 +18,6 @@ fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn status(sb: &Sandbox) -> Value {
-    sb.status_json()
-}
-
 /// `imds-guard check` on `file`: its stderr, which must be a refusal.
 fn check_refuses(sb: &Sandbox, file: &std::path::Path) -> String {
     let out = sb.cli(&["check", "--config", s(file)]);
@@ -109,7 +105,7 @@ fn hostile_values_are_refused_by_check_and_by_a_running_daemon_which_keeps_its_p
 
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
     let d = sb.daemon(&policy);
-    let digest = status(&sb)["policy_digest"].clone();
+    let digest = sb.status_json()["policy_digest"].clone();
     for (what, bytes, at, message) in &cases {
         std::fs::write(&policy, bytes).unwrap();
         let location = format!("{}{at}", policy.display());
@@ -138,7 +134,7 @@ fn hostile_values_are_refused_by_check_and_by_a_running_daemon_which_keeps_its_p
         );
         old_policy_enforced(&sb, &d, what);
     }
-    let st = status(&sb);
+    let st = sb.status_json();
     assert_eq!(st["generation"], 1, "nothing was ever installed: {st}");
     assert_eq!(st["policy_digest"], digest);
     assert_eq!(st["rule_entries"], 1);
@@ -167,7 +163,7 @@ fn the_largest_policy_and_one_of_duplicates_work() {
     let check_ms = t.elapsed().as_millis();
     d.signal(Signal::SIGHUP);
     let ev = installed(&d, &digest_of(&sb, &policy));
-    let st = status(&sb);
+    let st = sb.status_json();
     assert_eq!((st["rules"].as_u64(), st["rule_entries"].as_u64()), (Some(16_384), Some(16_384)), "{st}");
     assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "EPERM");
     assert_eq!(sb.client(0, 0).connect(IMDS, 80).result, "connected");
@@ -189,7 +185,7 @@ fn the_largest_policy_and_one_of_duplicates_work() {
     d.signal(Signal::SIGHUP);
     let ev = installed(&d, &digest_of(&sb, &policy));
     assert_eq!(ev["rules"], 16_384);
-    let st = status(&sb);
+    let st = sb.status_json();
     assert_eq!((st["rules"].as_u64(), st["rule_entries"].as_u64()), (Some(16_384), Some(1)), "{st}");
     assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "connected");
     assert_eq!(sb.client(0, 0).connect(IMDS, 80).result, "EPERM");
