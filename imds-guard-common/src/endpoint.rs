@@ -13,6 +13,21 @@ pub const fn v4_mapped_marker() -> u32 {
     u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
+/// The IPv4 address of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, which an AF_INET6 socket
+/// connects to over IPv4), as four network-byte-order words.
+#[inline(always)]
+#[must_use]
+pub const fn mapped_v4(ip: [u32; 4]) -> Option<u32> {
+    if ip[0] == 0 && ip[1] == 0 && ip[2] == v4_mapped_marker() { Some(ip[3]) } else { None }
+}
+
+/// The prefilter's test on one address word: it agrees with the endpoints on the bits they share.
+#[inline(always)]
+#[must_use]
+pub const fn passes(word: u32, net: u32, mask: u32) -> bool {
+    word & mask == net
+}
+
 impl GenConfig {
     /// `ip` in network byte order (as `bpf_sock_addr.user_ip4`).
     #[inline(always)]
@@ -37,8 +52,8 @@ impl GenConfig {
     #[inline(always)]
     #[must_use]
     pub fn is_endpoint_v6(&self, ip: [u32; 4]) -> bool {
-        if ip[0] == 0 && ip[1] == 0 && ip[2] == v4_mapped_marker() {
-            return self.is_endpoint_v4(ip[3]);
+        if let Some(v4) = mapped_v4(ip) {
+            return self.is_endpoint_v4(v4);
         }
         let n = self.v6_count as usize;
         let mut i = 0;
@@ -111,16 +126,16 @@ impl Prefilter {
     #[inline(always)]
     #[must_use]
     pub const fn may_be_v4(&self, ip: u32) -> bool {
-        ip & self.v4_mask == self.v4_net
+        passes(ip, self.v4_net, self.v4_mask)
     }
 
     #[inline(always)]
     #[must_use]
     pub const fn may_be_v6(&self, ip: [u32; 4]) -> bool {
-        if ip[0] == 0 && ip[1] == 0 && ip[2] == v4_mapped_marker() {
-            return self.may_be_v4(ip[3]);
+        match mapped_v4(ip) {
+            Some(v4) => self.may_be_v4(v4),
+            None => passes(ip[0], self.v6_net, self.v6_mask),
         }
-        ip[0] & self.v6_mask == self.v6_net
     }
 }
 

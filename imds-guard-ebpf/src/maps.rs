@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
-    endpoint::{Fast, Prefilter},
+    endpoint::{Fast, Prefilter, mapped_v4, passes},
     maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
     sock::SockState,
@@ -68,14 +68,14 @@ pub fn may_be_endpoint_v4(ip: u32) -> bool {
         use core::ptr::{addr_of, read_volatile as rd};
         (rd(addr_of!((*f).v4_net)), rd(addr_of!((*f).v4_mask)))
     };
-    Prefilter { v4_net: net, v4_mask: mask, v6_net: 0, v6_mask: 0 }.may_be_v4(ip)
+    passes(ip, net, mask)
 }
 
 /// As [`may_be_endpoint_v4`], for an AF_INET6 destination (IPv4-mapped ones on the IPv4 filter).
 #[inline(always)]
 pub fn may_be_endpoint_v6(ip: [u32; 4]) -> bool {
-    if ip[0] == 0 && ip[1] == 0 && ip[2] == imds_guard_common::endpoint::v4_mapped_marker() {
-        return may_be_endpoint_v4(ip[3]);
+    if let Some(v4) = mapped_v4(ip) {
+        return may_be_endpoint_v4(v4);
     }
     let f = live_filter();
     // SAFETY: as above.
@@ -83,7 +83,7 @@ pub fn may_be_endpoint_v6(ip: [u32; 4]) -> bool {
         use core::ptr::{addr_of, read_volatile as rd};
         (rd(addr_of!((*f).v6_net)), rd(addr_of!((*f).v6_mask)))
     };
-    ip[0] & mask == net
+    passes(ip[0], net, mask)
 }
 
 /// The live generation's config.
