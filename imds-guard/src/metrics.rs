@@ -245,7 +245,8 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<crate::output::Hu
                             )
                             .body(Full::new(Bytes::from(m.metrics.encode()))),
                         "/healthz" => {
-                            let ok = crate::pinned::status(&m.metrics.pin_dir).is_ok_and(|s| s.enforcing);
+                            let ok = crate::pinned::status_with(&m.metrics.pin_dir, false)
+                                .is_ok_and(|s| s.enforcing);
                             Response::builder()
                                 .status(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
                                 .body(Full::new(Bytes::from(if ok {

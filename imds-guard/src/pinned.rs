@@ -51,13 +51,21 @@ pub struct Status {
     pub mode: &'static str,
     pub endpoints: Vec<String>,
     pub rules: u32,
-    pub rule_entries: usize,
+    /// Kernel rule entries of the live generation (counting them walks the rules map, so health
+    /// checks, which only need `enforcing`, leave it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_entries: Option<usize>,
     pub policy_digest: String,
     pub cgroup_id: u64,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
+    status_with(pin_dir, true)
+}
+
+/// [`status`], counting the live generation's rule entries only if `count_entries`.
+pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status> {
     let links: Vec<String> = PROGRAMS
         .iter()
         .filter(|(_, l)| link_pin(pin_dir, l).exists())
@@ -71,8 +79,8 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
     }
     let PinnedMaps { active, config, rules } = open_maps(pin_dir)?;
     let cfg = config.get(&(active.generation % GENERATION_SLOTS), 0)?;
-    let rule_entries =
-        rules.keys().filter_map(Result::ok).filter(|k| k.generation == active.generation).count();
+    let rule_entries = count_entries
+        .then(|| rules.keys().filter_map(Result::ok).filter(|k| k.generation == active.generation).count());
     let counters = counters(pin_dir)?;
     let mut endpoints: Vec<String> = cfg.v4[..cfg.v4_count as usize]
         .iter()

@@ -4,7 +4,8 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     // The nftables table of this network namespace, if any (it can outlive the pins, or be all
     // that enforces in reduced mode).
     let nf = netfilter::status()?;
-    let s = match pinned::status(&args.pins.pin_dir) {
+    // The health check (a probe every few seconds) needs no walk of a 10,000-rule map.
+    let s = match pinned::status_with(&args.pins.pin_dir, !args.check) {
         Ok(s) => s,
         Err(e) => {
             if let Some(nf) = &nf {
@@ -56,7 +57,12 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     println!("mode:       {}", s.mode);
     println!("cgroup id:  {}", s.cgroup_id);
     println!("endpoints:  {}", s.endpoints.join(", "));
-    println!("rules:      {} ({} kernel entries), generation {}", s.rules, s.rule_entries, s.generation);
+    println!(
+        "rules:      {} ({} kernel entries), generation {}",
+        s.rules,
+        s.rule_entries.unwrap_or_default(),
+        s.generation
+    );
     println!("policy:     sha256:{}", s.policy_digest);
     println!("counters:");
     for (k, v) in &s.counters {
