@@ -144,6 +144,7 @@ impl Reloader {
         reason: Reason,
         started: Instant,
     ) {
+        let resolved = started.elapsed();
         match guard.apply(&policy) {
             Ok(generation) => {
                 let elapsed = started.elapsed();
@@ -156,6 +157,11 @@ impl Reloader {
                     tracing::warn!("{w}");
                 }
                 tracing::info!(generation, digest = %policy.digest, reason = reason.as_str(), "policy installed");
+                tracing::debug!(
+                    read_and_resolved_ms = resolved.as_secs_f64() * 1e3,
+                    enforced_ms = enforced.as_secs_f64() * 1e3,
+                    "reload timings"
+                );
                 crate::cmd::run::emit(&json!({
                     "schema": crate::events::SCHEMA_VERSION,
                     "event": "policy_reloaded",
