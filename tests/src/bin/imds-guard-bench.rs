@@ -1,13 +1,18 @@
 //! `cargo xtask bench`: what imds-guard costs, measured in one run on this machine.
 //!
-//! In-kernel cost comes from the kernel's BPF run statistics (`kernel.bpf_stats_enabled`, restored
-//! afterwards), with an empty program of each attach type attached beside imds-guard's on the
-//! same cgroup as the floor; both see exactly the same connects. Whole-process numbers (connect
-//! rate, throughput, latency) are medians of interleaved runs and are reported as ratios, since
-//! this shared 2-core machine varies by ±15 % from one minute to the next.
+//! In-kernel cost comes from the kernel's BPF run statistics (`kernel.bpf_stats_enabled`, on only
+//! for that section and restored afterwards), with empty programs of each attach type as the
+//! floor; they see exactly the same connects as imds-guard's. A program's time per run depends on
+//! its place in the cgroup's effective array, so the rounds alternate between empty programs
+//! after imds-guard's (same cgroup) and before them (a child cgroup), and the result pairs one
+//! round of each. Whole-process numbers (connect rate, throughput, latency) are medians of
+//! interleaved runs and are reported as ratios, since this shared 2-core machine varies by ±15 %
+//! from one minute to the next; the connect rate and throughput are also compared with a cgroup
+//! that has only empty programs attached.
 //!
-//! Everything runs in a sandbox (child cgroup, network namespace, fake IMDS, private bpffs). The
-//! bench re-executes itself as the workload (`imds-guard-bench worker ...`).
+//! Everything runs in a sandbox (child cgroup, network namespace, fake IMDS, private bpffs) and
+//! cgroups the bench makes beside and below it, all removed at the end. The bench re-executes
+//! itself as the workload (`imds-guard-bench worker ...`).
 
 use std::{
     collections::BTreeMap,
@@ -20,8 +25,11 @@ use std::{
 };
 
 use aya::{
-    EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramInfo, SkMsg, SockOps, loaded_programs},
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramInfo, SockOps, cgroup_sock_addr::CgroupSockAddrLinkId,
+        loaded_programs, sock_ops::SockOpsLinkId,
+    },
 };
 use imds_guard_tests::{Daemon, ImdsMode, Sandbox};
 use serde_json::{Value, json};
@@ -177,24 +185,23 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The running bench binary, for its workers: the file it was started from, even if a build
+/// has replaced target/release/imds-guard-bench since (the path would then name another binary,
+/// or none while cargo swaps it).
+const SELF_EXE: &str = "/proc/self/exe";
+
 fn run_worker(sb: &Sandbox, uid: u32, cgroup: &Path, args: &[&str]) -> Value {
     assert!(!STOP.load(std::sync::atomic::Ordering::Relaxed), "interrupted");
-    let exe = std::env::current_exe().unwrap();
-    let out = sb
-        .client(uid, uid)
-        .at_cgroup(cgroup)
-        .command(exe.to_str().unwrap())
-        .arg("worker")
-        .args(args)
-        .output()
-        .unwrap();
+    let out =
+        sb.client(uid, uid).at_cgroup(cgroup).command(SELF_EXE).arg("worker").args(args).output().unwrap();
     assert!(out.status.success(), "worker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("worker {args:?} output: {e}"))
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -246,10 +253,18 @@ impl Drop for Killed {
     }
 }
 
-/// A sibling cgroup of the sandbox with no program attached (the "nothing" condition).
-struct BareCgroup(PathBuf);
+/// A cgroup the bench made (a sibling of the sandbox's, or a child of it), removed on drop, also
+/// when the bench panics. Only the bench's workers run in it, and they have exited by then.
+struct OwnCgroup(PathBuf);
 
-impl Drop for BareCgroup {
+impl OwnCgroup {
+    fn create(path: PathBuf) -> Self {
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        OwnCgroup(path)
+    }
+}
+
+impl Drop for OwnCgroup {
     fn drop(&mut self) {
         for _ in 0..100 {
             if fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
@@ -257,7 +272,155 @@ impl Drop for BareCgroup {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        eprintln!("could not remove cgroup {}", self.0.display());
     }
+}
+
+/// Rounds of section 1 (half with the empty programs after imds-guard's, half before), and the
+/// connects per round and address family.
+const KERNEL_ROUNDS: usize = 32;
+const KERNEL_CONNECTS: &str = "10000";
+/// Rounds of section 2; each condition starts a round as often as any other.
+const LOOPBACK_ROUNDS: usize = 8;
+
+/// Per-run time (ns) and run count of each program over one round of section 1.
+struct Round {
+    empties_first: bool,
+    /// The plain empty connect programs at the far end of the array from ours (else the ones
+    /// that read the destination).
+    plain_outer: bool,
+    /// The programs in the order they run (all attach types, as bpftool lists them).
+    order: Vec<String>,
+    ns: BTreeMap<&'static str, f64>,
+    runs: BTreeMap<&'static str, u64>,
+}
+
+/// `bench_connect{family}{suffix}`.
+fn empty_name(family: &str, suffix: &str) -> &'static str {
+    match (family, suffix) {
+        ("4", "") => "bench_connect4",
+        ("4", "_addr") => "bench_connect4_addr",
+        ("6", "") => "bench_connect6",
+        ("6", "_addr") => "bench_connect6_addr",
+        _ => unreachable!("no empty program for {family}{suffix}"),
+    }
+}
+
+/// One of our programs against one empty program, over the rounds `used` picks (pairs of
+/// consecutive rounds, the first with the empty program after ours, the second before).
+struct Comparison {
+    ours_ns: f64,
+    floor_ns: f64,
+    /// Median over pairs of the pair's mean difference: each pair has ours first once and the
+    /// empty program first once.
+    over: f64,
+    over_after: f64,
+    over_before: f64,
+    min: f64,
+    max: f64,
+    per_round: Vec<f64>,
+}
+
+fn compare(rounds: &[Round], ours: &str, floor: &str, used: impl Fn(&Round) -> bool) -> Comparison {
+    let used: Vec<&Round> = rounds.iter().filter(|r| used(r)).collect();
+    let diff = |r: &Round| r.ns[ours] - r.ns[floor];
+    let per_round: Vec<f64> = used.iter().map(|r| diff(r)).collect();
+    let mut pairs: Vec<f64> = used
+        .chunks(2)
+        .map(|p| {
+            assert!(p.len() == 2 && !p[0].empties_first && p[1].empties_first, "rounds come in pairs");
+            (diff(p[0]) + diff(p[1])) / 2.0
+        })
+        .collect();
+    // The median of `f` over the used rounds (with the empty programs first, or not, if given).
+    let pick = |empties_first: Option<bool>, f: &dyn Fn(&Round) -> f64| {
+        let mut v: Vec<f64> = used
+            .iter()
+            .filter(|r| empties_first.is_none_or(|e| r.empties_first == e))
+            .map(|r| f(r))
+            .collect();
+        median(&mut v)
+    };
+    Comparison {
+        ours_ns: pick(None, &|r| r.ns[ours]),
+        floor_ns: pick(None, &|r| r.ns[floor]),
+        over: median(&mut pairs),
+        over_after: pick(Some(false), &diff),
+        over_before: pick(Some(true), &diff),
+        min: per_round.iter().copied().fold(f64::INFINITY, f64::min),
+        max: per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        per_round,
+    }
+}
+
+fn snap(ids: &BTreeMap<&'static str, u32>) -> BTreeMap<&'static str, (u64, u64)> {
+    ids.iter().map(|(n, id)| (*n, stats(*id))).collect()
+}
+
+/// ns per run and runs of `name` between two snapshots.
+fn delta(a: &BTreeMap<&str, (u64, u64)>, b: &BTreeMap<&str, (u64, u64)>, name: &str) -> (f64, u64) {
+    let (t0, c0) = a[name];
+    let (t1, c1) = b[name];
+    let runs = c1 - c0;
+    (if runs == 0 { 0.0 } else { (t1 - t0) as f64 / runs as f64 }, runs)
+}
+
+enum EmptyLink {
+    SockAddr(CgroupSockAddrLinkId),
+    SockOps(SockOpsLinkId),
+}
+
+/// Attaches the (loaded) empty programs `names` to `cgroup`, in this order.
+fn attach_empties(ebpf: &mut Ebpf, cgroup: &Path, names: &[&'static str]) -> Vec<(&'static str, EmptyLink)> {
+    let cg = fs::File::open(cgroup).unwrap();
+    names
+        .iter()
+        .map(|&name| {
+            let prog = ebpf.program_mut(name).unwrap();
+            let link = if name == "bench_sockops" {
+                let p: &mut SockOps = prog.try_into().unwrap();
+                EmptyLink::SockOps(p.attach(&cg, CgroupAttachMode::Single).unwrap())
+            } else {
+                let p: &mut CgroupSockAddr = prog.try_into().unwrap();
+                EmptyLink::SockAddr(p.attach(&cg, CgroupAttachMode::Single).unwrap())
+            };
+            (name, link)
+        })
+        .collect()
+}
+
+/// Detaches what [`attach_empties`] attached (dropping `ebpf` would too, e.g. on a panic).
+fn detach_empties(ebpf: &mut Ebpf, links: Vec<(&'static str, EmptyLink)>) {
+    for (name, link) in links {
+        let prog = ebpf.program_mut(name).unwrap();
+        match link {
+            EmptyLink::SockAddr(id) => {
+                let p: &mut CgroupSockAddr = prog.try_into().unwrap();
+                p.detach(id).unwrap();
+            }
+            EmptyLink::SockOps(id) => {
+                let p: &mut SockOps = prog.try_into().unwrap();
+                p.detach(id).unwrap();
+            }
+        }
+    }
+}
+
+/// The programs that run for a socket of `cgroup`, in the order they run: bpftool's effective
+/// query returns each attach type's effective array as it is. Names from `names` (by id).
+fn effective_order(cgroup: &Path, names: &BTreeMap<u32, &str>) -> Vec<String> {
+    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cgroup).arg("effective").output();
+    let out = out.expect("bpftool");
+    assert!(out.status.success(), "bpftool cgroup show: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool -j output");
+    v.as_array()
+        .expect("bpftool -j cgroup show: an array")
+        .iter()
+        .map(|p| {
+            let id = p["id"].as_u64().unwrap_or(0) as u32;
+            names.get(&id).map_or_else(|| format!("id {id}"), |n| (*n).to_owned())
+        })
+        .collect()
 }
 
 struct Iptables {
@@ -312,19 +475,16 @@ fn counter(sb: &Sandbox, name: &str) -> u64 {
 }
 
 fn run() -> Value {
-    let _stats = BpfStats::enable();
     let sb = Sandbox::new("bench", ImdsMode::Optional).expect("sandbox");
-    let bare = BareCgroup(sb.cgroup_root.join(format!("{}-bare", sb.name)));
-    fs::create_dir(&bare.0).expect("bare cgroup");
+    let bare = OwnCgroup::create(sb.cgroup_root.join(format!("{}-bare", sb.name)));
     let mut r = BTreeMap::<&str, Value>::new();
 
     // A loopback server in the namespace (dual stack), outside both measured cgroups' programs'
     // concern: it only accepts.
-    let exe = std::env::current_exe().unwrap();
     let mut server = Killed(
         sb.client(0, 0)
             .at_cgroup(&bare.0)
-            .command(exe.to_str().unwrap())
+            .command(SELF_EXE)
             .args(["worker", "serve", &PORT.to_string()])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -344,61 +504,112 @@ fn run() -> Value {
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss_kb = proc_field(d.pid(), "VmRSS:");
 
-    // 1. In-kernel cost per run, against empty programs on the same cgroup.
-    // Its maps are pinned in the sandbox's private bpffs, never the host's /sys/fs/bpf.
+    // 1. In-kernel cost per run: imds-guard's programs against empty programs of the same attach
+    // types, which see exactly the same connects. Where a program sits in the cgroup's effective
+    // array moves its per-run time by a few ns (the programs run one after the other on the same
+    // connect, and the first is slower), so the rounds alternate between two arrangements: the
+    // empty programs on the sandbox cgroup, attached after the daemon's (they run after ours), and
+    // on a child cgroup of it, where that round's workload runs (the kernel puts a cgroup's own
+    // programs before its ancestors': they run before ours). Each round's effective arrays are
+    // checked with bpftool. The two empty connect programs also swap places every other pair of
+    // rounds. The empty programs' object pins its maps in the sandbox's private bpffs, never in
+    // the host's /sys/fs/bpf.
+    let stats_on = BpfStats::enable();
     let bench_pins = sb.bpffs.join("bench");
     fs::create_dir_all(&bench_pins).unwrap();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&bench_pins)
         .load(imds_guard::guard::EBPF_OBJECT)
         .expect("load object");
-    let cg = fs::File::open(&sb.cgroup).unwrap();
     let mut floor: BTreeMap<&'static str, u32> = BTreeMap::new();
     for name in ["bench_connect4", "bench_connect6", "bench_connect4_addr", "bench_connect6_addr"] {
         let p: &mut CgroupSockAddr = ebpf.program_mut(name).unwrap().try_into().unwrap();
         p.load().unwrap();
-        p.attach(&cg, CgroupAttachMode::Single).unwrap();
         floor.insert(name, p.info().unwrap().id());
     }
     {
         let p: &mut SockOps = ebpf.program_mut("bench_sockops").unwrap().try_into().unwrap();
         p.load().unwrap();
-        p.attach(&cg, CgroupAttachMode::Single).unwrap();
         floor.insert("bench_sockops", p.info().unwrap().id());
-        let p: &mut SkMsg = ebpf.program_mut("bench_msg").unwrap().try_into().unwrap();
-        p.load().unwrap();
-        floor.insert("bench_msg", p.info().unwrap().id());
     }
     let ours: BTreeMap<&str, u32> = ["imdsg_connect4", "imdsg_connect6", "imdsg_sockops", "imdsg_msg"]
         .iter()
         .map(|n| (*n, newest(n)))
         .collect();
-    fn snap(ids: &BTreeMap<&'static str, u32>) -> BTreeMap<&'static str, (u64, u64)> {
-        ids.iter().map(|(n, id)| (*n, stats(*id))).collect()
+    let names: BTreeMap<u32, &str> = ours.iter().chain(&floor).map(|(n, id)| (*id, *n)).collect();
+    let child = OwnCgroup::create(sb.cgroup.join("bench-empties-first"));
+    let mut rounds: Vec<Round> = Vec::new();
+    for round in 0..KERNEL_ROUNDS {
+        let empties_first = round % 2 == 1;
+        // Rounds 0 and 1 of every 4: the plain empty program sits at the far end of the array
+        // from ours (last when ours runs first, first when ours runs last), the one that reads the
+        // destination in the middle; rounds 2 and 3: the other way round. Each floor is compared
+        // with ours in the rounds where it mirrors ours, so both take the first place equally often.
+        let plain_outer = round % 4 < 2;
+        let (outer, inner) = if plain_outer { ("", "_addr") } else { ("_addr", "") };
+        let (first, second) = if empties_first { (outer, inner) } else { (inner, outer) };
+        let attach_order: Vec<&'static str> = ["4", "6"]
+            .iter()
+            .flat_map(|v| [first, second].map(|suffix| empty_name(v, suffix)))
+            .chain(["bench_sockops"])
+            .collect();
+        let cgroup = if empties_first { &child.0 } else { &sb.cgroup };
+        let links = attach_empties(&mut ebpf, cgroup, &attach_order);
+        let order = effective_order(cgroup, &names);
+        for (ours_name, family) in
+            [("imdsg_connect4", "connect4"), ("imdsg_connect6", "connect6"), ("imdsg_sockops", "sockops")]
+        {
+            let seen: Vec<&str> = order.iter().map(String::as_str).filter(|n| n.contains(family)).collect();
+            let mut expected: Vec<&str> =
+                attach_order.iter().copied().filter(|n| n.contains(family)).collect();
+            if empties_first {
+                expected.push(ours_name);
+            } else {
+                expected.insert(0, ours_name);
+            }
+            assert_eq!(seen, expected, "round {round}: effective order in {}", cgroup.display());
+        }
+        let (o0, f0) = (snap(&ours), snap(&floor));
+        run_worker(&sb, 0, cgroup, &["connects", "127.0.0.1", "9", KERNEL_CONNECTS]);
+        run_worker(&sb, 0, cgroup, &["connects", "::1", "9", KERNEL_CONNECTS]);
+        let (o1, f1) = (snap(&ours), snap(&floor));
+        detach_empties(&mut ebpf, links);
+        let mut ns = BTreeMap::new();
+        let mut runs = BTreeMap::new();
+        for (n, _) in ours.iter().chain(&floor) {
+            let (a, b) = if ours.contains_key(n) { (&o0, &o1) } else { (&f0, &f1) };
+            let (per_run, count) = delta(a, b, n);
+            ns.insert(*n, per_run);
+            runs.insert(*n, count);
+        }
+        rounds.push(Round { empties_first, plain_outer, order, ns, runs });
     }
-    let delta = |a: &BTreeMap<&str, (u64, u64)>, b: &BTreeMap<&str, (u64, u64)>, n: &str| {
-        let (t0, c0) = a[n];
-        let (t1, c1) = b[n];
-        let runs = c1 - c0;
-        (if runs == 0 { 0.0 } else { (t1 - t0) as f64 / runs as f64 }, runs)
-    };
-    const N: &str = "20000";
-    let (o0, f0) = (snap(&ours), snap(&floor));
-    run_worker(&sb, 0, &sb.cgroup, &["connects", "127.0.0.1", "9", N]);
-    run_worker(&sb, 0, &sb.cgroup, &["connects", "::1", "9", N]);
-    let (o1, f1) = (snap(&ours), snap(&floor));
+    drop(child);
     let mut kernel = Vec::new();
     for (ours_name, floor_name, addr_floor, what) in [
         ("imdsg_connect4", "bench_connect4", Some("bench_connect4_addr"), "connect4, non-metadata connect"),
         ("imdsg_connect6", "bench_connect6", Some("bench_connect6_addr"), "connect6, non-metadata connect"),
         ("imdsg_sockops", "bench_sockops", None, "sockops, every callback of non-metadata TCP sockets"),
     ] {
-        let (o, runs) = delta(&o0, &o1, ours_name);
-        let (f, _) = delta(&f0, &f1, floor_name);
-        let a = addr_floor.map(|n| delta(&f0, &f1, n).0);
-        kernel.push(json!({"program": ours_name, "what": what, "runs": runs, "ns_per_run": o, "floor_ns_per_run": f, "over_floor_ns": o - f, "target_over_floor_ns": 5.0, "reads_destination_floor_ns_per_run": a, "over_reads_destination_ns": a.map(|a| o - a)}));
+        // sockops has one empty program, which mirrors ours in every round.
+        let plain = compare(&rounds, ours_name, floor_name, |r| addr_floor.is_none() || r.plain_outer);
+        let addr = addr_floor.map(|a| compare(&rounds, ours_name, a, |r| !r.plain_outer));
+        kernel.push(json!({
+            "program": ours_name, "what": what,
+            "runs": rounds.iter().map(|r| r.runs[ours_name]).sum::<u64>(),
+            "floor_runs": rounds.iter().map(|r| r.runs[floor_name]).sum::<u64>(),
+            "ns_per_run": plain.ours_ns, "floor_ns_per_run": plain.floor_ns,
+            "over_floor_ns": plain.over, "over_floor_ns_empties_after": plain.over_after,
+            "over_floor_ns_empties_before": plain.over_before, "over_floor_ns_min": plain.min,
+            "over_floor_ns_max": plain.max, "over_floor_ns_per_round": plain.per_round,
+            "target_over_floor_ns": 5.0,
+            "reads_destination_floor_ns_per_run": addr.as_ref().map(|a| a.floor_ns),
+            "over_reads_destination_ns": addr.as_ref().map(|a| a.over),
+            "over_reads_destination": addr.map(|a| json!({"ns_per_run": a.ours_ns, "over_ns_empties_after": a.over_after,
+                "over_ns_empties_before": a.over_before, "min": a.min, "max": a.max, "per_round": a.per_round})),
+        }));
     }
-    let (m0, _) = (snap(&ours), ());
+    let m0 = snap(&ours);
     run_worker(&sb, 0, &sb.cgroup, &["imds", "500"]);
     let m1 = snap(&ours);
     for (name, what) in [
@@ -409,39 +620,73 @@ fn run() -> Value {
         kernel.push(json!({"program": name, "what": what, "runs": runs, "ns_per_run": o, "floor_ns_per_run": null, "over_floor_ns": null, "target_over_floor_ns": null}));
     }
     r.insert("kernel", Value::Array(kernel));
-    drop(ebpf); // detach the empty programs before timing whole processes
+    r.insert(
+        "kernel_method",
+        json!({"rounds": KERNEL_ROUNDS, "connects_per_round_and_family": KERNEL_CONNECTS.parse::<u64>().unwrap(),
+               "per_round": rounds.iter().map(|r| json!({"empties": if r.empties_first { "before" } else { "after" },
+                   "order": r.order, "ns_per_run": r.ns, "runs": r.runs})).collect::<Vec<_>>()}),
+    );
+    // Run statistics cost two clock reads per program run: off again before timing whole processes.
+    drop(stats_on);
 
-    // 2. Loopback connect rate and bulk throughput: guard vs nothing vs iptables owner match.
+    // 2. Loopback connect rate and bulk throughput: nothing; empty programs (connect4, connect6
+    // and sockops that return at once: the cgroup-BPF dispatch any tool on these hooks pays);
+    // imds-guard; the iptables owner match. Each condition has its own cgroup; the empty programs'
+    // cgroup, like the bare one, is a sibling of the sandbox's and lives only for this section.
+    let empty = OwnCgroup::create(sb.cgroup_root.join(format!("{}-empty", sb.name)));
+    let empty_links =
+        attach_empties(&mut ebpf, &empty.0, &["bench_connect4", "bench_connect6", "bench_sockops"]);
     let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut tput: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    const CONDS: [&str; 3] = ["nothing", "imds-guard", "iptables"];
-    for round in 0..6 {
+    const CONDS: [&str; 4] = ["nothing", "empty programs", "imds-guard", "iptables"];
+    for round in 0..LOOPBACK_ROUNDS {
         // Each round starts with another condition, so none always runs first (or last).
-        for k in 0..3 {
-            let cond = CONDS[(round + k) % 3];
-            let cgroup = if cond == "imds-guard" { sb.cgroup.clone() } else { bare.0.clone() };
+        for k in 0..CONDS.len() {
+            let cond = CONDS[(round + k) % CONDS.len()];
+            let cgroup = match cond {
+                "imds-guard" => &sb.cgroup,
+                "empty programs" => &empty.0,
+                _ => &bare.0,
+            };
             let _ipt = (cond == "iptables").then(|| Iptables::add(&sb.name));
             // A closed port: the hooks run and the SYN goes out, the kernel answers RST at once; no
             // server side (accept, TIME_WAIT) is mixed into the number.
-            let v = run_worker(&sb, 0, &cgroup, &["connects", "127.0.0.1", "9", "20000"]);
+            let v = run_worker(&sb, 0, cgroup, &["connects", "127.0.0.1", "9", "20000"]);
             rates.entry(cond).or_default().push(v["n"].as_f64().unwrap() / v["secs"].as_f64().unwrap());
             let v =
-                run_worker(&sb, 0, &cgroup, &["throughput", "127.0.0.1", "9001", &(1u64 << 30).to_string()]);
+                run_worker(&sb, 0, cgroup, &["throughput", "127.0.0.1", "9001", &(1u64 << 30).to_string()]);
             tput.entry(cond)
                 .or_default()
                 .push(v["bytes"].as_f64().unwrap() / v["secs"].as_f64().unwrap() / 1e6);
         }
     }
+    detach_empties(&mut ebpf, empty_links);
+    drop(ebpf);
+    drop(empty);
+    // In run order (the medians below sort the vectors), for a look at the round-to-round noise.
+    let per_round = json!({"connects_per_s": rates, "throughput_mb_s": tput});
     let med = |m: &mut BTreeMap<&str, Vec<f64>>, k: &str| median(m.get_mut(k).unwrap());
-    let (rn, rg, ri) =
-        (med(&mut rates, "nothing"), med(&mut rates, "imds-guard"), med(&mut rates, "iptables"));
-    let (tn, tg, ti) = (med(&mut tput, "nothing"), med(&mut tput, "imds-guard"), med(&mut tput, "iptables"));
+    let (rn, re, rg, ri) = (
+        med(&mut rates, "nothing"),
+        med(&mut rates, "empty programs"),
+        med(&mut rates, "imds-guard"),
+        med(&mut rates, "iptables"),
+    );
+    let (tn, te, tg, ti) = (
+        med(&mut tput, "nothing"),
+        med(&mut tput, "empty programs"),
+        med(&mut tput, "imds-guard"),
+        med(&mut tput, "iptables"),
+    );
     r.insert(
         "loopback",
-        json!({"connects_per_s": {"nothing": rn, "imds-guard": rg, "iptables": ri},
-               "throughput_mb_s": {"nothing": tn, "imds-guard": tg, "iptables": ti},
-               "connect_rate_ratio_guard": rg / rn, "connect_rate_ratio_iptables": ri / rn,
-               "throughput_ratio_guard": tg / tn, "throughput_ratio_iptables": ti / tn, "target_ratio": 0.99}),
+        json!({"rounds": LOOPBACK_ROUNDS, "per_round": per_round,
+               "connects_per_s": {"nothing": rn, "empty programs": re, "imds-guard": rg, "iptables": ri},
+               "throughput_mb_s": {"nothing": tn, "empty programs": te, "imds-guard": tg, "iptables": ti},
+               "connect_rate_ratio_guard": rg / rn, "connect_rate_ratio_guard_vs_empty": rg / re,
+               "connect_rate_ratio_empty": re / rn, "connect_rate_ratio_iptables": ri / rn,
+               "throughput_ratio_guard": tg / tn, "throughput_ratio_guard_vs_empty": tg / te,
+               "throughput_ratio_empty": te / tn, "throughput_ratio_iptables": ti / tn, "target_ratio": 0.99}),
     );
 
     // 3. Allowed client latency: IMDSv2 token PUT + GET, with and without the guard.
@@ -546,49 +791,74 @@ fn markdown(r: &Value) -> String {
         m["cores"],
         m["kernel"].as_str().unwrap_or("?")
     );
-    s += "### In-kernel cost per run (kernel BPF run statistics)\n\n| program | runs | ns/run | empty program ns/run | over the floor | target | empty program that reads the destination, ns/run | over that |\n|---|---:|---:|---:|---:|---|---:|---:|\n";
+    let km = &r["kernel_method"];
+    s += &format!(
+        "### In-kernel cost per run (kernel BPF run statistics, {} rounds of {} IPv4 and {} IPv6 connects)\n\n\
+         The rounds alternate where the empty programs run: after imds-guard's (attached after them on the \
+         same cgroup) or before them (attached on a child cgroup, where that round's connects are made). \
+         Each empty program is compared in the rounds where it sits at the other end of the array from \
+         imds-guard's. *Over the floor*: the median, over pairs of consecutive rounds (one of each \
+         arrangement), of the pair's mean difference; then the median difference of each arrangement and \
+         the range over those rounds. ns/run: medians of the same rounds.\n\n\
+         | program | runs | ns/run | empty program ns/run | over the floor | empty after ours | empty before ours | range | target | empty program that reads the destination, ns/run | over that |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|\n",
+        km["rounds"], km["connects_per_round_and_family"], km["connects_per_round_and_family"]
+    );
     for k in r["kernel"].as_array().unwrap() {
         let f = |v: &Value| v.as_f64().map_or("–".to_owned(), |x| format!("{x:.1}"));
+        let signed = |v: &Value| v.as_f64().map_or("–".to_owned(), |x| format!("{x:+.1}"));
         let target = match k["over_floor_ns"].as_f64() {
             Some(o) => format!("≤ +5 ns: {}", ok(o <= 5.0)),
             None => "(metadata path)".into(),
         };
+        let range = match (k["over_floor_ns_min"].as_f64(), k["over_floor_ns_max"].as_f64()) {
+            (Some(lo), Some(hi)) => format!("{lo:+.1} … {hi:+.1}"),
+            _ => "–".into(),
+        };
         s += &format!(
-            "| {} — {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} — {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             k["program"].as_str().unwrap(),
             k["what"].as_str().unwrap(),
             k["runs"],
             f(&k["ns_per_run"]),
             f(&k["floor_ns_per_run"]),
-            f(&k["over_floor_ns"]),
+            signed(&k["over_floor_ns"]),
+            signed(&k["over_floor_ns_empties_after"]),
+            signed(&k["over_floor_ns_empties_before"]),
+            range,
             target,
             f(&k["reads_destination_floor_ns_per_run"]),
-            f(&k["over_reads_destination_ns"]),
+            signed(&k["over_reads_destination_ns"]),
         );
     }
     s += "\nPer-packet work on non-metadata traffic: none (no program runs per packet; the message hook is attached only to a sockhash of metadata connections).\n\n";
     let lb = &r["loopback"];
-    s += "### Loopback, medians of 6 interleaved runs (rotating order; 20,000 connects to a closed port, answered by RST; 1 GiB streams)\n\n| | nothing | imds-guard | iptables owner match | imds-guard / nothing | iptables / nothing | target |\n|---|---:|---:|---:|---:|---:|---|\n";
-    let cr = lb["connect_rate_ratio_guard"].as_f64().unwrap();
     s += &format!(
-        "| connects/s | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | ≥ 0.99: {} |\n",
-        lb["connects_per_s"]["nothing"].as_f64().unwrap(),
-        lb["connects_per_s"]["imds-guard"].as_f64().unwrap(),
-        lb["connects_per_s"]["iptables"].as_f64().unwrap(),
-        cr,
-        lb["connect_rate_ratio_iptables"].as_f64().unwrap(),
-        ok(cr >= 0.99)
+        "### Loopback, medians of {} interleaved runs (rotating order; 20,000 connects to a closed port, answered by RST; 1 GiB streams)\n\n\
+         | | nothing | empty programs | imds-guard | iptables owner match | imds-guard / nothing | imds-guard / empty programs | empty programs / nothing | iptables / nothing | target |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        lb["rounds"]
     );
-    let tr = lb["throughput_ratio_guard"].as_f64().unwrap();
-    s += &format!(
-        "| throughput MB/s | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | ≥ 0.99: {} |\n\n",
-        lb["throughput_mb_s"]["nothing"].as_f64().unwrap(),
-        lb["throughput_mb_s"]["imds-guard"].as_f64().unwrap(),
-        lb["throughput_mb_s"]["iptables"].as_f64().unwrap(),
-        tr,
-        lb["throughput_ratio_iptables"].as_f64().unwrap(),
-        ok(tr >= 0.99)
-    );
+    for (label, values, key) in [
+        ("connects/s", "connects_per_s", "connect_rate_ratio"),
+        ("throughput MB/s", "throughput_mb_s", "throughput_ratio"),
+    ] {
+        let v = |c: &str| lb[values][c].as_f64().unwrap();
+        let ratio = |suffix: &str| lb[format!("{key}_{suffix}")].as_f64().unwrap();
+        s += &format!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | ≥ 0.99: {} |\n",
+            v("nothing"),
+            v("empty programs"),
+            v("imds-guard"),
+            v("iptables"),
+            ratio("guard"),
+            ratio("guard_vs_empty"),
+            ratio("empty"),
+            ratio("iptables"),
+            ok(ratio("guard") >= 0.99)
+        );
+    }
+    s += "\n";
     let l = &r["imds_latency"];
     s += &format!(
         "### Allowed client: IMDSv2 token PUT + GET (600 each)\n\n| | p50 µs | p99 µs |\n|---|---:|---:|\n| nothing | {:.0} | {:.0} |\n| imds-guard | {:.0} | {:.0} |\n\n",
@@ -633,32 +903,41 @@ fn markdown(r: &Value) -> String {
 const ANALYSIS: &str = r#"
 ### Reading these numbers
 
-- **Empty-program floor.** Under `kernel.bpf_stats_enabled` every run is timed, which is most of
-  the ~55–70 ns an empty program costs; the column that matters is *over the floor*.
-- **connect4/connect6 on non-metadata connects (target met or missed depending on the run).** A
-  non-metadata connect now runs about 18 instructions (`bpftool prog dump xlated`): the destination
-  loaded through the context (two dependent loads each, rewritten by the verifier), then the live
-  generation and that slot's endpoint prefilter read from the programs' own global (`.data.imdsg`,
-  plain loads, no map lookup, no helper call), one AND and one compare, return. Before the
-  prefilter it was two inlined array-map lookups and the endpoint loop (+10–12 ns). Since then,
-  consecutive runs of this bench on this shared 2-core VM measured connect4 at +8.2, +5.1 and
-  +1.7 ns and connect6 at +7.6, +11.4 and +8.3 ns over the empty program. The "empty program that
-  reads the destination" column, a second floor, sometimes comes out *below* the empty program:
-  per-run figures of programs measured side by side move by several ns. The remaining cost is the
-  destination's loads and the global's cache line; we found nothing left to remove from a path
-  that still judges the connect.
-- **sockops** runs on every TCP callback of every socket below the cgroup; its early return on the
-  operation code is within a few ns of the floor.
+- **Empty-program floor.** Under `kernel.bpf_stats_enabled` every run is timed (two clock reads),
+  which is most of what an empty program costs; the column that matters is *over the floor*.
+  Statistics are on only for the in-kernel table: the loopback, latency and event sections run
+  with them off, as production does.
+- **Order.** The programs of a hook run one after the other on the same connect, and a program's
+  time per run depends on its place in the cgroup's effective array: the one that runs first is
+  slower (most likely it brings the connect's data and the dispatch's into the cache). The kernel runs a cgroup's own programs before
+  its ancestors' (`compute_effective_progs`), and those of one cgroup in attach order, so the
+  rounds alternate between empty programs attached after the daemon's on the sandbox cgroup and
+  empty programs on a child cgroup of it (bpftool's effective query checks the order each round;
+  the JSON keeps every round). *Empty after ours* and *empty before ours* show how large the
+  effect is on this machine; *over the floor* pairs one round of each, so imds-guard's program
+  and the empty one each run first equally often, and cancels it.
+- **connect4/connect6 on non-metadata connects.** The program loads the destination through the
+  context, reads the live generation's endpoint prefilter from its own global (plain loads, no
+  map lookup, no helper call), compares and returns. The second floor, an empty program that
+  reads the destination as any program judging a connect must, separates that load from the
+  rest; measured the same way, with its own rounds.
+- **sockops** runs on every TCP callback of every socket below the cgroup (several per connect:
+  see the runs column) and returns early on the operation code. It has one empty counterpart,
+  compared in every round.
 - **sk_msg** never runs for a socket that is not connected to a metadata endpoint (it is attached
   to a sockhash that only holds those), so non-metadata traffic pays nothing per message or packet.
-  On a metadata request it costs ~2.5 µs: `bpf_loop` calls the classifier once per byte.
-- **Connect rate.** Connects to a closed loopback port isolate the connect path (the hook, the
-  SYN, the RST) from any server. The ratio carries the same ±5 % noise as the rest of this VM;
-  the in-kernel table is the precise measure of what the hook adds.
-- **Throughput** is unaffected by design (no per-packet program); differences between the three
+  On a metadata request `bpf_loop` calls the classifier once per byte; the metadata-path row has
+  its cost.
+- **Connect rate.** Connects to a closed loopback port isolate the connect path (the hooks, the
+  SYN, the RST) from any server. *Empty programs* is a cgroup with empty connect4, connect6 and
+  sockops programs attached: the cgroup-BPF dispatch that any tool on these hooks pays, so
+  *imds-guard / empty programs* is what imds-guard adds beyond having hooks at all. The ratios
+  carry this shared VM's run-to-run noise (a condition that adds work can come out above 1); the
+  in-kernel table is the precise measure of what the hooks add.
+- **Throughput** is unaffected by design (no per-packet program); differences between the
   columns are this shared machine's noise, iptables included.
-- **IMDSv2 latency** (~4.2 ms) is dominated by the sandbox's fake IMDS, which polls its listener
-  every 2 ms; the difference between the rows is what the guard adds.
+- **IMDSv2 latency** is dominated by the sandbox's fake IMDS, which polls its listener every
+  2 ms; the difference between the rows is what the guard adds.
 - **Event flood.** Identical repeats (same identity, verdict and destination) are counted, not
   written: the first goes out at once, one `*_repeated` line per window carries the count. That
   keeps the output to a handful of lines and lets the daemon drain the ring buffer faster; what
