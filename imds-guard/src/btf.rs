@@ -6,7 +6,7 @@
 //! (Hand-written rather than a dependency: aya-obj keeps struct members private, and btf-rs is
 //! LGPL-2.1, awkward to link statically into an MIT/Apache binary. The format is small.)
 
-use std::{borrow::Cow, collections::HashMap, path::Path};
+use std::{borrow::Cow, path::Path};
 
 use anyhow::{Context as _, bail, ensure};
 
@@ -22,30 +22,30 @@ const KIND_ARRAY: u32 = 3;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
-#[derive(Clone, Debug)]
+/// One type record, read where it lies in the type section (nothing is copied at parse time).
+#[derive(Clone, Copy, Debug)]
 struct Type {
-    name_off: u32,
+    id: u32,
     kind: u32,
     kind_flag: bool,
+    vlen: usize,
     /// Size for INT/STRUCT/UNION/ENUM, referenced type for PTR/TYPEDEF/modifiers.
     size_or_type: u32,
-    members: Vec<Member>,
-    /// ARRAY: element type and number of elements.
-    array: Option<(u32, u32)>,
+    /// Offset of the record's kind-specific data (members, array) in the type section.
+    extra: usize,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Member {
-    name_off: u32,
-    ty: u32,
-    /// Bit offset (with the bitfield size in the top byte when the struct's kind_flag is set).
-    offset: u32,
-}
-
+/// The kernel's BTF, indexed: each type's offset, and the named structs. A vmlinux BTF holds
+/// ~150,000 types and weighs ~5 MB; copying every struct's members into vectors took ~12 ms of
+/// each start, so records are read in place when asked for.
 pub struct Btf {
-    types: Vec<Type>, // index = type id; 0 is void
-    strings: Vec<u8>,
-    structs: HashMap<String, u32>,
+    data: Vec<u8>,
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    /// Offset of each type record in the type section; index = type id (0, void, is unused).
+    offsets: Vec<u32>,
+    /// Named structs: (name offset, type id), for the few lookups by name.
+    structs: Vec<(u32, u32)>,
 }
 
 fn u16_at(d: &[u8], o: usize) -> anyhow::Result<u16> {
@@ -59,139 +59,143 @@ fn u32_at(d: &[u8], o: usize) -> anyhow::Result<u32> {
 impl Btf {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let data = std::fs::read(path).with_context(|| format!("reading kernel BTF {}", path.display()))?;
-        Self::parse(&data).with_context(|| format!("parsing kernel BTF {}", path.display()))
+        Self::parse(data).with_context(|| format!("parsing kernel BTF {}", path.display()))
     }
 
-    pub fn parse(d: &[u8]) -> anyhow::Result<Self> {
-        ensure!(u16_at(d, 0)? == MAGIC, "not BTF (bad magic)");
-        let hdr_len = u32_at(d, 4)? as usize;
-        let (type_off, type_len) = (u32_at(d, 8)? as usize, u32_at(d, 12)? as usize);
-        let (str_off, str_len) = (u32_at(d, 16)? as usize, u32_at(d, 20)? as usize);
-        let strings =
-            d.get(hdr_len + str_off..hdr_len + str_off + str_len).context("truncated strings")?.to_vec();
-        let tdata = d.get(hdr_len + type_off..hdr_len + type_off + type_len).context("truncated types")?;
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            kind_flag: false,
-            size_or_type: 0,
-            members: vec![],
-            array: None,
-        }];
+    pub fn parse(d: impl Into<Vec<u8>>) -> anyhow::Result<Self> {
+        let d = d.into();
+        ensure!(u16_at(&d, 0)? == MAGIC, "not BTF (bad magic)");
+        let hdr_len = u32_at(&d, 4)? as usize;
+        let (type_off, type_len) = (u32_at(&d, 8)? as usize, u32_at(&d, 12)? as usize);
+        let (str_off, str_len) = (u32_at(&d, 16)? as usize, u32_at(&d, 20)? as usize);
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        let types = hdr_len + type_off..hdr_len + type_off + type_len;
+        d.get(strings.clone()).context("truncated strings")?;
+        let tdata = d.get(types.clone()).context("truncated types")?;
+        let mut offsets = vec![0];
+        let mut structs = Vec::new();
         let mut o = 0;
         while o < tdata.len() {
+            let start = o;
             let name_off = u32_at(tdata, o)?;
             let info = u32_at(tdata, o + 4)?;
-            let size_or_type = u32_at(tdata, o + 8)?;
             o += 12;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let mut members = Vec::new();
-            let mut array = None;
-            let extra = match kind {
+            o += match kind {
                 KIND_INT | 14 | 17 => 4, // INT, VAR, DECL_TAG
-                KIND_ARRAY => {
-                    array = Some((u32_at(tdata, o)?, u32_at(tdata, o + 8)?));
-                    12
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = o + 12 * i;
-                        members.push(Member {
-                            name_off: u32_at(tdata, m)?,
-                            ty: u32_at(tdata, m + 4)?,
-                            offset: u32_at(tdata, m + 8)?,
-                        });
-                    }
-                    12 * vlen
-                }
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION => 12 * vlen,
                 6 | 13 => 8 * vlen,   // ENUM, FUNC_PROTO
                 15 | 19 => 12 * vlen, // DATASEC, ENUM64
                 KIND_PTR | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 | 16
                 | KIND_TYPE_TAG => 0,
                 k => bail!("unknown BTF kind {k}"),
             };
-            o += extra;
-            types.push(Type { name_off, kind, kind_flag: info >> 31 == 1, size_or_type, members, array });
-        }
-        let mut btf = Btf { types, strings, structs: HashMap::new() };
-        for (id, t) in btf.types.iter().enumerate() {
-            if t.kind == KIND_STRUCT && t.name_off != 0 {
-                let name = btf.name(t.name_off).into_owned();
-                btf.structs.entry(name).or_insert(u32::try_from(id)?);
+            ensure!(o <= tdata.len(), "truncated BTF type {}", offsets.len());
+            if kind == KIND_STRUCT && name_off != 0 {
+                structs.push((name_off, u32::try_from(offsets.len())?));
             }
+            offsets.push(u32::try_from(start)?);
         }
-        Ok(btf)
+        Ok(Btf { data: d, types, strings, offsets, structs })
+    }
+
+    fn name_bytes(&self, off: u32) -> &[u8] {
+        let s = &self.data[self.strings.clone()];
+        let s = &s[(off as usize).min(s.len())..];
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
     }
 
     fn name(&self, off: u32) -> Cow<'_, str> {
-        let s = &self.strings[(off as usize).min(self.strings.len())..];
-        let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-        String::from_utf8_lossy(&s[..end])
+        String::from_utf8_lossy(self.name_bytes(off))
+    }
+
+    fn tdata(&self) -> &[u8] {
+        &self.data[self.types.clone()]
+    }
+
+    /// The record of type `id` (checked at parse time to lie within the type section).
+    fn get(&self, id: u32) -> anyhow::Result<Type> {
+        let o = *self.offsets.get(id as usize).filter(|_| id != 0).context("type id out of range")? as usize;
+        let t = self.tdata();
+        let info = u32_at(t, o + 4)?;
+        Ok(Type {
+            id,
+            kind: (info >> 24) & 0x1f,
+            kind_flag: info >> 31 == 1,
+            vlen: (info & 0xffff) as usize,
+            size_or_type: u32_at(t, o + 8)?,
+            extra: o + 12,
+        })
     }
 
     /// Skips typedefs and qualifiers.
-    fn resolve(&self, mut id: u32) -> &Type {
-        loop {
-            let t = &self.types[id as usize];
+    fn resolve(&self, mut id: u32) -> anyhow::Result<Type> {
+        // A chain longer than the number of types is a loop.
+        for _ in 0..self.offsets.len() {
+            let t = self.get(id)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.size_or_type
+                    id = t.size_or_type;
                 }
-                _ => return t,
+                _ => return Ok(t),
             }
         }
+        bail!("type {id} refers to itself")
     }
 
     /// Byte offset and byte size (0 for pointers' pointee-less view: pointers are 8) of
     /// `strukt.member`, looking into anonymous struct/union members too.
     pub fn member(&self, strukt: &str, member: &str) -> anyhow::Result<(u32, u32)> {
-        let id = *self
+        let id = self
             .structs
-            .get(strukt)
+            .iter()
+            .find(|(name, _)| self.name_bytes(*name) == strukt.as_bytes())
+            .map(|&(_, id)| id)
             .with_context(|| format!("struct {strukt} is not in the kernel's BTF"))?;
-        self.find(id, member, 0)?
+        self.find(id, member, 0, 0)?
             .with_context(|| format!("struct {strukt} has no member {member} in the kernel's BTF"))
     }
 
-    fn find(&self, id: u32, member: &str, base_bits: u32) -> anyhow::Result<Option<(u32, u32)>> {
-        let t = &self.types[id as usize];
-        for m in &t.members {
-            let bits = base_bits + if t.kind_flag { m.offset & 0x00ff_ffff } else { m.offset };
-            if m.name_off == 0 {
-                let inner = self.resolve(m.ty);
-                if matches!(inner.kind, KIND_STRUCT | KIND_UNION) {
-                    let inner_id = self.id_of(inner);
-                    if let Some(found) = self.find(inner_id, member, bits)? {
-                        return Ok(Some(found));
-                    }
+    fn find(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> anyhow::Result<Option<(u32, u32)>> {
+        ensure!(depth < 32, "anonymous members nest too deep");
+        let t = self.get(id)?;
+        for i in 0..t.vlen {
+            let m = t.extra + 12 * i;
+            let (name_off, ty, offset) =
+                (u32_at(self.tdata(), m)?, u32_at(self.tdata(), m + 4)?, u32_at(self.tdata(), m + 8)?);
+            let bits = base_bits + if t.kind_flag { offset & 0x00ff_ffff } else { offset };
+            if name_off == 0 {
+                let inner = self.resolve(ty)?;
+                if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                    && let Some(found) = self.find(inner.id, member, bits, depth + 1)?
+                {
+                    return Ok(Some(found));
                 }
                 continue;
             }
-            if self.name(m.name_off) == member {
+            if self.name(name_off) == member {
                 ensure!(
-                    bits.is_multiple_of(8) && !(t.kind_flag && m.offset >> 24 != 0),
+                    bits.is_multiple_of(8) && !(t.kind_flag && offset >> 24 != 0),
                     "{member} is a bitfield"
                 );
-                let r = self.resolve(m.ty);
+                let r = self.resolve(ty)?;
                 let scalar = |t: &Type| match t.kind {
                     KIND_PTR => 8,
                     KIND_INT | KIND_STRUCT | KIND_UNION => t.size_or_type,
                     _ => 0,
                 };
-                let size = match r.array {
-                    Some((elem, n)) => scalar(self.resolve(elem)).saturating_mul(n),
-                    None => scalar(r),
+                let size = if r.kind == KIND_ARRAY {
+                    let (elem, n) = (u32_at(self.tdata(), r.extra)?, u32_at(self.tdata(), r.extra + 8)?);
+                    scalar(&self.resolve(elem)?).saturating_mul(n)
+                } else {
+                    scalar(&r)
                 };
                 return Ok(Some((bits / 8, size)));
             }
         }
         Ok(None)
-    }
-
-    fn id_of(&self, t: &Type) -> u32 {
-        let idx = self.types.iter().position(|x| std::ptr::eq(x, t)).expect("type from this BTF");
-        u32::try_from(idx).expect("type ids fit u32")
     }
 }
 
@@ -245,7 +249,7 @@ mod tests {
 
     #[test]
     fn rejects_non_btf() {
-        assert!(Btf::parse(b"\x7fELF....................").is_err());
-        assert!(Btf::parse(b"").is_err());
+        assert!(Btf::parse(b"\x7fELF....................".to_vec()).is_err());
+        assert!(Btf::parse(Vec::new()).is_err());
     }
 }
