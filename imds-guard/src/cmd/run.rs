@@ -102,12 +102,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         // Watch, then look once more, so that nothing that changed since the policy was read (a
         // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
         let watch = rewatch(&mut reloader, &mut guard, Some(Reason::FileChanged))?;
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "watching");
         let policy = &reloader.policy;
         // Connections opened before the hooks were attached cannot be judged by them: report them
         // (and, if the policy says so, reset the ones denied processes hold).
         for c in crate::preexisting::at_start(policy, &cgroup_root, &cgroup) {
             emit(&c);
         }
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "connections open before the start looked at");
         emit(&json!({
             "schema": crate::events::SCHEMA_VERSION,
             "event": "guard_started",
