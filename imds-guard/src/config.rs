@@ -21,11 +21,8 @@ pub struct PolicyFile {
     /// denies: `"report"` (default) or `"close"`.
     pub preexisting: Option<Spanned<String>>,
     /// Allow rules: the keys of one table must all match; tables are alternatives.
-    ///
-    /// Boxed: a table is ~500 bytes, and a growing vector of them moved 15 MB to parse 10,000
-    /// (the memory first touched then cost a page fault per 4 KiB, more than the parse itself).
     #[serde(default)]
-    pub allow: Vec<Spanned<Box<AllowTable>>>,
+    pub allow: Vec<Spanned<AllowTable>>,
     /// The nftables layer (forwarded traffic, reduced mode); see [`crate::netfilter`].
     pub netfilter: Option<Spanned<NetfilterTable>>,
     /// Where kubelet's records and the pod cgroups are (for `pod` and `namespace` keys).
@@ -62,29 +59,33 @@ pub struct NetfilterTable {
 }
 
 /// One `[[allow]]` table.
+///
+/// Its text keys are boxed: a policy of 10,000 tables moved and first touched every table's
+/// eleven 40-byte slots while parsing (the memory copies and page faults cost more than the
+/// parse); a table now takes ~140 bytes, and only the keys it has allocate.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowTable {
     /// A name for the rule, shown by `check`, `explain` and in events.
-    pub name: Option<Spanned<String>>,
+    pub name: Option<Box<Spanned<String>>>,
     pub uid: Option<Spanned<u32>>,
-    pub user: Option<Spanned<String>>,
+    pub user: Option<Box<Spanned<String>>>,
     pub gid: Option<Spanned<u32>>,
-    pub group: Option<Spanned<String>>,
+    pub group: Option<Box<Spanned<String>>>,
     /// The executable file (by device and inode, resolved at load and when it is replaced).
-    pub exe: Option<Spanned<String>>,
+    pub exe: Option<Box<Spanned<String>>>,
     /// A cgroup path relative to the cgroup2 root; covers its descendants.
-    pub cgroup: Option<Spanned<String>>,
+    pub cgroup: Option<Box<Spanned<String>>>,
     /// Task comm (spoofable: warned about).
-    pub comm: Option<Spanned<String>>,
+    pub comm: Option<Box<Spanned<String>>>,
     /// Pods of a namespace whose name starts with a prefix: `"<namespace>/<prefix>"`.
-    pub pod: Option<Spanned<String>>,
+    pub pod: Option<Box<Spanned<String>>>,
     /// Every pod of a namespace.
-    pub namespace: Option<Spanned<String>>,
+    pub namespace: Option<Box<Spanned<String>>>,
     /// With `pod` or `namespace`: only this container of the selected pods.
-    pub container: Option<Spanned<String>>,
+    pub container: Option<Box<Spanned<String>>>,
     /// This workload's tokenless (IMDSv1) requests: `"allow"`, `"log"` or `"deny"`.
-    pub imdsv1: Option<Spanned<String>>,
+    pub imdsv1: Option<Box<Spanned<String>>>,
 }
 
 /// Where a policy came from, to point errors at it.

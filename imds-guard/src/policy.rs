@@ -306,7 +306,7 @@ impl Policy {
         for (index, table) in file.allow.iter().enumerate() {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
             let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
-            rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_ref(), default_imdsv1)?;
+            rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_deref(), default_imdsv1)?;
             // Pod rules are left out: two selectors that pick the same pods now may not later
             // (their shared keys go to the first rule anyway, see kernel_tables).
             if rule.pods.is_none() && !rule.is_pending() {
@@ -532,7 +532,7 @@ fn resolve_rule(
     source: &Source,
     lines: &LineIndex,
     index: u32,
-    table: &Spanned<Box<AllowTable>>,
+    table: &Spanned<AllowTable>,
     host: &Host,
     node: Option<&mut Node>,
 ) -> Result<Rule, ConfigError> {
