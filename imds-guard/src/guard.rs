@@ -498,14 +498,13 @@ impl Guard {
         let live = active.get(&0, 0)?.generation;
         // One BPF_MAP_UPDATE_BATCH for the whole generation (one bpf() call per key took ~1 µs
         // each); a kernel without batch operations on hash maps gets them one by one.
-        let keys: Vec<RuleKey> = entries.iter().map(|(k, _)| *k).collect();
-        let values: Vec<RuleValue> = entries.iter().map(|(_, v)| *v).collect();
+        let (keys, values): (Vec<RuleKey>, Vec<RuleValue>) = entries.into_iter().unzip();
         let (mut written, mut result) = crate::bpf_sys::map_update_batch(rules_fd, &keys, &values);
         if matches!(&result, Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)))
             && written == 0
         {
             result = Ok(());
-            for (k, v) in &entries {
+            for (k, v) in keys.iter().zip(&values) {
                 if let Err(e) = rules.insert(k, v, 0) {
                     result = Err(std::io::Error::other(e));
                     break;
@@ -516,6 +515,7 @@ impl Guard {
         if let Err(e) = result {
             // Say how full the map is, and with what: it holds two full generations, so a
             // full map means entries that are neither the live policy's nor this one's.
+            let total = keys.len();
             let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
             let live_n = keys.iter().filter(|k| k.generation == live).count();
             let other = keys.len().saturating_sub(live_n + written);
@@ -528,13 +528,13 @@ impl Guard {
                  by the policy in force, {written} by this one, {other} by neither); the previous policy \
                  stays enforced",
                 written + 1,
-                entries.len(),
+                total,
                 keys.len(),
                 maps::RULES_CAPACITY
             )));
         }
         let t_written = t0.elapsed();
-        tracing::debug!(rules = entries.len(), "rules written");
+        tracing::debug!(rules = keys.len(), "rules written");
         let slot = next % imds_guard_common::config::GENERATION_SLOTS;
         config.set(slot, &cfg, 0)?;
         // The new slot's prefilter, before the switch (the live slot's bytes are rewritten unchanged).

@@ -751,7 +751,11 @@ pub fn status() -> anyhow::Result<Option<Status>> {
 /// Whether this kernel can run the cgroup programs (the connect hooks' program type).
 #[must_use]
 pub fn cgroup_bpf_supported() -> bool {
-    matches!(aya::sys::is_program_supported(aya::programs::ProgramType::CgroupSockAddr), Ok(true))
+    // The probe loads a program (a few hundred µs); every reload asks, the kernel's answer stays.
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        matches!(aya::sys::is_program_supported(aya::programs::ProgramType::CgroupSockAddr), Ok(true))
+    })
 }
 
 /// Decides reduced mode for a policy on this kernel.

@@ -36,7 +36,6 @@ const RECHECK: Duration = Duration::from_secs(2);
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    keep_reload_memory();
     env::check_capabilities()?;
     let (cgroup_root, _) = env::cgroup2_root_or_mount()?;
     let host = Host { cgroup_root: cgroup_root.clone(), waiting_names: true };
@@ -72,6 +71,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)
         .map_err(|e| features::explain_failure(e, &features::ALWAYS))?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
+    // After the start-up's large buffers (the kernel's BTF, the object) went back to the system.
+    keep_reload_memory();
     let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let hub = Arc::new(start_outputs(args, pin_dir)?);
