@@ -496,11 +496,24 @@ fn run() -> Value {
         std::io::BufRead::read_line(&mut so, &mut line).unwrap();
     }
 
-    // Daemon: time from exec to enforcing, idle RSS.
+    // Daemon: time from exec to enforcing (fresh starts: each one's programs are unloaded before
+    // the next), idle RSS.
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
-    let t = Instant::now();
-    let d: Daemon = sb.daemon_with(&policy, &["--aggregate-window", "1"]);
-    let start_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut starts = Vec::new();
+    let d: Daemon = loop {
+        let t = Instant::now();
+        let d: Daemon = sb.daemon_with(&policy, &["--aggregate-window", "1"]);
+        starts.push(t.elapsed().as_secs_f64() * 1000.0);
+        if starts.len() == START_RUNS {
+            break d;
+        }
+        d.kill();
+        let out = sb.cli(&["unload", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
+        assert!(out.status.success(), "unload: {out:?}");
+    };
+    let (start_min, start_max) =
+        (starts.iter().copied().fold(f64::INFINITY, f64::min), starts.iter().copied().fold(0.0, f64::max));
+    let start_ms = median(&mut starts.clone());
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss_kb = proc_field(d.pid(), "VmRSS:");
 
@@ -743,21 +756,41 @@ fn run() -> Value {
                "accounted": generated == delivered + aggregated + dropped}),
     );
 
-    // 5. Reload with 10,000 rules.
-    let mut big = String::new();
-    for uid in 0..10_000 {
-        big.push_str(&format!("[[allow]]\nuid = {uid}\n"));
+    // 5. Reload with 10,000 rules: the first after the start (the daemon's memory is not yet
+    // that large), then further edits of the file, each to 10,000 other rules.
+    let mut reloads: Vec<(f64, f64)> = Vec::new();
+    let mut last_reload = Some(0);
+    for round in 0..=RELOAD_RUNS {
+        let mut big = String::new();
+        for uid in 0..10_000u32 {
+            big.push_str(&format!("[[allow]]\nuid = {}\n", uid + round * 10_000));
+        }
+        sb.write("policy.toml", &big);
+        let ev = d
+            .wait_event(Duration::from_secs(30), |e| {
+                e["event"] == "policy_reloaded" && e["rules"] == 10_000 && e["reloads"].as_u64() > last_reload
+            })
+            .expect("10k reload");
+        last_reload = ev["reloads"].as_u64();
+        reloads.push((
+            ev["enforced_us"].as_f64().unwrap() / 1000.0,
+            ev["elapsed_us"].as_f64().unwrap() / 1000.0,
+        ));
+        std::thread::sleep(Duration::from_millis(300));
     }
-    sb.write("policy.toml", &big);
-    let ev = d
-        .wait_event(Duration::from_secs(30), |e| e["event"] == "policy_reloaded" && e["rules"] == 10_000)
-        .expect("10k reload");
-    let reload_ms = ev["enforced_us"].as_f64().unwrap() / 1000.0;
-    let reload_total_ms = ev["elapsed_us"].as_f64().unwrap() / 1000.0;
+    let (first_ms, first_total_ms) = reloads[0];
+    let mut later: Vec<f64> = reloads[1..].iter().map(|r| r.0).collect();
+    let mut later_total: Vec<f64> = reloads[1..].iter().map(|r| r.1).collect();
+    let (later_min, later_max) =
+        (later.iter().copied().fold(f64::INFINITY, f64::min), later.iter().copied().fold(0.0, f64::max));
     let bin = imds_guard_tests::sandbox::guard_bin();
     r.insert(
         "daemon",
-        json!({"start_ms": start_ms, "reload_10k_rules_ms": reload_ms, "reload_10k_rules_complete_ms": reload_total_ms, "idle_rss_kb": idle_rss_kb,
+        json!({"start_ms": start_ms, "start_ms_range": [start_min, start_max], "starts": starts,
+               "reload_10k_rules_first_ms": first_ms, "reload_10k_rules_first_complete_ms": first_total_ms,
+               "reload_10k_rules_ms": median(&mut later), "reload_10k_rules_ms_range": [later_min, later_max],
+               "reload_10k_rules_complete_ms": median(&mut later_total), "reloads": reloads,
+               "idle_rss_kb": idle_rss_kb, "rss_after_reloads_kb": proc_field(d.pid(), "VmRSS:"),
                "binary_bytes": fs::metadata(&bin).map(|m| m.len()).unwrap_or(0), "binary": bin.display().to_string(),
                "targets": {"start_ms": 100, "reload_ms": 10, "idle_rss_kb": 20480}}),
     );
@@ -766,6 +799,11 @@ fn run() -> Value {
     drop(d);
     json!(r)
 }
+
+/// Fresh daemon starts timed.
+const START_RUNS: usize = 5;
+/// 10,000-rule reloads timed after the first.
+const RELOAD_RUNS: u32 = 6;
 
 fn machine() -> Value {
     let cpu = fs::read_to_string("/proc/cpuinfo")
@@ -881,19 +919,29 @@ fn markdown(r: &Value) -> String {
         e["daemon_peak_rss_kb"]
     );
     let d = &r["daemon"];
-    let (st, rl, rc, rss) = (
-        d["start_ms"].as_f64().unwrap(),
-        d["reload_10k_rules_ms"].as_f64().unwrap(),
-        d["reload_10k_rules_complete_ms"].as_f64().unwrap(),
-        d["idle_rss_kb"].as_f64().unwrap(),
-    );
+    let f = |k: &str| d[k].as_f64().unwrap();
+    let range = |k: &str| (d[k][0].as_f64().unwrap(), d[k][1].as_f64().unwrap());
+    let (st, (st_lo, st_hi)) = (f("start_ms"), range("start_ms_range"));
+    let (rl, (rl_lo, rl_hi)) = (f("reload_10k_rules_ms"), range("reload_10k_rules_ms_range"));
+    let (first, rss) = (f("reload_10k_rules_first_ms"), f("idle_rss_kb"));
     s += &format!(
-        "### Daemon\n\n| | value | target |\n|---|---:|---|\n| exec → enforcing | {st:.0} ms | ≤ 100 ms: {} |\n| reload, 10,000 rules: file read → new policy enforced | {rl:.1} ms | ≤ 10 ms: {} |\n| reload, 10,000 rules: … → previous generation removed | {rc:.1} ms | |\n| idle RSS | {:.1} MB | ≤ 20 MB: {} |\n| binary | {:.1} MB | |\n",
+        "### Daemon\n\n| | value | target |\n|---|---:|---|\n\
+         | exec → enforcing, median of {START_RUNS} fresh starts (range) | {st:.0} ms ({st_lo:.0}–{st_hi:.0}) | ≤ 100 ms: {} |\n\
+         | reload, 10,000 rules, first after the start: file read → new policy enforced | {first:.1} ms | ≤ 10 ms: {} |\n\
+         | reload, 10,000 rules, {RELOAD_RUNS} later edits: median (range) | {rl:.1} ms ({rl_lo:.1}–{rl_hi:.1}) | ≤ 10 ms: {} |\n\
+         | reload, 10,000 rules: … → previous generation removed (first; later median) | {:.1} ms; {:.1} ms | |\n\
+         | idle RSS | {:.1} MB | ≤ 20 MB: {} |\n\
+         | RSS after the reloads | {:.1} MB | |\n\
+         | binary | {:.1} MB | |\n",
         ok(st <= 100.0),
+        ok(first <= 10.0),
         ok(rl <= 10.0),
+        f("reload_10k_rules_first_complete_ms"),
+        f("reload_10k_rules_complete_ms"),
         rss / 1024.0,
         ok(rss <= 20480.0),
-        d["binary_bytes"].as_f64().unwrap() / 1e6
+        f("rss_after_reloads_kb") / 1024.0,
+        f("binary_bytes") / 1e6
     );
     s += ANALYSIS;
     s
@@ -942,15 +990,30 @@ const ANALYSIS: &str = r#"
   written: the first goes out at once, one `*_repeated` line per window carries the count. That
   keeps the output to a handful of lines and lets the daemon drain the ring buffer faster; what
   the kernel still drops is counted. generated = delivered + aggregated + dropped, exactly.
-- **Start.** Most of it is the kernel verifying the four programs and reading BTF (~11 ms). It
-  was ~360 ms until the rule search and the request scan became `bpf_loop` callbacks whose state
-  the verifier does not have to follow value by value (the sk_msg scan alone took 255 ms).
-- **Reload of 10,000 rules (target missed).** Measured from reading the file to the switch, after
-  which every program run judges by the new generation: ~22 ms (it was 40–70 ms). The rules of a
-  generation go to the kernel in one `BPF_MAP_UPDATE_BATCH` (~4 ms for 10,000, down from one
-  `bpf()` call each). A reload that leaves the nftables table as it was no longer runs `nft` twice.
-  The RCU barrier (~15 ms on this VM) and removing the previous generation (one
-  `BPF_MAP_DELETE_BATCH`) come after the switch, in the second row. What remains before the switch
-  is mostly parsing 20,000 lines of TOML with positions and resolving them; next step: a parser
-  pass without per-value spans for large files (spans are only needed to place an error).
+- **Start** is timed from exec to the daemon's `guard_started` event, over fresh starts (each
+  one's programs unloaded before the next). Measured while building this bench: the kernel
+  verifies the four programs in ~22 ms; the kernel's BTF is read in ~4 ms (records are read in
+  place; copying every struct's members took ~12 ms); `nft` (two processes, ~7 ms) runs while the
+  verifier works; the look for connections opened before the start takes ~10 ms here, because
+  every read of `/proc/<pid>/net/tcp{,6}` that reaches the end walks the whole TCP hash table
+  (262,144 buckets on this VM) and a namespace needs two such reads per file. It was ~360 ms
+  until the rule search and the request scan became `bpf_loop` callbacks, and 85–100 ms until the
+  first install stopped waiting for an RCU barrier on maps no program reads yet.
+- **Reload of 10,000 rules** is timed from reading the file to the switch, after which every
+  program run judges by the new generation; the RCU barrier and removing the previous generation
+  (one `BPF_MAP_DELETE_BATCH`) come after it, in the "removed" row. A later edit costs about
+  10 ms on this VM: parsing the TOML with the `toml` crate (~3.6 ms, 54 M instructions, nearly
+  all in the crate's document tree), resolving the tables (~2.6 ms; it was ~8 ms and 106 M
+  instructions before the key sets, the duplicate check and the digest stopped allocating per
+  rule), and one `BPF_MAP_UPDATE_BATCH` of 10,000 entries (~3.3 ms: ~330 ns per insert into the
+  kernel's hash map, bucket lock and hardened user copy included, which is what a hash map
+  written through `bpf()` costs). The first reload after the start costs ~4 ms more: it touches
+  its ~20 MB of working memory for the first time (~4,900 page faults at ~1 µs here). Later ones
+  reuse it, because the daemon raises glibc's mmap and trim thresholds to 32 MiB once it has
+  started (the "RSS after the reloads" row is that memory kept). Tried and dropped: writing the
+  rules on a second thread while the rest are still resolved, and splitting the batch over two
+  threads; on this 2-vCPU VM each thread slowed the other (first rule to all written: 6–7 ms,
+  against ~5.9 ms one after the other). Left: a parser that builds no generic document tree, or
+  writing only the entries an edit changes (the keys carry the generation, so every reload
+  writes all of them).
 "#;
