@@ -182,6 +182,11 @@ impl Source {
     }
 
     pub fn parse(&self) -> Result<PolicyFile, ConfigError> {
+        // The common shape of a large policy, read without the `toml` crate's document tree;
+        // anything else (and every error) is the `toml` crate's.
+        if let Some(file) = crate::fast_toml::parse(&self.text) {
+            return Ok(file);
+        }
         toml::from_str(&self.text).map_err(|e| self.error_at(e.span(), e.message().trim().to_owned()))
     }
 }

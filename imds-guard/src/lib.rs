@@ -13,6 +13,7 @@ pub mod config;
 pub mod endpoints;
 pub mod env;
 pub mod events;
+pub mod fast_toml;
 pub mod features;
 pub mod guard;
 pub mod identity;

@@ -11,7 +11,7 @@
 use std::sync::OnceLock;
 
 use imds_guard::{
-    config::{ConfigError, MAX_MESSAGE, Source},
+    config::{ConfigError, MAX_MESSAGE, PolicyFile, Source},
     policy::{Host, Policy},
 };
 use imds_guard_common::config::MAX_RULES;
@@ -401,6 +401,29 @@ proptest! {
     #[test]
     fn policies_with_random_tables(text in policy_document()) {
         parse_text(&text)?;
+    }
+
+    /// The fast path reads exactly what the `toml` crate reads, positions included, or leaves the
+    /// file to it; on policies of the shape it is for, it always answers.
+    #[test]
+    fn fast_path_reads_what_the_toml_crate_reads(text in policy_document(), crlf in any::<bool>()) {
+        let text = if crlf { text.replace('\n', "\r\n") } else { text };
+        let full: Result<PolicyFile, _> = toml::from_str(&text);
+        match (imds_guard::fast_toml::parse(&text), full) {
+            (Some(fast), Ok(full)) => prop_assert_eq!(format!("{fast:?}"), format!("{full:?}")),
+            (Some(fast), Err(e)) => prop_assert!(false, "fast path accepted what toml refuses ({e}): {fast:?}"),
+            (None, Ok(_)) => prop_assert!(false, "fast path left a policy of its shape to toml:\n{text}"),
+            (None, Err(_)) => {}
+        }
+    }
+
+    #[test]
+    fn fast_path_never_disagrees_on_toml_shaped_text(text in document()) {
+        if let Some(fast) = imds_guard::fast_toml::parse(&text) {
+            let full: Result<PolicyFile, _> = toml::from_str(&text);
+            prop_assert!(full.is_ok(), "fast path accepted what toml refuses: {full:?}");
+            prop_assert_eq!(format!("{fast:?}"), format!("{:?}", full.unwrap()));
+        }
     }
 }
 

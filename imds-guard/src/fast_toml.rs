@@ -1,0 +1,255 @@
+//! A fast path for the shape large policies have: top-level `key = value` lines, then `[[allow]]`
+//! tables of `key = value` lines (strings and integers; `endpoints` an array of strings).
+//!
+//! The `toml` crate builds a generic document tree before serde sees a value: for a policy of
+//! 10,000 tables that tree is ~10 MB and two thirds of the parse (54 M instructions, ~3.6 ms on
+//! the benchmark VM, and most of the pages a reload touches). This reads the same file from the
+//! event stream of `toml_parser` (the lexer and parser under `toml`) straight into
+//! [`PolicyFile`], with the same positions. It answers only when it is sure: anything else (other
+//! tables, dotted keys, inline tables, floats, booleans, an unknown or repeated key, a value of
+//! the wrong type or out of range, any syntax error) is `None`, and the caller parses with the
+//! `toml` crate, which also gives the error. `tests/policy_fuzz.rs` checks on random documents
+//! that an answer is always what the `toml` crate reads.
+
+use std::ops::Range;
+
+use toml::Spanned;
+use toml_parser::{
+    ErrorSink, ParseError, Source, Span,
+    decoder::{Encoding, ScalarKind},
+    parser::{EventReceiver, ValidateWhitespace},
+};
+
+use crate::config::{AllowTable, PolicyFile};
+
+/// The policy in `text`, when it has the shape this reads; `None` otherwise (see the module).
+#[must_use]
+pub fn parse(text: &str) -> Option<PolicyFile> {
+    let source = Source::new(text);
+    let tokens = source.lex().into_vec();
+    let mut builder = Builder::new(source);
+    let mut failed = false;
+    let mut errors = |_: ParseError| failed = true;
+    {
+        let mut receiver = ValidateWhitespace::new(&mut builder, source);
+        toml_parser::parser::parse_document(&tokens, &mut receiver, &mut errors);
+    }
+    builder.finish(failed)
+}
+
+/// A value read for the pending key.
+enum Value {
+    Str(String),
+    Int(i64),
+    Strings(Vec<Spanned<String>>),
+}
+
+struct Builder<'i> {
+    source: Source<'i>,
+    file: PolicyFile,
+    /// Where the `[[allow]]` header being read starts, and the keys of its name so far.
+    header: Option<(usize, Vec<String>)>,
+    /// The key read last, waiting for its value.
+    key: Option<String>,
+    /// The array being read: where it starts, the strings in it.
+    array: Option<(usize, Vec<Spanned<String>>)>,
+    /// Something this does not read (the caller parses the file with the `toml` crate).
+    bail: bool,
+}
+
+impl<'i> Builder<'i> {
+    fn new(source: Source<'i>) -> Self {
+        let file = PolicyFile {
+            mode: None,
+            endpoints: None,
+            imdsv1: None,
+            preexisting: None,
+            allow: Vec::new(),
+            netfilter: None,
+            kubernetes: None,
+        };
+        Builder { source, file, header: None, key: None, array: None, bail: false }
+    }
+
+    fn finish(self, failed: bool) -> Option<PolicyFile> {
+        let complete = self.header.is_none() && self.key.is_none() && self.array.is_none();
+        (!failed && !self.bail && complete).then_some(self.file)
+    }
+
+    fn text(&self, span: Span, encoding: Option<Encoding>, key: bool) -> Option<(String, ScalarKind)> {
+        let raw = self.source.get(span)?;
+        let raw = toml_parser::Raw::new_unchecked(raw.as_str(), encoding, span);
+        let mut failed = false;
+        let mut errors = |_: ParseError| failed = true;
+        let mut out = String::new();
+        let kind = if key {
+            raw.decode_key(&mut out, &mut errors);
+            ScalarKind::String
+        } else {
+            raw.decode_scalar(&mut out, &mut errors)
+        };
+        (!failed).then_some((out, kind))
+    }
+
+    /// Sets the pending key to `value`, read at `span`.
+    fn set(&mut self, span: Range<usize>, value: Value) {
+        let Some(key) = self.key.take() else {
+            self.bail = true;
+            return;
+        };
+        let done = match self.file.allow.last_mut() {
+            None => set_top(&mut self.file, &key, span, value),
+            Some(table) => set_allow(table.get_mut(), &key, span, value),
+        };
+        if !done {
+            self.bail = true;
+        }
+    }
+}
+
+fn string(span: Range<usize>, value: Value) -> Option<Spanned<String>> {
+    match value {
+        Value::Str(s) => Some(Spanned::new(span, s)),
+        _ => None,
+    }
+}
+
+/// `slot = value` if the slot is empty (a repeated key is the `toml` crate's error to give).
+fn fill<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+    match (slot.is_none(), value) {
+        (true, Some(v)) => {
+            *slot = Some(v);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn set_top(file: &mut PolicyFile, key: &str, span: Range<usize>, value: Value) -> bool {
+    match key {
+        "mode" => fill(&mut file.mode, string(span, value)),
+        "imdsv1" => fill(&mut file.imdsv1, string(span, value)),
+        "preexisting" => fill(&mut file.preexisting, string(span, value)),
+        "endpoints" => match value {
+            Value::Strings(list) => fill(&mut file.endpoints, Some(Spanned::new(span, list))),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn set_allow(t: &mut AllowTable, key: &str, span: Range<usize>, value: Value) -> bool {
+    let id = |span: Range<usize>, value: Value| match value {
+        Value::Int(v) => u32::try_from(v).ok().map(|v| Spanned::new(span, v)),
+        _ => None,
+    };
+    let text = |span, value| string(span, value).map(Box::new);
+    match key {
+        "uid" => fill(&mut t.uid, id(span, value)),
+        "gid" => fill(&mut t.gid, id(span, value)),
+        "name" => fill(&mut t.name, text(span, value)),
+        "user" => fill(&mut t.user, text(span, value)),
+        "group" => fill(&mut t.group, text(span, value)),
+        "exe" => fill(&mut t.exe, text(span, value)),
+        "cgroup" => fill(&mut t.cgroup, text(span, value)),
+        "comm" => fill(&mut t.comm, text(span, value)),
+        "pod" => fill(&mut t.pod, text(span, value)),
+        "namespace" => fill(&mut t.namespace, text(span, value)),
+        "container" => fill(&mut t.container, text(span, value)),
+        "imdsv1" => fill(&mut t.imdsv1, text(span, value)),
+        _ => false,
+    }
+}
+
+impl EventReceiver for Builder<'_> {
+    fn std_table_open(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
+        self.bail = true;
+    }
+
+    fn array_table_open(&mut self, span: Span, _error: &mut dyn ErrorSink) {
+        if self.header.is_some() || self.key.is_some() || self.array.is_some() {
+            self.bail = true;
+        }
+        self.header = Some((span.start(), Vec::new()));
+    }
+
+    fn array_table_close(&mut self, span: Span, _error: &mut dyn ErrorSink) {
+        match self.header.take() {
+            Some((start, keys)) if keys == ["allow"] => {
+                self.file.allow.push(Spanned::new(start..span.end(), AllowTable::default()));
+            }
+            _ => self.bail = true,
+        }
+    }
+
+    fn inline_table_open(&mut self, _span: Span, _error: &mut dyn ErrorSink) -> bool {
+        self.bail = true;
+        true
+    }
+
+    fn array_open(&mut self, span: Span, _error: &mut dyn ErrorSink) -> bool {
+        if self.array.is_some() || self.key.is_none() {
+            self.bail = true;
+        }
+        self.array = Some((span.start(), Vec::new()));
+        true
+    }
+
+    fn array_close(&mut self, span: Span, _error: &mut dyn ErrorSink) {
+        match self.array.take() {
+            Some((start, list)) => self.set(start..span.end(), Value::Strings(list)),
+            None => self.bail = true,
+        }
+    }
+
+    fn simple_key(&mut self, span: Span, encoding: Option<Encoding>, _error: &mut dyn ErrorSink) {
+        if self.bail {
+            return;
+        }
+        let Some((key, _)) = self.text(span, encoding, true) else {
+            self.bail = true;
+            return;
+        };
+        if let Some((_, keys)) = &mut self.header {
+            keys.push(key);
+        } else if self.key.is_some() || self.array.is_some() {
+            self.bail = true;
+        } else {
+            self.key = Some(key);
+        }
+    }
+
+    fn key_sep(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
+        // Dotted keys (`a.b = 1`, `[[a.b]]`).
+        self.bail = true;
+    }
+
+    fn scalar(&mut self, span: Span, encoding: Option<Encoding>, _error: &mut dyn ErrorSink) {
+        if self.bail {
+            return;
+        }
+        let value = match self.text(span, encoding, false) {
+            Some((s, ScalarKind::String)) => Value::Str(s),
+            Some((digits, ScalarKind::Integer(radix))) => match i64::from_str_radix(&digits, radix.value()) {
+                Ok(v) => Value::Int(v),
+                Err(_) => {
+                    self.bail = true;
+                    return;
+                }
+            },
+            _ => {
+                self.bail = true;
+                return;
+            }
+        };
+        match (&mut self.array, value) {
+            (Some((_, list)), Value::Str(s)) => list.push(Spanned::new(span.start()..span.end(), s)),
+            (Some(_), _) => self.bail = true,
+            (None, value) => self.set(span.start()..span.end(), value),
+        }
+    }
+
+    fn error(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
+        self.bail = true;
+    }
+}
