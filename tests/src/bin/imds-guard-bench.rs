@@ -969,6 +969,11 @@ const ANALYSIS: &str = r#"
   map lookup, no helper call), compares and returns. The second floor, an empty program that
   reads the destination as any program judging a connect must, separates that load from the
   rest; measured the same way, with its own rounds.
+- **connect6 sits at the target.** Over the last eight runs while building this bench, connect4
+  came out +2.4 to +4.4 ns over the floor and connect6 +3.9 to +5.8 ns: a run can say MISSED for
+  connect6. It loads all four words of the destination (each a load of the sockaddr pointer and
+  one of the word) before its prefilter looks at the first; loading the others only when the
+  first is zero (a v4-mapped or loopback address) would leave one word for most IPv6 traffic.
 - **sockops** runs on every TCP callback of every socket below the cgroup (several per connect:
   see the runs column) and returns early on the operation code. It has one empty counterpart,
   compared in every round.
@@ -1001,19 +1006,22 @@ const ANALYSIS: &str = r#"
   first install stopped waiting for an RCU barrier on maps no program reads yet.
 - **Reload of 10,000 rules** is timed from reading the file to the switch, after which every
   program run judges by the new generation; the RCU barrier and removing the previous generation
-  (one `BPF_MAP_DELETE_BATCH`) come after it, in the "removed" row. A later edit costs about
-  10 ms on this VM: parsing the TOML with the `toml` crate (~3.6 ms, 54 M instructions, nearly
-  all in the crate's document tree), resolving the tables (~2.6 ms; it was ~8 ms and 106 M
-  instructions before the key sets, the duplicate check and the digest stopped allocating per
-  rule), and one `BPF_MAP_UPDATE_BATCH` of 10,000 entries (~3.3 ms: ~330 ns per insert into the
-  kernel's hash map, bucket lock and hardened user copy included, which is what a hash map
-  written through `bpf()` costs). The first reload after the start costs ~4 ms more: it touches
-  its ~20 MB of working memory for the first time (~4,900 page faults at ~1 µs here). Later ones
-  reuse it, because the daemon raises glibc's mmap and trim thresholds to 32 MiB once it has
-  started (the "RSS after the reloads" row is that memory kept). Tried and dropped: writing the
-  rules on a second thread while the rest are still resolved, and splitting the batch over two
-  threads; on this 2-vCPU VM each thread slowed the other (first rule to all written: 6–7 ms,
-  against ~5.9 ms one after the other). Left: a parser that builds no generic document tree, or
-  writing only the entries an edit changes (the keys carry the generation, so every reload
-  writes all of them).
+  (one `BPF_MAP_DELETE_BATCH`) come after it, in the "removed" row. Measured while building this
+  bench, a later edit costs: reading the TOML ~2.0 ms (the common shape of a policy is read from
+  the events of `toml_parser`, the `toml` crate's own parser, without the crate's generic document
+  tree, which took ~3.6 ms; anything else goes through the `toml` crate, and property tests hold
+  the two to the same result), resolving the tables ~2.6 ms (it was ~8 ms and 106 M instructions
+  before the key sets, the duplicate check and the digest stopped allocating per rule), and one
+  `BPF_MAP_UPDATE_BATCH` of 10,000 entries ~3.3 ms (~330 ns per insert into the kernel's hash map,
+  bucket lock and hardened user copy included: what a hash map written through `bpf()` costs).
+  The first reload after the start costs ~2 ms more: it touches its working memory (~8 MB) for the
+  first time (~2,100 page faults at ~1 µs here). Later ones reuse it, because the daemon raises
+  glibc's mmap and trim thresholds to 32 MiB once it has started (the "RSS after the reloads" row
+  is that memory kept). Tried and dropped: writing the rules on a second thread while the rest
+  are still resolved, and splitting the batch over two threads; on this 2-vCPU VM each thread
+  slowed the other (first rule to all written: 6–7 ms, against ~5.9 ms one after the other).
+  In the last two runs: first reload 11.6 and 9.8 ms, later edits 9.4 and 9.3 ms (medians), so
+  the first reload is at the target and can miss it.
+  Left: writing only the entries an edit changes (the keys carry the generation, so every reload
+  writes all of them; the edits here replace all 10,000 rules anyway).
 "#;
