@@ -17,10 +17,13 @@ use toml::Spanned;
 use toml_parser::{
     ErrorSink, ParseError, Source, Span,
     decoder::{Encoding, ScalarKind},
-    parser::{EventReceiver, ValidateWhitespace},
+    parser::{EventReceiver, RecursionGuard, ValidateWhitespace},
 };
 
 use crate::config::{AllowTable, PolicyFile};
+
+/// The `toml` crate's nesting limit (it refuses deeper documents).
+const NESTING_LIMIT: u32 = 80;
 
 /// The policy in `text`, when it has the shape this reads; `None` otherwise (see the module).
 #[must_use]
@@ -31,7 +34,10 @@ pub fn parse(text: &str) -> Option<PolicyFile> {
     let mut failed = false;
     let mut errors = |_: ParseError| failed = true;
     {
+        // As the `toml` crate drives it: the parser descends into nested arrays and inline tables
+        // only as deep as the guard allows (hostile nesting would overflow the stack).
         let mut receiver = ValidateWhitespace::new(&mut builder, source);
+        let mut receiver = RecursionGuard::new(&mut receiver, NESTING_LIMIT);
         toml_parser::parser::parse_document(&tokens, &mut receiver, &mut errors);
     }
     builder.finish(failed)
@@ -183,13 +189,15 @@ impl EventReceiver for Builder<'_> {
     }
 
     fn inline_table_open(&mut self, _span: Span, _error: &mut dyn ErrorSink) -> bool {
+        // Not read here: the parser need not descend into it.
         self.bail = true;
-        true
+        false
     }
 
     fn array_open(&mut self, span: Span, _error: &mut dyn ErrorSink) -> bool {
-        if self.array.is_some() || self.key.is_none() {
+        if self.bail || self.array.is_some() || self.key.is_none() {
             self.bail = true;
+            return false;
         }
         self.array = Some((span.start(), Vec::new()));
         true
