@@ -71,8 +71,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let (mut guard, attachment) = Guard::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)
         .map_err(|e| features::explain_failure(e, &features::ALWAYS))?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
-    // After the start-up's large buffers (the kernel's BTF, the object) went back to the system.
-    keep_reload_memory();
     let mut reloader = Reloader::new(args.config.clone(), host, source, policy);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let hub = Arc::new(start_outputs(args, pin_dir)?);
@@ -331,24 +329,6 @@ async fn serve(
     pins.at_exit(guard);
     tracing::info!(pin_dir = %guard.pin_dir().display(), "exiting; enforcement stays in place (imds-guard unload removes it)");
     Ok(())
-}
-
-/// Lets the daemon keep the memory a reload used for the next one.
-///
-/// Parsing and resolving a policy of 10,000 tables uses ~20 MB for a moment. With glibc's default
-/// thresholds, its large blocks are mapped and unmapped, and the top of the heap is returned, on
-/// every reload, and each page is then faulted in again (~5,000 faults, ~1 us each here, as much
-/// as the parse). Blocks below 32 MiB now come from the heap, and up to 32 MiB of free heap is
-/// kept: a daemon that reloaded a large policy keeps that much resident (bounded; `status` and
-/// the metrics show the RSS). musl's allocator (the container image) has no such knobs.
-fn keep_reload_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; nothing is allocating concurrently (no
-    // other thread exists yet).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
-    }
 }
 
 /// nix's Inotify is AsFd only; tokio wants AsRawFd.
