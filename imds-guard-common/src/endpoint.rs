@@ -21,6 +21,15 @@ pub const fn mapped_v4(ip: [u32; 4]) -> Option<u32> {
     if ip[0] == 0 && ip[1] == 0 && ip[2] == v4_mapped_marker() { Some(ip[3]) } else { None }
 }
 
+/// [`mapped_v4`] of the address whose words `word(0..4)` returns, asking for them only as far as
+/// the answer needs: a program pays two dependent loads per word of `user_ip6`, and only an
+/// address whose first word is zero (IPv4-mapped, `::1`) needs a second.
+#[inline(always)]
+#[must_use]
+pub fn mapped_v4_from(word: impl Fn(usize) -> u32) -> Option<u32> {
+    if word(0) == 0 && word(1) == 0 && word(2) == v4_mapped_marker() { Some(word(3)) } else { None }
+}
+
 /// The prefilter's test on one address word: it agrees with the endpoints on the bits they share.
 #[inline(always)]
 #[must_use]
@@ -164,6 +173,28 @@ mod tests {
     fn words(a: std::net::Ipv6Addr) -> [u32; 4] {
         let o = a.octets();
         core::array::from_fn(|w| u32::from_ne_bytes(o[4 * w..4 * w + 4].try_into().unwrap()))
+    }
+
+    #[test]
+    fn mapped_v4_from_reads_only_the_words_it_needs() {
+        for (addr, mapped, reads) in [
+            ("::ffff:169.254.169.254", Some([169, 254, 169, 254]), 4),
+            ("::1", None, 3),
+            ("::", None, 3),
+            ("0:0:1::ffff:1", None, 2),
+            ("fd00:ec2::254", None, 1),
+            ("2001:db8::ffff:a9fe:a9fe", None, 1),
+        ] {
+            let ip = words(addr.parse().unwrap());
+            let read = core::cell::Cell::new(0);
+            let got = mapped_v4_from(|i| {
+                read.set(read.get() + 1);
+                ip[i]
+            });
+            assert_eq!(got, mapped.map(u32::from_ne_bytes), "{addr}");
+            assert_eq!(got, mapped_v4(ip), "{addr}");
+            assert_eq!(read.get(), reads, "{addr}");
+        }
     }
 
     #[test]

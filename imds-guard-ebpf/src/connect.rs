@@ -48,15 +48,14 @@ pub fn imdsg_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
     // SAFETY: the context of a cgroup/connect6 program is a bpf_sock_addr. The verifier allows
-    // user_ip6 only as 32-bit loads, one word at a time.
-    let ip = unsafe {
-        let sa = ctx.sock_addr;
-        [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]
-    };
-    if !may_be_endpoint_v6(ip) {
+    // user_ip6 only as 32-bit loads, one word at a time (the indices are constants once inlined).
+    let word = |i: usize| unsafe { (*sa).user_ip6[i] };
+    if !may_be_endpoint_v6(word) {
         return PASS;
     }
+    let ip = [word(0), word(1), word(2), word(3)];
     let Some(cfg) = live_config() else {
         return PASS;
     };

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
-    endpoint::{Fast, Prefilter, mapped_v4, passes},
+    endpoint::{Fast, Prefilter, mapped_v4_from, passes},
     maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
     sock::SockState,
@@ -71,10 +71,12 @@ pub fn may_be_endpoint_v4(ip: u32) -> bool {
     passes(ip, net, mask)
 }
 
-/// As [`may_be_endpoint_v4`], for an AF_INET6 destination (IPv4-mapped ones on the IPv4 filter).
+/// As [`may_be_endpoint_v4`], for an AF_INET6 destination (IPv4-mapped ones on the IPv4 filter)
+/// whose words `word(0..4)` returns, read only as far as the answer needs (see
+/// [`mapped_v4_from`]): the same test as [`Prefilter::may_be_v6`].
 #[inline(always)]
-pub fn may_be_endpoint_v6(ip: [u32; 4]) -> bool {
-    if let Some(v4) = mapped_v4(ip) {
+pub fn may_be_endpoint_v6(word: impl Fn(usize) -> u32) -> bool {
+    if let Some(v4) = mapped_v4_from(&word) {
         return may_be_endpoint_v4(v4);
     }
     let f = live_filter();
@@ -83,7 +85,7 @@ pub fn may_be_endpoint_v6(ip: [u32; 4]) -> bool {
         use core::ptr::{addr_of, read_volatile as rd};
         (rd(addr_of!((*f).v6_net)), rd(addr_of!((*f).v6_mask)))
     };
-    passes(ip[0], net, mask)
+    passes(word(0), net, mask)
 }
 
 /// The live generation's config.
