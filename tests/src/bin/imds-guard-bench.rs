@@ -969,11 +969,11 @@ const ANALYSIS: &str = r#"
   map lookup, no helper call), compares and returns. The second floor, an empty program that
   reads the destination as any program judging a connect must, separates that load from the
   rest; measured the same way, with its own rounds.
-- **connect6 sits at the target.** Over the last eight runs while building this bench, connect4
-  came out +2.4 to +4.4 ns over the floor and connect6 +3.9 to +5.8 ns: a run can say MISSED for
-  connect6. It loads all four words of the destination (each a load of the sockaddr pointer and
-  one of the word) before its prefilter looks at the first; loading the others only when the
-  first is zero (a v4-mapped or loopback address) would leave one word for most IPv6 traffic.
+- **connect6** loads only the first word of the destination for most addresses (each word of
+  `user_ip6` is a load of the sockaddr pointer and one of the word); the others only when it is
+  zero (an IPv4-mapped address, or `::1` as here). Before, it loaded all four first and came out
+  +3.9 to +5.8 ns over the floor across eight runs (a MISSED now and then); +3.7 and +4.0 in the
+  last two.
 - **sockops** runs on every TCP callback of every socket below the cgroup (several per connect:
   see the runs column) and returns early on the operation code. It has one empty counterpart,
   compared in every round.
@@ -1014,14 +1014,15 @@ const ANALYSIS: &str = r#"
   before the key sets, the duplicate check and the digest stopped allocating per rule), and one
   `BPF_MAP_UPDATE_BATCH` of 10,000 entries ~3.3 ms (~330 ns per insert into the kernel's hash map,
   bucket lock and hardened user copy included: what a hash map written through `bpf()` costs).
-  The first reload after the start costs ~2 ms more: it touches its working memory (~8 MB) for the
-  first time (~2,100 page faults at ~1 µs here). Later ones reuse it, because the daemon raises
-  glibc's mmap and trim thresholds to 32 MiB once it has started (the "RSS after the reloads" row
-  is that memory kept). Tried and dropped: writing the rules on a second thread while the rest
-  are still resolved, and splitting the batch over two threads; on this 2-vCPU VM each thread
-  slowed the other (first rule to all written: 6–7 ms, against ~5.9 ms one after the other).
-  In the last two runs: first reload 11.6 and 9.8 ms, later edits 9.4 and 9.3 ms (medians), so
-  the first reload is at the target and can miss it.
+  The first reload after the start misses the target: ~12 ms alone, 16 and 28 ms in the last two
+  runs (after the event flood). It touches its working memory for the first time (~3,000 page
+  faults at ~1 µs here), and what the allocator has left after the flood varies; glibc keeps most
+  of that memory for the next reloads.
+  Tried and dropped: raising glibc's mmap and trim thresholds to keep all of it (later reloads
+  then faulted 3–50 pages instead of hundreds, but under a flood of distinct events the heap grew
+  past the flood test's bound); writing the rules on a second thread while the rest are still
+  resolved, and splitting the batch over two threads (on this 2-vCPU VM each thread slowed the
+  other: first rule to all written 6–7 ms, against ~5.9 ms one after the other).
   Left: writing only the entries an edit changes (the keys carry the generation, so every reload
   writes all of them; the edits here replace all 10,000 rules anyway).
 "#;
