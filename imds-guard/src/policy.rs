@@ -87,12 +87,14 @@ pub struct Rule {
     pub line: usize,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    pub exe: Option<ExeId>,
-    pub cgroup: Option<CgroupRef>,
+    // Boxed, like `pods`: most rules have none of them, and a 10,000-rule policy is resolved
+    // into a vector of these (344 bytes a rule unboxed, 160 boxed; fewer pages first touched).
+    pub exe: Option<Box<ExeId>>,
+    pub cgroup: Option<Box<CgroupRef>>,
     pub comm: Option<String>,
     /// `pod`/`namespace`/`container`: the selector and the cgroups it selects now.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pods: Option<PodRule>,
+    pub pods: Option<Box<PodRule>>,
     /// What this workload's tokenless (IMDSv1) requests get.
     #[serde(serialize_with = "ser_imdsv1")]
     pub imdsv1: Imdsv1Action,
@@ -617,7 +619,7 @@ fn resolve_rule(
             id.dev & 0xfffff,
             id.ino
         ));
-        rule.exe = Some(id);
+        rule.exe = Some(Box::new(id));
     }
     if let Some(cg) = &t.cgroup {
         let c = crate::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
@@ -626,7 +628,7 @@ fn resolve_rule(
             Some(id) => format!("cgroup {} (id {id}, depth {}) and below", c.path, c.level),
             None => format!("cgroup {} (not there yet) and below", c.path),
         });
-        rule.cgroup = Some(c);
+        rule.cgroup = Some(Box::new(c));
     }
     if let Some(comm) = &t.comm {
         let v = comm.get_ref();
@@ -657,7 +659,7 @@ fn resolve_rule(
         } else {
             format!("{what}: {}", list.join(", "))
         });
-        rule.pods = Some(PodRule { selector: sel, matches });
+        rule.pods = Some(Box::new(PodRule { selector: sel, matches }));
     }
     if rule.key().shape == 0 {
         return Err(source.error_at(
