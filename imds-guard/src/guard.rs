@@ -485,7 +485,12 @@ impl Guard {
         // SAFETY: the map (owned by self.ebpf) outlives this function.
         let rules_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(rules_fd) };
         let t0 = std::time::Instant::now();
-        let (mut cfg, entries) = policy.kernel_tables(next);
+        let n = policy.rules.len();
+        let (mut keys, mut values) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut cfg = policy.kernel_tables_with(next, |k, v| {
+            keys.push(k);
+            values.push(v);
+        });
         cfg.attach_cgroup_id = self.cgroup_id;
         cfg.rule_count = u32::try_from(policy.rules.len()).unwrap_or(u32::MAX);
         cfg.exe_offsets = self.exe_offsets.unwrap_or_default();
@@ -498,7 +503,6 @@ impl Guard {
         let live = active.get(&0, 0)?.generation;
         // One BPF_MAP_UPDATE_BATCH for the whole generation (one bpf() call per key took ~1 µs
         // each); a kernel without batch operations on hash maps gets them one by one.
-        let (keys, values): (Vec<RuleKey>, Vec<RuleValue>) = entries.into_iter().unzip();
         let (mut written, mut result) = crate::bpf_sys::map_update_batch(rules_fd, &keys, &values);
         if matches!(&result, Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)))
             && written == 0
