@@ -1007,7 +1007,7 @@ const ANALYSIS: &str = r#"
   in-kernel table is the precise measure of what the hooks add.
 - **Throughput** is unaffected by design (no per-packet program); differences between the
   columns are this shared machine's noise, iptables included: over the last nine runs imds-guard /
-  nothing came out 0.75 to 1.35 and empty programs / nothing 0.82 to 1.13 (a loopback stream
+  nothing came out 0.75 to 1.10 and empty programs / nothing 0.82 to 1.13 (a loopback stream
   between two processes on two vCPUs). The target check on this row is a draw.
 - **IMDSv2 latency** is dominated by the sandbox's fake IMDS, which polls its listener every
   2 ms; the difference between the rows is what the guard adds.
