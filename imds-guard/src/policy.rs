@@ -1,7 +1,7 @@
 //! Validated, resolved policy: user and group names become ids, endpoint presets become addresses,
 //! and the rules become the kernel's rule keys (see `imds_guard_common::rule`).
 
-use std::{collections::BTreeSet, hash::BuildHasher as _, path::PathBuf};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use imds_guard_common::{
@@ -301,12 +301,8 @@ impl Policy {
         };
         let mut rules = Vec::with_capacity(file.allow.len());
         let lines = source.line_index();
-        // Pod rules are not in it, so every rule in it has exactly one key. Keyed by the key's
-        // 64-bit hash (16 bytes an entry instead of 72: 10,000 rules touch ~1 MB less); a hash two
-        // different keys share goes on to the exact map.
-        let hasher = foldhash::fast::RandomState::default();
-        let mut seen: HashMap<u64, u32> = HashMap::with_capacity(file.allow.len());
-        let mut seen_exact: HashMap<(RuleKey, Option<u8>), u32> = HashMap::new();
+        // Pod rules are not in it, so every rule in it has exactly one key.
+        let mut seen: HashMap<(RuleKey, Option<u8>), u32> = HashMap::with_capacity(file.allow.len());
         let mut warnings = Vec::new();
         let (mut probe_shapes, mut probe_levels): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
         for (index, table) in file.allow.iter().enumerate() {
@@ -317,24 +313,8 @@ impl Policy {
             // (their shared keys go to the first rule anyway, see kernel_tables).
             if rule.pods.is_none() && !rule.is_pending() {
                 let key = rule.keys().next().expect("a rule without pods has one key");
-                let first = match seen.get(&hasher.hash_one(key)) {
-                    // Rules are pushed one per table: the index is the position.
-                    Some(&f) if rules.get(f as usize).and_then(|r: &Rule| r.keys().next()) == Some(key) => {
-                        Some(f)
-                    }
-                    Some(_) => match seen_exact.get(&key) {
-                        Some(&f) => Some(f),
-                        None => {
-                            seen_exact.insert(key, index);
-                            None
-                        }
-                    },
-                    None => {
-                        seen.insert(hasher.hash_one(key), index);
-                        None
-                    }
-                };
-                if let Some(first) = first {
+                let first = *seen.entry(key).or_insert(index);
+                if first != index {
                     rule.duplicate_of = Some(first);
                     warnings.push(format!(
                         "{} (line {}) repeats allow[{first}] and is ignored",
@@ -550,16 +530,57 @@ fn add_shape_and_levels(rule: &Rule, shapes: &mut Vec<u8>, levels: &mut Vec<u8>)
     added
 }
 
-/// `prefix`, `n`, `suffix`: `format!` for the text every rule gets, which was a fifth of the time
-/// resolving 10,000 rules took.
-fn numbered(prefix: &str, n: u32, suffix: &str) -> String {
+/// The `prefix` parts, `n`, `suffix`: `format!` for the text every rule gets, which was a fifth of
+/// the time resolving 10,000 rules took.
+fn numbered(prefix: &[&str], n: u32, suffix: &str) -> String {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(n);
-    let mut s = String::with_capacity(prefix.len() + digits.len() + suffix.len());
-    s.push_str(prefix);
+    let mut s =
+        String::with_capacity(prefix.iter().map(|p| p.len()).sum::<usize>() + digits.len() + suffix.len());
+    prefix.iter().for_each(|p| s.push_str(p));
     s.push_str(digits);
     s.push_str(suffix);
     s
+}
+
+/// A table's `uid` or `user` (`gid` or `group`: `keys`): the id as written, or the name's from the
+/// user (group) database; with [`Host::waiting_names`], a name it does not know yet makes the rule
+/// wait for it (`u32::MAX` meanwhile). What it resolved to goes into `rule.resolved`.
+fn resolve_id(
+    source: &Source,
+    host: &Host,
+    (id_key, name_key): (&str, &str),
+    id: Option<&Spanned<u32>>,
+    name: Option<&Spanned<String>>,
+    lookup: fn(&str) -> Result<u32, Missing>,
+    rule: &mut Rule,
+) -> Result<Option<u32>, ConfigError> {
+    match (id, name) {
+        (Some(_), Some(name)) => Err(source.error_at(
+            Some(name.span()),
+            format!("`{id_key}` and `{name_key}` in one [[allow]] table both name the {name_key}; keep one"),
+        )),
+        (Some(id), None) => {
+            rule.resolved.push(numbered(&[id_key, " "], *id.get_ref(), ""));
+            Ok(Some(*id.get_ref()))
+        }
+        (None, Some(name)) => match lookup(name.get_ref()) {
+            Ok(id) => {
+                rule.resolved.push(format!("{name_key} \"{}\" = {id_key} {id}", name.get_ref()));
+                Ok(Some(id))
+            }
+            Err(Missing::Unknown(_)) if host.waiting_names => {
+                rule.waiting_for.get_or_insert_with(|| format!("{name_key} `{}`", name.get_ref()));
+                rule.resolved.push(format!(
+                    "{name_key} \"{}\" = (not in the {name_key} database yet)",
+                    name.get_ref()
+                ));
+                Ok(Some(u32::MAX))
+            }
+            Err(m) => Err(source.error_at(Some(name.span()), m.to_string())),
+        },
+        (None, None) => Ok(None),
+    }
 }
 
 fn resolve_rule(
@@ -572,7 +593,7 @@ fn resolve_rule(
 ) -> Result<Rule, ConfigError> {
     let t = table.get_ref();
     let line = lines.line(table.span().start);
-    let name = t.name.as_ref().map_or_else(|| numbered("allow[", index, "]"), |n| n.get_ref().clone());
+    let name = t.name.as_ref().map_or_else(|| numbered(&["allow["], index, "]"), |n| n.get_ref().clone());
     let mut rule = Rule {
         index,
         name,
@@ -589,57 +610,17 @@ fn resolve_rule(
         waiting_for: None,
     };
 
-    match (&t.uid, &t.user) {
-        (Some(_), Some(user)) => {
-            return Err(source.error_at(
-                Some(user.span()),
-                "`uid` and `user` in one [[allow]] table both name the user; keep one",
-            ));
-        }
-        (Some(uid), None) => {
-            rule.uid = Some(*uid.get_ref());
-            rule.resolved.push(numbered("uid ", *uid.get_ref(), ""));
-        }
-        (None, Some(user)) => match lookup_user(user.get_ref()) {
-            Ok(uid) => {
-                rule.uid = Some(uid);
-                rule.resolved.push(format!("user \"{}\" = uid {uid}", user.get_ref()));
-            }
-            Err(Missing::Unknown(_)) if host.waiting_names => {
-                rule.uid = Some(u32::MAX);
-                rule.waiting_for = Some(format!("user `{}`", user.get_ref()));
-                rule.resolved.push(format!("user \"{}\" = (not in the user database yet)", user.get_ref()));
-            }
-            Err(m) => return Err(source.error_at(Some(user.span()), m.to_string())),
-        },
-        (None, None) => {}
-    }
-    match (&t.gid, &t.group) {
-        (Some(_), Some(group)) => {
-            return Err(source.error_at(
-                Some(group.span()),
-                "`gid` and `group` in one [[allow]] table both name the group; keep one",
-            ));
-        }
-        (Some(gid), None) => {
-            rule.gid = Some(*gid.get_ref());
-            rule.resolved.push(numbered("gid ", *gid.get_ref(), ""));
-        }
-        (None, Some(group)) => match lookup_group(group.get_ref()) {
-            Ok(gid) => {
-                rule.gid = Some(gid);
-                rule.resolved.push(format!("group \"{}\" = gid {gid}", group.get_ref()));
-            }
-            Err(Missing::Unknown(_)) if host.waiting_names => {
-                rule.gid = Some(u32::MAX);
-                rule.waiting_for.get_or_insert_with(|| format!("group `{}`", group.get_ref()));
-                rule.resolved
-                    .push(format!("group \"{}\" = (not in the group database yet)", group.get_ref()));
-            }
-            Err(m) => return Err(source.error_at(Some(group.span()), m.to_string())),
-        },
-        (None, None) => {}
-    }
+    rule.uid =
+        resolve_id(source, host, ("uid", "user"), t.uid.as_ref(), t.user.as_deref(), lookup_user, &mut rule)?;
+    rule.gid = resolve_id(
+        source,
+        host,
+        ("gid", "group"),
+        t.gid.as_ref(),
+        t.group.as_deref(),
+        lookup_group,
+        &mut rule,
+    )?;
     if let Some(exe) = &t.exe {
         let id =
             crate::identity::resolve_exe(exe.get_ref()).map_err(|m| source.error_at(Some(exe.span()), m))?;
@@ -976,6 +957,22 @@ mod tests {
         let q = n.policy("[[allow]]\npod = \"kube-system/aws-node-\"\n[[allow]]\nnamespace = \"kube-system\"\nuid = 0\n[[allow]]\nnamespace = \"kube-system\"\n").unwrap();
         assert_eq!(q.rules[0].pods.as_ref().unwrap().matches.len(), 2);
         assert_ne!(before, q.digest);
+    }
+
+    #[test]
+    fn ids_and_names_resolve_and_may_not_be_given_twice() {
+        let p = policy("[[allow]]\nuid = 7\ngid = 8\n[[allow]]\nuser = \"root\"\n").unwrap();
+        assert_eq!(p.rules[0].resolved, ["uid 7", "gid 8"]);
+        assert_eq!(
+            (p.rules[0].uid, p.rules[0].gid, p.rules[0].name.as_str()),
+            (Some(7), Some(8), "allow[0]")
+        );
+        assert_eq!(p.rules[1].resolved, ["user \"root\" = uid 0"]);
+        let e = policy("[[allow]]\nuid = 0\nuser = \"root\"\n").unwrap_err();
+        assert!(e.message.contains("`uid` and `user` in one [[allow]] table both name the user"), "{e}");
+        assert_eq!(e.location, "p.toml:3:8", "{e}");
+        let e = policy("[[allow]]\ngroup = \"root\"\ngid = 0\n").unwrap_err();
+        assert!(e.message.contains("`gid` and `group` in one [[allow]] table both name the group"), "{e}");
     }
 
     #[test]
