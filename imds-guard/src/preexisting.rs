@@ -76,7 +76,6 @@ struct Line {
     inode: u64,
 }
 
-/// One line of /proc/<pid>/net/tcp{,6}.
 /// `/proc/<pid>/net/tcp` and `tcp6` of each of `pids` (one per network namespace), in that order;
 /// `None` for a table that cannot be read.
 ///
@@ -95,28 +94,18 @@ fn read_tcp_tables(pids: &[u32]) -> Vec<Option<String>> {
         String::from_utf8(buf).ok()
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut out: Vec<Option<String>> = vec![None; files.len()];
+    let per_thread = files.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.min(files.len()))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut got = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(path) = files.get(i) else { return got };
-                        got.push((i, read(path)));
-                    }
-                })
-            })
+        let workers: Vec<_> = files
+            .chunks(per_thread)
+            .map(|chunk| (chunk.len(), s.spawn(move || chunk.iter().map(read).collect::<Vec<_>>())))
             .collect();
-        for (i, table) in workers.into_iter().flat_map(|w| w.join().unwrap_or_default()) {
-            out[i] = table;
-        }
-    });
-    out
+        // In order; a thread that failed leaves its tables unread.
+        workers.into_iter().flat_map(|(n, w)| w.join().unwrap_or_else(|_| vec![None; n])).collect()
+    })
 }
 
+/// One line of /proc/<pid>/net/tcp{,6}.
 fn parse_socket(line: &str, v6: bool) -> Option<Line> {
     let f: Vec<&str> = line.split_whitespace().collect();
     let state = match *f.get(3)? {
@@ -182,11 +171,12 @@ pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexis
         }
     }
     let mut sockets: HashMap<u64, (IpAddr, u16, &'static str)> = HashMap::new();
-    let mut tables = read_tcp_tables(&namespaces.values().copied().collect::<Vec<_>>()).into_iter();
-    for _ in namespaces.values() {
+    let tables = read_tcp_tables(&namespaces.values().copied().collect::<Vec<_>>());
+    // tcp, then tcp6, of each namespace.
+    for pair in tables.chunks(2) {
         let mut lines = Vec::new();
-        for v6 in [false, true] {
-            let Some(Some(table)) = tables.next() else { continue };
+        for (table, v6) in pair.iter().zip([false, true]) {
+            let Some(table) = table else { continue };
             lines.extend(table.lines().skip(1).filter_map(|l| parse_socket(l, v6)));
         }
         // A socket whose local end is a listening address is the server side of a connection
