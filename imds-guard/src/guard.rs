@@ -554,7 +554,7 @@ impl Guard {
         if self.readers {
             self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
         }
-        tracing::debug!("switched; waiting for running programs");
+        tracing::debug!("switched; no running program reads the old generation any more");
         // The switch is done: a failure to clean up the old generation's keys leaves them unused
         // (they are looked for by generation), so it is reported, not an error.
         let old = self.live_keys.replace(keys);

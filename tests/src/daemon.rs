@@ -31,26 +31,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Daemon {
     pub(crate) fn start(sb: &Sandbox, policy: &Path, extra: &[&str]) -> Self {
-        Self::start_with(sb, &sb.netns_fd, policy, extra, &[], &[])
+        Self::start_with(sb, &sb.netns_fd, policy, extra, &[], &[], &sb.cgroup)
     }
 
     /// `wrapper` runs the daemon (e.g. `setpriv --bounding-set ...`); `env` is added to its
     /// environment. The daemon runs in the network namespace `netns` (the sandbox's, or one of a
-    /// [`crate::Topology`]), so that its nftables table is made there and never in the host's.
+    /// [`crate::Topology`]), so that its nftables table is made there and never in the host's. It
+    /// attaches to the sandbox cgroup, which it sees at `cgroup` (the sandbox's path, unless the
+    /// wrapper gives it a mount namespace of its own where cgroup2 is mounted elsewhere).
     pub(crate) fn start_with(
-        sb: &Sandbox,
-        netns: &OwnedFd,
-        policy: &Path,
-        extra: &[&str],
-        wrapper: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        Self::start_as_seen(sb, netns, policy, extra, wrapper, env, &sb.cgroup)
-    }
-
-    /// Like `start_with`, for a daemon that sees the sandbox cgroup at `cgroup` (a wrapper that
-    /// gives it a mount namespace of its own, where cgroup2 is mounted elsewhere).
-    pub(crate) fn start_as_seen(
         sb: &Sandbox,
         netns: &OwnedFd,
         policy: &Path,

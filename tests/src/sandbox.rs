@@ -191,7 +191,15 @@ impl Sandbox {
 
     /// `imds-guard run` started through `wrapper`, with `env` added (aggregation off).
     pub fn daemon_wrapped(&self, policy: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let d = Daemon::start_with(self, &self.netns_fd, policy, &["--aggregate-window", "0"], wrapper, env);
+        let d = Daemon::start_with(
+            self,
+            &self.netns_fd,
+            policy,
+            &["--aggregate-window", "0"],
+            wrapper,
+            env,
+            &self.cgroup,
+        );
         self.daemons.lock().unwrap().push(d.pid());
         d
     }
@@ -199,7 +207,7 @@ impl Sandbox {
     /// `imds-guard run` started through `wrapper`, which gives it a mount namespace of its own in
     /// which the sandbox cgroup is at `cgroup` (aggregation off).
     pub fn daemon_as_seen(&self, policy: &Path, wrapper: &[&str], cgroup: &Path) -> Daemon {
-        let d = Daemon::start_as_seen(
+        let d = Daemon::start_with(
             self,
             &self.netns_fd,
             policy,
@@ -221,7 +229,7 @@ impl Sandbox {
 
     /// `imds-guard run` (aggregation off) in another network namespace the test made.
     pub fn daemon_in(&self, netns: &OwnedFd, policy: &Path) -> Daemon {
-        let d = Daemon::start_with(self, netns, policy, &["--aggregate-window", "0"], &[], &[]);
+        let d = Daemon::start_with(self, netns, policy, &["--aggregate-window", "0"], &[], &[], &self.cgroup);
         self.daemons.lock().unwrap().push(d.pid());
         d
     }

@@ -460,18 +460,20 @@ fn proc_field(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn minor_faults(pid: u32) -> u64 {
+/// Fields of /proc/<pid>/stat after the command, counted from 0 at `state` (see proc(5)).
+fn stat_field(pid: u32, i: usize) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    rest.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
+    rest.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+fn minor_faults(pid: u32) -> u64 {
+    stat_field(pid, 7)
+}
+
+/// User plus system time, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    stat_field(pid, 11) + stat_field(pid, 12)
 }
 
 fn counter(sb: &Sandbox, name: &str) -> u64 {
