@@ -17,6 +17,7 @@ use toml::Spanned;
 use toml_parser::{
     ErrorSink, ParseError, Source, Span,
     decoder::{Encoding, ScalarKind},
+    lexer::{Token, TokenKind},
     parser::{EventReceiver, RecursionGuard, ValidateWhitespace},
 };
 
@@ -25,11 +26,21 @@ use crate::config::{AllowTable, PolicyFile};
 /// The `toml` crate's nesting limit (it refuses deeper documents).
 const NESTING_LIMIT: u32 = 80;
 
+/// Tokens parsed at a time (see [`parse`]): ~100 KB of them.
+const CHUNK_TOKENS: usize = 4096;
+
 /// The policy in `text`, when it has the shape this reads; `None` otherwise (see the module).
 #[must_use]
 pub fn parse(text: &str) -> Option<PolicyFile> {
+    parse_in_chunks(text, CHUNK_TOKENS)
+}
+
+/// [`parse`], cutting the tokens into pieces of at least `chunk_tokens` (the tests cut at every
+/// table header with 1, and not at all with `usize::MAX`).
+#[doc(hidden)]
+#[must_use]
+pub fn parse_in_chunks(text: &str, chunk_tokens: usize) -> Option<PolicyFile> {
     let source = Source::new(text);
-    let tokens = source.lex().into_vec();
     let mut builder = Builder::new(source);
     let mut failed = false;
     let mut errors = |_: ParseError| failed = true;
@@ -38,7 +49,39 @@ pub fn parse(text: &str) -> Option<PolicyFile> {
         // only as deep as the guard allows (hostile nesting would overflow the stack).
         let mut receiver = ValidateWhitespace::new(&mut builder, source);
         let mut receiver = RecursionGuard::new(&mut receiver, NESTING_LIMIT);
-        toml_parser::parser::parse_document(&tokens, &mut receiver, &mut errors);
+        // The parser takes a slice of tokens, and the whole file's would be ~24 bytes per token
+        // (~2.4 MB for 10,000 tables, the largest block a reload touched). It is given the file
+        // in pieces instead, cut only where a table header starts: a `[` first on its line,
+        // outside any array or inline table. The parser is at the top level there, as at the
+        // start of a document, so it sends the same events as for the whole file. Brackets
+        // inside strings and comments are part of those tokens, never tokens of their own.
+        let mut chunk: Vec<Token> = Vec::with_capacity(chunk_tokens.min(CHUNK_TOKENS));
+        let mut depth = 0u32;
+        let mut line_start = true;
+        for token in source.lex() {
+            match token.kind() {
+                TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => {
+                    if depth == 0 && line_start && chunk.len() >= chunk_tokens {
+                        toml_parser::parser::parse_document(&chunk, &mut receiver, &mut errors);
+                        chunk.clear();
+                    }
+                    depth += 1;
+                }
+                // More closing than opening brackets: the cuts could land where the parser is
+                // not at the top level. Not a policy of the common shape anyway.
+                TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => {
+                    depth = depth.checked_sub(1)?
+                }
+                _ => {}
+            }
+            line_start = match token.kind() {
+                TokenKind::Newline => true,
+                TokenKind::Whitespace => line_start,
+                _ => false,
+            };
+            chunk.push(token);
+        }
+        toml_parser::parser::parse_document(&chunk, &mut receiver, &mut errors);
     }
     builder.finish(failed)
 }
@@ -53,15 +96,37 @@ enum Value {
 struct Builder<'i> {
     source: Source<'i>,
     file: PolicyFile,
-    /// Where the `[[allow]]` header being read starts, and the keys of its name so far.
-    header: Option<(usize, Vec<String>)>,
-    /// The key read last, waiting for its value.
-    key: Option<String>,
+    /// Where the array-table header being read starts, and its name so far: `Some(true)` while
+    /// that is `allow`.
+    header: Option<(usize, Option<bool>)>,
+    /// The key read last, waiting for its value (one of [`KEYS`]).
+    key: Option<&'static str>,
     /// The array being read: where it starts, the strings in it.
     array: Option<(usize, Vec<Spanned<String>>)>,
     /// Something this does not read (the caller parses the file with the `toml` crate).
     bail: bool,
+    /// Keys and integers are decoded here (no allocation per key or number).
+    scratch: String,
 }
+
+/// The keys this reads (top-level and `[[allow]]`); any other is left to the `toml` crate.
+const KEYS: &[&str] = &[
+    "mode",
+    "imdsv1",
+    "preexisting",
+    "endpoints",
+    "uid",
+    "gid",
+    "name",
+    "user",
+    "group",
+    "exe",
+    "cgroup",
+    "comm",
+    "pod",
+    "namespace",
+    "container",
+];
 
 impl<'i> Builder<'i> {
     fn new(source: Source<'i>) -> Self {
@@ -74,7 +139,7 @@ impl<'i> Builder<'i> {
             netfilter: None,
             kubernetes: None,
         };
-        Builder { source, file, header: None, key: None, array: None, bail: false }
+        Builder { source, file, header: None, key: None, array: None, bail: false, scratch: String::new() }
     }
 
     fn finish(self, failed: bool) -> Option<PolicyFile> {
@@ -82,19 +147,20 @@ impl<'i> Builder<'i> {
         (!failed && !self.bail && complete).then_some(self.file)
     }
 
-    fn text(&self, span: Span, encoding: Option<Encoding>, key: bool) -> Option<(String, ScalarKind)> {
+    /// Decodes the key or scalar at `span` into `self.scratch`.
+    fn decode(&mut self, span: Span, encoding: Option<Encoding>, key: bool) -> Option<ScalarKind> {
         let raw = self.source.get(span)?;
         let raw = toml_parser::Raw::new_unchecked(raw.as_str(), encoding, span);
         let mut failed = false;
         let mut errors = |_: ParseError| failed = true;
-        let mut out = String::new();
+        self.scratch.clear();
         let kind = if key {
-            raw.decode_key(&mut out, &mut errors);
+            raw.decode_key(&mut self.scratch, &mut errors);
             ScalarKind::String
         } else {
-            raw.decode_scalar(&mut out, &mut errors)
+            raw.decode_scalar(&mut self.scratch, &mut errors)
         };
-        (!failed).then_some((out, kind))
+        (!failed).then_some(kind)
     }
 
     /// Sets the pending key to `value`, read at `span`.
@@ -104,8 +170,8 @@ impl<'i> Builder<'i> {
             return;
         };
         let done = match self.file.allow.last_mut() {
-            None => set_top(&mut self.file, &key, span, value),
-            Some(table) => set_allow(table.get_mut(), &key, span, value),
+            None => set_top(&mut self.file, key, span, value),
+            Some(table) => set_allow(table.get_mut(), key, span, value),
         };
         if !done {
             self.bail = true;
@@ -176,12 +242,12 @@ impl EventReceiver for Builder<'_> {
         if self.header.is_some() || self.key.is_some() || self.array.is_some() {
             self.bail = true;
         }
-        self.header = Some((span.start(), Vec::new()));
+        self.header = Some((span.start(), None));
     }
 
     fn array_table_close(&mut self, span: Span, _error: &mut dyn ErrorSink) {
         match self.header.take() {
-            Some((start, keys)) if keys == ["allow"] => {
+            Some((start, Some(true))) => {
                 self.file.allow.push(Spanned::new(start..span.end(), AllowTable::default()));
             }
             _ => self.bail = true,
@@ -214,16 +280,20 @@ impl EventReceiver for Builder<'_> {
         if self.bail {
             return;
         }
-        let Some((key, _)) = self.text(span, encoding, true) else {
+        if self.decode(span, encoding, true).is_none() {
             self.bail = true;
             return;
-        };
-        if let Some((_, keys)) = &mut self.header {
-            keys.push(key);
+        }
+        if let Some((_, name)) = &mut self.header {
+            // `[[allow]]`: one key, `allow` (a dotted name has a key_sep and bails there).
+            *name = Some(name.is_none() && self.scratch == "allow");
         } else if self.key.is_some() || self.array.is_some() {
             self.bail = true;
         } else {
-            self.key = Some(key);
+            match KEYS.iter().find(|k| **k == self.scratch) {
+                Some(k) => self.key = Some(k),
+                None => self.bail = true,
+            }
         }
     }
 
@@ -236,9 +306,10 @@ impl EventReceiver for Builder<'_> {
         if self.bail {
             return;
         }
-        let value = match self.text(span, encoding, false) {
-            Some((s, ScalarKind::String)) => Value::Str(s),
-            Some((digits, ScalarKind::Integer(radix))) => match i64::from_str_radix(&digits, radix.value()) {
+        let value = match self.decode(span, encoding, false) {
+            // A copy of its exact length (the scratch buffer stays for the next).
+            Some(ScalarKind::String) => Value::Str(self.scratch.as_str().to_owned()),
+            Some(ScalarKind::Integer(radix)) => match i64::from_str_radix(&self.scratch, radix.value()) {
                 Ok(v) => Value::Int(v),
                 Err(_) => {
                     self.bail = true;
@@ -259,5 +330,29 @@ impl EventReceiver for Builder<'_> {
 
     fn error(&mut self, _span: Span, _error: &mut dyn ErrorSink) {
         self.bail = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cut at every table header, the parser still sees arrays, inline tables and strings whole.
+    #[test]
+    fn cuts_fall_only_between_top_level_lines() {
+        let text = "mode = \"enforce\"\nendpoints = [\n\"aws-imds\",\n]\n[[allow]]\nuid = 1\n  [[allow]]\n\
+                    name = '''\n[[allow]]\nuid = 9\n'''\nuid = 2\n# [[allow]]\n[[allow]] # [\nuid = 3\n";
+        let full: PolicyFile = toml::from_str(text).unwrap();
+        assert_eq!(full.allow.len(), 3);
+        for chunk in [1, 2, 5, usize::MAX] {
+            let fast = parse_in_chunks(text, chunk).expect("the fast path reads it");
+            assert_eq!(format!("{fast:?}"), format!("{full:?}"), "cut at {chunk} tokens");
+        }
+        // An array whose next line starts with `[` is not cut there: still one value.
+        let text = "endpoints = [\n[\"aws-imds\"],\n]\n[[allow]]\nuid = 1\n";
+        assert!(toml::from_str::<PolicyFile>(text).is_err());
+        assert!(parse_in_chunks(text, 1).is_none());
+        // More closing brackets than opening ones: left to the `toml` crate.
+        assert!(parse_in_chunks("[[allow]]]\nuid = 1\n", 1).is_none());
     }
 }

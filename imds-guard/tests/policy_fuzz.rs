@@ -264,10 +264,15 @@ fn key() -> impl Strategy<Value = String> {
 fn line() -> impl Strategy<Value = String> {
     prop_oneof![
         10 => (key(), value()).prop_map(|(k, v)| format!("{k} = {v}")),
+        // Arrays and inline tables over several lines, some lines starting with `[` (the fast
+        // path cuts its tokens only at a `[` first on its line outside any of them).
+        2 => (key(), value()).prop_map(|(k, v)| format!("{k} = {}", v.replace(", ", ",\n").replace('[', "[\n"))),
         4 => Just("[[allow]]".to_owned()),
         1 => prop::sample::select(vec![
             "[allow]", "[[allow.x]]", "[mode]", "[[endpoints]]", "[x]", "[[", "]]", "=", "# comment",
             "", "   ", "[[allow]] # again", "key = ", "= 1", "\"unterminated", "[a.b.c.d.e.f]",
+            "  [[allow]]", "s = '''\n[[allow]]\n'''", "s = \"\"\"\n[x]\nuid = 1\n\"\"\"", "x = [\n[1],\n]",
+            "x = {\nuid = 1\n}", "# [[allow]]", "x = [ # [\n]",
         ])
         .prop_map(str::to_owned),
         1 => "\\PC{0,30}",
@@ -409,20 +414,30 @@ proptest! {
     fn fast_path_reads_what_the_toml_crate_reads(text in policy_document(), crlf in any::<bool>()) {
         let text = if crlf { text.replace('\n', "\r\n") } else { text };
         let full: Result<PolicyFile, _> = toml::from_str(&text);
-        match (imds_guard::fast_toml::parse(&text), full) {
-            (Some(fast), Ok(full)) => prop_assert_eq!(format!("{fast:?}"), format!("{full:?}")),
-            (Some(fast), Err(e)) => prop_assert!(false, "fast path accepted what toml refuses ({e}): {fast:?}"),
-            (None, Ok(_)) => prop_assert!(false, "fast path left a policy of its shape to toml:\n{text}"),
-            (None, Err(_)) => {}
+        // Cut at every table header, and not at all.
+        for chunk in [1, usize::MAX] {
+            match (imds_guard::fast_toml::parse_in_chunks(&text, chunk), &full) {
+                (Some(fast), Ok(full)) => prop_assert_eq!(format!("{fast:?}"), format!("{full:?}")),
+                (Some(fast), Err(e)) => prop_assert!(false, "fast path accepted what toml refuses ({e}): {fast:?}"),
+                (None, Ok(_)) => prop_assert!(false, "fast path left a policy of its shape to toml:\n{text}"),
+                (None, Err(_)) => {}
+            }
         }
     }
 
     #[test]
     fn fast_path_never_disagrees_on_toml_shaped_text(text in document()) {
-        if let Some(fast) = imds_guard::fast_toml::parse(&text) {
-            let full: Result<PolicyFile, _> = toml::from_str(&text);
-            prop_assert!(full.is_ok(), "fast path accepted what toml refuses: {full:?}");
-            prop_assert_eq!(format!("{fast:?}"), format!("{:?}", full.unwrap()));
+        // Cut at every table header or not at all, the fast path reads the same.
+        prop_assert_eq!(
+            format!("{:?}", imds_guard::fast_toml::parse_in_chunks(&text, 1)),
+            format!("{:?}", imds_guard::fast_toml::parse_in_chunks(&text, usize::MAX))
+        );
+        for chunk in [1, usize::MAX] {
+            if let Some(fast) = imds_guard::fast_toml::parse_in_chunks(&text, chunk) {
+                let full: Result<PolicyFile, _> = toml::from_str(&text);
+                prop_assert!(full.is_ok(), "fast path accepted what toml refuses: {full:?}");
+                prop_assert_eq!(format!("{fast:?}"), format!("{:?}", full.unwrap()));
+            }
         }
     }
 }
