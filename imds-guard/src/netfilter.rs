@@ -507,7 +507,7 @@ impl Plan {
                 if !unsupported.is_empty() {
                     not_enforced.push(NotEnforced {
                         rule: r.index,
-                        name: r.name.clone(),
+                        name: r.name.to_string(),
                         reason: format!(
                             "{} cannot be matched by nftables here; the table is left out, so the processes \
                              only it allows are refused",
@@ -532,7 +532,7 @@ impl Plan {
                 if r.imdsv1 == imds_guard_common::rule::Imdsv1Action::Deny {
                     not_enforced.push(NotEnforced {
                         rule: r.index,
-                        name: r.name.clone(),
+                        name: r.name.to_string(),
                         reason:
                             "imdsv1 = \"deny\" needs the message hook: tokenless requests of this workload \
                                  go through, unreported"

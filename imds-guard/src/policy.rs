@@ -76,13 +76,13 @@ pub struct Host {
     pub waiting_names: bool,
 }
 
-/// One `[[allow]]` table, resolved.
-#[derive(Clone, Debug, Serialize)]
+/// One `[[allow]]` table, resolved. (`Serialize` is written out below: `resolved` is rendered.)
+#[derive(Clone, Debug)]
 pub struct Rule {
     /// 0-based position among the `[[allow]]` tables.
     pub index: u32,
     /// `name = ...`, or `allow[<index>]`.
-    pub name: String,
+    pub name: RuleName,
     /// Line of the table in the policy file.
     pub line: usize,
     pub uid: Option<u32>,
@@ -93,19 +93,68 @@ pub struct Rule {
     pub cgroup: Option<Box<CgroupRef>>,
     pub comm: Option<String>,
     /// `pod`/`namespace`/`container`: the selector and the cgroups it selects now.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pods: Option<Box<PodRule>>,
     /// What this workload's tokenless (IMDSv1) requests get.
-    #[serde(serialize_with = "ser_imdsv1")]
     pub imdsv1: Imdsv1Action,
-    /// What the rule's keys were written as and resolved to (e.g. `user "ssm-user" = uid 1001`).
-    pub resolved: Vec<String>,
+    /// The user and group names `uid` and `gid` were resolved from (`user = ...`, `group = ...`).
+    pub user: Option<Box<str>>,
+    pub group: Option<Box<str>>,
     /// A later table that is identical to this one (kept for `check` to point out).
-    #[serde(skip)]
     pub duplicate_of: Option<u32>,
     /// A user or group name the user database does not know yet (see [`Host::waiting_names`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+}
+
+/// The id of a user or group name the user database does not know yet (no process has it).
+const NOT_YET: u32 = u32::MAX;
+
+/// A rule's name: `name = ...` as written, or `allow[<index>]`, rendered when it is shown (a
+/// policy of 10,000 unnamed tables would otherwise make 10,000 strings on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleName {
+    Given(String),
+    Table(u32),
+}
+
+impl std::fmt::Display for RuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleName::Given(name) => f.write_str(name),
+            RuleName::Table(index) => write!(f, "allow[{index}]"),
+        }
+    }
+}
+
+impl Serialize for RuleName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Rule", 12)?;
+        st.serialize_field("index", &self.index)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("line", &self.line)?;
+        st.serialize_field("uid", &self.uid)?;
+        st.serialize_field("gid", &self.gid)?;
+        st.serialize_field("exe", &self.exe)?;
+        st.serialize_field("cgroup", &self.cgroup)?;
+        st.serialize_field("comm", &self.comm)?;
+        match &self.pods {
+            Some(pods) => st.serialize_field("pods", pods)?,
+            None => st.skip_field("pods")?,
+        }
+        st.serialize_field("imdsv1", imdsv1_name(self.imdsv1))?;
+        st.serialize_field("resolved", &self.resolved())?;
+        match &self.waiting_for {
+            Some(w) => st.serialize_field("waiting_for", w)?,
+            None => st.skip_field("waiting_for")?,
+        }
+        st.end()
+    }
 }
 
 /// A rule's pod selector and what it resolved to on this node.
@@ -114,6 +163,9 @@ pub struct PodRule {
     pub selector: PodSelector,
     /// One cgroup per selected pod (or container) that exists now.
     pub matches: Vec<PodMatch>,
+    /// What the selector was written as (`pod kube-system/aws-node-*`).
+    #[serde(skip)]
+    pub written: String,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
@@ -206,6 +258,57 @@ impl Rule {
                 Some((RuleKey { cgroup_id: m.cgroup.id?, ..key }, Some(m.cgroup.level)))
             }),
         )
+    }
+
+    /// What the rule's keys were written as and resolved to (e.g. `user "ssm-user" = uid 1001`),
+    /// rendered when asked for (`check`).
+    #[must_use]
+    pub fn resolved(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, name, id_key, name_key) in
+            [(self.uid, &self.user, "uid", "user"), (self.gid, &self.group, "gid", "group")]
+        {
+            match (id, name) {
+                (Some(id), None) => out.push(format!("{id_key} {id}")),
+                (Some(NOT_YET), Some(name)) => {
+                    out.push(format!("{name_key} \"{name}\" = (not in the {name_key} database yet)"));
+                }
+                (Some(id), Some(name)) => out.push(format!("{name_key} \"{name}\" = {id_key} {id}")),
+                (None, _) => {}
+            }
+        }
+        if let Some(id) = &self.exe {
+            out.push(format!(
+                "exe {} = file {} (dev {}:{}, inode {})",
+                id.path,
+                id.file.display(),
+                id.dev >> 20,
+                id.dev & 0xfffff,
+                id.ino
+            ));
+        }
+        if let Some(c) = &self.cgroup {
+            out.push(match c.id {
+                Some(id) => format!("cgroup {} (id {id}, depth {}) and below", c.path, c.level),
+                None => format!("cgroup {} (not there yet) and below", c.path),
+            });
+        }
+        if let Some(comm) = &self.comm {
+            out.push(format!("comm \"{comm}\" (spoofable)"));
+        }
+        if let Some(p) = &self.pods {
+            let list: Vec<String> = p
+                .matches
+                .iter()
+                .map(|m| format!("{} ({}, id {})", m.pod.name, m.cgroup.path, m.cgroup.id.unwrap_or(0)))
+                .collect();
+            out.push(if list.is_empty() {
+                format!("{}: none running now", p.written)
+            } else {
+                format!("{}: {}", p.written, list.join(", "))
+            });
+        }
+        out
     }
 
     /// A cgroup rule whose cgroup does not exist yet is not installed (nothing can be in it), nor
@@ -530,52 +633,33 @@ fn add_shape_and_levels(rule: &Rule, shapes: &mut Vec<u8>, levels: &mut Vec<u8>)
     added
 }
 
-/// The `prefix` parts, `n`, `suffix`: `format!` for the text every rule gets, which was a fifth of
-/// the time resolving 10,000 rules took.
-fn numbered(prefix: &[&str], n: u32, suffix: &str) -> String {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(n);
-    let mut s =
-        String::with_capacity(prefix.iter().map(|p| p.len()).sum::<usize>() + digits.len() + suffix.len());
-    prefix.iter().for_each(|p| s.push_str(p));
-    s.push_str(digits);
-    s.push_str(suffix);
-    s
-}
-
 /// A table's `uid` or `user` (`gid` or `group`: `keys`): the id as written, or the name's from the
 /// user (group) database; with [`Host::waiting_names`], a name it does not know yet makes the rule
-/// wait for it (`u32::MAX` meanwhile). What it resolved to goes into `rule.resolved`.
+/// wait for it ([`NOT_YET`] meanwhile; `waiting` says for what). A name is kept in `written`, for
+/// [`Rule::resolved`].
 fn resolve_id(
     source: &Source,
     host: &Host,
     (id_key, name_key): (&str, &str),
-    id: Option<&Spanned<u32>>,
-    name: Option<&Spanned<String>>,
+    (id, name): (Option<&Spanned<u32>>, Option<&Spanned<String>>),
     lookup: fn(&str) -> Result<u32, Missing>,
-    rule: &mut Rule,
+    (written, waiting): (&mut Option<Box<str>>, &mut Option<String>),
 ) -> Result<Option<u32>, ConfigError> {
     match (id, name) {
         (Some(_), Some(name)) => Err(source.error_at(
             Some(name.span()),
             format!("`{id_key}` and `{name_key}` in one [[allow]] table both name the {name_key}; keep one"),
         )),
-        (Some(id), None) => {
-            rule.resolved.push(numbered(&[id_key, " "], *id.get_ref(), ""));
-            Ok(Some(*id.get_ref()))
-        }
+        (Some(id), None) => Ok(Some(*id.get_ref())),
         (None, Some(name)) => match lookup(name.get_ref()) {
             Ok(id) => {
-                rule.resolved.push(format!("{name_key} \"{}\" = {id_key} {id}", name.get_ref()));
+                *written = Some(name.get_ref().as_str().into());
                 Ok(Some(id))
             }
             Err(Missing::Unknown(_)) if host.waiting_names => {
-                rule.waiting_for.get_or_insert_with(|| format!("{name_key} `{}`", name.get_ref()));
-                rule.resolved.push(format!(
-                    "{name_key} \"{}\" = (not in the {name_key} database yet)",
-                    name.get_ref()
-                ));
-                Ok(Some(u32::MAX))
+                waiting.get_or_insert_with(|| format!("{name_key} `{}`", name.get_ref()));
+                *written = Some(name.get_ref().as_str().into());
+                Ok(Some(NOT_YET))
             }
             Err(m) => Err(source.error_at(Some(name.span()), m.to_string())),
         },
@@ -593,7 +677,7 @@ fn resolve_rule(
 ) -> Result<Rule, ConfigError> {
     let t = table.get_ref();
     let line = lines.line(table.span().start);
-    let name = t.name.as_ref().map_or_else(|| numbered(&["allow["], index, "]"), |n| n.get_ref().clone());
+    let name = t.name.as_ref().map_or(RuleName::Table(index), |n| RuleName::Given(n.get_ref().clone()));
     let mut rule = Rule {
         index,
         name,
@@ -605,42 +689,36 @@ fn resolve_rule(
         comm: None,
         pods: None,
         imdsv1: Imdsv1Action::Log,
-        resolved: Vec::new(),
+        user: None,
+        group: None,
         duplicate_of: None,
         waiting_for: None,
     };
 
-    rule.uid =
-        resolve_id(source, host, ("uid", "user"), t.uid.as_ref(), t.user.as_deref(), lookup_user, &mut rule)?;
+    rule.uid = resolve_id(
+        source,
+        host,
+        ("uid", "user"),
+        (t.uid.as_ref(), t.user.as_deref()),
+        lookup_user,
+        (&mut rule.user, &mut rule.waiting_for),
+    )?;
     rule.gid = resolve_id(
         source,
         host,
         ("gid", "group"),
-        t.gid.as_ref(),
-        t.group.as_deref(),
+        (t.gid.as_ref(), t.group.as_deref()),
         lookup_group,
-        &mut rule,
+        (&mut rule.group, &mut rule.waiting_for),
     )?;
     if let Some(exe) = &t.exe {
         let id =
             crate::identity::resolve_exe(exe.get_ref()).map_err(|m| source.error_at(Some(exe.span()), m))?;
-        rule.resolved.push(format!(
-            "exe {} = file {} (dev {}:{}, inode {})",
-            id.path,
-            id.file.display(),
-            id.dev >> 20,
-            id.dev & 0xfffff,
-            id.ino
-        ));
         rule.exe = Some(Box::new(id));
     }
     if let Some(cg) = &t.cgroup {
         let c = crate::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
             .map_err(|m| source.error_at(Some(cg.span()), m))?;
-        rule.resolved.push(match c.id {
-            Some(id) => format!("cgroup {} (id {id}, depth {}) and below", c.path, c.level),
-            None => format!("cgroup {} (not there yet) and below", c.path),
-        });
         rule.cgroup = Some(Box::new(c));
     }
     if let Some(comm) = &t.comm {
@@ -651,28 +729,18 @@ fn resolve_rule(
                 format!("comm `{v}` must be 1 to 15 bytes (the kernel keeps 15 bytes of a task name)"),
             ));
         }
-        rule.resolved.push(format!("comm \"{v}\" (spoofable)"));
         rule.comm = Some(v.clone());
     }
     if let Some(sel) = pod_selector(source, t)? {
         let node = node.expect("the node is read when a table selects pods");
         let matches = node.resolve(&sel, &host.cgroup_root);
-        let what = match (&t.pod, &sel.container) {
+        let written = match (&t.pod, &sel.container) {
             (Some(p), None) => format!("pod {}*", p.get_ref()),
             (Some(p), Some(c)) => format!("container {c} of pod {}*", p.get_ref()),
             (None, None) => format!("namespace {}", sel.namespace),
             (None, Some(c)) => format!("container {c} of namespace {}", sel.namespace),
         };
-        let list: Vec<String> = matches
-            .iter()
-            .map(|m| format!("{} ({}, id {})", m.pod.name, m.cgroup.path, m.cgroup.id.unwrap_or(0)))
-            .collect();
-        rule.resolved.push(if list.is_empty() {
-            format!("{what}: none running now")
-        } else {
-            format!("{what}: {}", list.join(", "))
-        });
-        rule.pods = Some(Box::new(PodRule { selector: sel, matches }));
+        rule.pods = Some(Box::new(PodRule { selector: sel, matches, written }));
     }
     if rule.key().shape == 0 {
         return Err(source.error_at(
@@ -834,7 +902,7 @@ mod tests {
     fn user_and_group_resolve() {
         let p = policy("[[allow]]\nuser = \"root\"\ngroup = \"root\"\n").unwrap();
         assert_eq!((p.rules[0].uid, p.rules[0].gid), (Some(0), Some(0)));
-        assert_eq!(p.rules[0].resolved, ["user \"root\" = uid 0", "group \"root\" = gid 0"]);
+        assert_eq!(p.rules[0].resolved(), ["user \"root\" = uid 0", "group \"root\" = gid 0"]);
     }
 
     #[test]
@@ -927,9 +995,9 @@ mod tests {
             (UID_A, a.as_str(), 3)
         );
         assert!(
-            p.rules[0].resolved[0].starts_with("pod kube-system/aws-node-*: aws-node-x1 ("),
+            p.rules[0].resolved()[0].starts_with("pod kube-system/aws-node-*: aws-node-x1 ("),
             "{:?}",
-            p.rules[0].resolved
+            p.rules[0].resolved()
         );
         assert_eq!(p.rules[2].pods.as_ref().unwrap().matches.len(), 2);
         assert!(p.rules.iter().all(|r| r.duplicate_of.is_none()), "selectors are never duplicates");
@@ -962,12 +1030,12 @@ mod tests {
     #[test]
     fn ids_and_names_resolve_and_may_not_be_given_twice() {
         let p = policy("[[allow]]\nuid = 7\ngid = 8\n[[allow]]\nuser = \"root\"\n").unwrap();
-        assert_eq!(p.rules[0].resolved, ["uid 7", "gid 8"]);
+        assert_eq!(p.rules[0].resolved(), ["uid 7", "gid 8"]);
         assert_eq!(
-            (p.rules[0].uid, p.rules[0].gid, p.rules[0].name.as_str()),
+            (p.rules[0].uid, p.rules[0].gid, p.rules[0].name.to_string().as_str()),
             (Some(7), Some(8), "allow[0]")
         );
-        assert_eq!(p.rules[1].resolved, ["user \"root\" = uid 0"]);
+        assert_eq!(p.rules[1].resolved(), ["user \"root\" = uid 0"]);
         let e = policy("[[allow]]\nuid = 0\nuser = \"root\"\n").unwrap_err();
         assert!(e.message.contains("`uid` and `user` in one [[allow]] table both name the user"), "{e}");
         assert_eq!(e.location, "p.toml:3:8", "{e}");

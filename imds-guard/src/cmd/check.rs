@@ -51,9 +51,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         let p = crate::config::printable_message;
         println!(
             "  {} (line {}): {}; imdsv1 {}{dup}",
-            p(&r.name),
+            p(&r.name.to_string()),
             r.line,
-            p(&r.resolved.join(" and ")),
+            p(&r.resolved().join(" and ")),
             crate::policy::imdsv1_name(r.imdsv1)
         );
     }
