@@ -1043,6 +1043,26 @@ mod tests {
         assert!(e.message.contains("`gid` and `group` in one [[allow]] table both name the group"), "{e}");
     }
 
+    /// `check --json`: names and resolved keys are rendered, the fields kept for them are not shown.
+    #[test]
+    fn rules_serialize_with_rendered_names_and_resolved_keys() {
+        let p =
+            policy("[[allow]]\nuser = \"root\"\ngid = 8\n[[allow]]\nname = \"ssm\"\ncomm = \"ssm-agent\"\n")
+                .unwrap();
+        let j = serde_json::to_value(&p).unwrap();
+        let r0 = j["rules"][0].as_object().unwrap();
+        let keys: Vec<&str> = r0.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["cgroup", "comm", "exe", "gid", "imdsv1", "index", "line", "name", "resolved", "uid"]
+        );
+        assert_eq!(r0["name"], "allow[0]");
+        assert_eq!(r0["resolved"], serde_json::json!(["user \"root\" = uid 0", "gid 8"]));
+        assert_eq!((&r0["uid"], &r0["imdsv1"]), (&serde_json::json!(0), &serde_json::json!("log")));
+        assert_eq!(j["rules"][1]["name"], "ssm");
+        assert_eq!(j["rules"][1]["resolved"], serde_json::json!(["comm \"ssm-agent\" (spoofable)"]));
+    }
+
     #[test]
     fn every_depth_of_a_pod_rule_counts_toward_the_lookup_limit() {
         // One selector, pods at two depths (burstable below a QoS slice, guaranteed not): every
