@@ -1156,9 +1156,12 @@ const ANALYSIS: &str = r#"
   sockops programs attached: the cgroup-BPF dispatch that any tool on these hooks pays, so
   *imds-guard / empty programs* is what imds-guard adds beyond having hooks at all. By the
   in-kernel table that is ~10 ns on a connect that takes ~13 µs here (0.1 %), below what the
-  rounds resolve; *empty programs / nothing* (the dispatch) is about 1 %, so *imds-guard /
-  nothing* sits at the target and the verdict on that row goes either way from run to run. The
-  interval column shows how much the rounds resolve.
+  rounds resolve (0.994 to 1.001 over the last five runs). *Empty programs / nothing* came out
+  0.990 to 0.993: a connect runs the connect4 hook and four to five sockops callbacks, and each
+  pays the cgroup-BPF dispatch whatever the program does. imds-guard / nothing (0.985 to 0.989
+  in those runs) misses 0.99 by that floor; imds-guard needs the sockops hook to put metadata
+  connections into the sockhash its message hook inspects (a cgroup connect program may not
+  update a sockhash, and a TCP socket goes in only once it is established).
 - **Throughput.** Nothing of imds-guard runs per packet or byte: the run counts above the table
   are the same for a 1 MiB and a 1 GiB stream. The stream's two ends are pinned to one CPU: with
   them on two CPUs, 128 MiB windows of a single stream ranged 1.6 to 7.2 GB/s (the ends fall in
@@ -1182,18 +1185,22 @@ const ANALYSIS: &str = r#"
   first install stopped waiting for an RCU barrier on maps no program reads yet.
 - **Reload of 10,000 rules** is timed from reading the file to the switch, after which every
   program run judges by the new generation; the RCU barrier and removing the previous generation
-  (one `BPF_MAP_DELETE_BATCH`) come after it, in the "removed" row. Measured while building this
-  bench, a later edit costs: reading the TOML ~2.0 ms (the common shape of a policy is read from
-  the events of `toml_parser`, the `toml` crate's own parser, without the crate's generic document
-  tree, which took ~3.6 ms; anything else goes through the `toml` crate, and property tests hold
-  the two to the same result), resolving the tables ~2.6 ms (it was ~8 ms and 106 M instructions
-  before the key sets, the duplicate check and the digest stopped allocating per rule), and one
+  (one `BPF_MAP_DELETE_BATCH`) come after it, in the "removed" row. The first reload after a
+  start is timed on each of the fresh daemons (one sample per run made it a draw of the moment:
+  7.8 ms in one run, 14.3 ms in the one before, same build). Measured while building this bench,
+  a reload costs: reading the TOML ~1.7 ms (the common shape of a policy is read from the events
+  of `toml_parser`, the `toml` crate's own parser, without the crate's generic document tree,
+  which took ~3.6 ms; anything else goes through the `toml` crate, and property tests hold the
+  two to the same result), resolving the tables ~1.2 ms (~8 ms and 106 M instructions when each
+  rule built key vectors, names and texts and the duplicate check copied every key), and one
   `BPF_MAP_UPDATE_BATCH` of 10,000 entries ~3.3 ms (~330 ns per insert into the kernel's hash map,
   bucket lock and hardened user copy included: what a hash map written through `bpf()` costs).
-  The first reload after the start misses the target: 10.6 to 28 ms over the last five runs
-  (after the event flood). It touches its working memory for the first time (the page-fault row:
-  ~2,600 at ~1 µs each here, ~10 MB: the parser's ~100,000 tokens, the tables, the resolved rules
-  and the duplicate check); glibc keeps that memory for later reloads, which fault next to none.
+  The first reload touches memory the daemon has not used yet (the page-fault row, ~1.5 µs per
+  fault here). It was ~2,600 faults and 10.6 to 28 ms: the parser's token array for the whole
+  file (~2.4 MB; it now gets the file in pieces cut at table headers), a name and two texts per
+  rule (now rendered when `check` shows them) and a duplicate check holding a copy of every key
+  (~1.1 MB; it now holds rule indices). What is left is mostly the tables and the rules
+  themselves (~1.5 MB each) and the file. glibc keeps that memory for later reloads.
   Tried and dropped: raising glibc's mmap and trim thresholds to keep all of it (later reloads
   then faulted 3–50 pages instead of hundreds, but under a flood of distinct events the heap grew
   past the flood test's bound); writing the rules on a second thread while the rest are still
