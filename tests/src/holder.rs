@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Child, ChildStdout, Stdio},
+    process::{Child, ChildStdout},
 };
 
 use serde_json::Value;
@@ -43,18 +43,7 @@ pub struct Holder {
 impl Holder {
     pub fn start(sb: &Sandbox, uid: u32, go: &std::path::Path) -> Self {
         let script = sb.write("holder.py", HOLDER_PY);
-        let mut child = sb
-            .client(uid, uid)
-            .command("/usr/bin/python3")
-            .arg(&script)
-            .arg(go)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the holder");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the holder (uid {uid}) did not connect");
+        let (child, out) = sb.python_ready(uid, &script, &[go.to_str().expect("a UTF-8 path")]);
         Holder { child, out }
     }
 

@@ -234,6 +234,32 @@ impl Sandbox {
         d
     }
 
+    /// Starts `python3 script args...` in the sandbox as `uid` (stdin and stdout piped) and waits
+    /// for its first line, which must be `ready`: the child (the caller's to end) and the rest of
+    /// its output.
+    pub fn python_ready(
+        &self,
+        uid: u32,
+        script: &Path,
+        args: &[&str],
+    ) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+        use std::io::BufRead as _;
+        let mut child = self
+            .client(uid, uid)
+            .command("/usr/bin/python3")
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", script.display()));
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "{} (uid {uid}) did not get ready", script.display());
+        (child, out)
+    }
+
     /// A command that runs inside the sandbox's cgroup and network namespace as `uid`/`gid`.
     #[must_use]
     pub fn client(&self, uid: u32, gid: u32) -> Client<'_> {

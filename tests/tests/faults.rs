@@ -356,20 +356,7 @@ struct Held(std::process::Child);
 
 impl Held {
     fn start(sb: &Sandbox, uid: u32, script: &std::path::Path, args: &[&str]) -> Self {
-        use std::io::BufRead as _;
-        let mut child = sb
-            .client(uid, uid)
-            .command("/usr/bin/python3")
-            .arg(script)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "{} did not start", script.display());
-        Held(child)
+        Held(sb.python_ready(uid, script, args).0)
     }
 }
 
