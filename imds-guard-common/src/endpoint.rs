@@ -37,6 +37,26 @@ pub const fn passes(word: u32, net: u32, mask: u32) -> bool {
     word & mask == net
 }
 
+/// The prefilter's test of an AF_INET6 destination whose words `word(0..4)` returns (read as far
+/// as [`mapped_v4_from`] needs): an IPv4-mapped one on the IPv4 filter, any other on the first
+/// word. The filter's (net, mask) pairs come from `v4` and `v6`, and only the one needed is read:
+/// the kernel reads them from a global that the daemon may be writing, the host from a
+/// [`Prefilter`]. False means "certainly not an endpoint".
+#[inline(always)]
+#[must_use]
+pub fn may_be_v6_with(
+    word: impl Fn(usize) -> u32,
+    v4: impl FnOnce() -> (u32, u32),
+    v6: impl FnOnce() -> (u32, u32),
+) -> bool {
+    if let Some(ip) = mapped_v4_from(&word) {
+        let (net, mask) = v4();
+        return passes(ip, net, mask);
+    }
+    let (net, mask) = v6();
+    passes(word(0), net, mask)
+}
+
 impl GenConfig {
     /// `ip` in network byte order (as `bpf_sock_addr.user_ip4`).
     #[inline(always)]
@@ -138,13 +158,11 @@ impl Prefilter {
         passes(ip, self.v4_net, self.v4_mask)
     }
 
+    /// `ip` as four network-byte-order words; see [`may_be_v6_with`].
     #[inline(always)]
     #[must_use]
-    pub const fn may_be_v6(&self, ip: [u32; 4]) -> bool {
-        match mapped_v4(ip) {
-            Some(v4) => self.may_be_v4(v4),
-            None => passes(ip[0], self.v6_net, self.v6_mask),
-        }
+    pub fn may_be_v6(&self, ip: [u32; 4]) -> bool {
+        may_be_v6_with(|i| ip[i], || (self.v4_net, self.v4_mask), || (self.v6_net, self.v6_mask))
     }
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
-    endpoint::{Fast, Prefilter, mapped_v4_from, passes},
+    endpoint::{Fast, Prefilter, may_be_v6_with, passes},
     maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
     sock::SockState,
@@ -71,21 +71,23 @@ pub fn may_be_endpoint_v4(ip: u32) -> bool {
     passes(ip, net, mask)
 }
 
-/// As [`may_be_endpoint_v4`], for an AF_INET6 destination (IPv4-mapped ones on the IPv4 filter)
-/// whose words `word(0..4)` returns, read only as far as the answer needs (see
-/// [`mapped_v4_from`]): the same test as [`Prefilter::may_be_v6`].
+/// As [`may_be_endpoint_v4`], for an AF_INET6 destination whose words `word(0..4)` returns:
+/// [`may_be_v6_with`], on the live generation's filter.
 #[inline(always)]
 pub fn may_be_endpoint_v6(word: impl Fn(usize) -> u32) -> bool {
-    if let Some(v4) = mapped_v4_from(&word) {
-        return may_be_endpoint_v4(v4);
-    }
-    let f = live_filter();
-    // SAFETY: as above.
-    let (net, mask) = unsafe {
-        use core::ptr::{addr_of, read_volatile as rd};
-        (rd(addr_of!((*f).v6_net)), rd(addr_of!((*f).v6_mask)))
-    };
-    passes(word(0), net, mask)
+    use core::ptr::{addr_of, read_volatile as rd};
+    // SAFETY (both): volatile reads of aligned u32s of the global.
+    may_be_v6_with(
+        word,
+        || unsafe {
+            let f = live_filter();
+            (rd(addr_of!((*f).v4_net)), rd(addr_of!((*f).v4_mask)))
+        },
+        || unsafe {
+            let f = live_filter();
+            (rd(addr_of!((*f).v6_net)), rd(addr_of!((*f).v6_mask)))
+        },
+    )
 }
 
 /// The live generation's config.
