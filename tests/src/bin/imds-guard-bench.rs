@@ -1156,12 +1156,13 @@ const ANALYSIS: &str = r#"
   sockops programs attached: the cgroup-BPF dispatch that any tool on these hooks pays, so
   *imds-guard / empty programs* is what imds-guard adds beyond having hooks at all. By the
   in-kernel table that is ~10 ns on a connect that takes ~13 µs here (0.1 %), below what the
-  rounds resolve (0.994 to 1.001 over the last five runs). *Empty programs / nothing* came out
+  rounds resolve (0.994 to 1.001 over the last six runs). *Empty programs / nothing* came out
   0.990 to 0.993: a connect runs the connect4 hook and four to five sockops callbacks, and each
-  pays the cgroup-BPF dispatch whatever the program does. imds-guard / nothing (0.985 to 0.989
-  in those runs) misses 0.99 by that floor; imds-guard needs the sockops hook to put metadata
-  connections into the sockhash its message hook inspects (a cgroup connect program may not
-  update a sockhash, and a TCP socket goes in only once it is established).
+  pays the cgroup-BPF dispatch whatever the program does. So imds-guard / nothing (0.985 to
+  0.991 in those runs) sits on the 0.99 line and its verdict goes either way from run to run;
+  the dispatch is the floor of any tool on these hooks, and imds-guard needs the sockops hook to
+  put metadata connections into the sockhash its message hook inspects (a cgroup connect program
+  may not update a sockhash, and a TCP socket goes in only once it is established).
 - **Throughput.** Nothing of imds-guard runs per packet or byte: the run counts above the table
   are the same for a 1 MiB and a 1 GiB stream. The stream's two ends are pinned to one CPU: with
   them on two CPUs, 128 MiB windows of a single stream ranged 1.6 to 7.2 GB/s (the ends fall in
