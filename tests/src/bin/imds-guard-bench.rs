@@ -733,47 +733,37 @@ fn run() -> Value {
     let empty = OwnCgroup::create(sb.cgroup_root.join(format!("{}-empty", sb.name)));
     let empty_links =
         attach_empties(&mut ebpf, &empty.0, &["bench_connect4", "bench_connect6", "bench_sockops"]);
-    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut tput: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     const CONDS: [&str; 4] = ["nothing", "empty programs", "imds-guard", "iptables"];
-    for round in 0..LOOPBACK_ROUNDS {
-        // Each round starts with another condition, so none always runs first (or last).
-        for k in 0..CONDS.len() {
-            let cond = CONDS[(round + k) % CONDS.len()];
-            let cgroup = match cond {
-                "imds-guard" => &sb.cgroup,
-                "empty programs" => &empty.0,
-                _ => &bare.0,
-            };
-            let _ipt = (cond == "iptables").then(|| Iptables::add(&sb.name));
-            // A closed port: the hooks run and the SYN goes out, the kernel answers RST at once; no
-            // server side (accept, TIME_WAIT) is mixed into the number.
-            let v = run_worker(&sb, 0, cgroup, &["connects", "127.0.0.1", "9", "20000"]);
-            rates.entry(cond).or_default().push(v["n"].as_f64().unwrap() / v["secs"].as_f64().unwrap());
+    // `rounds` rounds of one run of `worker` per condition; each round starts with another
+    // condition, so none always runs first (or last). `value` reads a run's number.
+    let interleaved = |rounds: usize, worker: &[&str], value: &dyn Fn(&Value) -> f64| {
+        let mut out: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for round in 0..rounds {
+            for k in 0..CONDS.len() {
+                let cond = CONDS[(round + k) % CONDS.len()];
+                let cgroup = match cond {
+                    "imds-guard" => &sb.cgroup,
+                    "empty programs" => &empty.0,
+                    _ => &bare.0,
+                };
+                let _ipt = (cond == "iptables").then(|| Iptables::add(&sb.name));
+                out.entry(cond).or_default().push(value(&run_worker(&sb, 0, cgroup, worker)));
+            }
         }
-    }
+        out
+    };
+    // A closed port: the hooks run and the SYN goes out, the kernel answers RST at once; no server
+    // side (accept, TIME_WAIT) is mixed into the number.
+    let mut rates = interleaved(LOOPBACK_ROUNDS, &["connects", "127.0.0.1", "9", "20000"], &|v| {
+        v["n"].as_f64().unwrap() / v["secs"].as_f64().unwrap()
+    });
     // Streams: shorter and more rounds (a stream's rate varies by a few % from run to run; the
     // median of many pairs resolves more than that of a few long ones).
-    for round in 0..STREAM_ROUNDS {
-        for k in 0..CONDS.len() {
-            let cond = CONDS[(round + k) % CONDS.len()];
-            let cgroup = match cond {
-                "imds-guard" => &sb.cgroup,
-                "empty programs" => &empty.0,
-                _ => &bare.0,
-            };
-            let _ipt = (cond == "iptables").then(|| Iptables::add(&sb.name));
-            let v = run_worker(
-                &sb,
-                0,
-                cgroup,
-                &["throughput", "127.0.0.1", &(PORT + 1).to_string(), &STREAM_BYTES.to_string()],
-            );
-            tput.entry(cond)
-                .or_default()
-                .push(v["bytes"].as_f64().unwrap() / v["secs"].as_f64().unwrap() / 1e6);
-        }
-    }
+    let mut tput = interleaved(
+        STREAM_ROUNDS,
+        &["throughput", "127.0.0.1", &(PORT + 1).to_string(), &STREAM_BYTES.to_string()],
+        &|v| v["bytes"].as_f64().unwrap() / v["secs"].as_f64().unwrap() / 1e6,
+    );
     detach_empties(&mut ebpf, empty_links);
     drop(ebpf);
     drop(empty);
