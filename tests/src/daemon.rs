@@ -19,6 +19,8 @@ struct Output {
     events: Vec<Value>,
     stderr: String,
     closed: bool,
+    /// The first event with a field docs/EVENTS.md does not document (see `event_docs`).
+    undocumented: Option<String>,
 }
 
 pub struct Daemon {
@@ -85,7 +87,13 @@ impl Daemon {
                 let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
                     panic!("daemon stdout is not one JSON object per line ({e}): {line}")
                 });
-                o.0.lock().unwrap().events.push(v);
+                let undocumented = crate::event_docs::undocumented(&v).map(|why| format!("{why}: {line}"));
+                let mut g = o.0.lock().unwrap();
+                if g.undocumented.is_none() {
+                    g.undocumented = undocumented;
+                }
+                g.events.push(v);
+                drop(g);
                 o.1.notify_all();
             }
             o.0.lock().unwrap().closed = true;
@@ -132,6 +140,10 @@ impl Daemon {
         // reader fall behind a flood, fill the pipe and stall the daemon on its stdout.
         let mut seen = 0;
         loop {
+            if let Some(why) = g.undocumented.clone() {
+                drop(g);
+                panic!("{why}");
+            }
             if let Some(e) = g.events[seen..].iter().find(|e| pred(e)) {
                 return Some(e.clone());
             }
@@ -147,7 +159,12 @@ impl Daemon {
     /// Every event so far.
     #[must_use]
     pub fn events(&self) -> Vec<Value> {
-        self.out.0.lock().unwrap().events.clone()
+        let g = self.out.0.lock().unwrap();
+        if let Some(why) = g.undocumented.clone() {
+            drop(g);
+            panic!("{why}");
+        }
+        g.events.clone()
     }
 
     /// `connect_denied` events so far.

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod event_docs;
 pub mod fake_imds;
 pub mod holder;
 pub mod sandbox;
