@@ -324,7 +324,7 @@ impl Drop for OwnCgroup {
 
 /// Rounds of section 1 (half with the empty programs after imds-guard's, half before), and the
 /// connects per round and address family.
-const KERNEL_ROUNDS: usize = 32;
+const KERNEL_ROUNDS: usize = 64;
 const KERNEL_CONNECTS: &str = "10000";
 /// Rounds of section 2; each condition starts a round as often as any other.
 const LOOPBACK_ROUNDS: usize = 16;
@@ -1130,10 +1130,12 @@ const ANALYSIS: &str = r#"
   reads the destination as any program judging a connect must, separates that load from the
   rest; measured the same way, with its own rounds.
 - **connect6** loads only the first word of the destination for most addresses (each word of
-  `user_ip6` is a load of the sockaddr pointer and one of the word); the others only when it is
-  zero (an IPv4-mapped address, or `::1` as here). Before, it loaded all four first and came out
-  +3.9 to +5.8 ns over the floor across eight runs (a MISSED now and then); +3.7 and +4.0 in the
-  last two.
+  `user_ip6` is a load of the sockaddr pointer and one of the word); more only when it is zero (an
+  IPv4-mapped address, or `::1` as here), and then the IPv4-mapped marker (third word) before the
+  second, so that `::1` and `::` take two words. With all four loaded first it came out +3.9 to
+  +5.8 ns over the floor across eight runs; loading lazily, +2.5 to +6.3 over eleven runs (the
+  same code measured +3.3 and +6.3 within the hour), which is this measurement's spread on this
+  VM: 64 rounds, and the rounds themselves range over ~15 ns.
 - **sockops** runs on every TCP callback of every socket below the cgroup (several per connect:
   see the runs column) and returns early on the operation code. It has one empty counterpart,
   compared in every round.
