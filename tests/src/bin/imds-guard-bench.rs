@@ -1133,9 +1133,9 @@ const ANALYSIS: &str = r#"
   `user_ip6` is a load of the sockaddr pointer and one of the word); more only when it is zero (an
   IPv4-mapped address, or `::1` as here), and then the IPv4-mapped marker (third word) before the
   second, so that `::1` and `::` take two words. With all four loaded first it came out +3.9 to
-  +5.8 ns over the floor across eight runs; loading lazily, +2.5 to +6.3 over eleven runs (the
-  same code measured +3.3 and +6.3 within the hour), which is this measurement's spread on this
-  VM: 64 rounds, and the rounds themselves range over ~15 ns.
+  +5.8 ns over the floor across eight runs; loading lazily, +3.2 to +6.3 in the six runs I
+  recorded (the same code measured +3.3 and +6.3 within the hour), which is this measurement's
+  spread on this VM: 64 rounds, and the rounds themselves range over ~15 ns.
 - **sockops** runs on every TCP callback of every socket below the cgroup (several per connect:
   see the runs column) and returns early on the operation code. It has one empty counterpart,
   compared in every round.
@@ -1148,10 +1148,10 @@ const ANALYSIS: &str = r#"
   sockops programs attached: the cgroup-BPF dispatch that any tool on these hooks pays, so
   *imds-guard / empty programs* is what imds-guard adds beyond having hooks at all. By the
   in-kernel table that is ~10 ns on a connect that takes ~13 µs here (0.1 %), below what the
-  rounds resolve (0.994 to 1.001 over the last six runs). *Empty programs / nothing* came out
-  0.990 to 0.993: a connect runs the connect4 hook and four to five sockops callbacks, and each
+  rounds resolve (0.994 to 1.004 over the last ten runs). *Empty programs / nothing* came out
+  0.987 to 0.993: a connect runs the connect4 hook and four to five sockops callbacks, and each
   pays the cgroup-BPF dispatch whatever the program does. So imds-guard / nothing (0.985 to
-  0.991 in those runs) sits on the 0.99 line and its verdict goes either way from run to run;
+  1.000 in those runs) sits on the 0.99 line and its verdict goes either way from run to run;
   the dispatch is the floor of any tool on these hooks, and imds-guard needs the sockops hook to
   put metadata connections into the sockhash its message hook inspects (a cgroup connect program
   may not update a sockhash, and a TCP socket goes in only once it is established).
