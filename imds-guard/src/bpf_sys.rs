@@ -19,6 +19,7 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
@@ -285,6 +286,18 @@ pub fn map_update_batch<K: Copy, V: Copy>(
     let r = sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(drop);
     // The kernel reports in `count` how many elements it processed, also on error.
     (attr.count as usize, r)
+}
+
+/// Deletes `key` (`BPF_MAP_DELETE_ELEM`); a key that is not there is `ENOENT`.
+pub fn map_delete_elem<K: Copy>(map: std::os::fd::BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = MapUpdateAttr {
+        map_fd: map.as_raw_fd().cast_unsigned(),
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: 0,
+        flags: 0,
+    };
+    sys_bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
 }
 
 /// Deletes `keys` in one `BPF_MAP_DELETE_BATCH`; keys that are not there are an error (ENOENT)

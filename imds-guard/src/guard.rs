@@ -77,7 +77,10 @@ pub struct Guard {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     cgroup_id: u64,
-    barrier: RcuBarrier,
+    barrier: std::sync::Arc<RcuBarrier>,
+    /// The previous generation's removal, running in the background after a switch (see
+    /// [`Guard::finish_removal`]).
+    removal: Option<std::thread::JoinHandle<anyhow::Result<std::time::Duration>>>,
     /// A program may be reading the maps: only then must a switch wait for running programs
     /// before the old generation goes. False for maps this daemon just created, until it
     /// attaches its programs (the wait took ~13 ms of each start).
@@ -91,7 +94,8 @@ pub struct Guard {
     /// deletes exactly those instead of walking the whole map (two walks of 10k-rule maps were
     /// most of a reload's kernel time).
     live_keys: Option<Vec<RuleKey>>,
-    /// The last install's timings: rules written, switched (enforced), old generation removed.
+    /// The last install's timings: rules written, switched (enforced), returned (the removal of
+    /// the old generation goes on in the background).
     last_timings: Option<(std::time::Duration, std::time::Duration, std::time::Duration)>,
     netfilter: NetfilterRuntime,
     /// The nftables table as last installed (to restore it if the maps cannot follow).
@@ -176,7 +180,7 @@ impl Guard {
                 "loading the eBPF programs failed (the maps pinned in the pin directory may be \
                  from an incompatible version: `imds-guard unload` removes them)",
             )?;
-        let barrier = RcuBarrier::new().context("creating the RCU barrier map")?;
+        let barrier = std::sync::Arc::new(RcuBarrier::new().context("creating the RCU barrier map")?);
         if netfilter.reduced
             && let Some((_, l)) = PROGRAMS.iter().find(|(_, l)| link_pin(pin_dir, l).exists())
         {
@@ -191,6 +195,7 @@ impl Guard {
             pin_dir: pin_dir.to_owned(),
             cgroup_id,
             barrier,
+            removal: None,
             readers: !fresh_maps,
             generation: 0,
             exe_offsets,
@@ -332,7 +337,7 @@ impl Guard {
     }
 
     /// The last install's timings, from the start of writing its rules: written, switched (the new
-    /// policy enforced), old generation removed.
+    /// policy enforced), returned to the caller.
     #[must_use]
     pub const fn last_timings(
         &self,
@@ -471,6 +476,7 @@ impl Guard {
 
     /// Writes `policy` into the maps as generation `next` and switches to it.
     fn apply_maps(&mut self, policy: &Policy, next: u32) -> anyhow::Result<()> {
+        self.finish_removal();
         let [active, config, rules, fast] =
             self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES, maps::FAST]);
         let mut fast: Array<_, Fast> = Array::try_from(fast.context("the programs' global (.data.imdsg)")?)?;
@@ -550,41 +556,56 @@ impl Guard {
         fast.set(0, &self.fast, 0)?;
         // From here every program run judges by the new generation.
         let t_switched = t0.elapsed();
-        // Programs that read the old generation have all returned after this.
-        if self.readers {
-            self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
-        }
-        tracing::debug!("switched; no running program reads the old generation any more");
-        // The switch is done: a failure to clean up the old generation's keys leaves them unused
+        // The switch is done: a failure to remove the old generation's keys leaves them unused
         // (they are looked for by generation), so it is reported, not an error.
-        let old = self.live_keys.replace(keys);
-        let cleaned = match old {
+        match self.live_keys.replace(keys) {
+            // A reload: the keys this daemon wrote last time go, in the background. Their removal
+            // must wait until no program that read the old generation still runs (an RCU grace
+            // period, ~10-20 ms here, whatever the policy's size); the daemon's loop (events,
+            // metrics, signals) need not wait with it. The next install waits for it first.
             Some(old) => {
-                let (done, r) = crate::bpf_sys::map_delete_batch(rules_fd, &old);
-                // A key already gone (ENOENT) or no batch support: the rest one by one.
-                match r {
-                    Ok(()) => Ok(()),
-                    Err(_) => old[done.min(old.len())..].iter().try_for_each(|k| match rules.remove(k) {
-                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                        Err(e) => Err(anyhow!(e)),
-                    }),
-                }
+                let (barrier, readers) = (self.barrier.clone(), self.readers);
+                let map = rules_fd.try_clone_to_owned().context("a descriptor of the RULES map")?;
+                self.removal = Some(
+                    std::thread::Builder::new()
+                        .name("imdsg-removal".into())
+                        .spawn(move || remove_generation(&barrier, readers, &map, &old))
+                        .context("starting the removal of the previous generation")?,
+                );
             }
             // The first install of this daemon, or one after the map was found full: whatever
-            // else is in the map.
-            None => remove_where(&mut rules, |k| k.generation != next),
-        };
-        if let Err(e) = cleaned {
-            tracing::warn!("removing the previous generation's rules: {e:#}");
+            // else is in the map (a walk of it, with the map object: done here).
+            None => {
+                if self.readers {
+                    self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
+                }
+                if let Err(e) = remove_where(&mut rules, |k| k.generation != next) {
+                    tracing::warn!("removing the previous generation's rules: {e:#}");
+                }
+            }
         }
         tracing::debug!(
             written_ms = t_written.as_secs_f64() * 1e3,
             switched_ms = t_switched.as_secs_f64() * 1e3,
-            cleaned_ms = t0.elapsed().as_secs_f64() * 1e3,
-            "old generation removed"
+            returned_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "switched"
         );
         self.last_timings = Some((t_written, t_switched, t0.elapsed()));
         Ok(())
+    }
+
+    /// Waits for the background removal of the previous generation, if one runs, and reports how
+    /// it went. Every install calls it before it writes (the map then holds at most the live
+    /// generation and the one being written), and so does dropping the guard.
+    pub fn finish_removal(&mut self) {
+        let Some(removal) = self.removal.take() else { return };
+        match removal.join() {
+            Ok(Ok(took)) => {
+                tracing::debug!(ms = took.as_secs_f64() * 1e3, "previous generation removed");
+            }
+            Ok(Err(e)) => tracing::warn!("removing the previous generation's rules: {e:#}"),
+            Err(_) => tracing::warn!("removing the previous generation's rules: the thread panicked"),
+        }
     }
 
     /// The ring buffer of events, for the event reader task.
@@ -592,6 +613,42 @@ impl Guard {
         let map = self.ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
     }
+}
+
+impl Drop for Guard {
+    /// The daemon ends after the previous generation is gone (a later start would sweep it, but
+    /// `status` and the map's room are tidier without it).
+    fn drop(&mut self) {
+        self.finish_removal();
+    }
+}
+
+/// The background half of a reload: once no program that read the old generation still runs
+/// (`readers`: a program may be running at all), deletes `old`, its keys. How long it took.
+fn remove_generation(
+    barrier: &RcuBarrier,
+    readers: bool,
+    map: &std::os::fd::OwnedFd,
+    old: &[RuleKey],
+) -> anyhow::Result<std::time::Duration> {
+    use std::os::fd::AsFd as _;
+    let t0 = std::time::Instant::now();
+    if readers {
+        barrier.wait().context("waiting for running programs (RCU barrier)")?;
+    }
+    let (done, r) = crate::bpf_sys::map_delete_batch(map.as_fd(), old);
+    // A key already gone (ENOENT) or no batch support: the rest one by one.
+    if r.is_err() {
+        for k in &old[done.min(old.len())..] {
+            match crate::bpf_sys::map_delete_elem(map.as_fd(), k) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    return Err(anyhow!(e).context("deleting a rule"));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(t0.elapsed())
 }
 
 fn remove_where(

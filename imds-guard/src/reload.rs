@@ -148,10 +148,10 @@ impl Reloader {
         match guard.apply(&policy) {
             Ok(generation) => {
                 let elapsed = started.elapsed();
-                // The old generation's removal comes after the switch: the new policy is enforced
-                // before it.
-                let cleanup = guard.last_timings().map(|(_, switched, done)| done.saturating_sub(switched));
-                let enforced = elapsed.saturating_sub(cleanup.unwrap_or_default());
+                // What the install did after the switch (starting the old generation's removal,
+                // which goes on in the background) does not delay enforcement.
+                let after = guard.last_timings().map(|(_, switched, done)| done.saturating_sub(switched));
+                let enforced = elapsed.saturating_sub(after.unwrap_or_default());
                 self.reloads += 1;
                 for w in &policy.warnings {
                     tracing::warn!("{w}");

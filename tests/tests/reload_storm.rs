@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use imds_guard_common::rule::{RuleKey, RuleValue};
 use imds_guard_tests::{ImdsMode, Sandbox, client::connect_bin};
 
 const NOBODY: u32 = 65534;
@@ -59,6 +60,22 @@ fn a_hundred_reloads_during_a_connect_storm_make_no_wrong_decision() {
         let refused = denied[0]["storm"]["EPERM"].as_u64().unwrap_or(0);
         assert!(ok > 1000 && refused > 1000, "the storms ran: {ok} allowed, {refused} refused");
         assert!(last >= 101, "100 reloads happened (generation {last})");
+        // Each reload removes the previous generation's entries in the background: once the last
+        // removal is done the map holds the live generation's only (none leaked in 100 reloads).
+        let rules = imds_guard::guard::map_pin(&sb.pin_dir(), imds_guard_common::maps::RULES);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let map = aya::maps::MapData::from_pin(&rules).expect("the pinned rules map");
+            let map: aya::maps::HashMap<_, RuleKey, RuleValue> =
+                aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
+            let generations: std::collections::BTreeSet<u32> =
+                map.keys().map(|k| k.expect("a key").generation).collect();
+            if generations == [u32::try_from(last).unwrap()].into() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "generations in the rules map: {generations:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         eprintln!(
             "{ok} allowed and {refused} refused connects across {} generations, no wrong decision",
             last
