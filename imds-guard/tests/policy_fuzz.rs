@@ -41,7 +41,9 @@ fn config(cases: u32) -> ProptestConfig {
 fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("imdsg-policy-fuzz-{}", std::process::id()));
+        // Under target/ (cargo's directory for integration tests' files), not a new directory in
+        // /tmp on every run.
+        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-fuzz-cgroups");
         for d in ["a/b/c/d", "system.slice/app.service", "x y"] {
             std::fs::create_dir_all(root.join(d)).expect("fuzz cgroup root");
         }
