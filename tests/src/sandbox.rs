@@ -67,22 +67,59 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 /// The imds-guard binary under test: `$IMDS_GUARD_BIN`, else `target/<profile>/imds-guard` beside
-/// the running test binary.
+/// the running test binary, which must be newer than the sources it is built from.
 pub fn guard_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("IMDS_GUARD_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    for dir in exe.ancestors().skip(1).take(3) {
-        let cand = dir.join("imds-guard");
-        if cand.is_file() {
-            return cand;
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("IMDS_GUARD_BIN") {
+            return PathBuf::from(p);
         }
+        let exe = std::env::current_exe().expect("current_exe");
+        let Some(bin) = exe.ancestors().skip(1).take(3).map(|d| d.join("imds-guard")).find(|c| c.is_file())
+        else {
+            panic!(
+                "imds-guard binary not found near {}; build it first (cargo build -p imds-guard) or set \
+                 IMDS_GUARD_BIN",
+                exe.display()
+            )
+        };
+        // `cargo test -p imds-guard-tests` builds the library the tests link, not the daemon they
+        // run: without this, an edit to the daemon would be tested with the binary from before it.
+        let built = fs::metadata(&bin).and_then(|m| m.modified()).expect("the daemon's mtime");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace");
+        if let Some(newer) = ["imds-guard", "imds-guard-common", "imds-guard-ebpf"]
+            .iter()
+            .filter_map(|c| newest_source(&root.join(c)))
+            .filter(|(t, _)| *t > built)
+            .max()
+        {
+            panic!(
+                "{} is older than {}: build it first (cargo build -p imds-guard, or ./x test)",
+                bin.display(),
+                newer.1.display()
+            );
+        }
+        bin
+    })
+    .clone()
+}
+
+/// The most recently modified source file (`.rs`, `Cargo.toml`) below `dir`, and when.
+fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let found = if path.is_dir() && name != "target" {
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") || name == "Cargo.toml" {
+            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (t, path))
+        } else {
+            None
+        };
+        newest = newest.max(found);
     }
-    panic!(
-        "imds-guard binary not found near {}; build it first (cargo build -p imds-guard) or set IMDS_GUARD_BIN",
-        exe.display()
-    )
+    newest
 }
 
 /// One test's private world. Field order is drop order: the fake IMDS stops, then the namespace,
