@@ -563,24 +563,39 @@ impl Guard {
             // must wait until no program that read the old generation still runs (an RCU grace
             // period, ~10-20 ms here, whatever the policy's size); the daemon's loop (events,
             // metrics, signals) need not wait with it. The next install waits for it first.
+            // Nothing after the switch may fail the install (the new policy is live): a removal
+            // that cannot start or complete leaves entries nobody reads, and the next install
+            // sweeps the whole map instead (`live_keys` unknown).
             Some(old) => {
                 let (barrier, readers) = (self.barrier.clone(), self.readers);
-                let map = rules_fd.try_clone_to_owned().context("a descriptor of the RULES map")?;
-                self.removal = Some(
+                let started = rules_fd.try_clone_to_owned().and_then(|map| {
                     std::thread::Builder::new()
                         .name("imdsg-removal".into())
                         .spawn(move || remove_generation(&barrier, readers, &map, &old))
-                        .context("starting the removal of the previous generation")?,
-                );
+                });
+                match started {
+                    Ok(removal) => self.removal = Some(removal),
+                    Err(e) => {
+                        tracing::warn!(
+                            "could not start removing the previous generation's rules ({e}); the next install sweeps them"
+                        );
+                        self.live_keys = None;
+                    }
+                }
             }
             // The first install of this daemon, or one after the map was found full: whatever
             // else is in the map (a walk of it, with the map object: done here).
             None => {
-                if self.readers {
-                    self.barrier.wait().context("waiting for running programs (RCU barrier)")?;
-                }
-                if let Err(e) = remove_where(&mut rules, |k| k.generation != next) {
-                    tracing::warn!("removing the previous generation's rules: {e:#}");
+                let waited = if self.readers {
+                    self.barrier.wait().context("waiting for running programs (RCU barrier)")
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = waited.and_then(|()| remove_where(&mut rules, |k| k.generation != next)) {
+                    tracing::warn!(
+                        "removing the previous generation's rules: {e:#}; the next install sweeps them"
+                    );
+                    self.live_keys = None;
                 }
             }
         }
@@ -603,8 +618,18 @@ impl Guard {
             Ok(Ok(took)) => {
                 tracing::debug!(ms = took.as_secs_f64() * 1e3, "previous generation removed");
             }
-            Ok(Err(e)) => tracing::warn!("removing the previous generation's rules: {e:#}"),
-            Err(_) => tracing::warn!("removing the previous generation's rules: the thread panicked"),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "removing the previous generation's rules: {e:#}; the next install sweeps them"
+                );
+                self.live_keys = None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "removing the previous generation's rules: the thread panicked; the next install sweeps them"
+                );
+                self.live_keys = None;
+            }
         }
     }
 
