@@ -99,8 +99,8 @@ struct Builder<'i> {
     /// Where the array-table header being read starts, and its name so far: `Some(true)` while
     /// that is `allow`.
     header: Option<(usize, Option<bool>)>,
-    /// The key read last, waiting for its value (one of [`KEYS`]).
-    key: Option<&'static str>,
+    /// The key read last, waiting for its value: where it is (decoded when the value comes).
+    key: Option<(Span, Option<Encoding>)>,
     /// The array being read: where it starts, the strings in it.
     array: Option<(usize, Vec<Spanned<String>>)>,
     /// Something this does not read (the caller parses the file with the `toml` crate).
@@ -108,25 +108,6 @@ struct Builder<'i> {
     /// Keys and integers are decoded here (no allocation per key or number).
     scratch: String,
 }
-
-/// The keys this reads (top-level and `[[allow]]`); any other is left to the `toml` crate.
-const KEYS: &[&str] = &[
-    "mode",
-    "imdsv1",
-    "preexisting",
-    "endpoints",
-    "uid",
-    "gid",
-    "name",
-    "user",
-    "group",
-    "exe",
-    "cgroup",
-    "comm",
-    "pod",
-    "namespace",
-    "container",
-];
 
 impl<'i> Builder<'i> {
     fn new(source: Source<'i>) -> Self {
@@ -163,12 +144,18 @@ impl<'i> Builder<'i> {
         (!failed).then_some(kind)
     }
 
-    /// Sets the pending key to `value`, read at `span`.
+    /// Sets the pending key to `value`, read at `span`. (The value is decoded already, so the
+    /// key is decoded into the scratch buffer only now: no allocation for it.)
     fn set(&mut self, span: Range<usize>, value: Value) {
-        let Some(key) = self.key.take() else {
+        let Some((key_span, encoding)) = self.key.take() else {
             self.bail = true;
             return;
         };
+        if self.decode(key_span, encoding, true).is_none() {
+            self.bail = true;
+            return;
+        }
+        let key = self.scratch.as_str();
         let done = match self.file.allow.last_mut() {
             None => set_top(&mut self.file, key, span, value),
             Some(table) => set_allow(table.get_mut(), key, span, value),
@@ -280,20 +267,16 @@ impl EventReceiver for Builder<'_> {
         if self.bail {
             return;
         }
-        if self.decode(span, encoding, true).is_none() {
-            self.bail = true;
-            return;
-        }
-        if let Some((_, name)) = &mut self.header {
+        if self.header.is_some() {
             // `[[allow]]`: one key, `allow` (a dotted name has a key_sep and bails there).
-            *name = Some(name.is_none() && self.scratch == "allow");
+            let allow = self.decode(span, encoding, true).is_some() && self.scratch == "allow";
+            if let Some((_, name)) = &mut self.header {
+                *name = Some(name.is_none() && allow);
+            }
         } else if self.key.is_some() || self.array.is_some() {
             self.bail = true;
         } else {
-            match KEYS.iter().find(|k| **k == self.scratch) {
-                Some(k) => self.key = Some(k),
-                None => self.bail = true,
-            }
+            self.key = Some((span, encoding));
         }
     }
 
