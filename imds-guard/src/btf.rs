@@ -160,11 +160,10 @@ impl Btf {
 
     fn find(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> anyhow::Result<Option<(u32, u32)>> {
         ensure!(depth < 32, "anonymous members nest too deep");
-        let t = self.get(id)?;
+        let (t, td) = (self.get(id)?, self.tdata());
         for i in 0..t.vlen {
             let m = t.extra + 12 * i;
-            let (name_off, ty, offset) =
-                (u32_at(self.tdata(), m)?, u32_at(self.tdata(), m + 4)?, u32_at(self.tdata(), m + 8)?);
+            let (name_off, ty, offset) = (u32_at(td, m)?, u32_at(td, m + 4)?, u32_at(td, m + 8)?);
             let bits = base_bits + if t.kind_flag { offset & 0x00ff_ffff } else { offset };
             if name_off == 0 {
                 let inner = self.resolve(ty)?;
@@ -187,7 +186,7 @@ impl Btf {
                     _ => 0,
                 };
                 let size = if r.kind == KIND_ARRAY {
-                    let (elem, n) = (u32_at(self.tdata(), r.extra)?, u32_at(self.tdata(), r.extra + 8)?);
+                    let (elem, n) = (u32_at(td, r.extra)?, u32_at(td, r.extra + 8)?);
                     scalar(&self.resolve(elem)?).saturating_mul(n)
                 } else {
                     scalar(&r)

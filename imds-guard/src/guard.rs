@@ -614,19 +614,11 @@ impl Guard {
     /// generation and the one being written), and so does dropping the guard.
     pub fn finish_removal(&mut self) {
         let Some(removal) = self.removal.take() else { return };
-        match removal.join() {
-            Ok(Ok(took)) => {
-                tracing::debug!(ms = took.as_secs_f64() * 1e3, "previous generation removed");
-            }
-            Ok(Err(e)) => {
+        match removal.join().unwrap_or_else(|_| Err(anyhow!("the thread panicked"))) {
+            Ok(took) => tracing::debug!(ms = took.as_secs_f64() * 1e3, "previous generation removed"),
+            Err(e) => {
                 tracing::warn!(
                     "removing the previous generation's rules: {e:#}; the next install sweeps them"
-                );
-                self.live_keys = None;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "removing the previous generation's rules: the thread panicked; the next install sweeps them"
                 );
                 self.live_keys = None;
             }
