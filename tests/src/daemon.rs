@@ -6,7 +6,7 @@ use std::{
     os::fd::OwnedFd,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{Arc, Condvar, Mutex},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -23,6 +23,16 @@ struct Output {
     undocumented: Option<String>,
 }
 
+/// `g`, unless the daemon printed an event with a field docs/EVENTS.md does not document: then the
+/// test fails, naming it (the lock is let go first, so that dropping the daemon still works).
+fn documented(g: MutexGuard<'_, Output>) -> MutexGuard<'_, Output> {
+    if let Some(why) = g.undocumented.clone() {
+        drop(g);
+        panic!("{why}");
+    }
+    g
+}
+
 pub struct Daemon {
     child: Child,
     out: Arc<(Mutex<Output>, Condvar)>,
@@ -32,10 +42,6 @@ pub struct Daemon {
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Daemon {
-    pub(crate) fn start(sb: &Sandbox, policy: &Path, extra: &[&str]) -> Self {
-        Self::start_with(sb, &sb.netns_fd, policy, extra, &[], &[], &sb.cgroup)
-    }
-
     /// `wrapper` runs the daemon (e.g. `setpriv --bounding-set ...`); `env` is added to its
     /// environment. The daemon runs in the network namespace `netns` (the sandbox's, or one of a
     /// [`crate::Topology`]), so that its nftables table is made there and never in the host's. It
@@ -140,10 +146,7 @@ impl Daemon {
         // reader fall behind a flood, fill the pipe and stall the daemon on its stdout.
         let mut seen = 0;
         loop {
-            if let Some(why) = g.undocumented.clone() {
-                drop(g);
-                panic!("{why}");
-            }
+            g = documented(g);
             if let Some(e) = g.events[seen..].iter().find(|e| pred(e)) {
                 return Some(e.clone());
             }
@@ -159,12 +162,7 @@ impl Daemon {
     /// Every event so far.
     #[must_use]
     pub fn events(&self) -> Vec<Value> {
-        let g = self.out.0.lock().unwrap();
-        if let Some(why) = g.undocumented.clone() {
-            drop(g);
-            panic!("{why}");
-        }
-        g.events.clone()
+        documented(self.out.0.lock().unwrap()).events.clone()
     }
 
     /// `connect_denied` events so far.

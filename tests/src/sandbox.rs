@@ -66,6 +66,9 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `imds-guard run` arguments that report every event (tests count them).
+const NO_AGGREGATION: &[&str] = &["--aggregate-window", "0"];
+
 /// The imds-guard binary under test: `$IMDS_GUARD_BIN`, else `target/<profile>/imds-guard` beside
 /// the running test binary, which must be newer than the sources it is built from.
 pub fn guard_bin() -> PathBuf {
@@ -223,50 +226,40 @@ impl Sandbox {
     /// it enforces.
     /// (Repeated events are not aggregated here, so tests see every event; see `daemon_with`.)
     pub fn daemon(&self, policy: &Path) -> Daemon {
-        self.daemon_with(policy, &["--aggregate-window", "0"])
+        self.daemon_with(policy, NO_AGGREGATION)
     }
 
     /// `imds-guard run` started through `wrapper`, with `env` added (aggregation off).
     pub fn daemon_wrapped(&self, policy: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let d = Daemon::start_with(
+        self.tracked(Daemon::start_with(
             self,
             &self.netns_fd,
             policy,
-            &["--aggregate-window", "0"],
+            NO_AGGREGATION,
             wrapper,
             env,
             &self.cgroup,
-        );
-        self.daemons.lock().unwrap().push(d.pid());
-        d
+        ))
     }
 
     /// `imds-guard run` started through `wrapper`, which gives it a mount namespace of its own in
     /// which the sandbox cgroup is at `cgroup` (aggregation off).
     pub fn daemon_as_seen(&self, policy: &Path, wrapper: &[&str], cgroup: &Path) -> Daemon {
-        let d = Daemon::start_with(
-            self,
-            &self.netns_fd,
-            policy,
-            &["--aggregate-window", "0"],
-            wrapper,
-            &[],
-            cgroup,
-        );
-        self.daemons.lock().unwrap().push(d.pid());
-        d
+        self.tracked(Daemon::start_with(self, &self.netns_fd, policy, NO_AGGREGATION, wrapper, &[], cgroup))
     }
 
     /// `imds-guard run` with extra arguments.
     pub fn daemon_with(&self, policy: &Path, extra: &[&str]) -> Daemon {
-        let d = Daemon::start(self, policy, extra);
-        self.daemons.lock().unwrap().push(d.pid());
-        d
+        self.tracked(Daemon::start_with(self, &self.netns_fd, policy, extra, &[], &[], &self.cgroup))
     }
 
     /// `imds-guard run` (aggregation off) in another network namespace the test made.
     pub fn daemon_in(&self, netns: &OwnedFd, policy: &Path) -> Daemon {
-        let d = Daemon::start_with(self, netns, policy, &["--aggregate-window", "0"], &[], &[], &self.cgroup);
+        self.tracked(Daemon::start_with(self, netns, policy, NO_AGGREGATION, &[], &[], &self.cgroup))
+    }
+
+    /// `d`, whose pid is now this sandbox's to end when it is dropped.
+    fn tracked(&self, d: Daemon) -> Daemon {
         self.daemons.lock().unwrap().push(d.pid());
         d
     }
