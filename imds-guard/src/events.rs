@@ -294,7 +294,20 @@ impl Enricher {
             }
             Err(e) => {
                 tracing::debug!(pid, "no executable path in /proc: {e}");
-                self.exes.get(&key).cloned().or_else(|| kernel_exe_path(task))
+                if let Some(p) = self.exes.get(&key) {
+                    return Some(p.clone());
+                }
+                let p = kernel_exe_path(task)?;
+                // Confirmed on disk (the file at that path is the one that ran, or the one its
+                // cut leaf name stands for): remembered like a path from /proc.
+                if let Some(full) = confirm_exe_path(&p, key) {
+                    if self.exes.len() > 4096 {
+                        self.exes.clear();
+                    }
+                    self.exes.insert(key, full.clone());
+                    return Some(full);
+                }
+                Some(p)
             }
         }
     }
@@ -359,9 +372,11 @@ pub fn workload_name(v: &serde_json::Value) -> String {
         return format!("unit:{unit}");
     }
     if let Some(id) = v["container_id"].as_str() {
-        return format!("container:{}", &id[..id.len().min(12)]);
+        // The first 12 characters (an id from an events file need not be hex, nor ASCII).
+        return format!("container:{}", id.chars().take(12).collect::<String>());
     }
-    if let Some(exe) = v["exe"].as_str() {
+    // A path with a cut name (`…`, from the kernel's record) names no file a rule could use.
+    if let Some(exe) = v["exe"].as_str().filter(|e| !e.contains('…')) {
         return format!("exe:{}", exe.strip_suffix(" (deleted)").unwrap_or(exe));
     }
     match v["uid"].as_u64() {
@@ -449,17 +464,60 @@ pub fn human(v: &serde_json::Value) -> String {
     out
 }
 
-/// The executable's path as the kernel recorded it (leaf first); `…/` in front when cut.
+/// The executable's path as the kernel recorded it (leaf first); `…/` in front when cut at the
+/// top, `…` after a name that filled its slot (it may have been longer).
 fn kernel_exe_path(task: &TaskInfo) -> Option<String> {
-    use imds_guard_common::event::EXE_COMPONENTS;
+    use imds_guard_common::event::{COMPONENT_LEN, EXE_COMPONENTS};
     let depth = task.exe_depth as usize;
     if depth == 0 {
         return None;
     }
-    let names: Vec<String> =
-        task.exe_names[..depth.min(EXE_COMPONENTS)].iter().rev().map(|n| cstr(n)).collect();
+    let names: Vec<String> = task.exe_names[..depth.min(EXE_COMPONENTS)]
+        .iter()
+        .rev()
+        .map(|n| {
+            let name = cstr(n);
+            let len = n.iter().position(|&c| c == 0).unwrap_or(n.len());
+            if len + 1 >= COMPONENT_LEN { format!("{name}…") } else { name }
+        })
+        .collect();
     let prefix = if depth > EXE_COMPONENTS { "…/" } else { "/" };
     Some(format!("{prefix}{}", names.join("/")))
+}
+
+/// Directory entries read to find a cut leaf name (bounds the cost of one event).
+const MAX_DIR_SCAN: usize = 4096;
+
+/// The full path of the executable whose kernel path is `kernel_path` and whose (device, inode) is
+/// `key`, when the file system confirms it: the path as recorded, or — when only the leaf name was
+/// cut — the entry of its directory with that inode. `None` when it cannot be confirmed (another
+/// file system or mount namespace, deleted, a cut directory name).
+fn confirm_exe_path(kernel_path: &str, key: (u64, u64)) -> Option<String> {
+    use std::os::unix::fs::DirEntryExt as _;
+    if key == (0, 0) || kernel_path.starts_with('…') {
+        return None;
+    }
+    let same = |p: &Path| {
+        crate::identity::resolve_exe(p.to_str()?, false)
+            .ok()?
+            .id
+            .filter(|id| (id.dev, id.ino) == key)
+            .map(|_| p.display().to_string())
+    };
+    let Some(dir_part) = kernel_path.strip_suffix('…') else {
+        return same(Path::new(kernel_path));
+    };
+    let (dir, leaf) = dir_part.rsplit_once('/')?;
+    if dir.contains('…') {
+        return None;
+    }
+    let dir = if dir.is_empty() { "/" } else { dir };
+    std::fs::read_dir(dir)
+        .ok()?
+        .take(MAX_DIR_SCAN)
+        .filter_map(Result::ok)
+        .filter(|e| e.ino() == key.1 && e.file_name().to_string_lossy().starts_with(leaf))
+        .find_map(|e| same(&e.path()))
 }
 
 fn destination(family: u32, addr: &[u8; 16]) -> (String, &'static str) {

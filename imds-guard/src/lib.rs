@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod endpoints;
 pub mod env;
+pub mod escape;
 pub mod events;
 pub mod fast_toml;
 pub mod features;

@@ -16,6 +16,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::escape::visible;
+
 /// Workloads remembered; beyond this, new ones are counted in `overflow` only.
 pub const MAX_SEEN: usize = 4096;
 
@@ -173,9 +175,26 @@ impl Base {
     }
 }
 
-/// A TOML basic string.
+/// A TOML basic string, with every character [`crate::escape::is_unsafe`] finds escaped
+/// (`\uXXXX`): what TOML requires (control characters) and what would mislead the person who
+/// reviews the suggestion at a terminal (line separators, bidirectional overrides).
 fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if crate::escape::is_unsafe(c) => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The suggested policy: enforce mode, the base's tables, then one table per workload seen.
@@ -210,56 +229,66 @@ pub fn suggest(base: &Base, table: &Table) -> String {
     seen.sort_by_key(|s| (rank(s), s.workload.clone()));
     for s in seen {
         out.push('\n');
-        let _ = writeln!(
-            out,
-            "# {}: {} connect(s){}, {} to {}",
-            s.workload,
-            s.connects,
-            if s.imdsv1 > 0 {
-                format!(
-                    ", STILL USES IMDSv1 ({} tokenless request(s)): move it to IMDSv2, then set imdsv1 = \"deny\"",
-                    s.imdsv1
-                )
-            } else {
-                String::new()
-            },
-            s.first_time.as_deref().unwrap_or("?"),
-            s.last_time.as_deref().unwrap_or("?"),
-        );
-        let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
-        let uids = s.uids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(out, "#   seen as: uid {uids}; comm {}; exe {}", list(&s.comms), list(&s.exes));
-        if !s.cgroups.is_empty() {
-            let _ = writeln!(out, "#   cgroups: {}", list(&s.cgroups));
-        }
-        out.push_str("[[allow]]\n");
-        let _ = writeln!(out, "name = {}", toml_str(&format!("seen: {}", s.workload)));
-        if let Some(p) = &s.pod {
-            let _ = writeln!(
-                out,
-                "# covers pod {}/{} only; widen to its owner's name prefix if it is replicated",
-                p.namespace, p.name
-            );
-            let _ = writeln!(out, "pod = {}", toml_str(&format!("{}/{}", p.namespace, p.name)));
-        } else if let Some(c) = &s.unit_cgroup {
-            let _ = writeln!(out, "# covers every process of {}", s.unit.as_deref().unwrap_or("the unit"));
-            let _ = writeln!(out, "cgroup = {}", toml_str(c));
-        } else if let Some(exe) = s.exes.iter().next().filter(|_| s.workload.starts_with("exe:")) {
-            let _ = writeln!(out, "exe = {}", toml_str(exe));
-            if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
-                let _ = writeln!(out, "uid = {uid}   # the only uid seen running it; remove to allow any");
-            }
-        } else if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
-            let _ = writeln!(out, "# no stronger identity was available: covers every process of this uid");
-            let _ = writeln!(out, "uid = {uid}");
-        } else {
-            let _ = writeln!(out, "# no identity to write a rule for: review the events");
-        }
-        if s.imdsv1 > 0 {
-            out.push_str("imdsv1 = \"log\"\n");
-        }
+        write_table(&mut out, s);
     }
     out
+}
+
+/// One workload's table. Everything in it that a process chose (its names, paths, cgroups, the
+/// event times of an events file) is either a TOML string value, escaped by the serialiser, or
+/// passes [`visible`] before it goes into a `#` comment: a line break in a comm or an exe path
+/// cannot end the comment and add keys or tables of its own.
+fn write_table(out: &mut String, s: &Seen) {
+    let _ = writeln!(
+        out,
+        "# {}: {} connect(s){}, {} to {}",
+        visible(&s.workload),
+        s.connects,
+        if s.imdsv1 > 0 {
+            format!(
+                ", STILL USES IMDSv1 ({} tokenless request(s)): move it to IMDSv2, then set imdsv1 = \"deny\"",
+                s.imdsv1
+            )
+        } else {
+            String::new()
+        },
+        visible(s.first_time.as_deref().unwrap_or("?")),
+        visible(s.last_time.as_deref().unwrap_or("?")),
+    );
+    let list = |set: &BTreeSet<String>| set.iter().map(|v| visible(v)).collect::<Vec<_>>().join(", ");
+    let uids = s.uids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(out, "#   seen as: uid {uids}; comm {}; exe {}", list(&s.comms), list(&s.exes));
+    if !s.cgroups.is_empty() {
+        let _ = writeln!(out, "#   cgroups: {}", list(&s.cgroups));
+    }
+    out.push_str("[[allow]]\n");
+    let _ = writeln!(out, "name = {}", toml_str(&format!("seen: {}", s.workload)));
+    if let Some(p) = &s.pod {
+        let _ = writeln!(
+            out,
+            "# covers pod {}/{} only; widen to its owner's name prefix if it is replicated",
+            visible(&p.namespace),
+            visible(&p.name)
+        );
+        let _ = writeln!(out, "pod = {}", toml_str(&format!("{}/{}", p.namespace, p.name)));
+    } else if let Some(c) = &s.unit_cgroup {
+        let _ =
+            writeln!(out, "# covers every process of {}", visible(s.unit.as_deref().unwrap_or("the unit")));
+        let _ = writeln!(out, "cgroup = {}", toml_str(c));
+    } else if let Some(exe) = s.exes.iter().next().filter(|_| s.workload.starts_with("exe:")) {
+        let _ = writeln!(out, "exe = {}", toml_str(exe));
+        if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
+            let _ = writeln!(out, "uid = {uid}   # the only uid seen running it; remove to allow any");
+        }
+    } else if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
+        let _ = writeln!(out, "# no stronger identity was available: covers every process of this uid");
+        let _ = writeln!(out, "uid = {uid}");
+    } else {
+        let _ = writeln!(out, "# no identity to write a rule for: review the events");
+    }
+    if s.imdsv1 > 0 {
+        out.push_str("imdsv1 = \"log\"\n");
+    }
 }
 
 /// Order of the suggested tables: pods, units, executables, uids.
@@ -329,5 +358,120 @@ mod tests {
             t.observe(&json!({"event": "connect_denied", "uid": uid}), 1);
         }
         assert_eq!((t.seen.len(), t.overflow), (MAX_SEEN, 10));
+    }
+
+    /// Hostile strings: TOML structure, line breaks of every kind, terminal escapes, quotes.
+    fn hostile() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just("\n".to_owned()),
+            Just("\r\n".to_owned()),
+            Just("\r".to_owned()),
+            Just("[[allow]]".to_owned()),
+            Just("uid = 65534".to_owned()),
+            Just("mode = \"monitor\"".to_owned()),
+            Just("#".to_owned()),
+            Just("\"".to_owned()),
+            Just("'''".to_owned()),
+            Just("\\".to_owned()),
+            Just("\u{1b}[2K".to_owned()),
+            Just("\u{2028}".to_owned()),
+            Just("\u{85}".to_owned()),
+            Just("\u{202e}".to_owned()),
+            any::<String>(),
+        ];
+        proptest::collection::vec(piece, 0..6).prop_map(|v| v.concat())
+    }
+
+    /// The keys a suggested table for `s` must have, and no others.
+    fn intended(s: &Seen) -> Vec<&'static str> {
+        let mut k = vec!["name"];
+        if s.pod.is_some() {
+            k.push("pod");
+        } else if s.unit_cgroup.is_some() {
+            k.push("cgroup");
+        } else if s.workload.starts_with("exe:") && !s.exes.is_empty() {
+            k.push("exe");
+            if s.uids.len() == 1 {
+                k.push("uid");
+            }
+        } else if s.uids.len() == 1 {
+            k.push("uid");
+        }
+        if s.imdsv1 > 0 {
+            k.push("imdsv1");
+        }
+        k.sort_unstable();
+        k
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 400,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5_0661),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever bytes a process puts in any field an event carries, the suggestion parses to
+        /// exactly the tables and keys its workloads justify, with the values as seen.
+        #[test]
+        fn hostile_fields_cannot_change_the_suggestion(
+            events in proptest::collection::vec(
+                (hostile(), hostile(), hostile(), hostile(), hostile(), hostile(), hostile(), hostile(),
+                 0u32..3, 0u8..5, proptest::bool::ANY),
+                1..4,
+            )
+        ) {
+            let mut t = Table::default();
+            for (comm, exe, cgroup, unit, container, ns, pod, time, uid, shape, v1) in events {
+                let mut e = json!({
+                    "event": if v1 { "imdsv1_request" } else { "connect_denied" },
+                    "uid": 1000 + uid, "comm": comm, "exe": exe, "cgroup": format!("/{cgroup}/{unit}"),
+                    "time": time,
+                });
+                match shape {
+                    0 => e["pod"] = json!({"namespace": ns, "name": pod}),
+                    1 => e["unit"] = json!(unit),
+                    2 => e["container_id"] = json!(container),
+                    3 => { e.as_object_mut().unwrap().remove("exe"); }
+                    _ => {}
+                }
+                t.observe(&e, 1);
+            }
+            let policy = suggest(&Base::default(), &t);
+            let parsed: toml::Table = toml::from_str(&policy).map_err(|e| {
+                proptest::test_runner::TestCaseError::fail(format!("{e}\n{policy}"))
+            })?;
+            let top: Vec<&str> = parsed.keys().map(String::as_str).collect();
+            proptest::prop_assert_eq!(top, ["allow", "mode"], "{}", policy);
+            proptest::prop_assert_eq!(parsed["mode"].as_str(), Some("enforce"));
+            let tables = parsed["allow"].as_array().unwrap();
+            let mut seen: Vec<&Seen> = t.seen.values().collect();
+            seen.sort_by_key(|s| (rank(s), s.workload.clone()));
+            proptest::prop_assert_eq!(tables.len(), seen.len(), "{}", policy);
+            for (table, s) in tables.iter().zip(seen) {
+                let table = table.as_table().unwrap();
+                let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+                keys.sort_unstable();
+                proptest::prop_assert_eq!(&keys, &intended(s), "{}", policy);
+                let name = format!("seen: {}", s.workload);
+                proptest::prop_assert_eq!(table["name"].as_str(), Some(name.as_str()));
+                if let Some(exe) = table.get("exe") {
+                    proptest::prop_assert_eq!(exe.as_str(), s.exes.iter().next().map(String::as_str));
+                }
+                if let Some(cg) = table.get("cgroup") {
+                    proptest::prop_assert_eq!(cg.as_str(), s.unit_cgroup.as_deref());
+                }
+                if let (Some(pod), Some(p)) = (table.get("pod"), &s.pod) {
+                    let want = format!("{}/{}", p.namespace, p.name);
+                    proptest::prop_assert_eq!(pod.as_str(), Some(want.as_str()));
+                }
+            }
+            // Comment lines stay single lines of safe characters.
+            for line in policy.lines() {
+                proptest::prop_assert!(!line.chars().any(crate::escape::is_unsafe), "{:?}", line);
+            }
+        }
     }
 }
