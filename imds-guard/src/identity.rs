@@ -13,25 +13,49 @@ use serde::Serialize;
 pub struct ExeId {
     /// As written in the policy.
     pub path: String,
-    /// After following symlinks: the file that runs.
+    /// After following symlinks: the file that runs (as written while there is none).
     pub file: PathBuf,
+    /// The file's identity; `None` while no file is at the path (deleted, not installed yet): the
+    /// rule then waits for one, like a `cgroup` rule for its cgroup, and matches nothing. It must
+    /// never keep the identity of a file that is gone, whose inode number another file may get.
+    #[serde(flatten)]
+    pub id: Option<FileId>,
+}
+
+/// A file's identity as the kernel's `mm->exe_file` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FileId {
     /// `super_block.s_dev` in the kernel's encoding (major << 20 | minor).
     pub dev: u64,
     pub ino: u64,
 }
 
-/// Resolves an `exe` value. Errors say what is wrong with the path.
-pub fn resolve_exe(path: &str) -> Result<ExeId, String> {
+/// Resolves an `exe` value. Errors say what is wrong with the path. A path at which no file
+/// exists is an error, unless `wait`: then the result has no [`FileId`] (the rule waits).
+pub fn resolve_exe(path: &str, wait: bool) -> Result<ExeId, String> {
     if !path.starts_with('/') {
         return Err(format!("exe `{path}` must be an absolute path"));
     }
-    let file = std::fs::canonicalize(path).map_err(|e| format!("exe `{path}`: {e}"))?;
-    let md = std::fs::metadata(&file).map_err(|e| format!("exe `{path}`: {e}"))?;
+    let file = match std::fs::canonicalize(path) {
+        Ok(file) => file,
+        Err(e) if wait && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ExeId { path: path.to_owned(), file: PathBuf::from(path), id: None });
+        }
+        Err(e) => return Err(format!("exe `{path}`: {e}")),
+    };
+    let md = match std::fs::metadata(&file) {
+        Ok(md) => md,
+        // Removed between the two calls.
+        Err(e) if wait && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ExeId { path: path.to_owned(), file, id: None });
+        }
+        Err(e) => return Err(format!("exe `{path}`: {e}")),
+    };
     if !md.is_file() {
         return Err(format!("exe `{path}` is not a regular file"));
     }
     let dev = kernel_dev(&file).unwrap_or_else(|| encode(libc::major(md.dev()), libc::minor(md.dev())));
-    Ok(ExeId { path: path.to_owned(), file, dev, ino: md.ino() })
+    Ok(ExeId { path: path.to_owned(), file, id: Some(FileId { dev, ino: md.ino() }) })
 }
 
 const fn encode(major: u32, minor: u32) -> u64 {
@@ -183,13 +207,16 @@ mod tests {
 
     #[test]
     fn exe_resolution() {
-        let sh = resolve_exe("/bin/sh").unwrap();
+        let sh = resolve_exe("/bin/sh", false).unwrap();
         // /bin/sh is a symlink on Debian (and /bin itself may be): the file is what runs.
-        assert_eq!(sh.ino, std::fs::metadata(&sh.file).unwrap().ino());
-        assert!(sh.dev > 0);
-        assert!(resolve_exe("bin/sh").unwrap_err().contains("absolute"));
-        assert!(resolve_exe("/no/such/exe").unwrap_err().contains("No such file"));
-        assert!(resolve_exe("/usr").unwrap_err().contains("not a regular file"));
+        assert_eq!(sh.id.unwrap().ino, std::fs::metadata(&sh.file).unwrap().ino());
+        assert!(sh.id.unwrap().dev > 0);
+        assert!(resolve_exe("bin/sh", true).unwrap_err().contains("absolute"));
+        assert!(resolve_exe("/no/such/exe", false).unwrap_err().contains("No such file"));
+        assert!(resolve_exe("/usr", true).unwrap_err().contains("not a regular file"));
+        // A file that is not there (yet, or any more): waits, with no identity at all.
+        let gone = resolve_exe("/no/such/dir/exe", true).unwrap();
+        assert_eq!((gone.id, gone.file.to_str()), (None, Some("/no/such/dir/exe")));
     }
 
     #[test]

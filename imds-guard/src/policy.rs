@@ -15,7 +15,7 @@ use toml::Spanned;
 use crate::{
     config::{AllowTable, ConfigError, LineIndex, PolicyFile, Source},
     endpoints::{self, Endpoints},
-    identity::{CgroupRef, ExeId},
+    identity::{CgroupRef, ExeId, FileId},
     pods::{KubeConfig, Node, PodMatch},
     workload::PodSelector,
 };
@@ -68,8 +68,8 @@ pub enum Preexisting {
 pub struct Host {
     /// The cgroup2 mount point; `cgroup` rules are relative to it.
     pub cgroup_root: PathBuf,
-    /// A `user`/`group` name the user database does not know makes its table wait (like a cgroup
-    /// that does not exist yet) instead of refusing the policy. The daemon resolves this way the
+    /// A `user`/`group` name the user database does not know, or an `exe` path with no file,
+    /// makes its table wait (like a cgroup that does not exist yet) instead of refusing the policy. The daemon resolves this way the
     /// text it starts with and re-resolves a text it already accepted: at boot, a daemon that
     /// refused to start over a user that cloud-init creates later would leave nothing enforced.
     /// An edited policy (and `check`) is resolved strictly, so that a typo is an error.
@@ -227,8 +227,10 @@ impl Rule {
         }
         if let Some(exe) = &self.exe {
             key.shape |= field::EXE;
-            key.exe_dev = exe.dev;
-            key.exe_ino = exe.ino;
+            // A waiting rule (no file) is not installed; its key is never looked up.
+            let id = exe.id.unwrap_or(FileId { dev: 0, ino: 0 });
+            key.exe_dev = id.dev;
+            key.exe_ino = id.ino;
         }
         if let Some(cg) = &self.cgroup {
             key.shape |= field::CGROUP;
@@ -277,15 +279,18 @@ impl Rule {
                 (None, _) => {}
             }
         }
-        if let Some(id) = &self.exe {
-            out.push(format!(
-                "exe {} = file {} (dev {}:{}, inode {})",
-                id.path,
-                id.file.display(),
-                id.dev >> 20,
-                id.dev & 0xfffff,
-                id.ino
-            ));
+        if let Some(exe) = &self.exe {
+            out.push(match exe.id {
+                Some(id) => format!(
+                    "exe {} = file {} (dev {}:{}, inode {})",
+                    exe.path,
+                    exe.file.display(),
+                    id.dev >> 20,
+                    id.dev & 0xfffff,
+                    id.ino
+                ),
+                None => format!("exe {} (no such file now: matches nothing until one is there)", exe.path),
+            });
         }
         if let Some(c) = &self.cgroup {
             out.push(match c.id {
@@ -312,11 +317,13 @@ impl Rule {
     }
 
     /// A cgroup rule whose cgroup does not exist yet is not installed (nothing can be in it), nor
-    /// is a pod rule that selects no running pod.
+    /// is an exe rule with no file at its path (deleted: its inode number may go to another file),
+    /// nor a pod rule that selects no running pod.
     #[must_use]
     pub fn is_pending(&self) -> bool {
         self.waiting_for.is_some()
             || self.cgroup.as_ref().is_some_and(|c| c.id.is_none())
+            || self.exe.as_ref().is_some_and(|e| e.id.is_none())
             || self.pods.as_ref().is_some_and(|p| p.matches.is_empty())
     }
 }
@@ -454,6 +461,12 @@ impl Policy {
                 warnings.push(format!(
                     "{} (line {}): cgroup {} does not exist yet; the rule takes effect as soon as it appears",
                     rule.name, rule.line, cg.path
+                ));
+            }
+            if let Some(exe) = rule.exe.as_ref().filter(|e| e.id.is_none()) {
+                warnings.push(format!(
+                    "{} (line {}): no file is at exe {} now (removed?); the rule matches nothing until one is there",
+                    rule.name, rule.line, exe.path
                 ));
             }
             if rule.pods.as_ref().is_some_and(|p| p.matches.is_empty()) {
@@ -724,8 +737,8 @@ fn resolve_rule(
         (&mut rule.group, &mut rule.waiting_for),
     )?;
     if let Some(exe) = &t.exe {
-        let id =
-            crate::identity::resolve_exe(exe.get_ref()).map_err(|m| source.error_at(Some(exe.span()), m))?;
+        let id = crate::identity::resolve_exe(exe.get_ref(), host.waiting_names)
+            .map_err(|m| source.error_at(Some(exe.span()), m))?;
         rule.exe = Some(Box::new(id));
     }
     if let Some(cg) = &t.cgroup {

@@ -235,8 +235,15 @@ impl Reloader {
         }
         for r in &self.policy.rules {
             if let Some(exe) = &r.exe {
-                dirs.extend(parent(Path::new(&exe.path)));
-                dirs.extend(parent(&exe.file));
+                // Where the file (or the symlink naming it) is removed, replaced or appears; for
+                // a path whose directory is gone too, the deepest one that exists.
+                dirs.extend(
+                    parent(Path::new(&exe.path))
+                        .map(|d| existing_ancestor(Path::new("/"), &d.to_string_lossy())),
+                );
+                dirs.extend(
+                    parent(&exe.file).map(|d| existing_ancestor(Path::new("/"), &d.to_string_lossy())),
+                );
             }
             if let Some(cg) = &r.cgroup {
                 let dir = existing_ancestor(&self.host.cgroup_root, &cg.path);

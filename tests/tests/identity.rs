@@ -104,6 +104,100 @@ fn exe_rule_follows_the_binary_when_it_is_replaced() {
     );
 }
 
+/// A process that runs `exe` as `uid` in the sandbox and waits for a line on stdin before its one
+/// connect to the metadata service; killed (our own child) on drop.
+struct Paused(Option<std::process::Child>);
+
+impl Paused {
+    fn start(sb: &Sandbox, uid: u32, exe: &Path) -> Self {
+        use std::process::Stdio;
+        let child = sb
+            .client(uid, uid)
+            .command(s(exe))
+            .args(["pause", "connect", IMDS, "80"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The file is mapped once the process runs it: wait until it does.
+        let exe_link = format!("/proc/{}/exe", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(&exe_link).ok().as_deref() != Some(exe) {
+            assert!(std::time::Instant::now() < deadline, "{} did not start", exe.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Paused(Some(child))
+    }
+
+    /// Lets it connect; its result.
+    fn connect(mut self) -> String {
+        use std::io::Write as _;
+        let mut child = self.0.take().unwrap();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: serde_json::Value =
+            serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+        v["result"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Issue 16, bypass 2: the file an `exe` rule names is removed (its package uninstalled). Its
+/// (device, inode) must stop matching at once, since the inode number goes to whatever file is
+/// made next — a copy of python in a world-writable directory, say. A process still running the
+/// removed file stands for any file that gets its inode: it is refused. The file's return, and a
+/// replacement by rename, are followed; the replaced file's inode stops matching too.
+#[test]
+fn a_removed_or_replaced_exe_stops_matching_at_once() {
+    let Some(sb) = Sandbox::new("exe_removed", ImdsMode::Optional) else { return };
+    let bin = sb.dir.join("opt/agent/bin");
+    let agent = install(&bin, "agent");
+    let policy = sb.write("policy.toml", &format!("[[allow]]\nexe = \"{}\"\n", s(&agent)));
+    let d = sb.daemon(&policy);
+    let c = sb.client(NOBODY, NOBODY);
+    let once = ["connect", IMDS, "80"];
+    assert_eq!(c.results(s(&agent), None, &once), ["connected"]);
+    let reloaded = |generation: u64| {
+        d.wait_event(Duration::from_secs(5), |e| {
+            e["event"] == "policy_reloaded"
+                && e["reason"] == "identity_changed"
+                && e["generation"] == generation
+        })
+        .unwrap_or_else(|| {
+            panic!("no re-resolution to generation {generation}: {:#?}\n{}", d.events(), d.stderr())
+        })
+    };
+
+    // The package goes, directory and all, while a process of it still runs.
+    let old = Paused::start(&sb, NOBODY, &agent);
+    std::fs::remove_dir_all(sb.dir.join("opt/agent")).unwrap();
+    reloaded(2);
+    assert_eq!(old.connect(), "EPERM", "the removed file's inode matches nothing any more");
+    assert!(d.events().iter().all(|e| e["event"] != "policy_reload_failed"), "a removal is no error");
+
+    // The package comes back (a new file, a new inode): allowed again.
+    let agent = install(&bin, "agent");
+    reloaded(3);
+    assert_eq!(c.results(s(&agent), None, &once), ["connected"]);
+
+    // An upgrade by rename: the running old version is refused, the new file allowed.
+    let old = Paused::start(&sb, NOBODY, &agent);
+    let new = install(&bin, "agent.new");
+    std::fs::rename(&new, &agent).unwrap();
+    reloaded(4);
+    assert_eq!(old.connect(), "EPERM", "the replaced file's inode matches nothing any more");
+    assert_eq!(c.results(s(&agent), None, &once), ["connected"]);
+}
+
 #[test]
 fn exe_rules_without_kernel_btf_refuse_to_start() {
     let Some(sb) = Sandbox::new("exe_no_btf", ImdsMode::Optional) else { return };

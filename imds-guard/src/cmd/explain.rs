@@ -94,8 +94,16 @@ fn mismatch(rule: &Rule, who: &ProcessIdentity) -> Option<String> {
     if let Some(gid) = rule.gid.filter(|g| *g != who.gid) {
         why.insert(1, format!("gid is {}, the rule wants {gid}", who.gid));
     }
-    if let Some(exe) = rule.exe.as_ref().filter(|e| (e.dev, e.ino) != (who.exe_dev, who.exe_ino)) {
-        why.insert(2, format!("the executable is not {} (another file)", exe.file.display()));
+    if let Some(exe) = &rule.exe {
+        match exe.id {
+            None => {
+                why.insert(2, format!("no file is at {} now (the rule waits for one)", exe.path));
+            }
+            Some(id) if (id.dev, id.ino) != (who.exe_dev, who.exe_ino) => {
+                why.insert(2, format!("the executable is not {} (another file)", exe.file.display()));
+            }
+            Some(_) => {}
+        }
     }
     if let Some(cg) = &rule.cgroup {
         let inside = cg.id.is_some_and(|id| who.cgroup_ancestry.get(usize::from(cg.level)) == Some(&id));
