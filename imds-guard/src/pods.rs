@@ -18,8 +18,8 @@ use crate::{
     config::{ConfigError, KubernetesTable, Source},
     identity::{CgroupRef, resolve_cgroup},
     workload::{
-        ContainerRef, DEFAULT_CONTAINER_LOGS, DEFAULT_POD_LOGS, PodDirectory, PodRef, PodSelector, classify,
-        find_pod_cgroups,
+        ContainerRef, DEFAULT_CONTAINER_LOGS, DEFAULT_POD_CGROUPS, DEFAULT_POD_LOGS, PodDirectory, PodRef,
+        PodSelector, container_of, find_pod_cgroups, trusted_owner,
     },
 };
 
@@ -27,7 +27,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct KubeConfig {
     pub dir: PodDirectory,
-    /// cgroup paths (relative to the cgroup2 root) searched for pod cgroups; default the whole tree.
+    /// Kubelet's pod cgroup roots (relative to the cgroup2 root): pods are taken from these and
+    /// their QoS directories only; default [`DEFAULT_POD_CGROUPS`].
     pub pod_cgroups: Vec<String>,
 }
 
@@ -50,22 +51,25 @@ impl KubeConfig {
         let container_logs = abs(t.and_then(|t| t.container_logs.as_ref()), DEFAULT_CONTAINER_LOGS)?;
         let mut pod_cgroups = Vec::new();
         match t.and_then(|t| t.pod_cgroups.as_ref()) {
-            None => pod_cgroups.push("/".to_owned()),
+            None => pod_cgroups.extend(DEFAULT_POD_CGROUPS.map(str::to_owned)),
             Some(list) => {
                 if list.get_ref().is_empty() {
                     return Err(source.error_at(
                         Some(list.span()),
                         "`pod_cgroups` is empty: list the cgroups kubelet puts pods in (e.g. \"/kubepods.slice\"), \
-                         or leave it out to search the whole cgroup tree",
+                         or leave it out for kubelet's defaults (/kubepods.slice, /kubepods)",
                     ));
                 }
                 for p in list.get_ref() {
                     let v = p.get_ref();
-                    if !v.starts_with('/') || v.split('/').any(|c| c == "." || c == "..") {
+                    if !v.starts_with('/')
+                        || v.trim_matches('/').is_empty()
+                        || v.split('/').any(|c| c == "." || c == "..")
+                    {
                         return Err(source.error_at(
                             Some(p.span()),
                             format!(
-                                "pod cgroup `{v}` must be a cgroup path starting with `/` (relative to the cgroup2 root) without `.` or `..`"
+                                "pod cgroup `{v}` must be kubelet's pod cgroup root: a cgroup path starting with `/` (relative to the cgroup2 root), not `/` itself, without `.` or `..`"
                             ),
                         ));
                     }
@@ -165,9 +169,7 @@ impl Node {
             cgroups.extend(found.pods);
             watch.extend(found.parents);
             // A configured place that does not exist yet (kubelet not started): see it appear.
-            if start != "/" {
-                watch.insert(crate::identity::existing_ancestor(cgroup_root, start));
-            }
+            watch.insert(crate::identity::existing_ancestor(cgroup_root, start));
         }
         cgroups.sort();
         cgroups.dedup();
@@ -208,11 +210,15 @@ impl Node {
 
 /// The cgroup of container `id` directly below the pod cgroup `pod_cg`.
 fn container_cgroup(cgroup_root: &Path, pod_cg: &str, id: &str) -> Option<CgroupRef> {
+    use std::os::unix::fs::MetadataExt as _;
     let dir = cgroup_root.join(pod_cg.trim_start_matches('/'));
     std::fs::read_dir(dir).ok()?.filter_map(Result::ok).find_map(|e| {
-        let rel = format!("{pod_cg}/{}", e.file_name().to_str()?);
-        (classify(&rel).container_id.as_deref() == Some(id))
-            .then(|| resolve_cgroup(cgroup_root, &rel).ok())
+        let name = e.file_name().into_string().ok()?;
+        // Below a pod cgroup (a bare id counts: kubelet's cgroupfs driver), made by the runtime.
+        let (_, found) = container_of(&name, true)?;
+        let owner = e.metadata().ok()?.uid();
+        (found == id && trusted_owner(owner))
+            .then(|| resolve_cgroup(cgroup_root, &format!("{pod_cg}/{name}")).ok())
             .flatten()
             .filter(|c| c.id.is_some())
     })

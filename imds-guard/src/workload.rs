@@ -158,7 +158,8 @@ fn is_container_id(s: &str) -> bool {
 
 /// The container of a cgroup name. A bare `<64hex>` counts only under a pod or Docker's cgroupfs
 /// root (`bare_ok`), where runtimes put them.
-fn container_of(name: &str, bare_ok: bool) -> Option<(Runtime, String)> {
+#[must_use]
+pub fn container_of(name: &str, bare_ok: bool) -> Option<(Runtime, String)> {
     const PREFIXED: [(&str, Runtime); 5] = [
         ("cri-containerd-", Runtime::Containerd),
         ("crio-", Runtime::CriO),
@@ -402,40 +403,71 @@ impl PodCgroups {
     }
 }
 
-/// How deep below a search start [`find_pod_cgroups`] looks (kubepods roots sit at depth 1 on a
-/// node, deeper under a custom `--cgroup-root` or in a test sandbox).
-pub const MAX_SEARCH_DEPTH: usize = 8;
+/// Where kubelet puts pods when its `cgroupRoot` is `/` (the default, and EKS's): `kubepods.slice`
+/// with the systemd cgroup driver, `kubepods` with cgroupfs. Another cgroup root is configured
+/// with `[kubernetes] pod_cgroups`.
+pub const DEFAULT_POD_CGROUPS: [&str; 2] = ["/kubepods.slice", "/kubepods"];
 
-/// Finds pod cgroups below `start` (a path relative to `cgroup_root`, `/` for the whole tree).
-/// It descends through slices and plain directories, but not into pods, containers or units
-/// (`*.service`, `*.scope`), so a node's tree costs a few dozen directory reads.
+/// Whether a cgroup directory's owner may have made it: root, or this daemon's own user. Any
+/// other owner means the directory (or a tree below it) is delegated to that user, who can name
+/// what it creates there after any pod, container or unit.
+#[must_use]
+pub fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// The first directory on the way from the cgroup2 root down to `rel` (inclusive) whose owner is
+/// not [trusted](trusted_owner), with that owner: `Some((path, uid))` means everything at and
+/// below `path` is delegated to `uid`. The root itself is the caller's to trust.
+#[must_use]
+pub fn delegated_at(cgroup_root: &Path, rel: &str) -> Option<(String, u32)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut dir = cgroup_root.to_owned();
+    let mut path = String::new();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+        path.push('/');
+        path.push_str(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(md) if !trusted_owner(md.uid()) => return Some((path, md.uid())),
+            Ok(_) => {}
+            // Gone meanwhile: nothing to take from it.
+            Err(_) => return Some((path, u32::MAX)),
+        }
+    }
+    None
+}
+
+/// Finds the pod cgroups kubelet made below `start`, one of its pod roots (a path relative to
+/// `cgroup_root`, e.g. `/kubepods.slice`): pods directly in it (guaranteed QoS) and in its QoS
+/// directories (`burstable`, `kubepods-besteffort.slice`, ...), where kubelet puts them, and
+/// nowhere else: nothing is searched in other parts of the tree, nor deeper, and a directory
+/// whose owner (or an ancestor's) is not [trusted](trusted_owner) is skipped, so that a user with
+/// a delegated cgroup cannot make a directory that a pod rule takes for a pod.
 #[must_use]
 pub fn find_pod_cgroups(cgroup_root: &Path, start: &str) -> PodCgroups {
     let mut found = PodCgroups::default();
     let start = format!("/{}", start.trim_matches('/'));
-    let mut stack = vec![(start, 0usize)];
-    while let Some((rel, depth)) = stack.pop() {
+    if start == "/" || delegated_at(cgroup_root, &start).is_some() {
+        return found;
+    }
+    let mut stack = vec![(start, true)];
+    while let Some((rel, is_root)) = stack.pop() {
         let dir = cgroup_root.join(rel.trim_start_matches('/'));
-        if is_pod_parent(&rel) {
-            found.parents.push(dir.clone());
-        }
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        found.parents.push(dir);
         for e in rd.filter_map(Result::ok) {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            use std::os::unix::fs::MetadataExt as _;
+            let Ok(md) = e.metadata() else { continue };
+            if !md.is_dir() || !trusted_owner(md.uid()) {
                 continue;
             }
             let Some(name) = e.file_name().into_string().ok() else { continue };
-            let child = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
-            let w = classify(&child);
-            if w.pod_cgroup.as_deref() == Some(child.as_str()) {
-                found.pods.push((w.pod_uid.unwrap_or_default(), child));
-            } else if w.pod_uid.is_none()
-                && w.container_id.is_none()
-                && !name.ends_with(".service")
-                && !name.ends_with(".scope")
-                && depth < MAX_SEARCH_DEPTH
-            {
-                stack.push((child, depth + 1));
+            let child = format!("{rel}/{name}");
+            if let Some(uid) = pod_uid_of(&name) {
+                found.pods.push((uid, child));
+            } else if is_root && is_qos(&name) {
+                stack.push((child, false));
             }
         }
     }
@@ -649,11 +681,15 @@ mod tests {
             ),
             "sb/kubepods.slice/kubepods-besteffort.slice".to_owned(),
             format!("sb/kubepods.slice/kubepods-pod{}.slice", uid2.replace('-', "_")),
+            // Not where kubelet puts pods: below a pod, below a unit, deeper than a QoS class.
+            format!("sb/kubepods.slice/kubepods-pod{}.slice/kubepods/pod{UID}", uid2.replace('-', "_")),
+            format!("sb/kubepods.slice/kubepods-besteffort.slice/x/pod{UID}"),
+            format!("lxc.payload.evil/kubepods/pod{UID}"),
             "system.slice/kubelet.service/deep".to_owned(),
         ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
-        let found = find_pod_cgroups(&root, "/");
+        let found = find_pod_cgroups(&root, "/sb/kubepods.slice");
         assert_eq!(found.pods.len(), 2, "{found:?}");
         assert_eq!(
             found.of(UID),
@@ -674,8 +710,37 @@ mod tests {
                 root.join("sb/kubepods.slice/kubepods-burstable.slice"),
             ]
         );
-        assert_eq!(find_pod_cgroups(&root, "/system.slice"), PodCgroups::default());
-        assert_eq!(find_pod_cgroups(&root, "/sb/kubepods.slice").pods.len(), 2);
+        assert_eq!(find_pod_cgroups(&root, "/"), PodCgroups::default(), "never the whole tree");
+        assert_eq!(find_pod_cgroups(&root, "/system.slice").pods, [], "units are not pods");
+        assert_eq!(find_pod_cgroups(&root, "/lxc.payload.evil/kubepods").pods.len(), 1, "if configured");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A pod root, QoS directory or pod directory owned by another user is delegated to it: none
+    /// of it is taken for a pod. (Needs root to chown.)
+    #[test]
+    fn delegated_directories_are_not_pods() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("imdsg-podcg-deleg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let uid2 = "11111111-2222-3333-4444-555555555555";
+        let own = format!("kubepods/besteffort/pod{UID}");
+        let theirs = format!("kubepods/besteffort/pod{uid2}");
+        for d in [&own, &theirs] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::os::unix::fs::chown(root.join(&theirs), Some(1000), Some(1000)).unwrap();
+        let found = find_pod_cgroups(&root, "/kubepods");
+        assert_eq!(found.pods, [(UID.to_owned(), format!("/{own}"))]);
+        assert_eq!(delegated_at(&root, &format!("/{theirs}/c")), Some((format!("/{theirs}"), 1000)));
+        assert_eq!(delegated_at(&root, &format!("/{own}")), None);
+        std::os::unix::fs::chown(root.join("kubepods/besteffort"), Some(1000), Some(1000)).unwrap();
+        assert_eq!(find_pod_cgroups(&root, "/kubepods").pods, [], "the QoS directory is delegated");
+        std::os::unix::fs::chown(root.join("kubepods"), Some(1000), Some(1000)).unwrap();
+        assert_eq!(find_pod_cgroups(&root, "/kubepods"), PodCgroups::default());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -430,3 +430,55 @@ fn events_name_the_unit_container_and_pod_and_suggest_turns_them_into_rules() {
     assert_eq!(r("system.slice/other.service", 1000), ["EPERM"], "another unit");
     drop(d);
 }
+
+/// Issue 17, item 1: uid 1000 holds delegated cgroups (an LXC-style `lxc.payload.*` inside a QoS
+/// slice, and a directory at a pod's position whose name carries the aws-node pod's uid, which
+/// sorts before the real pod's) and makes in them, as itself, a cgroup tree that looks like the
+/// aws-node pod and its container. The pod rule must still select the real pod: the attacker is
+/// refused, the real aws-node connects, and `check` shows the real cgroup.
+#[test]
+fn a_delegated_cgroup_cannot_pass_for_a_pod() {
+    let Some(sb) = Sandbox::new("k8s_hijack", ImdsMode::Optional) else { return };
+    const ATTACKER: u32 = 1000;
+    let mut node = Node::new(&sb);
+    let aws_node = node.pod("kube-system", "aws-node-x7k2p", "aws-node", Layout::SystemdBurstable);
+    let cid = aws_node.container.rsplit_once("cri-containerd-").unwrap().1.trim_end_matches(".scope");
+    // Delegated to the attacker by root (as a container manager or systemd's Delegate= does).
+    let at_pod_position = format!("kubepods/besteffort/pod{}", aws_node.uid);
+    let lxc = "kubepods.slice/kubepods-besteffort.slice/lxc.payload.c1";
+    for d in [&at_pod_position, lxc] {
+        std::fs::create_dir_all(sb.cgroup.join(d)).unwrap();
+        std::os::unix::fs::chown(sb.cgroup.join(d), Some(ATTACKER), Some(ATTACKER)).unwrap();
+    }
+    // What the attacker makes there itself.
+    let fake_ctr = format!("{at_pod_position}/{cid}");
+    let nested = format!("{lxc}/kubepods/besteffort/pod{}/{cid}", aws_node.uid);
+    for d in [&fake_ctr, &nested] {
+        let out =
+            sb.client(ATTACKER, ATTACKER).command("mkdir").arg("-p").arg(sb.cgroup.join(d)).output().unwrap();
+        assert!(out.status.success(), "mkdir as {ATTACKER}: {out:?}");
+    }
+    let policy = sb.write(
+        "policy.toml",
+        &format!(
+            "mode = \"enforce\"\n\n[[allow]]\nname = \"aws-node\"\npod = \"kube-system/aws-node-\"\ncontainer = \"aws-node\"\n\n{}",
+            node.kubernetes_table()
+        ),
+    );
+    let check = sb.cli(&["check", "--config", s(&policy)]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        out.contains(&format!("({}/{}, id ", sb.cgroup_rel(), aws_node.container)),
+        "the real container: {out}"
+    );
+    assert!(!out.contains("lxc.payload") && !out.contains("kubepods/besteffort/pod"), "{out}");
+
+    let _d = sb.daemon(&policy);
+    let prog = connect_bin();
+    let once = ["connect", IMDS, "80"];
+    let r = |cg: &str, uid| sb.client(uid, uid).in_cgroup(cg).results(s(&prog), None, &once);
+    assert_eq!(r(&fake_ctr, ATTACKER), ["EPERM"], "the attacker's directory at a pod's position");
+    assert_eq!(r(&nested, ATTACKER), ["EPERM"], "the attacker's tree in its delegated cgroup");
+    assert_eq!(r(&aws_node.container, 0), ["connected"], "the real aws-node keeps its access");
+}
