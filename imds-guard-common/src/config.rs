@@ -6,8 +6,11 @@
 //! judges the whole request by that generation's config and rules, so no request ever sees a mix of
 //! two policies. The old generation's rules are deleted only after the switch.
 
-use crate::endpoint::{MAX_V4, MAX_V6};
 use crate::rule::field;
+
+/// Endpoint addresses a policy may list, per family.
+pub const MAX_V4: usize = 8;
+pub const MAX_V6: usize = 8;
 
 /// Largest number of allow rules in one policy.
 pub const MAX_RULES: u32 = 16_384;

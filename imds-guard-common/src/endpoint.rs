@@ -2,9 +2,7 @@
 //! compares against the live generation's endpoint list and nothing else.
 
 use crate::config::GenConfig;
-
-pub const MAX_V4: usize = 8;
-pub const MAX_V6: usize = 8;
+pub use crate::config::{MAX_V4, MAX_V6};
 
 /// `::ffff:0:0/96` third word in network byte order, as read from `user_ip6[2]` on any host.
 #[inline(always)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::env::DEFAULT_PIN_DIR;
+use crate::kernel::paths::DEFAULT_PIN_DIR;
 
 pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
 
@@ -64,14 +64,14 @@ pub struct EventsArgs {
     #[arg(long)]
     pub json: bool,
     /// The daemon's event socket.
-    #[arg(long, default_value = crate::stream::DEFAULT_SOCKET)]
+    #[arg(long, default_value = crate::report::socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct SuggestArgs {
     /// The daemon's event socket (where the table of what was seen is read from).
-    #[arg(long, default_value = crate::stream::DEFAULT_SOCKET)]
+    #[arg(long, default_value = crate::report::socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Read events from these JSON-lines files instead of the daemon (`-` for stdin), e.g. an
     /// `--events-file` and its rotated files, or `journalctl -u imds-guard -o cat`.
@@ -149,7 +149,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Sink::Auto)]
     pub sink: Sink,
     /// The journal's socket (for --sink journald).
-    #[arg(long, default_value = crate::output::JOURNAL_SOCKET, hide = true)]
+    #[arg(long, default_value = crate::report::sinks::JOURNAL_SOCKET, hide = true)]
     pub journal_socket: PathBuf,
     /// Also append events (JSON lines) to this file, rotated by size.
     #[arg(long, value_name = "PATH")]
@@ -161,7 +161,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub events_file_keep: u32,
     /// Local socket for `imds-guard events` and `suggest` (mode 0600); `none` disables it.
-    #[arg(long, default_value = crate::stream::DEFAULT_SOCKET, value_name = "PATH")]
+    #[arg(long, default_value = crate::report::socket::DEFAULT_SOCKET, value_name = "PATH")]
     pub events_socket: PathBuf,
     /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz: 200 while
     /// enforcing) on this address, e.g. 127.0.0.1:9464. Off by default.

@@ -10,9 +10,10 @@
 
 use std::sync::OnceLock;
 
-use imds_guard::{
-    config::{ConfigError, MAX_MESSAGE, PolicyFile, Source},
-    policy::{Host, Policy},
+use imds_guard::policy::{
+    Host, Policy,
+    schema::PolicyFile,
+    source::{ConfigError, MAX_MESSAGE, Source},
 };
 use imds_guard_common::config::MAX_RULES;
 use proptest::{
@@ -418,7 +419,7 @@ proptest! {
         let full: Result<PolicyFile, _> = toml::from_str(&text);
         // Cut at every table header, and not at all.
         for chunk in [1, usize::MAX] {
-            match (imds_guard::fast_toml::parse_in_chunks(&text, chunk), &full) {
+            match (imds_guard::policy::fast_toml::parse_in_chunks(&text, chunk), &full) {
                 (Some(fast), Ok(full)) => prop_assert_eq!(format!("{fast:?}"), format!("{full:?}")),
                 (Some(fast), Err(e)) => prop_assert!(false, "fast path accepted what toml refuses ({e}): {fast:?}"),
                 (None, Ok(_)) => prop_assert!(false, "fast path left a policy of its shape to toml:\n{text}"),
@@ -431,11 +432,11 @@ proptest! {
     fn fast_path_never_disagrees_on_toml_shaped_text(text in document()) {
         // Cut at every table header or not at all, the fast path reads the same.
         prop_assert_eq!(
-            format!("{:?}", imds_guard::fast_toml::parse_in_chunks(&text, 1)),
-            format!("{:?}", imds_guard::fast_toml::parse_in_chunks(&text, usize::MAX))
+            format!("{:?}", imds_guard::policy::fast_toml::parse_in_chunks(&text, 1)),
+            format!("{:?}", imds_guard::policy::fast_toml::parse_in_chunks(&text, usize::MAX))
         );
         for chunk in [1, usize::MAX] {
-            if let Some(fast) = imds_guard::fast_toml::parse_in_chunks(&text, chunk) {
+            if let Some(fast) = imds_guard::policy::fast_toml::parse_in_chunks(&text, chunk) {
                 let full: Result<PolicyFile, _> = toml::from_str(&text);
                 prop_assert!(full.is_ok(), "fast path accepted what toml refuses: {full:?}");
                 prop_assert_eq!(format!("{fast:?}"), format!("{:?}", full.unwrap()));

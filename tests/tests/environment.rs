@@ -25,7 +25,7 @@ fn wrapper(then: &str) -> Vec<String> {
 
 /// Where the daemon sees the sandbox cgroup once it has mounted its own cgroup2.
 fn seen(sb: &Sandbox) -> std::path::PathBuf {
-    Path::new(imds_guard::env::PRIVATE_CGROUP2).join(&sb.name)
+    Path::new(imds_guard::host::env::PRIVATE_CGROUP2).join(&sb.name)
 }
 
 #[test]
@@ -51,7 +51,7 @@ fn without_cgroup2_the_daemon_mounts_its_own_and_enforces() {
 
     // The mount stayed in the daemon's namespace.
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!host.contains(imds_guard::env::PRIVATE_CGROUP2), "leaked to the host:\n{host}");
+    assert!(!host.contains(imds_guard::host::env::PRIVATE_CGROUP2), "leaked to the host:\n{host}");
 }
 
 #[test]

@@ -175,7 +175,7 @@ fn a_full_rules_map_refuses_the_reload_and_keeps_the_policy() {
     let d = sb.daemon(&policy);
     // Fill the pinned rules map (it holds two generations of the largest policy) with entries of
     // a generation that is never live, as a leak or another writer would.
-    let pin = imds_guard::guard::map_pin(&sb.pin_dir(), RULES);
+    let pin = imds_guard::kernel::paths::map_pin(&sb.pin_dir(), RULES);
     let mut rules: HashMap<MapData, RuleKey, RuleValue> =
         HashMap::try_from(Map::HashMap(MapData::from_pin(&pin).expect("open the pinned rules map"))).unwrap();
     let mut junk = 0u32;

@@ -162,7 +162,7 @@ fn half_a_million_distinct_denials_keep_the_daemon_small_and_the_counts_exact() 
     assert_eq!(aggregated, 0, "nothing repeated");
     assert_eq!(lines as u64, delivered);
     assert!(
-        delivered > imds_guard::aggregate::MAX_TRACKED as u64,
+        delivered > imds_guard::report::aggregate::MAX_TRACKED as u64,
         "more distinct events were delivered ({delivered}) than are tracked at once"
     );
     // Bounded, not flat: the output queue holds up to 8,192 lines (each with its ancestry and

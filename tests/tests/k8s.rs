@@ -191,10 +191,12 @@ fn pod_rules_allow_the_system_agents_and_deny_every_other_pod() {
             e["event"] == "connect_denied" && e["cgroup"].as_str().is_some_and(|c| c.contains(&exporter.pod))
         })
         .unwrap_or_else(|| panic!("no denial for the node-exporter pod: {:#?}", d.denials()));
-    let w = imds_guard::workload::classify(ev["cgroup"].as_str().unwrap());
+    let w = imds_guard::host::workload::classify(ev["cgroup"].as_str().unwrap());
     assert_eq!(w.pod_uid.as_deref(), Some(exporter.uid.as_str()), "{ev}");
-    let dir =
-        imds_guard::workload::PodDirectory::new(sb.dir.join("logs/pods"), sb.dir.join("logs/containers"));
+    let dir = imds_guard::host::workload::PodDirectory::new(
+        sb.dir.join("logs/pods"),
+        sb.dir.join("logs/containers"),
+    );
     let who = dir.identify(&w).expect("the pod behind the event");
     assert_eq!(
         (who.namespace.as_str(), who.pod.as_str(), who.container.as_deref()),

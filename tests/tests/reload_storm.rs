@@ -62,7 +62,7 @@ fn a_hundred_reloads_during_a_connect_storm_make_no_wrong_decision() {
         assert!(last >= 101, "100 reloads happened (generation {last})");
         // Each reload removes the previous generation's entries in the background: once the last
         // removal is done the map holds the live generation's only (none leaked in 100 reloads).
-        let rules = imds_guard::guard::map_pin(&sb.pin_dir(), imds_guard_common::maps::RULES);
+        let rules = imds_guard::kernel::paths::map_pin(&sb.pin_dir(), imds_guard_common::maps::RULES);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let map = aya::maps::MapData::from_pin(&rules).expect("the pinned rules map");

@@ -1,7 +1,7 @@
 use crate::{
     cli::CheckArgs,
-    config::Source,
-    env,
+    host::env,
+    policy::source::Source,
     policy::{Host, Policy},
 };
 
@@ -48,7 +48,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     for r in &policy.rules {
         let dup = r.duplicate_of.map(|i| format!(" (duplicate of allow[{i}], ignored)")).unwrap_or_default();
         // Names and paths come from the file: escaped, so that none can drive the terminal.
-        let p = crate::config::printable_message;
+        let p = crate::policy::source::printable_message;
         println!(
             "  {} (line {}): {}; imdsv1 {}{dup}",
             p(&r.name.to_string()),
@@ -58,7 +58,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         );
     }
     for w in &policy.warnings {
-        println!("  warning: {}", crate::config::printable_message(w));
+        println!("  warning: {}", crate::policy::source::printable_message(w));
     }
     println!("  digest: {}", policy.digest);
     Ok(())

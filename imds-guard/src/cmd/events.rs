@@ -1,12 +1,12 @@
 //! `imds-guard events`: the running daemon's events, readable or as JSON lines.
 
-use crate::{cli::EventsArgs, events::human, stream};
+use crate::{cli::EventsArgs, report::enrich::human, report::socket};
 
 pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let mut ok = true;
-    stream::request(&args.socket, if args.follow { "follow" } else { "recent" }, |line| {
+    socket::request(&args.socket, if args.follow { "follow" } else { "recent" }, |line| {
         let text = if args.json {
             line.to_owned()
         } else {

@@ -12,10 +12,10 @@ use imds_guard_common::{
 
 use crate::{
     cli::ExplainArgs,
-    config::Source,
-    env,
-    identity::ProcessIdentity,
-    pinned,
+    host::env,
+    host::identity::ProcessIdentity,
+    kernel::pinned,
+    policy::source::Source,
     policy::{Host, Policy, Rule, mode_name},
 };
 
@@ -114,7 +114,7 @@ fn mismatch(rule: &Rule, who: &ProcessIdentity) -> Option<String> {
     }
     if let Some(p) = &rule.pods {
         let level_id =
-            |m: &crate::pods::PodMatch| who.cgroup_ancestry.get(usize::from(m.cgroup.level)).copied();
+            |m: &crate::policy::pods::PodMatch| who.cgroup_ancestry.get(usize::from(m.cgroup.level)).copied();
         if !p.matches.iter().any(|m| m.cgroup.id.is_some() && level_id(m) == m.cgroup.id) {
             why.insert(
                 3,

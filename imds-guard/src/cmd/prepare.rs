@@ -10,8 +10,8 @@ use anyhow::Context as _;
 
 use crate::{
     cli::PrepareArgs,
-    env::{self, Cgroup2},
-    features,
+    host::env::{self, Cgroup2},
+    kernel::features,
 };
 
 pub fn prepare(args: &PrepareArgs) -> anyhow::Result<()> {
@@ -21,7 +21,7 @@ pub fn prepare(args: &PrepareArgs) -> anyhow::Result<()> {
         Cgroup2::Found => tracing::info!(path = %root.display(), "cgroup v2 is mounted"),
         Cgroup2::Mounted => tracing::info!(path = %root.display(), "no cgroup v2 was mounted: mounted one"),
     }
-    let mounted = env::prepare_pin_dir(pin_dir)?;
+    let mounted = crate::kernel::paths::prepare(pin_dir, false)?;
     tracing::info!(pin_dir = %pin_dir.display(), bpffs_mounted_now = mounted, "pin directory is on a bpffs");
     if let Some(owner) = &args.owner {
         let (uid, gid) = owner_ids(owner)?;

@@ -1,4 +1,4 @@
-use crate::{cli::StatusArgs, netfilter, pinned};
+use crate::{cli::StatusArgs, kernel::pinned, netfilter};
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     // The nftables table of this network namespace, if any (it can outlive the pins, or be all
@@ -26,7 +26,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             anyhow::bail!(
                 "not enforcing: {} of {} programs attached, generation {}",
                 s.links.len(),
-                crate::guard::PROGRAMS.len(),
+                crate::kernel::paths::PROGRAMS.len(),
                 s.generation
             );
         }

@@ -9,9 +9,9 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{DEFAULT_CONFIG, SuggestArgs},
-    config::{PolicyFile, Source},
-    observe::{Base, Table, suggest as render},
-    stream,
+    policy::{schema::PolicyFile, source::Source},
+    report::seen::{Base, Table, suggest as render},
+    report::socket,
 };
 
 pub fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
@@ -40,7 +40,7 @@ pub fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
 
 fn from_daemon(socket: &Path) -> anyhow::Result<(Table, Option<PathBuf>)> {
     let mut body = None;
-    stream::request(socket, "observed", |line| {
+    socket::request(socket, "observed", |line| {
         body = Some(line.to_owned());
         false
     })?;

@@ -1,4 +1,4 @@
-use crate::{cli::PinArgs, netfilter, pinned};
+use crate::{cli::PinArgs, kernel::pinned, netfilter};
 
 pub fn unload(args: &PinArgs) -> anyhow::Result<()> {
     let mut removed = pinned::unload(&args.pin_dir)?;

@@ -595,7 +595,7 @@ fn run() -> Value {
     fs::create_dir_all(&bench_pins).unwrap();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&bench_pins)
-        .load(imds_guard::guard::EBPF_OBJECT)
+        .load(imds_guard::kernel::guard::EBPF_OBJECT)
         .expect("load object");
     let mut floor: BTreeMap<&'static str, u32> = BTreeMap::new();
     for name in ["bench_connect4", "bench_connect6", "bench_connect4_addr", "bench_connect6_addr"] {

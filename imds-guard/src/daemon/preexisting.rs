@@ -34,8 +34,8 @@ use imds_guard_common::{config::Mode, verdict::find_rule};
 use serde::Serialize;
 
 use crate::{
-    endpoints::Endpoints,
-    identity::ProcessIdentity,
+    host::identity::ProcessIdentity,
+    policy::endpoints::Endpoints,
     policy::{Policy, Preexisting as PreexistingPolicy},
 };
 
@@ -159,7 +159,7 @@ fn is_endpoint(ip: IpAddr, endpoints: &Endpoints) -> bool {
 /// processes below `attached` (the cgroup the hooks judge: processes elsewhere are not the
 /// policy's business).
 pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexisting> {
-    let Ok(attached_id) = crate::env::cgroup_id(attached) else { return Vec::new() };
+    let Ok(attached_id) = crate::host::env::cgroup_id(attached) else { return Vec::new() };
     // One process per network namespace is enough to read that namespace's TCP tables.
     let mut namespaces: BTreeMap<u64, u32> = BTreeMap::new();
     let pids: Vec<u32> = fs::read_dir("/proc")
@@ -226,7 +226,7 @@ pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexis
             )
             .is_some();
             out.push(Preexisting {
-                schema: crate::events::SCHEMA_VERSION,
+                schema: crate::report::enrich::SCHEMA_VERSION,
                 event: "preexisting_connection",
                 pid,
                 uid: who.uid,

@@ -1,7 +1,7 @@
 //! Kubernetes-shaped allow rules: `pod = "<namespace>/<name prefix>"`, `namespace = "..."` and
 //! `container = "..."` become the cgroups of the pods (or containers) they select on this node,
 //! found through kubelet's log directories and the kubepods cgroup tree
-//! ([`crate::workload`]). A pod's cgroup holds all of its containers, whatever its network
+//! ([`crate::host::workload`]). A pod's cgroup holds all of its containers, whatever its network
 //! (hostNetwork pods included), so the kernel's cgroup rule keys do the matching. The selection is
 //! re-resolved whenever a pod appears or goes (the directories in [`Node::watch`]), like any other
 //! `cgroup` rule.
@@ -15,11 +15,14 @@ use serde::Serialize;
 use toml::Spanned;
 
 use crate::{
-    config::{ConfigError, KubernetesTable, Source},
-    identity::{CgroupRef, resolve_cgroup},
-    workload::{
+    host::identity::{CgroupRef, resolve_cgroup},
+    host::workload::{
         ContainerRef, DEFAULT_CONTAINER_LOGS, DEFAULT_POD_CGROUPS, DEFAULT_POD_LOGS, PodDirectory, PodRef,
         PodSelector, container_of, find_pod_cgroups, trusted_owner,
+    },
+    policy::{
+        schema::KubernetesTable,
+        source::{ConfigError, Source},
     },
 };
 
@@ -169,7 +172,7 @@ impl Node {
             cgroups.extend(found.pods);
             watch.extend(found.parents);
             // A configured place that does not exist yet (kubelet not started): see it appear.
-            watch.insert(crate::identity::existing_ancestor(cgroup_root, start));
+            watch.insert(crate::host::identity::existing_ancestor(cgroup_root, start));
         }
         cgroups.sort();
         cgroups.dedup();

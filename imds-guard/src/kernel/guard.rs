@@ -1,18 +1,12 @@
 //! The one owner of the loaded kernel programs and maps.
 //!
-//! Layout of the pin directory (on a bpffs):
-//!   maps-<layout>/IMDSG_*  the maps, pinned by name, in a directory named after their layout
-//!                          (`imds_guard_common::maps::LAYOUT`); a daemon of the same layout reuses
-//!                          them (state and counters survive a restart)
-//!   links/connect4         the bpf_link attaching `imdsg_connect4` to the cgroup
-//!   links/connect6, links/sockops, links/msg (the last attaches to the sockhash map)
 //! The links keep the programs attached after the daemon exits; only `unload` removes them. A new
 //! daemon that finds the links replaces their programs in place (BPF_LINK_UPDATE): there is no
 //! instant with no program attached. An upgrade whose maps have another layout creates its own
 //! maps, installs the policy in them, swaps its programs into the same links (and attaches the
 //! message hook to its new sockhash), then removes the old maps: still no unguarded instant.
 //! The running daemon also holds a descriptor of each link and map, so that losing the pins (bpffs
-//! unmounted) does not detach anything while it runs; see [`crate::pins`].
+//! unmounted) does not detach anything while it runs; see [`crate::daemon::pins`].
 
 use std::{
     fs::File,
@@ -34,23 +28,14 @@ use imds_guard_common::{
     rule::{RuleKey, RuleValue},
 };
 
-use crate::{
+use super::{
     bpf_sys::{RcuBarrier, link_attached, link_update, obj_get},
-    policy::Policy,
+    paths::{PROGRAMS, link_pin, map_pin, maps_dir, other_map_dirs, remove_map_dir},
 };
+use crate::policy::Policy;
 
 /// The eBPF object built by build.rs (public for the benchmark, which loads its empty programs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-guard-ebpf"));
-
-/// (program name in the object, link pin name).
-/// In attach order: enforcement first, then request inspection (the message hook before the
-/// sockops program that feeds its sockhash).
-pub const PROGRAMS: [(&str, &str); 4] = [
-    ("imdsg_connect4", "connect4"),
-    ("imdsg_connect6", "connect6"),
-    ("imdsg_msg", "msg"),
-    ("imdsg_sockops", "sockops"),
-];
 
 /// How the programs came to be attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -113,49 +98,6 @@ pub struct Held {
     pub link: bool,
 }
 
-#[must_use]
-pub fn link_pin(pin_dir: &Path, name: &str) -> PathBuf {
-    pin_dir.join("links").join(name)
-}
-
-/// This build's map directory: `maps-<layout>`. (`IMDS_GUARD_LAYOUT_TAG` replaces the layout
-/// part: tests use it to play an upgrade to a binary whose maps have another layout.)
-#[must_use]
-pub fn maps_dir(pin_dir: &Path) -> PathBuf {
-    let tag = std::env::var("IMDS_GUARD_LAYOUT_TAG")
-        .ok()
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .unwrap_or_else(|| format!("{:016x}", maps::LAYOUT));
-    pin_dir.join(format!("maps-{tag}"))
-}
-
-#[must_use]
-pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
-    maps_dir(pin_dir).join(name)
-}
-
-/// Map directories of other layouts (an earlier version's), oldest naming first.
-#[must_use]
-pub fn other_map_dirs(pin_dir: &Path) -> Vec<PathBuf> {
-    let mine = maps_dir(pin_dir);
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(pin_dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.is_dir()
-                        && *p != mine
-                        && p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n == "maps" || n.starts_with("maps-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
-    dirs
-}
-
 impl Guard {
     /// Loads the programs (reusing pinned maps), installs `policy`, then attaches — or, when an
     /// earlier daemon's links are pinned, swaps the new programs into them atomically. The policy
@@ -167,7 +109,7 @@ impl Guard {
         exe_offsets: Option<ExeOffsets>,
         netfilter: NetfilterRuntime,
     ) -> anyhow::Result<(Self, Attachment)> {
-        let cgroup_id = crate::env::cgroup_id(cgroup)?;
+        let cgroup_id = crate::host::env::cgroup_id(cgroup)?;
         let maps_dir = maps_dir(pin_dir);
         // No maps of this layout yet: this daemon makes them (first start, or an upgrade).
         let fresh_maps = !maps_dir.join(maps::ACTIVE).exists();
@@ -362,7 +304,7 @@ impl Guard {
         Ok(stats.get(&(stat as u32), 0)?.iter().sum())
     }
 
-    /// The pinned links and maps, by descriptor (see [`crate::pins`]).
+    /// The pinned links and maps, by descriptor (see [`crate::daemon::pins`]).
     #[must_use]
     pub fn held(&self) -> &[Held] {
         &self.held
@@ -509,7 +451,7 @@ impl Guard {
         let live = active.get(&0, 0)?.generation;
         // One BPF_MAP_UPDATE_BATCH for the whole generation (one bpf() call per key took ~1 µs
         // each); a kernel without batch operations on hash maps gets them one by one.
-        let (mut written, mut result) = crate::bpf_sys::map_update_batch(rules_fd, &keys, &values);
+        let (mut written, mut result) = crate::kernel::bpf_sys::map_update_batch(rules_fd, &keys, &values);
         if matches!(&result, Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)))
             && written == 0
         {
@@ -653,11 +595,11 @@ fn remove_generation(
     if readers {
         barrier.wait().context("waiting for running programs (RCU barrier)")?;
     }
-    let (done, r) = crate::bpf_sys::map_delete_batch(map.as_fd(), old);
+    let (done, r) = crate::kernel::bpf_sys::map_delete_batch(map.as_fd(), old);
     // A key already gone (ENOENT) or no batch support: the rest one by one.
     if r.is_err() {
         for k in &old[done.min(old.len())..] {
-            match crate::bpf_sys::map_delete_elem(map.as_fd(), k) {
+            match crate::kernel::bpf_sys::map_delete_elem(map.as_fd(), k) {
                 Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
                     return Err(anyhow!(e).context("deleting a rule"));
                 }
@@ -680,19 +622,4 @@ fn remove_where(
         }
     }
     Ok(())
-}
-
-/// Unpins every map in `dir` and removes it (a map lives on while a program still uses it).
-pub fn remove_map_dir(dir: &Path) -> Vec<String> {
-    let mut removed = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        match std::fs::remove_file(e.path()) {
-            Ok(()) => removed.push(format!("map {}", e.path().display())),
-            Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
-        }
-    }
-    if let Err(err) = std::fs::remove_dir(dir) {
-        tracing::warn!("cannot remove {}: {err}", dir.display());
-    }
-    removed
 }

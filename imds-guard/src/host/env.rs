@@ -1,6 +1,6 @@
 //! The host environment: where cgroup v2 and bpffs are (mounting them when the host has none), and
 //! making sure the pin directory is on a bpffs so that pinned programs and maps outlive the daemon.
-//! What the kernel itself must support is checked in [`crate::features`].
+//! What the kernel itself must support is checked in [`crate::kernel::features`].
 
 use std::{
     fs,
@@ -11,9 +11,6 @@ use anyhow::{Context as _, bail};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// Default pin directory.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
 
 /// Where imds-guard mounts a cgroup v2 hierarchy of its own when the host has none mounted (a pure
 /// cgroup v1 host such as Amazon Linux 2). The hierarchy is the same everywhere it is mounted:
@@ -138,15 +135,9 @@ pub fn cgroup_id(dir: &Path) -> anyhow::Result<u64> {
     Ok(fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?.ino())
 }
 
-/// Makes sure `pin_dir` exists on a bpffs. For the default location, mounts bpffs on /sys/fs/bpf
-/// when nothing is mounted there (returns whether it did); an explicit `--pin-dir` elsewhere must
-/// already be on a bpffs.
-pub fn prepare_pin_dir(pin_dir: &Path) -> anyhow::Result<bool> {
-    prepare_pin_dir_with(pin_dir, pin_dir == Path::new(DEFAULT_PIN_DIR))
-}
-
-/// [`prepare_pin_dir`], mounting bpffs only if `may_mount`.
-pub fn prepare_pin_dir_with(pin_dir: &Path, may_mount: bool) -> anyhow::Result<bool> {
+/// Makes sure `pin_dir`'s parent is on a bpffs, so that what is pinned there outlives the
+/// daemon; when it is not and `may_mount`, mounts one there (returns whether it did).
+pub fn ensure_bpffs(pin_dir: &Path, may_mount: bool) -> anyhow::Result<bool> {
     let mut mounted = false;
     let parent = pin_dir.parent().context("the pin directory has no parent")?;
     if !parent.exists() {
@@ -184,11 +175,6 @@ pub fn prepare_pin_dir_with(pin_dir: &Path, may_mount: bool) -> anyhow::Result<b
                 parent.display(),
                 parent.display()
             );
-        }
-    }
-    for d in [pin_dir.to_owned(), crate::guard::maps_dir(pin_dir), pin_dir.join("links")] {
-        if !d.exists() {
-            fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
         }
     }
     Ok(mounted)

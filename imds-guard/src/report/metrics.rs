@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 use serde_json::Value;
 
-use crate::output::SinkStats;
+use crate::report::sinks::SinkStats;
 
 /// Distinct `workload` label values before new ones become `other`.
 pub const MAX_WORKLOADS: usize = 256;
@@ -134,7 +134,7 @@ impl Metrics {
         let event = v["event"].as_str().unwrap_or("");
         if repeat {
             self.aggregated.inc();
-        } else if crate::events::is_violation(event) {
+        } else if crate::report::enrich::is_violation(event) {
             self.delivered.inc();
         }
         let enforced = || v["enforced"].as_bool().unwrap_or(false).to_string();
@@ -175,7 +175,7 @@ impl Metrics {
 
     /// The workload label: the strongest identity the event carries, bounded in number.
     fn workload(&self, v: &Value) -> String {
-        let w = crate::events::workload_name(v);
+        let w = crate::report::enrich::workload_name(v);
         let mut seen = self.workloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.contains(&w) {
             return w;
@@ -189,7 +189,7 @@ impl Metrics {
 
     /// The metrics in OpenMetrics text, with the kernel's counters read now.
     pub fn encode(&self) -> String {
-        match crate::pinned::counters(&self.pin_dir) {
+        match crate::kernel::pinned::counters(&self.pin_dir) {
             Ok(counters) => {
                 for (name, value) in &counters {
                     let c = self.kernel.get_or_create(&KernelStat { counter: (*name).to_owned() });
@@ -220,7 +220,7 @@ fn sync(c: &Counter, value: u64) {
 
 /// Serves `GET /metrics` (and `/healthz`, which answers 200 while the kernel programs are pinned
 /// and attached) until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<crate::output::Hub>) {
+pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<crate::report::sinks::Hub>) {
     use http_body_util::Full;
     use hyper::{Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
     loop {
@@ -245,7 +245,7 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<crate::output::Hu
                             )
                             .body(Full::new(Bytes::from(m.metrics.encode()))),
                         "/healthz" => {
-                            let ok = crate::pinned::status_with(&m.metrics.pin_dir, false)
+                            let ok = crate::kernel::pinned::status_with(&m.metrics.pin_dir, false)
                                 .is_ok_and(|s| s.enforcing);
                             Response::builder()
                                 .status(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })

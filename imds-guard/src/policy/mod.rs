@@ -12,12 +12,23 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
+pub mod endpoints;
+pub mod fast_toml;
+pub mod netfilter;
+pub mod parse;
+pub mod pods;
+pub mod schema;
+pub mod source;
+
+use self::{
+    endpoints::Endpoints,
+    schema::{AllowTable, PolicyFile},
+    source::{ConfigError, LineIndex, Source},
+};
 use crate::{
-    config::{AllowTable, ConfigError, LineIndex, PolicyFile, Source},
-    endpoints::{self, Endpoints},
-    identity::{CgroupRef, ExeId, FileId},
-    pods::{KubeConfig, Node, PodMatch},
-    workload::PodSelector,
+    host::identity::{CgroupRef, ExeId, FileId},
+    host::workload::PodSelector,
+    policy::pods::{KubeConfig, Node, PodMatch},
 };
 
 /// Warnings kept for a policy (the rest are counted in one more).
@@ -38,7 +49,7 @@ pub struct Policy {
     pub preexisting: Preexisting,
     pub rules: Vec<Rule>,
     /// `[netfilter]`: the nftables layer.
-    pub netfilter: crate::netfilter::Settings,
+    pub netfilter: netfilter::Settings,
     /// Hex SHA-256 of the resolved policy (what the kernel enforces), shown by `status`.
     pub digest: String,
     /// Things that are allowed but deserve attention (spoofable keys, cgroups not there yet).
@@ -49,7 +60,7 @@ pub struct Policy {
     pub pod_watch: BTreeSet<PathBuf>,
     /// Where kubelet's log directories are (`[kubernetes]`), to name the pod of an event.
     #[serde(skip)]
-    pub pods: crate::workload::PodDirectory,
+    pub pods: crate::host::workload::PodDirectory,
 }
 
 /// `preexisting = ...`: connections to an endpoint that were open before imds-guard started.
@@ -492,7 +503,7 @@ impl Policy {
                 ));
             }
         }
-        let netfilter = crate::netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
+        let netfilter = netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
         let entries: usize = rules
             .iter()
             .filter(|r| r.duplicate_of.is_none() && !r.is_pending())
@@ -737,12 +748,12 @@ fn resolve_rule(
         (&mut rule.group, &mut rule.waiting_for),
     )?;
     if let Some(exe) = &t.exe {
-        let id = crate::identity::resolve_exe(exe.get_ref(), host.waiting_names)
+        let id = crate::host::identity::resolve_exe(exe.get_ref(), host.waiting_names)
             .map_err(|m| source.error_at(Some(exe.span()), m))?;
         rule.exe = Some(Box::new(id));
     }
     if let Some(cg) = &t.cgroup {
-        let c = crate::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
+        let c = crate::host::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
             .map_err(|m| source.error_at(Some(cg.span()), m))?;
         rule.cgroup = Some(Box::new(c));
     }
@@ -793,9 +804,9 @@ fn pod_selector(source: &Source, t: &AllowTable) -> Result<Option<PodSelector>, 
         (Some(_), Some(ns)) => {
             return Err(at(ns, "`pod` already names the namespace; keep `pod` or `namespace`".into()));
         }
-        (Some(p), None) => crate::pods::parse_pod(p.get_ref()).map_err(|m| at(p, m))?,
+        (Some(p), None) => pods::parse_pod(p.get_ref()).map_err(|m| at(p, m))?,
         (None, Some(ns)) => {
-            crate::pods::check_namespace(ns.get_ref()).map_err(|m| at(ns, m))?;
+            pods::check_namespace(ns.get_ref()).map_err(|m| at(ns, m))?;
             (ns.get_ref().clone(), String::new())
         }
         (None, None) => {
@@ -812,7 +823,7 @@ fn pod_selector(source: &Source, t: &AllowTable) -> Result<Option<PodSelector>, 
     };
     let container = match &t.container {
         Some(c) => {
-            crate::pods::check_container(c.get_ref()).map_err(|m| at(c, m))?;
+            pods::check_container(c.get_ref()).map_err(|m| at(c, m))?;
             Some(c.get_ref().clone())
         }
         None => None,

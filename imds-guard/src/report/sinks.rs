@@ -229,8 +229,8 @@ impl Journal {
 pub fn journal_message(v: &Value, json: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() * 3);
     let event = v["event"].as_str().unwrap_or("");
-    let priority = if crate::events::is_violation(event) { "4" } else { "6" };
-    field(&mut out, "MESSAGE", &crate::events::human(v));
+    let priority = if crate::report::enrich::is_violation(event) { "4" } else { "6" };
+    field(&mut out, "MESSAGE", &crate::report::enrich::human(v));
     field(&mut out, "PRIORITY", priority);
     field(&mut out, "SYSLOG_IDENTIFIER", "imds-guard");
     if let Some(o) = v.as_object() {
@@ -353,8 +353,8 @@ pub fn stdout_is_journal() -> bool {
 /// anywhere in the daemon.
 pub struct Hub {
     pub output: Output,
-    pub metrics: crate::metrics::Metrics,
-    pub observed: crate::observe::Observed,
+    pub metrics: crate::report::metrics::Metrics,
+    pub observed: crate::report::seen::Observed,
     /// The policy file the daemon runs with (for `suggest`).
     pub policy: PathBuf,
 }

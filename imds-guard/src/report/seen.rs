@@ -3,7 +3,7 @@
 //! policy `imds-guard suggest` writes from it: the path from "observe" to "enforce".
 //!
 //! A workload is named by the strongest identity its events carry (see
-//! [`crate::events::workload_name`]): a Kubernetes pod, else a systemd unit, else the executable
+//! [`crate::report::enrich::workload_name`]): a Kubernetes pod, else a systemd unit, else the executable
 //! (with the uid when only one was seen), else the uid. Container ids are not used for rules: they
 //! change at every container restart.
 
@@ -23,7 +23,7 @@ pub const MAX_SEEN: usize = 4096;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Seen {
-    /// [`crate::events::workload_name`] of the first event.
+    /// [`crate::report::enrich::workload_name`] of the first event.
     pub workload: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<Pod>,
@@ -87,7 +87,7 @@ impl Table {
             "imdsv1_request" | "imds_request_unclassified" => (0, count),
             _ => return,
         };
-        let workload = crate::events::workload_name(v);
+        let workload = crate::report::enrich::workload_name(v);
         if !self.seen.contains_key(&workload) && self.seen.len() >= MAX_SEEN {
             self.overflow += count;
             return;

@@ -13,9 +13,9 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde_json::json;
 
 use crate::{
-    config::Source,
-    guard::Guard,
-    identity::existing_ancestor,
+    host::identity::existing_ancestor,
+    kernel::guard::Guard,
+    policy::source::Source,
     policy::{Host, Policy, mode_name},
 };
 
@@ -26,10 +26,10 @@ pub const SETTLE: Duration = Duration::from_millis(50);
 /// write) is never installed half-written, which could drop rules or, with only its first line,
 /// switch to monitor mode.
 fn read_settled(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut last = crate::config::read_bytes(path)?;
+    let mut last = crate::policy::source::read_bytes(path)?;
     for _ in 0..20 {
         std::thread::sleep(SETTLE);
-        let now = crate::config::read_bytes(path)?;
+        let now = crate::policy::source::read_bytes(path)?;
         if now == last {
             return Ok(now);
         }
@@ -78,7 +78,7 @@ impl Reloader {
     /// Called when something watched changed, or periodically: reloads if the file's text changed,
     /// else re-resolves the current text and installs it if what it resolves to changed.
     pub fn refresh(&mut self, guard: &mut Guard) {
-        let read = crate::config::read_bytes(&self.config);
+        let read = crate::policy::source::read_bytes(&self.config);
         if read.is_ok() && std::mem::take(&mut self.unreadable) {
             tracing::info!(policy = %self.config.display(), "the policy file can be read again");
         }
@@ -109,7 +109,7 @@ impl Reloader {
             Err(_) if self.unreadable => {}
             Err(_) => {
                 std::thread::sleep(SETTLE);
-                if let Err(e) = crate::config::read_bytes(&self.config) {
+                if let Err(e) = crate::policy::source::read_bytes(&self.config) {
                     self.unreadable = true;
                     tracing::warn!(
                         policy = %self.config.display(),
@@ -162,8 +162,8 @@ impl Reloader {
                     enforced_ms = enforced.as_secs_f64() * 1e3,
                     "reload timings"
                 );
-                crate::cmd::run::emit(&json!({
-                    "schema": crate::events::SCHEMA_VERSION,
+                crate::report::sinks::emit(&json!({
+                    "schema": crate::report::enrich::SCHEMA_VERSION,
                     "event": "policy_reloaded",
                     "reason": reason.as_str(),
                     "generation": generation,
@@ -188,8 +188,8 @@ impl Reloader {
             generation = guard.generation(),
             "policy refused, the previous policy stays enforced: {e:#}"
         );
-        crate::cmd::run::emit(&json!({
-            "schema": crate::events::SCHEMA_VERSION,
+        crate::report::sinks::emit(&json!({
+            "schema": crate::report::enrich::SCHEMA_VERSION,
             "event": "policy_reload_failed",
             "generation": guard.generation(),
             "error": format!("{e:#}"),

@@ -93,7 +93,7 @@ pub struct Who {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_runtime: Option<crate::workload::Runtime>,
+    pub container_runtime: Option<crate::host::workload::Runtime>,
     /// The Kubernetes pod, named from kubelet's log directories.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<Pod>,
@@ -131,7 +131,7 @@ pub struct Enricher {
     /// to name the executable of one that has already exited.
     exes: HashMap<(u64, u64), String>,
     /// kubelet's log directories (from the policy's `[kubernetes]`), to name pods.
-    pub pods: crate::workload::PodDirectory,
+    pub pods: crate::host::workload::PodDirectory,
     /// Pods found, by the cgroup id of the event (a pod's log directory can appear a moment after
     /// its first process runs, so only what was found is remembered).
     pod_of: HashMap<u64, Pod>,
@@ -145,7 +145,7 @@ impl Enricher {
             cgroups: HashMap::new(),
             users: HashMap::new(),
             exes: HashMap::new(),
-            pods: crate::workload::PodDirectory::default(),
+            pods: crate::host::workload::PodDirectory::default(),
             pod_of: HashMap::new(),
         }
     }
@@ -227,7 +227,7 @@ impl Enricher {
     ) -> Who {
         let pid = (pid_tgid >> 32) as u32;
         let cgroup = self.cgroup(pid, cgroup_id);
-        let workload = cgroup.as_deref().map(crate::workload::classify).unwrap_or_default();
+        let workload = cgroup.as_deref().map(crate::host::workload::classify).unwrap_or_default();
         let pod = self.pod(cgroup_id, &workload);
         Who {
             pid,
@@ -262,7 +262,7 @@ impl Enricher {
         }
     }
 
-    fn pod(&mut self, cgroup_id: u64, w: &crate::workload::Workload) -> Option<Pod> {
+    fn pod(&mut self, cgroup_id: u64, w: &crate::host::workload::Workload) -> Option<Pod> {
         w.pod_uid.as_ref()?;
         if let Some(p) = self.pod_of.get(&cgroup_id) {
             return Some(p.clone());
@@ -335,7 +335,8 @@ impl Enricher {
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
             .filter(|p| {
-                crate::env::cgroup_id(&self.cgroup_root.join(p.trim_start_matches('/'))).ok() == Some(id)
+                crate::host::env::cgroup_id(&self.cgroup_root.join(p.trim_start_matches('/'))).ok()
+                    == Some(id)
             });
         let path = from_proc.or_else(|| find_cgroup(&self.cgroup_root, id))?;
         if self.cgroups.len() > 4096 {
@@ -498,7 +499,7 @@ fn confirm_exe_path(kernel_path: &str, key: (u64, u64)) -> Option<String> {
         return None;
     }
     let same = |p: &Path| {
-        crate::identity::resolve_exe(p.to_str()?, false)
+        crate::host::identity::resolve_exe(p.to_str()?, false)
             .ok()?
             .id
             .filter(|id| (id.dev, id.ino) == key)

@@ -105,7 +105,7 @@ impl Feature {
             Feature::SkStorage => map(MapType::SkStorage),
             Feature::SockHash => map(MapType::SockHash),
             Feature::SkMsg => prog(ProgramType::SkMsg),
-            Feature::SkMsgLink => crate::bpf_sys::sk_msg_link_supported(),
+            Feature::SkMsgLink => crate::kernel::bpf_sys::sk_msg_link_supported(),
             Feature::BpfLoop => is_helper_supported(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_loop)
                 .map_err(io::Error::other),
             Feature::RingBuf => map(MapType::RingBuf),

@@ -15,10 +15,9 @@ use std::{os::fd::AsFd as _, path::Path};
 use serde_json::json;
 
 use crate::{
-    bpf_sys::{link_attached, obj_pin},
-    cmd::run::emit,
-    env,
-    guard::Guard,
+    kernel::bpf_sys::{link_attached, obj_pin},
+    kernel::guard::Guard,
+    report::sinks::emit,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +63,7 @@ impl PinKeeper {
                  were attached to was removed): nothing is enforced; restart imds-guard to enforce again"
             );
             emit(&json!({
-                "schema": crate::events::SCHEMA_VERSION,
+                "schema": crate::report::enrich::SCHEMA_VERSION,
                 "event": "programs_detached",
                 "pin_dir": guard.pin_dir().display().to_string(),
                 "links": names(&detached),
@@ -72,7 +71,8 @@ impl PinKeeper {
             }));
             return;
         }
-        let missing: Vec<&crate::guard::Held> = guard.held().iter().filter(|h| !h.pin.exists()).collect();
+        let missing: Vec<&crate::kernel::guard::Held> =
+            guard.held().iter().filter(|h| !h.pin.exists()).collect();
         if missing.is_empty() {
             if self.state == State::Lost {
                 // Someone else put them back (e.g. another daemon on the same pin directory).
@@ -83,7 +83,7 @@ impl PinKeeper {
         let missing_paths: Vec<&Path> = missing.iter().map(|h| h.pin.as_path()).collect();
         // Never mount a bpffs here: under systemd the daemon's mounts are private to it (and go
         // with it), so pins in one would look restored and not be. Wait for the host's instead.
-        let restored = env::prepare_pin_dir_with(guard.pin_dir(), false).and_then(|_| {
+        let restored = crate::kernel::paths::prepare_without_mount(guard.pin_dir()).and_then(|_| {
             for h in &missing {
                 obj_pin(h.fd.as_fd(), &h.pin)
                     .map_err(|e| anyhow::anyhow!("pinning {}: {e}", h.pin.display()))?;
@@ -99,7 +99,7 @@ impl PinKeeper {
                 self.state = State::Intact;
                 tracing::warn!(pins = ?names(&missing_paths), "pinned the links and maps again");
                 emit(&json!({
-                    "schema": crate::events::SCHEMA_VERSION,
+                    "schema": crate::report::enrich::SCHEMA_VERSION,
                     "event": "pins_restored",
                     "pin_dir": guard.pin_dir().display().to_string(),
                     "pins": names(&missing_paths),
@@ -122,7 +122,7 @@ impl PinKeeper {
             guard.pin_dir().display()
         );
         emit(&json!({
-            "schema": crate::events::SCHEMA_VERSION,
+            "schema": crate::report::enrich::SCHEMA_VERSION,
             "event": "pins_lost",
             "pin_dir": guard.pin_dir().display().to_string(),
             "pins": names(missing),

@@ -2,7 +2,7 @@
 //!
 //! A Unix stream socket, mode 0600 in a 0700 directory (events name processes and users: they
 //! are for root). A client sends one request line and reads JSON lines back:
-//! - `recent`: the last events (up to [`crate::output::RECENT`]), then the connection closes;
+//! - `recent`: the last events (up to [`crate::report::sinks::RECENT`]), then the connection closes;
 //! - `follow`: the same, then every new event as it happens; a client too slow to keep up gets a
 //!   `{"event":"stream_lagged","missed":N}` line in place of what it missed;
 //! - `observed`: one object, `{"policy": <path>, "table": <what was seen without a rule>}`.
@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
-use crate::output::Hub;
+use crate::report::sinks::Hub;
 
 pub const DEFAULT_SOCKET: &str = "/run/imds-guard/events.sock";
 
@@ -91,7 +91,7 @@ async fn client(stream: tokio::net::UnixStream, hub: &Hub) -> std::io::Result<()
                             w.write_all(b"\n").await?;
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let notice = serde_json::json!({"schema": crate::events::SCHEMA_VERSION, "event": "stream_lagged", "missed": n});
+                            let notice = serde_json::json!({"schema": crate::report::enrich::SCHEMA_VERSION, "event": "stream_lagged", "missed": n});
                             w.write_all(format!("{notice}\n").as_bytes()).await?;
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,

@@ -13,7 +13,7 @@ use imds_guard_common::{
 };
 use serde::Serialize;
 
-use crate::guard::{PROGRAMS, link_pin, map_pin};
+use super::paths::{PROGRAMS, link_pin, map_pin};
 
 fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = map_pin(pin_dir, name);
@@ -112,7 +112,7 @@ pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status
 
 /// Fails, saying so, when the maps in `pin_dir` are of another imds-guard version's layout.
 fn not_mine(pin_dir: &Path) -> anyhow::Result<()> {
-    if let Some(d) = crate::guard::other_map_dirs(pin_dir).first() {
+    if let Some(d) = crate::kernel::paths::other_map_dirs(pin_dir).first() {
         anyhow::bail!(
             "the maps in {} were made by an imds-guard version with another map layout, which this \
              binary cannot read; enforcement is unaffected. Restart the daemon with this version to \
@@ -143,15 +143,16 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
     for l in names {
         let p = link_pin(pin_dir, &l);
         if p.exists() {
-            let link = crate::bpf_sys::obj_get(&p).with_context(|| format!("opening {}", p.display()))?;
-            crate::bpf_sys::link_detach(std::os::fd::AsFd::as_fd(&link))
+            let link =
+                crate::kernel::bpf_sys::obj_get(&p).with_context(|| format!("opening {}", p.display()))?;
+            crate::kernel::bpf_sys::link_detach(std::os::fd::AsFd::as_fd(&link))
                 .with_context(|| format!("detaching {}", p.display()))?;
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             removed.push(format!("link {} (program detached)", p.display()));
         }
     }
-    for d in crate::guard::other_map_dirs(pin_dir) {
-        removed.extend(crate::guard::remove_map_dir(&d));
+    for d in crate::kernel::paths::other_map_dirs(pin_dir) {
+        removed.extend(super::paths::remove_map_dir(&d));
     }
     for name in maps::ALL {
         let p = map_pin(pin_dir, name);
@@ -160,7 +161,7 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
             removed.push(format!("map {}", p.display()));
         }
     }
-    for d in [pin_dir.join("links"), crate::guard::maps_dir(pin_dir), pin_dir.to_owned()] {
+    for d in [pin_dir.join("links"), crate::kernel::paths::maps_dir(pin_dir), pin_dir.to_owned()] {
         if d.exists() {
             std::fs::remove_dir(&d).with_context(|| {
                 format!("removing {} (it holds pins imds-guard did not make)", d.display())

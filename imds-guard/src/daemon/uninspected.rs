@@ -7,7 +7,7 @@
 use imds_guard_common::{maps::SOCKETS_CAPACITY, stats::Stat};
 use serde_json::json;
 
-use crate::{cmd::run::emit, guard::Guard};
+use crate::{kernel::guard::Guard, report::sinks::emit};
 
 #[derive(Default)]
 pub struct UninspectedWatch {
@@ -34,7 +34,7 @@ impl UninspectedWatch {
                  (imdsv1 = \"deny\" does not apply to them)"
             );
             emit(&json!({
-                "schema": crate::events::SCHEMA_VERSION,
+                "schema": crate::report::enrich::SCHEMA_VERSION,
                 "event": "connections_uninspected",
                 "count": total - seen,
                 "total": total,

@@ -296,7 +296,7 @@ impl Reporter {
             n => n.to_string(),
         };
         PacketReport {
-            schema: crate::events::SCHEMA_VERSION,
+            schema: crate::report::enrich::SCHEMA_VERSION,
             event: match l.hook {
                 Hook::Forward => "forward_denied",
                 Hook::Output => "output_denied",

@@ -21,7 +21,7 @@ use toml_parser::{
     parser::{EventReceiver, RecursionGuard, ValidateWhitespace},
 };
 
-use crate::config::{AllowTable, PolicyFile};
+use super::schema::{AllowTable, PolicyFile};
 
 /// The `toml` crate's nesting limit (it refuses deeper documents).
 const NESTING_LIMIT: u32 = 80;

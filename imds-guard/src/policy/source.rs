@@ -1,92 +1,7 @@
-//! The policy file: TOML → [`PolicyFile`], with the position of every value kept so that errors can
-//! name `file:line:col`. Unknown keys are errors. Meaning (users, endpoints, ...) is resolved in
-//! [`crate::policy`].
+//! The policy's text and where it came from, and errors that point into it: `file:line:col`, the
+//! offending line, the message made printable and bounded whatever the file holds.
 
 use std::{fmt, ops::Range, path::Path};
-
-use serde::Deserialize;
-use toml::Spanned;
-
-/// The policy file as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyFile {
-    /// `"enforce"` (default) or `"monitor"`.
-    pub mode: Option<Spanned<String>>,
-    /// Endpoint presets and literal addresses; default `["aws-imds"]`.
-    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
-    /// Default treatment of tokenless (IMDSv1) requests: `"allow"`, `"log"` (default) or `"deny"`.
-    pub imdsv1: Option<Spanned<String>>,
-    /// Connections to an endpoint open before imds-guard started, held by a process the policy
-    /// denies: `"report"` (default) or `"close"`.
-    pub preexisting: Option<Spanned<String>>,
-    /// Allow rules: the keys of one table must all match; tables are alternatives.
-    #[serde(default)]
-    pub allow: Vec<Spanned<AllowTable>>,
-    /// The nftables layer (forwarded traffic, reduced mode); see [`crate::netfilter`].
-    pub netfilter: Option<Spanned<NetfilterTable>>,
-    /// Where kubelet's records and the pod cgroups are (for `pod` and `namespace` keys).
-    pub kubernetes: Option<Spanned<KubernetesTable>>,
-}
-
-/// The `[kubernetes]` table: where this node keeps what `pod`/`namespace`/`container` keys are
-/// resolved from. Every key has a default that fits a kubelet node.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesTable {
-    /// kubelet's pod log directory (default `/var/log/pods`).
-    pub pod_logs: Option<Spanned<String>>,
-    /// kubelet's container log symlinks (default `/var/log/containers`).
-    pub container_logs: Option<Spanned<String>>,
-    /// cgroups to search for pod cgroups (default: the whole tree).
-    pub pod_cgroups: Option<Spanned<Vec<Spanned<String>>>>,
-}
-
-/// `[netfilter]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetfilterTable {
-    /// Drop (monitor mode: report) forwarded packets to the endpoints; default true.
-    pub forward: Option<Spanned<bool>>,
-    /// Input interfaces whose forwarded packets are let through (`eni*`: prefix).
-    pub forward_allow_interfaces: Option<Spanned<Vec<Spanned<String>>>>,
-    /// Source addresses or prefixes whose forwarded packets are let through.
-    pub forward_allow_sources: Option<Spanned<Vec<Spanned<String>>>>,
-    /// `"auto"` (default), `"off"` or `"on"`: nftables output rules instead of the cgroup programs.
-    pub reduced_mode: Option<Spanned<String>>,
-    /// NFLOG group the rules log to.
-    pub nflog_group: Option<Spanned<u16>>,
-}
-
-/// One `[[allow]]` table.
-///
-/// Its text keys are boxed: a policy of 10,000 tables moved and first touched every table's
-/// eleven 40-byte slots while parsing (the memory copies and page faults cost more than the
-/// parse); a table now takes ~140 bytes, and only the keys it has allocate.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AllowTable {
-    /// A name for the rule, shown by `check`, `explain` and in events.
-    pub name: Option<Box<Spanned<String>>>,
-    pub uid: Option<Spanned<u32>>,
-    pub user: Option<Box<Spanned<String>>>,
-    pub gid: Option<Spanned<u32>>,
-    pub group: Option<Box<Spanned<String>>>,
-    /// The executable file (by device and inode, resolved at load and when it is replaced).
-    pub exe: Option<Box<Spanned<String>>>,
-    /// A cgroup path relative to the cgroup2 root; covers its descendants.
-    pub cgroup: Option<Box<Spanned<String>>>,
-    /// Task comm (spoofable: warned about).
-    pub comm: Option<Box<Spanned<String>>>,
-    /// Pods of a namespace whose name starts with a prefix: `"<namespace>/<prefix>"`.
-    pub pod: Option<Box<Spanned<String>>>,
-    /// Every pod of a namespace.
-    pub namespace: Option<Box<Spanned<String>>>,
-    /// With `pod` or `namespace`: only this container of the selected pods.
-    pub container: Option<Box<Spanned<String>>>,
-    /// This workload's tokenless (IMDSv1) requests: `"allow"`, `"log"` or `"deny"`.
-    pub imdsv1: Option<Box<Spanned<String>>>,
-}
 
 /// Where a policy came from, to point errors at it.
 #[derive(Clone, Debug)]
@@ -179,15 +94,6 @@ impl Source {
             message,
             snippet: Some(format!("{line_no:>4} | {shown}\n     | {}{}", " ".repeat(pad), "^".repeat(width))),
         }
-    }
-
-    pub fn parse(&self) -> Result<PolicyFile, ConfigError> {
-        // The common shape of a large policy, read without the `toml` crate's document tree;
-        // anything else (and every error) is the `toml` crate's.
-        if let Some(file) = crate::fast_toml::parse(&self.text) {
-            return Ok(file);
-        }
-        toml::from_str(&self.text).map_err(|e| self.error_at(e.span(), e.message().trim().to_owned()))
     }
 }
 
@@ -285,27 +191,6 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_is_an_error_with_position() {
-        let e = src("mode = \"enforce\"\n[[allow]]\nuidd = 0\n").parse().unwrap_err();
-        assert_eq!(e.location, "policy.toml:3:1");
-        assert!(e.message.contains("unknown field `uidd`"), "{e}");
-        assert!(e.to_string().contains("uidd = 0"), "{e}");
-    }
-
-    #[test]
-    fn negative_uid_is_an_error_with_position() {
-        let e = src("[[allow]]\nuid = -5\n").parse().unwrap_err();
-        assert_eq!(e.location, "policy.toml:2:7");
-        assert!(e.message.contains("-5"), "{e}");
-    }
-
-    #[test]
-    fn syntax_error_has_position() {
-        let e = src("mode = enforce\n").parse().unwrap_err();
-        assert!(e.location.starts_with("policy.toml:1:"), "{e}");
-    }
-
-    #[test]
     fn text_that_is_not_utf8_is_an_error_at_its_first_bad_byte() {
         let e = Source::from_bytes("p.toml".into(), b"[[allow]]\nexe = \"/tmp/\xff\xfe\"\n".to_vec())
             .unwrap_err();
@@ -350,15 +235,5 @@ mod tests {
         assert_eq!(e.location, p.display().to_string());
         assert!(e.message.contains("larger than 2097152 bytes (2 MiB)"), "{e}");
         assert!(at_the_limit.is_ok());
-    }
-
-    #[test]
-    fn full_example_parses() {
-        let p = src("mode = \"monitor\"\nendpoints = [\"aws-imds\", \"169.254.170.2\"]\n\
-             [[allow]]\nuid = 0\n[[allow]]\nuser = \"root\"\n[[allow]]\ngroup = \"root\"\ngid = 0\n")
-        .parse()
-        .unwrap();
-        assert_eq!(p.allow.len(), 3);
-        assert_eq!(p.mode.unwrap().into_inner(), "monitor");
     }
 }

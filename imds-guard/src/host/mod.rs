@@ -1,0 +1,6 @@
+//! The machine imds-guard runs on: where cgroup v2 and bpffs are, what a file or a process is as
+//! the kernel identifies it, and which unit, container or pod a cgroup belongs to.
+
+pub mod env;
+pub mod identity;
+pub mod workload;
