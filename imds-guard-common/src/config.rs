@@ -44,6 +44,21 @@ impl Mode {
     pub const fn from_u32(v: u32) -> Self {
         if v == Mode::Monitor as u32 { Mode::Monitor } else { Mode::Enforce }
     }
+
+    /// As the policy file, events and `status` spell it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+
+    /// The mode a policy file names, if it names one.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Mode::Enforce, Mode::Monitor].into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// The live generation, the single entry of [`crate::maps::ACTIVE`].

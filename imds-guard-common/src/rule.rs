@@ -59,6 +59,22 @@ impl Imdsv1Action {
             _ => Imdsv1Action::Log,
         }
     }
+
+    /// As the policy file (`imdsv1 = ...`) and `check` spell it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Imdsv1Action::Allow => "allow",
+            Imdsv1Action::Log => "log",
+            Imdsv1Action::Deny => "deny",
+        }
+    }
+
+    /// The treatment a policy file names, if it names one.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Imdsv1Action::Allow, Imdsv1Action::Log, Imdsv1Action::Deny].into_iter().find(|a| a.name() == name)
+    }
 }
 
 #[repr(C)]

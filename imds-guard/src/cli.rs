@@ -149,7 +149,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Sink::Auto)]
     pub sink: Sink,
     /// The journal's socket (for --sink journald).
-    #[arg(long, default_value = crate::report::sinks::JOURNAL_SOCKET, hide = true)]
+    #[arg(long, default_value = crate::report::journal::JOURNAL_SOCKET, hide = true)]
     pub journal_socket: PathBuf,
     /// Also append events (JSON lines) to this file, rotated by size.
     #[arg(long, value_name = "PATH")]

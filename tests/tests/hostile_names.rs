@@ -75,7 +75,8 @@ fn suggest_is_not_injected_through_comm_or_exe_path() {
     assert_eq!(tables.len(), 3, "{suggested}");
     assert_eq!(tables[0], serde_json::json!({"uid": 0}));
     for t in &tables[1..] {
-        let keys: Vec<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
         assert_eq!(keys, ["exe", "name", "uid"], "{t}\n{suggested}");
         assert_eq!(t["uid"], NOBODY);
         assert!([prog.as_str(), evil.to_str().unwrap()].contains(&t["exe"].as_str().unwrap()), "{t}");

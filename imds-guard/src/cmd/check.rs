@@ -14,8 +14,8 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{}: ok", source.name);
-    println!("  mode: {}", crate::policy::mode_name(policy.mode));
-    println!("  imdsv1 (default): {}", crate::policy::imdsv1_name(policy.default_imdsv1));
+    println!("  mode: {}", policy.mode.name());
+    println!("  imdsv1 (default): {}", policy.default_imdsv1.name());
     let eps: Vec<String> = policy
         .endpoints
         .v4
@@ -54,7 +54,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
             p(&r.name.to_string()),
             r.line,
             p(&r.resolved().join(" and ")),
-            crate::policy::imdsv1_name(r.imdsv1)
+            r.imdsv1.name()
         );
     }
     for w in &policy.warnings {

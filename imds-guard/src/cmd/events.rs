@@ -1,6 +1,10 @@
 //! `imds-guard events`: the running daemon's events, readable or as JSON lines.
 
-use crate::{cli::EventsArgs, report::enrich::human, report::socket};
+use crate::{
+    cli::EventsArgs,
+    escape::visible,
+    report::{Stamped, human, socket},
+};
 
 pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -10,9 +14,10 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
         let text = if args.json {
             line.to_owned()
         } else {
-            match serde_json::from_str(line) {
-                Ok(v) => human(&v),
-                Err(_) => line.to_owned(),
+            // An event this version does not know is shown as it came, made printable.
+            match serde_json::from_str::<Stamped>(line) {
+                Ok(s) => human::line(&s.event),
+                Err(_) => visible(line).into_owned(),
             }
         };
         // Stop quietly when the reader goes away (`imds-guard events -f | head`).

@@ -16,7 +16,7 @@ use crate::{
     host::identity::ProcessIdentity,
     kernel::pinned,
     policy::source::Source,
-    policy::{Host, Policy, Rule, mode_name},
+    policy::{Host, Policy, Rule},
 };
 
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
@@ -43,7 +43,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         who.exe.as_ref().map_or("(none)".into(), |p| p.display().to_string()),
         who.cgroup
     );
-    let mode = mode_name(Mode::from_u32(cfg.mode));
+    let mode = (Mode::from_u32(cfg.mode)).name();
     match (verdict, matched) {
         (ConnectVerdict::Allow, Some(v)) => {
             println!(

@@ -10,8 +10,12 @@ use anyhow::Context as _;
 use crate::{
     cli::{DEFAULT_CONFIG, SuggestArgs},
     policy::{schema::PolicyFile, source::Source},
-    report::seen::{Base, Table, suggest as render},
-    report::socket,
+    report::{
+        Stamped,
+        seen::Table,
+        socket,
+        suggest::{Base, suggest as render},
+    },
 };
 
 pub fn suggest(args: &SuggestArgs) -> anyhow::Result<()> {
@@ -66,13 +70,11 @@ fn from_files(files: &[PathBuf]) -> anyhow::Result<Table> {
             if line.trim().is_empty() {
                 continue;
             }
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                tracing::warn!("{}:{}: not a JSON event, skipped", f.display(), n + 1);
+            let Ok(Stamped { event, .. }) = serde_json::from_str::<Stamped>(&line) else {
+                tracing::warn!("{}:{}: not an imds-guard event, skipped", f.display(), n + 1);
                 continue;
             };
-            let count =
-                v["count"].as_u64().filter(|_| v["event"].as_str().is_some_and(|e| e.ends_with("_repeated")));
-            table.observe(&v, count.unwrap_or(1));
+            table.observe(&event, event.occurrences());
         }
     }
     Ok(table)

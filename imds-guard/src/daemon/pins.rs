@@ -12,12 +12,13 @@
 
 use std::{os::fd::AsFd as _, path::Path};
 
-use serde_json::json;
-
 use crate::{
     kernel::bpf_sys::{link_attached, obj_pin},
     kernel::guard::Guard,
-    report::sinks::emit,
+    report::{
+        Event, Reporter,
+        event::{PinsLost, PinsRestored, ProgramsDetached},
+    },
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,7 @@ fn names(paths: &[&Path]) -> Vec<String> {
 
 impl PinKeeper {
     /// Looks at the pins and the links, restores what it can and reports changes.
-    pub fn check(&mut self, guard: &Guard) {
+    pub fn check(&mut self, guard: &Guard, reporter: &dyn Reporter) {
         if self.state == State::Detached {
             return;
         }
@@ -62,12 +63,10 @@ impl PinKeeper {
                 "the programs were detached (imds-guard unload, bpftool link detach, or the cgroup they \
                  were attached to was removed): nothing is enforced; restart imds-guard to enforce again"
             );
-            emit(&json!({
-                "schema": crate::report::enrich::SCHEMA_VERSION,
-                "event": "programs_detached",
-                "pin_dir": guard.pin_dir().display().to_string(),
-                "links": names(&detached),
-                "enforcing": false,
+            reporter.report(Event::ProgramsDetached(ProgramsDetached {
+                pin_dir: guard.pin_dir().display().to_string(),
+                links: names(&detached),
+                enforcing: false,
             }));
             return;
         }
@@ -94,40 +93,36 @@ impl PinKeeper {
             Ok(()) => {
                 if self.state == State::Intact {
                     // Lost and restored between two looks: still worth knowing.
-                    self.report_lost(guard, &missing_paths, "they were pinned again at once");
+                    self.report_lost(guard, reporter, &missing_paths, "they were pinned again at once");
                 }
                 self.state = State::Intact;
                 tracing::warn!(pins = ?names(&missing_paths), "pinned the links and maps again");
-                emit(&json!({
-                    "schema": crate::report::enrich::SCHEMA_VERSION,
-                    "event": "pins_restored",
-                    "pin_dir": guard.pin_dir().display().to_string(),
-                    "pins": names(&missing_paths),
-                    "enforcing": true,
+                reporter.report(Event::PinsRestored(PinsRestored {
+                    pin_dir: guard.pin_dir().display().to_string(),
+                    pins: names(&missing_paths),
+                    enforcing: true,
                 }));
             }
             Err(e) if self.state == State::Intact => {
                 self.state = State::Lost;
-                self.report_lost(guard, &missing_paths, &format!("{e:#}"));
+                self.report_lost(guard, reporter, &missing_paths, &format!("{e:#}"));
             }
             Err(e) => tracing::debug!("pins still cannot be restored: {e:#}"),
         }
     }
 
-    fn report_lost(&self, guard: &Guard, missing: &[&Path], why: &str) {
+    fn report_lost(&self, guard: &Guard, reporter: &dyn Reporter, missing: &[&Path], why: &str) {
         tracing::error!(
             pins = ?names(missing),
             "the pins in {} are gone; enforcement continues while this daemon runs, but ends when it \
              exits; they are pinned again as soon as the pin directory is on a bpffs again ({why})",
             guard.pin_dir().display()
         );
-        emit(&json!({
-            "schema": crate::report::enrich::SCHEMA_VERSION,
-            "event": "pins_lost",
-            "pin_dir": guard.pin_dir().display().to_string(),
-            "pins": names(missing),
-            "enforcing": true,
-            "error": why,
+        reporter.report(Event::PinsLost(PinsLost {
+            pin_dir: guard.pin_dir().display().to_string(),
+            pins: names(missing),
+            enforcing: true,
+            error: why.to_owned(),
         }));
     }
 

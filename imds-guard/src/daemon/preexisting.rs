@@ -31,40 +31,20 @@ use std::{
 };
 
 use imds_guard_common::{config::Mode, verdict::find_rule};
-use serde::Serialize;
 
 use crate::{
     host::identity::ProcessIdentity,
     policy::endpoints::Endpoints,
     policy::{Policy, Preexisting as PreexistingPolicy},
+    report::{Event, event::Preexisting},
 };
 
-#[derive(Debug, Serialize)]
-pub struct Preexisting {
-    pub schema: u32,
-    pub event: &'static str,
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-    pub cgroup: String,
-    pub dst: String,
-    pub port: u16,
-    /// `ESTABLISHED` or `SYN_SENT`.
-    pub state: &'static str,
-    /// Whether the enforced policy would let this process connect now.
-    pub allowed: bool,
-    /// Whether imds-guard reset the connection (`preexisting = "close"`, enforce mode, and some
-    /// process that holds it is denied).
-    pub closed: bool,
-    /// Why resetting it failed, when it was tried and failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub close_error: Option<String>,
+/// A connection found open, with what resetting it takes.
+#[derive(Debug)]
+pub struct Found {
+    pub report: Preexisting,
     /// The socket's inode and the holder's descriptor for it (to reset it).
-    #[serde(skip)]
     inode: u64,
-    #[serde(skip)]
     fd: i32,
 }
 
@@ -158,7 +138,7 @@ fn is_endpoint(ip: IpAddr, endpoints: &Endpoints) -> bool {
 /// Finds the connections to `policy`'s endpoints open now, in every network namespace, held by
 /// processes below `attached` (the cgroup the hooks judge: processes elsewhere are not the
 /// policy's business).
-pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexisting> {
+pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Found> {
     let Ok(attached_id) = crate::host::env::cgroup_id(attached) else { return Vec::new() };
     // One process per network namespace is enough to read that namespace's TCP tables.
     let mut namespaces: BTreeMap<u64, u32> = BTreeMap::new();
@@ -225,21 +205,21 @@ pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexis
                 |k| rules.get(k).copied(),
             )
             .is_some();
-            out.push(Preexisting {
-                schema: crate::report::enrich::SCHEMA_VERSION,
-                event: "preexisting_connection",
-                pid,
-                uid: who.uid,
-                gid: who.gid,
-                comm: who.comm.clone(),
-                exe: who.exe.as_ref().map(|p| p.display().to_string()),
-                cgroup: who.cgroup.clone(),
-                dst: ip.to_string(),
-                port,
-                state,
-                allowed,
-                closed: false,
-                close_error: None,
+            out.push(Found {
+                report: Preexisting {
+                    pid,
+                    uid: who.uid,
+                    gid: who.gid,
+                    comm: who.comm.clone(),
+                    exe: who.exe.as_ref().map(|p| p.display().to_string()),
+                    cgroup: who.cgroup.clone(),
+                    dst: ip.to_string(),
+                    port,
+                    state: state.to_owned(),
+                    allowed,
+                    closed: false,
+                    close_error: None,
+                },
                 inode,
                 fd: fd_num,
             });
@@ -250,14 +230,14 @@ pub fn scan(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexis
 
 /// What `run` does once enforcement is attached: finds the connections that predate it (below
 /// `attached`), resets the ones denied processes hold when the policy says `preexisting =
-/// "close"` in enforce mode, and logs a warning about each denied holder. Returns the reports.
-pub fn at_start(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Preexisting> {
+/// "close"` in enforce mode, and logs a warning about each denied holder. Returns the events.
+pub fn at_start(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Event> {
     let mut found = scan(policy, cgroup_root, attached);
     let close = policy.preexisting == PreexistingPolicy::Close;
     if close && policy.mode == Mode::Enforce {
         close_denied(&mut found);
     }
-    for c in found.iter().filter(|c| !c.allowed) {
+    for c in found.iter().map(|f| &f.report).filter(|c| !c.allowed) {
         let what = match (&c.close_error, c.closed) {
             (Some(e), _) => format!("; resetting it failed: {e}"),
             (None, true) => "; it was reset".to_owned(),
@@ -272,19 +252,20 @@ pub fn at_start(policy: &Policy, cgroup_root: &Path, attached: &Path) -> Vec<Pre
             c.dst
         );
     }
-    found
+    found.into_iter().map(|f| Event::PreexistingConnection(f.report)).collect()
 }
 
 /// Resets every connection in `found` that a denied process holds (also for the other processes
 /// that share the socket), and records the outcome in each report of it.
-pub fn close_denied(found: &mut [Preexisting]) {
-    let denied: HashSet<u64> = found.iter().filter(|c| !c.allowed).map(|c| c.inode).collect();
+pub fn close_denied(found: &mut [Found]) {
+    let denied: HashSet<u64> = found.iter().filter(|c| !c.report.allowed).map(|c| c.inode).collect();
     let mut outcome: HashMap<u64, Result<(), String>> = HashMap::new();
     for inode in denied {
         // Any holder's descriptor will do; the first that can still be taken.
         let mut result = Err(String::from("no holder left"));
         for c in found.iter().filter(|c| c.inode == inode) {
-            result = reset(c.pid, c.fd, inode).map_err(|e| format!("pid {} fd {}: {e}", c.pid, c.fd));
+            let pid = c.report.pid;
+            result = reset(pid, c.fd, inode).map_err(|e| format!("pid {pid} fd {}: {e}", c.fd));
             if result.is_ok() {
                 break;
             }
@@ -293,8 +274,8 @@ pub fn close_denied(found: &mut [Preexisting]) {
     }
     for c in found.iter_mut() {
         match outcome.get(&c.inode) {
-            Some(Ok(())) => c.closed = true,
-            Some(Err(e)) => c.close_error = Some(e.clone()),
+            Some(Ok(())) => c.report.closed = true,
+            Some(Err(e)) => c.report.close_error = Some(e.clone()),
             None => {}
         }
     }

@@ -10,13 +10,16 @@ use std::{
 };
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use serde_json::json;
 
+use super::install::Enforcer;
 use crate::{
     host::identity::existing_ancestor,
-    kernel::guard::Guard,
     policy::source::Source,
-    policy::{Host, Policy, mode_name},
+    policy::{Host, Policy},
+    report::{
+        Event, Reporter,
+        event::{PolicyReloadFailed, PolicyReloaded},
+    },
 };
 
 /// How long the policy file must stay unchanged before a change is installed.
@@ -62,6 +65,8 @@ pub struct Reloader {
     /// The text the enforced policy was built from.
     source: Source,
     pub policy: Policy,
+    /// Where the reload events go.
+    reporter: std::sync::Arc<dyn Reporter>,
     /// Policies installed and refused since the daemon started (reported in the reload events).
     pub reloads: u64,
     pub failures: u64,
@@ -71,13 +76,19 @@ pub struct Reloader {
 
 impl Reloader {
     #[must_use]
-    pub fn new(config: PathBuf, host: Host, source: Source, policy: Policy) -> Self {
-        Reloader { config, host, source, policy, reloads: 0, failures: 0, unreadable: false }
+    pub fn new(
+        config: PathBuf,
+        host: Host,
+        source: Source,
+        policy: Policy,
+        reporter: std::sync::Arc<dyn Reporter>,
+    ) -> Self {
+        Reloader { config, host, source, policy, reporter, reloads: 0, failures: 0, unreadable: false }
     }
 
     /// Called when something watched changed, or periodically: reloads if the file's text changed,
     /// else re-resolves the current text and installs it if what it resolves to changed.
-    pub fn refresh(&mut self, guard: &mut Guard) {
+    pub fn refresh(&mut self, guard: &mut Enforcer) {
         let read = crate::policy::source::read_bytes(&self.config);
         if read.is_ok() && std::mem::take(&mut self.unreadable) {
             tracing::info!(policy = %self.config.display(), "the policy file can be read again");
@@ -123,7 +134,7 @@ impl Reloader {
     }
 
     /// Reads and installs the policy file.
-    pub fn reload(&mut self, guard: &mut Guard, reason: Reason) {
+    pub fn reload(&mut self, guard: &mut Enforcer, reason: Reason) {
         let started = Instant::now();
         // The text in force may keep waiting for users and groups; an edited one may not.
         let parsed = Source::read(&self.config).and_then(|s| {
@@ -138,7 +149,7 @@ impl Reloader {
 
     fn install(
         &mut self,
-        guard: &mut Guard,
+        guard: &mut Enforcer,
         source: Source,
         policy: Policy,
         reason: Reason,
@@ -150,7 +161,8 @@ impl Reloader {
                 let elapsed = started.elapsed();
                 // What the install did after the switch (starting the old generation's removal,
                 // which goes on in the background) does not delay enforcement.
-                let after = guard.last_timings().map(|(_, switched, done)| done.saturating_sub(switched));
+                let after =
+                    guard.kernel.last_timings().map(|(_, switched, done)| done.saturating_sub(switched));
                 let enforced = elapsed.saturating_sub(after.unwrap_or_default());
                 self.reloads += 1;
                 for w in &policy.warnings {
@@ -162,18 +174,16 @@ impl Reloader {
                     enforced_ms = enforced.as_secs_f64() * 1e3,
                     "reload timings"
                 );
-                crate::report::sinks::emit(&json!({
-                    "schema": crate::report::enrich::SCHEMA_VERSION,
-                    "event": "policy_reloaded",
-                    "reason": reason.as_str(),
-                    "generation": generation,
-                    "mode": mode_name(policy.mode),
-                    "policy_digest": policy.digest,
-                    "rules": policy.rules.len(),
-                    "elapsed_us": elapsed.as_micros(),
-                    "enforced_us": enforced.as_micros(),
-                    "reloads": self.reloads,
-                    "reload_failures": self.failures,
+                self.reporter.report(Event::PolicyReloaded(PolicyReloaded {
+                    reason: reason.as_str().to_owned(),
+                    generation,
+                    mode: policy.mode.name().to_owned(),
+                    policy_digest: policy.digest.clone(),
+                    rules: policy.rules.len(),
+                    elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                    enforced_us: u64::try_from(enforced.as_micros()).unwrap_or(u64::MAX),
+                    reloads: self.reloads,
+                    reload_failures: self.failures,
                 }));
                 self.source = source;
                 self.policy = policy;
@@ -182,19 +192,17 @@ impl Reloader {
         }
     }
 
-    fn refused(&mut self, guard: &Guard, e: &anyhow::Error) {
+    fn refused(&mut self, guard: &Enforcer, e: &anyhow::Error) {
         self.failures += 1;
         tracing::error!(
-            generation = guard.generation(),
+            generation = guard.kernel.generation(),
             "policy refused, the previous policy stays enforced: {e:#}"
         );
-        crate::report::sinks::emit(&json!({
-            "schema": crate::report::enrich::SCHEMA_VERSION,
-            "event": "policy_reload_failed",
-            "generation": guard.generation(),
-            "error": format!("{e:#}"),
-            "reloads": self.reloads,
-            "reload_failures": self.failures,
+        self.reporter.report(Event::PolicyReloadFailed(PolicyReloadFailed {
+            generation: guard.kernel.generation(),
+            error: format!("{e:#}"),
+            reloads: self.reloads,
+            reload_failures: self.failures,
         }));
     }
 

@@ -5,9 +5,11 @@
 //! out, so it counts it; the daemon looks at the count on every re-check and says so.
 
 use imds_guard_common::{maps::SOCKETS_CAPACITY, stats::Stat};
-use serde_json::json;
 
-use crate::{kernel::guard::Guard, report::sinks::emit};
+use crate::{
+    kernel::guard::Guard,
+    report::{Event, Reporter, event::ConnectionsUninspected},
+};
 
 #[derive(Default)]
 pub struct UninspectedWatch {
@@ -15,7 +17,7 @@ pub struct UninspectedWatch {
 }
 
 impl UninspectedWatch {
-    pub fn check(&mut self, guard: &Guard) {
+    pub fn check(&mut self, guard: &Guard, reporter: &dyn Reporter) {
         let total = match guard.stat(Stat::ConnectionsUninspected) {
             Ok(n) => n,
             Err(e) => {
@@ -33,12 +35,10 @@ impl UninspectedWatch {
                  ({SOCKETS_CAPACITY}) is full, so requests on them are neither reported nor refused \
                  (imdsv1 = \"deny\" does not apply to them)"
             );
-            emit(&json!({
-                "schema": crate::report::enrich::SCHEMA_VERSION,
-                "event": "connections_uninspected",
-                "count": total - seen,
-                "total": total,
-                "capacity": SOCKETS_CAPACITY,
+            reporter.report(Event::ConnectionsUninspected(ConnectionsUninspected {
+                count: total - seen,
+                total,
+                capacity: SOCKETS_CAPACITY,
             }));
         }
     }

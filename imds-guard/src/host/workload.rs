@@ -28,7 +28,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The default kubelet pod log directory.
 pub const DEFAULT_POD_LOGS: &str = "/var/log/pods";
@@ -36,7 +36,7 @@ pub const DEFAULT_POD_LOGS: &str = "/var/log/pods";
 pub const DEFAULT_CONTAINER_LOGS: &str = "/var/log/containers";
 
 /// The container runtime a container cgroup name points to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Containerd,

@@ -100,7 +100,7 @@ pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status
             && active.generation != 0,
         links,
         generation: active.generation,
-        mode: crate::policy::mode_name(Mode::from_u32(cfg.mode)),
+        mode: (Mode::from_u32(cfg.mode)).name(),
         endpoints,
         rules: cfg.rule_count,
         rule_entries,

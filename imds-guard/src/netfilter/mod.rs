@@ -39,8 +39,8 @@ use nftables::{
 };
 use serde::Serialize;
 
+use crate::policy::Policy;
 pub use crate::policy::netfilter::{DEFAULT_NFLOG_GROUP, Net, ReducedMode, Settings};
-use crate::policy::{Policy, mode_name};
 use imds_guard_common::config::Mode;
 
 pub mod nflog;
@@ -80,7 +80,7 @@ impl Hook {
 /// The prefix of the NFLOG messages of one hook, generation and mode.
 #[must_use]
 pub fn log_prefix(hook: Hook, generation: u32, mode: Mode) -> String {
-    format!("{LOG_PREFIX} {} g{generation} {}", hook.name(), mode_name(mode))
+    format!("{LOG_PREFIX} {} g{generation} {}", hook.name(), mode.name())
 }
 
 /// Reads back [`log_prefix`]: (hook, generation, enforced).
@@ -96,21 +96,12 @@ pub fn parse_log_prefix(prefix: &str) -> Option<(Hook, u32, bool)> {
         _ => return None,
     };
     let generation = w.next()?.strip_prefix('g')?.parse().ok()?;
-    let enforced = match w.next()? {
-        "enforce" => true,
-        "monitor" => false,
-        _ => return None,
-    };
+    let enforced = Mode::from_name(w.next()?)? == Mode::Enforce;
     Some((hook, generation, enforced))
 }
 
-/// A policy rule reduced mode cannot enforce, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct NotEnforced {
-    pub rule: u32,
-    pub name: String,
-    pub reason: String,
-}
+/// In reduced mode: a rule (or IMDSv1 treatment) the output chain cannot enforce.
+pub use crate::report::event::NotEnforced;
 
 /// What the table should contain for one policy generation.
 #[derive(Clone, Debug)]
@@ -256,7 +247,7 @@ fn verdict_rule(
     if mode == Mode::Enforce {
         expr.extend(refuse);
     }
-    rule(chain, expr, Some(format!("imds-guard: not allowed ({})", mode_name(mode))))
+    rule(chain, expr, Some(format!("imds-guard: not allowed ({})", mode.name())))
 }
 
 impl Plan {
@@ -562,7 +553,7 @@ pub fn status() -> anyhow::Result<Option<Status>> {
         rules: e.rules,
         counters: e.counters,
         generation: parsed.map(|p| p.1),
-        mode: parsed.map(|p| if p.2 { "enforce" } else { "monitor" }),
+        mode: parsed.map(|p| if p.2 { Mode::Enforce } else { Mode::Monitor }.name()),
     }))
 }
 

@@ -15,6 +15,7 @@ use std::{
     os::fd::{AsRawFd, RawFd},
 };
 
+use crate::report::{Event, event::Packet};
 use anyhow::{Context as _, anyhow};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::{
@@ -22,7 +23,6 @@ use netlink_packet_netfilter::{
     nflog::{ConfigCmd, ConfigFlags, ConfigMode, PacketNla, ULogMessage, config_request},
 };
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
-use serde::Serialize;
 
 use crate::netfilter::{Hook, parse_log_prefix};
 
@@ -252,67 +252,38 @@ fn parse_ip(p: &[u8]) -> Option<Headers> {
     Some(Headers { src, dst, protocol: proto, port })
 }
 
-/// A refused packet as reported: `forward_denied` (forwarded, no local socket) or `output_denied`
-/// (reduced mode: sent by a local process that no uid/gid rule allows).
-#[derive(Debug, Serialize)]
-pub struct PacketReport {
-    pub schema: u32,
-    pub event: &'static str,
-    /// True: dropped (forward) or refused (output); false: monitor mode, let through.
-    pub enforced: bool,
-    pub time: String,
-    pub src: String,
-    pub dst: String,
-    pub port: u16,
-    /// `"tcp"`, `"udp"`, or the IP protocol number as a string.
-    pub protocol: String,
-    pub family: &'static str,
-    /// The interface the forwarded packet came in on; absent for output.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_interface: Option<String>,
-    /// Output: the socket owner's uid and gid, and the user's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// The policy generation whose rules refused it.
-    pub generation: u32,
-}
-
-/// Turns logged packets into reports, caching interface and user names.
+/// Turns logged packets into events, caching interface and user names.
 #[derive(Default)]
-pub struct Reporter {
+pub struct Packets {
     ifnames: HashMap<u32, Option<String>>,
     users: HashMap<u32, Option<String>>,
 }
 
-impl Reporter {
-    pub fn report(&mut self, l: &Logged) -> PacketReport {
+impl Packets {
+    /// `forward_denied` or `output_denied`.
+    pub fn event(&mut self, l: &Logged) -> Event {
         let protocol = match l.protocol {
             6 => "tcp".to_owned(),
             17 => "udp".to_owned(),
             n => n.to_string(),
         };
-        PacketReport {
-            schema: crate::report::enrich::SCHEMA_VERSION,
-            event: match l.hook {
-                Hook::Forward => "forward_denied",
-                Hook::Output => "output_denied",
-            },
+        let packet = Packet {
             enforced: l.enforced,
             time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
             src: l.src.to_string(),
             dst: l.dst.to_string(),
             port: l.port,
             protocol,
-            family: if l.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+            family: if l.dst.is_ipv4() { "ipv4" } else { "ipv6" }.to_owned(),
             in_interface: l.in_ifindex.and_then(|i| self.ifname(i)),
             uid: l.uid,
             gid: l.gid,
             user: l.uid.and_then(|u| self.user(u)),
             generation: l.generation,
+        };
+        match l.hook {
+            Hook::Forward => Event::ForwardDenied(packet),
+            Hook::Output => Event::OutputDenied(packet),
         }
     }
 
@@ -407,7 +378,7 @@ mod tests {
             uid: None,
             gid: None,
         };
-        let r = Reporter::default().report(&l);
+        let r = Packets::default().event(&l);
         let j = serde_json::to_value(&r).unwrap();
         assert_eq!(j["event"], "forward_denied");
         assert_eq!(j["protocol"], "tcp");
@@ -415,7 +386,7 @@ mod tests {
         assert_eq!(j["in_interface"], "lo", "ifindex 1 is lo");
         assert!(j.get("uid").is_none());
         let out = Logged { hook: Hook::Output, uid: Some(0), gid: Some(0), in_ifindex: None, ..l.clone() };
-        let j = serde_json::to_value(Reporter::default().report(&out)).unwrap();
+        let j = serde_json::to_value(Packets::default().event(&out)).unwrap();
         assert_eq!((j["event"].as_str(), j["user"].as_str()), (Some("output_denied"), Some("root")));
         assert_ne!(aggregation_key(&l), aggregation_key(&out));
         assert_eq!(aggregation_key(&l), aggregation_key(&Logged { ..l.clone() }));

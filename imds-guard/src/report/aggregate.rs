@@ -11,7 +11,8 @@ use std::{
 };
 
 use imds_guard_common::event::Record;
-use serde_json::{Value, json};
+
+use super::event::Event;
 
 /// What makes two events "identical": who (uid, gid, comm, cgroup), what (kind, verdict, finding,
 /// path) and where (destination). Not the pid: a crash-looping client has a new pid every time.
@@ -74,8 +75,8 @@ impl AnyKey {
 struct Entry {
     first: Instant,
     repeats: u64,
-    /// The first occurrence's report, to describe the repeats.
-    sample: Value,
+    /// The first occurrence, to describe the repeats.
+    sample: Event,
 }
 
 /// Distinct events counted at once. Each costs its report (a few KB): without a bound, a denied
@@ -102,8 +103,8 @@ impl Aggregator {
     }
 
     /// Whether the event keyed `k` repeats one delivered within the window: then it is counted,
-    /// and the first occurrence's report is returned (the caller writes nothing for it).
-    pub fn is_repeat(&mut self, k: &AnyKey, now: Instant) -> Option<&Value> {
+    /// and the first occurrence is returned (the caller writes nothing for it).
+    pub fn is_repeat(&mut self, k: &AnyKey, now: Instant) -> Option<&Event> {
         if self.window.is_zero() {
             return None;
         }
@@ -117,8 +118,8 @@ impl Aggregator {
         }
     }
 
-    /// Records a delivered event (its report as JSON) as the first of its kind in a new window.
-    pub fn delivered(&mut self, k: AnyKey, report: Value, now: Instant) {
+    /// Records a delivered event as the first of its kind in a new window.
+    pub fn delivered(&mut self, k: AnyKey, report: Event, now: Instant) {
         self.delivered += 1;
         if self.window.is_zero() {
             return;
@@ -137,15 +138,15 @@ impl Aggregator {
     }
 
     /// The `<event>_repeated` lines of windows that have ended (all of them with `all`).
-    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<Value> {
+    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<Event> {
         let window = self.window;
-        let mut out: Vec<Value> = self.pending.drain(..).map(|e| summary(&e, window)).collect();
+        let mut out: Vec<Event> = self.pending.drain(..).filter_map(|e| summary(&e, window)).collect();
         self.entries.retain(|_, e| {
             if !all && now.duration_since(e.first) < window {
                 return true;
             }
             if e.repeats > 0 {
-                out.push(summary(e, window));
+                out.extend(summary(e, window));
             }
             false
         });
@@ -153,19 +154,9 @@ impl Aggregator {
     }
 }
 
-fn summary(e: &Entry, window: Duration) -> Value {
-    let mut v = e.sample.clone();
-    let event = v["event"].as_str().unwrap_or("event").to_owned();
-    if let Some(o) = v.as_object_mut() {
-        for volatile in ["pid", "tid", "time", "exe"] {
-            o.remove(volatile);
-        }
-        o.insert("event".into(), json!(format!("{event}_repeated")));
-        o.insert("count".into(), json!(e.repeats));
-        o.insert("first_time".into(), e.sample["time"].clone());
-        o.insert("window_s".into(), json!(window.as_secs_f64()));
-    }
-    v
+/// The `<event>_repeated` line of an ended window.
+fn summary(e: &Entry, window: Duration) -> Option<Event> {
+    e.sample.repeated(e.repeats, window.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -173,6 +164,41 @@ mod tests {
     use super::*;
 
     use imds_guard_common::event::{ConnectEvent, kind};
+
+    use crate::report::event::{Connect, Packet, Who};
+
+    fn connect(time: &str) -> Event {
+        Event::ConnectDenied(Connect {
+            enforced: true,
+            time: time.into(),
+            who: Who { pid: 1, ..Who::default() },
+            dst: "169.254.169.254".into(),
+            port: 80,
+            family: "ipv4".into(),
+            generation: 1,
+        })
+    }
+
+    fn forward(time: &str) -> Event {
+        Event::ForwardDenied(Packet {
+            enforced: true,
+            time: time.into(),
+            src: "192.0.2.2".into(),
+            dst: "169.254.169.254".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            family: "ipv4".into(),
+            in_interface: None,
+            uid: None,
+            gid: None,
+            user: None,
+            generation: 1,
+        })
+    }
+
+    fn count(e: &Event) -> u64 {
+        e.occurrences()
+    }
 
     fn key(ev: &ConnectEvent) -> AnyKey {
         AnyKey::of(&Record::Connect(*ev))
@@ -189,7 +215,7 @@ mod tests {
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, uid: 7, ..ConnectEvent::default() };
         let other = ConnectEvent { uid: 8, ..ev };
         assert!(a.is_repeat(&key(&ev), t0).is_none());
-        a.delivered(key(&ev), json!({"event": "connect_denied", "pid": 1, "time": "t"}), t0);
+        a.delivered(key(&ev), connect("t"), t0);
         for i in 0..999u64 {
             // A new pid each time (crash loop) is still the same event.
             let again = ConnectEvent { pid_tgid: i << 32, ..ev };
@@ -199,9 +225,10 @@ mod tests {
         assert!(a.flush(t0 + Duration::from_secs(5), false).is_empty(), "window still open");
         let lines = a.flush(t0 + Duration::from_secs(11), false);
         assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0]["event"], "connect_denied_repeated");
-        assert_eq!(lines[0]["count"], 999);
-        assert!(lines[0].get("pid").is_none());
+        assert_eq!(lines[0].name(), "connect_denied_repeated");
+        assert_eq!(count(&lines[0]), 999);
+        let v = serde_json::to_value(&lines[0]).unwrap();
+        assert!(v.get("pid").is_none(), "{v}");
         assert_eq!((a.delivered, a.aggregated), (1, 999));
         // After the window, the next one is delivered again.
         assert!(a.is_repeat(&key(&ev), t0 + Duration::from_secs(12)).is_none());
@@ -218,14 +245,13 @@ mod tests {
             let now = t0 + Duration::from_millis(ms);
             generated += 1;
             if a.is_repeat(&ev, now).is_none() {
-                a.delivered(ev.clone(), json!({"event": "connect_denied"}), now);
+                a.delivered(ev.clone(), connect("t"), now);
             }
             if ms % 1500 == 0 {
                 let _ = a.flush(now, false);
             }
         }
-        let reported: u64 =
-            a.flush(t0 + Duration::from_secs(10), true).iter().map(|v| v["count"].as_u64().unwrap()).sum();
+        let reported: u64 = a.flush(t0 + Duration::from_secs(10), true).iter().map(count).sum();
         assert_eq!(a.delivered + a.aggregated, generated);
         assert!(reported <= a.aggregated);
         // Everything aggregated is eventually reported in some summary line.
@@ -234,17 +260,13 @@ mod tests {
         for ms in 0..5000u64 {
             let now = t0 + Duration::from_millis(ms);
             if b.is_repeat(&ev, now).is_none() {
-                b.delivered(ev.clone(), json!({"event": "connect_denied"}), now);
+                b.delivered(ev.clone(), connect("t"), now);
             }
             if ms % 1500 == 0 {
-                lines_total += b.flush(now, false).iter().map(|v| v["count"].as_u64().unwrap()).sum::<u64>();
+                lines_total += b.flush(now, false).iter().map(count).sum::<u64>();
             }
         }
-        lines_total += b
-            .flush(t0 + Duration::from_secs(10), true)
-            .iter()
-            .map(|v| v["count"].as_u64().unwrap())
-            .sum::<u64>();
+        lines_total += b.flush(t0 + Duration::from_secs(10), true).iter().map(count).sum::<u64>();
         assert_eq!(lines_total, b.aggregated, "no count is lost");
         assert_eq!(b.delivered + b.aggregated, 5000);
     }
@@ -254,7 +276,7 @@ mod tests {
         let mut a = Aggregator::new(Duration::from_secs(10));
         let t0 = Instant::now();
         assert!(a.is_repeat(&other("forward|192.0.2.2"), t0).is_none());
-        a.delivered(other("forward|192.0.2.2"), json!({"event": "forward_denied", "time": "t"}), t0);
+        a.delivered(other("forward|192.0.2.2"), forward("t"), t0);
         for i in 0..5 {
             assert!(a.is_repeat(&other("forward|192.0.2.2"), t0 + Duration::from_millis(i)).is_some());
         }
@@ -263,11 +285,8 @@ mod tests {
         assert!(a.is_repeat(&key(&ev), t0).is_none(), "kernel records have keys of their own");
         let lines = a.flush(t0 + Duration::from_secs(11), false);
         assert_eq!(lines.len(), 1);
-        assert_eq!(
-            (lines[0]["event"].as_str(), lines[0]["count"].as_u64()),
-            (Some("forward_denied_repeated"), Some(5))
-        );
-        assert!(lines[0].get("time").is_none());
+        assert_eq!((lines[0].name(), count(&lines[0])), ("forward_denied_repeated", 5));
+        assert!(serde_json::to_value(&lines[0]).unwrap().get("time").is_none());
     }
 
     #[test]
@@ -282,15 +301,14 @@ mod tests {
                 let ev = key(&ConnectEvent { kind: kind::CONNECT_DENIED, port, ..ConnectEvent::default() });
                 generated += 1;
                 if a.is_repeat(&ev, t0).is_none() {
-                    a.delivered(ev, json!({"event": "connect_denied"}), t0);
+                    a.delivered(ev, connect("t"), t0);
                 }
             }
             assert!(a.entries.len() <= MAX_TRACKED);
         }
         assert_eq!(a.delivered + a.aggregated, generated);
         assert_eq!(a.aggregated, 2 * MAX_TRACKED as u64, "the tracked ones repeat twice");
-        let summed: u64 =
-            a.flush(t0 + Duration::from_secs(11), false).iter().map(|v| v["count"].as_u64().unwrap()).sum();
+        let summed: u64 = a.flush(t0 + Duration::from_secs(11), false).iter().map(count).sum();
         assert_eq!(summed, a.aggregated);
         assert!(a.entries.is_empty(), "the ended windows make room");
     }
@@ -300,7 +318,7 @@ mod tests {
         let mut a = Aggregator::new(Duration::ZERO);
         let ev = ConnectEvent { kind: kind::CONNECT_DENIED, ..ConnectEvent::default() };
         let t = Instant::now();
-        a.delivered(key(&ev), json!({}), t);
+        a.delivered(key(&ev), connect("t"), t);
         assert!(a.is_repeat(&key(&ev), t).is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! Kernel events → enriched, structured [`Event`]s (one JSON object per line on stdout).
+//! Kernel records → enriched, typed [`Event`]s.
 //!
 //! What the kernel cannot know cheaply (the executable's path, the cgroup's path, the user's name)
 //! is added here from /proc and the cgroup filesystem while the process most likely still exists.
@@ -10,117 +10,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use super::event::{Ancestor, Connect, Event, Pod, Request, Who};
 use imds_guard_common::{
     event::{AF_INET, ConnectEvent, Record, RequestEvent, TaskInfo},
     http::{self, Finding},
 };
-use serde::Serialize;
-
-/// Version of the event schema (docs/EVENTS.md).
-pub const SCHEMA_VERSION: u32 = 1;
-
-/// A reported event: a denied connect, or a request worth reporting.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum Report {
-    Connect(Event),
-    Request(RequestReport),
-}
-
-/// A request written to a metadata endpoint: `imdsv1_request`, `token_put_forwarded` or
-/// `imds_request_unclassified`.
-#[derive(Debug, Serialize)]
-pub struct RequestReport {
-    pub schema: u32,
-    pub event: &'static str,
-    /// True when the request was refused (the workload's `imdsv1 = "deny"`): the write failed
-    /// and nothing reached the metadata service.
-    pub enforced: bool,
-    pub time: String,
-    /// pid, tid, uid, gid and user of the process that wrote the request; comm and cgroup of the
-    /// process that connected.
-    #[serde(flatten)]
-    pub who: Who,
-    /// HTTP method and path (the path is cut at 96 bytes).
-    pub method: Option<&'static str>,
-    pub path: Option<String>,
-    /// The request asks for IAM role credentials.
-    pub credentials: bool,
-    pub dst: String,
-    pub port: u16,
-    pub family: &'static str,
-    /// The `[[allow]]` rule (0-based) that let the connection through; absent in monitor mode
-    /// when no rule matched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<u32>,
-    pub generation: u32,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Event {
-    pub schema: u32,
-    pub event: &'static str,
-    /// True when the connect was refused; false in monitor mode (let through, reported).
-    pub enforced: bool,
-    pub time: String,
-    #[serde(flatten)]
-    pub who: Who,
-    pub dst: String,
-    pub port: u16,
-    pub family: &'static str,
-    pub generation: u32,
-}
-
-/// The process behind an event, as the kernel saw it plus what /proc and the cgroup tree add.
-#[derive(Debug, Serialize)]
-pub struct Who {
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    pub comm: String,
-    /// The running executable (`/proc/<pid>/exe`), when the process still exists.
-    pub exe: Option<String>,
-    /// The process's cgroup, relative to the cgroup2 root.
-    pub cgroup: Option<String>,
-    pub cgroup_id: u64,
-    /// The systemd unit the cgroup belongs to (`foo.service`, `session-3.scope`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unit: Option<String>,
-    /// The container's id, when the cgroup is a container's (containerd, CRI-O, Docker, Podman).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_runtime: Option<crate::host::workload::Runtime>,
-    /// The Kubernetes pod, named from kubelet's log directories.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Pod>,
-    /// Parent, grandparent, ... (up to 4), as the kernel saw them at the event.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ancestors: Vec<Ancestor>,
-}
-
-/// A Kubernetes pod (and container) on this node.
-#[derive(Clone, Debug, Serialize)]
-pub struct Pod {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    /// The container's name, when the cgroup is a container's and kubelet has its log link.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-}
-
-/// One ancestor: pid and comm recorded by the kernel at the event; the executable from /proc when
-/// that pid still runs a task of that name.
-#[derive(Debug, Serialize)]
-pub struct Ancestor {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-}
 
 /// Decodes and enriches kernel events, caching what does not change.
 pub struct Enricher {
@@ -150,17 +44,24 @@ impl Enricher {
         }
     }
 
-    /// The report of one ring buffer record.
-    pub fn report(&mut self, record: &Record) -> Report {
+    /// The event of one ring buffer record.
+    pub fn event(&mut self, record: &Record) -> Event {
         match record {
-            Record::Connect(ev) => Report::Connect(self.connect(ev)),
-            Record::Request(ev) => Report::Request(self.request(ev)),
+            Record::Connect(ev) => Event::ConnectDenied(self.connect(ev)),
+            Record::Request(ev) => {
+                let finding = Finding::from_u32(ev.finding);
+                let r = self.request(ev, finding);
+                match finding {
+                    Finding::TokenPutForwarded => Event::TokenPutForwarded(r),
+                    Finding::Oversized => Event::ImdsRequestUnclassified(r),
+                    _ => Event::Imdsv1Request(r),
+                }
+            }
         }
     }
 
-    fn request(&mut self, ev: &RequestEvent) -> RequestReport {
+    fn request(&mut self, ev: &RequestEvent, finding: Finding) -> Request {
         let (dst, family) = destination(ev.family, &ev.addr);
-        let finding = Finding::from_u32(ev.finding);
         let path = (ev.path_len > 0).then(|| {
             String::from_utf8_lossy(&ev.path[..(ev.path_len as usize).min(ev.path.len())]).into_owned()
         });
@@ -178,38 +79,30 @@ impl Enricher {
         };
         let credentials =
             path.as_deref().is_some_and(|p| p.starts_with("/latest/meta-data/iam/security-credentials/"));
-        RequestReport {
-            schema: SCHEMA_VERSION,
-            event: match finding {
-                Finding::TokenPutForwarded => "token_put_forwarded",
-                Finding::Oversized => "imds_request_unclassified",
-                _ => "imdsv1_request",
-            },
+        Request {
             enforced: ev.flags & imds_guard_common::event::flags::ENFORCED != 0,
             time: wall_time(ev.time_boot_ns),
             who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id, &ev.task),
-            method,
+            method: method.map(str::to_owned),
             path,
             credentials,
             dst,
             port: u16::try_from(ev.port).unwrap_or(0),
-            family,
+            family: family.to_owned(),
             rule: (ev.rule_index != imds_guard_common::sock::NO_RULE).then_some(ev.rule_index),
             generation: ev.generation,
         }
     }
 
-    fn connect(&mut self, ev: &ConnectEvent) -> Event {
+    fn connect(&mut self, ev: &ConnectEvent) -> Connect {
         let (dst, family) = destination(ev.family, &ev.addr);
-        Event {
-            schema: SCHEMA_VERSION,
-            event: "connect_denied",
+        Connect {
             enforced: ev.enforced(),
             time: wall_time(ev.time_boot_ns),
             who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id, &ev.task),
             dst,
             port: u16::try_from(ev.port).unwrap_or(0),
-            family,
+            family: family.to_owned(),
             generation: ev.generation,
         }
     }
@@ -347,124 +240,6 @@ impl Enricher {
     }
 }
 
-/// Event types that report a violation or a finding (counted in metrics, shown as warnings).
-#[must_use]
-pub fn is_violation(event: &str) -> bool {
-    matches!(
-        event.strip_suffix("_repeated").unwrap_or(event),
-        "connect_denied"
-            | "imdsv1_request"
-            | "token_put_forwarded"
-            | "imds_request_unclassified"
-            | "forward_denied"
-            | "output_denied"
-    )
-}
-
-/// The strongest identity an event carries, as one short string: `pod:<namespace>/<name>`,
-/// `unit:<unit>`, `container:<id, 12 hex>`, `exe:<path>`, else `uid:<uid>`. Used as the
-/// metrics' `workload` label and by `suggest` to group what it saw.
-#[must_use]
-pub fn workload_name(v: &serde_json::Value) -> String {
-    if let (Some(ns), Some(name)) = (v["pod"]["namespace"].as_str(), v["pod"]["name"].as_str()) {
-        return format!("pod:{ns}/{name}");
-    }
-    if let Some(unit) = v["unit"].as_str() {
-        return format!("unit:{unit}");
-    }
-    if let Some(id) = v["container_id"].as_str() {
-        // The first 12 characters (an id from an events file need not be hex, nor ASCII).
-        return format!("container:{}", id.chars().take(12).collect::<String>());
-    }
-    // A path with a cut name (`…`, from the kernel's record) names no file a rule could use.
-    if let Some(exe) = v["exe"].as_str().filter(|e| !e.contains('…')) {
-        return format!("exe:{}", exe.strip_suffix(" (deleted)").unwrap_or(exe));
-    }
-    match v["uid"].as_u64() {
-        Some(uid) => format!("uid:{uid}"),
-        None => "unknown".into(),
-    }
-}
-
-/// One event as a line for a person at a terminal (`imds-guard events`, the journal's MESSAGE).
-#[must_use]
-pub fn human(v: &serde_json::Value) -> String {
-    use std::fmt::Write as _;
-    let event = v["event"].as_str().unwrap_or("?");
-    let base = event.strip_suffix("_repeated");
-    let s = |k: &str| v[k].as_str().map(str::to_owned).unwrap_or_else(|| v[k].to_string());
-    let mut out = String::new();
-    if let Some(t) = v["time"].as_str().or(v["first_time"].as_str()) {
-        let _ = write!(out, "{t} ");
-    }
-    let verdict = if v["enforced"].as_bool() == Some(true) { "REFUSED" } else { "reported" };
-    match base.unwrap_or(event) {
-        "connect_denied" => {
-            let _ = write!(out, "connect {verdict}: {}:{}", s("dst"), s("port"));
-        }
-        "imdsv1_request" | "token_put_forwarded" | "imds_request_unclassified" => {
-            let what = match base.unwrap_or(event) {
-                "imdsv1_request" => "IMDSv1 (tokenless) request",
-                "token_put_forwarded" => "token PUT with X-Forwarded-For",
-                _ => "unclassified request",
-            };
-            let _ = write!(out, "{what} {verdict}: {} {}", s("method"), s("path"));
-        }
-        "forward_denied" => {
-            let _ = write!(out, "forwarded packet {verdict}: {} -> {}:{}", s("src"), s("dst"), s("port"));
-            if let Some(i) = v["in_interface"].as_str() {
-                let _ = write!(out, " in on {i}");
-            }
-        }
-        "output_denied" => {
-            let _ =
-                write!(out, "packet {verdict} (reduced mode): {} -> {}:{}", s("src"), s("dst"), s("port"));
-        }
-        _ => {
-            let _ = write!(out, "{event}");
-            if let Some(o) = v.as_object() {
-                for (k, val) in o {
-                    if matches!(k.as_str(), "schema" | "event" | "time") || val.is_null() || val.is_object() {
-                        continue;
-                    }
-                    let text = val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string());
-                    let _ = write!(out, " {k}={text}");
-                }
-            }
-            return out;
-        }
-    }
-    if base.is_some() {
-        let _ = write!(out, " x{} more in {}s", s("count"), s("window_s"));
-    }
-    if v["pid"].is_u64() {
-        let _ = write!(out, " by pid {} ({})", s("pid"), s("comm"));
-    } else if v["comm"].is_string() {
-        let _ = write!(out, " by {}", s("comm"));
-    }
-    if v["uid"].is_u64() {
-        let _ = write!(out, " uid {}", s("uid"));
-        if let Some(u) = v["user"].as_str() {
-            let _ = write!(out, " ({u})");
-        }
-    }
-    for k in ["exe", "unit", "container_id"] {
-        if let Some(x) = v[k].as_str() {
-            let _ = write!(out, " {k} {x}");
-        }
-    }
-    if let (Some(ns), Some(name)) = (v["pod"]["namespace"].as_str(), v["pod"]["name"].as_str()) {
-        let _ = write!(out, " pod {ns}/{name}");
-        if let Some(c) = v["pod"]["container"].as_str() {
-            let _ = write!(out, " container {c}");
-        }
-    }
-    if let Some(c) = v["cgroup"].as_str() {
-        let _ = write!(out, " cgroup {c}");
-    }
-    out
-}
-
 /// The executable's path as the kernel recorded it (leaf first); `…/` in front when cut at the
 /// top, `…` after a name that filled its slot (it may have been longer).
 fn kernel_exe_path(task: &TaskInfo) -> Option<String> {
@@ -573,8 +348,8 @@ mod tests {
     use super::*;
     use imds_guard_common::event::{AF_INET6, flags, kind};
 
-    fn decode(en: &mut Enricher, bytes: &[u8]) -> Option<Report> {
-        Record::parse(bytes).map(|r| en.report(&r))
+    fn decode(en: &mut Enricher, bytes: &[u8]) -> Option<Event> {
+        Record::parse(bytes).map(|r| en.event(&r))
     }
 
     #[test]
@@ -593,7 +368,7 @@ mod tests {
             ..ConnectEvent::default()
         };
         ev.addr[..4].copy_from_slice(&[169, 254, 169, 254]);
-        let Report::Connect(e) = decode(&mut en, ev.as_bytes()).unwrap() else { panic!("a connect event") };
+        let Some(Event::ConnectDenied(e)) = decode(&mut en, ev.as_bytes()) else { panic!("a connect event") };
         assert_eq!((e.who.pid, e.who.tid, e.port), (4_000_000, 4_000_001, 80));
         assert_eq!(e.dst, "169.254.169.254");
         assert_eq!(e.who.comm, "curl");
@@ -606,10 +381,10 @@ mod tests {
         ev.family = AF_INET6;
         ev.addr = mapped;
         ev.flags = 0;
-        let Report::Connect(e) = decode(&mut en, ev.as_bytes()).unwrap() else { panic!("a connect event") };
+        let Some(Event::ConnectDenied(e)) = decode(&mut en, ev.as_bytes()) else { panic!("a connect event") };
         assert_eq!(e.dst, "::ffff:169.254.169.254");
         assert!(!e.enforced);
-        let json = serde_json::to_string(&e).unwrap();
+        let json = serde_json::to_string(&Event::ConnectDenied(e).stamped()).unwrap();
         assert!(json.contains("\"event\":\"connect_denied\""), "{json}");
         assert!(decode(&mut en, &[9, 0, 0, 0]).is_none());
         assert!(decode(&mut en, &ev.as_bytes()[..20]).is_none());

@@ -8,20 +8,25 @@
 //! without limit.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
 };
 
+use super::{Event, sinks::SinkStats};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use serde_json::Value;
 
-use crate::report::sinks::SinkStats;
+/// What the metrics read from the kernel at each scrape; the daemon hands it in.
+pub trait KernelView: Send + Sync {
+    /// The kernel programs' counters.
+    fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>>;
+    /// Whether every program is attached with a live policy (`/healthz`).
+    fn enforcing(&self) -> bool;
+}
 
 /// Distinct `workload` label values before new ones become `other`.
 pub const MAX_WORKLOADS: usize = 256;
@@ -62,13 +67,13 @@ pub struct Metrics {
     generation: Gauge,
     workloads: Mutex<HashSet<String>>,
     /// Where the kernel's counters are read from at each scrape.
-    pin_dir: PathBuf,
+    view: Box<dyn KernelView>,
     sinks: Arc<SinkStats>,
 }
 
 impl Metrics {
     #[must_use]
-    pub fn new(pin_dir: PathBuf, sinks: Arc<SinkStats>) -> Self {
+    pub fn new(view: Box<dyn KernelView>, sinks: Arc<SinkStats>) -> Self {
         let mut registry = Registry::with_prefix("imds_guard");
         let denied = Family::<Violation, Counter>::default();
         registry.register(
@@ -124,49 +129,48 @@ impl Metrics {
             write_errors,
             generation,
             workloads: Mutex::new(HashSet::new()),
-            pin_dir,
+            view,
             sinks,
         }
     }
 
-    /// Counts one event (`repeat`: a repeat that was aggregated, `v` being its first occurrence).
-    pub fn observe(&self, v: &Value, repeat: bool) {
-        let event = v["event"].as_str().unwrap_or("");
+    /// Counts one event (`repeat`: a repeat that was aggregated, `event` being its first
+    /// occurrence).
+    pub fn observe(&self, event: &Event, repeat: bool) {
         if repeat {
             self.aggregated.inc();
-        } else if crate::report::enrich::is_violation(event) {
+        } else if event.is_violation() {
             self.delivered.inc();
         }
-        let enforced = || v["enforced"].as_bool().unwrap_or(false).to_string();
+        let request = |finding: &str, r: &super::event::Request| {
+            self.requests
+                .get_or_create(&Request {
+                    finding: finding.into(),
+                    workload: self.workload(&r.who),
+                    enforced: r.enforced.to_string(),
+                })
+                .inc();
+        };
         match event {
-            "connect_denied" => {
+            Event::ConnectDenied(c) => {
                 self.denied
-                    .get_or_create(&Violation { workload: self.workload(v), enforced: enforced() })
-                    .inc();
-            }
-            "imdsv1_request" | "token_put_forwarded" | "imds_request_unclassified" => {
-                let finding = match event {
-                    "imdsv1_request" => "imdsv1",
-                    "token_put_forwarded" => "token_put_forwarded",
-                    _ => "unclassified",
-                };
-                self.requests
-                    .get_or_create(&Request {
-                        finding: finding.into(),
-                        workload: self.workload(v),
-                        enforced: enforced(),
+                    .get_or_create(&Violation {
+                        workload: self.workload(&c.who),
+                        enforced: c.enforced.to_string(),
                     })
                     .inc();
             }
-            "policy_reloaded" | "guard_started" => {
-                if event == "policy_reloaded" {
-                    self.reloads.get_or_create(&Outcome { result: "ok".into() }).inc();
-                }
-                if let Some(g) = v["generation"].as_i64() {
-                    self.generation.set(g);
-                }
+            Event::Imdsv1Request(r) => request("imdsv1", r),
+            Event::TokenPutForwarded(r) => request("token_put_forwarded", r),
+            Event::ImdsRequestUnclassified(r) => request("unclassified", r),
+            Event::PolicyReloaded(r) => {
+                self.reloads.get_or_create(&Outcome { result: "ok".into() }).inc();
+                self.generation.set(i64::from(r.generation));
             }
-            "policy_reload_failed" => {
+            Event::GuardStarted(g) => {
+                self.generation.set(i64::from(g.generation));
+            }
+            Event::PolicyReloadFailed(_) => {
                 self.reloads.get_or_create(&Outcome { result: "failed".into() }).inc();
             }
             _ => {}
@@ -174,8 +178,8 @@ impl Metrics {
     }
 
     /// The workload label: the strongest identity the event carries, bounded in number.
-    fn workload(&self, v: &Value) -> String {
-        let w = crate::report::enrich::workload_name(v);
+    fn workload(&self, who: &super::event::Who) -> String {
+        let w = who.workload();
         let mut seen = self.workloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.contains(&w) {
             return w;
@@ -189,7 +193,7 @@ impl Metrics {
 
     /// The metrics in OpenMetrics text, with the kernel's counters read now.
     pub fn encode(&self) -> String {
-        match crate::kernel::pinned::counters(&self.pin_dir) {
+        match self.view.counters() {
             Ok(counters) => {
                 for (name, value) in &counters {
                     let c = self.kernel.get_or_create(&KernelStat { counter: (*name).to_owned() });
@@ -220,7 +224,7 @@ fn sync(c: &Counter, value: u64) {
 
 /// Serves `GET /metrics` (and `/healthz`, which answers 200 while the kernel programs are pinned
 /// and attached) until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<crate::report::sinks::Hub>) {
+pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<super::Consumers>) {
     use http_body_util::Full;
     use hyper::{Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
     loop {
@@ -245,8 +249,7 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<crate::report::si
                             )
                             .body(Full::new(Bytes::from(m.metrics.encode()))),
                         "/healthz" => {
-                            let ok = crate::kernel::pinned::status_with(&m.metrics.pin_dir, false)
-                                .is_ok_and(|s| s.enforcing);
+                            let ok = m.metrics.view.enforcing();
                             Response::builder()
                                 .status(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
                                 .body(Full::new(Bytes::from(if ok {
@@ -286,15 +289,38 @@ pub fn bind(addr: SocketAddr, allow_remote: bool) -> anyhow::Result<tokio::net::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::report::event::{Connect, Who};
+
+    struct NoKernel;
+
+    impl KernelView for NoKernel {
+        fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+            anyhow::bail!("no kernel here")
+        }
+        fn enforcing(&self) -> bool {
+            false
+        }
+    }
+
+    fn denied(uid: u32) -> Event {
+        Event::ConnectDenied(Connect {
+            enforced: true,
+            time: String::new(),
+            who: Who { uid, ..Who::default() },
+            dst: "169.254.169.254".into(),
+            port: 80,
+            family: "ipv4".into(),
+            generation: 1,
+        })
+    }
 
     #[test]
     fn labels_are_bounded_and_counts_add_up() {
-        let m = Metrics::new(PathBuf::from("/nonexistent"), Arc::default());
+        let m = Metrics::new(Box::new(NoKernel), Arc::default());
         for i in 0..(MAX_WORKLOADS + 50) {
-            m.observe(&json!({"event": "connect_denied", "enforced": true, "uid": i}), false);
+            m.observe(&denied(u32::try_from(i).unwrap()), false);
         }
-        m.observe(&json!({"event": "connect_denied", "enforced": true, "uid": 0}), true);
+        m.observe(&denied(0), true);
         let text = m.encode();
         let series = text.lines().filter(|l| l.starts_with("imds_guard_connects_denied_total{")).count();
         assert_eq!(series, MAX_WORKLOADS + 1, "{text}");

@@ -1,29 +1,28 @@
 //! What the daemon has seen using the metadata service without a rule (monitor mode's
-//! `connect_denied` with `"enforced": false`, and IMDSv1 findings), grouped by workload, and the
-//! policy `imds-guard suggest` writes from it: the path from "observe" to "enforce".
+//! `connect_denied` with `"enforced": false`, and IMDSv1 findings), grouped by workload: what
+//! `imds-guard suggest` ([`super::suggest`]) writes a policy from.
 //!
-//! A workload is named by the strongest identity its events carry (see
-//! [`crate::report::enrich::workload_name`]): a Kubernetes pod, else a systemd unit, else the executable
-//! (with the uid when only one was seen), else the uid. Container ids are not used for rules: they
-//! change at every container restart.
+//! A workload is named by the strongest identity its events carry ([`Who::workload`]): a
+//! Kubernetes pod, else a systemd unit, else the executable (with the uid when only one was
+//! seen), else the uid. Container ids are not used for rules: they change at every container
+//! restart.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt::Write as _,
     sync::Mutex,
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::escape::visible;
+use super::event::{Event, Who};
 
 /// Workloads remembered; beyond this, new ones are counted in `overflow` only.
 pub const MAX_SEEN: usize = 4096;
 
+/// One workload seen reaching the metadata service without a rule.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Seen {
-    /// [`crate::report::enrich::workload_name`] of the first event.
+pub struct SeenWorkload {
+    /// [`Who::workload`] of the first event.
     pub workload: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<Pod>,
@@ -54,14 +53,15 @@ pub struct Pod {
     pub name: String,
 }
 
+/// The daemon's [`Table`], shared by the event loop and the event socket.
 #[derive(Debug, Default)]
-pub struct Observed {
+pub struct Seen {
     inner: Mutex<Table>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Table {
-    pub seen: BTreeMap<String, Seen>,
+    pub seen: BTreeMap<String, SeenWorkload>,
     /// Events of workloads not remembered because [`MAX_SEEN`] were already.
     pub overflow: u64,
 }
@@ -79,42 +79,29 @@ fn add(set: &mut BTreeSet<String>, v: Option<&str>) {
 
 impl Table {
     /// Takes one event (`count` occurrences: 1, or a `*_repeated` line's count).
-    pub fn observe(&mut self, v: &Value, count: u64) {
-        let event = v["event"].as_str().unwrap_or("");
-        let base = event.strip_suffix("_repeated").unwrap_or(event);
-        let (connects, findings) = match base {
-            "connect_denied" => (count, 0),
-            "imdsv1_request" | "imds_request_unclassified" => (0, count),
+    pub fn observe(&mut self, event: &Event, count: u64) {
+        let (connects, findings) = match event {
+            Event::ConnectDenied(_) | Event::ConnectDeniedRepeated(_) => (count, 0),
+            Event::Imdsv1Request(_)
+            | Event::ImdsRequestUnclassified(_)
+            | Event::Imdsv1RequestRepeated(_)
+            | Event::ImdsRequestUnclassifiedRepeated(_) => (0, count),
             _ => return,
         };
-        let workload = crate::report::enrich::workload_name(v);
+        let Some(who) = event.who() else { return };
+        let workload = who.workload();
         if !self.seen.contains_key(&workload) && self.seen.len() >= MAX_SEEN {
             self.overflow += count;
             return;
         }
-        let s = self.seen.entry(workload.clone()).or_insert_with(|| Seen { workload, ..Seen::default() });
+        let s = self
+            .seen
+            .entry(workload.clone())
+            .or_insert_with(|| SeenWorkload { workload, ..SeenWorkload::default() });
         s.connects += connects;
         s.imdsv1 += findings;
-        if s.pod.is_none()
-            && let (Some(ns), Some(name)) = (v["pod"]["namespace"].as_str(), v["pod"]["name"].as_str())
-        {
-            s.pod = Some(Pod { namespace: ns.into(), name: name.into() });
-        }
-        if s.unit.is_none()
-            && let Some(unit) = v["unit"].as_str()
-        {
-            s.unit = Some(unit.into());
-            s.unit_cgroup = v["cgroup"].as_str().and_then(|c| unit_cgroup(c, unit));
-        }
-        if let Some(uid) = v["uid"].as_u64().and_then(|u| u32::try_from(u).ok())
-            && s.uids.len() < MAX_SET
-        {
-            s.uids.insert(uid);
-        }
-        add(&mut s.exes, v["exe"].as_str().map(|e| e.strip_suffix(" (deleted)").unwrap_or(e)));
-        add(&mut s.comms, v["comm"].as_str());
-        add(&mut s.cgroups, v["cgroup"].as_str());
-        let time = v["time"].as_str().or(v["first_time"].as_str()).map(str::to_owned);
+        add_who(s, who);
+        let time = event.time().filter(|t| !t.is_empty()).map(str::to_owned);
         if s.first_time.is_none() {
             s.first_time.clone_from(&time);
         }
@@ -124,9 +111,29 @@ impl Table {
     }
 }
 
-impl Observed {
-    pub fn observe(&self, v: &Value, count: u64) {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(v, count);
+fn add_who(s: &mut SeenWorkload, who: &Who) {
+    if s.pod.is_none()
+        && let Some(p) = &who.pod
+    {
+        s.pod = Some(Pod { namespace: p.namespace.clone(), name: p.name.clone() });
+    }
+    if s.unit.is_none()
+        && let Some(unit) = &who.unit
+    {
+        s.unit = Some(unit.clone());
+        s.unit_cgroup = who.cgroup.as_deref().and_then(|c| unit_cgroup(c, unit));
+    }
+    if s.uids.len() < MAX_SET {
+        s.uids.insert(who.uid);
+    }
+    add(&mut s.exes, who.exe.as_deref().map(|e| e.strip_suffix(" (deleted)").unwrap_or(e)));
+    add(&mut s.comms, Some(&who.comm));
+    add(&mut s.cgroups, who.cgroup.as_deref());
+}
+
+impl Seen {
+    pub fn observe(&self, event: &Event, count: u64) {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(event, count);
     }
 
     #[must_use]
@@ -147,331 +154,4 @@ fn unit_cgroup(cgroup: &str, unit: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// What `suggest` starts from besides what was seen: everything in the current policy but its
-/// `mode` (endpoints, `imdsv1`, `preexisting`, `[netfilter]`, `[kubernetes]`, ...), and its
-/// `[[allow]]` tables, kept first, as they are (re-written as TOML: comments are not kept).
-#[derive(Debug, Default)]
-pub struct Base {
-    /// The policy's other keys and tables, as TOML.
-    pub prelude: String,
-    pub tables: Vec<String>,
-}
-
-impl Base {
-    /// From a policy file's text (already validated by the caller).
-    pub fn from_text(text: &str) -> anyhow::Result<Self> {
-        let mut t: toml::Table = toml::from_str(text)?;
-        t.remove("mode");
-        let tables = match t.remove("allow") {
-            Some(toml::Value::Array(a)) => a
-                .into_iter()
-                .map(|v| Ok(format!("[[allow]]\n{}", toml::to_string(&v)?)))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-            _ => Vec::new(),
-        };
-        Ok(Base { prelude: toml::to_string(&t)?, tables })
-    }
-}
-
-/// A TOML basic string, with every character [`crate::escape::is_unsafe`] finds escaped
-/// (`\uXXXX`): what TOML requires (control characters) and what would mislead the person who
-/// reviews the suggestion at a terminal (line separators, bidirectional overrides).
-fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if crate::escape::is_unsafe(c) => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The suggested policy: enforce mode, the base's tables, then one table per workload seen.
-#[must_use]
-pub fn suggest(base: &Base, table: &Table) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Suggested by `imds-guard suggest` from {} workload(s) seen reaching the metadata service\n\
-         # without a rule. Review every table, then install it (imds-guard check --config FILE first).",
-        table.seen.len()
-    );
-    if table.overflow > 0 {
-        let _ = writeln!(
-            out,
-            "# WARNING: {} event(s) came from workloads beyond the {MAX_SEEN} remembered; they are not covered.",
-            table.overflow
-        );
-    }
-    out.push_str("mode = \"enforce\"\n");
-    if !base.prelude.trim().is_empty() {
-        out.push_str(&base.prelude);
-    }
-    if !base.tables.is_empty() {
-        out.push_str("\n# From the current policy, unchanged.\n");
-        for t in &base.tables {
-            out.push('\n');
-            out.push_str(t);
-        }
-    }
-    let mut seen: Vec<&Seen> = table.seen.values().collect();
-    seen.sort_by_key(|s| (rank(s), s.workload.clone()));
-    for s in seen {
-        out.push('\n');
-        write_table(&mut out, s);
-    }
-    out
-}
-
-/// One workload's table. Everything in it that a process chose (its names, paths, cgroups, the
-/// event times of an events file) is either a TOML string value, escaped by the serialiser, or
-/// passes [`visible`] before it goes into a `#` comment: a line break in a comm or an exe path
-/// cannot end the comment and add keys or tables of its own.
-fn write_table(out: &mut String, s: &Seen) {
-    let _ = writeln!(
-        out,
-        "# {}: {} connect(s){}, {} to {}",
-        visible(&s.workload),
-        s.connects,
-        if s.imdsv1 > 0 {
-            format!(
-                ", STILL USES IMDSv1 ({} tokenless request(s)): move it to IMDSv2, then set imdsv1 = \"deny\"",
-                s.imdsv1
-            )
-        } else {
-            String::new()
-        },
-        visible(s.first_time.as_deref().unwrap_or("?")),
-        visible(s.last_time.as_deref().unwrap_or("?")),
-    );
-    let list = |set: &BTreeSet<String>| set.iter().map(|v| visible(v)).collect::<Vec<_>>().join(", ");
-    let uids = s.uids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-    let _ = writeln!(out, "#   seen as: uid {uids}; comm {}; exe {}", list(&s.comms), list(&s.exes));
-    if !s.cgroups.is_empty() {
-        let _ = writeln!(out, "#   cgroups: {}", list(&s.cgroups));
-    }
-    out.push_str("[[allow]]\n");
-    let _ = writeln!(out, "name = {}", toml_str(&format!("seen: {}", s.workload)));
-    if let Some(p) = &s.pod {
-        let _ = writeln!(
-            out,
-            "# covers pod {}/{} only; widen to its owner's name prefix if it is replicated",
-            visible(&p.namespace),
-            visible(&p.name)
-        );
-        let _ = writeln!(out, "pod = {}", toml_str(&format!("{}/{}", p.namespace, p.name)));
-    } else if let Some(c) = &s.unit_cgroup {
-        let _ =
-            writeln!(out, "# covers every process of {}", visible(s.unit.as_deref().unwrap_or("the unit")));
-        let _ = writeln!(out, "cgroup = {}", toml_str(c));
-    } else if let Some(exe) = s.exes.iter().next().filter(|_| s.workload.starts_with("exe:")) {
-        let _ = writeln!(out, "exe = {}", toml_str(exe));
-        if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
-            let _ = writeln!(out, "uid = {uid}   # the only uid seen running it; remove to allow any");
-        }
-    } else if let [uid] = s.uids.iter().collect::<Vec<_>>()[..] {
-        let _ = writeln!(out, "# no stronger identity was available: covers every process of this uid");
-        let _ = writeln!(out, "uid = {uid}");
-    } else {
-        let _ = writeln!(out, "# no identity to write a rule for: review the events");
-    }
-    if s.imdsv1 > 0 {
-        out.push_str("imdsv1 = \"log\"\n");
-    }
-}
-
-/// Order of the suggested tables: pods, units, executables, uids.
-fn rank(s: &Seen) -> u8 {
-    match s.workload.split(':').next() {
-        Some("pod") => 0,
-        Some("unit") => 1,
-        Some("container") => 2,
-        Some("exe") => 3,
-        _ => 4,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn groups_by_strongest_identity() {
-        let mut t = Table::default();
-        let unit = json!({"event": "connect_denied", "uid": 0, "comm": "agent", "exe": "/usr/bin/agent",
-            "unit": "agent.service", "cgroup": "/system.slice/agent.service/worker", "time": "t1"});
-        t.observe(&unit, 1);
-        t.observe(
-            &json!({"event": "connect_denied_repeated", "uid": 0, "comm": "agent", "unit": "agent.service",
-            "cgroup": "/system.slice/agent.service/worker", "count": 41, "first_time": "t2"}),
-            41,
-        );
-        t.observe(
-            &json!({"event": "imdsv1_request", "uid": 1000, "comm": "curl", "exe": "/usr/bin/curl"}),
-            1,
-        );
-        t.observe(
-            &json!({"event": "connect_denied", "uid": 1000, "comm": "curl", "exe": "/usr/bin/curl"}),
-            1,
-        );
-        t.observe(&json!({"event": "connect_denied", "uid": 33, "comm": "x", "exe": null}), 1);
-        t.observe(&json!({"event": "guard_started"}), 1);
-        assert_eq!(t.seen.len(), 3);
-        let u = &t.seen["unit:agent.service"];
-        assert_eq!((u.connects, u.unit_cgroup.as_deref()), (42, Some("/system.slice/agent.service")));
-        let base = Base::from_text(
-            "mode = \"monitor\"\nendpoints = [\"aws-imds\"]\n[kubernetes]\npod_logs = \"/l\"\n[[allow]]\nuid = 0\n",
-        )
-        .unwrap();
-        let policy = suggest(&base, &t);
-        let parsed: toml::Value = toml::from_str(&policy).expect(&policy);
-        let tables = parsed["allow"].as_array().unwrap();
-        assert_eq!(tables.len(), 4, "{policy}");
-        assert_eq!(tables[1]["cgroup"].as_str(), Some("/system.slice/agent.service"));
-        assert_eq!(tables[2]["exe"].as_str(), Some("/usr/bin/curl"));
-        assert_eq!(tables[2]["uid"].as_integer(), Some(1000));
-        assert_eq!(tables[2]["imdsv1"].as_str(), Some("log"));
-        assert_eq!(tables[3]["uid"].as_integer(), Some(33));
-        assert!(policy.contains("STILL USES IMDSv1 (1 tokenless"), "{policy}");
-        assert_eq!(parsed["mode"].as_str(), Some("enforce"));
-        assert_eq!(parsed["kubernetes"]["pod_logs"].as_str(), Some("/l"), "other tables are kept");
-        assert_eq!(parsed["endpoints"][0].as_str(), Some("aws-imds"));
-        assert_eq!(tables[0]["uid"].as_integer(), Some(0));
-    }
-
-    #[test]
-    fn bounded() {
-        let mut t = Table::default();
-        for uid in 0..(MAX_SEEN as u64 + 10) {
-            t.observe(&json!({"event": "connect_denied", "uid": uid}), 1);
-        }
-        assert_eq!((t.seen.len(), t.overflow), (MAX_SEEN, 10));
-    }
-
-    /// Hostile strings: TOML structure, line breaks of every kind, terminal escapes, quotes.
-    fn hostile() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        let piece = prop_oneof![
-            Just("\n".to_owned()),
-            Just("\r\n".to_owned()),
-            Just("\r".to_owned()),
-            Just("[[allow]]".to_owned()),
-            Just("uid = 65534".to_owned()),
-            Just("mode = \"monitor\"".to_owned()),
-            Just("#".to_owned()),
-            Just("\"".to_owned()),
-            Just("'''".to_owned()),
-            Just("\\".to_owned()),
-            Just("\u{1b}[2K".to_owned()),
-            Just("\u{2028}".to_owned()),
-            Just("\u{85}".to_owned()),
-            Just("\u{202e}".to_owned()),
-            any::<String>(),
-        ];
-        proptest::collection::vec(piece, 0..6).prop_map(|v| v.concat())
-    }
-
-    /// The keys a suggested table for `s` must have, and no others.
-    fn intended(s: &Seen) -> Vec<&'static str> {
-        let mut k = vec!["name"];
-        if s.pod.is_some() {
-            k.push("pod");
-        } else if s.unit_cgroup.is_some() {
-            k.push("cgroup");
-        } else if s.workload.starts_with("exe:") && !s.exes.is_empty() {
-            k.push("exe");
-            if s.uids.len() == 1 {
-                k.push("uid");
-            }
-        } else if s.uids.len() == 1 {
-            k.push("uid");
-        }
-        if s.imdsv1 > 0 {
-            k.push("imdsv1");
-        }
-        k.sort_unstable();
-        k
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            cases: 400,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5_0661),
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        })]
-
-        /// Whatever bytes a process puts in any field an event carries, the suggestion parses to
-        /// exactly the tables and keys its workloads justify, with the values as seen.
-        #[test]
-        fn hostile_fields_cannot_change_the_suggestion(
-            events in proptest::collection::vec(
-                (hostile(), hostile(), hostile(), hostile(), hostile(), hostile(), hostile(), hostile(),
-                 0u32..3, 0u8..5, proptest::bool::ANY),
-                1..4,
-            )
-        ) {
-            let mut t = Table::default();
-            for (comm, exe, cgroup, unit, container, ns, pod, time, uid, shape, v1) in events {
-                let mut e = json!({
-                    "event": if v1 { "imdsv1_request" } else { "connect_denied" },
-                    "uid": 1000 + uid, "comm": comm, "exe": exe, "cgroup": format!("/{cgroup}/{unit}"),
-                    "time": time,
-                });
-                match shape {
-                    0 => e["pod"] = json!({"namespace": ns, "name": pod}),
-                    1 => e["unit"] = json!(unit),
-                    2 => e["container_id"] = json!(container),
-                    3 => { e.as_object_mut().unwrap().remove("exe"); }
-                    _ => {}
-                }
-                t.observe(&e, 1);
-            }
-            let policy = suggest(&Base::default(), &t);
-            let parsed: toml::Table = toml::from_str(&policy).map_err(|e| {
-                proptest::test_runner::TestCaseError::fail(format!("{e}\n{policy}"))
-            })?;
-            let top: Vec<&str> = parsed.keys().map(String::as_str).collect();
-            proptest::prop_assert_eq!(top, ["allow", "mode"], "{}", policy);
-            proptest::prop_assert_eq!(parsed["mode"].as_str(), Some("enforce"));
-            let tables = parsed["allow"].as_array().unwrap();
-            let mut seen: Vec<&Seen> = t.seen.values().collect();
-            seen.sort_by_key(|s| (rank(s), s.workload.clone()));
-            proptest::prop_assert_eq!(tables.len(), seen.len(), "{}", policy);
-            for (table, s) in tables.iter().zip(seen) {
-                let table = table.as_table().unwrap();
-                let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
-                keys.sort_unstable();
-                proptest::prop_assert_eq!(&keys, &intended(s), "{}", policy);
-                let name = format!("seen: {}", s.workload);
-                proptest::prop_assert_eq!(table["name"].as_str(), Some(name.as_str()));
-                if let Some(exe) = table.get("exe") {
-                    proptest::prop_assert_eq!(exe.as_str(), s.exes.iter().next().map(String::as_str));
-                }
-                if let Some(cg) = table.get("cgroup") {
-                    proptest::prop_assert_eq!(cg.as_str(), s.unit_cgroup.as_deref());
-                }
-                if let (Some(pod), Some(p)) = (table.get("pod"), &s.pod) {
-                    let want = format!("{}/{}", p.namespace, p.name);
-                    proptest::prop_assert_eq!(pod.as_str(), Some(want.as_str()));
-                }
-            }
-            // Comment lines stay single lines of safe characters.
-            for line in policy.lines() {
-                proptest::prop_assert!(!line.chars().any(crate::escape::is_unsafe), "{:?}", line);
-            }
-        }
-    }
 }

@@ -10,7 +10,7 @@ use std::{
     collections::VecDeque,
     fs::File,
     io::Write as _,
-    os::unix::{fs::OpenOptionsExt as _, net::UnixDatagram},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -19,14 +19,12 @@ use std::{
     },
 };
 
-use serde_json::Value;
+use super::{Line, journal::Journal};
 
 /// Lines queued for the writer thread before further lines are dropped (and counted).
 const QUEUE: usize = 8192;
 /// Lines kept for `imds-guard events` (without `--follow`) and sent first to a new follower.
 pub const RECENT: usize = 1000;
-/// The journal's native protocol socket.
-pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Which sinks get events.
 #[derive(Clone, Debug, Default)]
@@ -55,13 +53,6 @@ pub struct SinkStats {
     pub lines_dropped: AtomicU64,
     /// Failed writes (per sink and line): the line is missing from that sink.
     pub write_errors: AtomicU64,
-}
-
-/// One event, serialised once for every consumer.
-#[derive(Clone, Debug)]
-pub struct Line {
-    pub json: Arc<str>,
-    pub value: Arc<Value>,
 }
 
 /// Sinks plus the live stream. Cheap to share: everything inside is behind an `Arc` or a lock.
@@ -171,7 +162,7 @@ impl Writer {
             self.outcome(0, "stdout", r);
         }
         if let Some(j) = &self.journal {
-            let r = j.send(&line.value, &line.json);
+            let r = j.send(line);
             self.outcome(1, "journal", r);
         }
         if let Some(f) = &mut self.file {
@@ -198,71 +189,6 @@ impl Writer {
                 }
             }
         }
-    }
-}
-
-/// The systemd journal's native protocol (`KEY=value` fields in one datagram), so every event
-/// field becomes a journal field (`journalctl IMDS_GUARD_EVENT=connect_denied`). The protocol is
-/// a few lines; hand-writing it keeps the socket path configurable for tests, which the crates
-/// that implement it (libsystemd, systemd-journal-logger) hard-code.
-struct Journal {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl Journal {
-    fn new(path: &Path) -> anyhow::Result<Self> {
-        let sock = UnixDatagram::unbound()?;
-        Ok(Journal { sock, path: path.to_owned() })
-    }
-
-    fn send(&self, v: &Value, json: &str) -> std::io::Result<()> {
-        let msg = journal_message(v, json);
-        self.sock.send_to(&msg, &self.path).map(drop)
-    }
-}
-
-/// Journal fields of one event: `MESSAGE` (the human-readable line), `PRIORITY` (warning for
-/// violations, info otherwise), `SYSLOG_IDENTIFIER`, one `IMDS_GUARD_<KEY>` per top-level key
-/// (strings as is, everything else as JSON) and `IMDS_GUARD_JSON` with the whole event.
-#[must_use]
-pub fn journal_message(v: &Value, json: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len() * 3);
-    let event = v["event"].as_str().unwrap_or("");
-    let priority = if crate::report::enrich::is_violation(event) { "4" } else { "6" };
-    field(&mut out, "MESSAGE", &crate::report::enrich::human(v));
-    field(&mut out, "PRIORITY", priority);
-    field(&mut out, "SYSLOG_IDENTIFIER", "imds-guard");
-    if let Some(o) = v.as_object() {
-        for (k, val) in o {
-            let name: String = k
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
-                .collect();
-            let text = match val {
-                Value::String(s) => s.clone(),
-                Value::Null => continue,
-                other => other.to_string(),
-            };
-            field(&mut out, &format!("IMDS_GUARD_{name}"), &text);
-        }
-    }
-    field(&mut out, "IMDS_GUARD_JSON", json);
-    out
-}
-
-fn field(out: &mut Vec<u8>, key: &str, value: &str) {
-    if value.contains('\n') {
-        out.extend_from_slice(key.as_bytes());
-        out.push(b'\n');
-        out.extend_from_slice(&(value.len() as u64).to_le_bytes());
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'\n');
-    } else {
-        out.extend_from_slice(key.as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'\n');
     }
 }
 
@@ -348,75 +274,10 @@ pub fn stdout_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
-/// Everything that consumes events in the daemon: the sinks and live stream, the metrics and the
-/// table of what was seen (for `suggest`). Installed once by `run`; [`emit`] reaches it from
-/// anywhere in the daemon.
-pub struct Hub {
-    pub output: Output,
-    pub metrics: crate::report::metrics::Metrics,
-    pub observed: crate::report::seen::Observed,
-    /// The policy file the daemon runs with (for `suggest`).
-    pub policy: PathBuf,
-}
-
-static HUB: std::sync::OnceLock<Arc<Hub>> = std::sync::OnceLock::new();
-
-impl Hub {
-    /// Makes `hub` the destination of [`emit`] (once per process).
-    pub fn install(hub: Arc<Hub>) {
-        let _ = HUB.set(hub);
-    }
-
-    /// One event, delivered individually.
-    pub fn deliver<T: serde::Serialize>(&self, ev: &T) {
-        let (Ok(json), Ok(value)) = (serde_json::to_string(ev), serde_json::to_value(ev)) else { return };
-        let repeated = value["event"].as_str().is_some_and(|e| e.ends_with("_repeated"));
-        // A `*_repeated` line summarises repeats already counted one by one (`repeat`).
-        if !repeated {
-            self.metrics.observe(&value, false);
-            self.observed.observe(&value, 1);
-        }
-        self.output.send(&Line { json: json.into(), value: Arc::new(value) });
-    }
-
-    /// One repeat of `sample` that was aggregated (counted, not written).
-    pub fn repeat(&self, sample: &Value) {
-        self.metrics.observe(sample, true);
-        self.observed.observe(sample, 1);
-    }
-}
-
-/// Reports one event: to the daemon's [`Hub`] when one is installed, else as a JSON line on stdout.
-pub fn emit<T: serde::Serialize>(ev: &T) {
-    if let Some(hub) = HUB.get() {
-        hub.deliver(ev);
-    } else {
-        let mut out = std::io::stdout().lock();
-        if serde_json::to_writer(&mut out, ev).is_ok() {
-            let _ = out.write_all(b"\n");
-            let _ = out.flush();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn journal_fields() {
-        let v = json!({"event": "connect_denied", "pid": 7, "comm": "curl", "exe": null, "dst": "169.254.169.254"});
-        let msg = String::from_utf8(journal_message(&v, "{\"a\":1}")).unwrap();
-        assert!(msg.contains("PRIORITY=4\n"), "{msg}");
-        assert!(msg.contains("IMDS_GUARD_EVENT=connect_denied\n"));
-        assert!(msg.contains("IMDS_GUARD_PID=7\n"));
-        assert!(!msg.contains("IMDS_GUARD_EXE"), "null fields are left out");
-        assert!(msg.contains("IMDS_GUARD_JSON={\"a\":1}\n"));
-        let mut multi = Vec::new();
-        field(&mut multi, "K", "a\nb");
-        assert_eq!(multi, b"K\n\x03\0\0\0\0\0\0\0a\nb\n");
-    }
+    use serde_json::Value;
 
     #[test]
     fn file_rotates_and_survives_a_failed_write() {

@@ -2,7 +2,7 @@
 //!
 //! A Unix stream socket, mode 0600 in a 0700 directory (events name processes and users: they
 //! are for root). A client sends one request line and reads JSON lines back:
-//! - `recent`: the last events (up to [`crate::report::sinks::RECENT`]), then the connection closes;
+//! - `recent`: the last events (up to [`super::sinks::RECENT`]), then the connection closes;
 //! - `follow`: the same, then every new event as it happens; a client too slow to keep up gets a
 //!   `{"event":"stream_lagged","missed":N}` line in place of what it missed;
 //! - `observed`: one object, `{"policy": <path>, "table": <what was seen without a rule>}`.
@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
-use crate::report::sinks::Hub;
+use super::{Consumers, Event, Line, event::StreamLagged};
 
 pub const DEFAULT_SOCKET: &str = "/run/imds-guard/events.sock";
 
@@ -43,7 +43,7 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 }
 
 /// Serves clients until the runtime ends.
-pub async fn serve(listener: tokio::net::UnixListener, hub: Arc<Hub>) {
+pub async fn serve(listener: tokio::net::UnixListener, hub: Arc<Consumers>) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -62,7 +62,7 @@ pub async fn serve(listener: tokio::net::UnixListener, hub: Arc<Hub>) {
     }
 }
 
-async fn client(stream: tokio::net::UnixStream, hub: &Hub) -> std::io::Result<()> {
+async fn client(stream: tokio::net::UnixStream, hub: &Consumers) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut request = String::new();
     let mut r = tokio::io::BufReader::new(r);
@@ -73,7 +73,7 @@ async fn client(stream: tokio::net::UnixStream, hub: &Hub) -> std::io::Result<()
         "observed" => {
             let body = serde_json::json!({
                 "policy": hub.policy.display().to_string(),
-                "table": hub.observed.snapshot(),
+                "table": hub.seen.snapshot(),
             });
             w.write_all(format!("{body}\n").as_bytes()).await?;
         }
@@ -91,8 +91,8 @@ async fn client(stream: tokio::net::UnixStream, hub: &Hub) -> std::io::Result<()
                             w.write_all(b"\n").await?;
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let notice = serde_json::json!({"schema": crate::report::enrich::SCHEMA_VERSION, "event": "stream_lagged", "missed": n});
-                            w.write_all(format!("{notice}\n").as_bytes()).await?;
+                            let notice = Line::of(Event::StreamLagged(StreamLagged { missed: n }));
+                            w.write_all(format!("{}\n", notice.json).as_bytes()).await?;
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     }

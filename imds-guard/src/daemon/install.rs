@@ -1,0 +1,163 @@
+//! Installing a policy is one transaction over the two places that enforce it: the kernel's maps
+//! (a new generation, switched to atomically) and the nftables table (one `nft` batch). The table
+//! goes first, since its batch is all or nothing; if the maps then refuse the policy, the
+//! previous table is put back. Either the whole policy is enforced or the previous one stays.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use imds_guard_common::config::ExeOffsets;
+
+use crate::{
+    kernel::guard::{Attachment, Guard},
+    netfilter::{self, Plan},
+    policy::Policy,
+};
+
+/// How the netfilter layer runs for this daemon (fixed at start: changing it needs a restart).
+#[derive(Clone, Copy, Debug)]
+pub struct NetfilterRuntime {
+    /// Reduced mode: nftables output rules instead of the cgroup programs.
+    pub reduced: bool,
+    /// The NFLOG group the daemon has bound (`None`: none, so the policy may not want the table).
+    pub nflog_group: Option<u16>,
+}
+
+/// The kernel programs and the nftables table, installed together.
+pub struct Enforcer {
+    pub kernel: Guard,
+    netfilter: NetfilterRuntime,
+    /// The nftables table as last installed (to restore it if the maps cannot follow).
+    nft_plan: Option<Plan>,
+}
+
+/// What installing one policy takes.
+struct Prepared {
+    next: u32,
+    plan: Plan,
+    /// The table is the one installed already (nothing to do in nftables).
+    unchanged: bool,
+}
+
+impl Enforcer {
+    /// Loads the programs (reusing pinned maps), installs `policy`, then attaches — or, when an
+    /// earlier daemon's links are pinned, swaps the new programs into them atomically. The policy
+    /// is live in the maps before any program can run, so there is no unconfigured instant.
+    pub fn start(
+        pin_dir: &Path,
+        cgroup: &Path,
+        policy: &Policy,
+        exe_offsets: Option<ExeOffsets>,
+        netfilter: NetfilterRuntime,
+    ) -> anyhow::Result<(Self, Attachment)> {
+        let kernel = Guard::open(pin_dir, cgroup, exe_offsets)?;
+        if netfilter.reduced
+            && let Some(link) = kernel.pinned_link()
+        {
+            bail!(
+                "reduced mode, but an earlier daemon's programs are attached ({} is pinned); \
+                 `imds-guard unload` them first, or let this daemon adopt them (reduced_mode = \"auto\")",
+                link.display()
+            );
+        }
+        let mut enforcer = Enforcer { kernel, netfilter, nft_plan: None };
+        let prepared = enforcer.prepare(policy).context("installing the policy")?;
+        let tables = policy.compile();
+        // `nft` is a process of its own: the verifier checks the programs meanwhile. Both must
+        // succeed before the maps are written or anything is attached.
+        let (kernel, plan) = (&mut enforcer.kernel, &prepared.plan);
+        std::thread::scope(|s| {
+            let nft = (!prepared.unchanged).then(|| s.spawn(|| netfilter::apply(plan)));
+            let loaded = if netfilter.reduced { Ok(()) } else { kernel.load_programs() };
+            let nft = nft.map_or(Ok(()), |h| {
+                h.join().unwrap_or_else(|_| Err(anyhow!("installing the nftables table panicked")))
+            });
+            loaded.and(nft)
+        })
+        .context("installing the policy")?;
+        enforcer.commit(tables, prepared).context("installing the policy")?;
+        if netfilter.reduced {
+            // The maps hold the policy (status, explain), but no program is attached to read them.
+            return Ok((enforcer, Attachment::NotAttached));
+        }
+        let attachment = enforcer.kernel.attach(cgroup)?;
+        Ok((enforcer, attachment))
+    }
+
+    /// Installs `policy` as a new generation and switches to it atomically; returns the
+    /// generation. On error the live generation and table are untouched.
+    pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<u32> {
+        let prepared = self.prepare(policy)?;
+        let next = prepared.next;
+        if !prepared.unchanged {
+            netfilter::apply(&prepared.plan)?;
+        }
+        self.commit(policy.compile(), prepared)?;
+        Ok(next)
+    }
+
+    /// The nftables table as installed last.
+    #[must_use]
+    pub fn netfilter_plan(&self) -> Option<&Plan> {
+        self.nft_plan.as_ref()
+    }
+
+    /// The next generation, its table, and whether that table is installed already. Refuses what
+    /// this daemon cannot enforce.
+    fn prepare(&self, policy: &Policy) -> anyhow::Result<Prepared> {
+        if policy.needs_exe() && !self.kernel.knows_exe_offsets() {
+            bail!(
+                "the policy has exe rules, but the kernel's BTF could not be read at start-up, so imds-guard \
+                 cannot find a process's executable without guessing kernel struct layouts; refusing the policy"
+            );
+        }
+        let next = self.kernel.next_generation()?;
+        let plan = Plan::new(policy, next, self.netfilter.reduced);
+        self.check_netfilter(policy, &plan)?;
+        // A reload that leaves the table as it is (the common case: a change of [[allow]] tables
+        // that nftables does not express) keeps the installed rules, and their log prefixes keep
+        // naming the generation that installed them.
+        let unchanged = self.nft_plan.as_ref().is_some_and(|p| p.same_table(policy, self.netfilter.reduced));
+        Ok(Prepared { next, plan, unchanged })
+    }
+
+    /// Writes the tables as the prepared generation, once its nftables table is installed (or
+    /// unchanged); if the maps cannot take them, the previous table comes back.
+    fn commit(&mut self, tables: crate::policy::compile::KernelTables, p: Prepared) -> anyhow::Result<()> {
+        match self.kernel.install(tables, p.next) {
+            Ok(()) => {
+                if !p.unchanged {
+                    self.nft_plan = Some(p.plan);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(prev) = &self.nft_plan
+                    && let Err(r) = netfilter::apply(prev)
+                {
+                    tracing::error!("restoring the previous nftables table failed: {r:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What the netfilter layer cannot change without a restart.
+    fn check_netfilter(&self, policy: &Policy, plan: &Plan) -> anyhow::Result<()> {
+        if netfilter::decide_reduced(&policy.netfilter)? != self.netfilter.reduced {
+            bail!(
+                "[netfilter] reduced_mode now asks to {} the cgroup programs; that takes a restart of the daemon",
+                if self.netfilter.reduced { "use" } else { "stop using" }
+            );
+        }
+        if plan.wants_table() && self.netfilter.nflog_group != Some(plan.nflog_group) {
+            bail!(
+                "the netfilter rules would log to NFLOG group {}, which this daemon has not bound{}; \
+                 that takes a restart of the daemon",
+                plan.nflog_group,
+                self.netfilter.nflog_group.map(|g| format!(" (it reads group {g})")).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}

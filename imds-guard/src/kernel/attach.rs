@@ -1,0 +1,135 @@
+//! Attaching the programs to the cgroup, or adopting an earlier daemon's.
+//!
+//! The links keep the programs attached after the daemon exits; only `unload` removes them. A new
+//! daemon that finds the links replaces their programs in place (BPF_LINK_UPDATE): there is no
+//! instant with no program attached. An upgrade whose maps have another layout creates its own
+//! maps, installs the policy in them, swaps its programs into the same links (and attaches the
+//! message hook to its new sockhash), then removes the old maps: still no unguarded instant.
+
+use std::{fs::File, os::fd::AsFd as _, path::Path};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    maps::SockHash,
+    programs::{CgroupAttachMode, Program, links::FdLink},
+};
+use imds_guard_common::maps;
+
+use super::{
+    bpf_sys::{link_attached, link_update, obj_get},
+    guard::{Attachment, Guard, Held},
+    paths::{PROGRAMS, link_pin, remove_map_dir},
+};
+
+impl Guard {
+    /// Attaches the loaded programs to `cgroup` — or, when an earlier daemon's links are pinned,
+    /// swaps them into those links atomically. Call once a policy is installed, so that no
+    /// program runs unconfigured.
+    pub fn attach(&mut self, cgroup: &Path) -> anyhow::Result<Attachment> {
+        let cgroup_file =
+            File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let sockets = SockHash::<_, u64>::try_from(self.ebpf.map(maps::SOCKETS).context("SOCKETS map")?)?
+            .fd()
+            .try_clone()?;
+        let mut attachment = Attachment::Attached;
+        // The message hook's link of an upgrade, pinned beside the old one until all is swapped.
+        let mut new_msg_link = None;
+        for (prog_name, link_name) in PROGRAMS {
+            let link_path = link_pin(&self.pin_dir, link_name);
+            let mut adopt = link_path.exists();
+            if adopt && !obj_get(&link_path).and_then(|l| link_attached(l.as_fd())).unwrap_or(true) {
+                // Detached behind our back (`bpftool link detach`, or its cgroup was removed):
+                // adopting it would enforce nothing. Attach afresh instead.
+                tracing::warn!(link = %link_path.display(), "the pinned link is detached; attaching anew");
+                std::fs::remove_file(&link_path)
+                    .with_context(|| format!("removing the detached link {}", link_path.display()))?;
+                adopt = false;
+            }
+            let program =
+                self.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
+            // Either swap the (loaded) program into the pinned link of an earlier daemon, or attach
+            // it afresh. A cgroup bpf_link always coexists with other programs (links are
+            // multi-attach by nature) and the kernel refuses attach flags on link creation, so
+            // `Single` (no flag) is what asks for a link.
+            // The two cgroup program types have the same attach/take_link shape.
+            macro_rules! cgroup_link {
+                ($p:expr) => {{
+                    if adopt {
+                        None
+                    } else {
+                        let id = $p.attach(&cgroup_file, CgroupAttachMode::Single)?;
+                        Some($p.take_link(id)?.try_into()?)
+                    }
+                }};
+            }
+            let fresh: Option<FdLink> = match program {
+                Program::CgroupSockAddr(p) => cgroup_link!(p),
+                Program::SockOps(p) => cgroup_link!(p),
+                Program::SkMsg(p) => {
+                    if adopt && !self.fresh_maps {
+                        None
+                    } else {
+                        let id = p.attach(&sockets)?;
+                        Some(p.take_link(id)?.try_into().map_err(|e| {
+                            anyhow!(
+                                "{e}: this kernel attached the message hook without a bpf_link (Linux < 6.10)"
+                            )
+                        })?)
+                    }
+                }
+                _ => bail!("program {prog_name} has an unexpected type"),
+            };
+            let link = match fresh {
+                Some(link) if adopt => {
+                    // An upgrade: the old link is attached to the old sockhash; this one to the new
+                    // sockhash, which the new sockops program (swapped in below) fills. It takes the
+                    // old link's pin once everything is swapped.
+                    // (bpffs reserves '.' in names.)
+                    let tmp = link_path.with_file_name(format!("{link_name}_new"));
+                    let _ = std::fs::remove_file(&tmp);
+                    link.pin(&tmp)
+                        .map_err(|e| anyhow!("{e}"))
+                        .with_context(|| format!("pinning {}", tmp.display()))?;
+                    let fd = obj_get(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
+                    new_msg_link = Some((tmp, link_path.clone()));
+                    attachment = Attachment::Adopted;
+                    fd
+                }
+                Some(link) => {
+                    link.pin(&link_path)
+                        .map_err(|e| anyhow!("{e}"))
+                        .with_context(|| format!("pinning {}", link_path.display()))?;
+                    obj_get(&link_path).with_context(|| format!("opening {}", link_path.display()))?
+                }
+                None => {
+                    let link =
+                        obj_get(&link_path).with_context(|| format!("opening {}", link_path.display()))?;
+                    link_update(link.as_fd(), program.fd()?.as_fd())
+                        .with_context(|| format!("replacing the program of {}", link_path.display()))?;
+                    attachment = Attachment::Adopted;
+                    link
+                }
+            };
+            self.held.push(Held { pin: link_path, fd: link, link: true });
+        }
+        self.readers = true;
+        if let Some((tmp, path)) = new_msg_link {
+            // rename(2) on bpffs replaces the old pin in one step; the old link, attached to the old
+            // sockhash, goes with its last reference.
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("replacing {} with {}", path.display(), tmp.display()))?;
+        }
+        if !self.old_maps.is_empty() {
+            if attachment == Attachment::Adopted {
+                tracing::info!(
+                    old_maps = ?self.old_maps,
+                    "upgraded: programs swapped onto maps of a new layout; removing the old maps"
+                );
+            }
+            for d in std::mem::take(&mut self.old_maps).iter() {
+                remove_map_dir(d);
+            }
+        }
+        Ok(attachment)
+    }
+}

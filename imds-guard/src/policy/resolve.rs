@@ -1,0 +1,387 @@
+//! Resolving a parsed policy file on this host: names become ids, presets become addresses, paths
+//! become file and cgroup identities, pod selectors become the pods' cgroups; duplicates, limits
+//! and waiting tables are found. Every error names `file:line:col`.
+
+use std::hash::BuildHasher as _;
+
+use imds_guard_common::{
+    config::{GenConfig, MAX_PROBES, MAX_RULES, Mode, TooManyProbes},
+    rule::Imdsv1Action,
+};
+use toml::Spanned;
+
+use super::{
+    Host, MAX_WARNINGS, Policy, Preexisting, compile,
+    endpoints::{self, Endpoints},
+    netfilter,
+    pods::{self, KubeConfig, Node},
+    rule::{NOT_YET, PodRule, Rule, RuleName},
+    schema::{AllowTable, PolicyFile},
+    source::{ConfigError, LineIndex, Source},
+    users::{Missing, lookup_group, lookup_user},
+};
+use crate::host::workload::PodSelector;
+
+impl Policy {
+    pub(super) fn resolve(source: &Source, file: PolicyFile, host: &Host) -> Result<Self, ConfigError> {
+        let mode = match &file.mode {
+            None => Mode::Enforce,
+            Some(m) => Mode::from_name(m.get_ref()).ok_or_else(|| {
+                source.error_at(
+                    Some(m.span()),
+                    format!("unknown mode `{}`: expected \"enforce\" or \"monitor\"", m.get_ref()),
+                )
+            })?,
+        };
+
+        let mut endpoints = Endpoints::default();
+        match &file.endpoints {
+            None => {
+                for e in endpoints::DEFAULT {
+                    endpoints.add(e).expect("default endpoints are valid");
+                }
+            }
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(source.error_at(
+                        Some(list.span()),
+                        "`endpoints` is empty: list at least one preset or address (default: [\"aws-imds\"])",
+                    ));
+                }
+                for item in list.get_ref() {
+                    endpoints.add(item.get_ref()).map_err(|m| source.error_at(Some(item.span()), m))?;
+                }
+            }
+        }
+
+        if let Some(first_extra) = file.allow.get(MAX_RULES as usize) {
+            return Err(source.error_at(
+                Some(first_extra.span()),
+                format!(
+                    "[[allow]] table {} of {}: at most {MAX_RULES} are supported",
+                    MAX_RULES + 1,
+                    file.allow.len()
+                ),
+            ));
+        }
+        let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
+        let kube = KubeConfig::from_table(source, file.kubernetes.as_ref())?;
+        // The node's pods are read only when some table selects pods, once for all of them.
+        let mut node = None;
+        if file.allow.iter().any(|t| t.get_ref().pod.is_some() || t.get_ref().namespace.is_some()) {
+            let containers = file.allow.iter().any(|t| t.get_ref().container.is_some());
+            node = Some(
+                Node::read(&kube, &host.cgroup_root, containers)
+                    .map_err(|m| source.error_at(file.kubernetes.as_ref().map(Spanned::span), m))?,
+            );
+        }
+        let preexisting = match file.preexisting.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+            None | Some(("report", _)) => Preexisting::Report,
+            Some(("close", _)) => Preexisting::Close,
+            Some((other, span)) => {
+                return Err(source.error_at(
+                    Some(span),
+                    format!("unknown preexisting treatment `{other}`: expected \"report\" or \"close\""),
+                ));
+            }
+        };
+        let mut rules = Vec::with_capacity(file.allow.len());
+        let lines = source.line_index();
+        // The first rule of each key, by its index in `rules` (4 bytes a slot where the key itself
+        // would take 64: for 10,000 rules ~64 KB instead of ~1.1 MB first touched on a reload).
+        // Pod rules are not in it, so every rule in it has exactly one key.
+        let mut seen: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(file.allow.len());
+        let seen_hash = foldhash::fast::RandomState::default();
+        let key_of = |r: &Rule| r.keys().next().expect("a rule without pods has one key");
+        let mut warnings = Vec::new();
+        let (mut probe_shapes, mut probe_levels): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+        for (index, table) in file.allow.iter().enumerate() {
+            let index = u32::try_from(index).expect("bounded by MAX_RULES");
+            let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
+            rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_deref(), default_imdsv1)?;
+            // Pod rules are left out: two selectors that pick the same pods now may not later
+            // (their shared keys go to the first rule anyway, see kernel_tables).
+            if rule.pods.is_none() && !rule.is_pending() {
+                let key = key_of(&rule);
+                let at = |i: &u32| &rules[*i as usize];
+                let first = match seen.entry(
+                    seen_hash.hash_one(key),
+                    |i| key_of(at(i)) == key,
+                    |i| seen_hash.hash_one(key_of(at(i))),
+                ) {
+                    hashbrown::hash_table::Entry::Occupied(first) => *first.get(),
+                    hashbrown::hash_table::Entry::Vacant(slot) => *slot.insert(index).get(),
+                };
+                if first != index {
+                    rule.duplicate_of = Some(first);
+                    warnings.push(format!(
+                        "{} (line {}) repeats allow[{first}] and is ignored",
+                        rule.name, rule.line
+                    ));
+                }
+            }
+            if rule.comm.is_some() {
+                warnings.push(format!(
+                    "{} (line {}) matches on comm, which any process can set (prctl PR_SET_NAME); \
+                     combine it with exe, cgroup or uid",
+                    rule.name, rule.line
+                ));
+            }
+            if let Some(w) = &rule.waiting_for {
+                warnings.push(format!(
+                    "{} (line {}): {w} does not exist yet; the rule takes effect as soon as it does",
+                    rule.name, rule.line
+                ));
+            }
+            if let Some(cg) = rule.cgroup.as_ref().filter(|c| c.id.is_none()) {
+                warnings.push(format!(
+                    "{} (line {}): cgroup {} does not exist yet; the rule takes effect as soon as it appears",
+                    rule.name, rule.line, cg.path
+                ));
+            }
+            if let Some(exe) = rule.exe.as_ref().filter(|e| e.id.is_none()) {
+                warnings.push(format!(
+                    "{} (line {}): no file is at exe {} now (removed?); the rule matches nothing until one is there",
+                    rule.name, rule.line, exe.path
+                ));
+            }
+            if rule.pods.as_ref().is_some_and(|p| p.matches.is_empty()) {
+                warnings.push(format!(
+                    "{} (line {}): no pod it selects runs on this node now; the rule takes effect as soon as one starts",
+                    rule.name, rule.line
+                ));
+            }
+            rules.push(rule);
+            // Checked as each table comes, so that the error points at the one that goes too far.
+            if compile::add_shape_and_levels(&rules[rules.len() - 1], &mut probe_shapes, &mut probe_levels)
+                && let Err(TooManyProbes(n)) = GenConfig::default().set_probes(&probe_shapes, &probe_levels)
+            {
+                return Err(source.error_at(
+                    Some(table.span()),
+                    format!(
+                        "with this table the rules combine {} kinds of key sets and {} cgroup depths, which \
+                         takes {n} lookups per connect; at most {MAX_PROBES} are supported: use fewer key \
+                         combinations or cgroup depths",
+                        probe_shapes.len(),
+                        probe_levels.len()
+                    ),
+                ));
+            }
+        }
+        let netfilter = netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
+        let entries: usize = rules
+            .iter()
+            .filter(|r| r.duplicate_of.is_none() && !r.is_pending())
+            .map(|r| r.keys().count())
+            .sum();
+        if entries > MAX_RULES as usize {
+            return Err(source.error_at(
+                None,
+                format!(
+                    "the rules resolve to {entries} kernel entries (pod rules count one per selected pod); at most {MAX_RULES} are supported"
+                ),
+            ));
+        }
+
+        if warnings.len() > MAX_WARNINGS {
+            // Every reload logs them: a policy of thousands of repeated tables must not flood the
+            // journal. `check` still marks every table.
+            let more = warnings.len() - MAX_WARNINGS;
+            warnings.truncate(MAX_WARNINGS);
+            warnings.push(format!(
+                "... and {more} more warnings like these (imds-guard check shows every table)"
+            ));
+        }
+        let mut policy = Policy {
+            source: source.name.clone(),
+            mode,
+            endpoints,
+            default_imdsv1,
+            preexisting,
+            pods: kube.dir.clone(),
+            rules,
+            netfilter,
+            digest: String::new(),
+            warnings,
+            pod_watch: node.map(|n| n.watch).unwrap_or_default(),
+        };
+        policy.digest = policy.compute_digest();
+        Ok(policy)
+    }
+}
+
+fn parse_imdsv1(
+    source: &Source,
+    v: Option<&Spanned<String>>,
+    default: Imdsv1Action,
+) -> Result<Imdsv1Action, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    Imdsv1Action::from_name(v.get_ref()).ok_or_else(|| {
+        source.error_at(
+            Some(v.span()),
+            format!("unknown imdsv1 treatment `{}`: expected \"allow\", \"log\" or \"deny\"", v.get_ref()),
+        )
+    })
+}
+
+/// A table's `uid` or `user` (`gid` or `group`: `keys`): the id as written, or the name's from the
+/// user (group) database; with [`Host::waiting_names`], a name it does not know yet makes the rule
+/// wait for it ([`NOT_YET`] meanwhile; `waiting` says for what). A name is kept in `written`, for
+/// [`Rule::resolved`].
+fn resolve_id(
+    source: &Source,
+    host: &Host,
+    (id_key, name_key): (&str, &str),
+    (id, name): (Option<&Spanned<u32>>, Option<&Spanned<String>>),
+    lookup: fn(&str) -> Result<u32, Missing>,
+    (written, waiting): (&mut Option<Box<str>>, &mut Option<String>),
+) -> Result<Option<u32>, ConfigError> {
+    match (id, name) {
+        (Some(_), Some(name)) => Err(source.error_at(
+            Some(name.span()),
+            format!("`{id_key}` and `{name_key}` in one [[allow]] table both name the {name_key}; keep one"),
+        )),
+        (Some(id), None) => Ok(Some(*id.get_ref())),
+        (None, Some(name)) => match lookup(name.get_ref()) {
+            Ok(id) => {
+                *written = Some(name.get_ref().as_str().into());
+                Ok(Some(id))
+            }
+            Err(Missing::Unknown(_)) if host.waiting_names => {
+                waiting.get_or_insert_with(|| format!("{name_key} `{}`", name.get_ref()));
+                *written = Some(name.get_ref().as_str().into());
+                Ok(Some(NOT_YET))
+            }
+            Err(m) => Err(source.error_at(Some(name.span()), m.to_string())),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+fn resolve_rule(
+    source: &Source,
+    lines: &LineIndex,
+    index: u32,
+    table: &Spanned<AllowTable>,
+    host: &Host,
+    node: Option<&mut Node>,
+) -> Result<Rule, ConfigError> {
+    let t = table.get_ref();
+    let line = lines.line(table.span().start);
+    let name = t.name.as_ref().map_or(RuleName::Table(index), |n| RuleName::Given(n.get_ref().clone()));
+    let mut rule = Rule {
+        index,
+        name,
+        line,
+        uid: None,
+        gid: None,
+        exe: None,
+        cgroup: None,
+        comm: None,
+        pods: None,
+        imdsv1: Imdsv1Action::Log,
+        user: None,
+        group: None,
+        duplicate_of: None,
+        waiting_for: None,
+    };
+
+    rule.uid = resolve_id(
+        source,
+        host,
+        ("uid", "user"),
+        (t.uid.as_ref(), t.user.as_deref()),
+        lookup_user,
+        (&mut rule.user, &mut rule.waiting_for),
+    )?;
+    rule.gid = resolve_id(
+        source,
+        host,
+        ("gid", "group"),
+        (t.gid.as_ref(), t.group.as_deref()),
+        lookup_group,
+        (&mut rule.group, &mut rule.waiting_for),
+    )?;
+    if let Some(exe) = &t.exe {
+        let id = crate::host::identity::resolve_exe(exe.get_ref(), host.waiting_names)
+            .map_err(|m| source.error_at(Some(exe.span()), m))?;
+        rule.exe = Some(Box::new(id));
+    }
+    if let Some(cg) = &t.cgroup {
+        let c = crate::host::identity::resolve_cgroup(&host.cgroup_root, cg.get_ref())
+            .map_err(|m| source.error_at(Some(cg.span()), m))?;
+        rule.cgroup = Some(Box::new(c));
+    }
+    if let Some(comm) = &t.comm {
+        let v = comm.get_ref();
+        if v.is_empty() || v.len() > 15 || v.contains('\0') {
+            return Err(source.error_at(
+                Some(comm.span()),
+                format!("comm `{v}` must be 1 to 15 bytes (the kernel keeps 15 bytes of a task name)"),
+            ));
+        }
+        rule.comm = Some(v.clone());
+    }
+    if let Some(sel) = pod_selector(source, t)? {
+        let node = node.expect("the node is read when a table selects pods");
+        let matches = node.resolve(&sel, &host.cgroup_root);
+        let written = match (&t.pod, &sel.container) {
+            (Some(p), None) => format!("pod {}*", p.get_ref()),
+            (Some(p), Some(c)) => format!("container {c} of pod {}*", p.get_ref()),
+            (None, None) => format!("namespace {}", sel.namespace),
+            (None, Some(c)) => format!("container {c} of namespace {}", sel.namespace),
+        };
+        rule.pods = Some(Box::new(PodRule { selector: sel, matches, written }));
+    }
+    if rule.key().shape == 0 {
+        return Err(source.error_at(
+            Some(table.span()),
+            "this [[allow]] table has no identity keys (uid, user, gid, group, exe, cgroup, comm, pod, \
+             namespace), so it would allow every process; to let everything through while watching, use \
+             mode = \"monitor\"",
+        ));
+    }
+    Ok(rule)
+}
+
+/// The pod selector of a table (`pod` or `namespace`, and `container`), checked.
+fn pod_selector(source: &Source, t: &AllowTable) -> Result<Option<PodSelector>, ConfigError> {
+    let at = |v: &Spanned<String>, m: String| source.error_at(Some(v.span()), m);
+    if let Some(cg) = &t.cgroup
+        && (t.pod.is_some() || t.namespace.is_some())
+    {
+        return Err(at(
+            cg,
+            "`cgroup` and `pod`/`namespace` in one [[allow]] table both name the cgroup; keep one".into(),
+        ));
+    }
+    let (namespace, name_prefix) = match (&t.pod, &t.namespace) {
+        (Some(_), Some(ns)) => {
+            return Err(at(ns, "`pod` already names the namespace; keep `pod` or `namespace`".into()));
+        }
+        (Some(p), None) => pods::parse_pod(p.get_ref()).map_err(|m| at(p, m))?,
+        (None, Some(ns)) => {
+            pods::check_namespace(ns.get_ref()).map_err(|m| at(ns, m))?;
+            (ns.get_ref().clone(), String::new())
+        }
+        (None, None) => {
+            if let Some(c) = &t.container {
+                return Err(at(
+                    c,
+                    "`container` needs `pod` or `namespace` in the same table: any pod can name a container \
+                     anything"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let container = match &t.container {
+        Some(c) => {
+            pods::check_container(c.get_ref()).map_err(|m| at(c, m))?;
+            Some(c.get_ref().clone())
+        }
+        None => None,
+    };
+    Ok(Some(PodSelector { namespace, name_prefix, container }))
+}
