@@ -1,10 +1,12 @@
 //! The daemon's event loop: one task that drains the kernel's ring buffer and the NFLOG socket
-//! into the reporter, and reloads the policy on a signal, a change notification or the periodic
-//! re-check, until SIGTERM/SIGINT.
+//! into the reporter, and asks the installer thread ([`super::installer`]) for a reload on a
+//! signal, a change notification or the periodic re-check, until SIGTERM/SIGINT. Nothing here
+//! blocks: installing, `nft` and waiting for the file to settle happen on the installer's thread.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use imds_guard_common::event::Record;
 use tokio::{
     io::unix::AsyncFd,
@@ -12,12 +14,11 @@ use tokio::{
 };
 
 use super::{
-    install::Enforcer,
-    pins::PinKeeper,
-    reload::{Reason, Reloader, SETTLE},
-    uninspected::UninspectedWatch,
+    installer::{Command, Installer, Update},
+    watch::Watch,
 };
 use crate::{
+    host::workload::PodDirectory,
     netfilter::nflog::{self, Nflog},
     report::{
         Consumers, Reporter,
@@ -48,39 +49,43 @@ impl Signals {
     }
 }
 
-/// What the loop waits on besides the kernel's ring buffer.
+/// What the loop waits on.
 pub struct Sources {
-    pub watch: AsyncFd<Watch>,
+    pub events: RingBuf<MapData>,
+    pub watch: Watch,
     pub signals: Signals,
     pub nflog: Option<Nflog>,
+    pub updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
+}
+
+/// Where the loop's events come from and go.
+pub struct Setup {
+    pub cgroup_root: std::path::PathBuf,
+    pub pods: PodDirectory,
+    pub aggregate_window: Duration,
 }
 
 pub async fn serve(
-    guard: &mut Enforcer,
-    mut reloader: Reloader,
     sources: Sources,
-    cgroup_root: std::path::PathBuf,
-    aggregate_window: Duration,
+    setup: Setup,
+    installer: &Installer,
     consumers: &Consumers,
 ) -> anyhow::Result<()> {
-    let Sources { mut watch, signals: mut sig, nflog } = sources;
-    // SAFETY: the RingBuf owns its map fd, which is neither closed nor replaced while the AsyncFd
-    // holds it.
-    let mut events =
-        unsafe { AsyncFd::register(guard.kernel.take_events()?) }.context("watching the ring buffer")?;
-    let mut enricher = Enricher::new(cgroup_root);
-    let mut aggregator = Aggregator::new(aggregate_window);
+    let Sources { events, watch, signals: mut sig, nflog, mut updates } = sources;
+    // SAFETY (all three): each AsyncFd owns what holds the descriptor (the RingBuf its map fd,
+    // the Watch its inotify fd, the Nflog its socket), which is neither closed nor replaced while
+    // the AsyncFd holds it.
+    let mut events = unsafe { AsyncFd::register(events) }.context("watching the ring buffer")?;
+    let mut watch = unsafe { AsyncFd::register(watch) }.context("watching the policy's files")?;
+    let mut nflog =
+        nflog.map(|n| unsafe { AsyncFd::register(n) }).transpose().context("watching the NFLOG socket")?;
+    let mut enricher = Enricher::new(setup.cgroup_root);
+    enricher.pods = setup.pods;
+    let mut aggregator = Aggregator::new(setup.aggregate_window);
     let mut summaries = tokio::time::interval(Duration::from_secs(1));
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
-    // SAFETY: the Nflog owns its socket, which is neither closed nor replaced while the AsyncFd
-    // holds it.
-    let mut nflog =
-        nflog.map(|n| unsafe { AsyncFd::register(n) }).transpose().context("watching the NFLOG socket")?;
     let mut packets = nflog::Packets::default();
-    let mut pins = PinKeeper::default();
-    let mut uninspected = UninspectedWatch::default();
-    uninspected.check(&guard.kernel, consumers);
     loop {
         tokio::select! {
             ready = async {
@@ -108,10 +113,6 @@ pub async fn serve(
             }
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                // Where pods are named from follows the policy's [kubernetes].
-                if enricher.pods != reloader.policy.pods {
-                    enricher.pods = reloader.policy.pods.clone();
-                }
                 let ring = ready.get_inner_mut();
                 // A bounded batch, so that a flood of events cannot starve reloads and signals.
                 let mut drained = true;
@@ -138,21 +139,20 @@ pub async fn serve(
                 let mut ready = ready?;
                 let _ = ready.get_inner().0.read_events();
                 ready.clear_ready();
-                drop(ready);
-                tokio::time::sleep(SETTLE).await;
-                watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
+                installer.send(Command::Changed);
             }
-            _ = recheck.tick() => {
-                pins.check(&guard.kernel, consumers);
-                uninspected.check(&guard.kernel, consumers);
-                watch = rewatch(&mut reloader, guard, Some(Reason::FileChanged))?;
-            }
+            Some(update) = updates.recv() => match update {
+                // SAFETY: as above.
+                Update::Watch(w) => watch = unsafe { AsyncFd::register(w) }.context("watching the policy's files")?,
+                Update::Pods(p) => enricher.pods = p,
+            },
+            _ = recheck.tick() => installer.send(Command::Recheck),
             _ = summaries.tick() => {
                 for line in aggregator.flush(Instant::now(), false) {
                     consumers.report(line);
                 }
             }
-            _ = sig.hup.recv() => watch = rewatch(&mut reloader, guard, Some(Reason::Signal))?,
+            _ = sig.hup.recv() => installer.send(Command::Reload),
             _ = sig.term.recv() => break,
             _ = sig.int.recv() => break,
         }
@@ -160,42 +160,5 @@ pub async fn serve(
     for line in aggregator.flush(Instant::now(), true) {
         consumers.report(line);
     }
-    pins.at_exit(&guard.kernel);
-    tracing::info!(pin_dir = %guard.kernel.pin_dir().display(), "exiting; enforcement stays in place (imds-guard unload removes it)");
     Ok(())
-}
-
-/// nix's Inotify is AsFd only; tokio wants AsRawFd.
-pub struct Watch(nix::sys::inotify::Inotify);
-
-impl std::os::fd::AsRawFd for Watch {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd as _;
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-/// Watches what the current policy depends on, *then* refreshes (or reloads, for a signal), so that
-/// a change landing in between is seen by the new watch rather than lost; repeats while the refresh
-/// changes what there is to watch.
-pub fn rewatch(
-    reloader: &mut Reloader,
-    guard: &mut Enforcer,
-    what: Option<Reason>,
-) -> anyhow::Result<AsyncFd<Watch>> {
-    let mut what = what;
-    loop {
-        let dirs = reloader.watched_dirs();
-        let ino = reloader.watcher(&dirs).context("setting up inotify")?;
-        match what.take() {
-            Some(Reason::Signal) => reloader.reload(guard, Reason::Signal),
-            Some(_) => reloader.refresh(guard),
-            None => {}
-        }
-        if reloader.watched_dirs() == dirs {
-            // SAFETY: the Watch owns the inotify fd for as long as the AsyncFd holds it.
-            return Ok(unsafe { AsyncFd::register(Watch(ino)) }?);
-        }
-        what = Some(Reason::FileChanged);
-    }
 }

@@ -26,10 +26,12 @@ use crate::{
 
 mod event_loop;
 pub mod install;
+mod installer;
 pub mod pins;
 pub mod preexisting;
 pub mod reload;
 pub mod uninspected;
+pub mod watch;
 
 /// What the daemon runs with (`imds-guard run`'s arguments).
 #[derive(Clone, Debug)]
@@ -51,7 +53,84 @@ pub struct Config {
     pub metrics_allow_remote: bool,
 }
 
+/// What start-up found on the host: the cgroup2 root, the cgroup to attach to, the policy.
+struct Start {
+    cgroup_root: PathBuf,
+    cgroup: PathBuf,
+    host: Host,
+    source: Source,
+    policy: Policy,
+    exe_offsets: Option<imds_guard_common::config::ExeOffsets>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: &Config) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let Start { cgroup_root, cgroup, host, source, policy, exe_offsets } = start(config)?;
+    let pin_dir = &config.pin_dir;
+    let (netfilter, nflog) = start_netfilter(&policy)?;
+    let (mut enforcer, attachment) = Enforcer::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)
+        .map_err(|e| features::explain_failure(e, &features::ALWAYS))?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
+    let events = enforcer.kernel.take_events()?;
+    let consumers = Arc::new(start_outputs(config)?);
+    let reporter: Arc<dyn Reporter> = consumers.clone();
+    let mut reloader = reload::Reloader::new(config.policy.clone(), host, source, policy, reporter.clone());
+    // Signals first: a reload requested the moment we are ready must not kill us.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let signals = rt.block_on(async { event_loop::Signals::new() })?;
+    // Watch, then look once more, so that nothing that changed since the policy was read (a
+    // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
+    let watch = watch::rewatch(&mut reloader, &mut enforcer, Some(reload::Reason::FileChanged))?;
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "watching");
+    // Connections opened before the hooks were attached cannot be judged by them: report them
+    // (and, if the policy says so, reset the ones denied processes hold).
+    for c in preexisting::at_start(&reloader.policy, &cgroup_root, &cgroup) {
+        reporter.report(c);
+    }
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "connections open before the start looked at");
+    let mut started = GuardStarted {
+        attachment: attachment.name().to_owned(),
+        mode: reloader.policy.mode.name().to_owned(),
+        generation: enforcer.kernel.generation(),
+        policy: reloader.policy.source.clone(),
+        policy_digest: reloader.policy.digest.clone(),
+        rules: reloader.policy.rules.len(),
+        cgroup: cgroup.display().to_string(),
+        pin_dir: pin_dir.display().to_string(),
+        metrics: None,
+        events_socket: None,
+        enforcement: if netfilter.reduced { "reduced" } else { "cgroup" }.to_owned(),
+        netfilter: netfilter_summary(&enforcer),
+    };
+    let pods = reloader.policy.pods.clone();
+    let (updates_tx, updates) = tokio::sync::mpsc::unbounded_channel();
+    let installer = installer::Installer::spawn(
+        installer::Owned { enforcer, reloader, reporter: reporter.clone() },
+        updates_tx,
+    )?;
+    let result = rt.block_on(async {
+        // Consumers first, so that the first events have somewhere to go.
+        (started.events_socket, started.metrics) = serve_consumers(config, &consumers)?;
+        reporter.report(Event::GuardStarted(started));
+        tracing::info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), ?attachment, "enforcing");
+        // systemd Type=notify: READY only once the programs are attached with the policy live.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let sources = event_loop::Sources { events, watch, signals, nflog, updates };
+        let setup = event_loop::Setup { cgroup_root, pods, aggregate_window: config.aggregate_window };
+        event_loop::serve(sources, setup, &installer, consumers.as_ref()).await
+    });
+    installer.exit();
+    consumers.output.flush();
+    if let Some(path) = &config.events_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Checks the host and reads the policy: capabilities, cgroup2 (mounted if the host has none),
+/// the policy resolved, kernel BTF for exe rules, the pin directory.
+fn start(config: &Config) -> anyhow::Result<Start> {
     let t0 = Instant::now();
     env::check_capabilities()?;
     let (cgroup_root, _) = env::cgroup2_root_or_mount()?;
@@ -78,86 +157,39 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             None
         }
     };
+    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "kernel BTF read");
     let cgroup = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
     env::check_cgroup2_dir(&cgroup)?;
-    let pin_dir = &config.pin_dir;
-    crate::kernel::paths::prepare(pin_dir, false)?;
+    crate::kernel::paths::prepare(&config.pin_dir, false)?;
+    Ok(Start { cgroup_root, cgroup, host, source, policy, exe_offsets })
+}
 
-    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "kernel BTF read");
-    let (netfilter, nflog) = start_netfilter(&policy)?;
-    let (mut guard, attachment) = Enforcer::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)
-        .map_err(|e| features::explain_failure(e, &features::ALWAYS))?;
-    tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
-    let consumers = Arc::new(start_outputs(config)?);
-    let reporter: Arc<dyn Reporter> = consumers.clone();
-    let mut reloader = reload::Reloader::new(config.policy.clone(), host, source, policy, reporter.clone());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = rt.block_on(async {
-        // Consumers first, so that the first events have somewhere to go.
-        let mut serving = None;
-        if let Some(path) = &config.events_socket {
-            match crate::report::socket::bind(path) {
-                Ok(l) => {
-                    tokio::spawn(crate::report::socket::serve(l, consumers.clone()));
-                    serving = Some(path.display().to_string());
-                }
-                // The socket is a convenience; enforcement and the sinks do not depend on it.
-                Err(e) => tracing::warn!("no event socket: {e:#}"),
-            }
-        }
-        let mut metrics_addr = None;
-        if let Some(addr) = config.metrics_addr {
-            let l = crate::report::metrics::bind(addr, config.metrics_allow_remote)?;
-            let addr = l.local_addr()?;
-            tracing::info!(%addr, "serving metrics");
-            metrics_addr = Some(addr.to_string());
-            tokio::spawn(crate::report::metrics::serve(l, consumers.clone()));
-        }
-        // Signals first: a reload requested the moment we are ready must not kill us.
-        let signals = event_loop::Signals::new()?;
-        // Watch, then look once more, so that nothing that changed since the policy was read (a
-        // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
-        let watch = event_loop::rewatch(&mut reloader, &mut guard, Some(reload::Reason::FileChanged))?;
-        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "watching");
-        let policy = &reloader.policy;
-        // Connections opened before the hooks were attached cannot be judged by them: report them
-        // (and, if the policy says so, reset the ones denied processes hold).
-        for c in preexisting::at_start(policy, &cgroup_root, &cgroup) {
-            reporter.report(c);
-        }
-        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "connections open before the start looked at");
-        reporter.report(Event::GuardStarted(GuardStarted {
-            attachment: attachment.name().to_owned(),
-            mode: policy.mode.name().to_owned(),
-            generation: guard.kernel.generation(),
-            policy: policy.source.clone(),
-            policy_digest: policy.digest.clone(),
-            rules: policy.rules.len(),
-            cgroup: cgroup.display().to_string(),
-            pin_dir: pin_dir.display().to_string(),
-            metrics: metrics_addr,
-            events_socket: serving,
-            enforcement: if netfilter.reduced { "reduced" } else { "cgroup" }.to_owned(),
-            netfilter: netfilter_summary(&guard),
-        }));
-        tracing::info!(cgroup = %cgroup.display(), pin_dir = %pin_dir.display(), ?attachment, "enforcing");
-        // systemd Type=notify: READY only once the programs are attached with the policy live.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        event_loop::serve(
-            &mut guard,
-            reloader,
-            event_loop::Sources { watch, signals, nflog },
-            cgroup_root,
-            config.aggregate_window,
-            consumers.as_ref(),
-        )
-        .await
-    });
-    consumers.output.flush();
+/// The event socket and the metrics server, when asked for: (the socket's path, the metrics
+/// address), each `None` when off. A socket that cannot be made is a warning: enforcement and
+/// the sinks do not depend on it.
+fn serve_consumers(
+    config: &Config,
+    consumers: &Arc<Consumers>,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let mut socket = None;
     if let Some(path) = &config.events_socket {
-        let _ = std::fs::remove_file(path);
+        match crate::report::socket::bind(path) {
+            Ok(l) => {
+                tokio::spawn(crate::report::socket::serve(l, consumers.clone()));
+                socket = Some(path.display().to_string());
+            }
+            Err(e) => tracing::warn!("no event socket: {e:#}"),
+        }
     }
-    result
+    let mut metrics = None;
+    if let Some(addr) = config.metrics_addr {
+        let l = crate::report::metrics::bind(addr, config.metrics_allow_remote)?;
+        let addr = l.local_addr()?;
+        tracing::info!(%addr, "serving metrics");
+        metrics = Some(addr.to_string());
+        tokio::spawn(crate::report::metrics::serve(l, consumers.clone()));
+    }
+    Ok((socket, metrics))
 }
 
 /// The kernel's counters and attachment, read from the pins at each scrape.
