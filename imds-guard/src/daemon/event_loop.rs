@@ -142,8 +142,18 @@ pub async fn serve(
                 installer.send(Command::Changed);
             }
             Some(update) = updates.recv() => match update {
-                // SAFETY: as above.
-                Update::Watch(w) => watch = unsafe { AsyncFd::register(w) }.context("watching the policy's files")?,
+                Update::Watch(w) => {
+                    // Changes since the installer made this watch, or that the old one still
+                    // holds unread, may have come after the refresh read the file: another look.
+                    // (Read here rather than trusted to the new registration's readiness.)
+                    let pending = |w: &Watch| w.0.read_events().is_ok_and(|e| !e.is_empty());
+                    let changed = pending(&w) | pending(watch.get_ref());
+                    // SAFETY: as above.
+                    watch = unsafe { AsyncFd::register(w) }.context("watching the policy's files")?;
+                    if changed {
+                        installer.send(Command::Changed);
+                    }
+                }
                 Update::Pods(p) => enricher.pods = p,
             },
             _ = recheck.tick() => installer.send(Command::Recheck),

@@ -56,53 +56,15 @@ impl Guard {
             remove_where(&mut rules, |k| k.generation == next)?;
         }
         let live = active.get(&0, 0)?.generation;
-        // One BPF_MAP_UPDATE_BATCH for the whole generation (one bpf() call per key took ~1 µs
-        // each); a kernel without batch operations on hash maps gets them one by one.
-        let (mut written, mut result) = crate::kernel::bpf_sys::map_update_batch(rules_fd, &keys, &values);
-        if matches!(&result, Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)))
-            && written == 0
-        {
-            result = Ok(());
-            for (k, v) in keys.iter().zip(&values) {
-                if let Err(e) = rules.insert(k, v, 0) {
-                    result = Err(std::io::Error::other(e));
-                    break;
-                }
-                written += 1;
-            }
-        }
-        if let Err(e) = result {
-            // Say how full the map is, and with what: it holds two full generations, so a
-            // full map means entries that are neither the live policy's nor this one's.
-            let total = keys.len();
-            let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
-            let live_n = keys.iter().filter(|k| k.generation == live).count();
-            let other = keys.len().saturating_sub(live_n + written);
-            remove_where(&mut rules, |k| k.generation == next)?;
-            // Entries nobody accounts for fill the map: the next install sweeps the whole map,
-            // not only the keys this daemon knows it wrote.
+        if let Err(e) = write_rules(&mut rules, rules_fd, (&keys, &values), live, next) {
+            // Entries nobody accounts for may fill the map: the next install sweeps the whole
+            // map, not only the keys this daemon knows it wrote.
             self.live_keys = None;
-            return Err(anyhow!(e).context(format!(
-                "writing rule {} of {}: {} of the {} entries of the kernel's rules map are in use ({live_n} \
-                 by the policy in force, {written} by this one, {other} by neither); the previous policy \
-                 stays enforced",
-                written + 1,
-                total,
-                keys.len(),
-                maps::RULES_CAPACITY
-            )));
+            return Err(e);
         }
         let t_written = t0.elapsed();
         tracing::debug!(rules = keys.len(), "rules written");
-        let slot = next % imds_guard_common::config::GENERATION_SLOTS;
-        config.set(slot, &cfg, 0)?;
-        // The new slot's prefilter, before the switch (the live slot's bytes are rewritten unchanged).
-        self.fast.filters[slot as usize] = Prefilter::of(&cfg);
-        fast.set(0, &self.fast, 0)?;
-        // The switch: one 8-byte map update, then its mirror in the programs' global.
-        active.set(0, &Active { generation: next, _pad: 0 }, 0)?;
-        self.fast.generation = next;
-        fast.set(0, &self.fast, 0)?;
+        switch((&mut config, &mut active, &mut fast), &mut self.fast, &cfg)?;
         // From here every program run judges by the new generation.
         let t_switched = t0.elapsed();
         // The switch is done: a failure to remove the old generation's keys leaves them unused
@@ -174,6 +136,70 @@ impl Guard {
             }
         }
     }
+}
+
+/// Writes the entries of generation `next`: one BPF_MAP_UPDATE_BATCH for all (one bpf() call per
+/// key took ~1 µs each); a kernel without batch operations on hash maps gets them one by one. On
+/// error, nothing of `next` is left in the map and the error says how full it is, and with what.
+fn write_rules(
+    rules: &mut HashMap<&mut MapData, RuleKey, RuleValue>,
+    fd: std::os::fd::BorrowedFd<'_>,
+    (keys, values): (&[RuleKey], &[RuleValue]),
+    live: u32,
+    next: u32,
+) -> anyhow::Result<()> {
+    let (mut written, mut result) = super::bpf_sys::map_update_batch(fd, keys, values);
+    if matches!(&result, Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)))
+        && written == 0
+    {
+        result = Ok(());
+        for (k, v) in keys.iter().zip(values) {
+            if let Err(e) = rules.insert(k, v, 0) {
+                result = Err(std::io::Error::other(e));
+                break;
+            }
+            written += 1;
+        }
+    }
+    let Err(e) = result else { return Ok(()) };
+    // The map holds two full generations, so a full map means entries that are neither the
+    // live policy's nor this one's.
+    let in_map: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
+    let live_n = in_map.iter().filter(|k| k.generation == live).count();
+    let other = in_map.len().saturating_sub(live_n + written);
+    remove_where(rules, |k| k.generation == next)?;
+    Err(anyhow!(e).context(format!(
+        "writing rule {} of {}: {} of the {} entries of the kernel's rules map are in use ({live_n} \
+         by the policy in force, {written} by this one, {other} by neither); the previous policy \
+         stays enforced",
+        written + 1,
+        keys.len(),
+        in_map.len(),
+        maps::RULES_CAPACITY
+    )))
+}
+
+/// An array map borrowed from the loaded object.
+type ArrayOf<'a, T> = Array<&'a mut MapData, T>;
+
+/// Makes `cfg`'s generation live: its config slot and prefilter first, then the switch, one 8-byte
+/// update of the active map, and its mirror in the programs' global (`fast`, kept whole in
+/// `mirror`). From then on every program run judges by the new generation.
+fn switch(
+    (config, active, fast): (&mut ArrayOf<GenConfig>, &mut ArrayOf<Active>, &mut ArrayOf<Fast>),
+    mirror: &mut Fast,
+    cfg: &GenConfig,
+) -> anyhow::Result<()> {
+    let next = cfg.generation;
+    let slot = next % imds_guard_common::config::GENERATION_SLOTS;
+    config.set(slot, cfg, 0)?;
+    // The new slot's prefilter, before the switch (the live slot's bytes are rewritten unchanged).
+    mirror.filters[slot as usize] = Prefilter::of(cfg);
+    fast.set(0, &*mirror, 0)?;
+    active.set(0, &Active { generation: next, _pad: 0 }, 0)?;
+    mirror.generation = next;
+    fast.set(0, &*mirror, 0)?;
+    Ok(())
 }
 
 /// The background half of a reload: once no program that read the old generation still runs

@@ -24,36 +24,8 @@ use crate::host::workload::PodSelector;
 
 impl Policy {
     pub(super) fn resolve(source: &Source, file: PolicyFile, host: &Host) -> Result<Self, ConfigError> {
-        let mode = match &file.mode {
-            None => Mode::Enforce,
-            Some(m) => Mode::from_name(m.get_ref()).ok_or_else(|| {
-                source.error_at(
-                    Some(m.span()),
-                    format!("unknown mode `{}`: expected \"enforce\" or \"monitor\"", m.get_ref()),
-                )
-            })?,
-        };
-
-        let mut endpoints = Endpoints::default();
-        match &file.endpoints {
-            None => {
-                for e in endpoints::DEFAULT {
-                    endpoints.add(e).expect("default endpoints are valid");
-                }
-            }
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    return Err(source.error_at(
-                        Some(list.span()),
-                        "`endpoints` is empty: list at least one preset or address (default: [\"aws-imds\"])",
-                    ));
-                }
-                for item in list.get_ref() {
-                    endpoints.add(item.get_ref()).map_err(|m| source.error_at(Some(item.span()), m))?;
-                }
-            }
-        }
-
+        let mode = resolve_mode(source, file.mode.as_ref())?;
+        let endpoints = resolve_endpoints(source, file.endpoints.as_ref())?;
         if let Some(first_extra) = file.allow.get(MAX_RULES as usize) {
             return Err(source.error_at(
                 Some(first_extra.span()),
@@ -75,100 +47,17 @@ impl Policy {
                     .map_err(|m| source.error_at(file.kubernetes.as_ref().map(Spanned::span), m))?,
             );
         }
-        let preexisting = match file.preexisting.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
-            None | Some(("report", _)) => Preexisting::Report,
-            Some(("close", _)) => Preexisting::Close,
-            Some((other, span)) => {
-                return Err(source.error_at(
-                    Some(span),
-                    format!("unknown preexisting treatment `{other}`: expected \"report\" or \"close\""),
-                ));
-            }
-        };
-        let mut rules = Vec::with_capacity(file.allow.len());
+        let preexisting = resolve_preexisting(source, file.preexisting.as_ref())?;
         let lines = source.line_index();
-        // The first rule of each key, by its index in `rules` (4 bytes a slot where the key itself
-        // would take 64: for 10,000 rules ~64 KB instead of ~1.1 MB first touched on a reload).
-        // Pod rules are not in it, so every rule in it has exactly one key.
-        let mut seen: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(file.allow.len());
-        let seen_hash = foldhash::fast::RandomState::default();
-        let key_of = |r: &Rule| r.keys().next().expect("a rule without pods has one key");
-        let mut warnings = Vec::new();
-        let (mut probe_shapes, mut probe_levels): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+        let mut set = RuleSet::with_capacity(file.allow.len());
         for (index, table) in file.allow.iter().enumerate() {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
             let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
             rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_deref(), default_imdsv1)?;
-            // Pod rules are left out: two selectors that pick the same pods now may not later
-            // (their shared keys go to the first rule anyway, see kernel_tables).
-            if rule.pods.is_none() && !rule.is_pending() {
-                let key = key_of(&rule);
-                let at = |i: &u32| &rules[*i as usize];
-                let first = match seen.entry(
-                    seen_hash.hash_one(key),
-                    |i| key_of(at(i)) == key,
-                    |i| seen_hash.hash_one(key_of(at(i))),
-                ) {
-                    hashbrown::hash_table::Entry::Occupied(first) => *first.get(),
-                    hashbrown::hash_table::Entry::Vacant(slot) => *slot.insert(index).get(),
-                };
-                if first != index {
-                    rule.duplicate_of = Some(first);
-                    warnings.push(format!(
-                        "{} (line {}) repeats allow[{first}] and is ignored",
-                        rule.name, rule.line
-                    ));
-                }
-            }
-            if rule.comm.is_some() {
-                warnings.push(format!(
-                    "{} (line {}) matches on comm, which any process can set (prctl PR_SET_NAME); \
-                     combine it with exe, cgroup or uid",
-                    rule.name, rule.line
-                ));
-            }
-            if let Some(w) = &rule.waiting_for {
-                warnings.push(format!(
-                    "{} (line {}): {w} does not exist yet; the rule takes effect as soon as it does",
-                    rule.name, rule.line
-                ));
-            }
-            if let Some(cg) = rule.cgroup.as_ref().filter(|c| c.id.is_none()) {
-                warnings.push(format!(
-                    "{} (line {}): cgroup {} does not exist yet; the rule takes effect as soon as it appears",
-                    rule.name, rule.line, cg.path
-                ));
-            }
-            if let Some(exe) = rule.exe.as_ref().filter(|e| e.id.is_none()) {
-                warnings.push(format!(
-                    "{} (line {}): no file is at exe {} now (removed?); the rule matches nothing until one is there",
-                    rule.name, rule.line, exe.path
-                ));
-            }
-            if rule.pods.as_ref().is_some_and(|p| p.matches.is_empty()) {
-                warnings.push(format!(
-                    "{} (line {}): no pod it selects runs on this node now; the rule takes effect as soon as one starts",
-                    rule.name, rule.line
-                ));
-            }
-            rules.push(rule);
-            // Checked as each table comes, so that the error points at the one that goes too far.
-            if compile::add_shape_and_levels(&rules[rules.len() - 1], &mut probe_shapes, &mut probe_levels)
-                && let Err(TooManyProbes(n)) = GenConfig::default().set_probes(&probe_shapes, &probe_levels)
-            {
-                return Err(source.error_at(
-                    Some(table.span()),
-                    format!(
-                        "with this table the rules combine {} kinds of key sets and {} cgroup depths, which \
-                         takes {n} lookups per connect; at most {MAX_PROBES} are supported: use fewer key \
-                         combinations or cgroup depths",
-                        probe_shapes.len(),
-                        probe_levels.len()
-                    ),
-                ));
-            }
+            set.add(source, table, rule)?;
         }
         let netfilter = netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
+        let RuleSet { rules, mut warnings, .. } = set;
         let entries: usize = rules
             .iter()
             .filter(|r| r.duplicate_of.is_none() && !r.is_pending())
@@ -182,7 +71,6 @@ impl Policy {
                 ),
             ));
         }
-
         if warnings.len() > MAX_WARNINGS {
             // Every reload logs them: a policy of thousands of repeated tables must not flood the
             // journal. `check` still marks every table.
@@ -208,6 +96,168 @@ impl Policy {
         policy.digest = policy.compute_digest();
         Ok(policy)
     }
+}
+
+fn resolve_mode(source: &Source, mode: Option<&Spanned<String>>) -> Result<Mode, ConfigError> {
+    let Some(m) = mode else { return Ok(Mode::Enforce) };
+    Mode::from_name(m.get_ref()).ok_or_else(|| {
+        source.error_at(
+            Some(m.span()),
+            format!("unknown mode `{}`: expected \"enforce\" or \"monitor\"", m.get_ref()),
+        )
+    })
+}
+
+fn resolve_endpoints(
+    source: &Source,
+    list: Option<&Spanned<Vec<Spanned<String>>>>,
+) -> Result<Endpoints, ConfigError> {
+    let mut endpoints = Endpoints::default();
+    let Some(list) = list else {
+        for e in endpoints::DEFAULT {
+            endpoints.add(e).expect("default endpoints are valid");
+        }
+        return Ok(endpoints);
+    };
+    if list.get_ref().is_empty() {
+        return Err(source.error_at(
+            Some(list.span()),
+            "`endpoints` is empty: list at least one preset or address (default: [\"aws-imds\"])",
+        ));
+    }
+    for item in list.get_ref() {
+        endpoints.add(item.get_ref()).map_err(|m| source.error_at(Some(item.span()), m))?;
+    }
+    Ok(endpoints)
+}
+
+fn resolve_preexisting(source: &Source, v: Option<&Spanned<String>>) -> Result<Preexisting, ConfigError> {
+    match v.map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("report", _)) => Ok(Preexisting::Report),
+        Some(("close", _)) => Ok(Preexisting::Close),
+        Some((other, span)) => Err(source.error_at(
+            Some(span),
+            format!("unknown preexisting treatment `{other}`: expected \"report\" or \"close\""),
+        )),
+    }
+}
+
+/// The rules resolved so far, with what is checked across them: duplicates, the lookups a
+/// connect would take, and the warnings.
+struct RuleSet {
+    rules: Vec<Rule>,
+    /// The first rule of each key, by its index in `rules` (4 bytes a slot where the key itself
+    /// would take 64: for 10,000 rules ~64 KB instead of ~1.1 MB first touched on a reload). Pod
+    /// rules are not in it, so every rule in it has exactly one key.
+    seen: hashbrown::HashTable<u32>,
+    seen_hash: foldhash::fast::RandomState,
+    warnings: Vec<String>,
+    probe_shapes: Vec<u8>,
+    probe_levels: Vec<u8>,
+}
+
+impl RuleSet {
+    fn with_capacity(n: usize) -> Self {
+        RuleSet {
+            rules: Vec::with_capacity(n),
+            seen: hashbrown::HashTable::with_capacity(n),
+            seen_hash: foldhash::fast::RandomState::default(),
+            warnings: Vec::new(),
+            probe_shapes: Vec::new(),
+            probe_levels: Vec::new(),
+        }
+    }
+
+    /// Adds the rule of `table`: marks it a duplicate of an earlier one with the same key, notes
+    /// what deserves a warning, and refuses it if the lookups a connect takes grow past the limit.
+    fn add(
+        &mut self,
+        source: &Source,
+        table: &Spanned<AllowTable>,
+        mut rule: Rule,
+    ) -> Result<(), ConfigError> {
+        // Pod rules are left out: two selectors that pick the same pods now may not later
+        // (their shared keys go to the first rule anyway, see the compiled tables).
+        if rule.pods.is_none() && !rule.is_pending() {
+            let key_of = |r: &Rule| r.keys().next().expect("a rule without pods has one key");
+            let key = key_of(&rule);
+            let (rules, hash) = (&self.rules, &self.seen_hash);
+            let at = |i: &u32| &rules[*i as usize];
+            let first = match self.seen.entry(
+                hash.hash_one(key),
+                |i| key_of(at(i)) == key,
+                |i| hash.hash_one(key_of(at(i))),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(first) => *first.get(),
+                hashbrown::hash_table::Entry::Vacant(slot) => *slot.insert(rule.index).get(),
+            };
+            if first != rule.index {
+                rule.duplicate_of = Some(first);
+                self.warnings.push(format!(
+                    "{} (line {}) repeats allow[{first}] and is ignored",
+                    rule.name, rule.line
+                ));
+            }
+        }
+        self.warnings.extend(warnings(&rule));
+        self.rules.push(rule);
+        // Checked as each table comes, so that the error points at the one that goes too far.
+        let rule = &self.rules[self.rules.len() - 1];
+        if compile::add_shape_and_levels(rule, &mut self.probe_shapes, &mut self.probe_levels)
+            && let Err(TooManyProbes(n)) =
+                GenConfig::default().set_probes(&self.probe_shapes, &self.probe_levels)
+        {
+            return Err(source.error_at(
+                Some(table.span()),
+                format!(
+                    "with this table the rules combine {} kinds of key sets and {} cgroup depths, which \
+                     takes {n} lookups per connect; at most {MAX_PROBES} are supported: use fewer key \
+                     combinations or cgroup depths",
+                    self.probe_shapes.len(),
+                    self.probe_levels.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What deserves attention in one rule: a spoofable key, or something it names that is not
+/// there (yet, or any more).
+fn warnings(rule: &Rule) -> Vec<String> {
+    // Rendered only for a rule that has something to say (a reload of 10,000 rules has none).
+    let at = || format!("{} (line {})", rule.name, rule.line);
+    let mut out = Vec::new();
+    if rule.comm.is_some() {
+        out.push(format!(
+            "{} matches on comm, which any process can set (prctl PR_SET_NAME); combine it with exe, cgroup or uid",
+            at()
+        ));
+    }
+    if let Some(w) = &rule.waiting_for {
+        out.push(format!("{}: {w} does not exist yet; the rule takes effect as soon as it does", at()));
+    }
+    if let Some(cg) = rule.cgroup.as_ref().filter(|c| c.id.is_none()) {
+        out.push(format!(
+            "{}: cgroup {} does not exist yet; the rule takes effect as soon as it appears",
+            at(),
+            cg.path
+        ));
+    }
+    if let Some(exe) = rule.exe.as_ref().filter(|e| e.id.is_none()) {
+        out.push(format!(
+            "{}: no file is at exe {} now (removed?); the rule matches nothing until one is there",
+            at(),
+            exe.path
+        ));
+    }
+    if rule.pods.as_ref().is_some_and(|p| p.matches.is_empty()) {
+        out.push(format!(
+            "{}: no pod it selects runs on this node now; the rule takes effect as soon as one starts",
+            at()
+        ));
+    }
+    out
 }
 
 fn parse_imdsv1(
