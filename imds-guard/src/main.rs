@@ -6,6 +6,13 @@ use imds_guard::{
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A command whose reader goes away (`imds-guard status | head -5`) ends quietly, as Unix
+        // tools do, instead of panicking in println!. Not the daemon: its sinks handle a closed
+        // stdout themselves, and it must outlive one.
+        // SAFETY: setting a signal's disposition to the default, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     logging::init(cli.log_format, &cli.log);
     let result = match &cli.command {
         Command::Run(a) => cmd::run::run(a),

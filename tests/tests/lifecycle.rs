@@ -206,3 +206,35 @@ fn a_denied_storm_gets_nothing_across_sigkill_restart_and_upgrades() {
     let st = sb.cli(&["status", "--json", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
     assert!(st.status.success(), "{st:?}");
 }
+
+/// Issue 19: a command whose reader goes away (`imds-guard status | head -1`) ends quietly, killed
+/// by SIGPIPE as Unix tools are, not with a panic.
+#[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    use std::{io::Read as _, os::unix::process::ExitStatusExt as _, process::Stdio};
+    let Some(sb) = Sandbox::new("closed_pipe", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let _d = sb.daemon(&policy);
+    // `check` of a large policy prints a line per table: more than a pipe holds.
+    let big: String = (0..5000).map(|i| format!("[[allow]]\nuid = {i}\n")).collect();
+    let big = sb.write("big.toml", &big);
+    for args in [
+        vec!["status", "--pin-dir", sb.pin_dir().to_str().unwrap()],
+        vec!["check", "--config", big.to_str().unwrap()],
+    ] {
+        let mut child = std::process::Command::new(imds_guard_tests::sandbox::guard_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 1];
+        child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(status.success() || status.signal() == Some(libc::SIGPIPE), "{args:?}: {status:?} {err}");
+    }
+}

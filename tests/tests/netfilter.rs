@@ -241,3 +241,38 @@ fn reduced_mode_enforces_uid_rules_with_nftables_when_the_programs_are_not_attac
     assert!(!topo.router.nft(&["list", "ruleset"]).contains("imds_guard"));
     assert_eq!(topo.host(NOBODY).connect("169.254.169.254", 80).result, "connected", "unload stops it");
 }
+
+/// Issue 19: a host or image without the `nft` program (Bottlerocket, the container image) runs
+/// the guard when the policy turns the netfilter layer off, and says what to do when it does not.
+#[test]
+fn run_needs_no_nft_when_the_netfilter_layer_is_off() {
+    let Some(sb) = imds_guard_tests::Sandbox::new("nf_no_nft", ImdsMode::Optional) else { return };
+    let no_nft = [("PATH", "/nonexistent")];
+    let off = sb
+        .write("policy.toml", "[[allow]]\nuid = 0\n\n[netfilter]\nforward = false\nreduced_mode = \"off\"\n");
+    let d = sb.daemon_wrapped(&off, &[], &no_nft);
+    assert_eq!(
+        sb.client(65534, 65534).connect("169.254.169.254", 80).result,
+        "EPERM",
+        "enforcing without nft: {}",
+        d.stderr()
+    );
+    d.kill();
+    let status = sb.cli(&["status", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
+    assert!(status.status.success(), "{status:?}");
+
+    // The default policy wants the forward table: refused, saying why and what to do.
+    let on = sb.write("policy-on.toml", "[[allow]]\nuid = 0\n");
+    let mut run = std::process::Command::new(imds_guard_tests::sandbox::guard_bin());
+    run.env("PATH", "/nonexistent")
+        .args(["run", "--config", on.to_str().unwrap(), "--pin-dir", sb.pin_dir().to_str().unwrap()])
+        .args(["--cgroup", sb.cgroup.to_str().unwrap(), "--events-socket", "none", "--sink", "none"]);
+    imds_guard_tests::sandbox::enter_netns(&mut run, &sb.netns_fd);
+    let out = run.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the `nft` program (nft) is not installed") && err.contains("forward = false"),
+        "{err}"
+    );
+}

@@ -432,27 +432,45 @@ pub struct Existing {
 }
 
 /// Errors of the netfilter layer, with what to do about them.
-fn nft_error(e: NftablesError, what: &str) -> anyhow::Error {
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// There is no `nft` program: nothing imds-guard could have installed exists either.
+    #[error(
+        "{what}: the `nft` program ({program}) is not installed; install nftables (apt-get install nftables), or \
+         set [netfilter] forward = false and reduced_mode = \"off\" to run without the netfilter layer"
+    )]
+    NotInstalled { what: String, program: String },
+    #[error("{what}: nft said: {stderr}")]
+    Refused { what: String, stderr: String },
+    #[error("{what}: {source}")]
+    Other {
+        what: String,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+fn nft_error(e: NftablesError, what: &str) -> NftError {
+    let what = what.to_owned();
     match e {
         NftablesError::NftExecution { program, inner } if inner.kind() == std::io::ErrorKind::NotFound => {
-            anyhow::anyhow!(
-                "{what}: the `nft` program ({}) is not installed; install nftables (apt-get install nftables), or \
-                 set [netfilter] forward = false and reduced_mode = \"off\" to run without the netfilter layer",
-                program.to_string_lossy()
-            )
+            NftError::NotInstalled { what, program: program.to_string_lossy().into_owned() }
         }
-        NftablesError::NftFailed { stderr, .. } => anyhow::anyhow!("{what}: nft said: {}", stderr.trim()),
-        other => anyhow::Error::from(other).context(what.to_owned()),
+        NftablesError::NftFailed { stderr, .. } => {
+            NftError::Refused { what, stderr: stderr.trim().to_owned() }
+        }
+        other => NftError::Other { what, source: anyhow::Error::from(other) },
     }
 }
 
 /// Reads the table (`None` when it does not exist) in this network namespace. Only this table is
 /// listed; other tables are neither read nor parsed.
-pub fn existing() -> anyhow::Result<Option<Existing>> {
+pub fn existing() -> Result<Option<Existing>, NftError> {
     let tables =
         nftables::helper::get_current_ruleset_raw(nftables::helper::DEFAULT_NFT, ["list", "tables", "inet"])
             .map_err(|e| nft_error(e, "listing nftables tables"))?;
-    let tables: serde_json::Value = serde_json::from_str(&tables).context("nft -j list tables: not JSON")?;
+    let tables: serde_json::Value = serde_json::from_str(&tables)
+        .map_err(|e| NftError::Other { what: "nft -j list tables".into(), source: e.into() })?;
     let present = tables["nftables"]
         .as_array()
         .is_some_and(|a| a.iter().any(|o| o["table"]["name"] == TABLE && o["table"]["family"] == "inet"));
@@ -464,7 +482,9 @@ pub fn existing() -> anyhow::Result<Option<Existing>> {
         ["list", "table", "inet", TABLE],
     )
     .map_err(|e| nft_error(e, "listing table inet imds_guard"))?;
-    Ok(Some(parse_existing(&raw)?))
+    let existing = parse_existing(&raw)
+        .map_err(|e| NftError::Other { what: "nft -j list table inet imds_guard".into(), source: e })?;
+    Ok(Some(existing))
 }
 
 fn parse_existing(raw: &str) -> anyhow::Result<Existing> {
@@ -494,7 +514,11 @@ fn parse_existing(raw: &str) -> anyhow::Result<Existing> {
 
 /// Makes the table what `plan` says, in one transaction.
 pub fn apply(plan: &Plan) -> anyhow::Result<()> {
-    let existing = existing()?;
+    let existing = match existing() {
+        // Nothing to install, and without nft nothing imds-guard installed can exist.
+        Err(NftError::NotInstalled { .. }) if !plan.wants_table() => return Ok(()),
+        e => e?,
+    };
     if !plan.wants_table() && existing.is_none() {
         return Ok(());
     }
@@ -508,8 +532,8 @@ pub fn remove() -> anyhow::Result<bool> {
     let existing = match existing() {
         Ok(e) => e,
         // Without nft there is nothing imds-guard could have installed.
-        Err(e) if e.to_string().contains("is not installed") => return Ok(false),
-        Err(e) => return Err(e),
+        Err(NftError::NotInstalled { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
     };
     if existing.is_none() {
         return Ok(false);
@@ -541,8 +565,8 @@ pub fn status() -> anyhow::Result<Option<Status>> {
     let e = match existing() {
         Ok(Some(e)) => e,
         Ok(None) => return Ok(None),
-        Err(e) if e.to_string().contains("is not installed") => return Ok(None),
-        Err(e) => return Err(e),
+        Err(NftError::NotInstalled { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     let parsed = e.log_prefixes.iter().find_map(|p| parse_log_prefix(p));
     Ok(Some(Status {
