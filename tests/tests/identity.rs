@@ -429,3 +429,34 @@ fn a_user_created_after_the_daemon_started_gets_its_rule() {
     assert!(ev["error"].as_str().unwrap().contains(&format!("unknown user `{name}x`")), "{ev}");
     assert_eq!(r(), ["connected"]);
 }
+
+/// Issue 16, weakness 3: rules that do not prove what they seem to are named, with the risk, by
+/// `check` and by `run`: an interpreter (every script it runs is allowed) and a program in a
+/// directory anyone may write (whoever can replace it owns the rule).
+#[test]
+fn check_and_run_warn_about_interpreters_and_replaceable_programs() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(sb) = Sandbox::new("exe_warn", ImdsMode::Optional) else { return };
+    let open = sb.dir.join("open");
+    let agent = install(&open, "agent");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let policy = sb.write(
+        "policy.toml",
+        &format!(
+            "[[allow]]\nname = \"scripts\"\nexe = \"{}\"\n\n[[allow]]\nname = \"agent\"\nexe = \"{}\"\n\n\
+             [[allow]]\nname = \"pinned\"\nexe = \"{}\"\nuid = 0\n",
+            python.display(),
+            s(&agent),
+            python.display()
+        ),
+    );
+    let check = sb.cli(&["check", "--config", s(&policy)]);
+    assert!(check.status.success(), "{check:?}");
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(out.contains("scripts (line 1): exe") && out.contains("is an interpreter"), "{out}");
+    assert!(!out.contains("pinned (line 9): exe"), "an interpreter paired with a uid is not flagged: {out}");
+    assert!(out.contains(&format!("everyone may write {}", open.display())), "{out}");
+    let d = sb.daemon(&policy);
+    assert!(d.wait_stderr("is an interpreter"), "run warns too: {}", d.stderr());
+}

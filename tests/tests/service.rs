@@ -209,6 +209,14 @@ fn the_daemon_works_inside_the_unit_s_sandbox_and_says_what_is_missing_without_i
     let owner = format!("{SERVICE_UID}:{SERVICE_UID}");
     let prep = sb.cli(&["prepare", "--pin-dir", sb.pin_dir().to_str().unwrap(), "--owner", &owner]);
     assert!(prep.status.success(), "imds-guard prepare: {prep:?}");
+    // It says how far processes may debug each other (what exe and cgroup rules stand against).
+    let said = String::from_utf8_lossy(&prep.stderr);
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    let expect = match scope.as_deref().map(str::trim) {
+        None | Some("0") => "do not stand against code that runs as the same uid",
+        Some(_) => "kernel.yama.ptrace_scope = ",
+    };
+    assert!(said.contains(expect), "prepare's report of ptrace_scope ({scope:?}): {said}");
 
     let go = sb.dir.join("go");
     let early = Holder::start(&sb, NOBODY, &go);

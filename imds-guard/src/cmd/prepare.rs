@@ -28,6 +28,10 @@ pub fn prepare(args: &PrepareArgs) -> anyhow::Result<()> {
         let n = chown_tree(pin_dir, uid, gid)?;
         tracing::info!(pin_dir = %pin_dir.display(), owner, entries = n, "pin directory handed to the daemon's user");
     }
+    match env::ptrace_scope() {
+        (None | Some(0), why) => tracing::warn!("{why}"),
+        (Some(_), why) => tracing::info!("{why}"),
+    }
     features::require(&features::ALWAYS)?;
     tracing::info!(features = features::ALWAYS.len(), "the kernel has every feature imds-guard needs");
     Ok(())

@@ -180,6 +180,28 @@ pub fn ensure_bpffs(pin_dir: &Path, may_mount: bool) -> anyhow::Result<bool> {
     Ok(mounted)
 }
 
+/// How far processes may debug one another (Yama's `kernel.yama.ptrace_scope`), and what that
+/// means for `exe` and `cgroup` rules: a process that can attach a debugger to an allowed one can
+/// make it fetch credentials. (level, sentence); level `None` when Yama is not there.
+#[must_use]
+pub fn ptrace_scope() -> (Option<u8>, &'static str) {
+    let level =
+        fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok().and_then(|s| s.trim().parse().ok());
+    let why = match level {
+        None | Some(0) => {
+            "any process may attach a debugger to any other of its uid (no Yama, or kernel.yama.ptrace_scope = 0): \
+             exe and cgroup rules do not stand against code that runs as the same uid as an allowed process; set \
+             kernel.yama.ptrace_scope = 1 or higher"
+        }
+        Some(1) => {
+            "a process may attach a debugger only to its own descendants (kernel.yama.ptrace_scope = 1)"
+        }
+        Some(2) => "only processes with CAP_SYS_PTRACE may attach a debugger (kernel.yama.ptrace_scope = 2)",
+        Some(_) => "no process may attach a debugger (kernel.yama.ptrace_scope = 3)",
+    };
+    (level, why)
+}
+
 /// Checks the capabilities `run` needs before trying anything, naming each one that is missing
 /// and what it is for. Missing ones that only degrade reports are warnings.
 pub fn check_capabilities() -> anyhow::Result<()> {

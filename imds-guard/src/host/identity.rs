@@ -58,6 +58,79 @@ pub fn resolve_exe(path: &str, wait: bool) -> Result<ExeId, String> {
     Ok(ExeId { path: path.to_owned(), file, id: Some(FileId { dev, ino: md.ino() }) })
 }
 
+/// Interpreters: an `exe` rule on one allows every script it runs.
+const INTERPRETERS: &[&str] = &[
+    "python",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "deno",
+    "bun",
+    "php",
+    "lua",
+    "luajit",
+    "tclsh",
+    "wish",
+    "Rscript",
+    "java",
+    "bash",
+    "sh",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "fish",
+    "busybox",
+    "awk",
+    "gawk",
+    "mawk",
+    "pwsh",
+    "osascript",
+    "expect",
+];
+
+/// Whether `file` is a script interpreter (by its name: `python3.11`, `perl5.36`, `node`, `bash`,
+/// ...): whoever may run it, runs their own code as it.
+#[must_use]
+pub fn is_interpreter(file: &Path) -> bool {
+    let Some(name) = file.file_name().and_then(|n| n.to_str()) else { return false };
+    // python3.11 → python, perl5.36 → perl, ruby3.1 → ruby.
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-');
+    INTERPRETERS.contains(&base)
+}
+
+/// Who besides root could replace the program at `file`: the first of the file and the
+/// directories on its path (down from `/`) that a user other than root owns, or that anyone may
+/// write (a directory that is sticky, like /tmp, lets nobody replace another's file, so it only
+/// counts when `file` is not root's). `None` when only root can.
+#[must_use]
+pub fn writable_by_others(file: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut path = PathBuf::from("/");
+    let mut parts = vec![path.clone()];
+    for c in file.components().skip(1) {
+        path.push(c);
+        parts.push(path.clone());
+    }
+    let file_owner = std::fs::metadata(file).ok()?.uid();
+    for p in parts {
+        let md = std::fs::metadata(&p).ok()?;
+        let mode = md.permissions().mode();
+        let sticky = mode & 0o1000 != 0;
+        if md.uid() != 0 {
+            return Some(format!("{} belongs to uid {}", p.display(), md.uid()));
+        }
+        if mode & 0o002 != 0 && !(md.is_dir() && sticky && file_owner == 0) {
+            return Some(format!("everyone may write {}", p.display()));
+        }
+        if mode & 0o020 != 0 && md.gid() != 0 && !(md.is_dir() && sticky && file_owner == 0) {
+            return Some(format!("group {} may write {}", md.gid(), p.display()));
+        }
+    }
+    None
+}
+
 const fn encode(major: u32, minor: u32) -> u64 {
     ((major as u64) << 20) | minor as u64
 }
@@ -217,6 +290,47 @@ mod tests {
         // A file that is not there (yet, or any more): waits, with no identity at all.
         let gone = resolve_exe("/no/such/dir/exe", true).unwrap();
         assert_eq!((gone.id, gone.file.to_str()), (None, Some("/no/such/dir/exe")));
+    }
+
+    #[test]
+    fn interpreters_are_named() {
+        for p in
+            ["/usr/bin/python3", "/usr/bin/python3.11", "/usr/bin/perl5.36.0", "/bin/bash", "/usr/bin/node"]
+        {
+            assert!(is_interpreter(Path::new(p)), "{p}");
+        }
+        for p in ["/usr/bin/curl", "/usr/bin/amazon-ssm-agent", "/usr/bin/pythonista-agent"] {
+            assert!(!is_interpreter(Path::new(p)), "{p}");
+        }
+    }
+
+    #[test]
+    fn files_others_can_replace_are_found() {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(writable_by_others(Path::new("/bin/sh")), None, "root's all the way down");
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("imdsg-writable-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let file = dir.join("sub/agent");
+        std::fs::write(&file, "").unwrap();
+        let perm =
+            |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        perm(&dir, 0o755);
+        perm(&dir.join("sub"), 0o777);
+        let why = writable_by_others(&file).unwrap();
+        assert!(why.starts_with("everyone may write") && why.ends_with("/sub"), "{why}");
+        perm(&dir.join("sub"), 0o755);
+        std::os::unix::fs::chown(&file, Some(1000), None).unwrap();
+        // Not root's: a sticky world-writable directory above it (/tmp) is enough, or its owner.
+        let why = writable_by_others(&file).unwrap();
+        assert!(why.contains("belongs to uid 1000") || why.starts_with("everyone may write"), "{why}");
+        std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+        if writable_by_others(&dir).is_none() {
+            assert_eq!(writable_by_others(&file), None);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -244,6 +244,25 @@ fn warnings(rule: &Rule) -> Vec<String> {
             cg.path
         ));
     }
+    if let Some(exe) = rule.exe.as_ref().filter(|e| e.id.is_some()) {
+        use crate::host::identity::{is_interpreter, writable_by_others};
+        if is_interpreter(&exe.file) && rule.uid.is_none() && rule.cgroup.is_none() && rule.pods.is_none() {
+            out.push(format!(
+                "{}: exe {} is an interpreter ({}): every script it runs is allowed, any user's; pair it \
+                 with uid or cgroup, or name the program itself",
+                at(),
+                exe.path,
+                exe.file.display()
+            ));
+        }
+        if let Some(why) = writable_by_others(&exe.file) {
+            out.push(format!(
+                "{}: exe {}: {why}, so that user can replace the program the rule allows",
+                at(),
+                exe.path
+            ));
+        }
+    }
     if let Some(exe) = rule.exe.as_ref().filter(|e| e.id.is_none()) {
         out.push(format!(
             "{}: no file is at exe {} now (removed?); the rule matches nothing until one is there",
