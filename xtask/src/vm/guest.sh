@@ -8,7 +8,7 @@
 #   IMDSG-BOOTED <label> <uname -r> <uptime seconds>
 #   IMDSG-SETUP <label> FAIL <what>                    a setup step failed (the checks still run)
 #   IMDSG-RESULT <label> <check> ok|FAIL <seconds>s [<detail>]
-#   IMDSG-LOG <check> | <line>                         the end of a failed check's output
+#   IMDSG-LOG <check> | <line>                         a failed check's output from its panic on
 #   IMDSG-OUT | <line>                                 --shell-cmd output, as it comes
 #   IMDSG-DONE <label>
 # Then it powers the guest off. Full outputs stay on the payload disk under /imdsg/out/.
@@ -76,7 +76,7 @@ run_check() { # run_check <check> <binary> <test> <timeout seconds>
 	local check=$1 bin=$2 test=$3 tmo=$4 log=/imdsg/out/$1.log
 	local t0 t1 rc secs detail status=FAIL
 	t0=$(cut -d' ' -f1 /proc/uptime)
-	(cd /root && CI=true IMDS_GUARD_BIN=/imdsg/bin/imds-guard RUST_BACKTRACE=1 \
+	(cd /root && CI=true IMDS_GUARD_BIN=/imdsg/bin/imds-guard RUST_BACKTRACE=0 \
 		timeout -k 10 "$tmo" "/imdsg/tests/$bin" --exact "$test" --test-threads 1 </dev/null >"$log" 2>&1)
 	rc=$?
 	t1=$(cut -d' ' -f1 /proc/uptime)
@@ -92,7 +92,12 @@ run_check() { # run_check <check> <binary> <test> <timeout seconds>
 	fi
 	say "IMDSG-RESULT $LABEL $check $status ${secs}s $detail"
 	if [ $status != ok ]; then
-		tail -n 60 "$log" | sed "s/^/IMDSG-LOG $check | /" >&3
+		# From the panic on (the test's assertion and what it printed), else the end.
+		if grep -q 'panicked at ' "$log"; then
+			sed -n '/panicked at /,$p' "$log" | head -n 60
+		else
+			tail -n 60 "$log"
+		fi | sed "s/^/IMDSG-LOG $check | /" >&3
 	fi
 	# Whatever the test left behind must not leak into the next one.
 	sync

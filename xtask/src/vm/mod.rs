@@ -226,14 +226,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("[vm] {} check(s) on {} kernel(s)", checks.len(), kernels.len());
     }
 
+    // Only the test binaries the checks need (debug test binaries are 17 to 110 MB each).
+    let tests: Vec<(String, PathBuf)> = match shell {
+        Some(_) => built.tests.clone(),
+        None => built.tests.iter().filter(|(t, _)| checks.iter().any(|c| &c.target == t)).cloned().collect(),
+    };
     let mut reports = Vec::new();
     for k in &kernels {
         let run_dir = vm_dir().join("runs").join(k.label);
         let payload_dir = run_dir.join("payload");
         let payload_img = run_dir.join("payload.img");
         std::fs::create_dir_all(&run_dir)?;
-        let files =
-            guest::Files { bins: &built.bins, tests: &built.tests, extra: &a.put, workspace: &root() };
+        let files = guest::Files { bins: &built.bins, tests: &tests, extra: &a.put, workspace: &root() };
         guest::payload(&payload_dir, &payload_img, k.label, &mode, &files)?;
         eprintln!("[vm {}] booting {} ({} {})", k.label, k.release(), k.package, k.version);
         let boot = qemu::Boot {
