@@ -65,11 +65,17 @@ if [ -n "$WORKSPACE" ] && [ -d /imdsg/workspace ]; then
 	done
 fi
 
-# The first line of a failed test's panic message, and where it panicked.
+# The first line of a failed test's panic message (and the next, if it ends in a colon, as in
+# "daemon did not start enforcing; stderr:"), and where it panicked.
 reason() {
 	awk '
-		/panicked at / { at = $0; sub(/.*panicked at /, "", at); sub(/:$/, "", at); getline msg; print msg " (at " at ")"; exit }
-	' "$1" | tr '\t' ' ' | cut -c1-300
+		/panicked at / {
+			at = $0; sub(/.*panicked at /, "", at); sub(/:$/, "", at)
+			getline msg
+			if (msg ~ /:[ ]*$/ && (getline more) > 0) msg = msg " " more
+			print msg " (at " at ")"; exit
+		}
+	' "$1" | tr '\t' ' ' | cut -c1-400
 }
 
 run_check() { # run_check <check> <binary> <test> <timeout seconds>

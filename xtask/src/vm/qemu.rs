@@ -46,10 +46,11 @@ pub struct Outcome {
 /// The kernel command line.
 pub fn cmdline(init: &str, append: &str) -> String {
     // panic=-1: reboot at once on a panic (QEMU then exits, -no-reboot); random.trust_cpu: RDRAND
-    // of the emulated CPU seeds the RNG, so nothing waits for entropy.
+    // of the emulated CPU seeds the RNG, so nothing waits for entropy; loglevel=5: warnings (a
+    // WARN_ON splat) reach the console, where results.rs looks for them, informational lines do not.
     format!(
         "console=ttyS0 root=/dev/nvme0n1 rootfstype=ext4 rw rootwait init={init} panic=-1 \
-         random.trust_cpu=on net.ifnames=0 loglevel=4 {append}"
+         random.trust_cpu=on net.ifnames=0 loglevel=5 {append}"
     )
     .trim_end()
     .to_owned()
