@@ -119,8 +119,9 @@ pub enum Mode<'a> {
 
 /// The files the payload carries besides what `Mode` says.
 pub struct Files<'a> {
-    /// Programs put on the guest's PATH (`/imdsg/bin`): the daemon, the tests' helpers.
-    pub bins: &'a [PathBuf],
+    /// Programs put on the guest's PATH (`/imdsg/bin/<name>`): the daemon as `imds-guard`
+    /// (whatever `--guard-bin` is called), the tests' helpers.
+    pub bins: &'a [(String, PathBuf)],
     /// Test binaries by target name (`/imdsg/tests/<target>`).
     pub tests: &'a [(String, PathBuf)],
     /// Anything else the caller wants in the guest (`--put`), in `/imdsg/files/`.
@@ -141,8 +142,8 @@ pub fn payload(
     for d in ["bin", "tests", "files", "out", "workspace"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    for b in files.bins {
-        link_or_copy(b, &dir.join("bin").join(b.file_name().context("a binary's name")?))?;
+    for (name, b) in files.bins {
+        link_or_copy(b, &dir.join("bin").join(name))?;
     }
     for (target, exe) in files.tests {
         link_or_copy(exe, &dir.join("tests").join(target))?;

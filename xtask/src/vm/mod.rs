@@ -122,7 +122,7 @@ fn lock() -> anyhow::Result<std::fs::File> {
 /// The binaries the guest gets: on PATH (the daemon, the tests' helper programs) and the test
 /// binaries by target name.
 struct Built {
-    bins: Vec<PathBuf>,
+    bins: Vec<(String, PathBuf)>,
     tests: Vec<(String, PathBuf)>,
 }
 
@@ -143,7 +143,7 @@ fn build(guard_bin: Option<&Path>, with_tests: bool) -> anyhow::Result<Built> {
             root().join("target/debug/imds-guard")
         }
     };
-    let mut built = Built { bins: vec![guard], tests: Vec::new() };
+    let mut built = Built { bins: vec![("imds-guard".to_owned(), guard)], tests: Vec::new() };
     if !with_tests {
         return Ok(built);
     }
@@ -166,7 +166,7 @@ fn build(guard_bin: Option<&Path>, with_tests: bool) -> anyhow::Result<Built> {
         if kinds.iter().any(|k| k == "test") {
             built.tests.push((name.to_owned(), PathBuf::from(exe)));
         } else if kinds.iter().any(|k| k == "bin") && name.starts_with("imdsg-") {
-            built.bins.push(PathBuf::from(exe));
+            built.bins.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
     ensure!(!built.tests.is_empty(), "cargo test --no-run reported no test binaries");
