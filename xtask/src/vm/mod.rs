@@ -51,7 +51,7 @@ pub struct Args {
     /// Copy this file or directory into the guest's /imdsg/files/ (repeatable).
     #[arg(long, value_name = "PATH")]
     put: Vec<PathBuf>,
-    /// Seconds each check may take (default: per check, 300 to 600 under TCG).
+    /// Seconds each check may take (default: per check, 180 to 300 under TCG).
     #[arg(long, value_name = "SECS")]
     check_timeout: Option<u32>,
     /// Seconds the --shell-cmd may take.
@@ -220,6 +220,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(_) => u64::from(a.shell_timeout) + 30,
         None => checks.iter().map(|c| u64::from(c.timeout_secs) + 15).sum(),
     };
+    // A check's own limit is kept in the guest (timeout(1)); these catch a guest that hangs.
+    let longest: u64 = match shell {
+        Some(_) => u64::from(a.shell_timeout),
+        None => checks.iter().map(|c| u64::from(c.timeout_secs)).max().unwrap_or(0),
+    };
+    let idle_timeout = Duration::from_secs(longest + 60);
     let boot_timeout = Duration::from_secs(180);
     let timeout = boot_timeout + Duration::from_secs(budget + 30);
     if shell.is_none() {
@@ -247,6 +253,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             run_dir: &run_dir,
             timeout,
             boot_timeout,
+            idle_timeout,
             init: rootfs::INIT_PATH,
             append: a.append.as_deref().unwrap_or(""),
         };

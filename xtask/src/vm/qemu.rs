@@ -27,6 +27,8 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// Time limit until the guest's first line.
     pub boot_timeout: Duration,
+    /// Time limit between two lines of a booted guest (its longest check's limit and some).
+    pub idle_timeout: Duration,
     /// `init=` (the matrix's script, or systemd later).
     pub init: &'a str,
     /// More kernel command line arguments (`--append`).
@@ -122,11 +124,13 @@ pub fn boot(b: &Boot<'_>, mut on_line: impl FnMut(&str)) -> anyhow::Result<Outco
     let mut results = Tail::new(b.run_dir.join("results.log"));
     let mut lines = String::new();
     let mut to_first_line = None;
+    let mut last_line = start;
     let end = loop {
         for l in results.lines() {
             if to_first_line.is_none() {
                 to_first_line = Some(start.elapsed().as_secs_f64());
             }
+            last_line = Instant::now();
             on_line(&l);
             lines.push_str(&l);
             lines.push('\n');
@@ -144,6 +148,8 @@ pub fn boot(b: &Boot<'_>, mut on_line: impl FnMut(&str)) -> anyhow::Result<Outco
             Some(End::NoBoot(b.boot_timeout.as_secs()))
         } else if elapsed > b.timeout {
             Some(End::TimedOut(b.timeout.as_secs()))
+        } else if to_first_line.is_some() && last_line.elapsed() > b.idle_timeout {
+            Some(End::Silent(b.idle_timeout.as_secs()))
         } else {
             None
         };

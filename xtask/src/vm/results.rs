@@ -90,6 +90,8 @@ pub enum End {
     TimedOut(u64),
     /// No `IMDSG-BOOTED` line within this many seconds.
     NoBoot(u64),
+    /// The guest had booted but sent no line for this many seconds (a hung guest).
+    Silent(u64),
     /// QEMU could not run or failed (its message).
     QemuFailed(String),
 }
@@ -184,6 +186,7 @@ pub fn evaluate(
         End::Exited => {}
         End::TimedOut(s) => r.vm_failures.push(format!("timed out after {s} s (VM killed)")),
         End::NoBoot(s) => r.vm_failures.push(format!("no boot within {s} s (VM killed)")),
+        End::Silent(s) => r.vm_failures.push(format!("no line from the guest for {s} s (hung; VM killed)")),
         End::QemuFailed(m) => r.vm_failures.push(format!("qemu failed: {m}")),
     }
     for check in checks {
@@ -322,6 +325,9 @@ mod tests {
         // The wrong kernel.
         let r = evaluate("6.1", "6.1.0-99-cloud-amd64", &checks(), &done, "", &End::Exited);
         assert!(r.vm_failures.iter().any(|f| f.starts_with("booted kernel")), "{r:#?}");
+        // Hung after booting.
+        let r = evaluate("6.1", REL, &checks(), &ok_lines, "", &End::Silent(360));
+        assert!(r.vm_failures.iter().any(|f| f.contains("no line from the guest for 360 s")), "{r:#?}");
         // No boot at all: every check is missing too.
         let r = evaluate("6.1", REL, &checks(), "", "", &End::NoBoot(120));
         assert!(!r.ok() && r.verdicts.iter().all(|v| !v.ok) && r.vm_failures.len() == 2, "{r:#?}");
