@@ -66,16 +66,24 @@ if [ -n "$WORKSPACE" ] && [ -d /imdsg/workspace ]; then
 fi
 
 # The first line of a failed test's panic message (and the next, if it ends in a colon, as in
-# "daemon did not start enforcing; stderr:"), and where it panicked.
+# "daemon did not start enforcing; stderr:"), the verifier's complaint if a program was rejected
+# (the line before its "verification time" summary), and where it panicked.
 reason() {
 	awk '
-		/panicked at / {
+		!msg && /panicked at / {
 			at = $0; sub(/.*panicked at /, "", at); sub(/:$/, "", at)
 			getline msg
 			if (msg ~ /:[ ]*$/ && (getline more) > 0) msg = msg " " more
-			print msg " (at " at ")"; exit
+			next
 		}
-	' "$1" | tr '\t' ' ' | cut -c1-400
+		msg && !verifier && /^verification time / && index(msg, prev) == 0 { verifier = prev }
+		{ prev = $0 }
+		END {
+			if (!msg) exit
+			if (verifier) msg = msg " [verifier: " verifier "]"
+			print msg " (at " at ")"
+		}
+	' "$1" | tr '\t' ' ' | cut -c1-600
 }
 
 run_check() { # run_check <check> <binary> <test> <timeout seconds>
