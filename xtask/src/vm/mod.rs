@@ -187,6 +187,90 @@ fn list_tests(built: &Built, target: &str) -> anyhow::Result<Vec<String>> {
 /// Log lines of a failed check printed as they come (the rest is in results.log).
 const LOG_LINES_SHOWN: usize = 15;
 
+/// Prints one guest's lines as they arrive.
+struct Live {
+    label: &'static str,
+    /// Log lines shown so far, per check.
+    shown: Vec<(String, usize)>,
+}
+
+impl Live {
+    fn line(&mut self, line: &str) {
+        let label = self.label;
+        match results::parse_line(line) {
+            Some(results::Line::Booted { release, uptime, .. }) => eprintln!(
+                "[vm {label}] booted {release}: its script started {:.1} s after the kernel",
+                uptime.unwrap_or(0.0)
+            ),
+            Some(results::Line::Result(c)) => {
+                let secs = c.secs.map(|s| format!(" ({s:.1} s)")).unwrap_or_default();
+                if c.ok {
+                    eprintln!("[vm {label}] ok   {}{secs}", c.check);
+                } else {
+                    eprintln!("[vm {label}] FAIL {}{secs}: {}", c.check, c.detail);
+                }
+            }
+            Some(results::Line::Log { check, text }) => {
+                let n = match self.shown.iter_mut().find(|(c, _)| c == check) {
+                    Some((_, n)) => n,
+                    None => {
+                        self.shown.push((check.to_owned(), 0));
+                        &mut self.shown.last_mut().expect("just pushed").1
+                    }
+                };
+                *n += 1;
+                if *n <= LOG_LINES_SHOWN {
+                    eprintln!("[vm {label}]      | {text}");
+                }
+            }
+            Some(results::Line::Out(text)) => println!("{text}"),
+            Some(results::Line::Setup { what, .. }) => eprintln!("[vm {label}] guest setup failed: {what}"),
+            Some(results::Line::InitFail(why)) => eprintln!("[vm {label}] guest init failed: {why}"),
+            Some(results::Line::Done { .. }) | None => {}
+        }
+    }
+}
+
+/// One kernel's run.
+struct Ran {
+    report: results::Report,
+    to_first_line: Option<f64>,
+    wall: Duration,
+}
+
+/// Prints one summary line per kernel (and what failed); returns the kernels that failed.
+fn summary(runs: &[Ran]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for Ran { report: r, to_first_line, wall } in runs {
+        let passed = r.verdicts.iter().filter(|v| v.ok).count();
+        let boot = match (r.boot_uptime, to_first_line) {
+            (Some(u), Some(f)) => format!("boot {u:.1} s (first line {f:.1} s after QEMU started)"),
+            _ => "no boot".to_owned(),
+        };
+        println!(
+            "vm-test {:<5} {:<4} {passed}/{} checks ok, {boot}, VM {:.0} s, kernel {}",
+            r.label,
+            if r.ok() { "ok" } else { "FAIL" },
+            r.verdicts.len(),
+            wall.as_secs_f64(),
+            r.booted.as_deref().unwrap_or("-"),
+        );
+        for f in &r.vm_failures {
+            println!("    {} VM: {f}", r.label);
+        }
+        for v in r.verdicts.iter().filter(|v| !v.ok) {
+            println!("    {} FAIL {}: {}", r.label, v.check, v.why);
+        }
+        for n in &r.notes {
+            println!("    {} note: {n}", r.label);
+        }
+        if !r.ok() {
+            failed.push(r.label.clone());
+        }
+    }
+    failed
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     check_tools()?;
     let kernels = kernels::select(&a.kernels)?;
@@ -257,43 +341,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             init: rootfs::INIT_PATH,
             append: a.append.as_deref().unwrap_or(""),
         };
-        let mut shown: Vec<(String, usize)> = Vec::new();
+        let mut live = Live { label: k.label, shown: Vec::new() };
         let label = k.label;
-        let outcome = qemu::boot(&boot, |line| match results::parse_line(line) {
-            Some(results::Line::Booted { release, uptime, .. }) => {
-                eprintln!(
-                    "[vm {label}] booted {release}: its script started {:.1} s after the kernel",
-                    uptime.unwrap_or(0.0)
-                );
-            }
-            Some(results::Line::Result(c)) => {
-                let secs = c.secs.map(|s| format!(" ({s:.1} s)")).unwrap_or_default();
-                if c.ok {
-                    eprintln!("[vm {label}] ok   {}{secs}", c.check);
-                } else {
-                    eprintln!("[vm {label}] FAIL {}{secs}: {}", c.check, c.detail);
-                }
-            }
-            Some(results::Line::Log { check, text }) => {
-                let n = match shown.iter_mut().find(|(c, _)| c == check) {
-                    Some((_, n)) => {
-                        *n += 1;
-                        *n
-                    }
-                    None => {
-                        shown.push((check.to_owned(), 1));
-                        1
-                    }
-                };
-                if n <= LOG_LINES_SHOWN {
-                    eprintln!("[vm {label}]      | {text}");
-                }
-            }
-            Some(results::Line::Out(text)) => println!("{text}"),
-            Some(results::Line::Setup { what, .. }) => eprintln!("[vm {label}] guest setup failed: {what}"),
-            Some(results::Line::InitFail(why)) => eprintln!("[vm {label}] guest init failed: {why}"),
-            Some(results::Line::Done { .. }) | None => {}
-        })?;
+        let outcome = qemu::boot(&boot, |line| live.line(line))?;
         let report = results::evaluate(
             k.label,
             k.release(),
@@ -324,38 +374,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(&payload_img);
             let _ = std::fs::remove_dir_all(&payload_dir);
         }
-        reports.push((report, outcome.to_first_line, outcome.wall));
+        reports.push(Ran { report, to_first_line: outcome.to_first_line, wall: outcome.wall });
     }
 
     println!();
-    let mut failed = Vec::new();
-    for (r, first, wall) in &reports {
-        let passed = r.verdicts.iter().filter(|v| v.ok).count();
-        let boot = match (r.boot_uptime, first) {
-            (Some(u), Some(f)) => format!("boot {u:.1} s (first line {f:.1} s after QEMU started)"),
-            _ => "no boot".to_owned(),
-        };
-        println!(
-            "vm-test {:<5} {:<4} {passed}/{} checks ok, {boot}, VM {:.0} s, kernel {}",
-            r.label,
-            if r.ok() { "ok" } else { "FAIL" },
-            r.verdicts.len(),
-            wall.as_secs_f64(),
-            r.booted.as_deref().unwrap_or("-"),
-        );
-        for f in &r.vm_failures {
-            println!("    {} VM: {f}", r.label);
-        }
-        for v in r.verdicts.iter().filter(|v| !v.ok) {
-            println!("    {} FAIL {}: {}", r.label, v.check, v.why);
-        }
-        for n in &r.notes {
-            println!("    {} note: {n}", r.label);
-        }
-        if !r.ok() {
-            failed.push(r.label.clone());
-        }
-    }
+    let failed = summary(&reports);
     println!(
         "vm-test: {:.0} s in all; logs in {}",
         t.elapsed().as_secs_f64(),
