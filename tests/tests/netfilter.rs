@@ -131,18 +131,25 @@ fn forwarded_requests_are_dropped_and_reported_while_the_host_s_allowed_process_
     // Monitor mode: the VM gets through, and is reported with "enforced": false.
     topo.sb.write("policy.toml", "mode = \"monitor\"\n[[allow]]\nuid = 0\n");
     d.signal(Signal::SIGHUP);
-    d.wait_event(Duration::from_secs(5), |e| e["event"] == "policy_reloaded" && e["mode"] == "monitor")
+    let monitor = d
+        .wait_event(Duration::from_secs(5), |e| e["event"] == "policy_reloaded" && e["mode"] == "monitor")
         .expect("reloaded");
     std::thread::sleep(Duration::from_millis(300)); // the file watch may reload once more
     assert_eq!(get(&topo.vm(0), V4_URL).as_deref(), Ok(INSTANCE_ID));
     d.wait_event(Duration::from_secs(5), |e| is_forward_denied(e, CLIENT_V4, "169.254.169.254", false))
         .expect("forward_denied, enforced false");
 
-    // Back to enforce; the table outlives the daemon like the pinned programs do.
+    // Back to enforce; the table outlives the daemon like the pinned programs do. (wait_event
+    // looks at every event since the start, so the reload is told apart from the earlier
+    // enforce-mode one by its generation.)
     topo.sb.write("policy.toml", "[[allow]]\nuid = 0\n");
     d.signal(Signal::SIGHUP);
-    d.wait_event(Duration::from_secs(5), |e| e["event"] == "policy_reloaded" && e["mode"] == "enforce")
-        .expect("reloaded");
+    d.wait_event(Duration::from_secs(5), |e| {
+        e["event"] == "policy_reloaded"
+            && e["mode"] == "enforce"
+            && e["generation"].as_u64() > monitor["generation"].as_u64()
+    })
+    .expect("reloaded");
     std::thread::sleep(Duration::from_millis(300));
     d.kill();
     assert_eq!(get(&topo.vm(0), V4_URL), Err(28), "still dropped after SIGKILL");

@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask test` builds everything and runs every test (privileged ones
 //! included: run as root) and validates the Kubernetes manifests; `cargo xtask demo` runs
 //! imds-guard on its embedded policy in a sandbox; `cargo xtask validate-k8s` renders the Helm
-//! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package.
+//! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package;
+//! `cargo xtask vm-test` runs tests in QEMU guests on older kernels (docs/VM.md).
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
 
 use std::{
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod deb;
 mod image;
 mod k8s;
+mod vm;
 
 #[derive(Parser)]
 struct Cli {
@@ -51,6 +53,10 @@ enum Cmd {
     /// Build the Debian package (target/debian/) and check it: fields, files, conffile, maintainer
     /// scripts, and (as root) install/remove/purge in a throwaway root.
     Deb,
+    /// The kernel matrix: boot Debian's cloud kernels 5.10, 6.1 and 6.12 under QEMU (TCG, no
+    /// network) and run a subset of the privileged tests in each, or one shell command
+    /// (`--shell-cmd`). Fetches and caches kernels and a root image under target/vm/. See docs/VM.md.
+    VmTest(vm::Args),
     /// Run the guard in a sandbox with a fake IMDS and show allowed, denied and reported requests.
     Demo {
         /// Rounds of requests (0: until Ctrl-C).
@@ -132,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Image { tag } => image::build(&tag),
         Cmd::Deb => deb::deb(),
+        Cmd::VmTest(args) => vm::run(args),
         Cmd::Demo { rounds, interval } => build_and_run(
             &[],
             "imds-guard-demo",

@@ -1,0 +1,285 @@
+//! What one guest runs: the checks (a test of a test binary each, with a timeout) or a shell
+//! command, and the payload disk that carries them with the binaries, the config and the run's
+//! script (`guest.sh`) to the guest.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, ensure};
+
+use super::run_quiet;
+
+/// The run's script, PID 1 after the root image's `/sbin/imdsg-init`.
+pub const GUEST_SH: &str = include_str!("guest.sh");
+
+/// One check: the test `test` of the integration test binary `target` (tests/tests/<target>.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub target: String,
+    pub test: String,
+    pub timeout_secs: u32,
+}
+
+impl Check {
+    /// Its name in results: `<target>::<test>`.
+    pub fn name(&self) -> String {
+        format!("{}::{}", self.target, self.test)
+    }
+}
+
+/// Seconds a check may take in the guest unless `SUBSET` or `--check-timeout` says otherwise
+/// (under TCG a test takes several times what it takes on the host: the subset's took 4 to 51 s
+/// each on 6.12 on a busy 2-core machine, so its limits are 3 to 40 times that).
+pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
+
+/// The default checks: allowed and denied identities (uid, exe, cgroup) over IPv4, IPv6 and
+/// v4-mapped; IMDSv1 reported and denied; SIGKILL keeps enforcement and a restart adopts it; a
+/// reload under a connect storm; the netfilter forward drop. (target, test, timeout in seconds)
+pub const SUBSET: [(&str, &str, u32); 8] = [
+    ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
+    ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
+    ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
+    ("imdsv1", "a_tokenless_get_is_reported_once_with_the_process_that_sent_it", 180),
+    ("imdsv1", "imdsv1_deny_refuses_tokenless_requests_at_once_while_imdsv2_works", 180),
+    ("lifecycle", "sigkill_keeps_enforcement_restart_adopts_and_unload_removes", 240),
+    ("reload_storm", "a_hundred_reloads_during_a_connect_storm_make_no_wrong_decision", 300),
+    (
+        "netfilter",
+        "forwarded_requests_are_dropped_and_reported_while_the_host_s_allowed_process_gets_through",
+        300,
+    ),
+];
+
+/// The checks to run. `tests` (`--tests`): `<target>` (every test of that binary, from `list`) or
+/// `<target>::<test>`; none means the subset. `filters` (`--filter`): keep the checks whose name
+/// contains one of them. `list(target)` lists a binary's tests.
+pub fn plan(
+    tests: &[String],
+    filters: &[String],
+    timeout: Option<u32>,
+    mut list: impl FnMut(&str) -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks: Vec<Check> = Vec::new();
+    if tests.is_empty() {
+        checks.extend(SUBSET.iter().map(|(t, n, s)| Check {
+            target: (*t).to_owned(),
+            test: (*n).to_owned(),
+            timeout_secs: *s,
+        }));
+    }
+    for spec in tests {
+        let (target, test) = match spec.split_once("::") {
+            Some((t, n)) => (t, Some(n)),
+            None => (spec.as_str(), None),
+        };
+        let names = list(target)?;
+        let chosen: Vec<&String> = match test {
+            Some(n) => {
+                let found = names.iter().filter(|x| x.as_str() == n).collect::<Vec<_>>();
+                ensure!(!found.is_empty(), "tests/tests/{target}.rs has no test `{n}`");
+                found
+            }
+            None => names.iter().collect(),
+        };
+        for n in chosen {
+            let timeout_secs = SUBSET
+                .iter()
+                .find(|(t, x, _)| *t == target && *x == n.as_str())
+                .map_or(DEFAULT_CHECK_TIMEOUT, |s| s.2);
+            let c = Check { target: target.to_owned(), test: n.clone(), timeout_secs };
+            if !checks.contains(&c) {
+                checks.push(c);
+            }
+        }
+    }
+    if !filters.is_empty() {
+        checks.retain(|c| filters.iter().any(|f| c.name().contains(f.as_str())));
+    }
+    if let Some(t) = timeout {
+        for c in &mut checks {
+            c.timeout_secs = t;
+        }
+    }
+    ensure!(!checks.is_empty(), "no check left to run (--tests {tests:?}, --filter {filters:?})");
+    Ok(checks)
+}
+
+/// The test names a libtest binary lists (`--list --format terse`: `name: test` lines).
+pub fn parse_test_list(out: &str) -> Vec<String> {
+    out.lines().filter_map(|l| l.strip_suffix(": test")).map(str::to_owned).collect()
+}
+
+/// What the guest does.
+pub enum Mode<'a> {
+    Tests(&'a [Check]),
+    Shell { cmd: &'a str, timeout_secs: u32 },
+}
+
+/// The files the payload carries besides what `Mode` says.
+pub struct Files<'a> {
+    /// Programs put on the guest's PATH (`/imdsg/bin/<name>`): the daemon as `imds-guard`
+    /// (whatever `--guard-bin` is called), the tests' helpers.
+    pub bins: &'a [(String, PathBuf)],
+    /// Test binaries by target name (`/imdsg/tests/<target>`).
+    pub tests: &'a [(String, PathBuf)],
+    /// Anything else the caller wants in the guest (`--put`), in `/imdsg/files/`.
+    pub extra: &'a [PathBuf],
+    /// Workspace directories tests read at their build path (symlinked there in the guest).
+    pub workspace: &'a Path,
+}
+
+/// Lays out the payload in `dir` and makes `img`, an ext4 image of it (mke2fs -d, no mount).
+pub fn payload(
+    dir: &Path,
+    img: &Path,
+    label: &str,
+    mode: &Mode<'_>,
+    files: &Files<'_>,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    for d in ["bin", "tests", "files", "out", "workspace"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    for (name, b) in files.bins {
+        link_or_copy(b, &dir.join("bin").join(name))?;
+    }
+    for (target, exe) in files.tests {
+        link_or_copy(exe, &dir.join("tests").join(target))?;
+    }
+    for f in files.extra {
+        let to =
+            dir.join("files").join(f.file_name().with_context(|| format!("{} has no name", f.display()))?);
+        run_quiet(Command::new("cp").arg("-a").arg(f).arg(&to))?;
+    }
+    // unit.rs reads systemd/imds-guard.service at its build path.
+    let systemd = files.workspace.join("systemd");
+    if systemd.is_dir() {
+        run_quiet(Command::new("cp").arg("-a").arg(&systemd).arg(dir.join("workspace")))?;
+    }
+    let mut config = format!(
+        "LABEL={}\nWORKSPACE={}\n",
+        shell_quote(label),
+        shell_quote(&files.workspace.to_string_lossy())
+    );
+    match mode {
+        Mode::Tests(checks) => {
+            config.push_str("MODE=tests\n");
+            std::fs::write(dir.join("plan"), plan_file(checks))?;
+        }
+        Mode::Shell { cmd, timeout_secs } => {
+            let _ = writeln!(config, "MODE=shell\nSHELL_TIMEOUT={timeout_secs}");
+            std::fs::write(dir.join("shell-cmd"), format!("{cmd}\n"))?;
+        }
+    }
+    std::fs::write(dir.join("config"), config)?;
+    let script = dir.join("guest.sh");
+    std::fs::write(&script, GUEST_SH)?;
+    set_mode(&script, 0o755)?;
+
+    let bytes = du(dir)?;
+    let mib = (bytes + bytes / 4) / (1 << 20) + 128;
+    let _ = std::fs::remove_file(img);
+    run_quiet(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", "imdsg-payload", "-d"])
+            .arg(dir)
+            .arg(img)
+            .arg(format!("{mib}M")),
+    )
+}
+
+/// The plan the guest reads: `<check>\t<binary>\t<test>\t<timeout>` per line.
+pub fn plan_file(checks: &[Check]) -> String {
+    checks.iter().map(|c| format!("{}\t{}\t{}\t{}\n", c.name(), c.target, c.test, c.timeout_secs)).collect()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+pub fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", p.display()))
+}
+
+/// Bytes of the files below `dir`.
+pub fn du(dir: &Path) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.path().symlink_metadata()?;
+        n += if m.is_dir() { du(&e.path())? } else { m.len() };
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lister(target: &str) -> anyhow::Result<Vec<String>> {
+        Ok(match target {
+            "enforce" => vec![
+                "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form".into(),
+                "b".into(),
+            ],
+            "lifecycle" => vec!["bad_policy_is_refused_with_its_position".into()],
+            _ => anyhow::bail!("no binary {target}"),
+        })
+    }
+
+    #[test]
+    fn default_plan_is_the_subset_and_filters_narrow_it() {
+        let all = plan(&[], &[], None, lister).unwrap();
+        assert_eq!(all.len(), SUBSET.len());
+        assert_eq!(all[0].name(), format!("enforce::{}", SUBSET[0].1));
+        let v1 = plan(&[], &["imdsv1::".into()], Some(42), lister).unwrap();
+        assert_eq!(v1.len(), 2);
+        assert!(v1.iter().all(|c| c.timeout_secs == 42 && c.target == "imdsv1"));
+        assert!(plan(&[], &["nothing-matches".into()], None, lister).is_err());
+    }
+
+    #[test]
+    fn tests_pick_whole_binaries_or_single_tests() {
+        let p = plan(
+            &["enforce".into(), "lifecycle::bad_policy_is_refused_with_its_position".into()],
+            &[],
+            None,
+            lister,
+        )
+        .unwrap();
+        let names: Vec<_> = p.iter().map(Check::name).collect();
+        assert_eq!(
+            names,
+            [
+                "enforce::allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form",
+                "enforce::b",
+                "lifecycle::bad_policy_is_refused_with_its_position"
+            ]
+        );
+        // A subset test keeps its own timeout, others get the default.
+        assert_eq!(p[0].timeout_secs, SUBSET[0].2);
+        assert_eq!(p[1].timeout_secs, DEFAULT_CHECK_TIMEOUT);
+        assert!(plan(&["lifecycle::nope".into()], &[], None, lister).is_err());
+        assert!(plan(&["nobinary".into()], &[], None, lister).is_err());
+    }
+
+    #[test]
+    fn plan_file_and_test_lists() {
+        let c = Check { target: "enforce".into(), test: "t1".into(), timeout_secs: 9 };
+        assert_eq!(plan_file(&[c]), "enforce::t1\tenforce\tt1\t9\n");
+        assert_eq!(parse_test_list("a: test\nb::c: test\nd: bench\n\n"), ["a", "b::c"]);
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
