@@ -109,6 +109,12 @@ pub async fn serve(
                 }
                 if drained {
                     ready.clear_ready();
+                } else {
+                    drop(ready);
+                    // More is waiting: let the runtime look at the other sources (the watch,
+                    // signals, timers) before the next batch. Without this, a steady flood kept
+                    // this task ready forever and a policy change waited for the flood to end.
+                    tokio::task::yield_now().await;
                 }
             }
             ready = events.readable_mut() => {
@@ -133,6 +139,12 @@ pub async fn serve(
                 }
                 if drained {
                     ready.clear_ready();
+                } else {
+                    drop(ready);
+                    // More is waiting: let the runtime look at the other sources (the watch,
+                    // signals, timers) before the next batch. Without this, a steady flood kept
+                    // this task ready forever and a policy change waited for the flood to end.
+                    tokio::task::yield_now().await;
                 }
             }
             ready = watch.readable() => {
