@@ -15,6 +15,15 @@ pub mod field {
     pub const COMM: u32 = 1 << 4;
     /// Every valid field bit.
     pub const ALL: u32 = UID | GID | CGROUP | EXE | COMM;
+
+    /// Each field bit with the policy key that sets it.
+    pub const NAMES: [(u32, &str); 5] =
+        [(UID, "uid"), (GID, "gid"), (CGROUP, "cgroup"), (EXE, "exe"), (COMM, "comm")];
+
+    /// The policy keys of the fields `shape` constrains, in the order of [`NAMES`].
+    pub fn names(shape: u32) -> impl Iterator<Item = &'static str> {
+        NAMES.into_iter().filter(move |(bit, _)| shape & bit != 0).map(|(_, name)| name)
+    }
 }
 
 /// Number of distinct shapes (every subset of [`field::ALL`]).

@@ -2,11 +2,10 @@
 //! which rule, or why not. The verdict is the kernel's: the shared decision logic run against the
 //! pinned maps the programs use. The per-rule reasons come from the policy file.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context as _;
 use imds_guard_common::{
     config::{GENERATION_SLOTS, GenConfig, Mode},
+    rule::RuleKey,
     verdict::{ConnectVerdict, connect_verdict, find_rule},
 };
 
@@ -85,52 +84,50 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Why `rule` does not match `who` (the first key that fails), or `None` when it matches.
+/// Why `rule` does not match `who`, or `None` when it matches. Whether it matches is decided the
+/// way the kernel decides: the key the process would be looked up by, for each of the rule's keys'
+/// shapes (and cgroup depths), equals that key (`RuleKey::probe`). The reason names the first
+/// field in which they differ.
 fn mismatch(rule: &Rule, who: &ProcessIdentity) -> Option<String> {
-    let mut why = BTreeMap::new();
-    if let Some(uid) = rule.uid.filter(|u| *u != who.uid) {
-        why.insert(0, format!("uid is {}, the rule wants {uid}", who.uid));
+    if let Some(w) = &rule.waiting_for {
+        return Some(format!("the rule waits for {w}, which does not exist yet"));
     }
-    if let Some(gid) = rule.gid.filter(|g| *g != who.gid) {
-        why.insert(1, format!("gid is {}, the rule wants {gid}", who.gid));
+    if let Some(exe) = rule.exe.as_ref().filter(|e| e.id.is_none()) {
+        return Some(format!("no file is at {} now (the rule waits for one)", exe.path));
     }
-    if let Some(exe) = &rule.exe {
-        match exe.id {
-            None => {
-                why.insert(2, format!("no file is at {} now (the rule waits for one)", exe.path));
-            }
-            Some(id) if (id.dev, id.ino) != (who.exe_dev, who.exe_ino) => {
-                why.insert(2, format!("the executable is not {} (another file)", exe.file.display()));
-            }
-            Some(_) => {}
-        }
+    if let Some(cg) = rule.cgroup.as_ref().filter(|c| c.id.is_none()) {
+        return Some(format!("cgroup {} is not inside {} (which does not exist)", who.cgroup, cg.path));
     }
-    if let Some(cg) = &rule.cgroup {
-        let inside = cg.id.is_some_and(|id| who.cgroup_ancestry.get(usize::from(cg.level)) == Some(&id));
-        if !inside {
-            let state = if cg.id.is_none() { " (which does not exist)" } else { "" };
-            why.insert(3, format!("cgroup {} is not inside {}{state}", who.cgroup, cg.path));
-        }
-    }
-    if let Some(p) = &rule.pods {
-        let level_id =
-            |m: &crate::policy::pods::PodMatch| who.cgroup_ancestry.get(usize::from(m.cgroup.level)).copied();
-        if !p.matches.iter().any(|m| m.cgroup.id.is_some() && level_id(m) == m.cgroup.id) {
-            why.insert(
-                3,
-                format!(
-                    "cgroup {} is not inside any of the {} pod cgroups the rule selects now",
-                    who.cgroup,
-                    p.matches.len()
-                ),
-            );
-        }
-    }
-    if let Some(comm) = rule.comm.as_ref().filter(|c| **c != who.comm) {
-        why.insert(4, format!("comm is \"{}\", the rule wants \"{comm}\"", who.comm));
-    }
-    if rule.duplicate_of.is_some() && why.is_empty() {
+    let id = who.kernel_identity();
+    let ancestor = |level: Option<u8>| {
+        level.map_or(0, |l| who.cgroup_ancestry.get(usize::from(l)).copied().unwrap_or(0))
+    };
+    let probe = |k: &RuleKey, level| RuleKey::probe(k.generation, k.shape, &id, ancestor(level));
+    let keys: Vec<(RuleKey, Option<u8>)> = rule.keys().collect();
+    if keys.iter().any(|(k, level)| probe(k, *level) == *k) {
         return None;
     }
-    why.into_values().next()
+    if let Some(p) = &rule.pods {
+        return Some(format!(
+            "cgroup {} is not inside any of the {} pod cgroups the rule selects now",
+            who.cgroup,
+            p.matches.len()
+        ));
+    }
+    let (k, level) = keys.first()?;
+    let p = probe(k, *level);
+    // In the order the reasons were always given: uid, gid, executable, cgroup, comm.
+    Some(if p.uid != k.uid {
+        format!("uid is {}, the rule wants {}", who.uid, k.uid)
+    } else if p.gid != k.gid {
+        format!("gid is {}, the rule wants {}", who.gid, k.gid)
+    } else if (p.exe_dev, p.exe_ino) != (k.exe_dev, k.exe_ino) {
+        let file = rule.exe.as_ref().map_or_else(String::new, |e| e.file.display().to_string());
+        format!("the executable is not {file} (another file)")
+    } else if p.cgroup_id != k.cgroup_id {
+        let path = rule.cgroup.as_ref().map_or("", |c| c.path.as_str());
+        format!("cgroup {} is not inside {path}", who.cgroup)
+    } else {
+        format!("comm is \"{}\", the rule wants \"{}\"", who.comm, rule.comm.as_deref().unwrap_or(""))
+    })
 }

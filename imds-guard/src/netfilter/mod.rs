@@ -41,7 +41,7 @@ use serde::Serialize;
 
 use crate::policy::Policy;
 pub use crate::policy::netfilter::{DEFAULT_NFLOG_GROUP, Net, ReducedMode, Settings};
-use imds_guard_common::config::Mode;
+use imds_guard_common::{config::Mode, rule::field};
 
 pub mod nflog;
 
@@ -308,11 +308,9 @@ impl Plan {
             objects.push(chain(OUTPUT_ENDPOINTS));
             objects.extend(endpoint_jumps(policy, OUTPUT, OUTPUT_ENDPOINTS));
             for r in policy.installed() {
-                let unsupported: Vec<&str> =
-                    [(r.exe.is_some(), "exe"), (r.cgroup.is_some(), "cgroup"), (r.comm.is_some(), "comm")]
-                        .into_iter()
-                        .filter_map(|(has, k)| has.then_some(k))
-                        .collect();
+                // The rule's kernel key says what it constrains: nftables can match uid and gid.
+                let key = r.key();
+                let unsupported: Vec<&str> = field::names(key.shape & !(field::UID | field::GID)).collect();
                 if !unsupported.is_empty() {
                     not_enforced.push(NotEnforced {
                         rule: r.index,
@@ -326,11 +324,11 @@ impl Plan {
                     continue;
                 }
                 let mut expr = Vec::new();
-                if let Some(uid) = r.uid {
-                    expr.push(eq(meta(MetaKey::Skuid), Expression::Number(uid)));
+                if key.shape & field::UID != 0 {
+                    expr.push(eq(meta(MetaKey::Skuid), Expression::Number(key.uid)));
                 }
-                if let Some(gid) = r.gid {
-                    expr.push(eq(meta(MetaKey::Skgid), Expression::Number(gid)));
+                if key.shape & field::GID != 0 {
+                    expr.push(eq(meta(MetaKey::Skgid), Expression::Number(key.gid)));
                 }
                 expr.push(Statement::Return(None));
                 objects.push(rule(
@@ -716,6 +714,35 @@ mod tests {
         assert!(ne[0].0 == 1 && ne[0].1.contains("imdsv1"), "{ne:?}");
         assert!(ne[1].0 == 2 && ne[1].1.starts_with("comm"), "{ne:?}");
         assert!(ne[2].0 == 3 && ne[2].1.starts_with("exe"), "{ne:?}");
+    }
+
+    /// A pod rule is a cgroup rule: reduced mode cannot express it and must not widen it into an
+    /// allow-all (before the rule's kernel key decided, a pod rule without a uid became a bare
+    /// `return`, letting every process through).
+    #[test]
+    fn reduced_mode_leaves_pod_rules_out() {
+        let root = std::env::temp_dir().join(format!("imdsg-nf-pods-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let uid = "aaaaaaaa-0000-4000-8000-000000000001";
+        std::fs::create_dir_all(root.join(format!("logs/pods/kube-system_aws-node-1_{uid}/main"))).unwrap();
+        std::fs::create_dir_all(root.join(format!("cg/kubepods/pod{uid}"))).unwrap();
+        let text = format!(
+            "[[allow]]\npod = \"kube-system/aws-node-\"\n[kubernetes]\npod_logs = \"{}\"\npod_cgroups = [\"/kubepods\"]\n",
+            root.join("logs/pods").display()
+        );
+        let host = Host { cgroup_root: root.join("cg"), waiting_names: false };
+        let p = Policy::from_source(&Source { name: "p.toml".into(), text }, &host).unwrap();
+        assert_eq!(p.installed().count(), 1, "the pod is found");
+        let plan = Plan::new(&p, 1, true);
+        let j = json(&plan, None);
+        assert!(!j.contains(r#"{"return":null}"#), "no allow rule at all: {j}");
+        assert_eq!(plan.not_enforced.len(), 1, "{:?}", plan.not_enforced);
+        assert!(
+            plan.not_enforced[0].reason.starts_with("cgroup cannot be matched"),
+            "{:?}",
+            plan.not_enforced
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
