@@ -16,9 +16,9 @@ use aya::{
 use imds_guard_common::maps;
 
 use super::{
-    bpf_sys::{link_attached, link_update, obj_get},
+    bpf_sys::{self, link_attached, link_update, obj_get},
     guard::{Attachment, Guard, Held},
-    paths::{PROGRAMS, link_pin, remove_map_dir},
+    paths::{MSG_PROG, PROGRAMS, link_pin, remove_map_dir},
 };
 
 impl Guard {
@@ -35,6 +35,12 @@ impl Guard {
         // The message hook's link of an upgrade, pinned beside the old one until all is swapped.
         let mut new_msg_link = None;
         for (prog_name, link_name) in PROGRAMS {
+            if link_name == "msg" && !self.msg_link {
+                if self.attach_msg_through_map(prog_name, sockets.as_fd())? {
+                    attachment = Attachment::Adopted;
+                }
+                continue;
+            }
             let link_path = link_pin(&self.pin_dir, link_name);
             let mut adopt = link_path.exists();
             if adopt && !obj_get(&link_path).and_then(|l| link_attached(l.as_fd())).unwrap_or(true) {
@@ -131,5 +137,33 @@ impl Guard {
             }
         }
         Ok(attachment)
+    }
+
+    /// Attaches the message hook the way kernels without sockmap links (Linux < 6.10) do: the
+    /// sockhash holds the program (`BPF_PROG_ATTACH`). An earlier daemon's program on the same
+    /// map is replaced in one step, so the hook never goes without one; the program is pinned
+    /// beside the links, which shows it attached and lets `unload` detach it. Whether an earlier
+    /// daemon's program was there (adopted).
+    fn attach_msg_through_map(
+        &mut self,
+        prog_name: &str,
+        sockets: std::os::fd::BorrowedFd<'_>,
+    ) -> anyhow::Result<bool> {
+        let program =
+            self.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
+        let Program::SkMsg(p) = program else { bail!("program {prog_name} has an unexpected type") };
+        let prog = p.fd()?.as_fd().try_clone_to_owned()?;
+        bpf_sys::sk_msg_prog_attach(sockets, prog.as_fd())
+            .with_context(|| format!("attaching {prog_name} to its socket map"))?;
+        let pin = link_pin(&self.pin_dir, MSG_PROG);
+        let adopted = pin.exists();
+        // Only the record of what is attached changes hands here; the map already holds the new
+        // program. (bpffs pins cannot be replaced by a pin in place.)
+        if adopted {
+            std::fs::remove_file(&pin).with_context(|| format!("replacing {}", pin.display()))?;
+        }
+        bpf_sys::obj_pin(prog.as_fd(), &pin).with_context(|| format!("pinning {}", pin.display()))?;
+        self.held.push(Held { pin, fd: prog, link: false });
+        Ok(adopted)
     }
 }

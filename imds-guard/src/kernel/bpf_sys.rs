@@ -1,6 +1,7 @@
 //! bpf() commands aya does not offer: an RCU barrier, replacing a link's program, opening a pin
-//! of any type, probing for sockmap links, pinning an object by descriptor, detaching a link, and
-//! asking whether a link is still attached.
+//! of any type, probing for sockmap links, attaching an sk_msg program to its map without a link
+//! (so that nothing detaches it when the daemon exits), pinning an object by descriptor, detaching
+//! a link, and asking whether a link is still attached.
 //!
 //! ## Waiting until no kernel program still runs with an old policy generation
 //!
@@ -185,6 +186,51 @@ pub fn sk_msg_link_supported() -> io::Result<bool> {
             Ok(true)
         }
     }
+}
+
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// Attaches an `sk_msg` program to a sockhash the way kernels before 6.10 do it
+/// (`BPF_PROG_ATTACH`): the map holds the program, so it stays attached for as long as the map
+/// lives (pinned: after the daemon exits), and a later attach of another program replaces it in
+/// one step (the kernel swaps the map's program pointer), so the hook never goes without one.
+pub fn sk_msg_prog_attach(
+    map: std::os::fd::BorrowedFd<'_>,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    let mut attr = ProgAttachAttr {
+        target_fd: map.as_raw_fd().cast_unsigned(),
+        attach_bpf_fd: prog.as_raw_fd().cast_unsigned(),
+        attach_type: BPF_SK_MSG_VERDICT,
+        attach_flags: 0,
+        replace_bpf_fd: 0,
+    };
+    sys_bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
+/// Detaches `prog` from the sockhash (`BPF_PROG_DETACH`; the kernel checks it is the attached one).
+pub fn sk_msg_prog_detach(
+    map: std::os::fd::BorrowedFd<'_>,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    let mut attr = ProgAttachAttr {
+        target_fd: map.as_raw_fd().cast_unsigned(),
+        attach_bpf_fd: prog.as_raw_fd().cast_unsigned(),
+        attach_type: BPF_SK_MSG_VERDICT,
+        attach_flags: 0,
+        replace_bpf_fd: 0,
+    };
+    sys_bpf(BPF_PROG_DETACH, &mut attr).map(drop)
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;

@@ -73,6 +73,9 @@ pub struct Guard {
     pub(super) readers: bool,
     /// No maps of this layout existed: this daemon made them (first start, or an upgrade).
     pub(super) fresh_maps: bool,
+    /// The kernel attaches sk_msg programs through a bpf_link (Linux 6.10+); before that the
+    /// message hook is attached through its map ([`super::attach`]).
+    pub(super) msg_link: bool,
     /// Map directories of an earlier version's layout, removed once this one's programs took over.
     pub(super) old_maps: Vec<PathBuf>,
     pub(super) generation: u32,
@@ -110,6 +113,7 @@ impl Guard {
                  from an incompatible version: `imds-guard unload` removes them)",
             )?;
         let barrier = std::sync::Arc::new(RcuBarrier::new().context("creating the RCU barrier map")?);
+        let msg_link = msg_attach_by_link()?;
         let mut guard = Guard {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -118,6 +122,7 @@ impl Guard {
             removal: None,
             readers: !fresh_maps,
             fresh_maps,
+            msg_link,
             old_maps,
             generation: 0,
             exe_offsets,
@@ -212,6 +217,16 @@ impl Guard {
         let map = self.ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
     }
+}
+
+/// Whether the message hook is attached through a bpf_link: the kernel's answer, unless
+/// `IMDS_GUARD_SK_MSG_ATTACH=map` asks for the older way (tests use it to run the path kernels
+/// before 6.10 take on any kernel).
+fn msg_attach_by_link() -> anyhow::Result<bool> {
+    if std::env::var("IMDS_GUARD_SK_MSG_ATTACH").is_ok_and(|v| v == "map") {
+        return Ok(false);
+    }
+    super::bpf_sys::sk_msg_link_supported().context("probing for sockmap links")
 }
 
 impl Drop for Guard {

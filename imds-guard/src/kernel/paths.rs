@@ -6,6 +6,9 @@
 //!                          them (state and counters survive a restart)
 //!   links/connect4         the bpf_link attaching `imdsg_connect4` to the cgroup
 //!   links/connect6, links/sockops, links/msg (the last attaches to the sockhash map)
+//!   links/msg_prog         before Linux 6.10, which has no sockmap links: the message hook's
+//!                          program, attached to the sockhash by the map itself (what shows that it
+//!                          is attached, and what `unload` detaches)
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +30,21 @@ pub const PROGRAMS: [(&str, &str); 4] = [
 #[must_use]
 pub fn link_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("links").join(name)
+}
+
+/// The message hook's program when it is attached to its map without a link (Linux < 6.10).
+pub const MSG_PROG: &str = "msg_prog";
+
+/// The pin that shows program `link_name` (of [`PROGRAMS`]) attached, if there is one: its link,
+/// or for the message hook its program attached through the map.
+#[must_use]
+pub fn attached_pin(pin_dir: &Path, link_name: &str) -> Option<PathBuf> {
+    let link = link_pin(pin_dir, link_name);
+    if link.exists() {
+        return Some(link);
+    }
+    let prog = link_pin(pin_dir, MSG_PROG);
+    (link_name == "msg" && prog.exists()).then_some(prog)
 }
 
 /// This build's map directory: `maps-<layout>`. (`IMDS_GUARD_LAYOUT_TAG` replaces the layout

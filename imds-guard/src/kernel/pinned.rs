@@ -13,7 +13,7 @@ use imds_guard_common::{
 };
 use serde::Serialize;
 
-use super::paths::{PROGRAMS, link_pin, map_pin};
+use super::paths::{MSG_PROG, PROGRAMS, attached_pin, link_pin, map_pin};
 
 fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = map_pin(pin_dir, name);
@@ -68,7 +68,7 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
 pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status> {
     let links: Vec<String> = PROGRAMS
         .iter()
-        .filter(|(_, l)| link_pin(pin_dir, l).exists())
+        .filter(|(_, l)| attached_pin(pin_dir, l).is_some())
         .map(|(_, l)| (*l).to_owned())
         .collect();
     if links.is_empty() && !map_pin(pin_dir, maps::ACTIVE).exists() {
@@ -150,6 +150,23 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             removed.push(format!("link {} (program detached)", p.display()));
         }
+    }
+    // The message hook attached through its map (Linux < 6.10): detached from the map, whoever
+    // else holds the map (a running daemon).
+    let prog = link_pin(pin_dir, MSG_PROG);
+    if prog.exists() {
+        use std::os::fd::AsFd as _;
+        let fd =
+            crate::kernel::bpf_sys::obj_get(&prog).with_context(|| format!("opening {}", prog.display()))?;
+        if let Ok(map) = crate::kernel::bpf_sys::obj_get(&map_pin(pin_dir, maps::SOCKETS)) {
+            match crate::kernel::bpf_sys::sk_msg_prog_detach(map.as_fd(), fd.as_fd()) {
+                // Not (or no longer) attached to this map: nothing to detach.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {}
+                r => r.with_context(|| format!("detaching {} from its map", prog.display()))?,
+            }
+        }
+        std::fs::remove_file(&prog).with_context(|| format!("removing {}", prog.display()))?;
+        removed.push(format!("program {} (detached from its map)", prog.display()));
     }
     for d in crate::kernel::paths::other_map_dirs(pin_dir) {
         removed.extend(super::paths::remove_map_dir(&d));
