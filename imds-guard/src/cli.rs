@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::kernel::paths::DEFAULT_PIN_DIR;
+pub use crate::report::format::EventFormat;
 
 pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
 
@@ -148,6 +149,11 @@ pub struct RunArgs {
     /// Where events go (besides --events-file, the event socket and metrics).
     #[arg(long, value_enum, default_value_t = Sink::Auto)]
     pub sink: Sink,
+    /// The shape of the event lines on stdout, in the journal (IMDS_GUARD_JSON) and in
+    /// --events-file: imds-guard's own JSON, OCSF 1.8.0 or ECS 9.4.0 (docs/EVENTS.md). The event
+    /// socket (`events`, `suggest`) keeps the native shape.
+    #[arg(long, value_enum, default_value_t = EventFormat::Json)]
+    pub event_format: EventFormat,
     /// The journal's socket (for --sink journald).
     #[arg(long, default_value = crate::report::journal::JOURNAL_SOCKET, hide = true)]
     pub journal_socket: PathBuf,
