@@ -18,7 +18,7 @@ use crate::{
     report::{
         Consumers, Event, Reporter,
         event::{GuardStarted, NetfilterSummary},
-        metrics::{KernelView, Metrics},
+        metrics::{BuildInfo, KernelView, Metrics},
         seen::Seen,
         sinks::{Output, SinkConfig},
     },
@@ -211,7 +211,8 @@ impl KernelView for Pinned {
 fn start_outputs(config: &Config) -> anyhow::Result<Consumers> {
     tracing::debug!(sinks = ?config.sinks, "event sinks");
     let output = Output::start(config.sinks.clone())?;
-    let metrics = Metrics::new(Box::new(Pinned(config.pin_dir.clone())), output.stats.clone());
+    let build = BuildInfo::here(&crate::kernel::features::degraded());
+    let metrics = Metrics::new(Box::new(Pinned(config.pin_dir.clone())), output.stats.clone(), build);
     Ok(Consumers {
         output,
         metrics,
