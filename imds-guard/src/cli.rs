@@ -14,6 +14,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
 /// Kernel programs on cgroup connect hooks let only the identities a policy allows reach the
 /// metadata endpoints; everyone else gets EPERM at connect(), and each violation is reported as a
 /// JSON line on stdout. Enforcement is pinned and outlives the daemon; `unload` removes it.
+///
+/// `--version` also names the commit, the SHA-256 of the eBPF object inside the binary and the
+/// kernel features this host offers.
 #[derive(Debug, Parser)]
 #[command(name = "imds-guard", version, propagate_version = true)]
 pub struct Cli {
@@ -54,6 +57,15 @@ pub enum Command {
     /// Print a policy (TOML, enforce mode) that allows every workload the running daemon saw
     /// reaching the metadata service without a rule (run in monitor mode first).
     Suggest(SuggestArgs),
+    /// Print the shell completion script for SHELL (packaged at the distributions' paths).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (imds-guard.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
