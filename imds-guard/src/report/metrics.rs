@@ -96,6 +96,7 @@ pub struct Metrics {
     lines_dropped: Counter,
     write_errors: Counter,
     generation: Gauge,
+    enforcing: Gauge,
     workloads: Mutex<HashSet<String>>,
     /// Where the kernel's counters are read from at each scrape.
     view: Box<dyn KernelView>,
@@ -155,6 +156,12 @@ impl Metrics {
         );
         let generation = Gauge::default();
         registry.register("policy_generation", "The live policy generation", generation.clone());
+        let enforcing = Gauge::default();
+        registry.register(
+            "enforcing",
+            "1 while every program is attached with a live policy (as /healthz), else 0",
+            enforcing.clone(),
+        );
         Metrics {
             registry,
             denied,
@@ -166,6 +173,7 @@ impl Metrics {
             lines_dropped,
             write_errors,
             generation,
+            enforcing,
             workloads: Mutex::new(HashSet::new()),
             view,
             sinks,
@@ -243,6 +251,7 @@ impl Metrics {
             }
             Err(e) => tracing::debug!("metrics: kernel counters unavailable: {e:#}"),
         }
+        self.enforcing.set(i64::from(self.view.enforcing()));
         sync(&self.lines_dropped, self.sinks.lines_dropped.load(Ordering::Relaxed));
         sync(&self.write_errors, self.sinks.write_errors.load(Ordering::Relaxed));
         let mut out = String::new();
@@ -416,5 +425,74 @@ mod tests {
         let info = text.lines().find(|l| l.starts_with("imds_guard_build_info{")).expect(&text);
         assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{info}");
         assert!(info.ends_with("degraded=\"\"} 1"), "{info}");
+    }
+
+    /// The alert rules and the Grafana dashboard under deploy/ name only metrics the daemon
+    /// serves (their PromQL is checked by promtool in `cargo xtask validate-k8s`).
+    #[test]
+    fn the_alerts_and_the_dashboard_use_metrics_that_exist() {
+        use crate::report::event::{PolicyReloadFailed, Request};
+        use imds_guard_common::stats::Stat;
+        struct AllCounters;
+        impl KernelView for AllCounters {
+            fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+                Ok(Stat::ALL.iter().map(|s| (s.name(), 0)).collect())
+            }
+            fn enforcing(&self) -> bool {
+                true
+            }
+        }
+        let m = Metrics::new(Box::new(AllCounters), Arc::default(), BuildInfo::here(&[]));
+        m.observe(&denied(1), false);
+        let q = Request {
+            enforced: false,
+            time: String::new(),
+            who: Who::default(),
+            method: None,
+            path: None,
+            credentials: false,
+            dst: String::new(),
+            port: 80,
+            family: "ipv4".into(),
+            rule: None,
+            generation: 1,
+        };
+        m.observe(&Event::Imdsv1Request(q), false);
+        let failed =
+            PolicyReloadFailed { generation: 1, error: String::new(), reloads: 0, reload_failures: 1 };
+        m.observe(&Event::PolicyReloadFailed(failed), false);
+        let text = classic_text(&m.encode());
+        let served: HashSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        for (file, body) in [
+            (
+                "charts/imds-guard/files/prometheus-rules.yaml",
+                include_str!("../../../charts/imds-guard/files/prometheus-rules.yaml"),
+            ),
+            (
+                "deploy/prometheus/grafana-dashboard.json",
+                include_str!("../../../deploy/prometheus/grafana-dashboard.json"),
+            ),
+        ] {
+            let mut named = 0;
+            for (i, _) in body.match_indices("imds_guard_") {
+                let name: String =
+                    body[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                assert!(
+                    served.contains(name.as_str()),
+                    "{file} names {name}, which is not served: {served:?}"
+                );
+                named += 1;
+            }
+            assert!(named > 5, "{file}");
+            // The kernel's counters by their `counter` label (`counter="x"`, `counter=~"x|y"`).
+            for (i, _) in body.match_indices("counter=") {
+                // In the JSON the quotes are escaped (`counter=\\"x\\"`).
+                let value = body[i..].split('"').nth(1).unwrap_or_default().trim_end_matches('\\');
+                for name in value.split('|') {
+                    assert!(Stat::ALL.iter().any(|s| s.name() == name), "{file}: no kernel counter {name}");
+                }
+            }
+        }
     }
 }
