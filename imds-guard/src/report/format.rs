@@ -182,4 +182,69 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_795_464_245_123_456);
         assert_eq!(rfc3339(t), "2026-11-23T20:04:05.123456Z");
     }
+
+    fn hostile(comm: String, exe: String, cgroup: String, pod: String) -> Event {
+        use crate::report::event::{Ancestor, Connect, Pod, Who};
+        Event::ConnectDenied(Connect {
+            enforced: true,
+            time: "2026-11-23T20:04:05.123456Z".into(),
+            who: Who {
+                pid: 7,
+                tid: 7,
+                uid: 1,
+                gid: 1,
+                comm: comm.clone(),
+                exe: Some(exe.clone()),
+                cgroup: Some(cgroup),
+                cgroup_id: 1,
+                pod: Some(Pod { namespace: pod.clone(), name: pod.clone(), uid: pod, container: None }),
+                ancestors: vec![Ancestor { pid: 6, comm, exe: Some(exe) }],
+                ..Who::default()
+            },
+            dst: "169.254.169.254".into(),
+            port: 80,
+            family: "ipv4".into(),
+            generation: 1,
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 200,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x0c5f),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever a process names itself, its executable, cgroup or pod, an OCSF or ECS line
+        /// stays one line of JSON that carries the name as it was, in the field for it.
+        #[test]
+        fn names_a_process_chose_stay_data(comm in ".*", exe in ".*", cgroup in ".*", pod in ".*") {
+            let ev = hostile(comm.clone(), exe.clone(), cgroup.clone(), pod.clone());
+            let ctx = Context { hostname: Some("h".into()), now: SystemTime::UNIX_EPOCH };
+            for format in [EventFormat::Ocsf, EventFormat::Ecs] {
+                let line = render(&ev, format, &ctx).unwrap().to_string();
+                proptest::prop_assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let (name, path, group, ns) = match format {
+                    EventFormat::Ocsf => (
+                        &v["actor"]["process"]["name"],
+                        &v["actor"]["process"]["file"]["path"],
+                        &v["unmapped"]["cgroup"],
+                        &v["unmapped"]["pod"]["namespace"],
+                    ),
+                    _ => (
+                        &v["process"]["name"],
+                        &v["process"]["executable"],
+                        &v["imds_guard"]["cgroup"],
+                        &v["orchestrator"]["namespace"],
+                    ),
+                };
+                proptest::prop_assert_eq!(name.as_str(), Some(comm.as_str()));
+                proptest::prop_assert_eq!(path.as_str(), Some(exe.as_str()));
+                proptest::prop_assert_eq!(group.as_str(), Some(cgroup.as_str()));
+                proptest::prop_assert_eq!(ns.as_str(), Some(pod.as_str()));
+            }
+        }
+    }
 }
