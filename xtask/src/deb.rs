@@ -44,7 +44,7 @@ const MAN_PAGES: [&str; 9] = [
     "imds-guard-unload",
 ];
 
-/// Completion scripts: shell, file in target/release/assets/completions, where the package puts it.
+/// Completion scripts: shell, file in target/assets/completions, where the package puts it.
 const COMPLETIONS: [(&str, &str, &str); 3] = [
     ("bash", "imds-guard", "usr/share/bash-completion/completions/imds-guard"),
     ("zsh", "_imds-guard", "usr/share/zsh/vendor-completions/_imds-guard"),
@@ -68,17 +68,16 @@ pub fn deb() -> anyhow::Result<()> {
     let deb = build()?;
     println!("built {}", deb.display());
     check(&deb)?;
-    println!("checked: control fields, files and modes, conffile, maintainer scripts, unit, policy, binary");
+    println!("checked: control fields, files and modes, conffile, maintainer scripts, unit, policy, binary, completions, man pages");
     roundtrip(&deb)
 }
 
 /// The release binary, and the completions and man pages it makes of its clap definitions, in
-/// target/release/assets/ (where `[package.metadata.deb]` takes them from).
+/// target/assets/ (where `[package.metadata.deb]` takes them from).
 fn assets() -> anyhow::Result<()> {
     crate::cargo(&["build", "--release", "-p", "imds-guard", "--bin", "imds-guard"])?;
-    let release = root().join("target/release");
-    let bin = release.join("imds-guard");
-    let dir = release.join("assets");
+    let bin = root().join("target/release/imds-guard");
+    let dir = root().join("target/assets");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("completions"))?;
     for (shell, file, _) in COMPLETIONS {
