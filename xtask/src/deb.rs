@@ -68,7 +68,9 @@ pub fn deb() -> anyhow::Result<()> {
     let deb = build()?;
     println!("built {}", deb.display());
     check(&deb)?;
-    println!("checked: control fields, files and modes, conffile, maintainer scripts, unit, policy, binary, completions, man pages");
+    println!(
+        "checked: control fields, files and modes, conffile, maintainer scripts, unit, policy, binary, completions, man pages"
+    );
     roundtrip(&deb)
 }
 
