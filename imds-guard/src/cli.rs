@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::kernel::paths::DEFAULT_PIN_DIR;
+pub use crate::report::format::EventFormat;
 
 pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
 
@@ -13,6 +14,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/imds-guard/policy.toml";
 /// Kernel programs on cgroup connect hooks let only the identities a policy allows reach the
 /// metadata endpoints; everyone else gets EPERM at connect(), and each violation is reported as a
 /// JSON line on stdout. Enforcement is pinned and outlives the daemon; `unload` removes it.
+///
+/// `--version` also names the commit, the SHA-256 of the eBPF object inside the binary and the
+/// kernel features this host offers.
 #[derive(Debug, Parser)]
 #[command(name = "imds-guard", version, propagate_version = true)]
 pub struct Cli {
@@ -53,6 +57,15 @@ pub enum Command {
     /// Print a policy (TOML, enforce mode) that allows every workload the running daemon saw
     /// reaching the metadata service without a rule (run in monitor mode first).
     Suggest(SuggestArgs),
+    /// Print the shell completion script for SHELL (packaged at the distributions' paths).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (imds-guard.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -74,7 +87,8 @@ pub struct SuggestArgs {
     #[arg(long, default_value = crate::report::socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Read events from these JSON-lines files instead of the daemon (`-` for stdin), e.g. an
-    /// `--events-file` and its rotated files, or `journalctl -u imds-guard -o cat`.
+    /// `--events-file` and its rotated files, or `journalctl -u imds-guard -o cat`. Native lines
+    /// only (`run --event-format json`, the default); other lines are skipped with a warning.
     #[arg(long = "events", value_name = "FILE")]
     pub events: Vec<PathBuf>,
     /// The current policy, whose endpoints and [[allow]] tables are kept. Default: the policy the
@@ -148,6 +162,11 @@ pub struct RunArgs {
     /// Where events go (besides --events-file, the event socket and metrics).
     #[arg(long, value_enum, default_value_t = Sink::Auto)]
     pub sink: Sink,
+    /// The shape of the event lines on stdout, in the journal (IMDS_GUARD_JSON) and in
+    /// --events-file: imds-guard's own JSON, OCSF 1.8.0 or ECS 9.4.0 (docs/EVENTS.md). The event
+    /// socket (`events`, `suggest`) keeps the native shape.
+    #[arg(long, value_enum, default_value_t = EventFormat::Json)]
+    pub event_format: EventFormat,
     /// The journal's socket (for --sink journald).
     #[arg(long, default_value = crate::report::journal::JOURNAL_SOCKET, hide = true)]
     pub journal_socket: PathBuf,

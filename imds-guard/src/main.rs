@@ -1,11 +1,17 @@
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use imds_guard::{
     cli::{Cli, Command},
     cmd, logging,
 };
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // `--version` probes the kernel: only when asked (`-V` stays the one-line version).
+    if std::env::args_os().any(|a| a == "--version") {
+        let text: &'static str = Box::leak(cmd::version::long_version().into_boxed_str());
+        command = command.long_version(text);
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Run(_)) {
         // A command whose reader goes away (`imds-guard status | head -5`) ends quietly, as Unix
         // tools do, instead of panicking in println!. Not the daemon: its sinks handle a closed
@@ -23,6 +29,8 @@ fn main() -> std::process::ExitCode {
         Command::Explain(a) => cmd::explain::explain(a),
         Command::Events(a) => cmd::events::events(a),
         Command::Suggest(a) => cmd::suggest::suggest(a),
+        Command::Completions { shell } => cmd::generate::completions(*shell),
+        Command::Manpages { dir } => cmd::generate::manpages(dir),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

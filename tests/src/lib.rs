@@ -11,6 +11,7 @@ pub mod event_docs;
 pub mod fake_imds;
 pub mod holder;
 pub mod sandbox;
+pub mod siem;
 pub mod topology;
 pub mod unit;
 

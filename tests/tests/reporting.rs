@@ -1,6 +1,7 @@
 //! Reporting that operators use: attribution (ancestry, short-lived processes), a flood that costs
-//! a bounded number of lines with exact counts, the sinks (file with rotation, journal), the
-//! metrics endpoint, the live event stream and `suggest`.
+//! a bounded number of lines with exact counts, the sinks (file with rotation, journal) in each
+//! event format (OCSF and ECS validated against the pinned schemas), the metrics endpoint (checked
+//! by promtool), the live event stream and `suggest`.
 
 use std::time::Duration;
 
@@ -38,6 +39,23 @@ fn metric_sum(text: &str, metric: &str, with: &[(&str, &str)]) -> f64 {
             _ => 0.0,
         })
         .sum()
+}
+
+/// `promtool check metrics` (Debian's prometheus package, scripts/bootstrap.sh) on `text`: names,
+/// types, units, help texts.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus; scripts/bootstrap.sh installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{text}");
 }
 
 fn started(d: &imds_guard_tests::Daemon) -> Value {
@@ -131,6 +149,18 @@ fn metrics_parse_and_match_the_events() {
     assert_eq!(denials.len(), 25);
     let (status, text) = http_get(&sb, &addr, "/metrics");
     assert_eq!(status, 200);
+    promtool_check(&text);
+    let info = text.lines().find(|l| l.starts_with("imds_guard_build_info{")).expect("build info");
+    assert!(info.contains(concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"")), "{info}");
+    assert!(info.contains("kernel=\"") && info.ends_with("degraded=\"\"} 1"), "{info}");
+    // A scraper that asks for OpenMetrics gets it.
+    let om = sb.client(0, 0).curl(&[
+        "-s",
+        "-H",
+        "Accept: application/openmetrics-text;version=1.0.0",
+        &format!("http://{addr}/metrics"),
+    ]);
+    assert!(String::from_utf8_lossy(&om.stdout).trim_end().ends_with("# EOF"), "{om:?}");
     let workload = format!("exe:{prog}");
     let denied = metric_sum(
         &text,
@@ -221,6 +251,74 @@ fn file_and_journal_sinks_get_every_event() {
     let last = lines.last().unwrap();
     assert_eq!(last["event"], "connect_denied");
     assert!(lines.iter().filter(|e| e["event"] == "connect_denied").count() >= 10);
+}
+
+/// `--event-format ocsf` on the journal and the file, `ecs` on the file: every line the daemon
+/// writes validates against the pinned schemas, the journal keeps its native fields, and the
+/// event socket (`imds-guard events`) stays native.
+#[test]
+fn ocsf_and_ecs_reach_the_sinks_and_validate() {
+    let Some(sb) = Sandbox::new("rep_siem", ImdsMode::Optional) else { return };
+    // Root may connect, and its tokenless GETs are reported (imdsv1 = "log").
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let prog = connect_prog();
+    for format in ["ocsf", "ecs"] {
+        let journal = sb.dir.join(format!("journal-{format}.sock"));
+        let jsock = std::os::unix::net::UnixDatagram::bind(&journal).unwrap();
+        jsock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let file = sb.dir.join(format!("events-{format}.jsonl"));
+        let d = sb.daemon_with(
+            &policy,
+            &[
+                "--aggregate-window",
+                "0",
+                "--event-format",
+                format,
+                "--sink",
+                "journald",
+                "--journal-socket",
+                journal.to_str().unwrap(),
+                "--events-file",
+                file.to_str().unwrap(),
+            ],
+        );
+        sb.client(1000, 1000).steps(&prog, None, &["connect", IMDS, "80"]);
+        sb.client(0, 0).steps(&prog, None, &["get", IMDS, "80", "/latest/meta-data/", "1"]);
+        let socket = sb.events_socket();
+        let native = |name: &str| {
+            let out = sb.cli(&["events", "--json", "--socket", socket.to_str().unwrap()]);
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| l.contains(&format!("\"event\":\"{name}\"")))
+        };
+        let deadline = std::time::Instant::now() + T;
+        while !(native("connect_denied") && native("imdsv1_request")) {
+            assert!(std::time::Instant::now() < deadline, "the socket's native events");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d.kill();
+        let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_owned).collect();
+        let names: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let name =
+                    if format == "ocsf" { &v["metadata"]["event_code"] } else { &v["event"]["action"] };
+                name.as_str().unwrap_or_default().to_owned()
+            })
+            .collect();
+        for want in ["guard_started", "connect_denied", "imdsv1_request"] {
+            assert!(names.iter().any(|n| n == want), "{format}: no {want} in {names:?}");
+        }
+        let problems = imds_guard_tests::siem::validate(format, &lines);
+        assert!(problems.is_empty(), "{format}:\n{}\n{}", problems.join("\n"), lines.join("\n"));
+        // The journal: the format's line in IMDS_GUARD_JSON, the native fields beside it.
+        let mut buf = vec![0u8; 65536];
+        let n = jsock.recv(&mut buf).expect("a journal datagram");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let fields: std::collections::HashMap<&str, &str> =
+            msg.lines().filter_map(|l| l.split_once('=')).collect();
+        assert!(lines.iter().any(|l| l == fields["IMDS_GUARD_JSON"]), "{format}: {msg}");
+        assert!(fields.contains_key("IMDS_GUARD_EVENT"), "{msg}");
+    }
 }
 
 #[test]

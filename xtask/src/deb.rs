@@ -1,7 +1,8 @@
 //! `cargo xtask deb`: builds the Debian package with cargo-deb (`[package.metadata.deb]` in
 //! imds-guard/Cargo.toml) and checks it: control fields, the exact file list with modes, the
-//! conffile, the maintainer scripts, that the packaged unit and policy are the repository's and the
-//! binary runs; then, as root, installs, removes and purges it in a throwaway root
+//! conffile, the maintainer scripts, that the packaged unit and policy are the repository's, the
+//! binary runs, and the shell completions and man pages (made from the clap definitions before
+//! packaging, by the release binary itself) are there and are the binary's; then, as root, installs, removes and purges it in a throwaway root
 //! (scripts/deb-roundtrip.sh in a private mount namespace), never on this machine's own root.
 
 use std::{
@@ -14,16 +15,40 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::root;
 
-/// Every file the package installs, with its mode (directories are not listed).
-const FILES: [(&str, &str); 8] = [
+/// Every file the package installs besides the man pages, with its mode (directories are not
+/// listed).
+const FILES: [(&str, &str); 11] = [
     ("./etc/imds-guard/policy.toml", "-rw-r--r--"),
     ("./usr/bin/imds-guard", "-rwxr-xr-x"),
     ("./usr/lib/systemd/system/imds-guard.service", "-rw-r--r--"),
+    ("./usr/share/bash-completion/completions/imds-guard", "-rw-r--r--"),
     ("./usr/share/doc/imds-guard/EVENTS.md", "-rw-r--r--"),
     ("./usr/share/doc/imds-guard/POLICY.md", "-rw-r--r--"),
     ("./usr/share/doc/imds-guard/README.md", "-rw-r--r--"),
     ("./usr/share/doc/imds-guard/SECURITY.md", "-rw-r--r--"),
     ("./usr/share/doc/imds-guard/copyright", "-rw-r--r--"),
+    ("./usr/share/fish/vendor_completions.d/imds-guard.fish", "-rw-r--r--"),
+    ("./usr/share/zsh/vendor-completions/_imds-guard", "-rw-r--r--"),
+];
+
+/// The man pages: the command's and one per subcommand, gzipped (Debian policy 12.1).
+const MAN_PAGES: [&str; 9] = [
+    "imds-guard",
+    "imds-guard-check",
+    "imds-guard-events",
+    "imds-guard-explain",
+    "imds-guard-prepare",
+    "imds-guard-run",
+    "imds-guard-status",
+    "imds-guard-suggest",
+    "imds-guard-unload",
+];
+
+/// Completion scripts: shell, file in target/assets/completions, where the package puts it.
+const COMPLETIONS: [(&str, &str, &str); 3] = [
+    ("bash", "imds-guard", "usr/share/bash-completion/completions/imds-guard"),
+    ("zsh", "_imds-guard", "usr/share/zsh/vendor-completions/_imds-guard"),
+    ("fish", "imds-guard.fish", "usr/share/fish/vendor_completions.d/imds-guard.fish"),
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
@@ -39,11 +64,34 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 pub fn deb() -> anyhow::Result<()> {
+    assets()?;
     let deb = build()?;
     println!("built {}", deb.display());
     check(&deb)?;
-    println!("checked: control fields, files and modes, conffile, maintainer scripts, unit, policy, binary");
+    println!(
+        "checked: control fields, files and modes, conffile, maintainer scripts, unit, policy, binary, completions, man pages"
+    );
     roundtrip(&deb)
+}
+
+/// The release binary, and the completions and man pages it makes of its clap definitions, in
+/// target/assets/ (where `[package.metadata.deb]` takes them from).
+fn assets() -> anyhow::Result<()> {
+    crate::cargo(&["build", "--release", "-p", "imds-guard", "--bin", "imds-guard"])?;
+    let bin = root().join("target/release/imds-guard");
+    let dir = root().join("target/assets");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("completions"))?;
+    for (shell, file, _) in COMPLETIONS {
+        let script = output(Command::new(&bin).args(["completions", shell]))?;
+        std::fs::write(dir.join("completions").join(file), script)?;
+    }
+    output(Command::new(&bin).arg("manpages").arg(dir.join("man")))?;
+    for page in MAN_PAGES {
+        // -n: no name or time stamp in the header, so the package is reproducible.
+        output(Command::new("gzip").args(["-9nf"]).arg(dir.join(format!("man/{page}.1"))))?;
+    }
+    Ok(())
 }
 
 /// `cargo deb`, which builds imds-guard in release mode and prints the package's path last.
@@ -86,8 +134,11 @@ fn check(deb: &Path) -> anyhow::Result<()> {
             files.insert(f[5].to_owned(), f[0].to_owned());
         }
     }
-    let expected: BTreeMap<String, String> =
+    let mut expected: BTreeMap<String, String> =
         FILES.iter().map(|(p, m)| ((*p).to_owned(), (*m).to_owned())).collect();
+    for page in MAN_PAGES {
+        expected.insert(format!("./usr/share/man/man1/{page}.1.gz"), "-rw-r--r--".into());
+    }
     ensure!(files == expected, "package files differ:\n got: {files:#?}\nwant: {expected:#?}");
 
     // Control archive: the conffile and the maintainer scripts (cargo-deb's systemd snippets plus
@@ -124,11 +175,36 @@ fn check(deb: &Path) -> anyhow::Result<()> {
         );
     }
     let bin = x.0.join("usr/bin/imds-guard");
+    let v = output(Command::new(&bin).arg("-V"))?;
+    ensure!(v.trim() == format!("imds-guard {version}"), "-V: {v}");
     let v = output(Command::new(&bin).arg("--version"))?;
-    ensure!(v.trim() == format!("imds-guard {version}"), "--version: {v}");
+    ensure!(
+        v.starts_with(&format!("imds-guard {version} (commit ")) && v.contains("\neBPF object: sha256:"),
+        "--version names the build and the eBPF object's digest: {v}"
+    );
+    check_docs(&bin, &x.0)?;
     let check =
         output(Command::new(&bin).args(["check", "--config"]).arg(x.0.join("etc/imds-guard/policy.toml")))?;
     ensure!(check.contains("mode: monitor"), "the example policy is not in monitor mode:\n{check}");
+    Ok(())
+}
+
+/// The completions are what the packaged binary makes; the man pages are gzipped roff that names
+/// the options `--help` does.
+fn check_docs(bin: &Path, x: &Path) -> anyhow::Result<()> {
+    for (shell, _, packaged) in COMPLETIONS {
+        let want = output(Command::new(bin).args(["completions", shell]))?;
+        ensure!(
+            std::fs::read_to_string(x.join(packaged))? == want,
+            "{packaged} is not `imds-guard completions {shell}`"
+        );
+    }
+    let run = output(Command::new("gzip").arg("-dc").arg(x.join("usr/share/man/man1/imds-guard-run.1.gz")))?;
+    ensure!(
+        run.starts_with(".ie") || run.contains(".TH imds-guard-run"),
+        "imds-guard-run.1 is not a man page:\n{run}"
+    );
+    ensure!(run.contains("event\\-format"), "imds-guard-run.1 does not name --event-format");
     Ok(())
 }
 

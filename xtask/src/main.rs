@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod deb;
 mod image;
 mod k8s;
+mod prometheus;
 mod vm;
 
 #[derive(Parser)]
@@ -37,9 +38,11 @@ enum Cmd {
     Bench,
     /// Render the Helm chart (defaults and charts/imds-guard/ci/*.yaml), check that
     /// deploy/daemonset.yaml is the default rendering, validate every manifest against the
-    /// Kubernetes schemas and with checkov, and resolve the rendered policies.
+    /// Kubernetes schemas and with checkov, resolve the rendered policies, and check the alert
+    /// rules (with their unit tests), the PrometheusRule and the Grafana dashboard with promtool.
     ValidateK8s {
-        /// Regenerate deploy/daemonset.yaml from the chart instead of failing when it differs.
+        /// Regenerate deploy/daemonset.yaml and deploy/prometheus/prometheusrule.yaml from the
+        /// chart instead of failing when they differ.
         #[arg(long)]
         write: bool,
     },

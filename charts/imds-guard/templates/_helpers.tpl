@@ -40,8 +40,8 @@ mode = {{ .Values.policy.mode | quote }}
 endpoints = {{ .Values.policy.endpoints | toJson }}
 imdsv1 = {{ .Values.policy.imdsv1 | quote }}
 
-# The agent runs in a network namespace of its own and its image has no nft: no nftables layer
-# here. Every pod's processes are below the node's cgroup root, so the cgroup hooks judge them.
+# The image has no nft (yet), so no nftables layer here, with or without hostNetwork. Every pod's
+# processes are below the node's cgroup root, so the cgroup hooks judge them.
 [netfilter]
 forward = false
 reduced_mode = "off"

@@ -25,6 +25,7 @@ fn config(args: &RunArgs) -> daemon::Config {
         pin_dir: args.pins.pin_dir.clone(),
         btf: args.btf.clone(),
         aggregate_window: Duration::from_secs_f64(args.aggregate_window.max(0.0)),
+        event_format: args.event_format,
         sinks: SinkConfig {
             stdout: args.sink == Sink::Stdout || (args.sink == Sink::Auto && !journal),
             journal: journal.then(|| args.journal_socket.clone()),

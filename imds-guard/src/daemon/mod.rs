@@ -18,7 +18,7 @@ use crate::{
     report::{
         Consumers, Event, Reporter,
         event::{GuardStarted, NetfilterSummary},
-        metrics::{KernelView, Metrics},
+        metrics::{BuildInfo, KernelView, Metrics},
         seen::Seen,
         sinks::{Output, SinkConfig},
     },
@@ -46,6 +46,8 @@ pub struct Config {
     /// Identical repeats within this window are reported once, with a count (zero: every one).
     pub aggregate_window: Duration,
     pub sinks: SinkConfig,
+    /// The sinks' event format.
+    pub event_format: crate::report::format::EventFormat,
     /// The event socket (`None`: off).
     pub events_socket: Option<PathBuf>,
     /// Where `/metrics` is served (`None`: off), and whether a non-loopback address is allowed.
@@ -209,8 +211,16 @@ impl KernelView for Pinned {
 fn start_outputs(config: &Config) -> anyhow::Result<Consumers> {
     tracing::debug!(sinks = ?config.sinks, "event sinks");
     let output = Output::start(config.sinks.clone())?;
-    let metrics = Metrics::new(Box::new(Pinned(config.pin_dir.clone())), output.stats.clone());
-    Ok(Consumers { output, metrics, seen: Seen::default(), policy: config.policy.clone() })
+    let build = BuildInfo::here(&crate::kernel::features::degraded());
+    let metrics = Metrics::new(Box::new(Pinned(config.pin_dir.clone())), output.stats.clone(), build);
+    Ok(Consumers {
+        output,
+        metrics,
+        seen: Seen::default(),
+        policy: config.policy.clone(),
+        format: config.event_format,
+        hostname: crate::report::format::Context::here().hostname,
+    })
 }
 
 /// Decides reduced mode and binds the NFLOG group before any rule can log to it.

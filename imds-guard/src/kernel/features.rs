@@ -114,6 +114,51 @@ impl Feature {
     }
 }
 
+/// What `imds-guard --version` says this kernel offers (the features `run` uses whatever the
+/// policy says, by the names operators look up). The kernel-coverage work extends this list.
+pub const SHOWN: [Feature; 6] = [
+    Feature::Btf,
+    Feature::CgroupSockAddr,
+    Feature::SkMsg,
+    Feature::SkMsgLink,
+    Feature::RingBuf,
+    Feature::BpfLoop,
+];
+
+impl Feature {
+    /// A short name: `BTF`, `cgroup sock_addr`, ...
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Feature::Btf => "BTF",
+            Feature::CgroupSockAddr => "cgroup sock_addr",
+            Feature::SockOps => "sockops",
+            Feature::SkStorage => "sk_storage",
+            Feature::SockHash => "sockhash",
+            Feature::SkMsg => "sk_msg",
+            Feature::SkMsgLink => "sk_msg link",
+            Feature::BpfLoop => "bpf_loop",
+            Feature::RingBuf => "ring buffer",
+            Feature::PidfdGetfd => "pidfd_getfd",
+        }
+    }
+}
+
+/// Each of `features`, probed on the running kernel (an error: the probe could not tell, e.g.
+/// without the privilege to use bpf()).
+#[must_use]
+pub fn probe_each(features: &[Feature]) -> Vec<(Feature, io::Result<bool>)> {
+    features.iter().map(|&f| (f, f.probe())).collect()
+}
+
+/// The features the daemon runs without on this kernel (`imds_guard_build_info{degraded}`,
+/// comma-separated). None today: a missing feature of [`ALWAYS`] stops `run`. The hook for a
+/// daemon that runs on with less (the kernel-coverage work): fill this in and the metric follows.
+#[must_use]
+pub fn degraded() -> Vec<&'static str> {
+    Vec::new()
+}
+
 /// pidfd_getfd(-1, ...) fails with EBADF where the system call exists and ENOSYS where it does not.
 fn pidfd_getfd_exists() -> bool {
     // SAFETY: an invalid pidfd; the call only validates its arguments.

@@ -35,10 +35,12 @@ impl Journal {
 
 /// Journal fields of one event: `MESSAGE` (the human-readable line), `PRIORITY` (warning for
 /// violations, info otherwise), `SYSLOG_IDENTIFIER`, one `IMDS_GUARD_<KEY>` per top-level key
-/// (strings as is, everything else as JSON) and `IMDS_GUARD_JSON` with the whole event.
+/// (strings as is, everything else as JSON: the native fields whatever `--event-format` says, so
+/// that `journalctl IMDS_GUARD_EVENT=...` works the same) and `IMDS_GUARD_JSON` with the whole
+/// event in the chosen format.
 #[must_use]
 pub fn journal_message(line: &Line) -> Vec<u8> {
-    let json = &line.json;
+    let json = &line.out;
     let mut out = Vec::with_capacity(json.len() * 3);
     let priority = if line.event.is_violation() { "4" } else { "6" };
     field(&mut out, "MESSAGE", &human::line(&line.event));

@@ -3,9 +3,14 @@
 //!
 //! Encoded by `prometheus-client` (the Prometheus project's Rust client: OpenMetrics text with
 //! correct escaping and `_total` suffixes) and served by hyper on the configured address (loopback
-//! by default). Workload labels are bounded: after [`MAX_WORKLOADS`] distinct values, new workloads
-//! are counted under `workload="other"`, so a stream of short-lived pods cannot grow the series
-//! without limit.
+//! by default): OpenMetrics to a scraper that asks for it (Prometheus does), else the classic text
+//! format 0.0.4 ([`classic_text`]), which `promtool check metrics` and older tools read.
+//!
+//! Workload labels are bounded: after [`MAX_WORKLOADS`] distinct values, new workloads are counted
+//! under `workload="other"`, so a stream of short-lived pods cannot grow the series without
+//! limit. Every other label has a fixed set of values (`enforced`, `finding`, `result`,
+//! the kernel's `counter` names) or one series (`imds_guard_build_info`): at most 257 x 2
+//! `connects_denied` and 3 x 257 x 2 `requests_reported` series (docs/EVENTS.md#metrics).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -30,6 +35,32 @@ pub trait KernelView: Send + Sync {
 
 /// Distinct `workload` label values before new ones become `other`.
 pub const MAX_WORKLOADS: usize = 256;
+
+/// `imds_guard_build_info`'s labels: one series, value 1, for joining and for alerts on what runs
+/// where.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfo {
+    /// imds-guard's version.
+    pub version: String,
+    /// The running kernel's release (`uname -r`).
+    pub kernel: String,
+    /// The features the daemon runs without on this kernel, comma-separated (`""`: none), from
+    /// `kernel::features::degraded`.
+    pub degraded: String,
+}
+
+impl BuildInfo {
+    /// This build on this kernel, running without the `degraded` features.
+    #[must_use]
+    pub fn here(degraded: &[&str]) -> Self {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: kernel.trim().to_owned(),
+            degraded: degraded.join(","),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Violation {
@@ -65,6 +96,7 @@ pub struct Metrics {
     lines_dropped: Counter,
     write_errors: Counter,
     generation: Gauge,
+    enforcing: Gauge,
     workloads: Mutex<HashSet<String>>,
     /// Where the kernel's counters are read from at each scrape.
     view: Box<dyn KernelView>,
@@ -73,8 +105,15 @@ pub struct Metrics {
 
 impl Metrics {
     #[must_use]
-    pub fn new(view: Box<dyn KernelView>, sinks: Arc<SinkStats>) -> Self {
+    pub fn new(view: Box<dyn KernelView>, sinks: Arc<SinkStats>, build: BuildInfo) -> Self {
         let mut registry = Registry::with_prefix("imds_guard");
+        let info = Family::<BuildInfo, Gauge>::default();
+        info.get_or_create(&build).set(1);
+        registry.register(
+            "build_info",
+            "Always 1: the imds-guard version, the kernel release, and the features it runs without here (degraded)",
+            info,
+        );
         let denied = Family::<Violation, Counter>::default();
         registry.register(
             "connects_denied",
@@ -117,6 +156,12 @@ impl Metrics {
         );
         let generation = Gauge::default();
         registry.register("policy_generation", "The live policy generation", generation.clone());
+        let enforcing = Gauge::default();
+        registry.register(
+            "enforcing",
+            "1 while every program is attached with a live policy (as /healthz), else 0",
+            enforcing.clone(),
+        );
         Metrics {
             registry,
             denied,
@@ -128,6 +173,7 @@ impl Metrics {
             lines_dropped,
             write_errors,
             generation,
+            enforcing,
             workloads: Mutex::new(HashSet::new()),
             view,
             sinks,
@@ -205,6 +251,7 @@ impl Metrics {
             }
             Err(e) => tracing::debug!("metrics: kernel counters unavailable: {e:#}"),
         }
+        self.enforcing.set(i64::from(self.view.enforcing()));
         sync(&self.lines_dropped, self.sinks.lines_dropped.load(Ordering::Relaxed));
         sync(&self.write_errors, self.sinks.write_errors.load(Ordering::Relaxed));
         let mut out = String::new();
@@ -213,6 +260,39 @@ impl Metrics {
         }
         out
     }
+}
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4): a counter's `HELP` and `TYPE`
+/// name its samples (`x_total`, where OpenMetrics names the family `x`), and no `# EOF`.
+#[must_use]
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64);
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let total = if counters.contains(name) { "_total" } else { "" };
+                out.push_str(format!("{prefix}{name}{total} {tail}").trim_end());
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether the scrape asks for OpenMetrics (its `Accept` header names it).
+fn wants_openmetrics(req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")))
 }
 
 fn sync(c: &Counter, value: u64) {
@@ -242,12 +322,15 @@ pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<super::Consumers>
                 let m = m.clone();
                 async move {
                     let resp = match req.uri().path() {
-                        "/metrics" => Response::builder()
+                        "/metrics" if wants_openmetrics(&req) => Response::builder()
                             .header(
                                 "content-type",
                                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                             )
                             .body(Full::new(Bytes::from(m.metrics.encode()))),
+                        "/metrics" => Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                            .body(Full::new(Bytes::from(classic_text(&m.metrics.encode())))),
                         "/healthz" => {
                             let ok = m.metrics.view.enforcing();
                             Response::builder()
@@ -316,7 +399,7 @@ mod tests {
 
     #[test]
     fn labels_are_bounded_and_counts_add_up() {
-        let m = Metrics::new(Box::new(NoKernel), Arc::default());
+        let m = Metrics::new(Box::new(NoKernel), Arc::default(), BuildInfo::here(&[]));
         for i in 0..(MAX_WORKLOADS + 50) {
             m.observe(&denied(u32::try_from(i).unwrap()), false);
         }
@@ -334,5 +417,82 @@ mod tests {
         );
         assert!(text.contains("imds_guard_events_aggregated_total 1"));
         assert!(text.contains(&format!("imds_guard_events_delivered_total {}", MAX_WORKLOADS + 50)));
+        let classic = classic_text(&text);
+        assert!(classic.contains("# TYPE imds_guard_connects_denied_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP imds_guard_events_aggregated_total Repeats"), "{classic}");
+        assert!(classic.contains("# TYPE imds_guard_policy_generation gauge\n"), "{classic}");
+        assert!(!classic.contains("# EOF"), "{classic}");
+        let info = text.lines().find(|l| l.starts_with("imds_guard_build_info{")).expect(&text);
+        assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{info}");
+        assert!(info.ends_with("degraded=\"\"} 1"), "{info}");
+    }
+
+    /// The alert rules and the Grafana dashboard under deploy/ name only metrics the daemon
+    /// serves (their PromQL is checked by promtool in `cargo xtask validate-k8s`).
+    #[test]
+    fn the_alerts_and_the_dashboard_use_metrics_that_exist() {
+        use crate::report::event::{PolicyReloadFailed, Request};
+        use imds_guard_common::stats::Stat;
+        struct AllCounters;
+        impl KernelView for AllCounters {
+            fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+                Ok(Stat::ALL.iter().map(|s| (s.name(), 0)).collect())
+            }
+            fn enforcing(&self) -> bool {
+                true
+            }
+        }
+        let m = Metrics::new(Box::new(AllCounters), Arc::default(), BuildInfo::here(&[]));
+        m.observe(&denied(1), false);
+        let q = Request {
+            enforced: false,
+            time: String::new(),
+            who: Who::default(),
+            method: None,
+            path: None,
+            credentials: false,
+            dst: String::new(),
+            port: 80,
+            family: "ipv4".into(),
+            rule: None,
+            generation: 1,
+        };
+        m.observe(&Event::Imdsv1Request(q), false);
+        let failed =
+            PolicyReloadFailed { generation: 1, error: String::new(), reloads: 0, reload_failures: 1 };
+        m.observe(&Event::PolicyReloadFailed(failed), false);
+        let text = classic_text(&m.encode());
+        let served: HashSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        for (file, body) in [
+            (
+                "charts/imds-guard/files/prometheus-rules.yaml",
+                include_str!("../../../charts/imds-guard/files/prometheus-rules.yaml"),
+            ),
+            (
+                "deploy/prometheus/grafana-dashboard.json",
+                include_str!("../../../deploy/prometheus/grafana-dashboard.json"),
+            ),
+        ] {
+            let mut named = 0;
+            for (i, _) in body.match_indices("imds_guard_") {
+                let name: String =
+                    body[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                assert!(
+                    served.contains(name.as_str()),
+                    "{file} names {name}, which is not served: {served:?}"
+                );
+                named += 1;
+            }
+            assert!(named > 5, "{file}");
+            // The kernel's counters by their `counter` label (`counter="x"`, `counter=~"x|y"`).
+            for (i, _) in body.match_indices("counter=") {
+                // In the JSON the quotes are escaped (`counter=\\"x\\"`).
+                let value = body[i..].split('"').nth(1).unwrap_or_default().trim_end_matches('\\');
+                for name in value.split('|') {
+                    assert!(Stat::ALL.iter().any(|s| s.name() == name), "{file}: no kernel counter {name}");
+                }
+            }
+        }
     }
 }

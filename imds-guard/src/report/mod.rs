@@ -2,7 +2,8 @@
 //! NFLOG packets, reloads, the pin watch) hand typed [`Event`]s to a [`Reporter`]; the daemon's
 //! reporter, [`Consumers`], gives each to the metrics and the table of what was seen (by
 //! variant), then makes its JSON line once ([`Line`]) for the sinks (stdout, journal, file) and
-//! the event socket.
+//! the event socket; the sinks' line is in the format `--event-format` chose (native, OCSF or
+//! ECS: [`format`]), the socket's always native.
 //!
 //! ```text
 //! kernel record ─ enrich ─┐
@@ -13,11 +14,14 @@
 use std::{path::PathBuf, sync::Arc};
 
 pub mod aggregate;
+pub mod ecs;
 pub mod enrich;
 pub mod event;
+pub mod format;
 pub mod human;
 pub mod journal;
 pub mod metrics;
+pub mod ocsf;
 pub mod seen;
 pub mod sinks;
 pub mod socket;
@@ -34,16 +38,20 @@ pub trait Reporter: Send + Sync {
     fn repeat(&self, _sample: &Event) {}
 }
 
-/// One event, serialised once (with `schema`) for every sink: its JSON line, and its top-level
-/// fields (for the journal).
+/// One event, serialised once (with `schema`) for every sink: its native JSON line (the event
+/// socket's) and top-level fields (the journal's fields), and the line in the sinks' format.
 #[derive(Clone, Debug)]
 pub struct Line {
     pub event: Arc<Event>,
     pub fields: Arc<serde_json::Map<String, serde_json::Value>>,
     pub json: Arc<str>,
+    /// What stdout, the file and the journal's `IMDS_GUARD_JSON` get: `json`, or the event as
+    /// OCSF or ECS.
+    pub out: Arc<str>,
 }
 
 impl Line {
+    /// The native line only.
     #[must_use]
     pub fn of(event: Event) -> Self {
         let fields = match serde_json::to_value(Stamped { schema: SCHEMA_VERSION, event: event.clone() }) {
@@ -51,8 +59,18 @@ impl Line {
             // Every event serialises to an object; nothing else is ever written.
             _ => serde_json::Map::new(),
         };
-        let json = serde_json::Value::Object(fields.clone()).to_string();
-        Line { event: Arc::new(event), fields: Arc::new(fields), json: json.into() }
+        let json: Arc<str> = serde_json::Value::Object(fields.clone()).to_string().into();
+        Line { event: Arc::new(event), fields: Arc::new(fields), out: json.clone(), json }
+    }
+
+    /// The native line, and the sinks' line in `format`.
+    #[must_use]
+    pub fn formatted(event: Event, format: format::EventFormat, ctx: &format::Context) -> Self {
+        let mut line = Line::of(event);
+        if let Some(v) = format::render(&line.event, format, ctx) {
+            line.out = v.to_string().into();
+        }
+        line
     }
 }
 
@@ -64,6 +82,10 @@ pub struct Consumers {
     pub seen: seen::Seen,
     /// The policy file the daemon runs with (for `suggest`).
     pub policy: PathBuf,
+    /// The sinks' format (`--event-format`).
+    pub format: format::EventFormat,
+    /// This host's name, for the OCSF and ECS lines.
+    pub hostname: Option<String>,
 }
 
 impl Reporter for Consumers {
@@ -73,7 +95,8 @@ impl Reporter for Consumers {
             self.metrics.observe(&event, false);
             self.seen.observe(&event, 1);
         }
-        self.output.send(&Line::of(event));
+        let ctx = format::Context { hostname: self.hostname.clone(), now: std::time::SystemTime::now() };
+        self.output.send(&Line::formatted(event, self.format, &ctx));
     }
 
     fn repeat(&self, sample: &Event) {

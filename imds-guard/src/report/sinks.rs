@@ -1,5 +1,6 @@
 //! Where events go: the sinks (JSON lines on stdout, the systemd journal with structured fields,
-//! an append-only file with rotation) and the live stream for `imds-guard events`.
+//! an append-only file with rotation), in the `--event-format` chosen ([`Line::out`]), and the
+//! live stream for `imds-guard events`, always native ([`Line::json`]).
 //!
 //! The daemon's event loop never waits for a sink: lines are handed to one writer thread through a
 //! bounded queue. A sink that cannot keep up (a stdout pipe nobody reads, a full disk) costs lines,
@@ -156,7 +157,7 @@ impl Writer {
         if self.stdout {
             let mut out = std::io::stdout().lock();
             let r = out
-                .write_all(line.json.as_bytes())
+                .write_all(line.out.as_bytes())
                 .and_then(|()| out.write_all(b"\n"))
                 .and_then(|()| out.flush());
             self.outcome(0, "stdout", r);
@@ -166,7 +167,7 @@ impl Writer {
             self.outcome(1, "journal", r);
         }
         if let Some(f) = &mut self.file {
-            let r = f.append(&line.json);
+            let r = f.append(&line.out);
             self.outcome(2, "event file", r);
         }
     }
