@@ -1,11 +1,15 @@
 //! The HTTP request classifier: which requests to the metadata service are tokenless (IMDSv1),
 //! which fetch a token, and which token fetches carry `X-Forwarded-For` (a proxy or SSRF sign).
 //!
-//! It is a byte-at-a-time state machine ([`HttpState::step`]) with a fixed-size state, so that the
-//! kernel can drive it from a `bpf_loop` callback over the bytes a process sends, carry the state
-//! from one `sendmsg` to the next (a request split across writes is judged once, when its header
-//! block ends), and the host can drive it over any slice in tests and fuzzing. It never panics and
-//! never reads past its state.
+//! It is a table-driven state machine: one lookup in [`TABLE`] per byte gives the next state,
+//! the facts the byte establishes (a method, the token path, one of the three header names) and
+//! whether it belongs to the request path. A step has no data-dependent branch, so the kernel can
+//! run it in a plain bounded loop over the bytes a process sends (the verifier walks one short
+//! body per byte; no `bpf_loop`, which Linux 5.10 and 5.15 lack), carry the state from one
+//! `sendmsg` to the next (a request split across writes is judged once, when its header block
+//! ends), and the host can drive the very same code over any slice in tests and fuzzing. The
+//! table is built by a `const fn` from the three header names and the token path, so the kernel
+//! object and userspace hold the same bytes. It never panics and never reads past its state.
 
 /// Bytes of the request path kept for reports.
 pub const PATH_MAX: usize = 96;
@@ -27,28 +31,18 @@ pub mod method {
     pub const OTHER: u8 = 5;
 }
 
-mod phase {
-    pub const METHOD: u8 = 0;
-    pub const PATH: u8 = 1;
-    pub const VERSION: u8 = 2;
-    pub const NAME: u8 = 3;
-    pub const NAME_END: u8 = 4;
-    pub const VALUE: u8 = 5;
-    pub const DONE: u8 = 6;
-    pub const NOT_HTTP: u8 = 7;
-}
-
-mod flag {
+/// Facts a byte can establish (the high byte of a [`TABLE`] entry), or'ed into [`HttpState::flags`].
+pub mod flag {
     pub const TOKEN: u8 = 1 << 0;
     pub const TTL: u8 = 1 << 1;
     pub const XFF: u8 = 1 << 2;
-    pub const OVERSIZED: u8 = 1 << 3;
+    pub const PUT: u8 = 1 << 3;
+    /// The path is `/latest/api/token` (the query string aside).
+    pub const TOKEN_PATH: u8 = 1 << 4;
+    pub const GET: u8 = 1 << 5;
+    pub const HEAD: u8 = 1 << 6;
+    pub const POST: u8 = 1 << 7;
 }
-
-// Per-line match state of each header name we look for: still matching, or not.
-const ALIVE_TOKEN: u8 = 1 << 0;
-const ALIVE_TTL: u8 = 1 << 1;
-const ALIVE_XFF: u8 = 1 << 2;
 
 /// What a request is, once its header block has ended.
 #[repr(u32)]
@@ -66,8 +60,12 @@ pub enum Finding {
     TokenPutForwarded = 4,
     /// A request without the token header: IMDSv1.
     Imdsv1 = 5,
-    /// The header block is longer than [`MAX_HEADER_BYTES`]: not classified (denied where v1 is).
+    /// The header block is longer than [`MAX_HEADER_BYTES`], or the write is larger than the
+    /// message hook reads: not classified (denied where v1 is).
     Oversized = 6,
+    /// Bytes follow the end of a request's header block in the same write (a body, or a second,
+    /// pipelined request, which no metadata client sends): not classified (denied where v1 is).
+    Trailing = 7,
 }
 
 impl Finding {
@@ -80,6 +78,7 @@ impl Finding {
             4 => Finding::TokenPutForwarded,
             5 => Finding::Imdsv1,
             6 => Finding::Oversized,
+            7 => Finding::Trailing,
             _ => Finding::Incomplete,
         }
     }
@@ -88,6 +87,281 @@ impl Finding {
     #[must_use]
     pub const fn is_final(self) -> bool {
         !matches!(self, Finding::Incomplete)
+    }
+
+    /// Whether the message hook treats it as a request it cannot vouch for: reported where
+    /// IMDSv1 is reported and refused where IMDSv1 is refused.
+    #[must_use]
+    pub const fn is_unverified(self) -> bool {
+        matches!(self, Finding::Imdsv1 | Finding::Oversized | Finding::NotHttp | Finding::Trailing)
+    }
+}
+
+// The states. Each is < 128 (7 bits of a table entry); the two final states are the highest, so
+// that `(state + 2) >> 7` is 1 exactly for them.
+mod st {
+    /// The start of the request line.
+    pub const METHOD: u8 = 0;
+    /// The method nodes: G GE GET H HE HEA HEAD P PU PUT PO POS POST.
+    pub const M_G: u8 = 1;
+    pub const M_GE: u8 = 2;
+    pub const M_GET: u8 = 3;
+    pub const M_H: u8 = 4;
+    pub const M_HE: u8 = 5;
+    pub const M_HEA: u8 = 6;
+    pub const M_HEAD: u8 = 7;
+    pub const M_P: u8 = 8;
+    pub const M_PU: u8 = 9;
+    pub const M_PUT: u8 = 10;
+    pub const M_PO: u8 = 11;
+    pub const M_POS: u8 = 12;
+    pub const M_POST: u8 = 13;
+    /// Another method of `k` (1..=8) upper-case letters: `M_OTHER + k - 1`.
+    pub const M_OTHER: u8 = 14;
+    /// The path, `k` (0..=17) bytes of it matching the token path: `PATH + k`.
+    pub const PATH: u8 = 22;
+    /// The token path followed by its query string.
+    pub const PATH_TOKEN_QUERY: u8 = 40;
+    /// Any other path.
+    pub const PATH_OTHER: u8 = 41;
+    /// The rest of the request line.
+    pub const VERSION: u8 = 42;
+    /// The start of a header line.
+    pub const LINE: u8 = 43;
+    // A header name whose first `k` (1..=36) bytes match the TTL header (and so, up to 24, the
+    // token header) is state `LINE + k`.
+    /// A header name, its first `k` (3..=15) bytes matching `x-forwarded-for`: `NAME_XFF + k - 3`.
+    pub const NAME_XFF: u8 = 80;
+    /// Any other header name.
+    pub const NAME_OTHER: u8 = 93;
+    /// Blanks after a header name, before its colon: the name was none of ours, the token
+    /// header, the TTL header, `x-forwarded-for`.
+    pub const BLANK_NONE: u8 = 94;
+    pub const BLANK_TOKEN: u8 = 95;
+    pub const BLANK_TTL: u8 = 96;
+    pub const BLANK_XFF: u8 = 97;
+    /// A header value (or a folded continuation line), up to its line's end.
+    pub const VALUE: u8 = 98;
+    /// The empty line: the header block has ended.
+    pub const DONE: u8 = 126;
+    pub const NOT_HTTP: u8 = 127;
+}
+
+/// Entries of [`TABLE`]: 128 states × 256 bytes.
+pub const TABLE_LEN: usize = 128 * 256;
+// A [`TABLE`] entry: bits 0..7 the next state; bit 7 "this byte is part of the path"; bits 8..16
+// the [`flag`]s the byte establishes; bit 16 "this byte is part of the request" (the state it
+// leaves is not final); bit 17 "this byte comes before the path" (a method letter or the blank
+// after it). The kernel adds these bits up instead of testing them: a test would be a branch.
+const CAPTURE: u32 = 1 << 7;
+const COUNTED: u32 = 1 << 16;
+const BEFORE_PATH: u32 = 1 << 17;
+
+const fn entry(next: u8, flags: u8) -> u32 {
+    (next as u32) | ((flags as u32) << 8)
+}
+
+const fn lower(b: u8) -> u8 {
+    if b >= b'A' && b <= b'Z' { b | 0x20 } else { b }
+}
+
+/// The method node after `node` reads upper-case letter `c`, or `None` (another method).
+const fn method_child(node: u8, c: u8) -> Option<u8> {
+    use st::*;
+    Some(match (node, c) {
+        (METHOD, b'G') => M_G,
+        (M_G, b'E') => M_GE,
+        (M_GE, b'T') => M_GET,
+        (METHOD, b'H') => M_H,
+        (M_H, b'E') => M_HE,
+        (M_HE, b'A') => M_HEA,
+        (M_HEA, b'D') => M_HEAD,
+        (METHOD, b'P') => M_P,
+        (M_P, b'U') => M_PU,
+        (M_PU, b'T') => M_PUT,
+        (M_P, b'O') => M_PO,
+        (M_PO, b'S') => M_POS,
+        (M_POS, b'T') => M_POST,
+        _ => return None,
+    })
+}
+
+/// Letters read so far in method state `s`.
+const fn method_len(s: u8) -> u8 {
+    use st::*;
+    match s {
+        M_G | M_H | M_P => 1,
+        M_GE | M_HE | M_PU | M_PO => 2,
+        M_GET | M_HEA | M_PUT | M_POS => 3,
+        M_HEAD | M_POST => 4,
+        _ if s >= M_OTHER && s < M_OTHER + 8 => s - M_OTHER + 1,
+        _ => 0,
+    }
+}
+
+/// The header-name node after `node` (`LINE`, a `NAME_TTL`/`NAME_XFF` node or `NAME_OTHER`)
+/// reads the lower-cased byte `l`.
+const fn name_child(node: u8, l: u8) -> u8 {
+    use st::*;
+    if node >= LINE && node < LINE + TTL_HEADER.len() as u8 {
+        let k = (node - LINE) as usize;
+        if TTL_HEADER[k] == l {
+            return LINE + k as u8 + 1;
+        }
+        if k == 2 && XFF_HEADER[2] == l {
+            return NAME_XFF;
+        }
+        return NAME_OTHER;
+    }
+    if node >= NAME_XFF && node < NAME_XFF + XFF_HEADER.len() as u8 - 3 {
+        let k = (node - NAME_XFF) as usize + 3;
+        if XFF_HEADER[k] == l {
+            return node + 1;
+        }
+    }
+    NAME_OTHER
+}
+
+/// The header a name node has read in full: (its flag, its blank state).
+const fn name_complete(node: u8) -> (u8, u8) {
+    use st::*;
+    if node == LINE + TOKEN_HEADER.len() as u8 {
+        (flag::TOKEN, BLANK_TOKEN)
+    } else if node == LINE + TTL_HEADER.len() as u8 {
+        (flag::TTL, BLANK_TTL)
+    } else if node == NAME_XFF + XFF_HEADER.len() as u8 - 3 {
+        (flag::XFF, BLANK_XFF)
+    } else {
+        (0, BLANK_NONE)
+    }
+}
+
+/// The transition of state `s` on byte `b`.
+const fn transition(s: u8, b: u8) -> u32 {
+    use st::*;
+    let blank = b == b' ' || b == b'\t';
+    let eol = b == b'\r' || b == b'\n';
+    if s == METHOD || (s >= M_G && s < M_OTHER + 8) {
+        if b == b' ' && s != METHOD {
+            let f = match s {
+                M_GET => flag::GET,
+                M_HEAD => flag::HEAD,
+                M_PUT => flag::PUT,
+                M_POST => flag::POST,
+                _ => 0,
+            };
+            return entry(PATH, f);
+        }
+        if b >= b'A' && b <= b'Z' {
+            if s < M_OTHER {
+                if let Some(c) = method_child(s, b) {
+                    return entry(c, 0);
+                }
+            }
+            let n = method_len(s);
+            return if n < 8 { entry(M_OTHER + n, 0) } else { entry(NOT_HTTP, 0) };
+        }
+        return entry(NOT_HTTP, 0);
+    }
+    if s >= PATH && s <= PATH_OTHER {
+        if b == b' ' {
+            let tok = s == PATH + TOKEN_PATH.len() as u8;
+            return entry(VERSION, if tok { flag::TOKEN_PATH } else { 0 });
+        }
+        if eol {
+            return entry(NOT_HTTP, 0); // HTTP/0.9 or garbage
+        }
+        let next = if s < PATH + TOKEN_PATH.len() as u8 && TOKEN_PATH[(s - PATH) as usize] == b {
+            s + 1
+        } else if s == PATH + TOKEN_PATH.len() as u8 && b == b'?' {
+            return entry(PATH_TOKEN_QUERY, flag::TOKEN_PATH) | CAPTURE;
+        } else if s == PATH_TOKEN_QUERY {
+            PATH_TOKEN_QUERY
+        } else {
+            PATH_OTHER
+        };
+        return entry(next, 0) | CAPTURE;
+    }
+    if s == VERSION {
+        return entry(if b == b'\n' { LINE } else { VERSION }, 0);
+    }
+    if s == VALUE {
+        return entry(if b == b'\n' { LINE } else { VALUE }, 0);
+    }
+    if s == LINE {
+        return match b {
+            b'\n' => entry(DONE, 0),
+            b'\r' => entry(LINE, 0),
+            // An empty name, or a folded continuation line.
+            b':' | b' ' | b'\t' => entry(VALUE, 0),
+            _ => entry(name_child(LINE, lower(b)), 0),
+        };
+    }
+    if (s > LINE && s <= LINE + TTL_HEADER.len() as u8) || (s >= NAME_XFF && s <= NAME_OTHER) {
+        let (f, blank_state) = name_complete(s);
+        return match b {
+            b'\n' => entry(LINE, 0), // a line without a colon: ignored
+            b'\r' => entry(s, 0),
+            b':' => entry(VALUE, f),
+            _ if blank => entry(blank_state, 0), // blanks before the colon: tolerated
+            _ => entry(name_child(s, lower(b)), 0),
+        };
+    }
+    if s >= BLANK_NONE && s <= BLANK_XFF {
+        let f = match s {
+            BLANK_TOKEN => flag::TOKEN,
+            BLANK_TTL => flag::TTL,
+            BLANK_XFF => flag::XFF,
+            _ => 0,
+        };
+        return match b {
+            b':' => entry(VALUE, f),
+            b'\n' => entry(LINE, 0),
+            b' ' | b'\t' | b'\r' => entry(s, 0),
+            _ => entry(VALUE, 0), // "name junk: ..." is not the header
+        };
+    }
+    if s == DONE {
+        return entry(DONE, 0);
+    }
+    entry(NOT_HTTP, 0)
+}
+
+const fn build() -> [u32; TABLE_LEN] {
+    let mut t = [0u32; TABLE_LEN];
+    let mut s = 0usize;
+    while s < 128 {
+        let counted = if s as u8 == st::DONE || s as u8 == st::NOT_HTTP { 0 } else { COUNTED };
+        let before_path = if s < st::PATH as usize { BEFORE_PATH } else { 0 };
+        let mut b = 0usize;
+        while b < 256 {
+            t[s * 256 + b] = transition(s as u8, b as u8) | counted | before_path;
+            b += 1;
+        }
+        s += 1;
+    }
+    t
+}
+
+/// The transition table: entry `state * 256 + byte`. 128 KiB, read-only (a request touches a
+/// few of its rows); in the kernel object it is a frozen `.rodata` map.
+pub static TABLE: [u32; TABLE_LEN] = build();
+
+/// Bytes of one write the message hook reads (one page; a power of two; more is flagged as
+/// `Oversized`, not skipped).
+pub const SCAN_MAX: u32 = 4096;
+
+/// Where the bytes of one write are classified: [`SCAN_MAX`] bytes, and room after them so that
+/// a copy of [`PATH_MAX`] bytes from any offset below [`SCAN_MAX`] stays inside.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ScanBuf {
+    pub bytes: [u8; SCAN_MAX as usize + 128],
+}
+
+impl Default for ScanBuf {
+    fn default() -> Self {
+        ScanBuf { bytes: [0; SCAN_MAX as usize + 128] }
     }
 }
 
@@ -98,16 +372,18 @@ impl Finding {
 pub struct HttpState {
     /// Header bytes of this request so far.
     pub bytes: u32,
-    pub phase: u8,
-    pub method: u8,
-    /// Bytes of the current token (method) or header name seen.
-    pub pos: u8,
-    /// `ALIVE_*` bits for the current header line.
-    pub alive: u8,
+    /// Bytes of the request before its path (the method and its blank).
+    pub path_at: u32,
+    /// Bytes of the path read so far.
+    pub path_bytes: u32,
+    /// The state (see `st`).
+    pub state: u8,
+    /// [`flag`]s established so far.
     pub flags: u8,
+    /// Bytes of the path kept in `path` (at most [`PATH_MAX`]); 0 when the request line began in
+    /// an earlier write than its header block's end (the path is then not kept).
     pub path_len: u8,
-    pub _pad: [u8; 6],
-    pub method_buf: [u8; 8],
+    pub _pad: u8,
     /// The first `path_len` bytes are the request path; the rest is stale.
     pub path: [u8; PATH_MAX],
 }
@@ -116,163 +392,111 @@ impl Default for HttpState {
     fn default() -> Self {
         HttpState {
             bytes: 0,
-            phase: phase::METHOD,
-            method: method::UNKNOWN,
-            pos: 0,
-            alive: 0,
+            path_at: 0,
+            path_bytes: 0,
+            state: st::METHOD,
             flags: 0,
             path_len: 0,
-            _pad: [0; 6],
-            method_buf: [0; 8],
+            _pad: 0,
             path: [0; PATH_MAX],
         }
     }
 }
 
-#[inline(always)]
-const fn lower(b: u8) -> u8 {
-    if b >= b'A' && b <= b'Z' { b | 0x20 } else { b }
-}
-
-/// `name[pos] == b`, false past its end.
-#[inline(always)]
-fn at(name: &[u8], pos: u8, b: u8) -> bool {
-    let p = pos as usize;
-    p < name.len() && name[p] == b
-}
-
 impl HttpState {
-    /// Feeds one byte. After the header block ends (`finding()` is final) further bytes are
-    /// ignored until [`HttpState::reset`].
+    /// Feeds one byte. No branch at all: a table load and four additions. A final state is
+    /// absorbing and counts nothing, so bytes after the end of the header block change nothing
+    /// but the time spent.
     #[inline(always)]
     pub fn step(&mut self, b: u8) {
-        if self.phase >= phase::DONE {
-            return;
-        }
-        self.bytes += 1;
-        if self.bytes > MAX_HEADER_BYTES {
-            self.flags |= flag::OVERSIZED;
-            self.phase = phase::DONE;
-            return;
-        }
-        match self.phase {
-            phase::METHOD => {
-                if b == b' ' && self.pos > 0 {
-                    self.method = self.method_code();
-                    self.phase = phase::PATH;
-                } else if b.is_ascii_uppercase() && (self.pos as usize) < self.method_buf.len() {
-                    self.method_buf[self.pos as usize] = b;
-                    self.pos += 1;
-                } else {
-                    self.phase = phase::NOT_HTTP;
-                }
-            }
-            phase::PATH => {
-                if b == b' ' {
-                    self.phase = phase::VERSION;
-                } else if b == b'\r' || b == b'\n' {
-                    self.phase = phase::NOT_HTTP; // HTTP/0.9 or garbage
-                } else if (self.path_len as usize) < PATH_MAX {
-                    self.path[self.path_len as usize] = b;
-                    self.path_len += 1;
-                }
-            }
-            phase::VERSION => {
-                if b == b'\n' {
-                    self.new_line();
-                }
-            }
-            phase::NAME => {
-                if b == b'\n' {
-                    if self.pos == 0 {
-                        self.phase = phase::DONE; // the empty line: end of the header block
-                    } else {
-                        self.new_line(); // a line without a colon: ignore it
-                    }
-                } else if b == b'\r' {
-                    // CR before LF; a lone CR is treated the same.
-                } else if b == b':' {
-                    self.end_name();
-                } else if b == b' ' || b == b'\t' {
-                    if self.pos == 0 {
-                        self.phase = phase::VALUE; // folded continuation line
-                    } else {
-                        self.phase = phase::NAME_END; // spaces before the colon: tolerated
-                    }
-                } else {
-                    let l = lower(b);
-                    let mut alive = self.alive;
-                    if !at(TOKEN_HEADER, self.pos, l) {
-                        alive &= !ALIVE_TOKEN;
-                    }
-                    if !at(TTL_HEADER, self.pos, l) {
-                        alive &= !ALIVE_TTL;
-                    }
-                    if !at(XFF_HEADER, self.pos, l) {
-                        alive &= !ALIVE_XFF;
-                    }
-                    self.alive = alive;
-                    self.pos = self.pos.saturating_add(1);
-                }
-            }
-            phase::NAME_END => {
-                if b == b':' {
-                    self.end_name();
-                } else if b == b'\n' {
-                    self.new_line();
-                } else if b != b' ' && b != b'\t' && b != b'\r' {
-                    self.phase = phase::VALUE; // "name junk: ..." is not the header
-                }
-            }
-            _ => {
-                // VALUE: skip to the end of the line.
-                if b == b'\n' {
-                    self.new_line();
-                }
-            }
-        }
+        let e = TABLE[((usize::from(self.state) << 8) | usize::from(b)) & (TABLE_LEN - 1)];
+        self.state = (e & 0x7f) as u8;
+        self.flags |= (e >> 8) as u8;
+        self.path_bytes += (e & CAPTURE) >> 7;
+        self.bytes += (e & COUNTED) >> 16;
+        self.path_at += (e & BEFORE_PATH) >> 17;
     }
 
+    /// Whether the request's header block has ended (or the bytes are not HTTP, or too many).
     #[inline(always)]
-    fn new_line(&mut self) {
-        self.phase = phase::NAME;
-        self.pos = 0;
-        self.alive = ALIVE_TOKEN | ALIVE_TTL | ALIVE_XFF;
+    #[must_use]
+    pub fn at_end(&self) -> bool {
+        self.state >= st::DONE || self.bytes > MAX_HEADER_BYTES
     }
 
+    /// Feeds the first `len` (at most [`SCAN_MAX`]) bytes of `buf`: the loop the kernel runs,
+    /// bounded by [`SCAN_MAX`] with one branch per byte (the verifier walks it byte by byte: a
+    /// second branch per byte would exceed the 8,192 pending branches it allows). Returns how
+    /// many bytes belong to this request; fewer than `len` when its header block ended before
+    /// them (or, past [`MAX_HEADER_BYTES`], when it is `Oversized` whatever it returns). Keeps
+    /// the path when this write holds the start of the request.
     #[inline(always)]
-    fn end_name(&mut self) {
-        let n = self.pos as usize;
-        if self.alive & ALIVE_TOKEN != 0 && n == TOKEN_HEADER.len() {
-            self.flags |= flag::TOKEN;
+    pub fn scan(&mut self, buf: &ScanBuf, len: u32) -> u32 {
+        let before = self.bytes;
+        let mut i: u32 = 0;
+        while i < SCAN_MAX {
+            if i >= len {
+                break;
+            }
+            self.step(buf.bytes[(i & (SCAN_MAX - 1)) as usize]);
+            i += 1;
         }
-        if self.alive & ALIVE_TTL != 0 && n == TTL_HEADER.len() {
-            self.flags |= flag::TTL;
+        // Past the loop, read the state back from memory rather than from the loop's registers:
+        // every way out of the loop then looks the same to the verifier, which checks what
+        // follows once instead of once per byte (Linux 5.10 exceeded its 1M instructions).
+        // SAFETY: reads of our own fields.
+        let (bytes, path_at, path_bytes) = unsafe {
+            use core::ptr::{addr_of, read_volatile as rd};
+            (rd(addr_of!(self.bytes)), rd(addr_of!(self.path_at)), rd(addr_of!(self.path_bytes)))
+        };
+        if before == 0 {
+            // The request began in this write, at its first byte: its path is in `buf`. Copy a
+            // fixed-size window (no loop for the verifier), keep at most PATH_MAX of it.
+            let at = (path_at & (SCAN_MAX - 1)) as usize;
+            self.path.copy_from_slice(&buf.bytes[at..at + PATH_MAX]);
+            self.path_len = if path_bytes < PATH_MAX as u32 { path_bytes as u8 } else { PATH_MAX as u8 };
         }
-        if self.alive & ALIVE_XFF != 0 && n == XFF_HEADER.len() {
-            self.flags |= flag::XFF;
-        }
-        self.phase = phase::VALUE;
+        bytes - before
     }
 
-    #[inline(always)]
-    fn method_code(&self) -> u8 {
-        let m = &self.method_buf;
-        match (self.pos, m[0], m[1], m[2], m[3]) {
-            (3, b'G', b'E', b'T', _) => method::GET,
-            (4, b'H', b'E', b'A', b'D') => method::HEAD,
-            (3, b'P', b'U', b'T', _) => method::PUT,
-            (4, b'P', b'O', b'S', b'T') => method::POST,
-            _ => method::OTHER,
+    /// Feeds a whole slice (host side) through [`HttpState::scan`], write by write of at most
+    /// [`SCAN_MAX`] bytes; returns the bytes that belong to this request.
+    pub fn feed(&mut self, bytes: &[u8]) -> usize {
+        let mut took = 0;
+        for chunk in bytes.chunks(SCAN_MAX as usize) {
+            if self.at_end() {
+                break;
+            }
+            let mut buf = ScanBuf::default();
+            buf.bytes[..chunk.len()].copy_from_slice(chunk);
+            took += self.scan(&buf, chunk.len() as u32) as usize;
+        }
+        took
+    }
+
+    /// The request method ([`method`]), once the request line has its path.
+    #[must_use]
+    pub fn method(&self) -> u8 {
+        let f = self.flags;
+        if f & flag::GET != 0 {
+            method::GET
+        } else if f & flag::HEAD != 0 {
+            method::HEAD
+        } else if f & flag::PUT != 0 {
+            method::PUT
+        } else if f & flag::POST != 0 {
+            method::POST
+        } else if self.state >= st::PATH && self.state != st::NOT_HTTP {
+            method::OTHER
+        } else {
+            method::UNKNOWN
         }
     }
 
     /// Whether the request path is `/latest/api/token` (the query string aside).
     #[must_use]
     pub fn is_token_path(&self) -> bool {
-        let n = TOKEN_PATH.len();
-        let p = self.path_len as usize;
-        (p == n || (p > n && self.path[n] == b'?')) && self.path[..n] == *TOKEN_PATH
+        self.flags & flag::TOKEN_PATH != 0
     }
 
     /// Whether the request asks for role credentials.
@@ -285,16 +509,19 @@ impl HttpState {
     #[inline(always)]
     #[must_use]
     pub fn finding(&self) -> Finding {
-        match self.phase {
-            phase::NOT_HTTP => Finding::NotHttp,
-            phase::DONE if self.flags & flag::OVERSIZED != 0 => Finding::Oversized,
-            phase::DONE => {
-                let put_token = self.method == method::PUT && self.is_token_path();
-                if put_token && self.flags & flag::XFF != 0 {
+        if self.bytes > MAX_HEADER_BYTES {
+            return Finding::Oversized;
+        }
+        match self.state {
+            st::NOT_HTTP => Finding::NotHttp,
+            st::DONE => {
+                let f = self.flags;
+                let put_token = f & flag::PUT != 0 && f & flag::TOKEN_PATH != 0;
+                if put_token && f & flag::XFF != 0 {
                     Finding::TokenPutForwarded
                 } else if put_token {
                     Finding::TokenPut
-                } else if self.flags & flag::TOKEN != 0 {
+                } else if f & flag::TOKEN != 0 {
                     Finding::Imdsv2
                 } else {
                     Finding::Imdsv1
@@ -309,13 +536,11 @@ impl HttpState {
     #[inline(always)]
     pub fn reset(&mut self) {
         self.bytes = 0;
-        self.phase = phase::METHOD;
-        self.method = method::UNKNOWN;
-        self.pos = 0;
-        self.alive = 0;
+        self.path_at = 0;
+        self.path_bytes = 0;
+        self.state = st::METHOD;
         self.flags = 0;
         self.path_len = 0;
-        self.method_buf = [0; 8];
     }
 
     /// The request path (at most [`PATH_MAX`] bytes).
@@ -323,14 +548,11 @@ impl HttpState {
     pub fn path(&self) -> &[u8] {
         &self.path[..(self.path_len as usize).min(PATH_MAX)]
     }
-
-    /// Feeds a whole slice (host side; the kernel feeds bytes from `bpf_loop`).
-    pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.step(b);
-        }
-    }
 }
+
+#[cfg(test)]
+#[path = "http_reference.rs"]
+mod reference;
 
 #[cfg(test)]
 mod tests {
@@ -353,7 +575,7 @@ mod tests {
         assert_eq!(f, Finding::Imdsv1);
         assert!(s.is_credentials_path());
         assert_eq!(s.path(), b"/latest/meta-data/iam/security-credentials/role");
-        assert_eq!(s.method, method::GET);
+        assert_eq!(s.method(), method::GET);
         assert_eq!(classify("HEAD / HTTP/1.0\r\n\r\n").0, Finding::Imdsv1);
         assert_eq!(
             classify("POST /latest/meta-data/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0,
@@ -476,8 +698,11 @@ mod tests {
             let mut parts = HttpState::default();
             parts.feed(&data[..cut]);
             parts.feed(&data[cut..]);
-            proptest::prop_assert_eq!(whole, parts);
-            let _ = whole.finding();
+            // The path is kept only from the write that holds the request's start.
+            proptest::prop_assert_eq!(
+                (whole.finding(), whole.flags, whole.state, whole.bytes),
+                (parts.finding(), parts.flags, parts.state, parts.bytes)
+            );
             proptest::prop_assert!(whole.path().len() <= PATH_MAX);
         }
 
@@ -498,5 +723,117 @@ mod tests {
         s.feed(&req);
         assert_eq!(s.finding(), Finding::Imdsv1);
         assert_eq!(s.path().len(), PATH_MAX);
+    }
+
+    /// The table-driven classifier against the byte-at-a-time one it replaced: same finding on
+    /// every input, and the same method and path once a request is complete.
+    fn same_as_reference(data: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut new = HttpState::default();
+        new.feed(data);
+        let mut old = reference::RefState::default();
+        old.feed(data);
+        let f = new.finding();
+        proptest::prop_assert_eq!(f, old.finding(), "{:?}", String::from_utf8_lossy(data));
+        if f.is_final() && f != Finding::NotHttp && f != Finding::Oversized {
+            proptest::prop_assert_eq!(new.method(), old.method);
+            proptest::prop_assert_eq!(new.path(), old.path());
+        }
+        Ok(())
+    }
+
+    fn piece() -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(
+            &[
+                "GET",
+                "PUT",
+                "HEAD",
+                "POST",
+                "PATCH",
+                "GETX",
+                "get",
+                "P",
+                " ",
+                "  ",
+                "\t",
+                "/",
+                "/latest/api/token",
+                "/latest/api/token?ttl",
+                "/latest/api/tokens",
+                "?",
+                "/latest/meta-data/iam/security-credentials/role",
+                " HTTP/1.1",
+                "\r\n",
+                "\n",
+                "\r",
+                "X-aws-ec2-metadata-token",
+                "x-AWS-ec2-metadata-TOKEN",
+                "X-aws-ec2-metadata-token-ttl-seconds",
+                "X-Forwarded-For",
+                "x-forwarded-fo",
+                "X-aws-ec2-metadata-toke",
+                "x-",
+                "X",
+                ":",
+                " : ",
+                "Host: 169.254.169.254",
+                "abc",
+                "21600",
+                "\0",
+                "\u{7f}",
+            ][..],
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+        #[test]
+        fn table_matches_the_reference_on_http_like_input(parts in proptest::collection::vec(piece(), 0..40)) {
+            same_as_reference(parts.concat().as_bytes())?;
+        }
+
+        #[test]
+        fn table_matches_the_reference_on_any_bytes(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            same_as_reference(&data)?;
+        }
+
+        #[test]
+        fn the_kernel_loop_matches_feed(parts in proptest::collection::vec(piece(), 0..40), len in 0u32..2000) {
+            let data = parts.concat();
+            let mut buf = ScanBuf::default();
+            let n = data.len().min(SCAN_MAX as usize);
+            buf.bytes[..n].copy_from_slice(&data.as_bytes()[..n]);
+            let len = len.min(n as u32);
+            let mut a = HttpState::default();
+            let took = a.scan(&buf, len);
+            let mut b = HttpState::default();
+            let fed = b.feed(&buf.bytes[..len as usize]);
+            proptest::prop_assert_eq!(took as usize, fed);
+            proptest::prop_assert_eq!(
+                (a.bytes, a.state, a.flags, a.path_at, a.path_bytes, a.path()),
+                (b.bytes, b.state, b.flags, b.path_at, b.path_bytes, b.path())
+            );
+        }
+    }
+
+    #[test]
+    fn header_block_over_the_limit_is_oversized_at_once() {
+        let mut s = HttpState::default();
+        let mut req = String::from("GET / HTTP/1.1\r\n");
+        while req.len() <= MAX_HEADER_BYTES as usize + 10 {
+            req.push_str("X-Padding: aaaaaaaa\r\n");
+        }
+        let took = s.feed(req.as_bytes());
+        assert!(took > MAX_HEADER_BYTES as usize);
+        assert_eq!(s.finding(), Finding::Oversized);
+    }
+
+    #[test]
+    fn every_state_fits_seven_bits_and_finals_are_the_top_two() {
+        for e in TABLE.iter() {
+            assert!(e & 0x7f <= u32::from(st::NOT_HTTP));
+        }
+        assert_eq!(st::LINE + TTL_HEADER.len() as u8, st::NAME_XFF - 1);
+        assert!(st::NAME_XFF + (XFF_HEADER.len() as u8 - 3) < st::NAME_OTHER);
+        assert!(st::VALUE < st::DONE && st::DONE < st::NOT_HTTP);
     }
 }

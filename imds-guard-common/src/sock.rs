@@ -2,7 +2,12 @@
 //! the connect hook (who connected, which rule allowed it, what it may do over IMDSv1), then read
 //! and advanced by the message hook as the process writes requests.
 
-use crate::{http::HttpState, rule::COMM_LEN};
+use crate::{
+    http::{HttpState, ScanBuf},
+    rule::COMM_LEN,
+};
+
+pub use crate::http::SCAN_MAX;
 
 /// `rule_index` when no rule matched (the connect was let through by monitor mode).
 pub const NO_RULE: u32 = u32::MAX;
@@ -23,26 +28,8 @@ pub struct SockState {
     pub comm: [u8; COMM_LEN],
     /// Where the request being written stands.
     pub http: HttpState,
-    /// Working memory of the message hook for this socket: sendmsg holds the socket lock, so no
-    /// two runs of the hook ever share it (per-CPU memory could be shared by a run preempted by
-    /// another on the same CPU).
-    pub scan: ScanState,
-    pub buf: [u8; SCAN_MAX as usize],
+    /// Working memory of the message hook for this socket: the bytes of the message being
+    /// classified. sendmsg holds the socket lock, so no two runs of the hook ever share it
+    /// (per-CPU memory could be shared by a run preempted by another on the same CPU).
+    pub buf: ScanBuf,
 }
-
-/// What the message being classified contained so far.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ScanState {
-    /// Bytes of the message copied into `buf`.
-    pub len: u32,
-    /// The first reportable finding in this message (0: none).
-    pub finding: u32,
-    /// A tokenless or unclassifiable request was found: the scan stopped there, and `http` still
-    /// describes it.
-    pub v1: u32,
-    pub _pad: u32,
-}
-
-/// Bytes of one message the message hook reads (one page; more is flagged, not skipped).
-pub const SCAN_MAX: u32 = 4096;

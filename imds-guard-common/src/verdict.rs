@@ -43,8 +43,8 @@ pub fn better(best: Option<RuleValue>, found: RuleValue) -> Option<RuleValue> {
 }
 
 /// Finds the first (lowest `rule_index`) allow rule of `cfg`'s generation that `id` matches: one
-/// lookup per probe, at most [`MAX_PROBES`]. (The kernel runs the same [`probe_key`] and
-/// [`better`] from a `bpf_loop` callback.)
+/// lookup per probe, at most [`MAX_PROBES`]: a bounded loop, which the kernel program runs as it
+/// is (verifiers since Linux 5.3 accept it; no `bpf_loop`).
 #[inline(always)]
 pub fn find_rule<A, L>(cfg: &GenConfig, id: &Identity, ancestor: A, lookup: L) -> Option<RuleValue>
 where
@@ -53,6 +53,9 @@ where
 {
     let mut best = None;
     for i in 0..MAX_PROBES {
+        if i >= cfg.probe_count as usize {
+            break;
+        }
         if let Some(v) = probe_key(cfg, i, id, &ancestor).and_then(|k| lookup(&k)) {
             best = better(best, v);
         }

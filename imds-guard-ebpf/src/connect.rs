@@ -3,26 +3,22 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_loop,
-        },
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use imds_guard_common::{
-    config::{GENERATION_SLOTS, GenConfig, MAX_PROBES},
+    config::GenConfig,
     event::{AF_INET, AF_INET6, ConnectEvent, TaskInfo, flags, kind},
     rule::{Identity, RuleValue, comm_words},
     sock::NO_RULE,
     stats::Stat,
-    verdict::{ConnectVerdict, better, connect_verdict, probe_key},
+    verdict::{ConnectVerdict, connect_verdict, find_rule},
 };
 
-use core::{ffi::c_void, ptr::addr_of_mut};
-
 use crate::maps::{
-    CONFIG, EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config, may_be_endpoint_v4, may_be_endpoint_v6,
+    EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config, may_be_endpoint_v4, may_be_endpoint_v6,
 };
 
 /// Lets the connect through: not a metadata endpoint, or no policy loaded.
@@ -72,36 +68,6 @@ pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
     judge(&ctx, cfg, AF_INET6, port, addr)
 }
 
-/// The rule search of one connect, carried through the `bpf_loop` callback.
-#[repr(C)]
-struct Probing {
-    id: Identity,
-    /// The config slot of the generation this connect is judged by (read once, at the start).
-    slot: u32,
-    found: u32,
-    best: RuleValue,
-}
-
-extern "C" fn probe_cb(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer to the Probing on judge()'s stack.
-    let p = unsafe { &mut *ctx.cast::<Probing>() };
-    let Some(cfg) = CONFIG.get(p.slot) else { return 1 };
-    // SAFETY: plain helper call; returns 0 past the process's own cgroup depth.
-    let key = probe_key(cfg, i as usize, &p.id, |level| unsafe {
-        bpf_get_current_ancestor_cgroup_id(level as i32)
-    });
-    if let Some(key) = key {
-        // SAFETY: the value is copied out at once.
-        if let Some(v) = unsafe { RULES.get(&key).copied() } {
-            if let Some(b) = better((p.found != 0).then_some(p.best), v) {
-                p.best = b;
-                p.found = 1;
-            }
-        }
-    }
-    0
-}
-
 /// A connect to a metadata endpoint: find the rule, decide, count, report.
 #[inline(always)]
 fn judge(ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [u8; 16]) -> i32 {
@@ -117,18 +83,15 @@ fn judge(ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [
         exe_ino,
         comm: comm_words(&comm),
     };
-    let mut p = Probing {
-        id,
-        slot: cfg.generation % GENERATION_SLOTS,
-        found: 0,
-        best: RuleValue { rule_index: 0, imdsv1: 0 },
-    };
-    // One callback per probe: verified once instead of unrolled MAX_PROBES times.
-    // SAFETY: bpf_loop with a callback that only touches `p` (on our stack) and the maps.
-    unsafe {
-        bpf_loop(cfg.probe_count.min(MAX_PROBES as u32), probe_cb as *mut c_void, addr_of_mut!(p).cast(), 0)
-    };
-    let matched = (p.found != 0).then_some(p.best);
+    // A bounded loop (verifier 5.3+) over the probes: no bpf_loop (5.17+), no callback subprogram.
+    let matched = find_rule(
+        cfg,
+        &id,
+        // SAFETY: plain helper call; returns 0 past the process's own cgroup depth.
+        |level| unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) },
+        // SAFETY: the value is copied out at once.
+        |key| unsafe { RULES.get(key).copied() },
+    );
     let verdict = connect_verdict(cfg.mode(), matched);
     if verdict != ConnectVerdict::Deny {
         remember(ctx, cfg, &id, comm, matched);

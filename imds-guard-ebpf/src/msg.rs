@@ -1,17 +1,18 @@
 //! `sk_msg` on connections to metadata endpoints: classify each request the process writes with
-//! the shared HTTP state machine, report tokenless (IMDSv1) requests and token PUTs that carry
-//! X-Forwarded-For, and refuse the write (SK_DROP: `sendmsg` fails with EACCES at once) when the
-//! workload's `imdsv1` is "deny". The parser state lives with the socket, so a request split over
-//! several writes is judged once, when its header block ends.
+//! the shared HTTP classifier, report tokenless (IMDSv1) requests, requests it cannot vouch for
+//! and token PUTs that carry X-Forwarded-For, and refuse the write (SK_DROP: `sendmsg` fails with
+//! EACCES at once) when the workload's `imdsv1` is "deny". The classifier's state lives with the
+//! socket, so a request split over several writes is judged once, when its header block ends.
+//!
+//! No `bpf_loop` (Linux 5.17+): the classifier is table-driven, one branch per byte, and runs in
+//! a plain bounded loop that the verifiers of 5.10 and later accept.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_ktime_get_boot_ns, bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get,
-        },
+        generated::{bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get},
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -20,7 +21,7 @@ use imds_guard_common::{
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
     http::Finding,
     rule::Imdsv1Action,
-    sock::{SCAN_MAX, ScanState, SockState},
+    sock::{SCAN_MAX, SockState},
     stats::Stat,
 };
 
@@ -28,31 +29,6 @@ use crate::maps::{EVENTS, IMDSG_SOCKSTATE, count};
 
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
-
-extern "C" fn scan_byte(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the pointer to imdsg_msg's stack slot holding the socket's
-    // storage pointer; the storage stays valid for the whole program run.
-    let st = unsafe { &mut **ctx.cast::<*mut SockState>() };
-    if i >= u64::from(st.scan.len) {
-        return 1;
-    }
-    let b = st.buf[(i as usize) & (SCAN_MAX as usize - 1)];
-    st.http.step(b);
-    let f = st.http.finding();
-    match f {
-        Finding::Imdsv1 | Finding::Oversized => {
-            st.scan.finding = f as u32;
-            st.scan.v1 = 1;
-            return 1; // stop: this request decides the message
-        }
-        Finding::TokenPutForwarded if st.scan.finding == 0 => st.scan.finding = f as u32,
-        _ => {}
-    }
-    if f.is_final() {
-        st.http.reset();
-    }
-    0
-}
 
 #[sk_msg]
 pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
@@ -72,8 +48,7 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if st.is_null() {
         return SK_PASS;
     }
-    let mut st_ptr = st;
-    // SAFETY: storage of this socket.
+    // SAFETY: storage of this socket, held for this run (sendmsg holds the socket lock).
     let st = unsafe { &mut *st };
     let size = ctx.size();
     let want = if size > SCAN_MAX { SCAN_MAX } else { size };
@@ -84,48 +59,76 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if len > want {
         len = want;
     }
-    if len == 0 || len > SCAN_MAX {
+    if len == 0 {
         return SK_PASS;
     }
-    // SAFETY: copies `len` (1..=SCAN_MAX) bytes of the message into this socket's buffer.
-    if unsafe { bpf_probe_read_kernel(st.buf.as_mut_ptr().cast(), len, data as *const c_void) } != 0 {
+    // 1..=SCAN_MAX in a form every verifier can see: a masked value plus one, computed from a
+    // value the compiler cannot see through. (Verifiers before 6.2 learn no bound from comparing
+    // two registers, so the clamps above bound nothing for them; and the compiler, which does see
+    // them, would drop a mask of the clamped value as redundant. Both 5.10 and 6.1 refused the
+    // copy with "R2 unbounded memory access".)
+    let n = ((opaque(len) - 1) & (SCAN_MAX - 1)) + 1;
+    // SAFETY: copies `n` (1..=SCAN_MAX) bytes of the message into this socket's buffer.
+    if unsafe { bpf_probe_read_kernel(st.buf.bytes.as_mut_ptr().cast(), n, data as *const c_void) } != 0 {
         return SK_PASS;
     }
-    st.scan = ScanState { len, finding: 0, v1: 0, _pad: 0 };
-    // SAFETY: bpf_loop with a callback that only touches this socket's storage.
-    unsafe { bpf_loop(len, scan_byte as *mut c_void, core::ptr::addr_of_mut!(st_ptr).cast(), 0) };
-    let st = unsafe { &mut *st_ptr };
-    let mut scan = st.scan;
-    if scan.v1 == 0 && size > len {
-        // Bytes we did not read: whether they continue this request or start another one, they
-        // must not be a way around (no IMDS request needs a write of this size).
-        scan.v1 = 1;
-        scan.finding = Finding::Oversized as u32;
+    // Nothing computed above is used below but `n` (the same range on every path here), so
+    // that the verifier walks the loop once, not once per way of getting here.
+    let took = st.http.scan(&st.buf, n);
+    let size = ctx.size();
+    let mut finding = st.http.finding();
+    if !finding.is_unverified() {
+        if finding.is_final() {
+            if took < n || size > n {
+                // Bytes after the end of the request's header block in the same write.
+                finding = Finding::Trailing;
+            }
+        } else if size > n {
+            // Bytes we did not read: whether they continue this request or start another one,
+            // they must not be a way around (no metadata request needs a write of this size).
+            finding = Finding::Oversized;
+        }
     }
-    if scan.finding == 0 {
+    if !finding.is_final() {
+        return SK_PASS; // the header block goes on in the next write
+    }
+    let unverified = finding.is_unverified();
+    if !unverified && finding != Finding::TokenPutForwarded {
+        // IMDSv2, or a token PUT: nothing to say.
+        st.http.reset();
         return SK_PASS;
     }
-    let finding = Finding::from_u32(scan.finding);
     let action = Imdsv1Action::from_u32(st.imdsv1);
     count(match finding {
         Finding::TokenPutForwarded => Stat::TokenPutForwarded,
-        Finding::Oversized => Stat::Unclassified,
-        _ => Stat::Imdsv1Requests,
+        Finding::Imdsv1 => Stat::Imdsv1Requests,
+        _ => Stat::Unclassified,
     });
-    let deny = scan.v1 != 0 && action == Imdsv1Action::Deny;
+    let deny = unverified && action == Imdsv1Action::Deny;
     if deny {
         count(Stat::Imdsv1Denied);
     }
     if deny || action != Imdsv1Action::Allow || finding == Finding::TokenPutForwarded {
-        report(&ctx, st, &scan, deny);
+        report(&ctx, st, finding, deny);
     }
     // The message is judged; the next one starts a new request.
     st.http.reset();
     if deny { SK_DROP } else { SK_PASS }
 }
 
+/// `x`, through a volatile stack slot: the compiler forgets what it knew about its range.
 #[inline(always)]
-fn report(ctx: &SkMsgContext, st: &SockState, scan: &ScanState, deny: bool) {
+fn opaque(x: u32) -> u32 {
+    let mut v = 0u32;
+    // SAFETY: a local variable.
+    unsafe {
+        core::ptr::write_volatile(&mut v, x);
+        core::ptr::read_volatile(&v)
+    }
+}
+
+#[inline(always)]
+fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool) {
     let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
         count(Stat::EventsDropped);
         return;
@@ -156,6 +159,8 @@ fn report(ctx: &SkMsgContext, st: &SockState, scan: &ScanState, deny: bool) {
         addr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
         addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
     }
+    // Method and path only where the request line was read as one.
+    let parsed = matches!(finding, Finding::Imdsv1 | Finding::Trailing | Finding::TokenPutForwarded);
     // The writer, which sendmsg runs as; the connect-time identity where it differs is kept in
     // the storage and not reported here.
     let uid_gid = bpf_get_current_uid_gid();
@@ -174,9 +179,9 @@ fn report(ctx: &SkMsgContext, st: &SockState, scan: &ScanState, deny: bool) {
         port: u32::from(u16::from_be((port >> 16) as u16)),
         addr,
         generation: st.generation,
-        finding: scan.finding,
-        method: if scan.v1 != 0 { u32::from(st.http.method) } else { 0 },
-        path_len: if scan.v1 != 0 { u32::from(st.http.path_len) } else { 0 },
+        finding: finding as u32,
+        method: if parsed { u32::from(st.http.method()) } else { 0 },
+        path_len: if parsed { u32::from(st.http.path_len) } else { 0 },
         rule_index: st.rule_index,
         _pad: 0,
         task: TaskInfo::default(),

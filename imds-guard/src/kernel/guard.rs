@@ -95,6 +95,20 @@ pub struct Guard {
     pub(super) held: Vec<Held>,
 }
 
+/// How much of the verifier's log a refused program brings back. By default the kernel's
+/// message and its statistics only: the instruction trace of the message hook's loop runs to
+/// tens of megabytes, more than the largest buffer aya offers, and a kernel before 6.4 then keeps
+/// only its start and fails the load with ENOSPC, hiding the reason. `IMDS_GUARD_VERIFIER_LOG`
+/// = `stats` (default), `debug` (the trace) or `verbose` (the trace with every state).
+fn verifier_log_level() -> aya::VerifierLogLevel {
+    use aya::VerifierLogLevel as L;
+    match std::env::var("IMDS_GUARD_VERIFIER_LOG").as_deref() {
+        Ok("debug") => L::DEBUG | L::STATS,
+        Ok("verbose") => L::VERBOSE | L::STATS,
+        _ => L::STATS,
+    }
+}
+
 impl Guard {
     /// Loads the object (not yet its programs), reusing the maps pinned in `pin_dir` when they
     /// are of this build's layout, and holds a descriptor of each map. `cgroup` is where the
@@ -106,6 +120,7 @@ impl Guard {
         let old_maps = other_map_dirs(pin_dir);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .verifier_log_level(verifier_log_level())
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!(e))
             .context(

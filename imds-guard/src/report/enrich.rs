@@ -53,7 +53,9 @@ impl Enricher {
                 let r = self.request(ev, finding);
                 match finding {
                     Finding::TokenPutForwarded => Event::TokenPutForwarded(r),
-                    Finding::Oversized => Event::ImdsRequestUnclassified(r),
+                    Finding::Oversized | Finding::NotHttp | Finding::Trailing => {
+                        Event::ImdsRequestUnclassified(r)
+                    }
                     _ => Event::Imdsv1Request(r),
                 }
             }
