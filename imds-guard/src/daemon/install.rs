@@ -53,9 +53,9 @@ impl Degraded {
         };
         match policy.imdsv1_denial() {
             Some(rule) if !self.allowed => bail!(
-                "{rule}, but {} Refusing the policy: remove the treatment, or run with --allow-degraded to \
+                "{rule}, which this kernel cannot enforce: {} Refusing the policy: remove the treatment, or run with --allow-degraded to \
                  enforce the connect rules without it",
-                lowercase_first(&inspection.sentence())
+                inspection.sentence()
             ),
             Some(rule) => {
                 tracing::warn!(
@@ -67,11 +67,6 @@ impl Degraded {
             None => Ok(()),
         }
     }
-}
-
-fn lowercase_first(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or_default()
 }
 
 /// The kernel programs and the nftables table, installed together.
