@@ -13,7 +13,9 @@
 //! - [`Degradation::needs`]: a part of the guard that runs only where the kernel has these (the
 //!   request inspector: sockops, sockhash, sk_msg). Where the kernel truly lacks one, the guard
 //!   runs without that part and says so in one sentence ([`degradations`]). Where the kernel has
-//!   them but loading fails, that is an error like any other.
+//!   them but loading fails, that is an error like any other. (Open: aya creates every map of the
+//!   object at load, so on a real kernel without sockhash the SOCKETS map's creation still fails
+//!   before the programs are chosen; the inspector's maps need an object of their own.)
 //! - facts that choose a path, not a requirement: [`Feature::SkMsgLink`] decides how the message
 //!   hook is attached (a bpf_link on Linux 6.10+, else through its socket map).
 //!
