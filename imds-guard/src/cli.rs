@@ -189,6 +189,12 @@ pub struct RunArgs {
     /// Allow --metrics-addr to be a non-loopback address (the metrics name workloads).
     #[arg(long)]
     pub metrics_allow_remote: bool,
+    /// Start even if the policy asks for what this kernel cannot do. Without sk_msg/sockhash
+    /// (CONFIG_BPF_STREAM_PARSER) the guard always runs without IMDSv1 inspection and says so; a
+    /// policy with imdsv1 = "deny" is then refused unless this is given (its tokenless requests
+    /// would go through, unreported).
+    #[arg(long)]
+    pub allow_degraded: bool,
 }
 
 #[derive(Debug, Args)]

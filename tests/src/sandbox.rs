@@ -248,6 +248,12 @@ impl Sandbox {
         self.tracked(Daemon::start_with(self, &self.netns_fd, policy, NO_AGGREGATION, wrapper, &[], cgroup))
     }
 
+    /// `imds-guard run` with extra arguments (aggregation off) and `env` added.
+    pub fn daemon_env(&self, policy: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let extra: Vec<&str> = NO_AGGREGATION.iter().chain(extra).copied().collect();
+        self.tracked(Daemon::start_with(self, &self.netns_fd, policy, &extra, &[], env, &self.cgroup))
+    }
+
     /// `imds-guard run` with extra arguments.
     pub fn daemon_with(&self, policy: &Path, extra: &[&str]) -> Daemon {
         self.tracked(Daemon::start_with(self, &self.netns_fd, policy, extra, &[], &[], &self.cgroup))

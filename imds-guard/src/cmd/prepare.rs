@@ -32,8 +32,25 @@ pub fn prepare(args: &PrepareArgs) -> anyhow::Result<()> {
         (None | Some(0), why) => tracing::warn!("{why}"),
         (Some(_), why) => tracing::info!("{why}"),
     }
-    features::require(&features::ALWAYS)?;
-    tracing::info!(features = features::ALWAYS.len(), "the kernel has every feature imds-guard needs");
+    features::require(&features::REQUIRED)?;
+    let degraded = features::degradations()?;
+    for d in &degraded {
+        tracing::warn!(degraded = d.what.name(), "{}", d.sentence());
+    }
+    if degraded.is_empty() {
+        tracing::info!("the kernel has every feature imds-guard uses");
+        // A fact, not a degradation: how the message hook will be attached.
+        if features::Feature::SkMsgLink.probe()? {
+            tracing::info!("the request inspector will be attached through a bpf_link (Linux 6.10+)");
+        } else {
+            tracing::info!(
+                "the request inspector will be attached through its socket map (BPF_PROG_ATTACH): this \
+                 kernel has no sockmap links (Linux 6.10+)"
+            );
+        }
+    } else {
+        tracing::info!("the kernel has every feature the connect rules need");
+    }
     Ok(())
 }
 

@@ -38,5 +38,6 @@ fn config(args: &RunArgs) -> daemon::Config {
         events_socket: crate::report::socket::socket_path(&args.events_socket),
         metrics_addr: args.metrics_addr,
         metrics_allow_remote: args.metrics_allow_remote,
+        allow_degraded: args.allow_degraded,
     }
 }

@@ -26,13 +26,22 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             anyhow::bail!(
                 "not enforcing: {} of {} programs attached, generation {}",
                 s.links.len(),
-                crate::kernel::paths::PROGRAMS.len(),
+                crate::kernel::paths::PROGRAMS.len()
+                    - if s.degraded.is_empty() { 0 } else { crate::kernel::paths::INSPECTOR.len() },
                 s.generation
             );
         }
         println!(
-            "enforcing: generation {}, mode {}, {} rules, policy sha256:{}",
-            s.generation, s.mode, s.rules, s.policy_digest
+            "enforcing: generation {}, mode {}, {} rules, policy sha256:{}{}",
+            s.generation,
+            s.mode,
+            s.rules,
+            s.policy_digest,
+            if s.degraded.is_empty() {
+                String::new()
+            } else {
+                format!(", degraded: {}", s.degraded.iter().map(|d| d.feature).collect::<Vec<_>>().join(","))
+            }
         );
         return Ok(());
     }
@@ -64,6 +73,12 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         s.generation
     );
     println!("policy:     sha256:{}", s.policy_digest);
+    if s.degraded.is_empty() {
+        println!("degraded:   no");
+    }
+    for d in &s.degraded {
+        println!("degraded:   {}: {}", d.feature, d.reason);
+    }
     println!("counters:");
     for (k, v) in &s.counters {
         println!("  {k:<width$} {v}", width = s.counters.keys().map(|k| k.len()).max().unwrap_or(0));

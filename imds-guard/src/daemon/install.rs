@@ -9,7 +9,10 @@ use anyhow::{Context as _, anyhow, bail};
 use imds_guard_common::config::ExeOffsets;
 
 use crate::{
-    kernel::guard::{Attachment, Guard},
+    kernel::{
+        features,
+        guard::{Attachment, Guard},
+    },
     netfilter::{self, Plan},
     policy::Policy,
 };
@@ -23,10 +26,54 @@ pub struct NetfilterRuntime {
     pub nflog_group: Option<u16>,
 }
 
+/// What this kernel runs without (fixed at start), and whether the operator accepts a policy that
+/// asks for what is missing.
+#[derive(Clone, Debug, Default)]
+pub struct Degraded {
+    /// The parts of the guard this kernel cannot run (empty: none).
+    pub parts: Vec<features::Degraded>,
+    /// `run --allow-degraded`: install a policy that asks for a missing part anyway (it is not
+    /// enforced; `guard_started` and `status` say so).
+    pub allowed: bool,
+}
+
+impl Degraded {
+    /// Whether the request inspector runs.
+    #[must_use]
+    pub fn inspects(&self) -> bool {
+        !self.parts.iter().any(|d| d.what == features::Degradation::Imdsv1Inspection)
+    }
+
+    /// Refuses a policy that asks for what this kernel cannot do, unless allowed: today, imdsv1 =
+    /// "deny" without the request inspector (the requests would go through, unreported).
+    pub fn check(&self, policy: &Policy) -> anyhow::Result<()> {
+        let Some(inspection) = self.parts.iter().find(|d| d.what == features::Degradation::Imdsv1Inspection)
+        else {
+            return Ok(());
+        };
+        match policy.imdsv1_denial() {
+            Some(rule) if !self.allowed => bail!(
+                "{rule}, which this kernel cannot enforce: {} Refusing the policy: remove the treatment, or run with --allow-degraded to \
+                 enforce the connect rules without it",
+                inspection.sentence()
+            ),
+            Some(rule) => {
+                tracing::warn!(
+                    "{rule}, which this kernel cannot enforce (--allow-degraded): {}",
+                    inspection.sentence()
+                );
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// The kernel programs and the nftables table, installed together.
 pub struct Enforcer {
     pub kernel: Guard,
     netfilter: NetfilterRuntime,
+    degraded: Degraded,
     /// The nftables table as last installed (to restore it if the maps cannot follow).
     nft_plan: Option<Plan>,
 }
@@ -49,8 +96,11 @@ impl Enforcer {
         policy: &Policy,
         exe_offsets: Option<ExeOffsets>,
         netfilter: NetfilterRuntime,
+        degraded: Degraded,
     ) -> anyhow::Result<(Self, Attachment)> {
-        let kernel = Guard::open(pin_dir, cgroup, exe_offsets)?;
+        // Refused before anything is loaded: nothing changes in the kernel.
+        degraded.check(policy).context("installing the policy")?;
+        let kernel = Guard::open(pin_dir, cgroup, exe_offsets, degraded.inspects())?;
         if netfilter.reduced
             && let Some(link) = kernel.pinned_link()
         {
@@ -60,7 +110,7 @@ impl Enforcer {
                 link.display()
             );
         }
-        let mut enforcer = Enforcer { kernel, netfilter, nft_plan: None };
+        let mut enforcer = Enforcer { kernel, netfilter, degraded, nft_plan: None };
         let prepared = enforcer.prepare(policy).context("installing the policy")?;
         let tables = policy.compile();
         // `nft` is a process of its own: the verifier checks the programs meanwhile. Both must
@@ -96,6 +146,12 @@ impl Enforcer {
         Ok(next)
     }
 
+    /// What this daemon runs without.
+    #[must_use]
+    pub fn degraded(&self) -> &[features::Degraded] {
+        &self.degraded.parts
+    }
+
     /// The nftables table as installed last.
     #[must_use]
     pub fn netfilter_plan(&self) -> Option<&Plan> {
@@ -111,6 +167,7 @@ impl Enforcer {
                  cannot find a process's executable without guessing kernel struct layouts; refusing the policy"
             );
         }
+        self.degraded.check(policy)?;
         let next = self.kernel.next_generation()?;
         let plan = Plan::new(policy, next, self.netfilter.reduced);
         self.check_netfilter(policy, &plan)?;

@@ -17,7 +17,7 @@ use crate::{
     policy::{Host, Policy, Preexisting, source::Source},
     report::{
         Consumers, Event, Reporter,
-        event::{GuardStarted, NetfilterSummary},
+        event::{DegradedPart, GuardStarted, NetfilterSummary},
         metrics::{BuildInfo, KernelView, Metrics},
         seen::Seen,
         sinks::{Output, SinkConfig},
@@ -53,6 +53,8 @@ pub struct Config {
     /// Where `/metrics` is served (`None`: off), and whether a non-loopback address is allowed.
     pub metrics_addr: Option<SocketAddr>,
     pub metrics_allow_remote: bool,
+    /// Start even when the policy asks for what this kernel cannot do (`--allow-degraded`).
+    pub allow_degraded: bool,
 }
 
 /// What start-up found on the host: the cgroup2 root, the cgroup to attach to, the policy.
@@ -71,11 +73,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let Start { cgroup_root, cgroup, host, source, policy, exe_offsets } = start(config)?;
     let pin_dir = &config.pin_dir;
     let (netfilter, nflog) = start_netfilter(&policy)?;
-    let (mut enforcer, attachment) = Enforcer::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter)
-        .map_err(|e| features::explain_failure(e, &features::ALWAYS))?;
+    let degraded = degradations(netfilter.reduced, config.allow_degraded)?;
+    // A feature the kernel has but that fails to load is an error (explained if a probe finds
+    // it missing after all); a part found missing up front is not loaded at all.
+    let used: &[features::Feature] = if degraded.inspects() { &features::USED } else { &features::REQUIRED };
+    let (mut enforcer, attachment) =
+        Enforcer::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter, degraded)
+            .map_err(|e| features::explain_failure(e, used))?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "programs loaded and attached");
     let events = enforcer.kernel.take_events()?;
-    let consumers = Arc::new(start_outputs(config)?);
+    let consumers = Arc::new(start_outputs(config, enforcer.degraded())?);
     let reporter: Arc<dyn Reporter> = consumers.clone();
     let mut reloader = reload::Reloader::new(config.policy.clone(), host, source, policy, reporter.clone());
     // Signals first: a reload requested the moment we are ready must not kill us.
@@ -104,6 +111,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         events_socket: None,
         enforcement: if netfilter.reduced { "reduced" } else { "cgroup" }.to_owned(),
         netfilter: netfilter_summary(&enforcer),
+        degraded: enforcer.degraded().iter().map(degraded_part).collect(),
+        msg_attach: enforcer.kernel.msg_attach().map(str::to_owned),
     };
     let pods = reloader.policy.pods.clone();
     let (updates_tx, updates) = tokio::sync::mpsc::unbounded_channel();
@@ -207,11 +216,31 @@ impl KernelView for Pinned {
     }
 }
 
+/// What this kernel makes the daemon run without, each said once in a warning (nothing in reduced
+/// mode, where no program is attached).
+fn degradations(reduced: bool, allowed: bool) -> anyhow::Result<install::Degraded> {
+    let parts = if reduced { Vec::new() } else { features::degradations()? };
+    for d in &parts {
+        tracing::warn!(degraded = d.what.name(), "{}", d.sentence());
+    }
+    Ok(install::Degraded { parts, allowed })
+}
+
+/// A degradation as `guard_started` says it.
+pub fn degraded_part(d: &features::Degraded) -> DegradedPart {
+    DegradedPart {
+        feature: d.what.name().to_owned(),
+        missing: d.missing.iter().map(|f| f.name().to_owned()).collect(),
+        reason: d.sentence(),
+    }
+}
+
 /// The sinks `config` asks for, and the metrics and table of what was seen.
-fn start_outputs(config: &Config) -> anyhow::Result<Consumers> {
+fn start_outputs(config: &Config, degraded: &[features::Degraded]) -> anyhow::Result<Consumers> {
     tracing::debug!(sinks = ?config.sinks, "event sinks");
     let output = Output::start(config.sinks.clone())?;
-    let build = BuildInfo::here(&crate::kernel::features::degraded());
+    let names: Vec<&str> = degraded.iter().map(|d| d.what.name()).collect();
+    let build = BuildInfo::here(&names);
     let metrics = Metrics::new(Box::new(Pinned(config.pin_dir.clone())), output.stats.clone(), build);
     Ok(Consumers {
         output,

@@ -18,7 +18,7 @@ use imds_guard_common::maps;
 use super::{
     bpf_sys::{self, link_attached, link_update, obj_get},
     guard::{Attachment, Guard, Held},
-    paths::{MSG_PROG, PROGRAMS, link_pin, remove_map_dir},
+    paths::{INSPECTOR, MSG_PROG, link_pin, remove_map_dir},
 };
 
 impl Guard {
@@ -31,10 +31,22 @@ impl Guard {
         let sockets = SockHash::<_, u64>::try_from(self.ebpf.map(maps::SOCKETS).context("SOCKETS map")?)?
             .fd()
             .try_clone()?;
+        if !self.inspect
+            && let Some(pin) = INSPECTOR.iter().find_map(|l| super::paths::attached_pin(&self.pin_dir, l))
+        {
+            // An earlier daemon ran the inspector (the kernel had it then, or it was not told to
+            // pretend otherwise): leaving its programs attached would contradict what this daemon
+            // reports, and detaching them is not this daemon's call.
+            bail!(
+                "this daemon runs without the request inspector, but an earlier daemon's is attached \
+                 ({} is pinned); `imds-guard unload` first",
+                pin.display()
+            );
+        }
         let mut attachment = Attachment::Attached;
         // The message hook's link of an upgrade, pinned beside the old one until all is swapped.
         let mut new_msg_link = None;
-        for (prog_name, link_name) in PROGRAMS {
+        for (prog_name, link_name) in self.programs() {
             if link_name == "msg" && !self.msg_link {
                 if self.attach_msg_through_map(prog_name, sockets.as_fd())? {
                     attachment = Attachment::Adopted;

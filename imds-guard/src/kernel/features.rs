@@ -7,13 +7,28 @@
 //! socket-storage one: freeing a socket-storage map waits for an RCU grace period (~25 ms here).
 //! So `prepare` probes everything up front, while `run` goes straight to loading the programs
 //! (the definitive test) and probes only when that fails, to say why ([`explain_failure`]).
+//!
+//! Three kinds of feature:
+//! - [`REQUIRED`]: without one, the connect hooks cannot run at all; `prepare` and `run` stop.
+//! - [`Degradation::needs`]: a part of the guard that runs only where the kernel has these (the
+//!   request inspector: sockops, sockhash, sk_msg). Where the kernel truly lacks one, the guard
+//!   runs without that part and says so in one sentence ([`degradations`]). Where the kernel has
+//!   them but loading fails, that is an error like any other. (Open: aya creates every map of the
+//!   object at load, so on a real kernel without sockhash the SOCKETS map's creation still fails
+//!   before the programs are chosen; the inspector's maps need an object of their own.)
+//! - facts that choose a path, not a requirement: [`Feature::SkMsgLink`] decides how the message
+//!   hook is attached (a bpf_link on Linux 6.10+, else through its socket map).
+//!
+//! `IMDS_GUARD_PRETEND_MISSING=sk_msg,sockhash,...` (the [`Feature::name`]s) makes the probes
+//! answer "missing" for those features on any kernel, so that the tests can run the degraded
+//! paths on a kernel that has everything. Only the probes read it.
 
 use std::io;
 
 use aya::{
     maps::MapType,
     programs::ProgramType,
-    sys::{BpfHelper, is_btf_supported, is_helper_supported, is_map_supported, is_program_supported},
+    sys::{is_btf_supported, is_map_supported, is_program_supported},
 };
 
 /// A kernel feature imds-guard relies on.
@@ -25,25 +40,88 @@ pub enum Feature {
     SkStorage,
     SockHash,
     SkMsg,
+    /// Not a requirement: which way the message hook is attached.
     SkMsgLink,
-    BpfLoop,
     RingBuf,
     /// Only with `preexisting = "close"`.
     PidfdGetfd,
 }
 
-/// Every feature `run` needs whatever the policy says.
-pub const ALWAYS: [Feature; 9] = [
+/// What the connect hooks need, whatever the policy says: without one, `run` cannot enforce
+/// anything. (The connect hooks keep each allowed connection's rule in socket storage.)
+pub const REQUIRED: [Feature; 4] =
+    [Feature::Btf, Feature::CgroupSockAddr, Feature::SkStorage, Feature::RingBuf];
+
+/// Every feature the programs use (for [`explain_failure`]: a load that fails on a kernel lacking
+/// one of these is explained by it).
+pub const USED: [Feature; 7] = [
     Feature::Btf,
     Feature::CgroupSockAddr,
-    Feature::SockOps,
     Feature::SkStorage,
+    Feature::RingBuf,
+    Feature::SockOps,
     Feature::SockHash,
     Feature::SkMsg,
-    Feature::SkMsgLink,
-    Feature::BpfLoop,
-    Feature::RingBuf,
 ];
+
+/// A part of the guard the kernel may lack the means for, which the guard then runs without.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Degradation {
+    /// The request inspector (sockops, sockhash, sk_msg): IMDSv1 requests reported or refused.
+    Imdsv1Inspection,
+}
+
+impl Degradation {
+    pub const ALL: [Degradation; 1] = [Degradation::Imdsv1Inspection];
+
+    /// As the metrics, `guard_started` and `status` name it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Degradation::Imdsv1Inspection => "imdsv1_inspection",
+        }
+    }
+
+    /// The kernel features this part needs (all of them).
+    #[must_use]
+    pub const fn needs(self) -> &'static [Feature] {
+        match self {
+            Degradation::Imdsv1Inspection => &[Feature::SockOps, Feature::SockHash, Feature::SkMsg],
+        }
+    }
+
+    /// One sentence: what is off, because of which missing features, and what still runs.
+    #[must_use]
+    pub fn sentence(self, missing: &[Feature]) -> String {
+        let what: Vec<String> = missing.iter().map(|f| f.lacks()).collect();
+        let what = match what.as_slice() {
+            [] => String::from("nothing"),
+            [one] => one.clone(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        };
+        match self {
+            Degradation::Imdsv1Inspection => format!(
+                "IMDSv1 inspection is off because this kernel has {what}, so connect rules are \
+                 enforced but tokenless IMDSv1 requests are neither reported nor refused."
+            ),
+        }
+    }
+}
+
+/// A part of the guard this kernel cannot run, with the features it lacks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Degraded {
+    pub what: Degradation,
+    pub missing: Vec<Feature>,
+}
+
+impl Degraded {
+    /// See [`Degradation::sentence`].
+    #[must_use]
+    pub fn sentence(&self) -> String {
+        self.what.sentence(&self.missing)
+    }
+}
 
 impl Feature {
     /// The sentence that says what is missing, since which Linux version it exists, and what
@@ -76,12 +154,8 @@ impl Feature {
                  classify the requests written to the metadata service (IMDSv1 detection)."
             }
             Feature::SkMsgLink => {
-                "The kernel cannot attach sk_msg programs through a bpf_link (Linux 6.10+), which is \
-                 what keeps the request inspector attached while the daemon restarts."
-            }
-            Feature::BpfLoop => {
-                "The kernel has no bpf_loop helper (Linux 5.17+), with which the connect hooks search \
-                 the rules."
+                "The kernel cannot attach sk_msg programs through a bpf_link (Linux 6.10+), so the \
+                 request inspector is attached through its socket map instead."
             }
             Feature::RingBuf => {
                 "The kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+), which carries \
@@ -94,8 +168,68 @@ impl Feature {
         }
     }
 
-    /// Asks the running kernel.
-    fn probe(self) -> io::Result<bool> {
+    /// The missing feature as a noun phrase for a degradation's sentence.
+    fn lacks(self) -> String {
+        let config = match self {
+            Feature::SockHash | Feature::SkMsg => ", CONFIG_BPF_STREAM_PARSER",
+            _ => "",
+        };
+        let what = match self {
+            Feature::Btf => "BTF",
+            Feature::CgroupSockAddr => "cgroup connect hooks",
+            Feature::SockOps => "sockops programs",
+            Feature::SkStorage => "socket local storage maps",
+            Feature::SockHash => "socket hash maps",
+            Feature::SkMsg => "sk_msg programs",
+            Feature::SkMsgLink => "sockmap links",
+            Feature::RingBuf => "BPF ring buffers",
+            Feature::PidfdGetfd => "pidfd_getfd",
+        };
+        format!("no {what} ({}{config})", self.since())
+    }
+
+    /// The Linux version that brought it.
+    const fn since(self) -> &'static str {
+        match self {
+            Feature::Btf | Feature::SockHash => "Linux 4.18+",
+            Feature::CgroupSockAddr | Feature::SkMsg => "Linux 4.17+",
+            Feature::SockOps => "Linux 4.13+",
+            Feature::SkStorage => "Linux 5.2+",
+            Feature::SkMsgLink => "Linux 6.10+",
+            Feature::RingBuf => "Linux 5.8+",
+            Feature::PidfdGetfd => "Linux 5.6+",
+        }
+    }
+
+    /// A name without spaces, as `IMDS_GUARD_PRETEND_MISSING` takes it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Feature::Btf => "btf",
+            Feature::CgroupSockAddr => "cgroup_sock_addr",
+            Feature::SockOps => "sockops",
+            Feature::SkStorage => "sk_storage",
+            Feature::SockHash => "sockhash",
+            Feature::SkMsg => "sk_msg",
+            Feature::SkMsgLink => "sk_msg_link",
+            Feature::RingBuf => "ringbuf",
+            Feature::PidfdGetfd => "pidfd_getfd",
+        }
+    }
+
+    /// Asks the running kernel (unless `IMDS_GUARD_PRETEND_MISSING` names it: then missing).
+    pub fn probe(self) -> io::Result<bool> {
+        if pretend_missing(self) {
+            tracing::warn!(
+                feature = self.name(),
+                "IMDS_GUARD_PRETEND_MISSING (a test knob) makes this kernel feature count as missing"
+            );
+            return Ok(false);
+        }
+        self.probe_kernel()
+    }
+
+    fn probe_kernel(self) -> io::Result<bool> {
         let prog = |t| is_program_supported(t).map_err(io::Error::other);
         let map = |t| is_map_supported(t).map_err(io::Error::other);
         match self {
@@ -106,8 +240,6 @@ impl Feature {
             Feature::SockHash => map(MapType::SockHash),
             Feature::SkMsg => prog(ProgramType::SkMsg),
             Feature::SkMsgLink => crate::kernel::bpf_sys::sk_msg_link_supported(),
-            Feature::BpfLoop => is_helper_supported(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_loop)
-                .map_err(io::Error::other),
             Feature::RingBuf => map(MapType::RingBuf),
             Feature::PidfdGetfd => Ok(pidfd_getfd_exists()),
         }
@@ -115,14 +247,17 @@ impl Feature {
 }
 
 /// What `imds-guard --version` says this kernel offers (the features `run` uses whatever the
-/// policy says, by the names operators look up). The kernel-coverage work extends this list.
-pub const SHOWN: [Feature; 6] = [
+/// policy says, by the names operators look up; `sk_msg link` only says how the message hook is
+/// attached).
+pub const SHOWN: [Feature; 8] = [
     Feature::Btf,
     Feature::CgroupSockAddr,
+    Feature::SkStorage,
+    Feature::RingBuf,
+    Feature::SockOps,
+    Feature::SockHash,
     Feature::SkMsg,
     Feature::SkMsgLink,
-    Feature::RingBuf,
-    Feature::BpfLoop,
 ];
 
 impl Feature {
@@ -137,7 +272,6 @@ impl Feature {
             Feature::SockHash => "sockhash",
             Feature::SkMsg => "sk_msg",
             Feature::SkMsgLink => "sk_msg link",
-            Feature::BpfLoop => "bpf_loop",
             Feature::RingBuf => "ring buffer",
             Feature::PidfdGetfd => "pidfd_getfd",
         }
@@ -151,12 +285,34 @@ pub fn probe_each(features: &[Feature]) -> Vec<(Feature, io::Result<bool>)> {
     features.iter().map(|&f| (f, f.probe())).collect()
 }
 
-/// The features the daemon runs without on this kernel (`imds_guard_build_info{degraded}`,
-/// comma-separated). None today: a missing feature of [`ALWAYS`] stops `run`. The hook for a
-/// daemon that runs on with less (the kernel-coverage work): fill this in and the metric follows.
-#[must_use]
-pub fn degraded() -> Vec<&'static str> {
-    Vec::new()
+/// Whether `IMDS_GUARD_PRETEND_MISSING` (comma-separated [`Feature::name`]s) names `f`.
+fn pretend_missing(f: Feature) -> bool {
+    std::env::var("IMDS_GUARD_PRETEND_MISSING")
+        .is_ok_and(|v| v.split(',').any(|n| n.trim().eq_ignore_ascii_case(f.name())))
+}
+
+/// The parts of the guard this kernel cannot run, each with the features it lacks for it (empty:
+/// nothing is degraded). A probe that cannot tell is an error, not a degradation.
+pub fn degradations() -> anyhow::Result<Vec<Degraded>> {
+    degradations_with(Feature::probe)
+}
+
+fn degradations_with(probe: impl Fn(Feature) -> io::Result<bool>) -> anyhow::Result<Vec<Degraded>> {
+    let mut out = Vec::new();
+    for what in Degradation::ALL {
+        let mut missing = Vec::new();
+        for &f in what.needs() {
+            match probe(f) {
+                Ok(true) => {}
+                Ok(false) => missing.push(f),
+                Err(e) => anyhow::bail!("probing the kernel for {f:?} support failed: {e}"),
+            }
+        }
+        if !missing.is_empty() {
+            out.push(Degraded { what, missing });
+        }
+    }
+    Ok(out)
 }
 
 /// pidfd_getfd(-1, ...) fails with EBADF where the system call exists and ENOSYS where it does not.
@@ -222,20 +378,16 @@ mod tests {
 
     #[test]
     fn one_sentence_per_missing_feature() {
-        let absent = [Feature::Btf, Feature::BpfLoop, Feature::SkMsgLink];
-        let e = report(&ALWAYS, |f| Ok(!absent.contains(&f))).unwrap_err().to_string();
+        let absent = [Feature::Btf, Feature::SkStorage, Feature::RingBuf];
+        let e = report(&REQUIRED, |f| Ok(!absent.contains(&f))).unwrap_err().to_string();
         let lines: Vec<&str> = e.lines().collect();
         assert_eq!(lines[0], "this kernel lacks 3 features imds-guard needs:", "{e}");
-        assert_eq!(
-            lines[1..],
-            [Feature::Btf, Feature::SkMsgLink, Feature::BpfLoop].map(|f| format!("  - {}", f.missing())),
-            "{e}"
-        );
+        assert_eq!(lines[1..], absent.map(|f| format!("  - {}", f.missing())), "{e}");
         for l in &lines[1..] {
             // One sentence each: it ends with the only full stop, and names a kernel version.
             assert!(l.ends_with('.') && l.matches(". ").count() == 0 && l.contains("Linux "), "{l}");
         }
-        assert!(report(&ALWAYS, |_| Ok(true)).is_ok());
+        assert!(report(&REQUIRED, |_| Ok(true)).is_ok());
         let e = report(&[Feature::PidfdGetfd], |_| Ok(false)).unwrap_err().to_string();
         assert!(
             e.starts_with("this kernel lacks 1 feature imds-guard needs:\n  - The kernel has no pidfd_getfd"),
@@ -246,7 +398,7 @@ mod tests {
     #[test]
     fn a_load_failure_is_explained_by_the_missing_features_or_left_as_it_was() {
         let load = || anyhow::anyhow!("loading imdsg_connect4 (verifier)");
-        let e = explain_with(load(), &ALWAYS, |f| Ok(f != Feature::RingBuf));
+        let e = explain_with(load(), &USED, |f| Ok(f != Feature::RingBuf));
         let text = format!("{e:#}");
         assert!(
             text.starts_with(
@@ -256,19 +408,91 @@ mod tests {
         );
         assert!(text.contains(Feature::RingBuf.missing()), "{text}");
         assert_eq!(
-            format!("{:#}", explain_with(load(), &ALWAYS, |_| Ok(true))),
+            format!("{:#}", explain_with(load(), &USED, |_| Ok(true))),
             "loading imdsg_connect4 (verifier)"
         );
-        let cannot_tell = explain_with(load(), &ALWAYS, |_| Err(io::Error::from_raw_os_error(libc::EPERM)));
+        let cannot_tell = explain_with(load(), &USED, |_| Err(io::Error::from_raw_os_error(libc::EPERM)));
         assert_eq!(format!("{cannot_tell:#}"), "loading imdsg_connect4 (verifier)");
     }
 
     #[test]
     fn a_probe_that_cannot_tell_is_an_error_not_a_missing_feature() {
-        let e = report(&ALWAYS, |f| {
+        let e = report(&REQUIRED, |f| {
             if f == Feature::RingBuf { Err(io::Error::from_raw_os_error(libc::EPERM)) } else { Ok(true) }
         })
         .unwrap_err();
         assert!(e.to_string().contains("probing the kernel for RingBuf support failed"), "{e}");
+    }
+
+    /// One sentence: a full stop at the end and none before (version numbers have dots).
+    fn one_sentence(s: &str) -> bool {
+        s.ends_with('.') && !s.contains(". ")
+    }
+
+    #[test]
+    fn every_sentence_is_one_sentence_naming_a_kernel_version() {
+        let all = [
+            Feature::Btf,
+            Feature::CgroupSockAddr,
+            Feature::SockOps,
+            Feature::SkStorage,
+            Feature::SockHash,
+            Feature::SkMsg,
+            Feature::SkMsgLink,
+            Feature::RingBuf,
+            Feature::PidfdGetfd,
+        ];
+        for f in all {
+            assert!(f.missing().contains("Linux ") && f.missing().ends_with('.'), "{}", f.missing());
+            assert!(!f.name().contains(' ') && !f.name().is_empty());
+        }
+        for what in Degradation::ALL {
+            for n in 1..=what.needs().len() {
+                let s = what.sentence(&what.needs()[..n]);
+                assert!(one_sentence(&s) && s.contains("Linux "), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_kernel_without_the_stream_parser_runs_without_imdsv1_inspection() {
+        // CONFIG_BPF_STREAM_PARSER off: no sockhash, no sk_msg; sockops is still there.
+        let d = degradations_with(|f| Ok(!matches!(f, Feature::SockHash | Feature::SkMsg))).unwrap();
+        assert_eq!(
+            d,
+            [Degraded {
+                what: Degradation::Imdsv1Inspection,
+                missing: vec![Feature::SockHash, Feature::SkMsg]
+            }]
+        );
+        assert_eq!(d[0].what.name(), "imdsv1_inspection");
+        assert_eq!(
+            d[0].sentence(),
+            "IMDSv1 inspection is off because this kernel has no socket hash maps (Linux 4.18+, \
+             CONFIG_BPF_STREAM_PARSER) and no sk_msg programs (Linux 4.17+, CONFIG_BPF_STREAM_PARSER), \
+             so connect rules are enforced but tokenless IMDSv1 requests are neither reported nor refused."
+        );
+        let one = degradations_with(|f| Ok(f != Feature::SkMsg)).unwrap();
+        assert_eq!(one[0].missing, [Feature::SkMsg]);
+        assert!(
+            one[0].sentence().contains("has no sk_msg programs (Linux 4.17+, CONFIG_BPF_STREAM_PARSER), so")
+        );
+        // Everything there: nothing degraded. What the connect hooks need is never a degradation.
+        assert!(degradations_with(|_| Ok(true)).unwrap().is_empty());
+        assert!(degradations_with(|f| Ok(!REQUIRED.contains(&f))).unwrap().is_empty());
+        // A probe that cannot tell is an error, not a degradation.
+        let e = degradations_with(|_| Err(io::Error::from_raw_os_error(libc::EPERM))).unwrap_err();
+        assert!(e.to_string().starts_with("probing the kernel for SockOps support failed"), "{e}");
+    }
+
+    #[test]
+    fn the_inspector_is_never_required_and_the_link_is_never_a_degradation() {
+        for f in Degradation::Imdsv1Inspection.needs() {
+            assert!(!REQUIRED.contains(f) && USED.contains(f), "{f:?}");
+        }
+        assert!(!REQUIRED.contains(&Feature::SkMsgLink) && !USED.contains(&Feature::SkMsgLink));
+        assert!(Degradation::ALL.iter().all(|d| !d.needs().contains(&Feature::SkMsgLink)));
+        // The metrics have a gauge for each.
+        assert_eq!(Degradation::ALL.map(Degradation::name), crate::report::metrics::DEGRADABLE);
     }
 }

@@ -22,7 +22,7 @@ use imds_guard_common::{
 
 use super::{
     bpf_sys::{RcuBarrier, obj_get},
-    paths::{PROGRAMS, link_pin, map_pin, maps_dir, other_map_dirs},
+    paths::{INSPECTOR, PROGRAMS, link_pin, map_pin, maps_dir, other_map_dirs},
 };
 
 /// The eBPF object built by build.rs (public for the benchmark, which loads its empty programs).
@@ -76,6 +76,9 @@ pub struct Guard {
     /// The kernel attaches sk_msg programs through a bpf_link (Linux 6.10+); before that the
     /// message hook is attached through its map ([`super::attach`]).
     pub(super) msg_link: bool,
+    /// The request inspector (sockops, message hook) is loaded and attached; false where the
+    /// kernel lacks what it needs (only the connect hooks run then).
+    pub(super) inspect: bool,
     /// Map directories of an earlier version's layout, removed once this one's programs took over.
     pub(super) old_maps: Vec<PathBuf>,
     pub(super) generation: u32,
@@ -112,8 +115,14 @@ fn verifier_log_level() -> aya::VerifierLogLevel {
 impl Guard {
     /// Loads the object (not yet its programs), reusing the maps pinned in `pin_dir` when they
     /// are of this build's layout, and holds a descriptor of each map. `cgroup` is where the
-    /// programs will be attached.
-    pub fn open(pin_dir: &Path, cgroup: &Path, exe_offsets: Option<ExeOffsets>) -> anyhow::Result<Self> {
+    /// programs will be attached; `inspect`: the request inspector too (else the connect hooks
+    /// alone).
+    pub fn open(
+        pin_dir: &Path,
+        cgroup: &Path,
+        exe_offsets: Option<ExeOffsets>,
+        inspect: bool,
+    ) -> anyhow::Result<Self> {
         let cgroup_id = crate::host::env::cgroup_id(cgroup)?;
         let maps_dir = maps_dir(pin_dir);
         let fresh_maps = !maps_dir.join(maps::ACTIVE).exists();
@@ -128,7 +137,8 @@ impl Guard {
                  from an incompatible version: `imds-guard unload` removes them)",
             )?;
         let barrier = std::sync::Arc::new(RcuBarrier::new().context("creating the RCU barrier map")?);
-        let msg_link = msg_attach_by_link()?;
+        // Without the inspector there is no message hook to attach (and the probe means nothing).
+        let msg_link = inspect && msg_attach_by_link()?;
         let mut guard = Guard {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -138,6 +148,7 @@ impl Guard {
             readers: !fresh_maps,
             fresh_maps,
             msg_link,
+            inspect,
             old_maps,
             generation: 0,
             exe_offsets,
@@ -160,9 +171,10 @@ impl Guard {
         PROGRAMS.iter().map(|(_, l)| link_pin(&self.pin_dir, l)).find(|p| p.exists())
     }
 
-    /// Loads every program (the verifier runs here), none attached yet.
+    /// Loads every program (the verifier runs here), none attached yet; without the inspector,
+    /// only the connect hooks.
     pub fn load_programs(&mut self) -> anyhow::Result<()> {
-        for (prog_name, _) in PROGRAMS {
+        for (prog_name, _) in self.programs() {
             let t = std::time::Instant::now();
             let program =
                 self.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
@@ -176,6 +188,29 @@ impl Guard {
             tracing::debug!(program = prog_name, ms = t.elapsed().as_secs_f64() * 1e3, "loaded (verified)");
         }
         Ok(())
+    }
+
+    /// The programs this guard loads and attaches (of [`PROGRAMS`]): all of them, or without the
+    /// request inspector the connect hooks alone.
+    pub(super) fn programs(&self) -> Vec<(&'static str, &'static str)> {
+        PROGRAMS.into_iter().filter(|(_, l)| self.inspect || !INSPECTOR.contains(l)).collect()
+    }
+
+    /// Whether the request inspector is loaded (see [`Guard::open`]).
+    #[must_use]
+    pub const fn inspects(&self) -> bool {
+        self.inspect
+    }
+
+    /// How the message hook is attached: `"link"` (a bpf_link, Linux 6.10+), `"map"` (through
+    /// its socket map), or `None` without the inspector.
+    #[must_use]
+    pub const fn msg_attach(&self) -> Option<&'static str> {
+        match (self.inspect, self.msg_link) {
+            (false, _) => None,
+            (true, true) => Some("link"),
+            (true, false) => Some("map"),
+        }
     }
 
     /// The generation an install would make live next (generations continue across daemons:
@@ -241,7 +276,7 @@ fn msg_attach_by_link() -> anyhow::Result<bool> {
     if std::env::var("IMDS_GUARD_SK_MSG_ATTACH").is_ok_and(|v| v == "map") {
         return Ok(false);
     }
-    super::bpf_sys::sk_msg_link_supported().context("probing for sockmap links")
+    super::features::Feature::SkMsgLink.probe().context("probing for sockmap links")
 }
 
 impl Drop for Guard {

@@ -27,6 +27,10 @@ pub const PROGRAMS: [(&str, &str); 4] = [
     ("imdsg_sockops", "sockops"),
 ];
 
+/// The link names of the request inspector's programs (of [`PROGRAMS`]), which a kernel without
+/// sockhash/sk_msg support runs without (`kernel::features::Degradation::Imdsv1Inspection`).
+pub const INSPECTOR: [&str; 2] = ["msg", "sockops"];
+
 #[must_use]
 pub fn link_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("links").join(name)

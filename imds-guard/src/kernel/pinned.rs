@@ -13,7 +13,7 @@ use imds_guard_common::{
 };
 use serde::Serialize;
 
-use super::paths::{MSG_PROG, PROGRAMS, attached_pin, link_pin, map_pin};
+use super::paths::{INSPECTOR, MSG_PROG, PROGRAMS, attached_pin, link_pin, map_pin};
 
 fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = map_pin(pin_dir, name);
@@ -58,6 +58,16 @@ pub struct Status {
     pub policy_digest: String,
     pub cgroup_id: u64,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
+    /// What this kernel makes the guard run without (probed now, as the daemon did at start):
+    /// (name, one sentence). Empty when nothing is missing.
+    pub degraded: Vec<DegradedStatus>,
+}
+
+/// A part of the guard this kernel cannot run, as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct DegradedStatus {
+    pub feature: &'static str,
+    pub reason: String,
 }
 
 pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
@@ -66,6 +76,8 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
 
 /// [`status`], counting the live generation's rule entries only if `count_entries`.
 pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status> {
+    let degraded = super::features::degradations()?;
+    let inspects = !degraded.iter().any(|d| d.what == super::features::Degradation::Imdsv1Inspection);
     let links: Vec<String> = PROGRAMS
         .iter()
         .filter(|(_, l)| attached_pin(pin_dir, l).is_some())
@@ -95,7 +107,11 @@ pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status
     }
     Ok(Status {
         pin_dir: pin_dir.to_owned(),
-        enforcing: links.len() == PROGRAMS.len()
+        // Every program a daemon on this kernel attaches: without the inspector, the connect hooks.
+        enforcing: PROGRAMS
+            .iter()
+            .filter(|(_, l)| inspects || !INSPECTOR.contains(l))
+            .all(|(_, l)| links.iter().any(|have| have == l))
             && cfg.generation == active.generation
             && active.generation != 0,
         links,
@@ -107,6 +123,10 @@ pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status
         policy_digest: cfg.digest.iter().map(|b| format!("{b:02x}")).collect(),
         cgroup_id: cfg.attach_cgroup_id,
         counters,
+        degraded: degraded
+            .iter()
+            .map(|d| DegradedStatus { feature: d.what.name(), reason: d.sentence() })
+            .collect(),
     })
 }
 

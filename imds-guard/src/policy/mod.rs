@@ -113,4 +113,19 @@ impl Policy {
     pub fn needs_exe(&self) -> bool {
         self.installed().any(|r| r.exe.is_some())
     }
+
+    /// What in the policy refuses tokenless IMDSv1 requests (which takes the request inspector),
+    /// said so that the operator finds it: `allow[1] "legacy" (p.toml line 7) sets imdsv1 = "deny"`,
+    /// or the top-level default; `None` when nothing does.
+    #[must_use]
+    pub fn imdsv1_denial(&self) -> Option<String> {
+        if let Some(r) = self.installed().find(|r| r.imdsv1 == Imdsv1Action::Deny) {
+            return Some(format!(
+                "allow[{}] \"{}\" ({} line {}) sets imdsv1 = \"deny\"",
+                r.index, r.name, self.source, r.line
+            ));
+        }
+        (self.default_imdsv1 == Imdsv1Action::Deny)
+            .then(|| format!("{} sets imdsv1 = \"deny\" for every workload", self.source))
+    }
 }

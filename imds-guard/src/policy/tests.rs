@@ -348,3 +348,18 @@ fn kernel_tables() {
     let q = policy("mode = \"monitor\"\n[[allow]]\nuid = 1\n").unwrap();
     assert_ne!(p.digest, q.digest);
 }
+
+#[test]
+fn the_rule_that_denies_imdsv1_is_named() {
+    let p = policy(
+        "mode = \"enforce\"\n[[allow]]\nuid = 0\n[[allow]]\nname = \"legacy\"\nuid = 1\nimdsv1 = \"deny\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.imdsv1_denial().as_deref(),
+        Some("allow[1] \"legacy\" (p.toml line 4) sets imdsv1 = \"deny\"")
+    );
+    let p = policy("imdsv1 = \"deny\"\n[[allow]]\nuid = 0\nimdsv1 = \"log\"\n").unwrap();
+    assert_eq!(p.imdsv1_denial().as_deref(), Some("p.toml sets imdsv1 = \"deny\" for every workload"));
+    assert_eq!(policy("[[allow]]\nuid = 0\n").unwrap().imdsv1_denial(), None);
+}

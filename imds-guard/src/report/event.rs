@@ -376,6 +376,23 @@ pub struct GuardStarted {
     /// `cgroup` or `reduced`.
     pub enforcement: String,
     pub netfilter: NetfilterSummary,
+    /// What this kernel makes the guard run without (empty: nothing).
+    #[serde(default)]
+    pub degraded: Vec<DegradedPart>,
+    /// How the message hook is attached: `link` (Linux 6.10+) or `map`; `None` without it.
+    #[serde(default)]
+    pub msg_attach: Option<String>,
+}
+
+/// A part of the guard the kernel lacks the means for (in `guard_started` and `status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DegradedPart {
+    /// `imdsv1_inspection`.
+    pub feature: String,
+    /// The kernel features it lacks (`sk_msg`, `sockhash`, `sockops`).
+    pub missing: Vec<String>,
+    /// One sentence: what is off, why, and what still runs.
+    pub reason: String,
 }
 
 /// What the nftables table of the daemon's network namespace does (in `guard_started`).

@@ -62,6 +62,15 @@ impl BuildInfo {
     }
 }
 
+/// The parts of the guard a kernel may lack the means for (`kernel::features::Degradation`'s
+/// names): `imds_guard_feature_degraded` has a series for each, 0 or 1.
+pub const DEGRADABLE: &[&str] = &["imdsv1_inspection"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DegradedFeature {
+    feature: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Violation {
     workload: String,
@@ -109,10 +118,20 @@ impl Metrics {
         let mut registry = Registry::with_prefix("imds_guard");
         let info = Family::<BuildInfo, Gauge>::default();
         info.get_or_create(&build).set(1);
+        let degraded = Family::<DegradedFeature, Gauge>::default();
+        for feature in DEGRADABLE {
+            let on = build.degraded.split(',').any(|d| d == *feature);
+            degraded.get_or_create(&DegradedFeature { feature: (*feature).to_owned() }).set(i64::from(on));
+        }
         registry.register(
             "build_info",
             "Always 1: the imds-guard version, the kernel release, and the features it runs without here (degraded)",
             info,
+        );
+        registry.register(
+            "feature_degraded",
+            "1 if this kernel lacks what the feature needs and the guard runs without it (imdsv1_inspection: IMDSv1 requests neither reported nor refused), else 0",
+            degraded,
         );
         let denied = Family::<Violation, Counter>::default();
         registry.register(
@@ -425,6 +444,16 @@ mod tests {
         let info = text.lines().find(|l| l.starts_with("imds_guard_build_info{")).expect(&text);
         assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{info}");
         assert!(info.ends_with("degraded=\"\"} 1"), "{info}");
+        assert!(text.contains("imds_guard_feature_degraded{feature=\"imdsv1_inspection\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn a_degraded_feature_is_named_in_build_info_and_has_its_gauge() {
+        let m = Metrics::new(Box::new(NoKernel), Arc::default(), BuildInfo::here(&["imdsv1_inspection"]));
+        let text = m.encode();
+        let info = text.lines().find(|l| l.starts_with("imds_guard_build_info{")).expect(&text);
+        assert!(info.ends_with("degraded=\"imdsv1_inspection\"} 1"), "{info}");
+        assert!(text.contains("imds_guard_feature_degraded{feature=\"imdsv1_inspection\"} 1"), "{text}");
     }
 
     /// The alert rules and the Grafana dashboard under deploy/ name only metrics the daemon
