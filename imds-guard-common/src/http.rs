@@ -253,10 +253,10 @@ const fn transition(s: u8, b: u8) -> u32 {
             return entry(PATH, f);
         }
         if b >= b'A' && b <= b'Z' {
-            if s < M_OTHER {
-                if let Some(c) = method_child(s, b) {
-                    return entry(c, 0);
-                }
+            if s < M_OTHER
+                && let Some(c) = method_child(s, b)
+            {
+                return entry(c, 0);
             }
             let n = method_len(s);
             return if n < 8 { entry(M_OTHER + n, 0) } else { entry(NOT_HTTP, 0) };
@@ -834,6 +834,6 @@ mod tests {
         }
         assert_eq!(st::LINE + TTL_HEADER.len() as u8, st::NAME_XFF - 1);
         assert!(st::NAME_XFF + (XFF_HEADER.len() as u8 - 3) < st::NAME_OTHER);
-        assert!(st::VALUE < st::DONE && st::DONE < st::NOT_HTTP);
+        const { assert!(st::VALUE < st::DONE && st::DONE < st::NOT_HTTP) };
     }
 }

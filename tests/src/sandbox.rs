@@ -323,9 +323,11 @@ impl Sandbox {
         cmd.args(args).output().expect("running imds-guard")
     }
 
-    /// Programs attached to the sandbox cgroup (bpftool's view).
+    /// Programs attached to the sandbox cgroup, one line each as bpftool prints them
+    /// (`<id> <attach type> <name>`), read with BPF_PROG_QUERY itself: bookworm's bpftool
+    /// passes query fields that kernels before 6.0 refuse, so `bpftool cgroup show` fails on 5.10.
     pub fn attached_programs(&self) -> String {
-        run(Command::new("bpftool").args(["cgroup", "show"]).arg(&self.cgroup))
+        attached_programs(&self.cgroup)
     }
 }
 
@@ -424,4 +426,64 @@ pub(crate) fn remove_cgroup(cg: &Path) {
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
+}
+
+/// See [`Sandbox::attached_programs`].
+pub fn attached_programs(cgroup: &Path) -> String {
+    use std::os::fd::AsRawFd as _;
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // The cgroup attach types imds-guard uses, and others a test might meet.
+    const TYPES: [(u32, &str); 6] = [
+        (0, "ingress"),
+        (1, "egress"),
+        (2, "sock_create"),
+        (3, "sock_ops"),
+        (10, "connect4"),
+        (11, "connect6"),
+    ];
+    let dir = fs::File::open(cgroup).unwrap_or_else(|e| panic!("opening {}: {e}", cgroup.display()));
+    let bpf = |cmd: libc::c_long, attr: &mut [u8; 128]| {
+        // SAFETY: the bpf syscall with a zeroed attribute block of 128 bytes that it may read and write.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) }
+    };
+    let mut out = String::from("ID       AttachType      AttachFlags     Name\n");
+    for (ty, ty_name) in TYPES {
+        let mut ids = [0u32; 64];
+        let mut attr = [0u8; 128];
+        // union bpf_attr, query: target_fd u32, attach_type u32, query_flags u32, attach_flags u32,
+        // prog_ids u64, prog_cnt u32.
+        attr[0..4].copy_from_slice(&(dir.as_raw_fd() as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&ty.to_ne_bytes());
+        attr[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+        attr[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+        if bpf(BPF_PROG_QUERY, &mut attr) < 0 {
+            continue; // an attach type this kernel does not know
+        }
+        let n = u32::from_ne_bytes(attr[24..28].try_into().unwrap()) as usize;
+        for &id in &ids[..n.min(ids.len())] {
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&id.to_ne_bytes());
+            let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr);
+            let mut name = String::from("?");
+            if fd >= 0 {
+                let mut info = [0u8; 256];
+                let mut attr = [0u8; 128];
+                attr[0..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+                attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+                attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+                if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0 {
+                    // struct bpf_prog_info: name[16] at offset 64.
+                    let raw = &info[64..80];
+                    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+                    name = String::from_utf8_lossy(&raw[..end]).into_owned();
+                }
+                // SAFETY: a descriptor this function opened.
+                unsafe { libc::close(fd as i32) };
+            }
+            out.push_str(&format!("{id:<8} {ty_name:<15} {:<15} {name}\n", ""));
+        }
+    }
+    out
 }

@@ -125,7 +125,24 @@ fn main() -> anyhow::Result<()> {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            cargo(&test)
+            let host = cargo(&test);
+            // The kernel matrix (5.10, 6.1, 6.12 under QEMU): part of every full run. A filtered
+            // run (arguments for cargo test) is a developer's quick loop and skips it, and so
+            // does IMDSG_VM=0 outside CI.
+            let skip = std::env::var("IMDSG_VM").is_ok_and(|v| v == "0");
+            if skip && std::env::var("CI").is_ok_and(|v| v == "true") {
+                bail!("IMDSG_VM=0 under CI=true: the kernel matrix is part of the test command");
+            }
+            let matrix = if args.is_empty() && !skip {
+                vm::run(vm::Args::matrix())
+            } else {
+                eprintln!(
+                    "[test] kernel matrix skipped ({})",
+                    if skip { "IMDSG_VM=0" } else { "filtered run" }
+                );
+                Ok(())
+            };
+            host.and(matrix)
         }
         Cmd::Bench => {
             std::fs::create_dir_all(root().join("target/bench"))?;

@@ -37,8 +37,9 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 
 /// The default checks: allowed and denied identities (uid, exe, cgroup) over IPv4, IPv6 and
 /// v4-mapped; IMDSv1 reported and denied; SIGKILL keeps enforcement and a restart adopts it; a
-/// reload under a connect storm; the netfilter forward drop. (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 8] = [
+/// reload under a connect storm; the netfilter forward drop; nothing reported degraded that the
+/// kernel supports. (target, test, timeout in seconds)
+pub const SUBSET: [(&str, &str, u32); 9] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -51,6 +52,7 @@ pub const SUBSET: [(&str, &str, u32); 8] = [
         "forwarded_requests_are_dropped_and_reported_while_the_host_s_allowed_process_gets_through",
         300,
     ),
+    ("degraded", "nothing_is_degraded_when_nothing_is_missing", 180),
 ];
 
 /// The checks to run. `tests` (`--tests`): `<target>` (every test of that binary, from `list`) or

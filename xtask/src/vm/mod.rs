@@ -70,6 +70,26 @@ pub struct Args {
     prepare: bool,
 }
 
+impl Args {
+    /// The default matrix: the subset on every kernel, as `cargo xtask test` runs it.
+    pub fn matrix() -> Self {
+        Args {
+            kernels: Vec::new(),
+            tests: Vec::new(),
+            filter: Vec::new(),
+            shell_cmd: None,
+            with_tests: false,
+            guard_bin: None,
+            put: Vec::new(),
+            check_timeout: None,
+            shell_timeout: 600,
+            keep: false,
+            append: None,
+            prepare: false,
+        }
+    }
+}
+
 /// `target/vm/`: every cache and run of the matrix.
 pub fn vm_dir() -> PathBuf {
     root().join("target/vm")
@@ -165,7 +185,12 @@ fn build(guard_bin: Option<&Path>, with_tests: bool) -> anyhow::Result<Built> {
         let kinds = v["target"]["kind"].as_array().cloned().unwrap_or_default();
         if kinds.iter().any(|k| k == "test") {
             built.tests.push((name.to_owned(), PathBuf::from(exe)));
-        } else if kinds.iter().any(|k| k == "bin") && name.starts_with("imdsg-") {
+        } else if kinds.iter().any(|k| k == "bin")
+            && name.starts_with("imdsg-")
+            // Not the bin's own unit-test harness, which cargo test also builds (and which,
+            // run as a helper, prints "running 0 tests").
+            && v["profile"]["test"] == false
+        {
             built.bins.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
