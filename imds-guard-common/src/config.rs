@@ -104,7 +104,12 @@ pub struct GenConfig {
     pub attach_cgroup_id: u64,
     /// Number of `[[allow]]` tables in the policy (for `status`).
     pub rule_count: u32,
-    pub _pad1: u32,
+    /// The strictest [`crate::rule::Imdsv1Action`] of the policy (its default and every table's):
+    /// what the message hook applies to a metadata connection whose state it does not find (one
+    /// no connect hook of this map layout judged: opened before the guard started, or before an
+    /// upgrade that changed the layout; or whose storage could not be created). Unknown
+    /// connections get no more than the most any workload gets.
+    pub strictest_imdsv1: u32,
     /// SHA-256 of the policy's canonical form, shown by `status`.
     pub digest: [u8; 32],
 }
@@ -138,7 +143,7 @@ impl Default for GenConfig {
             },
             attach_cgroup_id: 0,
             rule_count: 0,
-            _pad1: 0,
+            strictest_imdsv1: crate::rule::Imdsv1Action::Log as u32,
             digest: [0; 32],
         }
     }

@@ -21,7 +21,10 @@ pub const SOCKETS: &str = "IMDSG_SOCKETS";
 pub const FAST: &str = ".data.imdsg";
 
 /// All maps the daemon pins, in the order `unload` removes them.
-pub const ALL: [&str; 6] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS];
+/// Per-socket state of metadata connections (socket-local storage): pinned like the rest, so
+/// that a restarted daemon's message hook finds what the previous one's connect hook recorded.
+pub const SOCKSTATE: &str = "IMDSG_SOCKSTATE";
+pub const ALL: [&str; 7] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE];
 
 /// Connections to metadata endpoints tracked at once.
 pub const SOCKETS_CAPACITY: u32 = 65_536;
@@ -32,14 +35,14 @@ pub const RULES_CAPACITY: u32 = 2 * crate::config::MAX_RULES;
 pub const EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// Bumped by hand when a map's meaning changes without its size changing.
-const LAYOUT_REVISION: u64 = 2;
+const LAYOUT_REVISION: u64 = 3;
 
 /// Identifies the layout of the pinned maps (their value and key sizes and capacities). Maps are
 /// pinned under `maps-<LAYOUT as 16 hex digits>`: a daemon of the same layout adopts them (state and
 /// counters survive a restart); one of another layout (an upgrade that changed a struct) creates its
 /// own and swaps its programs in, so an upgrade never needs `unload`.
 pub const LAYOUT: u64 = {
-    let parts: [u64; 12] = [
+    let parts: [u64; 13] = [
         LAYOUT_REVISION,
         size_of::<crate::config::Active>() as u64,
         size_of::<crate::config::GenConfig>() as u64,
@@ -52,6 +55,7 @@ pub const LAYOUT: u64 = {
         SOCKETS_CAPACITY as u64,
         size_of::<crate::event::ConnectEvent>() as u64,
         size_of::<crate::event::RequestEvent>() as u64,
+        size_of::<crate::sock::SockState>() as u64,
     ];
     // FNV-1a over the parts.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

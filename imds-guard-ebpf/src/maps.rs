@@ -1,7 +1,7 @@
 //! The maps, pinned by name so that enforcement and its state outlive the daemon.
 
 use aya_ebpf::{
-    btf_maps::SkStorage,
+    btf_maps::{Pinned, SkStorage},
     macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf, SockHash},
 };
@@ -32,9 +32,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 #[map(name = "IMDSG_SOCKETS")]
 pub static SOCKETS: SockHash<u64> = SockHash::pinned(SOCKETS_CAPACITY, 0);
 
-/// Per-socket state of connections to metadata endpoints; freed with the socket.
+/// Per-socket state of connections to metadata endpoints; freed with the socket. Pinned with the
+/// other maps: a restarted daemon's message hook reads what the previous one's connect hook wrote.
 #[btf_map]
-pub static IMDSG_SOCKSTATE: SkStorage<SockState> = SkStorage::new();
+pub static IMDSG_SOCKSTATE: Pinned<SkStorage<SockState>> = SkStorage::new().pin_by_name();
 
 /// The live generation and each config slot's endpoint prefilter, as a global: read with plain
 /// loads, no map lookup, so that a connect to anything but an endpoint is over quickly. Alone in

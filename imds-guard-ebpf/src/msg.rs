@@ -10,9 +10,13 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel,
+            bpf_sk_storage_get,
+        },
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -21,7 +25,7 @@ use imds_guard_common::{
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
     http::Finding,
     rule::Imdsv1Action,
-    sock::{SCAN_MAX, SockState},
+    sock::{NO_RULE, SCAN_MAX, SockState},
     stats::Stat,
 };
 
@@ -35,21 +39,37 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     let md = ctx.msg;
     // SAFETY: the sk_msg context.
     let sk = unsafe { (*md).__bindgen_anon_3.sk };
-    // SAFETY: helper call with our storage map and the message's socket.
+    // SAFETY: helper call with our storage map and the message's socket. With F_CREATE: a
+    // connection no connect hook of this map layout judged gets (zeroed) state here.
     let st = unsafe {
         bpf_sk_storage_get(
             core::ptr::addr_of!(IMDSG_SOCKSTATE).cast_mut().cast(),
             sk.cast(),
             core::ptr::null_mut(),
-            0,
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
         )
     }
     .cast::<SockState>();
     if st.is_null() {
-        return SK_PASS;
+        // No state and none can be made (memory): judge the write unread, as the strictest
+        // workload would be judged.
+        return match crate::maps::live_config() {
+            Some(cfg) if cfg.strictest_imdsv1 == Imdsv1Action::Deny as u32 => {
+                count(Stat::Unclassified);
+                count(Stat::Imdsv1Denied);
+                SK_DROP
+            }
+            _ => SK_PASS,
+        };
     }
     // SAFETY: storage of this socket, held for this run (sendmsg holds the socket lock).
     let st = unsafe { &mut *st };
+    if st.generation == 0 {
+        // Not judged at connect by this layout's hooks (generations start at 1): opened before
+        // the guard started or before an upgrade that changed the map layout. It gets the
+        // strictest treatment of the live policy and is attributed to its writer.
+        adopt(st);
+    }
     let size = ctx.size();
     let want = if size > SCAN_MAX { SCAN_MAX } else { size };
     // SAFETY: makes the first `want` bytes linear so that data..data_end covers them.
@@ -114,6 +134,23 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // The message is judged; the next one starts a new request.
     st.http.reset();
     if deny { SK_DROP } else { SK_PASS }
+}
+
+/// Fills the state of a connection the connect hooks did not judge.
+#[inline(always)]
+fn adopt(st: &mut SockState) {
+    let Some(cfg) = crate::maps::live_config() else { return };
+    st.imdsv1 = cfg.strictest_imdsv1;
+    st.rule_index = NO_RULE;
+    st.generation = cfg.generation;
+    let uid_gid = bpf_get_current_uid_gid();
+    st.uid = uid_gid as u32;
+    st.gid = (uid_gid >> 32) as u32;
+    st.pid_tgid = bpf_get_current_pid_tgid();
+    st.comm = bpf_get_current_comm().unwrap_or_default();
+    // SAFETY: plain helper call.
+    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    st.http.reset();
 }
 
 /// `x`, through a volatile stack slot: the compiler forgets what it knew about its range.

@@ -306,3 +306,68 @@ except OSError as e:
         sb.imds.requests()
     );
 }
+
+/// Connects to the endpoint, says so, waits for a line on stdin, then writes a tokenless GET on
+/// that same connection and prints what became of it: `answered`, `closed` or the errno's name.
+const KEPT_CONNECTION_PY: &str = r#"
+import errno, socket, sys
+s = socket.create_connection(("169.254.169.254", 80), timeout=5)
+print("connected", flush=True)
+sys.stdin.readline()
+try:
+    s.sendall(b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+    print("answered" if s.recv(100) else "closed", flush=True)
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+"#;
+
+#[test]
+fn imdsv1_deny_holds_on_a_connection_kept_across_restarts_on_both_attach_paths() {
+    use std::io::BufRead as _;
+    // `link`: the message hook is a bpf_link (6.10+); `map`: attached through its socket map,
+    // the only way before 6.10 (forced here on a newer kernel).
+    for attach in ["link", "map"] {
+        let Some(sb) = Sandbox::new(&format!("v1_kept_{attach}"), ImdsMode::Optional) else { return };
+        let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+        let env = [("IMDS_GUARD_SK_MSG_ATTACH", attach)];
+        let d = sb.daemon_env(&policy, &[], &env);
+        // Two connections made under the first daemon: one is used after a SIGKILL and a new
+        // daemon, the other after that daemon's SIGTERM, with no daemon running.
+        let spawn = || {
+            let mut c = sb
+                .client(0, 0)
+                .command("python3")
+                .args(["-c", KEPT_CONNECTION_PY])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3");
+            let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "connected", "{attach}");
+            (c, out)
+        };
+        let outcome =
+            |(mut c, mut out): (std::process::Child, std::io::BufReader<std::process::ChildStdout>)| {
+                c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+                let mut line = String::new();
+                out.read_line(&mut line).unwrap();
+                c.wait().unwrap();
+                line.trim().to_owned()
+            };
+        let first = spawn();
+        let second = spawn();
+        d.kill();
+        let d = sb.daemon_env(&policy, &[], &env);
+        d.wait_event(Duration::from_secs(5), |e| e["event"] == "guard_started").expect("restarted");
+        assert_eq!(outcome(first), "EACCES", "{attach}: a connection from before the restart");
+        d.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(d.wait_exit(Duration::from_secs(10)).success());
+        assert_eq!(outcome(second), "EACCES", "{attach}: with no daemon running");
+        let served: Vec<_> = sb.imds.requests().into_iter().filter(|r| !r.had_token).collect();
+        assert!(served.is_empty(), "{attach}: {served:?}");
+        let out = sb.cli(&["unload", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+}

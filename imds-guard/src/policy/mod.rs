@@ -117,6 +117,15 @@ impl Policy {
     /// What in the policy refuses tokenless IMDSv1 requests (which takes the request inspector),
     /// said so that the operator finds it: `allow[1] "legacy" (p.toml line 7) sets imdsv1 = "deny"`,
     /// or the top-level default; `None` when nothing does.
+    /// The strictest IMDSv1 treatment of the policy (its default and every installed table's):
+    /// what a metadata connection gets whose connect no hook of this build judged.
+    #[must_use]
+    pub fn strictest_imdsv1(&self) -> Imdsv1Action {
+        self.installed()
+            .map(|r| r.imdsv1)
+            .fold(self.default_imdsv1, |a, b| if b as u32 > a as u32 { b } else { a })
+    }
+
     #[must_use]
     pub fn imdsv1_denial(&self) -> Option<String> {
         if let Some(r) = self.installed().find(|r| r.imdsv1 == Imdsv1Action::Deny) {

@@ -363,3 +363,14 @@ fn the_rule_that_denies_imdsv1_is_named() {
     assert_eq!(p.imdsv1_denial().as_deref(), Some("p.toml sets imdsv1 = \"deny\" for every workload"));
     assert_eq!(policy("[[allow]]\nuid = 0\n").unwrap().imdsv1_denial(), None);
 }
+
+#[test]
+fn the_strictest_imdsv1_treatment_covers_the_default_and_every_table() {
+    let p = policy("imdsv1 = \"allow\"\n[[allow]]\nuid = 0\n").unwrap();
+    assert_eq!(p.strictest_imdsv1(), Imdsv1Action::Allow);
+    let p = policy("[[allow]]\nuid = 0\n[[allow]]\nuid = 1\nimdsv1 = \"deny\"\n").unwrap();
+    assert_eq!(p.strictest_imdsv1(), Imdsv1Action::Deny);
+    assert_eq!(p.kernel_tables(1).0.strictest_imdsv1, Imdsv1Action::Deny as u32);
+    let p = policy("imdsv1 = \"deny\"\n[[allow]]\nuid = 0\nimdsv1 = \"allow\"\n").unwrap();
+    assert_eq!(p.strictest_imdsv1(), Imdsv1Action::Deny);
+}
