@@ -12,11 +12,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel,
-            bpf_sk_storage_get,
-        },
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get},
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -147,9 +144,10 @@ fn adopt(st: &mut SockState) {
     st.uid = uid_gid as u32;
     st.gid = (uid_gid >> 32) as u32;
     st.pid_tgid = bpf_get_current_pid_tgid();
-    st.comm = bpf_get_current_comm().unwrap_or_default();
-    // SAFETY: plain helper call.
-    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // The comm and cgroup are left empty (the daemon reads them from /proc by the pid): sk_msg
+    // programs may not call bpf_get_current_comm before Linux 6.x ("unknown func" on 5.10).
+    st.comm = [0; 16];
+    st.cgroup_id = 0;
     st.http.reset();
 }
 
