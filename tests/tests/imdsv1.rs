@@ -300,6 +300,7 @@ except OSError as e:
         .wait_event(Duration::from_secs(5), |e| e["event"] == "imds_request_unclassified")
         .expect("reported");
     assert_eq!(e["enforced"], true);
+    assert_eq!(e["unclassified"], "trailing", "{e}");
     assert!(
         !sb.imds.requests().iter().any(|r| r.path.contains("security-credentials")),
         "{:?}",
@@ -370,4 +371,60 @@ fn imdsv1_deny_holds_on_a_connection_kept_across_restarts_on_both_attach_paths()
         let out = sb.cli(&["unload", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");
     }
+}
+
+#[test]
+fn writes_the_classifier_cannot_vouch_for_are_refused_where_imdsv1_is_and_say_why() {
+    let Some(sb) = Sandbox::new("v1_vouch", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+    let d = sb.daemon(&policy);
+    let token = token(&sb);
+    // Each case one write on its own connection; each would reach a tokenless request to a server
+    // that skips a leading empty line or reads a body and then the next request.
+    let script = sb.write(
+        "vouch.py",
+        r#"
+import socket, sys
+creds = b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
+v2 = ("GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aws-ec2-metadata-token: %s\r\n\r\n" % sys.argv[2]).encode()
+put = b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nContent-Length: 5\r\n\r\nabcde"
+payload = {"not_http": b"\r\n" + creds, "trailing": v2 + creds, "body": put + creds, "v2": v2}[sys.argv[1]]
+s = socket.create_connection(("169.254.169.254", 80))
+try:
+    s.sendall(payload)
+    s.settimeout(3)
+    print("answered" if s.recv(100) else "closed")
+except OSError as e:
+    print("error", e.errno)
+"#,
+    );
+    let run = |case: &str| {
+        let out = sb
+            .client(0, 0)
+            .command("/usr/bin/python3")
+            .arg(&script)
+            .arg(case)
+            .arg(token.trim())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for (case, reason) in [("not_http", "not_http"), ("trailing", "trailing"), ("body", "trailing")] {
+        assert_eq!(run(case), "error 13", "{case}: refused at once (EACCES)");
+        let e = d
+            .wait_event(Duration::from_secs(5), |e| {
+                e["event"] == "imds_request_unclassified"
+                    && e["unclassified"] == reason
+                    && e["enforced"] == true
+            })
+            .unwrap_or_else(|| panic!("{case}: reported as unclassified ({reason})"));
+        assert_eq!(e["uid"], 0, "{e}");
+    }
+    // The same workload's ordinary IMDSv2 request goes through.
+    assert_eq!(run("v2"), "answered");
+    assert!(
+        !sb.imds.requests().iter().any(|r| r.path.contains("security-credentials")),
+        "{:?}",
+        sb.imds.requests()
+    );
 }

@@ -93,6 +93,13 @@ impl Enricher {
             family: family.to_owned(),
             rule: (ev.rule_index != imds_guard_common::sock::NO_RULE).then_some(ev.rule_index),
             generation: ev.generation,
+            unclassified: match finding {
+                Finding::Oversized => Some("oversized"),
+                Finding::NotHttp => Some("not_http"),
+                Finding::Trailing => Some("trailing"),
+                _ => None,
+            }
+            .map(str::to_owned),
         }
     }
 

@@ -306,6 +306,11 @@ pub struct Request {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<u32>,
     pub generation: u32,
+    /// Only on `imds_request_unclassified`: why the write was not classified — `"oversized"` (a
+    /// header block over 8192 bytes, or a write over 4096), `"not_http"` (not an HTTP request
+    /// line) or `"trailing"` (bytes after the request's header block in the same write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclassified: Option<String>,
 }
 
 /// `forward_denied` (forwarded, no local socket) and `output_denied` (reduced mode: sent by a

@@ -485,6 +485,7 @@ mod tests {
             family: "ipv4".into(),
             rule: None,
             generation: 1,
+            unclassified: None,
         };
         m.observe(&Event::Imdsv1Request(q), false);
         let failed =

@@ -36,15 +36,17 @@ impl Check {
 pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 
 /// The default checks: allowed and denied identities (uid, exe, cgroup) over IPv4, IPv6 and
-/// v4-mapped; IMDSv1 reported and denied; SIGKILL keeps enforcement and a restart adopts it; a
+/// v4-mapped; IMDSv1 reported and denied, also on a connection kept across restarts (both attach
+/// paths); SIGKILL keeps enforcement and a restart adopts it; a
 /// reload under a connect storm; the netfilter forward drop; nothing reported degraded that the
 /// kernel supports. (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 9] = [
+pub const SUBSET: [(&str, &str, u32); 10] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
     ("imdsv1", "a_tokenless_get_is_reported_once_with_the_process_that_sent_it", 180),
     ("imdsv1", "imdsv1_deny_refuses_tokenless_requests_at_once_while_imdsv2_works", 180),
+    ("imdsv1", "imdsv1_deny_holds_on_a_connection_kept_across_restarts_on_both_attach_paths", 240),
     ("lifecycle", "sigkill_keeps_enforcement_restart_adopts_and_unload_removes", 240),
     ("reload_storm", "a_hundred_reloads_during_a_connect_storm_make_no_wrong_decision", 300),
     (
@@ -247,7 +249,7 @@ mod tests {
         assert_eq!(all.len(), SUBSET.len());
         assert_eq!(all[0].name(), format!("enforce::{}", SUBSET[0].1));
         let v1 = plan(&[], &["imdsv1::".into()], Some(42), lister).unwrap();
-        assert_eq!(v1.len(), 2);
+        assert_eq!(v1.len(), SUBSET.iter().filter(|(t, _, _)| *t == "imdsv1").count());
         assert!(v1.iter().all(|c| c.timeout_secs == 42 && c.target == "imdsv1"));
         assert!(plan(&[], &["nothing-matches".into()], None, lister).is_err());
     }
