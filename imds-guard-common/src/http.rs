@@ -531,6 +531,25 @@ impl HttpState {
         }
     }
 
+    /// The finding of a write of `size` bytes, of which the first `read` were scanned and `took`
+    /// belonged to the request: bytes after the end of the request's header block in the same
+    /// write make it `Trailing`, and unread bytes of a request still going on `Oversized` (no
+    /// metadata request needs a write that large; what is not read could hide a request).
+    #[inline(always)]
+    #[must_use]
+    pub fn write_finding(&self, took: u32, read: u32, size: u32) -> Finding {
+        let f = self.finding();
+        if f.is_unverified() {
+            f
+        } else if f.is_final() {
+            if took < read || size > read { Finding::Trailing } else { f }
+        } else if size > read {
+            Finding::Oversized
+        } else {
+            f
+        }
+    }
+
     /// Ready for the next request on the same connection (keep-alive). The path bytes are left
     /// as they are (only `path_len` counts).
     #[inline(always)]
@@ -835,5 +854,36 @@ mod tests {
         assert_eq!(st::LINE + TTL_HEADER.len() as u8, st::NAME_XFF - 1);
         assert!(st::NAME_XFF + (XFF_HEADER.len() as u8 - 3) < st::NAME_OTHER);
         const { assert!(st::VALUE < st::DONE && st::DONE < st::NOT_HTTP) };
+    }
+
+    #[test]
+    fn a_write_is_judged_with_what_follows_its_request() {
+        let write = |bytes: &[u8], size: u32| {
+            let mut s = HttpState::default();
+            let mut buf = ScanBuf::default();
+            let n = bytes.len().min(SCAN_MAX as usize);
+            buf.bytes[..n].copy_from_slice(&bytes[..n]);
+            let took = s.scan(&buf, n as u32);
+            s.write_finding(took, n as u32, size)
+        };
+        let v2 = b"GET / HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\r\n";
+        assert_eq!(write(v2, v2.len() as u32), Finding::Imdsv2);
+        assert_eq!(write(&[&v2[..], b"GET / HTTP/1.1\r\n\r\n"].concat(), 80), Finding::Trailing);
+        assert_eq!(write(v2, v2.len() as u32 + 1), Finding::Trailing, "unread bytes after the request");
+        assert_eq!(
+            write(b"GET / HTTP/1.1\r\nHost: x\r\n", 5000),
+            Finding::Oversized,
+            "unread bytes of the request"
+        );
+        assert_eq!(
+            write(b"GET / HTTP/1.1\r\nHost: x\r\n", 25),
+            Finding::Incomplete,
+            "goes on in the next write"
+        );
+        assert_eq!(
+            write(b"GET / HTTP/1.1\r\n\r\nmore", 25),
+            Finding::Imdsv1,
+            "IMDSv1 says more than trailing"
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! map lookups and helpers; the daemon (`explain`) and the host unit tests call them with plain data.
 
 use crate::config::{GenConfig, MAX_PROBES, Mode};
-use crate::rule::{Identity, RuleKey, RuleValue, field};
+use crate::http::Finding;
+use crate::rule::{Identity, Imdsv1Action, RuleKey, RuleValue, field};
+use crate::stats::Stat;
 
 /// The key that probe `i` of `cfg` looks up for `id`, or `None` when that probe does not apply (past
 /// the probe count, or a cgroup depth below the process's own cgroup). `ancestor(level)` returns
@@ -95,6 +97,38 @@ pub const fn connect_verdict(mode: Mode, matched: Option<RuleValue>) -> ConnectV
         (None, Mode::Enforce) => ConnectVerdict::Deny,
         (None, Mode::Monitor) => ConnectVerdict::AllowAndReport,
     }
+}
+
+/// What the message hook does with a write whose request is complete (`finding` final) on a
+/// connection whose workload's IMDSv1 treatment is `action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestVerdict {
+    /// Fail the write (SK_DROP: `sendmsg` gets EACCES at once, nothing reaches the service).
+    pub refuse: bool,
+    /// Send a request event.
+    pub report: bool,
+    /// The counter the finding adds to (none for requests that are fine).
+    pub stat: Option<Stat>,
+}
+
+/// The request verdict: tokenless requests and writes the classifier cannot vouch for are
+/// refused where the treatment is `deny` and reported unless it is `allow`; token PUTs with
+/// X-Forwarded-For are always reported and never refused (the service refuses them itself);
+/// IMDSv2 requests and plain token PUTs pass unreported. An incomplete request is not judged yet.
+#[inline(always)]
+#[must_use]
+pub const fn request_verdict(finding: Finding, action: Imdsv1Action) -> RequestVerdict {
+    let unverified = finding.is_unverified();
+    let stat = match finding {
+        Finding::TokenPutForwarded => Some(Stat::TokenPutForwarded),
+        Finding::Imdsv1 => Some(Stat::Imdsv1Requests),
+        Finding::Oversized | Finding::NotHttp | Finding::Trailing => Some(Stat::Unclassified),
+        Finding::Incomplete | Finding::Imdsv2 | Finding::TokenPut => None,
+    };
+    let refuse = unverified && matches!(action, Imdsv1Action::Deny);
+    let report = (unverified && !matches!(action, Imdsv1Action::Allow))
+        || matches!(finding, Finding::TokenPutForwarded);
+    RequestVerdict { refuse, report, stat }
 }
 
 #[cfg(test)]
@@ -301,5 +335,33 @@ mod tests {
     fn words(b: [u8; 16]) -> [u32; 4] {
         let w: Vec<u32> = b.chunks(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
         [w[0], w[1], w[2], w[3]]
+    }
+
+    #[test]
+    fn request_verdicts_by_finding_and_treatment() {
+        use Finding::*;
+        use Imdsv1Action::{Allow, Deny, Log};
+        let v = |f, a| {
+            let r = request_verdict(f, a);
+            (r.refuse, r.report)
+        };
+        for f in [Imdsv1, Oversized, NotHttp, Trailing] {
+            assert_eq!(v(f, Deny), (true, true), "{f:?}");
+            assert_eq!(v(f, Log), (false, true), "{f:?}");
+            assert_eq!(v(f, Allow), (false, false), "{f:?}");
+        }
+        for a in [Deny, Log, Allow] {
+            assert_eq!(v(TokenPutForwarded, a), (false, true), "forwarded PUTs are reported, never refused");
+            for f in [Imdsv2, TokenPut, Incomplete] {
+                assert_eq!(v(f, a), (false, false), "{f:?} {a:?}");
+                assert_eq!(request_verdict(f, a).stat, None);
+            }
+        }
+        assert_eq!(request_verdict(Trailing, Log).stat, Some(Stat::Unclassified));
+        assert_eq!(
+            request_verdict(Imdsv1, Allow).stat,
+            Some(Stat::Imdsv1Requests),
+            "counted even when allowed"
+        );
     }
 }

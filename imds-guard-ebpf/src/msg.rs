@@ -24,6 +24,7 @@ use imds_guard_common::{
     rule::Imdsv1Action,
     sock::{NO_RULE, SCAN_MAX, SockState},
     stats::Stat,
+    verdict::request_verdict,
 };
 
 use crate::maps::{EVENTS, IMDSG_SOCKSTATE, count};
@@ -93,44 +94,23 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // that the verifier walks the loop once, not once per way of getting here.
     let took = st.http.scan(&st.buf, n);
     let size = ctx.size();
-    let mut finding = st.http.finding();
-    if !finding.is_unverified() {
-        if finding.is_final() {
-            if took < n || size > n {
-                // Bytes after the end of the request's header block in the same write.
-                finding = Finding::Trailing;
-            }
-        } else if size > n {
-            // Bytes we did not read: whether they continue this request or start another one,
-            // they must not be a way around (no metadata request needs a write of this size).
-            finding = Finding::Oversized;
-        }
-    }
+    let finding = st.http.write_finding(took, n, size);
     if !finding.is_final() {
         return SK_PASS; // the header block goes on in the next write
     }
-    let unverified = finding.is_unverified();
-    if !unverified && finding != Finding::TokenPutForwarded {
-        // IMDSv2, or a token PUT: nothing to say.
-        st.http.reset();
-        return SK_PASS;
+    let v = request_verdict(finding, Imdsv1Action::from_u32(st.imdsv1));
+    if let Some(stat) = v.stat {
+        count(stat);
     }
-    let action = Imdsv1Action::from_u32(st.imdsv1);
-    count(match finding {
-        Finding::TokenPutForwarded => Stat::TokenPutForwarded,
-        Finding::Imdsv1 => Stat::Imdsv1Requests,
-        _ => Stat::Unclassified,
-    });
-    let deny = unverified && action == Imdsv1Action::Deny;
-    if deny {
+    if v.refuse {
         count(Stat::Imdsv1Denied);
     }
-    if deny || action != Imdsv1Action::Allow || finding == Finding::TokenPutForwarded {
-        report(&ctx, st, finding, deny);
+    if v.report {
+        report(&ctx, st, finding, v.refuse);
     }
     // The message is judged; the next one starts a new request.
     st.http.reset();
-    if deny { SK_DROP } else { SK_PASS }
+    if v.refuse { SK_DROP } else { SK_PASS }
 }
 
 /// Fills the state of a connection the connect hooks did not judge.

@@ -45,7 +45,11 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     still_enforced(&sb, &d, "right after the unmount");
     let lost = wait(&d, "pins_lost", |e| e["event"] == "pins_lost");
     assert_eq!(lost["enforcing"], true);
-    assert_eq!(lost["pins"].as_array().unwrap().len(), 10, "4 links and 6 maps: {lost}");
+    assert_eq!(
+        lost["pins"].as_array().unwrap().len(),
+        11,
+        "4 links and 7 maps (the socket state among them): {lost}"
+    );
     let why = lost["error"].as_str().unwrap();
     assert!(why.contains("is not on a bpffs") && why.contains("mount -t bpf"), "{why}");
     assert!(d.wait_stderr("enforcement continues while this daemon runs, but ends when it exits"));
@@ -60,7 +64,7 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     // bpffs back: the daemon pins its links and maps again, so enforcement outlives it again.
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&sb.bpffs));
     let restored = wait(&d, "pins_restored", |e| e["event"] == "pins_restored");
-    assert_eq!(restored["pins"].as_array().unwrap().len(), 10, "{restored}");
+    assert_eq!(restored["pins"].as_array().unwrap().len(), 11, "{restored}");
     let st = sb.status_json();
     assert_eq!((st["enforcing"].as_bool(), st["generation"].as_u64()), (Some(true), Some(1)), "{st}");
     assert_eq!(st["counters"]["denied"], 3, "the counters are the live maps' ({st})");
