@@ -29,6 +29,10 @@ use crate::{
 
 /// Events handled per wake-up before other work gets a turn.
 const EVENT_BATCH: usize = 256;
+/// And the time a batch may take: enriching an event reads /proc and may walk the cgroup tree,
+/// which on a slow or loaded machine makes 256 of them take seconds; control (signals, the
+/// policy watch) gets a turn at least this often.
+const BATCH_TIME: Duration = Duration::from_millis(20);
 /// How often the policy file and the rules' identities are looked at even without a change
 /// notification (a safety net behind inotify: a few stat calls and one small read).
 const RECHECK: Duration = Duration::from_secs(2);
@@ -160,6 +164,9 @@ pub async fn serve(
                 let mut drained = true;
                 let now = Instant::now();
                 for _ in 0..EVENT_BATCH {
+                    if now.elapsed() > BATCH_TIME {
+                        break;
+                    }
                     let Some(item) = ring.next() else { break };
                     drained = false;
                     // Read once; an unknown kind is skipped.

@@ -19,7 +19,9 @@ use imds_guard_common::{
 /// Decodes and enriches kernel events, caching what does not change.
 pub struct Enricher {
     cgroup_root: PathBuf,
-    cgroups: HashMap<u64, String>,
+    /// cgroup paths by id; `None` for an id no longer found (a removed cgroup): looked for once,
+    /// not walked again for each of its events.
+    cgroups: HashMap<u64, Option<String>>,
     users: HashMap<u32, Option<String>>,
     /// Executables by the kernel's (device, inode), learnt from processes that were still there,
     /// to name the executable of one that has already exited.
@@ -231,7 +233,7 @@ impl Enricher {
     /// that cgroup, else by finding the directory with that inode under the cgroup2 root.
     fn cgroup(&mut self, pid: u32, id: u64) -> Option<String> {
         if let Some(p) = self.cgroups.get(&id) {
-            return Some(p.clone());
+            return p.clone();
         }
         let from_proc = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
@@ -240,12 +242,12 @@ impl Enricher {
                 crate::host::env::cgroup_id(&self.cgroup_root.join(p.trim_start_matches('/'))).ok()
                     == Some(id)
             });
-        let path = from_proc.or_else(|| find_cgroup(&self.cgroup_root, id))?;
+        let path = from_proc.or_else(|| find_cgroup(&self.cgroup_root, id));
         if self.cgroups.len() > 4096 {
             self.cgroups.clear();
         }
         self.cgroups.insert(id, path.clone());
-        Some(path)
+        path
     }
 }
 
