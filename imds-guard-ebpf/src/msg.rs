@@ -13,7 +13,10 @@ use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get},
+        generated::{
+            bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_msg_pull_data, bpf_probe_read_kernel,
+            bpf_sk_storage_get,
+        },
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -27,7 +30,7 @@ use imds_guard_common::{
     verdict::request_verdict,
 };
 
-use crate::maps::{EVENTS, IMDSG_SOCKSTATE, count};
+use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCAN, count};
 
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
@@ -86,15 +89,24 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // them, would drop a mask of the clamped value as redundant. Both 5.10 and 6.1 refused the
     // copy with "R2 unbounded memory access".)
     let n = ((opaque(len) - 1) & (SCAN_MAX - 1)) + 1;
-    // SAFETY: copies `n` (1..=SCAN_MAX) bytes of the message into this socket's buffer.
-    if unsafe { bpf_probe_read_kernel(st.buf.bytes.as_mut_ptr().cast(), n, data as *const c_void) } != 0 {
+    let Some(slot) = SCAN.get_ptr_mut(0) else { return SK_PASS };
+    // SAFETY: this CPU's slot; see ScanSlot for why it is marked.
+    let slot = unsafe { &mut *slot };
+    // SAFETY: plain helper call. Two runs on one CPU start at different nanoseconds.
+    let mark = unsafe { bpf_ktime_get_ns() };
+    slot.owner = mark;
+    // SAFETY: copies `n` (1..=SCAN_MAX) bytes of the message into the slot.
+    if unsafe { bpf_probe_read_kernel(slot.buf.bytes.as_mut_ptr().cast(), n, data as *const c_void) } != 0 {
         return SK_PASS;
     }
     // Nothing computed above is used below but `n` (the same range on every path here), so
     // that the verifier walks the loop once, not once per way of getting here.
-    let took = st.http.scan(&st.buf, n);
+    let took = st.http.scan(&slot.buf, n);
     let size = ctx.size();
-    let finding = st.http.write_finding(took, n, size);
+    // SAFETY: a volatile read of the slot's mark.
+    let interleaved = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(slot.owner)) } != mark;
+    // Another run took the slot meanwhile: what was scanned may be its bytes. Judged unread.
+    let finding = if interleaved { Finding::Oversized } else { st.http.write_finding(took, n, size) };
     if !finding.is_final() {
         return SK_PASS; // the header block goes on in the next write
     }
