@@ -7,7 +7,8 @@ use std::{collections::BTreeSet, time::Duration};
 use imds_guard::report::{
     Event, Stamped,
     event::StreamLagged,
-    format::{Context, EventFormat, render},
+    format::{Context, EventFormat},
+    render,
 };
 use imds_guard_tests::siem;
 

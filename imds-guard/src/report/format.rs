@@ -1,6 +1,7 @@
 //! The shape of the lines the sinks write (`imds-guard run --event-format`): imds-guard's own
-//! JSON (docs/EVENTS.md), OCSF ([`super::ocsf`]) or ECS ([`super::ecs`]). The event socket always
-//! carries the native shape, which `imds-guard events` and `suggest` read.
+//! JSON (docs/EVENTS.md), OCSF or ECS (`ocsf.rs`, `ecs.rs`, which take what they share from
+//! here; `report::render` picks one). The event socket always carries the native shape, which
+//! `imds-guard events` and `suggest` read.
 //!
 //! Both schema mappings are pure functions of the typed [`Event`] and a [`Context`] (the host's
 //! name and the time the line is made), so that they are unit-tested and validated against the
@@ -41,16 +42,6 @@ impl Context {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
         let hostname = hostname.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty());
         Context { hostname, now: SystemTime::now() }
-    }
-}
-
-/// `event` in `format`; `None` for the native format (its line is the native one).
-#[must_use]
-pub fn render(event: &Event, format: EventFormat, ctx: &Context) -> Option<Value> {
-    match format {
-        EventFormat::Json => None,
-        EventFormat::Ocsf => Some(super::ocsf::event(event, ctx)),
-        EventFormat::Ecs => Some(super::ecs::event(event, ctx)),
     }
 }
 
@@ -167,6 +158,7 @@ pub fn put(obj: &mut Map<String, Value>, path: &str, value: impl Into<Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::render;
 
     #[test]
     fn helpers() {

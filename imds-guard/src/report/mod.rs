@@ -29,6 +29,22 @@ pub mod suggest;
 
 pub use event::{Event, SCHEMA_VERSION, Stamped};
 
+/// `event` in `format`; `None` for the native format (its line is the native one). Here, above
+/// `format`, `ocsf` and `ecs`, so that the mappings take shared pieces from `format` without
+/// `format` importing them back.
+#[must_use]
+pub fn render(
+    event: &Event,
+    format: format::EventFormat,
+    ctx: &format::Context,
+) -> Option<serde_json::Value> {
+    match format {
+        format::EventFormat::Json => None,
+        format::EventFormat::Ocsf => Some(ocsf::event(event, ctx)),
+        format::EventFormat::Ecs => Some(ecs::event(event, ctx)),
+    }
+}
+
 /// Where producers hand their events. Implemented by the daemon's [`Consumers`]; a test can
 /// collect events instead.
 pub trait Reporter: Send + Sync {
@@ -67,7 +83,7 @@ impl Line {
     #[must_use]
     pub fn formatted(event: Event, format: format::EventFormat, ctx: &format::Context) -> Self {
         let mut line = Line::of(event);
-        if let Some(v) = format::render(&line.event, format, ctx) {
+        if let Some(v) = render(&line.event, format, ctx) {
             line.out = v.to_string().into();
         }
         line
