@@ -449,21 +449,32 @@ impl Default for HttpState {
     }
 }
 
-impl HttpState {
+/// The fields of [`HttpState`] that one byte changes, held in locals while a write is scanned.
+struct Walk {
+    state: u32,
+    flags: u32,
+    bytes: u32,
+    path_at: u32,
+    path_bytes: u32,
+}
+
+impl Walk {
     /// Feeds one byte. No branch at all: two table loads and four additions. A final state is
     /// absorbing and counts nothing, so bytes after the end of the header block change nothing
     /// but the time spent.
     #[inline(always)]
-    pub fn step(&mut self, b: u8) {
+    fn step(&mut self, b: u8) {
         let c = usize::from(CLASS[usize::from(b)]) & (CLASSES - 1);
-        let e = TABLE[((usize::from(self.state) << 6) | c) & (TABLE_LEN - 1)];
-        self.state = (e & 0x7f) as u8;
-        self.flags |= (e >> 8) as u8;
+        let e = TABLE[(((self.state as usize) << 6) | c) & (TABLE_LEN - 1)];
+        self.state = e & 0x7f;
+        self.flags |= (e >> 8) & 0xff;
         self.path_bytes += (e & CAPTURE) >> 7;
         self.bytes += (e & COUNTED) >> 16;
         self.path_at += (e & BEFORE_PATH) >> 17;
     }
+}
 
+impl HttpState {
     /// Whether the request's header block has ended (or the bytes are not HTTP, or too many).
     #[inline(always)]
     #[must_use]
@@ -482,29 +493,26 @@ impl HttpState {
         let before = self.bytes;
         // The state in locals (registers) for the loop: through memory, each byte would wait for
         // the previous byte's store.
-        let (mut state, mut flags) = (u32::from(self.state), u32::from(self.flags));
-        let (mut bytes, mut path_at, mut path_bytes) = (self.bytes, self.path_at, self.path_bytes);
+        let mut w = Walk {
+            state: u32::from(self.state),
+            flags: u32::from(self.flags),
+            bytes: self.bytes,
+            path_at: self.path_at,
+            path_bytes: self.path_bytes,
+        };
         let mut i: u32 = 0;
         while i < SCAN_MAX {
             if i >= len {
                 break;
             }
-            // What `step` does.
-            let b = buf.bytes[(i & (SCAN_MAX - 1)) as usize];
-            let c = usize::from(CLASS[usize::from(b)]) & (CLASSES - 1);
-            let e = TABLE[(((state as usize) << 6) | c) & (TABLE_LEN - 1)];
-            state = e & 0x7f;
-            flags |= (e >> 8) & 0xff;
-            path_bytes += (e & CAPTURE) >> 7;
-            bytes += (e & COUNTED) >> 16;
-            path_at += (e & BEFORE_PATH) >> 17;
+            w.step(buf.bytes[(i & (SCAN_MAX - 1)) as usize]);
             i += 1;
         }
-        self.state = state as u8;
-        self.flags = flags as u8;
-        self.bytes = bytes;
-        self.path_at = path_at;
-        self.path_bytes = path_bytes;
+        self.state = w.state as u8;
+        self.flags = w.flags as u8;
+        self.bytes = w.bytes;
+        self.path_at = w.path_at;
+        self.path_bytes = w.path_bytes;
         // Past the loop, read the state back from memory rather than from the loop's registers:
         // every way out of the loop then looks the same to the verifier, which checks what
         // follows once instead of once per byte (Linux 5.10 exceeded its 1M instructions).
