@@ -140,6 +140,10 @@ impl Default for GenConfig {
                 file_dentry: 0,
                 dentry_name: 0,
                 dentry_parent: 0,
+                task_ptrace: 0,
+                task_group_leader: 0,
+                tcp_is_mptcp: 0,
+                _pad: 0,
             },
             attach_cgroup_id: 0,
             rule_count: 0,
@@ -169,6 +173,14 @@ pub struct ExeOffsets {
     pub file_dentry: u32,
     pub dentry_name: u32,
     pub dentry_parent: u32,
+    /// `task->ptrace` (non-zero while traced) and `task->group_leader`: connects whose admission
+    /// rests on `exe`, `cgroup` or `comm` are refused while the thread or its process's leader is
+    /// traced.
+    pub task_ptrace: u32,
+    pub task_group_leader: u32,
+    /// `tcp_sock->is_mptcp` (a bool); 0 when this kernel has no MPTCP.
+    pub tcp_is_mptcp: u32,
+    pub _pad: u32,
 }
 
 /// `set_probes` was given more (shape, level) pairs than [`MAX_PROBES`].

@@ -12,6 +12,12 @@ pub mod kind {
 pub mod flags {
     /// The connect was refused (enforce mode); otherwise it was let through (monitor mode).
     pub const ENFORCED: u32 = 1 << 0;
+    /// Connect: a rule matched, but it rests on `exe`, `cgroup` or `comm` and the process is being
+    /// traced (ptrace): what the rule vouches for may be a debugger's code. Refused.
+    pub const TRACED: u32 = 1 << 1;
+    /// Connect: a rule matched, but the socket is one the message hook cannot inspect (an MPTCP
+    /// subflow) and the workload's treatment needs inspection (`imdsv1 = "deny"`). Refused.
+    pub const UNINSPECTABLE: u32 = 1 << 2;
 }
 
 /// Ancestors recorded with each event (parent, grandparent, ...).
@@ -87,7 +93,9 @@ pub struct ConnectEvent {
     pub addr: [u8; 16],
     /// Policy generation that judged the connect.
     pub generation: u32,
-    pub _pad: u32,
+    /// The `[[allow]]` table that matched but could not admit the connect ([`flags::TRACED`],
+    /// [`flags::UNINSPECTABLE`]); [`crate::sock::NO_RULE`] when none matched.
+    pub rule_index: u32,
     pub task: TaskInfo,
 }
 

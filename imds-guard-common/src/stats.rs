@@ -26,9 +26,18 @@ pub enum Stat {
     /// Connections to a metadata endpoint that could not be put into the sockhash (full), so
     /// that nothing written on them is classified or refused.
     ConnectionsUninspected = 10,
+    /// Connects a rule matched but refused because the process was being traced (ptrace) and the
+    /// rule rests on `exe`, `cgroup` or `comm` (also counted in `Denied`).
+    DeniedTraced = 11,
+    /// Connects a rule matched but refused because the socket cannot be inspected (MPTCP) and the
+    /// workload's treatment needs inspection (also counted in `Denied`).
+    DeniedUninspectable = 12,
+    /// Connections to a metadata endpoint the sockhash refused as a kind of socket it cannot hold
+    /// (an MPTCP subflow), not for want of room: not inspected either.
+    ConnectionsUnsupported = 13,
 }
 
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 14;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -43,6 +52,9 @@ impl Stat {
         Stat::TokenPutForwarded,
         Stat::Unclassified,
         Stat::ConnectionsUninspected,
+        Stat::DeniedTraced,
+        Stat::DeniedUninspectable,
+        Stat::ConnectionsUnsupported,
     ];
 
     #[must_use]
@@ -59,6 +71,9 @@ impl Stat {
             Stat::TokenPutForwarded => "token_put_forwarded",
             Stat::Unclassified => "requests_unclassified",
             Stat::ConnectionsUninspected => "connections_uninspected",
+            Stat::DeniedTraced => "denied_traced",
+            Stat::DeniedUninspectable => "denied_uninspectable",
+            Stat::ConnectionsUnsupported => "connections_unsupported",
         }
     }
 }

@@ -53,16 +53,90 @@ where
     A: Fn(u32) -> u64,
     L: Fn(&RuleKey) -> Option<RuleValue>,
 {
-    let mut best = None;
+    find_match(cfg, id, ancestor, lookup).map(|m| m.value)
+}
+
+/// The rule that decides a connect, and what it rests on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Match {
+    pub value: RuleValue,
+    /// The fields ([`field`] bits) of the key that matched.
+    pub shape: u32,
+}
+
+/// [`find_rule`], also saying which fields the deciding rule constrains.
+#[inline(always)]
+pub fn find_match<A, L>(cfg: &GenConfig, id: &Identity, ancestor: A, lookup: L) -> Option<Match>
+where
+    A: Fn(u32) -> u64,
+    L: Fn(&RuleKey) -> Option<RuleValue>,
+{
+    let mut best: Option<Match> = None;
     for i in 0..MAX_PROBES {
         if i >= cfg.probe_count as usize {
             break;
         }
-        if let Some(v) = probe_key(cfg, i, id, &ancestor).and_then(|k| lookup(&k)) {
-            best = better(best, v);
+        if let Some(k) = probe_key(cfg, i, id, &ancestor)
+            && let Some(v) = lookup(&k)
+            && best.is_none_or(|b| v.rule_index < b.value.rule_index)
+        {
+            best = Some(Match { value: v, shape: k.shape });
         }
     }
     best
+}
+
+/// Fields a debugger attached to the process can borrow: the executable it runs, the cgroup it
+/// is in and its comm say nothing about whose code runs while it is traced. (uid and gid do: a
+/// tracer needs the same uid, or more.)
+pub const TRACE_SENSITIVE: u32 = field::EXE | field::CGROUP | field::COMM;
+
+/// Why a connect to a metadata endpoint is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No rule matches and the policy enforces.
+    NoRule,
+    /// A rule on `exe`, `cgroup` or `comm` matches, but the process is being traced.
+    Traced,
+    /// A rule matches, but the socket cannot be inspected and the workload's treatment
+    /// (`imdsv1 = "deny"`) needs every request inspected.
+    Uninspectable,
+}
+
+/// What is known about the connecting socket and task beyond the identity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectContext {
+    /// The thread, or its process's leader, is being traced.
+    pub traced: bool,
+    /// The message hook will not see this socket (an MPTCP subflow: sockmap does not take them).
+    pub uninspectable: bool,
+}
+
+/// The whole connect decision: [`connect_verdict`] on the match, then the refusals that only a
+/// matching rule can earn. Monitor mode refuses nothing.
+#[inline(always)]
+#[must_use]
+pub fn judge_connect(
+    mode: Mode,
+    matched: Option<Match>,
+    ctx: ConnectContext,
+) -> (ConnectVerdict, Option<Refusal>) {
+    let verdict = connect_verdict(mode, matched.map(|m| m.value));
+    let Some(m) = matched else {
+        return (verdict, if verdict == ConnectVerdict::Deny { Some(Refusal::NoRule) } else { None });
+    };
+    let refusal = if ctx.traced && m.shape & TRACE_SENSITIVE != 0 {
+        Some(Refusal::Traced)
+    } else if ctx.uninspectable && m.value.imdsv1 == Imdsv1Action::Deny as u32 {
+        Some(Refusal::Uninspectable)
+    } else {
+        None
+    };
+    match (refusal, mode) {
+        (Some(r), Mode::Enforce) => (ConnectVerdict::Deny, Some(r)),
+        (Some(r), Mode::Monitor) => (ConnectVerdict::AllowAndReport, Some(r)),
+        (None, _) => (verdict, None),
+    }
 }
 
 /// What to do with a connect() to a metadata endpoint.
@@ -363,5 +437,67 @@ mod tests {
             Some(Stat::Imdsv1Requests),
             "counted even when allowed"
         );
+    }
+
+    #[test]
+    fn traced_processes_lose_what_exe_cgroup_and_comm_rules_give_them() {
+        use crate::config::Mode::{Enforce, Monitor};
+        let m = |shape, imdsv1: Imdsv1Action| {
+            Some(Match { value: RuleValue { rule_index: 3, imdsv1: imdsv1 as u32 }, shape })
+        };
+        let traced = ConnectContext { traced: true, uninspectable: false };
+        let mptcp = ConnectContext { traced: false, uninspectable: true };
+        let plain = ConnectContext::default();
+        for shape in
+            [field::EXE, field::CGROUP, field::COMM, field::UID | field::EXE, field::GID | field::CGROUP]
+        {
+            assert_eq!(
+                judge_connect(Enforce, m(shape, Imdsv1Action::Log), traced),
+                (ConnectVerdict::Deny, Some(Refusal::Traced))
+            );
+            assert_eq!(
+                judge_connect(Monitor, m(shape, Imdsv1Action::Log), traced),
+                (ConnectVerdict::AllowAndReport, Some(Refusal::Traced)),
+                "monitor mode reports what it would refuse"
+            );
+            assert_eq!(
+                judge_connect(Enforce, m(shape, Imdsv1Action::Log), plain),
+                (ConnectVerdict::Allow, None)
+            );
+        }
+        // A tracer needs the uid (or more) already: uid and gid rules are not weakened by it.
+        for shape in [field::UID, field::GID, field::UID | field::GID] {
+            assert_eq!(
+                judge_connect(Enforce, m(shape, Imdsv1Action::Log), traced),
+                (ConnectVerdict::Allow, None)
+            );
+        }
+        // MPTCP: refused only where requests must be inspected.
+        assert_eq!(
+            judge_connect(Enforce, m(field::UID, Imdsv1Action::Deny), mptcp),
+            (ConnectVerdict::Deny, Some(Refusal::Uninspectable))
+        );
+        for a in [Imdsv1Action::Log, Imdsv1Action::Allow] {
+            assert_eq!(
+                judge_connect(Enforce, m(field::UID, a), mptcp),
+                (ConnectVerdict::Allow, None),
+                "{a:?}"
+            );
+        }
+        assert_eq!(judge_connect(Enforce, None, traced), (ConnectVerdict::Deny, Some(Refusal::NoRule)));
+        assert_eq!(judge_connect(Monitor, None, plain), (ConnectVerdict::AllowAndReport, None));
+    }
+
+    #[test]
+    fn the_match_names_the_shape_of_the_deciding_rule() {
+        let t = Table::new(1)
+            .rule(0, RuleKey { shape: field::EXE, exe_dev: 1, exe_ino: 2, ..RuleKey::default() }, None)
+            .rule(1, uid(1000), None);
+        let id = Identity { uid: 1000, exe_dev: 1, exe_ino: 2, ..Identity::default() };
+        let m = find_match(&t.cfg, &id, |_| 0, |k| t.rules.get(k).copied()).unwrap();
+        assert_eq!((m.value.rule_index, m.shape), (0, field::EXE), "the first table decides, with its shape");
+        let other_exe = Identity { exe_ino: 9, ..id };
+        let m = find_match(&t.cfg, &other_exe, |_| 0, |k| t.rules.get(k).copied()).unwrap();
+        assert_eq!((m.value.rule_index, m.shape), (1, field::UID));
     }
 }

@@ -1,4 +1,5 @@
-//! `cgroup/connect4` and `cgroup/connect6`.
+//! `cgroup/connect4` and `cgroup/connect6`, and `cgroup/sendmsg4` and `cgroup/sendmsg6` for UDP
+//! datagrams sent without a connect.
 
 use aya_ebpf::{
     helpers::{
@@ -11,11 +12,15 @@ use aya_ebpf::{
 use imds_guard_common::{
     config::GenConfig,
     event::{AF_INET, AF_INET6, ConnectEvent, TaskInfo, flags, kind},
-    rule::{Identity, RuleValue, comm_words},
+    rule::{Identity, Imdsv1Action, RuleValue, comm_words},
     sock::NO_RULE,
     stats::Stat,
-    verdict::{ConnectVerdict, connect_verdict, find_rule},
+    verdict::{ConnectContext, ConnectVerdict, Refusal, TRACE_SENSITIVE, find_match, judge_connect},
 };
+
+/// `SOCK_STREAM` and `IPPROTO_TCP`, as the context reports them.
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
 
 use crate::maps::{
     EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config, may_be_endpoint_v4, may_be_endpoint_v6,
@@ -26,7 +31,29 @@ const PASS: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn imdsg_connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the context of a cgroup/connect4 program is a bpf_sock_addr.
+    v4(&ctx, true)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
+    v6(&ctx, true)
+}
+
+/// `sendto()`/`sendmsg()` with a destination on an unconnected UDP socket (connected ones were
+/// judged at `connect()`): judged like a connect, refused with EPERM.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn imdsg_sendmsg4(ctx: SockAddrContext) -> i32 {
+    v4(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn imdsg_sendmsg6(ctx: SockAddrContext) -> i32 {
+    v6(&ctx, false)
+}
+
+#[inline(always)]
+fn v4(ctx: &SockAddrContext, connect: bool) -> i32 {
+    // SAFETY: the context of a cgroup/connect4 or sendmsg4 program is a bpf_sock_addr.
     let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
     if !may_be_endpoint_v4(ip) {
         return PASS;
@@ -39,14 +66,15 @@ pub fn imdsg_connect4(ctx: SockAddrContext) -> i32 {
     }
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&ip.to_ne_bytes());
-    judge(&ctx, cfg, AF_INET, port, addr)
+    judge(ctx, cfg, AF_INET, port, addr, connect)
 }
 
-#[cgroup_sock_addr(connect6)]
-pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
+#[inline(always)]
+fn v6(ctx: &SockAddrContext, connect: bool) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: the context of a cgroup/connect6 program is a bpf_sock_addr. The verifier allows
-    // user_ip6 only as 32-bit loads, one word at a time (the indices are constants once inlined).
+    // SAFETY: the context of a cgroup/connect6 or sendmsg6 program is a bpf_sock_addr. The
+    // verifier allows user_ip6 only as 32-bit loads, one word at a time (the indices are constants
+    // once inlined).
     let word = |i: usize| unsafe { (*sa).user_ip6[i] };
     if !may_be_endpoint_v6(word) {
         return PASS;
@@ -65,12 +93,20 @@ pub fn imdsg_connect6(ctx: SockAddrContext) -> i32 {
     addr[4..8].copy_from_slice(&ip[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&ip[2].to_ne_bytes());
     addr[12..16].copy_from_slice(&ip[3].to_ne_bytes());
-    judge(&ctx, cfg, AF_INET6, port, addr)
+    judge(ctx, cfg, AF_INET6, port, addr, connect)
 }
 
-/// A connect to a metadata endpoint: find the rule, decide, count, report.
+/// A connect (or, `connect` false, an unconnected UDP send) to a metadata endpoint: find the rule,
+/// decide, count, report. Only a connect leaves state on the socket for the message hook.
 #[inline(always)]
-fn judge(ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [u8; 16]) -> i32 {
+fn judge(
+    ctx: &SockAddrContext,
+    cfg: &GenConfig,
+    family: u32,
+    port: u32,
+    addr: [u8; 16],
+    connect: bool,
+) -> i32 {
     count(Stat::MetadataConnects);
     let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().unwrap_or_default();
@@ -84,7 +120,7 @@ fn judge(ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [
         comm: comm_words(&comm),
     };
     // A bounded loop (verifier 5.3+) over the probes: no bpf_loop (5.17+), no callback subprogram.
-    let matched = find_rule(
+    let matched = find_match(
         cfg,
         &id,
         // SAFETY: plain helper call; returns 0 past the process's own cgroup depth.
@@ -92,18 +128,55 @@ fn judge(ctx: &SockAddrContext, cfg: &GenConfig, family: u32, port: u32, addr: [
         // SAFETY: the value is copied out at once.
         |key| unsafe { RULES.get(key).copied() },
     );
-    let verdict = connect_verdict(cfg.mode(), matched);
-    if verdict != ConnectVerdict::Deny {
-        remember(ctx, cfg, &id, comm, matched);
+    // What a matching rule may not vouch for: only looked at when a rule matched, and the traced
+    // check only for rules that rest on what a debugger can borrow.
+    let context = match matched {
+        Some(m) => ConnectContext {
+            traced: m.shape & TRACE_SENSITIVE != 0 && crate::task::traced(&cfg.exe_offsets),
+            uninspectable: m.value.imdsv1 == Imdsv1Action::Deny as u32 && is_mptcp(ctx, cfg),
+        },
+        None => ConnectContext::default(),
+    };
+    let (verdict, refusal) = judge_connect(cfg.mode(), matched, context);
+    if connect && verdict != ConnectVerdict::Deny {
+        remember(ctx, cfg, &id, comm, matched.map(|m| m.value));
     }
+    let flag = match refusal {
+        Some(Refusal::Traced) => {
+            count(Stat::DeniedTraced);
+            flags::TRACED
+        }
+        Some(Refusal::Uninspectable) => {
+            count(Stat::DeniedUninspectable);
+            flags::UNINSPECTABLE
+        }
+        Some(Refusal::NoRule) | None => 0,
+    };
     match verdict {
         ConnectVerdict::Allow => count(Stat::Allowed),
         ConnectVerdict::Deny | ConnectVerdict::AllowAndReport => {
             count(if verdict == ConnectVerdict::Deny { Stat::Denied } else { Stat::Monitored });
-            report(cfg, &id, comm, verdict == ConnectVerdict::Deny, family, port, addr);
+            let enforced = if verdict == ConnectVerdict::Deny { flags::ENFORCED } else { 0 };
+            let rule = matched.map_or(NO_RULE, |m| m.value.rule_index);
+            report(cfg, &id, comm, enforced | flag, rule, family, port, addr);
         }
     }
     verdict.retval()
+}
+
+/// The connecting socket is an MPTCP subflow (`tcp_sock->is_mptcp`), which the sockhash does not
+/// take, so the message hook would never see its requests. False where the kernel has no MPTCP.
+#[inline(always)]
+fn is_mptcp(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
+    let off = cfg.exe_offsets.tcp_is_mptcp;
+    // SAFETY: the context of a cgroup/connect program.
+    let (ty, proto) = unsafe { ((*ctx.sock_addr).type_, (*ctx.sock_addr).protocol) };
+    if off == 0 || ty != SOCK_STREAM || proto != IPPROTO_TCP {
+        return false;
+    }
+    // SAFETY: the context's socket (a full socket in a connect hook).
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    crate::task::read_at::<u8>(crate::task::address_of(sk), off).is_some_and(|b| b != 0)
 }
 
 /// Keeps, with the socket, who connected and what its workload may do over IMDSv1, for the
@@ -135,11 +208,13 @@ fn remember(
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn report(
     cfg: &GenConfig,
     id: &Identity,
     comm: [u8; 16],
-    enforced: bool,
+    flags: u32,
+    rule_index: u32,
     family: u32,
     port: u32,
     addr: [u8; 16],
@@ -152,7 +227,7 @@ fn report(
     let (time_boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
     let ev = entry.write(ConnectEvent {
         kind: kind::CONNECT_DENIED,
-        flags: if enforced { flags::ENFORCED } else { 0 },
+        flags,
         time_boot_ns,
         pid_tgid: bpf_get_current_pid_tgid(),
         uid: id.uid,
@@ -163,7 +238,7 @@ fn report(
         port: u32::from(u16::from_be(port as u16)),
         addr,
         generation: cfg.generation,
-        _pad: 0,
+        rule_index,
         task: TaskInfo::default(),
     });
     crate::task::fill(&mut ev.task, &cfg.exe_offsets);

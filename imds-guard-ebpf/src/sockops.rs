@@ -14,6 +14,9 @@ use imds_guard_common::{
 
 use crate::maps::{SOCKETS, count, live_config};
 
+const E2BIG: i32 = 7;
+const ENOMEM: i32 = 12;
+
 #[sock_ops]
 pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
@@ -29,10 +32,17 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
         // SAFETY: the sock_ops context pointer, as the helper expects.
         let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
         // SAFETY: as above.
-        if SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY)).is_err() {
-            // The sockhash is full: the message hook will not see this connection. Nothing here
-            // can refuse it any more; count it so that the daemon says so.
-            count(Stat::ConnectionsUninspected);
+        if let Err(e) = SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY)) {
+            // The message hook will not see this connection. Nothing here can refuse it any more;
+            // count it, by cause, so that the daemon says so. The sockhash is full (E2BIG), or
+            // out of memory; anything else is a socket it does not take: one with an upper
+            // layer protocol, which is what an MPTCP subflow is (EINVAL from sk_psock_init).
+            // Connects that needed inspection were refused for that already (connect hook).
+            count(if e == -E2BIG || e == -ENOMEM {
+                Stat::ConnectionsUninspected
+            } else {
+                Stat::ConnectionsUnsupported
+            });
         }
     }
     1

@@ -9,6 +9,36 @@ use imds_guard_common::{
 
 /// `*(base + off)` as a `T`, or `None` (null base, or a read that failed).
 #[inline(always)]
+pub fn read_at<T>(base: u64, off: u32) -> Option<T> {
+    at(base, off)
+}
+
+/// A kernel pointer the verifier types (a socket, say) as a plain number, so that a member can
+/// be read at an offset from it (the verifier forbids arithmetic on such pointers): copied out of
+/// the stack by a helper, which the verifier sees as writing an unknown scalar. 0 on failure.
+#[inline(always)]
+pub fn address_of<P>(ptr: *mut P) -> u64 {
+    let slot = ptr;
+    // SAFETY: reads the 8 bytes of a local.
+    unsafe { bpf_probe_read_kernel(core::ptr::addr_of!(slot).cast::<u64>()).unwrap_or(0) }
+}
+
+/// The current thread, or the leader of its process, is being traced (`task->ptrace` non-zero).
+/// False where the offsets are unknown.
+#[inline(always)]
+pub fn traced(o: &ExeOffsets) -> bool {
+    if o.task_ptrace == 0 || o.task_group_leader == 0 {
+        return false;
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let mine: u32 = at(task, o.task_ptrace).unwrap_or(0);
+    let leader: u64 = at(task, o.task_group_leader).unwrap_or(0);
+    let theirs: u32 = at(leader, o.task_ptrace).unwrap_or(0);
+    mine != 0 || theirs != 0
+}
+
+#[inline(always)]
 fn at<T>(base: u64, off: u32) -> Option<T> {
     if base == 0 {
         return None;

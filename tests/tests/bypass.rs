@@ -217,7 +217,8 @@ fn endpoint_literals_in_any_spelling_are_denied_through_curl_and_the_c_resolver(
 // 2. UDP.
 
 /// Receives on UDP port 80 of both endpoint addresses (as root: a privileged port) and prints
-/// what arrived.
+/// the first three datagrams that arrive (the denied sender sends first: any of its datagrams that
+/// got through would be among them).
 const UDP_RECV_PY: &str = r#"
 import json, select, socket, time
 socks = []
@@ -226,9 +227,9 @@ for fam, addr in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:e
     s.bind((addr, 80))
     socks.append(s)
 print("ready", flush=True)
-deadline = time.monotonic() + 5
+deadline = time.monotonic() + 30
 got = 0
-while got < 2 and time.monotonic() < deadline:
+while got < 3 and time.monotonic() < deadline:
     r, _, _ = select.select(socks, [], [], 0.1)
     for s in r:
         data, src = s.recvfrom(2048)
@@ -237,10 +238,11 @@ while got < 2 and time.monotonic() < deadline:
 "#;
 
 const UDP_SEND_PY: &str = r#"
-import errno, json, socket, time
+import errno, json, os, socket, time
 def name(e):
     return errno.errorcode.get(e.errno, str(e.errno))
-for fam, addr in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:ec2::254")]:
+for fam, addr in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:ec2::254"),
+                  (socket.AF_INET6, "::ffff:169.254.169.254")]:
     s = socket.socket(fam, socket.SOCK_DGRAM)
     try:
         s.connect((addr, 80))
@@ -250,7 +252,7 @@ for fam, addr in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:e
     print(json.dumps({"step": "connect", "dst": addr, "result": r}), flush=True)
     u = socket.socket(fam, socket.SOCK_DGRAM)
     try:
-        n = u.sendto(b"imdsg-udp " + addr.encode(), (addr, 80))
+        n = u.sendto(("imdsg-udp %d %s" % (os.getuid(), addr)).encode(), (addr, 80))
         r = "sent %d" % n
     except OSError as e:
         r = name(e)
@@ -258,34 +260,45 @@ for fam, addr in [(socket.AF_INET, "169.254.169.254"), (socket.AF_INET6, "fd00:e
 time.sleep(0.3)
 "#;
 
+/// UDP to the endpoints: a `connect()` is judged by the connect hooks, an unconnected `sendto()`
+/// by the sendmsg hooks (issue 16: before them, a denied identity's datagrams left the host). Root's
+/// datagrams arrive; nobody's are refused with EPERM at the call and reported, over IPv4, IPv6
+/// and an IPv4-mapped destination.
 #[test]
-fn udp_connect_is_denied_but_an_unconnected_sendto_is_not_judged() {
+fn udp_connect_and_unconnected_sendto_are_judged() {
     let Some(sb) = Sandbox::new("bypass_udp", ImdsMode::Optional) else { return };
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
     let d = sb.daemon(&policy);
     let recv = Background::start(&sb, 0, "udp_recv.py", UDP_RECV_PY, &[]);
-    let sent = python(&sb, NOBODY, "udp_send.py", UDP_SEND_PY, &[]);
+    let denied = python(&sb, NOBODY, "udp_send.py", UDP_SEND_PY, &[]);
+    let allowed = python(&sb, 0, "udp_send.py", UDP_SEND_PY, &[]);
     let got = recv.finish();
-    let result = |step: &str, dst: &str| {
+    let result = |sent: &[Value], step: &str, dst: &str| {
         sent.iter().find(|v| v["step"] == step && v["dst"] == dst).unwrap()["result"].clone()
     };
-    // cgroup/connect4 and connect6 judge UDP connects too.
-    assert_eq!(result("connect", "169.254.169.254"), "EPERM", "{sent:?}");
-    assert_eq!(result("connect", "fd00:ec2::254"), "EPERM", "{sent:?}");
-    // KNOWN GAP: there is no sendmsg4/6 hook, so an unconnected sendto() leaves the host. The
-    // metadata service is TCP-only, so this reaches nothing there; a listener in the sandbox shows
-    // that the datagrams were delivered.
-    assert_eq!(result("sendto", "169.254.169.254"), "sent 25", "{sent:?}");
-    assert_eq!(result("sendto", "fd00:ec2::254"), "sent 23", "{sent:?}");
-    let data: Vec<&str> = got.iter().map(|v| v["data"].as_str().unwrap()).collect();
-    assert!(data.contains(&"imdsg-udp 169.254.169.254"), "{got:?}");
-    assert!(data.contains(&"imdsg-udp fd00:ec2::254"), "{got:?}");
+    for dst in ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"] {
+        assert_eq!(result(&denied, "connect", dst), "EPERM", "{denied:?}");
+        assert_eq!(result(&denied, "sendto", dst), "EPERM", "{denied:?}");
+        assert_eq!(result(&allowed, "connect", dst), "connected", "{allowed:?}");
+        assert!(result(&allowed, "sendto", dst).as_str().unwrap().starts_with("sent "), "{allowed:?}");
+    }
+    // Only root's datagrams arrived (the mapped one at the IPv4 socket).
+    let mut data: Vec<&str> = got.iter().map(|v| v["data"].as_str().unwrap()).collect();
+    data.sort_unstable();
+    assert_eq!(
+        data,
+        ["imdsg-udp 0 169.254.169.254", "imdsg-udp 0 ::ffff:169.254.169.254", "imdsg-udp 0 fd00:ec2::254"],
+        "{got:?}"
+    );
 
-    let denials = wait_denials(&d, 2);
-    assert_eq!(denials.len(), 2, "the two connects, not the sendtos: {denials:#?}");
+    let denials = wait_denials(&d, 6);
+    assert_eq!(denials.len(), 6, "three connects and three sendtos: {denials:#?}");
     assert!(denials.iter().all(|e| e["uid"] == NOBODY && e["comm"] == "python3"), "{denials:#?}");
-    assert_eq!(denials_to(&d, "169.254.169.254").len(), 1);
-    assert_eq!(denials_to(&d, "fd00:ec2::254").len(), 1);
+    // An IPv4-mapped sendto on an IPv6 socket is sent by the IPv4 code, through sendmsg4: its
+    // event names the IPv4 address (the mapped connect's names the mapped one).
+    assert_eq!(denials_to(&d, "169.254.169.254").len(), 3);
+    assert_eq!(denials_to(&d, "fd00:ec2::254").len(), 2);
+    assert_eq!(denials_to(&d, "::ffff:169.254.169.254").len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1129,4 +1142,197 @@ fn every_write_path_on_an_established_connection_is_inspected() {
     assert_eq!(reported.len(), 8, "{reported:#?}");
     assert!(reported.iter().all(|e| e["enforced"] == true && e["uid"] == 0), "{reported:#?}");
     assert!(sb.imds.requests().is_empty(), "{:?}", sb.imds.requests());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Code that is not the allowed program's: a debugger attached to it.
+
+/// Connects to `argv[1]`:80 untraced; from a child that asked to be traced (`PTRACE_TRACEME`);
+/// from a second thread while a child of ours has seized the main thread (`PTRACE_SEIZE`, as a
+/// debugger attaching to a running service does); and again once that tracer is gone. One JSON
+/// line.
+const TRACED_PY: &str = r#"
+import ctypes, errno, json, os, socket, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+def attempt():
+    try:
+        socket.create_connection((sys.argv[1], 80), timeout=3).close()
+        return "connected"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+r = {"untraced": attempt()}
+rd, wr = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(rd)
+    if libc.ptrace(0, 0, None, None) != 0:
+        os.write(wr, b"TRACEME failed")
+        os._exit(1)
+    os.write(wr, attempt().encode())
+    os._exit(0)
+os.close(wr)
+r["traceme"] = os.read(rd, 100).decode()
+os.waitpid(pid, 0)
+libc.prctl(0x59616d61, ctypes.c_ulong(-1), 0, 0, 0)  # PR_SET_PTRACER_ANY, for Yama scope 1
+me = os.getpid()
+rd, wr = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    ok = libc.ptrace(0x4206, me, None, None)  # PTRACE_SEIZE: attached, the tracee keeps running
+    os.write(wr, b"1" if ok == 0 else b"0")
+    os.read(go_r, 1)
+    os._exit(0)
+r["seized"] = os.read(rd, 1) == b"1"
+out = {}
+t = threading.Thread(target=lambda: out.update(thread=attempt()))
+t.start()
+t.join()
+r["thread_of_seized"] = out["thread"]
+os.write(go_w, b"x")
+os.waitpid(pid, 0)
+r["after_detach"] = attempt()
+print(json.dumps(r), flush=True)
+"#;
+
+/// Issue 16, item 3: an `exe` rule vouches for the program a process runs, not for a debugger
+/// that drives it. A traced thread, or a thread of a process whose main thread is traced, is
+/// refused what an `exe` (or `cgroup`, `comm`) rule would give it, and the refusal names the
+/// cause and the rule; a uid rule, which a tracer must already hold, is not weakened; the same
+/// process is allowed again once the tracer has gone.
+#[test]
+fn a_traced_process_loses_what_exe_and_cgroup_rules_give_it() {
+    let Some(sb) = Sandbox::new("bypass_traced", ImdsMode::Optional) else { return };
+    let interpreter = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let cg = sb.cgroup_rel();
+    for (round, (what, policy)) in [
+        ("exe", format!("[[allow]]\nexe = \"{}\"\n", interpreter.display())),
+        ("cgroup", format!("[[allow]]\ncgroup = \"{cg}\"\n")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let policy = sb.write(&format!("{what}.toml"), &policy);
+        let d = sb.daemon(&policy);
+        for dst in ["169.254.169.254", "fd00:ec2::254"] {
+            let before = d.denials().len();
+            let r = &python(&sb, NOBODY, "traced.py", TRACED_PY, &[dst])[0];
+            assert_eq!(r["seized"], true, "{what} {dst}: the tracer could not attach: {r}");
+            assert_eq!(
+                (&r["untraced"], &r["traceme"], &r["thread_of_seized"], &r["after_detach"]),
+                (&"connected".into(), &"EPERM".into(), &"EPERM".into(), &"connected".into()),
+                "{what} rule, {dst}: {r}"
+            );
+            let denials = wait_denials(&d, before + 2);
+            let new: Vec<_> = denials[before..].to_vec();
+            assert_eq!(new.len(), 2, "{what} {dst}: {new:#?}");
+            for e in &new {
+                assert_eq!(
+                    (&e["reason"], &e["rule"], &e["uid"]),
+                    (&"traced".into(), &0.into(), &NOBODY.into()),
+                    "{e}"
+                );
+                assert_eq!(e["enforced"], true, "{e}");
+            }
+        }
+        let c = &sb.status_json()["counters"];
+        // The counters are pinned: they add up across the two daemons.
+        assert_eq!(c["denied_traced"], 4 * (round + 1), "{what}: {c}");
+        drop(d);
+    }
+    // A uid rule: tracing changes nothing a uid rule rests on.
+    let policy = sb.write("uid.toml", &format!("[[allow]]\nuid = {NOBODY}\n"));
+    let d = sb.daemon(&policy);
+    let r = &python(&sb, NOBODY, "traced.py", TRACED_PY, &["169.254.169.254"])[0];
+    for k in ["untraced", "traceme", "thread_of_seized", "after_detach"] {
+        assert_eq!(r[k], "connected", "uid rule, {k}: {r}");
+    }
+    assert!(wait_denials(&d, 0).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Sockets the message hook cannot see: MPTCP.
+
+/// A tokenless credentials GET over an `IPPROTO_MPTCP` socket to `argv[1]`:80, then the same
+/// over TCP. One JSON line: the connect's and the request's outcome for each.
+const MPTCP_PY: &str = r#"
+import errno, json, socket, sys
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+def get(proto):
+    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM, proto)
+    except OSError as e:
+        return {"socket": name(e)}
+    s.settimeout(3)
+    try:
+        s.connect((sys.argv[1], 80))
+    except OSError as e:
+        return {"connect": name(e)}
+    try:
+        s.sendall(b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return {"status": data.split(b"\r\n")[0].decode()}
+    except OSError as e:
+        return {"send": name(e)}
+print(json.dumps({"mptcp": get(262), "tcp": get(socket.IPPROTO_TCP)}), flush=True)
+"#;
+
+/// Issue 16, item 4: MPTCP subflows are not taken by the sockhash, so the message hook never
+/// sees their requests. An `imdsv1 = "deny"` workload is refused MPTCP connects (it would get
+/// past the treatment otherwise), reported with the cause; a `"log"` workload gets through, and
+/// the daemon says its connections went uninspected because of the kind of socket, not a full
+/// table.
+#[test]
+fn mptcp_cannot_carry_tokenless_requests_past_imdsv1_deny() {
+    let Some(sb) = Sandbox::new("bypass_mptcp", ImdsMode::Optional) else { return };
+    let policy = sb.write(
+        "policy.toml",
+        &format!("[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n\n[[allow]]\nuid = {NOBODY}\nimdsv1 = \"log\"\n"),
+    );
+    let d = sb.daemon(&policy);
+    // MPTCP is a per-namespace switch (off by default before Linux 5.16 or so); an attacker's
+    // host has it on. A kernel built without it has no such sockets at all: nothing to get past.
+    let on = sb.client(0, 0).command("/bin/sh").args(["-c", "echo 1 > /proc/sys/net/mptcp/enabled"]).status();
+    if !on.is_ok_and(|s| s.success()) {
+        let r = &python(&sb, 0, "mptcp.py", MPTCP_PY, &["169.254.169.254"])[0];
+        assert_eq!(r["mptcp"]["socket"], "EPROTONOSUPPORT", "a kernel without MPTCP: {r}");
+        eprintln!("this kernel has no MPTCP: its sockets cannot be made, so there is nothing to refuse");
+        return;
+    }
+    for dst in ["169.254.169.254", "fd00:ec2::254"] {
+        let before = d.denials().len();
+        let r = &python(&sb, 0, "mptcp.py", MPTCP_PY, &[dst])[0];
+        assert_eq!(r["mptcp"]["connect"], "EPERM", "deny workload, MPTCP, {dst}: {r}");
+        assert_eq!(r["tcp"]["send"], "EACCES", "deny workload, TCP: the request is refused, {dst}: {r}");
+        let denials = wait_denials(&d, before + 1);
+        assert_eq!(denials.len(), before + 1, "{denials:#?}");
+        let e = &denials[before];
+        assert_eq!(
+            (&e["reason"], &e["rule"], &e["uid"], &e["dst"]),
+            (&"uninspectable".into(), &0.into(), &0.into(), &dst.into()),
+            "{e}"
+        );
+    }
+    let c = &sb.status_json()["counters"];
+    assert_eq!(c["denied_uninspectable"], 2, "{c}");
+    // The legacy workload: let through over MPTCP, uninspected, and said so with the right cause.
+    let r = &python(&sb, NOBODY, "mptcp.py", MPTCP_PY, &["169.254.169.254"])[0];
+    assert_eq!(r["mptcp"]["status"], "HTTP/1.1 200 OK", "log workload over MPTCP: {r}");
+    assert_eq!(r["tcp"]["status"], "HTTP/1.1 200 OK", "log workload over TCP: {r}");
+    let ev = d
+        .wait_event(Duration::from_secs(10), |e| e["event"] == "connections_uninspected")
+        .unwrap_or_else(|| panic!("no connections_uninspected: {:#?}\n{}", d.events(), d.stderr()));
+    assert_eq!((&ev["cause"], &ev["count"]), (&"unsupported_socket".into(), &1.into()), "{ev}");
+    let c = &sb.status_json()["counters"];
+    assert_eq!((&c["connections_unsupported"], &c["connections_uninspected"]), (&1.into(), &0.into()), "{c}");
+    // Only the TCP request of the legacy workload was seen (and reported).
+    assert_eq!(c["imdsv1_requests"], 3, "two refused for root, one logged: {c}");
 }

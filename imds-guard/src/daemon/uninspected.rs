@@ -13,32 +13,52 @@ use crate::{
 
 #[derive(Default)]
 pub struct UninspectedWatch {
-    seen: Option<u64>,
+    full: Option<u64>,
+    unsupported: Option<u64>,
 }
 
 impl UninspectedWatch {
     pub fn check(&mut self, guard: &Guard, reporter: &dyn Reporter) {
-        let total = match guard.stat(Stat::ConnectionsUninspected) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!("cannot read the counters: {e:#}");
-                return;
+        for (stat, seen) in [
+            (Stat::ConnectionsUninspected, &mut self.full),
+            (Stat::ConnectionsUnsupported, &mut self.unsupported),
+        ] {
+            let total = match guard.stat(stat) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!("cannot read the counters: {e:#}");
+                    return;
+                }
+            };
+            // The first look only takes note: the counters outlive daemons (they are pinned).
+            let Some(before) = seen.replace(total) else { continue };
+            if total <= before {
+                continue;
             }
-        };
-        // The first look only takes note: the counter outlives daemons (it is pinned).
-        let Some(seen) = self.seen.replace(total) else { return };
-        if total > seen {
-            tracing::error!(
-                new = total - seen,
-                total,
-                "connections to the metadata service were not inspected: the kernel's table of them \
-                 ({SOCKETS_CAPACITY}) is full, so requests on them are neither reported nor refused \
-                 (imdsv1 = \"deny\" does not apply to them)"
-            );
+            let cause = if stat == Stat::ConnectionsUninspected {
+                tracing::error!(
+                    new = total - before,
+                    total,
+                    "connections to the metadata service were not inspected: the kernel's table of \
+                     them ({SOCKETS_CAPACITY}) is full, so requests on them are neither reported nor \
+                     refused (imdsv1 = \"deny\" does not apply to them)"
+                );
+                "table_full"
+            } else {
+                tracing::warn!(
+                    new = total - before,
+                    total,
+                    "connections to the metadata service were not inspected: they are of a kind the \
+                     kernel's table cannot hold (MPTCP), so requests on them are neither reported nor \
+                     refused (workloads with imdsv1 = \"deny\" are refused such connections)"
+                );
+                "unsupported_socket"
+            };
             reporter.report(Event::ConnectionsUninspected(ConnectionsUninspected {
-                count: total - seen,
+                count: total - before,
                 total,
                 capacity: SOCKETS_CAPACITY,
+                cause: cause.to_owned(),
             }));
         }
     }

@@ -218,6 +218,15 @@ pub fn exe_offsets(btf: &Btf) -> anyhow::Result<imds_guard_common::config::ExeOf
         file_dentry: want("file", "f_path", 16)? + want("path", "dentry", 8)?,
         dentry_name: want("dentry", "d_name", 16)? + want("qstr", "name", 8)?,
         dentry_parent: want("dentry", "d_parent", 8)?,
+        task_ptrace: want("task_struct", "ptrace", 4)?,
+        task_group_leader: want("task_struct", "group_leader", 8)?,
+        // Absent from kernels built without MPTCP, which then have no MPTCP sockets to judge.
+        tcp_is_mptcp: btf
+            .member("tcp_sock", "is_mptcp")
+            .ok()
+            .filter(|&(_, size)| size == 1)
+            .map_or(0, |(off, _)| off),
+        _pad: 0,
     })
 }
 
@@ -241,6 +250,10 @@ mod tests {
         let o = exe_offsets(&btf).unwrap();
         assert!(o.task_mm > 0 && o.mm_exe_file > 0 && o.inode_sb > 0, "{o:?}");
         assert!(o.task_real_parent > 0 && o.task_tgid > 0 && o.task_comm > 0, "{o:?}");
+        assert!(o.task_ptrace > 0 && o.task_group_leader > 0, "{o:?}");
+        if Path::new("/proc/sys/net/mptcp").exists() {
+            assert!(o.tcp_is_mptcp > 0, "this kernel has MPTCP: {o:?}");
+        }
         // exe_file sits in mm_struct's anonymous struct: found through it.
         assert!(btf.member("mm_struct", "no_such_member").is_err());
         assert!(btf.member("no_such_struct_imdsg", "x").is_err());

@@ -338,6 +338,8 @@ mod tests {
             port: 80,
             family: "ipv4".into(),
             generation: 3,
+            reason: None,
+            rule: None,
         })
     }
 

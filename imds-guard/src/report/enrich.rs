@@ -106,7 +106,15 @@ impl Enricher {
     }
 
     fn connect(&mut self, ev: &ConnectEvent) -> Connect {
+        use imds_guard_common::event::flags;
         let (dst, family) = destination(ev.family, &ev.addr);
+        let reason = if ev.flags & flags::TRACED != 0 {
+            Some("traced")
+        } else if ev.flags & flags::UNINSPECTABLE != 0 {
+            Some("uninspectable")
+        } else {
+            None
+        };
         Connect {
             enforced: ev.enforced(),
             time: wall_time(ev.time_boot_ns),
@@ -115,6 +123,8 @@ impl Enricher {
             port: u16::try_from(ev.port).unwrap_or(0),
             family: family.to_owned(),
             generation: ev.generation,
+            reason: reason.map(str::to_owned),
+            rule: reason.and((ev.rule_index != imds_guard_common::sock::NO_RULE).then_some(ev.rule_index)),
         }
     }
 

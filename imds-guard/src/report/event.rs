@@ -279,6 +279,15 @@ pub struct Connect {
     pub port: u16,
     pub family: String,
     pub generation: u32,
+    /// Why a rule that matched did not admit the connect: `"traced"` (the process is being
+    /// traced and the rule rests on `exe`, `cgroup` or `comm`) or `"uninspectable"` (an MPTCP
+    /// socket, whose requests cannot be inspected, for an `imdsv1 = "deny"` workload). Absent when
+    /// no rule matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The `[[allow]]` table (0-based) that matched, with `reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
 }
 
 /// `imdsv1_request`, `token_put_forwarded` and `imds_request_unclassified`.
@@ -477,6 +486,15 @@ pub struct ConnectionsUninspected {
     pub count: u64,
     pub total: u64,
     pub capacity: u32,
+    /// Why the message hook does not see them: `"table_full"` (the sockhash holds `capacity`
+    /// connections) or `"unsupported_socket"` (a socket the sockhash does not take: an MPTCP
+    /// subflow).
+    #[serde(default = "table_full")]
+    pub cause: String,
+}
+
+fn table_full() -> String {
+    "table_full".to_owned()
 }
 
 /// `stream_lagged`.
@@ -553,6 +571,8 @@ mod tests {
             port: 80,
             family: "ipv4".into(),
             generation: 1,
+            reason: None,
+            rule: None,
         }
     }
 

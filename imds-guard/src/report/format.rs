@@ -197,6 +197,8 @@ mod tests {
             port: 80,
             family: "ipv4".into(),
             generation: 1,
+            reason: None,
+            rule: None,
         })
     }
 

@@ -94,6 +94,8 @@ mod tests {
             port: 80,
             family: "ipv4".into(),
             generation: 1,
+            reason: None,
+            rule: None,
         }));
         let msg = String::from_utf8(journal_message(&line)).unwrap();
         assert!(msg.contains("PRIORITY=4\n"), "{msg}");

@@ -39,8 +39,9 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 /// v4-mapped; IMDSv1 reported and denied, also on a connection kept across restarts (both attach
 /// paths); SIGKILL keeps enforcement and a restart adopts it; a
 /// reload under a connect storm; the netfilter forward drop; nothing reported degraded that the
-/// kernel supports. (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 10] = [
+/// kernel supports; a traced process refused what exe and cgroup rules give; MPTCP refused where
+/// requests must be inspected. (target, test, timeout in seconds)
+pub const SUBSET: [(&str, &str, u32); 12] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -55,6 +56,8 @@ pub const SUBSET: [(&str, &str, u32); 10] = [
         300,
     ),
     ("degraded", "nothing_is_degraded_when_nothing_is_missing", 180),
+    ("bypass", "a_traced_process_loses_what_exe_and_cgroup_rules_give_it", 240),
+    ("bypass", "mptcp_cannot_carry_tokenless_requests_past_imdsv1_deny", 180),
 ];
 
 /// The checks to run. `tests` (`--tests`): `<target>` (every test of that binary, from `list`) or
