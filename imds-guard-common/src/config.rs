@@ -143,6 +143,9 @@ impl Default for GenConfig {
                 task_ptrace: 0,
                 task_group_leader: 0,
                 tcp_is_mptcp: 0,
+                tcp_fastopen_req: 0,
+                tcp_fastopen_connect: 0,
+                tcp_fastopen_connect_mask: 0,
                 _pad: 0,
             },
             attach_cgroup_id: 0,
@@ -180,6 +183,12 @@ pub struct ExeOffsets {
     pub task_group_leader: u32,
     /// `tcp_sock->is_mptcp` (a bool); 0 when this kernel has no MPTCP.
     pub tcp_is_mptcp: u32,
+    /// `tcp_sock->fastopen_req` (set while `sendto(MSG_FASTOPEN)` connects) and the byte and bit
+    /// of the `tcp_sock->fastopen_connect` flag (`TCP_FASTOPEN_CONNECT`): a connect whose first
+    /// data may leave with the SYN, past the message hook.
+    pub tcp_fastopen_req: u32,
+    pub tcp_fastopen_connect: u32,
+    pub tcp_fastopen_connect_mask: u32,
     pub _pad: u32,
 }
 

@@ -18,6 +18,10 @@ pub mod flags {
     /// Connect: a rule matched, but the socket is one the message hook cannot inspect (an MPTCP
     /// subflow) and the workload's treatment needs inspection (`imdsv1 = "deny"`). Refused.
     pub const UNINSPECTABLE: u32 = 1 << 2;
+    /// Connect-denied event from the message hook: a process the policy does not admit wrote on
+    /// a connection another identity made (a socket passed over `SCM_RIGHTS`, inherited across
+    /// `fork`/`exec`, or kept across `setuid`). The write was refused (with [`ENFORCED`]).
+    pub const HANDED_OVER: u32 = 1 << 3;
 }
 
 /// Ancestors recorded with each event (parent, grandparent, ...).

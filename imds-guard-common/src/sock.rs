@@ -26,6 +26,15 @@ pub struct SockState {
     pub pid_tgid: u64,
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
+    /// The last writer that was not the connecting process (tgid, uid/gid as
+    /// `bpf_get_current_uid_gid` gives them, and the generation it was judged in), and how the
+    /// policy judged it ([`crate::verdict::ConnectVerdict`] as u32, see `writer_verdict`): a socket
+    /// handed to another process is judged for its new holder once, not on every write.
+    pub writer_tgid: u32,
+    pub writer_generation: u32,
+    pub writer_uid_gid: u64,
+    pub writer_verdict: u32,
+    pub writer_flags: u32,
     /// Where the request being written stands.
     pub http: HttpState,
 }

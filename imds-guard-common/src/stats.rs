@@ -29,15 +29,18 @@ pub enum Stat {
     /// Connects a rule matched but refused because the process was being traced (ptrace) and the
     /// rule rests on `exe`, `cgroup` or `comm` (also counted in `Denied`).
     DeniedTraced = 11,
-    /// Connects a rule matched but refused because the socket cannot be inspected (MPTCP) and the
-    /// workload's treatment needs inspection (also counted in `Denied`).
+    /// Connects a rule matched but refused because the socket cannot be inspected (MPTCP, TCP Fast
+    /// Open) and the workload's treatment needs inspection (also counted in `Denied`).
     DeniedUninspectable = 12,
     /// Connections to a metadata endpoint the sockhash refused as a kind of socket it cannot hold
     /// (an MPTCP subflow), not for want of room: not inspected either.
     ConnectionsUnsupported = 13,
+    /// Writes refused because the writer, not the process that connected, is not admitted (a
+    /// socket handed over `SCM_RIGHTS`, inherited, or kept across `setuid`).
+    WritesDeniedHandedOver = 14,
 }
 
-pub const STAT_COUNT: u32 = 14;
+pub const STAT_COUNT: u32 = 15;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -55,6 +58,7 @@ impl Stat {
         Stat::DeniedTraced,
         Stat::DeniedUninspectable,
         Stat::ConnectionsUnsupported,
+        Stat::WritesDeniedHandedOver,
     ];
 
     #[must_use]
@@ -74,6 +78,7 @@ impl Stat {
             Stat::DeniedTraced => "denied_traced",
             Stat::DeniedUninspectable => "denied_uninspectable",
             Stat::ConnectionsUnsupported => "connections_unsupported",
+            Stat::WritesDeniedHandedOver => "writes_denied_handed_over",
         }
     }
 }

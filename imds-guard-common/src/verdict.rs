@@ -108,7 +108,8 @@ pub enum Refusal {
 pub struct ConnectContext {
     /// The thread, or its process's leader, is being traced.
     pub traced: bool,
-    /// The message hook will not see this socket (an MPTCP subflow: sockmap does not take them).
+    /// The message hook will not see what is written on this socket (an MPTCP subflow, which
+    /// sockmap does not take; a TCP Fast Open connect, whose first data leaves with the SYN).
     pub uninspectable: bool,
 }
 
@@ -151,6 +152,27 @@ pub enum ConnectVerdict {
 }
 
 impl ConnectVerdict {
+    /// As kept in [`crate::sock::SockState::writer_verdict`].
+    #[inline(always)]
+    #[must_use]
+    pub const fn as_u32(self) -> u32 {
+        match self {
+            ConnectVerdict::Allow => 0,
+            ConnectVerdict::Deny => 1,
+            ConnectVerdict::AllowAndReport => 2,
+        }
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            0 => ConnectVerdict::Allow,
+            2 => ConnectVerdict::AllowAndReport,
+            _ => ConnectVerdict::Deny,
+        }
+    }
+
     /// The return value of a `cgroup/connect*` program: 1 lets the connect proceed, 0 fails it
     /// with EPERM.
     #[inline(always)]

@@ -4,27 +4,25 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        generated::bpf_get_current_cgroup_id,
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use imds_guard_common::{
     config::GenConfig,
-    event::{AF_INET, AF_INET6, ConnectEvent, TaskInfo, flags, kind},
-    rule::{Identity, Imdsv1Action, RuleValue, comm_words},
+    event::{AF_INET, AF_INET6, flags},
+    rule::{Identity, Imdsv1Action, RuleValue},
     sock::NO_RULE,
     stats::Stat,
-    verdict::{ConnectContext, ConnectVerdict, Refusal, TRACE_SENSITIVE, find_match, judge_connect},
+    verdict::{ConnectContext, ConnectVerdict, judge_connect},
 };
 
 /// `SOCK_STREAM` and `IPPROTO_TCP`, as the context reports them.
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 
-use crate::maps::{
-    EVENTS, IMDSG_SOCKSTATE, RULES, count, live_config, may_be_endpoint_v4, may_be_endpoint_v6,
-};
+use crate::maps::{IMDSG_SOCKSTATE, count, live_config, may_be_endpoint_v4, may_be_endpoint_v6};
 
 /// Lets the connect through: not a metadata endpoint, or no policy loaded.
 const PASS: i32 = 1;
@@ -108,75 +106,60 @@ fn judge(
     connect: bool,
 ) -> i32 {
     count(Stat::MetadataConnects);
-    let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().unwrap_or_default();
-    let (exe_dev, exe_ino) =
-        if cfg.needs_exe != 0 { crate::task::current_exe(&cfg.exe_offsets) } else { (0, 0) };
-    let id = Identity {
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        exe_dev,
-        exe_ino,
-        comm: comm_words(&comm),
-    };
-    // A bounded loop (verifier 5.3+) over the probes: no bpf_loop (5.17+), no callback subprogram.
-    let matched = find_match(
-        cfg,
-        &id,
-        // SAFETY: plain helper call; returns 0 past the process's own cgroup depth.
-        |level| unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) },
-        // SAFETY: the value is copied out at once.
-        |key| unsafe { RULES.get(key).copied() },
-    );
+    let id = crate::judge::identity(cfg, bpf_get_current_uid_gid(), comm);
+    let matched = crate::judge::find(cfg, &id);
     // What a matching rule may not vouch for: only looked at when a rule matched, and the traced
     // check only for rules that rest on what a debugger can borrow.
     let context = match matched {
         Some(m) => ConnectContext {
-            traced: m.shape & TRACE_SENSITIVE != 0 && crate::task::traced(&cfg.exe_offsets),
-            uninspectable: m.value.imdsv1 == Imdsv1Action::Deny as u32 && is_mptcp(ctx, cfg),
+            traced: crate::judge::traced(cfg, m),
+            uninspectable: m.value.imdsv1 == Imdsv1Action::Deny as u32 && uninspectable(ctx, cfg),
         },
         None => ConnectContext::default(),
     };
     let (verdict, refusal) = judge_connect(cfg.mode(), matched, context);
+    // Opaque from here: otherwise the verifier walks the rest (the report's loops) once per
+    // combination of the checks above, 10x the instructions.
+    let flag = crate::judge::opaque(crate::judge::refusal_flag(refusal));
+    let verdict = ConnectVerdict::from_u32(crate::judge::opaque(verdict.as_u32()));
     if connect && verdict != ConnectVerdict::Deny {
         remember(ctx, cfg, &id, comm, matched.map(|m| m.value));
     }
-    let flag = match refusal {
-        Some(Refusal::Traced) => {
-            count(Stat::DeniedTraced);
-            flags::TRACED
-        }
-        Some(Refusal::Uninspectable) => {
-            count(Stat::DeniedUninspectable);
-            flags::UNINSPECTABLE
-        }
-        Some(Refusal::NoRule) | None => 0,
-    };
     match verdict {
         ConnectVerdict::Allow => count(Stat::Allowed),
         ConnectVerdict::Deny | ConnectVerdict::AllowAndReport => {
             count(if verdict == ConnectVerdict::Deny { Stat::Denied } else { Stat::Monitored });
             let enforced = if verdict == ConnectVerdict::Deny { flags::ENFORCED } else { 0 };
             let rule = matched.map_or(NO_RULE, |m| m.value.rule_index);
-            report(cfg, &id, comm, enforced | flag, rule, family, port, addr);
+            crate::judge::report(cfg, &id, comm, enforced | flag, rule, family, port, addr);
         }
     }
     verdict.retval()
 }
 
-/// The connecting socket is an MPTCP subflow (`tcp_sock->is_mptcp`), which the sockhash does not
-/// take, so the message hook would never see its requests. False where the kernel has no MPTCP.
+/// The message hook will not see what is written on this TCP socket: an MPTCP subflow
+/// (`tcp_sock->is_mptcp`), which the sockhash does not take, or a Fast Open connect, whose first
+/// data leaves with the SYN before the connection is established (`sendto(MSG_FASTOPEN)`:
+/// `tcp_sock->fastopen_req` is set; `TCP_FASTOPEN_CONNECT`: its flag). False for anything else,
+/// and for members this kernel's BTF does not have.
 #[inline(always)]
-fn is_mptcp(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
-    let off = cfg.exe_offsets.tcp_is_mptcp;
+fn uninspectable(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
+    let o = &cfg.exe_offsets;
     // SAFETY: the context of a cgroup/connect program.
     let (ty, proto) = unsafe { ((*ctx.sock_addr).type_, (*ctx.sock_addr).protocol) };
-    if off == 0 || ty != SOCK_STREAM || proto != IPPROTO_TCP {
+    if ty != SOCK_STREAM || proto != IPPROTO_TCP {
         return false;
     }
     // SAFETY: the context's socket (a full socket in a connect hook).
-    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    crate::task::read_at::<u8>(crate::task::address_of(sk), off).is_some_and(|b| b != 0)
+    let sk = crate::task::address_of(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk });
+    let mptcp = o.tcp_is_mptcp != 0 && crate::task::read_at::<u8>(sk, o.tcp_is_mptcp).is_some_and(|b| b != 0);
+    let fastopen_req = o.tcp_fastopen_req != 0
+        && crate::task::read_at::<u64>(sk, o.tcp_fastopen_req).is_some_and(|p| p != 0);
+    let fastopen_connect = o.tcp_fastopen_connect != 0
+        && crate::task::read_at::<u8>(sk, o.tcp_fastopen_connect)
+            .is_some_and(|b| u32::from(b) & o.tcp_fastopen_connect_mask != 0);
+    mptcp || fastopen_req || fastopen_connect
 }
 
 /// Keeps, with the socket, who connected and what its workload may do over IMDSv1, for the
@@ -204,44 +187,7 @@ fn remember(
     // SAFETY: plain helper call.
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     st.comm = comm;
+    st.writer_tgid = 0;
+    st.writer_generation = 0;
     st.http.reset();
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn report(
-    cfg: &GenConfig,
-    id: &Identity,
-    comm: [u8; 16],
-    flags: u32,
-    rule_index: u32,
-    family: u32,
-    port: u32,
-    addr: [u8; 16],
-) {
-    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
-        count(Stat::EventsDropped);
-        return;
-    };
-    // SAFETY: plain helper calls.
-    let (time_boot_ns, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
-    let ev = entry.write(ConnectEvent {
-        kind: kind::CONNECT_DENIED,
-        flags,
-        time_boot_ns,
-        pid_tgid: bpf_get_current_pid_tgid(),
-        uid: id.uid,
-        gid: id.gid,
-        cgroup_id,
-        comm,
-        family,
-        port: u32::from(u16::from_be(port as u16)),
-        addr,
-        generation: cfg.generation,
-        rule_index,
-        task: TaskInfo::default(),
-    });
-    crate::task::fill(&mut ev.task, &cfg.exe_offsets);
-    entry.submit(0);
-    count(Stat::EventsSent);
 }

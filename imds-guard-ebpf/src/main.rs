@@ -13,6 +13,7 @@
 
 mod bench;
 mod connect;
+mod judge;
 mod maps;
 mod msg;
 mod sockops;

@@ -24,10 +24,10 @@ use aya_ebpf::{
 use imds_guard_common::{
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
     http::Finding,
-    rule::Imdsv1Action,
+    rule::{Identity, Imdsv1Action},
     sock::{NO_RULE, SCAN_MAX, SockState},
     stats::Stat,
-    verdict::request_verdict,
+    verdict::{ConnectContext, ConnectVerdict, judge_connect, request_verdict},
 };
 
 use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCAN, count};
@@ -71,6 +71,11 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         // strictest treatment of the live policy and is attributed to its writer.
         adopt(st);
     }
+    if judge_writer(&ctx, st) {
+        // Whatever was gathered of a request goes with the refused write.
+        st.http.reset();
+        return SK_DROP;
+    }
     let size = ctx.size();
     let want = if size > SCAN_MAX { SCAN_MAX } else { size };
     // SAFETY: makes the first `want` bytes linear so that data..data_end covers them.
@@ -88,7 +93,7 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // two registers, so the clamps above bound nothing for them; and the compiler, which does see
     // them, would drop a mask of the clamped value as redundant. Both 5.10 and 6.1 refused the
     // copy with "R2 unbounded memory access".)
-    let n = ((opaque(len) - 1) & (SCAN_MAX - 1)) + 1;
+    let n = ((crate::judge::opaque(len) - 1) & (SCAN_MAX - 1)) + 1;
     let Some(slot) = SCAN.get_ptr_mut(0) else { return SK_PASS };
     // SAFETY: this CPU's slot; see ScanSlot for why it is marked.
     let slot = unsafe { &mut *slot };
@@ -125,41 +130,54 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if v.refuse { SK_DROP } else { SK_PASS }
 }
 
-/// Fills the state of a connection the connect hooks did not judge.
+/// Judges a writer that is not the process that connected, or whose ids changed since (a socket
+/// passed over `SCM_RIGHTS`, inherited across `fork`/`exec`, kept across `setuid`), as if it had
+/// connected now: once per writer and policy generation, remembered with the socket. A writer the
+/// policy does not admit has every write refused (true) and reported as `connect_denied` with
+/// [`flags::HANDED_OVER`]; in monitor mode, reported only.
 #[inline(always)]
-fn adopt(st: &mut SockState) {
-    let Some(cfg) = crate::maps::live_config() else { return };
-    st.imdsv1 = cfg.strictest_imdsv1;
-    st.rule_index = NO_RULE;
-    st.generation = cfg.generation;
+fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    st.uid = uid_gid as u32;
-    st.gid = (uid_gid >> 32) as u32;
-    st.pid_tgid = bpf_get_current_pid_tgid();
-    // The comm and cgroup are left empty (the daemon reads them from /proc by the pid): sk_msg
-    // programs may not call bpf_get_current_comm before Linux 6.x ("unknown func" on 5.10).
-    st.comm = [0; 16];
-    st.cgroup_id = 0;
-    st.http.reset();
-}
-
-/// `x`, through a volatile stack slot: the compiler forgets what it knew about its range.
-#[inline(always)]
-fn opaque(x: u32) -> u32 {
-    let mut v = 0u32;
-    // SAFETY: a local variable.
-    unsafe {
-        core::ptr::write_volatile(&mut v, x);
-        core::ptr::read_volatile(&v)
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == (st.pid_tgid >> 32) as u32 && uid_gid == (u64::from(st.gid) << 32 | u64::from(st.uid)) {
+        return false;
     }
+    let Some(cfg) = crate::maps::live_config() else { return false };
+    let comm = crate::task::current_comm(&cfg.exe_offsets);
+    if st.writer_tgid != tgid || st.writer_uid_gid != uid_gid || st.writer_generation != cfg.generation {
+        let id = crate::judge::identity(cfg, uid_gid, comm);
+        let matched = crate::judge::find(cfg, &id);
+        let context = ConnectContext {
+            traced: matches!(matched, Some(m) if crate::judge::traced(cfg, m)),
+            uninspectable: false,
+        };
+        let (verdict, refusal) = judge_connect(cfg.mode(), matched, context);
+        st.writer_tgid = tgid;
+        st.writer_uid_gid = uid_gid;
+        st.writer_generation = cfg.generation;
+        st.writer_verdict = verdict.as_u32();
+        st.writer_flags = crate::judge::refusal_flag(refusal);
+    }
+    let verdict = ConnectVerdict::from_u32(st.writer_verdict);
+    if verdict == ConnectVerdict::Allow {
+        return false;
+    }
+    let refuse = verdict == ConnectVerdict::Deny;
+    if refuse {
+        count(Stat::WritesDeniedHandedOver);
+    }
+    let (family, port, addr) = destination(ctx);
+    let id = Identity { uid: uid_gid as u32, gid: (uid_gid >> 32) as u32, ..Identity::default() };
+    let flags = flags::HANDED_OVER | st.writer_flags | if refuse { flags::ENFORCED } else { 0 };
+    crate::judge::report(cfg, &id, comm, flags, st.rule_index, family, port, addr);
+    refuse
 }
 
+/// The connection's destination as events give it: family, port (network order in the low 16
+/// bits) and address.
 #[inline(always)]
-fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool) {
-    let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
-        count(Stat::EventsDropped);
-        return;
-    };
+fn destination(ctx: &SkMsgContext) -> (u32, u32, [u8; 16]) {
     let md = ctx.msg;
     // SAFETY: reads of the sk_msg context, each a volatile 32-bit load at the field's own address
     // (the verifier refuses loads through a ctx pointer the compiler has moved).
@@ -186,6 +204,37 @@ fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool) {
         addr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
         addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
     }
+    // sk_msg_md.remote_port holds the network-order port in its upper 16 bits.
+    (family, port >> 16, addr)
+}
+
+/// Fills the state of a connection the connect hooks did not judge.
+#[inline(always)]
+fn adopt(st: &mut SockState) {
+    let Some(cfg) = crate::maps::live_config() else { return };
+    st.imdsv1 = cfg.strictest_imdsv1;
+    st.rule_index = NO_RULE;
+    st.generation = cfg.generation;
+    let uid_gid = bpf_get_current_uid_gid();
+    st.uid = uid_gid as u32;
+    st.gid = (uid_gid >> 32) as u32;
+    st.pid_tgid = bpf_get_current_pid_tgid();
+    // The comm and cgroup are left empty (the daemon reads them from /proc by the pid): sk_msg
+    // programs may not call bpf_get_current_comm before Linux 6.x ("unknown func" on 5.10).
+    st.comm = [0; 16];
+    st.cgroup_id = 0;
+    st.writer_tgid = 0;
+    st.writer_generation = 0;
+    st.http.reset();
+}
+
+#[inline(always)]
+fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool) {
+    let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
+        count(Stat::EventsDropped);
+        return;
+    };
+    let (family, port, addr) = destination(ctx);
     // Method and path only where the request line was read as one.
     let parsed = matches!(finding, Finding::Imdsv1 | Finding::Trailing | Finding::TokenPutForwarded);
     // The writer, which sendmsg runs as; the connect-time identity where it differs is kept in
@@ -202,8 +251,7 @@ fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool) {
         cgroup_id: st.cgroup_id,
         comm: st.comm,
         family,
-        // sk_msg_md.remote_port holds the network-order port in its upper 16 bits.
-        port: u32::from(u16::from_be((port >> 16) as u16)),
+        port: u32::from(u16::from_be(port as u16)),
         addr,
         generation: st.generation,
         finding: finding as u32,

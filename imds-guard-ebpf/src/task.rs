@@ -23,6 +23,18 @@ pub fn address_of<P>(ptr: *mut P) -> u64 {
     unsafe { bpf_probe_read_kernel(core::ptr::addr_of!(slot).cast::<u64>()).unwrap_or(0) }
 }
 
+/// The current task's comm, read through its offset (`bpf_get_current_comm` is not offered to
+/// every program type on every kernel: not to `sk_msg` on 5.10). Zeroes when unknown.
+#[inline(always)]
+pub fn current_comm(o: &ExeOffsets) -> [u8; 16] {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    if o.task_comm == 0 {
+        return [0; 16];
+    }
+    at(task, o.task_comm).unwrap_or([0; 16])
+}
+
 /// The current thread, or the leader of its process, is being traced (`task->ptrace` non-zero).
 /// False where the offsets are unknown.
 #[inline(always)]

@@ -148,17 +148,39 @@ impl Btf {
     /// Byte offset and byte size (0 for pointers' pointee-less view: pointers are 8) of
     /// `strukt.member`, looking into anonymous struct/union members too.
     pub fn member(&self, strukt: &str, member: &str) -> anyhow::Result<(u32, u32)> {
+        let (bits, size) = self.member_bits(strukt, member, false)?;
+        Ok((bits / 8, size))
+    }
+
+    /// A one-bit bitfield member: the byte that holds it and the bit's mask in that byte
+    /// (little-endian bit order, as on x86_64 and arm64).
+    pub fn flag_bit(&self, strukt: &str, member: &str) -> anyhow::Result<(u32, u8)> {
+        let (bits, size) = self.member_bits(strukt, member, true)?;
+        ensure!(size == 1, "{strukt}.{member} is a {size}-bit field, not a flag");
+        Ok((bits / 8, 1u8 << (bits % 8)))
+    }
+
+    /// The bit offset of `member` in `strukt` and its size: bytes, or bits for a bitfield (only
+    /// taken when `bitfield`).
+    fn member_bits(&self, strukt: &str, member: &str, bitfield: bool) -> anyhow::Result<(u32, u32)> {
         let id = self
             .structs
             .iter()
             .find(|(name, _)| self.name_bytes(*name) == strukt.as_bytes())
             .map(|&(_, id)| id)
             .with_context(|| format!("struct {strukt} is not in the kernel's BTF"))?;
-        self.find(id, member, 0, 0)?
+        self.find(id, member, 0, 0, bitfield)?
             .with_context(|| format!("struct {strukt} has no member {member} in the kernel's BTF"))
     }
 
-    fn find(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> anyhow::Result<Option<(u32, u32)>> {
+    fn find(
+        &self,
+        id: u32,
+        member: &str,
+        base_bits: u32,
+        depth: u32,
+        bitfield: bool,
+    ) -> anyhow::Result<Option<(u32, u32)>> {
         ensure!(depth < 32, "anonymous members nest too deep");
         let (t, td) = (self.get(id)?, self.tdata());
         for i in 0..t.vlen {
@@ -168,13 +190,16 @@ impl Btf {
             if name_off == 0 {
                 let inner = self.resolve(ty)?;
                 if matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                    && let Some(found) = self.find(inner.id, member, bits, depth + 1)?
+                    && let Some(found) = self.find(inner.id, member, bits, depth + 1, bitfield)?
                 {
                     return Ok(Some(found));
                 }
                 continue;
             }
             if self.name(name_off) == member {
+                if bitfield && t.kind_flag && offset >> 24 != 0 {
+                    return Ok(Some((bits, offset >> 24)));
+                }
                 ensure!(
                     bits.is_multiple_of(8) && !(t.kind_flag && offset >> 24 != 0),
                     "{member} is a bitfield"
@@ -191,7 +216,7 @@ impl Btf {
                 } else {
                     scalar(&r)
                 };
-                return Ok(Some((bits / 8, size)));
+                return Ok(Some((bits, size)));
             }
         }
         Ok(None)
@@ -205,6 +230,7 @@ pub fn exe_offsets(btf: &Btf) -> anyhow::Result<imds_guard_common::config::ExeOf
         ensure!(sz == size, "{s}.{m} is {sz} bytes in this kernel's BTF, expected {size}");
         Ok(off)
     };
+    let fastopen_connect = btf.flag_bit("tcp_sock", "fastopen_connect")?;
     Ok(imds_guard_common::config::ExeOffsets {
         task_mm: want("task_struct", "mm", 8)?,
         mm_exe_file: want("mm_struct", "exe_file", 8)?,
@@ -226,6 +252,9 @@ pub fn exe_offsets(btf: &Btf) -> anyhow::Result<imds_guard_common::config::ExeOf
             .ok()
             .filter(|&(_, size)| size == 1)
             .map_or(0, |(off, _)| off),
+        tcp_fastopen_req: want("tcp_sock", "fastopen_req", 8)?,
+        tcp_fastopen_connect: fastopen_connect.0,
+        tcp_fastopen_connect_mask: u32::from(fastopen_connect.1),
         _pad: 0,
     })
 }
@@ -251,6 +280,9 @@ mod tests {
         assert!(o.task_mm > 0 && o.mm_exe_file > 0 && o.inode_sb > 0, "{o:?}");
         assert!(o.task_real_parent > 0 && o.task_tgid > 0 && o.task_comm > 0, "{o:?}");
         assert!(o.task_ptrace > 0 && o.task_group_leader > 0, "{o:?}");
+        assert!(o.tcp_fastopen_req > 0 && o.tcp_fastopen_connect > 0, "{o:?}");
+        assert_eq!(o.tcp_fastopen_connect_mask.count_ones(), 1, "{o:?}");
+        assert!(btf.flag_bit("task_struct", "comm").is_err(), "not a bitfield");
         if Path::new("/proc/sys/net/mptcp").exists() {
             assert!(o.tcp_is_mptcp > 0, "this kernel has MPTCP: {o:?}");
         }
