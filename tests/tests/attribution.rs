@@ -188,6 +188,13 @@ fn a_delegated_user_cannot_pass_for_a_pod_or_a_system_unit() {
     assert_eq!((pod_count, user_count), (1, 3), "{metrics}");
     assert_eq!(denied_metric(&metrics, "unit:kubelet.service"), 1, "the real kubelet only: {metrics}");
 
+    // The readable line says so too.
+    let out = sb.cli(&["events", "--socket", sb.events_socket().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("app.slice/kubelet.service")).expect(&text);
+    assert!(line.contains(" unit user@1000.service delegated to uid 1000 cgroup "), "{line}");
+    assert!(!line.contains(" pod "), "{line}");
+
     // suggest: one table per cgroup, each saying what it covers.
     let out = sb.cli(&["suggest", "--socket", sb.events_socket().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
@@ -256,9 +263,7 @@ fn refused_attempts_are_not_suggested_as_allowed() {
     std::fs::create_dir_all(sb.cgroup.join(legacy)).unwrap();
     let policy = sb.write(
         "policy.toml",
-        &format!(
-            "mode = \"enforce\"\n\n[[allow]]\nname = \"root\"\nuid = 0\n\n[[allow]]\nname = \"legacy\"\nuid = 1001\nimdsv1 = \"deny\"\n"
-        ),
+        "mode = \"enforce\"\n\n[[allow]]\nname = \"root\"\nuid = 0\n\n[[allow]]\nname = \"legacy\"\nuid = 1001\nimdsv1 = \"deny\"\n",
     );
     let file = sb.dir.join("events.jsonl");
     let d = sb.daemon_env(&policy, &["--events-file", s(&file)], &[]);
