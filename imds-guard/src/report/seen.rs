@@ -20,6 +20,10 @@ use super::event::{Event, Who};
 
 /// Workloads remembered; beyond this, new ones are counted in `overflow` only.
 pub const MAX_SEEN: usize = 4096;
+/// Of those, workloads seen only refused: they allow nothing, and a user who makes many of them
+/// (copies of a program, cgroups of its own) against an enforcing daemon must not crowd out the
+/// workloads a monitor period sees. Beyond this, their attempts are counted in `refused_overflow`.
+pub const MAX_REFUSED: usize = 256;
 
 /// One workload seen reaching the metadata service without a rule.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -72,6 +76,12 @@ pub struct Table {
     pub seen: BTreeMap<String, SeenWorkload>,
     /// Events of workloads not remembered because [`MAX_SEEN`] were already.
     pub overflow: u64,
+    /// Refused attempts of workloads not remembered because [`MAX_REFUSED`] refused-only ones were.
+    #[serde(default)]
+    pub refused_overflow: u64,
+    /// How many of `seen` are [refused only](SeenWorkload::only_refused) (kept by `observe`).
+    #[serde(skip)]
+    refused_only: usize,
 }
 
 /// Small sets stay small: a workload's list of pids-turned-comms cannot grow without bound.
@@ -99,9 +109,16 @@ impl Table {
         };
         let Some(who) = event.who() else { return };
         let (workload, unit_cgroup) = key(who);
-        if !self.seen.contains_key(&workload) && self.seen.len() >= MAX_SEEN {
-            self.overflow += count;
-            return;
+        let before = self.seen.get(&workload).map(SeenWorkload::only_refused);
+        if before.is_none() {
+            if self.seen.len() >= MAX_SEEN {
+                self.overflow += count;
+                return;
+            }
+            if refused && self.refused_only >= MAX_REFUSED {
+                self.refused_overflow += count;
+                return;
+            }
         }
         let s = self.seen.entry(workload.clone()).or_insert_with(|| SeenWorkload {
             workload,
@@ -112,6 +129,11 @@ impl Table {
             (true, _) => s.refused += count,
             (false, false) => s.connects += count,
             (false, true) => s.imdsv1 += count,
+        }
+        match (before, s.only_refused()) {
+            (None | Some(false), true) => self.refused_only += 1,
+            (Some(true), false) => self.refused_only -= 1,
+            _ => {}
         }
         add_who(s, who);
         let time = event.time().filter(|t| !t.is_empty()).map(str::to_owned);

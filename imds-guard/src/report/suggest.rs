@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, fmt::Write as _};
 
-use super::seen::{MAX_SEEN, SeenWorkload, Table};
+use super::seen::{MAX_REFUSED, MAX_SEEN, SeenWorkload, Table};
 use crate::escape::visible;
 
 /// What `suggest` starts from besides what was seen: everything in the current policy but its
@@ -73,6 +73,13 @@ pub fn suggest(base: &Base, table: &Table) -> String {
             out,
             "# {refused} workload(s) were only seen refused by the enforced policy: their tables are \
              commented out (REFUSED)."
+        );
+    }
+    if table.refused_overflow > 0 {
+        let _ = writeln!(
+            out,
+            "# {} refused attempt(s) of further workloads are not listed (more than {MAX_REFUSED} workloads were only refused).",
+            table.refused_overflow
         );
     }
     if table.overflow > 0 {
@@ -359,6 +366,33 @@ mod tests {
             t.observe(&ev(json!({"event": "connect_denied", "uid": uid})), 1);
         }
         assert_eq!((t.seen.len(), t.overflow), (MAX_SEEN, 10));
+    }
+
+    /// A user refused many times under many names (against an enforcing daemon) fills at most
+    /// [`MAX_REFUSED`] places: the workloads a monitor period sees afterwards are all kept.
+    #[test]
+    fn refused_workloads_cannot_crowd_out_the_others() {
+        let mut t = Table::default();
+        for n in 0..MAX_SEEN {
+            let e = json!({"event": "connect_denied", "enforced": true, "uid": 1000, "exe": format!("/tmp/copy-{n}")});
+            t.observe(&ev(e), 1);
+        }
+        assert_eq!((t.seen.len(), t.refused_overflow), (MAX_REFUSED, (MAX_SEEN - MAX_REFUSED) as u64));
+        // A refused-only workload later let through (monitor mode) frees its place.
+        t.observe(&ev(json!({"event": "connect_denied", "uid": 1000, "exe": "/tmp/copy-0"})), 1);
+        t.observe(
+            &ev(json!({"event": "connect_denied", "enforced": true, "uid": 1000, "exe": "/tmp/new"})),
+            1,
+        );
+        assert!(t.seen.contains_key("exe:/tmp/new"));
+        for uid in 0..(MAX_SEEN - MAX_REFUSED - 1) as u64 {
+            t.observe(&ev(json!({"event": "connect_denied", "uid": 2000 + uid})), 1);
+        }
+        assert_eq!((t.seen.len(), t.overflow), (MAX_SEEN, 0), "every workload let through is kept");
+        let policy = suggest(&Base::default(), &t);
+        assert!(
+            policy.contains(&format!("# {} refused attempt(s) of further workloads", MAX_SEEN - MAX_REFUSED))
+        );
     }
 
     /// Hostile strings: TOML structure, line breaks of every kind, terminal escapes, quotes.
