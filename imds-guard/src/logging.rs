@@ -130,4 +130,28 @@ mod tests {
         assert!(out.contains("held by x\\n{"), "{out:?}");
         assert!(out.contains("pid=7"), "{out:?}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 300,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x106),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever a name holds, in a field or in the message, a text log line stays one line of
+        /// safe characters.
+        #[test]
+        fn any_name_stays_in_its_line(name in proptest::prelude::any::<String>()) {
+            let buf = Buf::default();
+            let b = buf.clone();
+            let subscriber = text(move || b.clone(), false).finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::warn!(comm = %name, exe = name.as_str(), "held by {name}");
+            });
+            let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            proptest::prop_assert_eq!(out.matches('\n').count(), 1, "{:?}", out);
+            proptest::prop_assert!(!out.trim_end_matches('\n').chars().any(crate::escape::is_unsafe), "{:?}", out);
+        }
+    }
 }

@@ -14,6 +14,10 @@
 //!   | Podman | `/machine.slice/libpod-<64hex>.scope` |
 //!   | systemd unit | `/system.slice/kubelet.service`, `/user.slice/user-1000.slice/session-4.scope` |
 //!
+//! - [`attribute`] does the same for a cgroup of the live tree from trusted names only: the path
+//!   down to where it is delegated to a user (a directory that user owns, like systemd's
+//!   `user@1000.service`), whose names below are that user's choice, and names that user.
+//!
 //! - [`PodDirectory`] maps pod uids and container ids to namespace, pod name and container name
 //!   ([`PodDirectory::identify`] does both for a classified path) from kubelet's log directories: `/var/log/pods/<namespace>_<name>_<uid>/<container>/` and the
 //!   symlinks `/var/log/containers/<name>_<namespace>_<container>-<containerid>.log`. Both roots
