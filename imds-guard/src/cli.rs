@@ -87,8 +87,9 @@ pub struct SuggestArgs {
     #[arg(long, default_value = crate::report::socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Read events from these JSON-lines files instead of the daemon (`-` for stdin), e.g. an
-    /// `--events-file` and its rotated files, or `journalctl -u imds-guard -o cat`. Native lines
-    /// only (`run --event-format json`, the default); other lines are skipped with a warning.
+    /// `--events-file` and its rotated files, or `journalctl -u imds-guard -o json` (the daemon's
+    /// IMDS_GUARD_JSON fields; never MESSAGE or log lines). Native lines only (`run
+    /// --event-format json`, the default); other lines are skipped with a warning.
     #[arg(long = "events", value_name = "FILE")]
     pub events: Vec<PathBuf>,
     /// The current policy, whose endpoints and [[allow]] tables are kept. Default: the policy the

@@ -11,6 +11,7 @@ use imds_guard_common::{
 
 use crate::{
     cli::ExplainArgs,
+    escape::visible,
     host::env,
     host::identity::ProcessIdentity,
     kernel::pinned,
@@ -33,7 +34,7 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     let verdict = connect_verdict(cfg.mode(), matched);
     let live_digest: String = cfg.digest.iter().map(|b| format!("{b:02x}")).collect();
 
-    println!(
+    say(&format!(
         "process {} ({}): uid {} gid {}, exe {}, cgroup {}",
         who.pid,
         who.comm,
@@ -41,47 +42,54 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         who.gid,
         who.exe.as_ref().map_or("(none)".into(), |p| p.display().to_string()),
         who.cgroup
-    );
+    ));
     let mode = (Mode::from_u32(cfg.mode)).name();
     match (verdict, matched) {
         (ConnectVerdict::Allow, Some(v)) => {
-            println!(
+            say(&format!(
                 "ALLOWED by allow[{}] (enforced policy generation {}, {mode})",
                 v.rule_index, cfg.generation
-            );
+            ));
         }
         (ConnectVerdict::Deny, _) => {
-            println!(
+            say(&format!(
                 "DENIED: no rule matches; connect() to the metadata endpoints fails with EPERM ({mode})"
-            );
+            ));
         }
-        _ => println!("NOT ALLOWED, but let through and reported: the policy is in monitor mode"),
+        _ => say("NOT ALLOWED, but let through and reported: the policy is in monitor mode"),
     }
 
     let source = match Source::read(&args.config) {
         Ok(s) => s,
         Err(e) => {
-            println!("(no per-rule reasons: {e})");
+            say(&format!("(no per-rule reasons: {e})"));
             return Ok(());
         }
     };
     let policy = Policy::from_source(&source, &Host { cgroup_root, waiting_names: true })
         .context("the policy file")?;
     if policy.digest != live_digest {
-        println!(
+        say(&format!(
             "note: {} differs from the enforced policy (digest {} vs {}); reasons below are for the file",
             source.name,
             &policy.digest[..12],
             &live_digest[..12]
-        );
+        ));
     }
     for rule in &policy.rules {
         match mismatch(rule, &who) {
-            None => println!("  {} (line {}): matches", rule.name, rule.line),
-            Some(why) => println!("  {} (line {}): no: {why}", rule.name, rule.line),
+            None => say(&format!("  {} (line {}): matches", rule.name, rule.line)),
+            Some(why) => say(&format!("  {} (line {}): no: {why}", rule.name, rule.line)),
         }
     }
     Ok(())
+}
+
+/// Prints one line of the explanation. It names what processes chose (comm, executable, cgroup)
+/// and the policy's names: every character that could end the line or drive the terminal is
+/// escaped ([`visible`]).
+fn say(line: &str) {
+    println!("{}", visible(line));
 }
 
 /// Why `rule` does not match `who`, or `None` when it matches. Whether it matches is decided the

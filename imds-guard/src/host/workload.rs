@@ -14,6 +14,10 @@
 //!   | Podman | `/machine.slice/libpod-<64hex>.scope` |
 //!   | systemd unit | `/system.slice/kubelet.service`, `/user.slice/user-1000.slice/session-4.scope` |
 //!
+//! - [`attribute`] does the same for a cgroup of the live tree from trusted names only: the path
+//!   down to where it is delegated to a user (a directory that user owns, like systemd's
+//!   `user@1000.service`), whose names below are that user's choice, and names that user.
+//!
 //! - [`PodDirectory`] maps pod uids and container ids to namespace, pod name and container name
 //!   ([`PodDirectory::identify`] does both for a classified path) from kubelet's log directories: `/var/log/pods/<namespace>_<name>_<uid>/<container>/` and the
 //!   symlinks `/var/log/containers/<name>_<namespace>_<container>-<containerid>.log`. Both roots
@@ -69,31 +73,37 @@ pub struct Workload {
 
 /// Classifies a cgroup v2 path relative to the cgroup2 root (`/a/b`; a missing leading `/` and
 /// trailing `/` are tolerated). Never fails: an unknown layout gives a `Workload` with nothing set.
+///
+/// Names count only where their makers put them: a pod directly in a kubepods root or in one of
+/// its QoS directories (where kubelet makes pods), a bare container id directly in a pod or in
+/// `/docker`, the first container on the path, and units above it. Every name is taken as given:
+/// for a path of the live tree, where some names may be a delegated user's, use [`attribute`].
 #[must_use]
 pub fn classify(cgroup_rel_path: &str) -> Workload {
     let mut w = Workload::default();
     let parts: Vec<&str> = cgroup_rel_path.split('/').filter(|p| !p.is_empty()).collect();
-    let mut in_kubepods = false;
+    let mut pod_at = None;
     for (i, part) in parts.iter().enumerate() {
-        if w.pod_uid.is_none()
-            && in_kubepods
+        if w.container_id.is_some() {
+            // Nothing below a container is the host's to name.
+            break;
+        }
+        if pod_at.is_none()
+            && is_pod_parent_parts(&parts[..i])
             && let Some(uid) = pod_uid_of(part)
         {
             w.pod_uid = Some(uid);
             w.pod_cgroup = Some(format!("/{}", parts[..=i].join("/")));
+            pod_at = Some(i);
             continue;
         }
-        if is_kubepods_root(part) {
-            in_kubepods = true;
-            continue;
-        }
-        if let Some((runtime, id)) = container_of(part, w.pod_uid.is_some() || parent_is_docker(&parts[..i]))
-        {
+        let bare_ok = pod_at.is_some_and(|p| p + 1 == i) || parent_is_docker(&parts[..i]);
+        if let Some((runtime, id)) = container_of(part, bare_ok) {
             w.container_id = Some(id);
             w.runtime = Some(runtime);
             continue;
         }
-        if w.container_id.is_none()
+        if pod_at.is_none()
             && (part.ends_with(".service") || part.ends_with(".scope"))
             && !is_runtime_helper(part)
         {
@@ -103,13 +113,53 @@ pub fn classify(cgroup_rel_path: &str) -> Workload {
     w
 }
 
+/// What a cgroup of the live tree says about its workload, from the names that whoever owns the
+/// tree above them chose: [`classify`] of the path down to where it is delegated, if it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attribution {
+    pub workload: Workload,
+    /// The uid the cgroup (or an ancestor) is delegated to: it may make and name cgroups there.
+    pub delegated_to: Option<u32>,
+}
+
+/// Attributes the cgroup `rel` (relative to `cgroup_root`) from trusted positions only. Where a
+/// directory on the path is owned by a user other than root (or this daemon) — systemd's
+/// `Delegate=` (`user@1000.service`), a container manager's delegation — the names below it are
+/// that user's choice: the path is classified down to that directory only, and the user is named
+/// (`delegated_to`). The delegated directory's own name was chosen by its parent's (trusted)
+/// owner, so it still names the unit or container (`user@1000.service`); but kubelet never
+/// delegates a pod, so a delegated directory is never taken for one. A directory on the path that
+/// is gone ends the attribution above it.
+#[must_use]
+pub fn attribute(cgroup_root: &Path, rel: &str) -> Attribution {
+    match delegated_at(cgroup_root, rel) {
+        None => Attribution { workload: classify(rel), delegated_to: None },
+        Some((at, u32::MAX)) => {
+            let parent = at.rsplit_once('/').map_or("", |(p, _)| p);
+            Attribution { workload: classify(parent), delegated_to: None }
+        }
+        Some((at, uid)) => {
+            let mut workload = classify(&at);
+            if workload.pod_cgroup.as_deref() == Some(at.as_str()) {
+                workload.pod_uid = None;
+                workload.pod_cgroup = None;
+            }
+            Attribution { workload, delegated_to: Some(uid) }
+        }
+    }
+}
+
 /// Whether the cgroup path (relative to the cgroup2 root) is a directory kubelet creates pod
 /// cgroups in: the kubepods root (`/kubepods.slice`, `/kubepods`) or a QoS class below it
 /// (`kubepods-burstable.slice`, `burstable`, ...). Pod cgroups appear in these.
 #[must_use]
 pub fn is_pod_parent(cgroup_rel_path: &str) -> bool {
     let parts: Vec<&str> = cgroup_rel_path.split('/').filter(|p| !p.is_empty()).collect();
-    match parts.as_slice() {
+    is_pod_parent_parts(&parts)
+}
+
+fn is_pod_parent_parts(parts: &[&str]) -> bool {
+    match parts {
         [.., last] if is_kubepods_root(last) => true,
         [.., parent, last] => is_kubepods_root(parent) && is_qos(last),
         _ => false,
@@ -713,6 +763,61 @@ mod tests {
         assert_eq!(find_pod_cgroups(&root, "/"), PodCgroups::default(), "never the whole tree");
         assert_eq!(find_pod_cgroups(&root, "/system.slice").pods, [], "units are not pods");
         assert_eq!(find_pod_cgroups(&root, "/lxc.payload.evil/kubepods").pods.len(), 1, "if configured");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Issue 17, item 2: names are taken from their positions. A `pod<uid>` that is not directly
+    /// in a kubepods root or QoS directory is no pod, and nothing below a container names one.
+    #[test]
+    fn pods_and_containers_only_where_kubelet_and_runtimes_put_them() {
+        assert_eq!(classify(&format!("/kubepods/besteffort/x/pod{UID}")).pod_uid, None);
+        assert_eq!(classify(&format!("/kubepods/burstable/pod{UID}/x/{CID}")).container_id, None);
+        let w = classify(&format!("/system.slice/docker-{CID}.scope/kubepods/pod{UID}/x.service"));
+        assert_eq!((w.container_id.as_deref(), w.pod_uid, w.unit), (Some(CID), None, None));
+        let w = classify(&format!("/kubepods/pod{UID}/cri-containerd-{CID}.scope/kubelet.service"));
+        assert_eq!((w.pod_uid.as_deref(), w.unit), (Some(UID), None), "no unit inside a pod");
+    }
+
+    /// Issue 17, item 2, as uid 1000 did it: below its delegated `user@1000.service`, a
+    /// `kubelet.service` and a copy of the aws-node pod's cgroups. Attribution stops at the
+    /// delegation: the unit is the user's manager, no pod, and the uid it is delegated to is named.
+    /// (Needs root to chown.)
+    #[test]
+    fn a_delegated_subtree_is_attributed_to_its_delegation() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("imdsg-attr-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let manager = "user.slice/user-1000.slice/user@1000.service";
+        let fake_kubelet = format!("/{manager}/app.slice/kubelet.service");
+        let fake_pod = format!(
+            "/{manager}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{CID}.scope"
+        );
+        let real_pod = format!("/kubepods/besteffort/pod{UID}/{CID}");
+        let delegated_pod = format!("/kubepods/besteffort/pod{}", "1".repeat(32));
+        for d in [&fake_kubelet, &fake_pod, &real_pod, &delegated_pod] {
+            std::fs::create_dir_all(root.join(d.trim_start_matches('/'))).unwrap();
+        }
+        std::os::unix::fs::chown(root.join(manager), Some(1000), Some(1000)).unwrap();
+        std::os::unix::fs::chown(root.join(&delegated_pod[1..]), Some(1000), Some(1000)).unwrap();
+
+        let a = attribute(&root, &fake_kubelet);
+        assert_eq!(a.delegated_to, Some(1000));
+        assert_eq!(a.workload, Workload { unit: Some("user@1000.service".into()), ..Workload::default() });
+        let a = attribute(&root, &fake_pod);
+        assert_eq!((a.workload.pod_uid, a.workload.container_id), (None, None), "no pod below a delegation");
+        assert_eq!((a.workload.unit.as_deref(), a.delegated_to), (Some("user@1000.service"), Some(1000)));
+        let a = attribute(&root, &real_pod);
+        assert_eq!((a.workload.pod_uid.as_deref(), a.delegated_to), (Some(UID), None), "kubelet's own");
+        assert_eq!(a.workload.container_id.as_deref(), Some(CID));
+        let a = attribute(&root, &format!("{delegated_pod}/{CID}"));
+        assert_eq!((a.workload.pod_uid, a.workload.container_id, a.delegated_to), (None, None, Some(1000)));
+        let a = attribute(&root, &format!("/{manager}/gone/kubelet.service"));
+        assert_eq!((a.workload.unit.as_deref(), a.delegated_to), (Some("user@1000.service"), Some(1000)));
+        let a = attribute(&root, "/system.slice/gone.service/x");
+        assert_eq!(a, Attribution::default(), "nothing from a directory that is not there");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -11,6 +11,7 @@ use std::{
 };
 
 use super::event::{Ancestor, Connect, Event, Pod, Request, Who};
+use crate::host::workload::Attribution;
 use imds_guard_common::{
     event::{AF_INET, ConnectEvent, Record, RequestEvent, TaskInfo},
     http::{self, Finding},
@@ -19,9 +20,9 @@ use imds_guard_common::{
 /// Decodes and enriches kernel events, caching what does not change.
 pub struct Enricher {
     cgroup_root: PathBuf,
-    /// cgroup paths by id; `None` for an id no longer found (a removed cgroup): looked for once,
-    /// not walked again for each of its events.
-    cgroups: HashMap<u64, Option<String>>,
+    /// cgroup paths by id, with what their trusted names say; `None` for an id no longer found (a
+    /// removed cgroup): looked for once, not walked again for each of its events.
+    cgroups: HashMap<u64, Option<(String, Attribution)>>,
     users: HashMap<u32, Option<String>>,
     /// Executables by the kernel's (device, inode), learnt from processes that were still there,
     /// to name the executable of one that has already exited.
@@ -142,8 +143,10 @@ impl Enricher {
         task: &TaskInfo,
     ) -> Who {
         let pid = (pid_tgid >> 32) as u32;
-        let cgroup = self.cgroup(pid, cgroup_id);
-        let workload = cgroup.as_deref().map(crate::host::workload::classify).unwrap_or_default();
+        let (cgroup, Attribution { workload, delegated_to }) = match self.cgroup(pid, cgroup_id) {
+            Some((path, a)) => (Some(path), a),
+            None => (None, Attribution::default()),
+        };
         let pod = self.pod(cgroup_id, &workload);
         Who {
             pid,
@@ -156,6 +159,7 @@ impl Enricher {
             cgroup,
             cgroup_id,
             unit: workload.unit,
+            delegated_to,
             container_id: workload.container_id,
             container_runtime: workload.runtime,
             pod,
@@ -242,8 +246,9 @@ impl Enricher {
     }
 
     /// The cgroup path of `id`: from /proc/<pid>/cgroup when the process is still there and still in
-    /// that cgroup, else by finding the directory with that inode under the cgroup2 root.
-    fn cgroup(&mut self, pid: u32, id: u64) -> Option<String> {
+    /// that cgroup, else by finding the directory with that inode under the cgroup2 root; and its
+    /// [attribution](crate::host::workload::attribute), from the names of trusted owners only.
+    fn cgroup(&mut self, pid: u32, id: u64) -> Option<(String, Attribution)> {
         if let Some(p) = self.cgroups.get(&id) {
             return p.clone();
         }
@@ -254,7 +259,10 @@ impl Enricher {
                 crate::host::env::cgroup_id(&self.cgroup_root.join(p.trim_start_matches('/'))).ok()
                     == Some(id)
             });
-        let path = from_proc.or_else(|| find_cgroup(&self.cgroup_root, id));
+        let path = from_proc.or_else(|| find_cgroup(&self.cgroup_root, id)).map(|p| {
+            let a = crate::host::workload::attribute(&self.cgroup_root, &p);
+            (p, a)
+        });
         if self.cgroups.len() > 4096 {
             self.cgroups.clear();
         }

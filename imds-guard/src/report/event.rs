@@ -207,9 +207,14 @@ pub struct Who {
     /// The process's cgroup, relative to the cgroup2 root.
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
-    /// The systemd unit the cgroup belongs to (`foo.service`, `session-3.scope`).
+    /// The systemd unit the cgroup belongs to (`foo.service`, `session-3.scope`), from the names
+    /// above any delegation only: below `user@1000.service`, that is the unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The uid the cgroup (or an ancestor) is delegated to, which names the cgroups below the
+    /// delegation as it likes: `unit`, `container_id` and `pod` come from above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegated_to: Option<u32>,
     /// The container's id, when the cgroup is a container's (containerd, CRI-O, Docker, Podman).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,

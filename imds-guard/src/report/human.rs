@@ -105,6 +105,9 @@ fn describe(out: &mut String, w: &Who, with_pid: bool) {
             let _ = write!(out, " {k} {}", visible(v));
         }
     }
+    if let Some(uid) = w.delegated_to {
+        let _ = write!(out, " delegated to uid {uid}");
+    }
     if let Some(p) = &w.pod {
         let _ = write!(out, " pod {}/{}", visible(&p.namespace), visible(&p.name));
         if let Some(c) = &p.container {
@@ -187,6 +190,20 @@ mod tests {
             reload_failures: 0,
         }));
         assert!(other.starts_with("policy_reloaded reason=sighup generation=2"), "{other}");
+    }
+
+    #[test]
+    fn a_delegated_cgroup_says_so() {
+        let Event::ConnectDenied(mut c) = connect("kubelet", "/home/u/kubelet") else { unreachable!() };
+        c.who.pod = None;
+        c.who.unit = Some("user@1000.service".into());
+        c.who.delegated_to = Some(1000);
+        c.who.cgroup = Some("/user.slice/user-1000.slice/user@1000.service/app.slice/kubelet.service".into());
+        let l = line(&Event::ConnectDenied(c));
+        assert!(
+            l.contains(" unit user@1000.service delegated to uid 1000 cgroup /user.slice/user-1000.slice/user@1000.service/app.slice/kubelet.service"),
+            "{l}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, fmt::Write as _};
 
-use super::seen::{MAX_SEEN, SeenWorkload, Table};
+use super::seen::{MAX_REFUSED, MAX_SEEN, SeenWorkload, Table};
 use crate::escape::visible;
 
 /// What `suggest` starts from besides what was seen: everything in the current policy but its
@@ -54,16 +54,34 @@ fn toml_str(s: &str) -> String {
     out
 }
 
-/// The suggested policy: enforce mode, the base's tables, then one table per workload seen.
+/// The suggested policy: enforce mode, the base's tables, then one table per workload seen
+/// reaching the metadata service without a rule. A workload whose every attempt the enforced
+/// policy refused gets its table commented out and marked as refused: being refused is no
+/// reason to be allowed.
 #[must_use]
 pub fn suggest(base: &Base, table: &Table) -> String {
     let mut out = String::new();
+    let refused = table.seen.values().filter(|s| s.only_refused()).count();
     let _ = writeln!(
         out,
         "# Suggested by `imds-guard suggest` from {} workload(s) seen reaching the metadata service\n\
          # without a rule. Review every table, then install it (imds-guard check --config FILE first).",
-        table.seen.len()
+        table.seen.len() - refused
     );
+    if refused > 0 {
+        let _ = writeln!(
+            out,
+            "# {refused} workload(s) were only seen refused by the enforced policy: their tables are \
+             commented out (REFUSED)."
+        );
+    }
+    if table.refused_overflow > 0 {
+        let _ = writeln!(
+            out,
+            "# {} refused attempt(s) of further workloads are not listed (more than {MAX_REFUSED} workloads were only refused).",
+            table.refused_overflow
+        );
+    }
     if table.overflow > 0 {
         let _ = writeln!(
             out,
@@ -83,10 +101,29 @@ pub fn suggest(base: &Base, table: &Table) -> String {
         }
     }
     let mut seen: Vec<&SeenWorkload> = table.seen.values().collect();
-    seen.sort_by_key(|s| (rank(s), s.workload.clone()));
+    seen.sort_by_key(|s| (s.only_refused(), rank(s), s.workload.clone()));
     for s in seen {
         out.push('\n');
-        write_table(&mut out, s);
+        if s.only_refused() {
+            let _ = writeln!(
+                out,
+                "# REFUSED: {} attempt(s) of this workload were refused by the enforced policy, none \
+                 got through; it is not allowed here. Uncomment the table only if it must reach the \
+                 metadata service.",
+                s.refused
+            );
+            let mut t = String::new();
+            write_table(&mut t, s);
+            for line in t.lines() {
+                if line.starts_with('#') {
+                    let _ = writeln!(out, "{line}");
+                } else {
+                    let _ = writeln!(out, "# {line}");
+                }
+            }
+        } else {
+            write_table(&mut out, s);
+        }
     }
     out
 }
@@ -94,7 +131,8 @@ pub fn suggest(base: &Base, table: &Table) -> String {
 /// One workload's table. Everything in it that a process chose (its names, paths, cgroups, the
 /// event times of an events file) is either a TOML string value, escaped by the serialiser, or
 /// passes [`visible`] before it goes into a `#` comment: a line break in a comm or an exe path
-/// cannot end the comment and add keys or tables of its own.
+/// cannot end the comment and add keys or tables of its own. The comment above the keys says
+/// exactly what the table covers.
 fn write_table(out: &mut String, s: &SeenWorkload) {
     let _ = writeln!(
         out,
@@ -118,6 +156,15 @@ fn write_table(out: &mut String, s: &SeenWorkload) {
     if !s.cgroups.is_empty() {
         let _ = writeln!(out, "#   cgroups: {}", list(&s.cgroups));
     }
+    if let Some(uid) = s.delegated_to {
+        let _ = writeln!(
+            out,
+            "#   its cgroup is delegated to uid {uid}, which names the cgroups below the delegation as it likes"
+        );
+    }
+    if s.refused > 0 && !s.only_refused() {
+        let _ = writeln!(out, "#   also {} attempt(s) refused by the enforced policy", s.refused);
+    }
     out.push_str("[[allow]]\n");
     let _ = writeln!(out, "name = {}", toml_str(&format!("seen: {}", s.workload)));
     if let Some(p) = &s.pod {
@@ -129,8 +176,20 @@ fn write_table(out: &mut String, s: &SeenWorkload) {
         );
         let _ = writeln!(out, "pod = {}", toml_str(&format!("{}/{}", p.namespace, p.name)));
     } else if let Some(c) = &s.unit_cgroup {
-        let _ =
-            writeln!(out, "# covers every process of {}", visible(s.unit.as_deref().unwrap_or("the unit")));
+        let unit = visible(s.unit.as_deref().unwrap_or("?")).into_owned();
+        match s.delegated_to {
+            Some(uid) => {
+                let _ = writeln!(
+                    out,
+                    "# covers every process in cgroup {} and below: unit {unit}, delegated to uid {uid} (whatever it runs there)",
+                    visible(c)
+                );
+            }
+            None => {
+                let _ =
+                    writeln!(out, "# covers every process in cgroup {} and below (unit {unit})", visible(c));
+            }
+        }
         let _ = writeln!(out, "cgroup = {}", toml_str(c));
     } else if let Some(exe) = s.exes.iter().next().filter(|_| s.workload.starts_with("exe:")) {
         let _ = writeln!(out, "exe = {}", toml_str(exe));
@@ -148,11 +207,11 @@ fn write_table(out: &mut String, s: &SeenWorkload) {
     }
 }
 
-/// Order of the suggested tables: pods, units, executables, uids.
+/// Order of the suggested tables: pods, units, containers, executables, uids.
 fn rank(s: &SeenWorkload) -> u8 {
     match s.workload.split(':').next() {
         Some("pod") => 0,
-        Some("unit") => 1,
+        Some("cgroup") => 1,
         Some("container") => 2,
         Some("exe") => 3,
         _ => 4,
@@ -224,7 +283,7 @@ mod tests {
             1,
         );
         assert_eq!(t.seen.len(), 3);
-        let u = &t.seen["unit:agent.service"];
+        let u = &t.seen["cgroup:/system.slice/agent.service"];
         assert_eq!((u.connects, u.unit_cgroup.as_deref()), (42, Some("/system.slice/agent.service")));
         let base = Base::from_text(
             "mode = \"monitor\"\nendpoints = [\"aws-imds\"]\n[kubernetes]\npod_logs = \"/l\"\n[[allow]]\nuid = 0\n",
@@ -246,6 +305,60 @@ mod tests {
         assert_eq!(tables[0]["uid"].as_integer(), Some(0));
     }
 
+    /// Issue 17, items 3 and 4: a delegated user's `…/user@1000.service/app.slice/kubelet.service`
+    /// (attributed to its delegation) and the real `kubelet.service` are two workloads, each with
+    /// the cgroup its own events carry; what the enforced policy refused is commented out.
+    #[test]
+    fn keyed_by_cgroup_and_refused_attempts_allow_nothing() {
+        let mut t = Table::default();
+        let manager = "/user.slice/user-1000.slice/user@1000.service";
+        t.observe(
+            &ev(json!({"event": "connect_denied", "uid": 1000, "comm": "kubelet", "exe": "/home/u/kubelet",
+                "unit": "user@1000.service", "delegated_to": 1000,
+                "cgroup": format!("{manager}/app.slice/kubelet.service")})),
+            1,
+        );
+        t.observe(
+            &ev(json!({"event": "connect_denied", "uid": 0, "comm": "kubelet", "exe": "/usr/bin/kubelet",
+                "unit": "kubelet.service", "cgroup": "/system.slice/kubelet.service"})),
+            1,
+        );
+        // Against the enforcing daemon: refused, twice (one a repeat summary).
+        let refused = json!({"event": "connect_denied", "enforced": true, "uid": 1001, "comm": "ssm",
+            "unit": "user@1001.service", "delegated_to": 1001,
+            "cgroup": "/user.slice/user-1001.slice/user@1001.service/amazon-ssm-agent.service"});
+        t.observe(&ev(refused.clone()), 1);
+        let mut rep = refused;
+        rep["event"] = json!("connect_denied_repeated");
+        rep["count"] = json!(7);
+        t.observe(&ev(rep), 7);
+        t.observe(
+            &ev(json!({"event": "imdsv1_request", "enforced": true, "uid": 1002, "exe": "/usr/bin/curl"})),
+            1,
+        );
+        assert_eq!(t.seen.len(), 4, "{:#?}", t.seen);
+        let policy = suggest(&Base::default(), &t);
+        let parsed: toml::Value = toml::from_str(&policy).expect(&policy);
+        let tables = parsed["allow"].as_array().unwrap();
+        let cgroups: Vec<&str> = tables.iter().filter_map(|t| t["cgroup"].as_str()).collect();
+        assert_eq!(cgroups, ["/system.slice/kubelet.service", manager], "{policy}");
+        assert_eq!(tables.len(), 2, "refused workloads get no table: {policy}");
+        assert!(policy.contains(&format!(
+            "# covers every process in cgroup {manager} and below: unit user@1000.service, delegated to uid 1000"
+        )));
+        assert!(policy.contains(
+            "# covers every process in cgroup /system.slice/kubelet.service and below (unit kubelet.service)"
+        ));
+        assert!(!policy.contains("covers every process of kubelet.service"), "{policy}");
+        assert!(policy.contains("# REFUSED: 8 attempt(s)"), "{policy}");
+        assert!(policy.contains("# cgroup = \"/user.slice/user-1001.slice/user@1001.service\""), "{policy}");
+        assert!(policy.contains("# REFUSED: 1 attempt(s)"), "{policy}");
+        assert!(
+            policy.contains("from 2 workload(s) seen")
+                && policy.contains("2 workload(s) were only seen refused")
+        );
+    }
+
     #[test]
     fn bounded() {
         let mut t = Table::default();
@@ -253,6 +366,33 @@ mod tests {
             t.observe(&ev(json!({"event": "connect_denied", "uid": uid})), 1);
         }
         assert_eq!((t.seen.len(), t.overflow), (MAX_SEEN, 10));
+    }
+
+    /// A user refused many times under many names (against an enforcing daemon) fills at most
+    /// [`MAX_REFUSED`] places: the workloads a monitor period sees afterwards are all kept.
+    #[test]
+    fn refused_workloads_cannot_crowd_out_the_others() {
+        let mut t = Table::default();
+        for n in 0..MAX_SEEN {
+            let e = json!({"event": "connect_denied", "enforced": true, "uid": 1000, "exe": format!("/tmp/copy-{n}")});
+            t.observe(&ev(e), 1);
+        }
+        assert_eq!((t.seen.len(), t.refused_overflow), (MAX_REFUSED, (MAX_SEEN - MAX_REFUSED) as u64));
+        // A refused-only workload later let through (monitor mode) frees its place.
+        t.observe(&ev(json!({"event": "connect_denied", "uid": 1000, "exe": "/tmp/copy-0"})), 1);
+        t.observe(
+            &ev(json!({"event": "connect_denied", "enforced": true, "uid": 1000, "exe": "/tmp/new"})),
+            1,
+        );
+        assert!(t.seen.contains_key("exe:/tmp/new"));
+        for uid in 0..(MAX_SEEN - MAX_REFUSED - 1) as u64 {
+            t.observe(&ev(json!({"event": "connect_denied", "uid": 2000 + uid})), 1);
+        }
+        assert_eq!((t.seen.len(), t.overflow), (MAX_SEEN, 0), "every workload let through is kept");
+        let policy = suggest(&Base::default(), &t);
+        assert!(
+            policy.contains(&format!("# {} refused attempt(s) of further workloads", MAX_SEEN - MAX_REFUSED))
+        );
     }
 
     /// Hostile strings: TOML structure, line breaks of every kind, terminal escapes, quotes.
@@ -314,16 +454,16 @@ mod tests {
         fn hostile_fields_cannot_change_the_suggestion(
             events in proptest::collection::vec(
                 (hostile(), hostile(), hostile(), hostile(), hostile(), hostile(), hostile(), hostile(),
-                 0u32..3, 0u8..5, proptest::bool::ANY),
+                 0u32..3, 0u8..5, proptest::bool::ANY, proptest::bool::ANY),
                 1..4,
             )
         ) {
             let mut t = Table::default();
-            for (comm, exe, cgroup, unit, container, ns, pod, time, uid, shape, v1) in events {
+            for (comm, exe, cgroup, unit, container, ns, pod, time, uid, shape, v1, refused) in events {
                 let mut e = json!({
                     "event": if v1 { "imdsv1_request" } else { "connect_denied" },
                     "uid": 1000 + uid, "comm": comm, "exe": exe, "cgroup": format!("/{cgroup}/{unit}"),
-                    "time": time,
+                    "time": time, "enforced": refused,
                 });
                 match shape {
                     0 => e["pod"] = json!({"namespace": ns, "name": pod, "uid": "u"}),
@@ -338,12 +478,19 @@ mod tests {
             let parsed: toml::Table = toml::from_str(&policy).map_err(|e| {
                 proptest::test_runner::TestCaseError::fail(format!("{e}\n{policy}"))
             })?;
-            let top: Vec<&str> = parsed.keys().map(String::as_str).collect();
-            proptest::prop_assert_eq!(top, ["allow", "mode"], "{}", policy);
-            proptest::prop_assert_eq!(parsed["mode"].as_str(), Some("enforce"));
-            let tables = parsed["allow"].as_array().unwrap();
-            let mut seen: Vec<&SeenWorkload> = t.seen.values().collect();
+            let mut seen: Vec<&SeenWorkload> = t.seen.values().filter(|s| !s.only_refused()).collect();
             seen.sort_by_key(|s| (rank(s), s.workload.clone()));
+            let top: Vec<&str> = parsed.keys().map(String::as_str).collect();
+            let want: &[&str] = if seen.is_empty() { &["mode"] } else { &["allow", "mode"] };
+            proptest::prop_assert_eq!(&top[..], want, "{}", policy);
+            proptest::prop_assert_eq!(parsed["mode"].as_str(), Some("enforce"));
+            let no_tables = Vec::new();
+            let tables = parsed.get("allow").and_then(|a| a.as_array()).unwrap_or(&no_tables);
+            // A refused workload's table is there, commented out, for the reviewer.
+            for r in t.seen.values().filter(|s| s.only_refused()) {
+                let marked = format!("# name = {}", toml_str(&format!("seen: {}", r.workload)));
+                proptest::prop_assert!(policy.contains(&marked), "{}\n{}", marked, policy);
+            }
             proptest::prop_assert_eq!(tables.len(), seen.len(), "{}", policy);
             for (table, s) in tables.iter().zip(seen) {
                 let table = table.as_table().unwrap();
