@@ -153,7 +153,9 @@ fn imdsv1_deny_refuses_tokenless_requests_at_once_while_imdsv2_works() {
     let v1 = root.curl(&[&url(&format!("{CREDS}{ROLE}"))]);
     let took = t.elapsed();
     assert!(!v1.status.success(), "{v1:?}");
-    assert!(took < Duration::from_millis(900), "fails at once, not on a timeout: {took:?}");
+    // At once: curl's own --max-time (5 s) is what a dropped, unanswered request would end on.
+    // (Not a benchmark: curl starts in ~10 ms on the host, and in ~1 s in a QEMU (TCG) guest.)
+    assert!(took < Duration::from_millis(2500), "fails at once, not on a timeout: {took:?}");
     assert!(!String::from_utf8_lossy(&v1.stdout).contains("AccessKeyId"));
     // The same identity's IMDSv2 flow works, over IPv4 and IPv6.
     assert!(root.imdsv2_get("169.254.169.254", &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId"));
