@@ -24,7 +24,16 @@ pub const FAST: &str = ".data.imdsg";
 /// Per-socket state of metadata connections (socket-local storage): pinned like the rest, so
 /// that a restarted daemon's message hook finds what the previous one's connect hook recorded.
 pub const SOCKSTATE: &str = "IMDSG_SOCKSTATE";
-pub const ALL: [&str; 7] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE];
+pub const ALL: [&str; 8] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE, TRACKED];
+
+/// `Array<u64>`, one entry: connections in [`SOCKETS`] now (added by `sockops` when it puts one
+/// in, taken away when the connection closes). The connect hook refuses connects that need
+/// inspection when the table is about to be full ([`TRACKED_LIMIT`]).
+pub const TRACKED: &str = "IMDSG_TRACKED";
+
+/// Connects whose requests must be inspected are refused once this many connections are tracked:
+/// the table's capacity less room for connects already judged but not yet established.
+pub const TRACKED_LIMIT: u64 = SOCKETS_CAPACITY as u64 - 1024;
 
 /// Connections to metadata endpoints tracked at once.
 pub const SOCKETS_CAPACITY: u32 = 65_536;

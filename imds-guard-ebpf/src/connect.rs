@@ -141,8 +141,9 @@ fn judge(
 /// The message hook will not see what is written on this TCP socket: an MPTCP subflow
 /// (`tcp_sock->is_mptcp`), which the sockhash does not take, or a Fast Open connect, whose first
 /// data leaves with the SYN before the connection is established (`sendto(MSG_FASTOPEN)`:
-/// `tcp_sock->fastopen_req` is set; `TCP_FASTOPEN_CONNECT`: its flag). False for anything else,
-/// and for members this kernel's BTF does not have.
+/// `tcp_sock->fastopen_req` is set; `TCP_FASTOPEN_CONNECT`: its flag), or any connection once the
+/// sockhash is about to be full (it would stay out of it). False for anything else, and for
+/// members this kernel's BTF does not have.
 #[inline(always)]
 fn uninspectable(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
     let o = &cfg.exe_offsets;
@@ -159,7 +160,7 @@ fn uninspectable(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
     let fastopen_connect = o.tcp_fastopen_connect != 0
         && crate::task::read_at::<u8>(sk, o.tcp_fastopen_connect)
             .is_some_and(|b| u32::from(b) & o.tcp_fastopen_connect_mask != 0);
-    mptcp || fastopen_req || fastopen_connect
+    mptcp || fastopen_req || fastopen_connect || crate::maps::nearly_full()
 }
 
 /// Keeps, with the socket, who connected and what its workload may do over IMDSv1, for the

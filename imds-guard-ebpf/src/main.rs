@@ -10,6 +10,9 @@
 //! attached to that sockhash classifies what the process writes.
 #![no_std]
 #![no_main]
+// The tracked-connections count is a BPF atomic add (maps::track).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod bench;
 mod connect;

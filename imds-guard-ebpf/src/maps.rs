@@ -32,6 +32,29 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 #[map(name = "IMDSG_SOCKETS")]
 pub static SOCKETS: SockHash<u64> = SockHash::pinned(SOCKETS_CAPACITY, 0);
 
+/// How many connections are in `SOCKETS` (see `imds_guard_common::maps::TRACKED`).
+#[map(name = "IMDSG_TRACKED")]
+pub static TRACKED: Array<u64> = Array::pinned(1, 0);
+
+/// Adds `delta` (wrapping: `u64::MAX` takes one away) to the tracked count, atomically.
+#[inline(always)]
+pub fn track(delta: u64) {
+    if let Some(p) = TRACKED.get_ptr_mut(0) {
+        // SAFETY: an aligned u64 in a map value, changed only atomically. The result is unused,
+        // so this is BPF_XADD, which every supported kernel has (fetching atomics are 5.12+).
+        // (The bpf target offers no `AtomicU64`: the intrinsic is what it compiles to.)
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta)
+        };
+    }
+}
+
+/// The tracked count is at [`imds_guard_common::maps::TRACKED_LIMIT`] or more.
+#[inline(always)]
+pub fn nearly_full() -> bool {
+    TRACKED.get(0).is_some_and(|&n| n >= imds_guard_common::maps::TRACKED_LIMIT && n < u64::MAX / 2)
+}
+
 /// Per-socket state of connections to metadata endpoints; freed with the socket. Pinned with the
 /// other maps: a restarted daemon's message hook reads what the previous one's connect hook wrote.
 #[btf_map]

@@ -2,7 +2,10 @@
 //! that the message hook is attached to. Every other callback returns at once.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE,
+    },
     helpers::generated::bpf_get_socket_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
@@ -12,14 +15,22 @@ use imds_guard_common::{
     stats::Stat,
 };
 
-use crate::maps::{SOCKETS, count, live_config};
+use crate::maps::{SOCKETS, count, live_config, track};
 
 const E2BIG: i32 = 7;
 const ENOMEM: i32 = 12;
 
 #[sock_ops]
 pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_STATE_CB {
+        // Only connections this program put into the sockhash ask for state callbacks.
+        if ctx.arg(1) == BPF_TCP_CLOSE {
+            track(u64::MAX);
+        }
+        return 1;
+    }
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         return 1;
     }
     let Some(cfg) = live_config() else { return 1 };
@@ -32,7 +43,13 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
         // SAFETY: the sock_ops context pointer, as the helper expects.
         let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
         // SAFETY: as above.
-        if let Err(e) = SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY)) {
+        let added = SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY));
+        // Counted while it is in the table: its close (a state callback, asked for here) takes
+        // it away again.
+        if added.is_ok() && ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32).is_ok() {
+            track(1);
+        }
+        if let Err(e) = added {
             // The message hook will not see this connection. Nothing here can refuse it any more;
             // count it, by cause, so that the daemon says so. The sockhash is full (E2BIG), or
             // out of memory; anything else is a socket it does not take: one with an upper

@@ -47,8 +47,8 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     assert_eq!(lost["enforcing"], true);
     assert_eq!(
         lost["pins"].as_array().unwrap().len(),
-        13,
-        "6 links and 7 maps (the socket state among them): {lost}"
+        14,
+        "6 links and 8 maps (the socket state among them): {lost}"
     );
     let why = lost["error"].as_str().unwrap();
     assert!(why.contains("is not on a bpffs") && why.contains("mount -t bpf"), "{why}");
@@ -64,7 +64,7 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     // bpffs back: the daemon pins its links and maps again, so enforcement outlives it again.
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&sb.bpffs));
     let restored = wait(&d, "pins_restored", |e| e["event"] == "pins_restored");
-    assert_eq!(restored["pins"].as_array().unwrap().len(), 13, "{restored}");
+    assert_eq!(restored["pins"].as_array().unwrap().len(), 14, "{restored}");
     let st = sb.status_json();
     assert_eq!((st["enforcing"].as_bool(), st["generation"].as_u64()), (Some(true), Some(1)), "{st}");
     assert_eq!(st["counters"]["denied"], 3, "the counters are the live maps' ({st})");
@@ -340,7 +340,11 @@ sys.stdin.readline()
 /// A tokenless GET on a fresh connection: "refused" (EACCES) or the status line.
 const GET_PY: &str = r#"
 import socket
-s = socket.create_connection(("169.254.169.254", 80))
+try:
+    s = socket.create_connection(("169.254.169.254", 80))
+except PermissionError:
+    print("connect refused", flush=True)
+    raise SystemExit(0)
 try:
     s.sendall(b"GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n")
     head = b""
@@ -371,8 +375,13 @@ impl Drop for Held {
     }
 }
 
+/// The kernel's table of connections to inspect (65,536) fills up. Issue 16: connects whose
+/// requests must be inspected (`imdsv1 = "deny"`) are refused once it is about to be full
+/// (`connect_denied`, `"reason": "uninspectable"`), instead of getting a connection nothing
+/// inspects; other workloads' connections beyond it go uninspected, counted and reported. Once
+/// connections close, the count comes down (state callbacks) and the same connect works again.
 #[test]
-fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported() {
+fn a_full_sockhash_refuses_connects_that_need_inspection_and_reports_the_rest() {
     let Some(sb) = Sandbox::new("fault_sockhash", ImdsMode::Optional) else { return };
     // Root's tokenless requests are refused; uid 1000 is a legacy workload whose are only logged.
     let policy = sb.write(
@@ -381,11 +390,12 @@ fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported(
     );
     let d = sb.daemon(&policy);
     let get = sb.write("get.py", GET_PY);
-    let tokenless_get = || {
-        let out = sb.client(0, 0).command("/usr/bin/python3").arg(&get).output().unwrap();
+    let tokenless_get_as = |uid: u32| {
+        let out = sb.client(uid, uid).command("/usr/bin/python3").arg(&get).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
+    let tokenless_get = || tokenless_get_as(0);
     assert_eq!(tokenless_get(), "refused");
 
     // The legacy workload holds 68,000 connections to the endpoint (any port counts): more than
@@ -401,14 +411,22 @@ fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported(
     let uninspected = c["connections_uninspected"].as_u64().unwrap();
     assert_eq!(uninspected, 68_000 - u64::from(imds_guard_common::maps::SOCKETS_CAPACITY), "{c}");
 
-    // The gap: root's next tokenless request is neither refused nor reported...
-    let requests_before = c["imdsv1_requests"].as_u64();
-    assert_eq!(tokenless_get(), "HTTP/1.1 200 OK", "a full table leaves new connections uninspected");
-    assert_eq!(sb.status_json()["counters"]["imdsv1_requests"].as_u64(), requests_before, "nor counted");
-    // ...but the daemon says that connections went uninspected, and how many.
+    // Root's next connect would not be inspected: refused at connect, and said why.
+    let before = d.denials().len();
+    assert_eq!(tokenless_get(), "connect refused", "a connection that could not be inspected");
+    let e = d
+        .wait_event(Duration::from_secs(10), |e| e["event"] == "connect_denied")
+        .unwrap_or_else(|| panic!("not reported: {:#?}", d.events()));
+    assert_eq!((&e["reason"], &e["rule"], &e["uid"]), (&"uninspectable".into(), &0.into(), &0.into()), "{e}");
+    assert_eq!(d.denials().len(), before + 1);
+    // The legacy workload's next one goes through uninspected, and the daemon says so.
+    let requests_before = sb.status_json()["counters"]["imdsv1_requests"].as_u64();
+    assert_eq!(tokenless_get_as(1000), "HTTP/1.1 200 OK", "a log workload is not refused");
+    assert_eq!(sb.status_json()["counters"]["imdsv1_requests"].as_u64(), requests_before, "not counted");
     let ev = wait(&d, "connections_uninspected", |e| {
         e["event"] == "connections_uninspected" && e["total"].as_u64() == Some(uninspected + 1)
     });
+    assert_eq!(ev["cause"], "table_full", "{ev}");
     assert_eq!(ev["capacity"], 65_536, "{ev}");
     let reported: u64 = d
         .events()
@@ -417,9 +435,14 @@ fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported(
         .map(|e| e["count"].as_u64().unwrap())
         .sum();
     assert_eq!(reported, uninspected + 1, "every one is counted in some event");
-    assert!(d.wait_stderr("imdsv1 = \\\"deny\\\" does not apply to them"), "{}", d.stderr());
+    assert!(
+        d.wait_stderr("workloads with imdsv1 = \\\"deny\\\" are refused new connections"),
+        "{}",
+        d.stderr()
+    );
 
-    // Once the connections close, there is room again and inspection is back.
+    // Once the connections close, the count comes down: root connects again, and its tokenless
+    // request is inspected (refused at the write).
     drop(holders);
     drop(listener);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -428,7 +451,7 @@ fn known_gap_a_full_sockhash_leaves_new_connections_uninspected_and_is_reported(
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!(
-        "68,000 connections held in {filled:?}; {} went uninspected, then inspection came back",
+        "68,000 connections held in {filled:?}; {} went uninspected, root's was refused, then inspection came back",
         uninspected + 1
     );
 }

@@ -1,8 +1,10 @@
 //! Connections the message hook cannot see. The kernel puts every connection to a metadata
 //! endpoint into a sockhash (capacity [`SOCKETS_CAPACITY`]) to inspect what is written on it; when
 //! it is full, a new connection stays out, and its requests are neither classified, reported nor
-//! refused (`imdsv1 = "deny"`). The kernel cannot refuse such a connection any more when it finds
-//! out, so it counts it; the daemon looks at the count on every re-check and says so.
+//! refused. (Connects that need inspection, `imdsv1 = "deny"`, are refused by the connect hook
+//! once the table is about to be full; MPTCP subflows never go in.) The kernel cannot refuse
+//! such a connection any more when it finds out, so it counts it; the daemon looks at the count on
+//! every re-check and says so.
 
 use imds_guard_common::{maps::SOCKETS_CAPACITY, stats::Stat};
 
@@ -41,7 +43,8 @@ impl UninspectedWatch {
                     total,
                     "connections to the metadata service were not inspected: the kernel's table of \
                      them ({SOCKETS_CAPACITY}) is full, so requests on them are neither reported nor \
-                     refused (imdsv1 = \"deny\" does not apply to them)"
+                     refused; until connections close, workloads with imdsv1 = \"deny\" are refused \
+                     new connections"
                 );
                 "table_full"
             } else {
