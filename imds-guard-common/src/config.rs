@@ -61,6 +61,28 @@ impl Mode {
     }
 }
 
+/// `raw_sockets = ...`: raw IPv4/IPv6 sockets (which can hand-craft packets to an endpoint past
+/// the connect hooks) for processes that no `[[allow]]` table admits.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RawSockets {
+    /// Not judged (the default).
+    #[default]
+    Allow = 0,
+    /// `socket(AF_INET/AF_INET6, SOCK_RAW, ...)` fails with EPERM for them (monitor mode: reported).
+    Deny = 1,
+}
+
+impl RawSockets {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            RawSockets::Allow => "allow",
+            RawSockets::Deny => "deny",
+        }
+    }
+}
+
 /// The live generation, the single entry of [`crate::maps::ACTIVE`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,6 +132,8 @@ pub struct GenConfig {
     /// upgrade that changed the layout; or whose storage could not be created). Unknown
     /// connections get no more than the most any workload gets.
     pub strictest_imdsv1: u32,
+    /// [`RawSockets`] as u32: whether processes no table admits may open raw IPv4/IPv6 sockets.
+    pub raw_sockets: u32,
     /// SHA-256 of the policy's canonical form, shown by `status`.
     pub digest: [u8; 32],
 }
@@ -146,11 +170,18 @@ impl Default for GenConfig {
                 tcp_fastopen_req: 0,
                 tcp_fastopen_connect: 0,
                 tcp_fastopen_connect_mask: 0,
-                _pad: 0,
+                task_cgroups: 0,
+                css_set_dfl_cgrp: 0,
+                cgroup_level: 0,
+                cgroup_kn: 0,
+                kernfs_node_id: 0,
+                cgroup_ancestor_ids: 0,
+                cgroup_ancestors: 0,
             },
             attach_cgroup_id: 0,
             rule_count: 0,
             strictest_imdsv1: crate::rule::Imdsv1Action::Log as u32,
+            raw_sockets: RawSockets::Allow as u32,
             digest: [0; 32],
         }
     }
@@ -189,7 +220,18 @@ pub struct ExeOffsets {
     pub tcp_fastopen_req: u32,
     pub tcp_fastopen_connect: u32,
     pub tcp_fastopen_connect_mask: u32,
-    pub _pad: u32,
+    /// The current task's cgroup (v2) and its ancestors, for programs without
+    /// `bpf_get_current_ancestor_cgroup_id` (`cgroup/sock_create` before Linux 6.4):
+    /// `task->cgroups->dfl_cgrp`, `cgroup->level`, `cgroup->kn->id`, and the ancestors: the ids
+    /// in `cgroup->ancestor_ids[level]` (before 6.0) or `cgroup->ancestors[level]->kn->id`. The
+    /// one of `cgroup_ancestor_ids` and `cgroup_ancestors` this kernel does not have is 0.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_level: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub cgroup_ancestor_ids: u32,
+    pub cgroup_ancestors: u32,
 }
 
 /// `set_probes` was given more (shape, level) pairs than [`MAX_PROBES`].

@@ -22,6 +22,9 @@ pub mod flags {
     /// a connection another identity made (a socket passed over `SCM_RIGHTS`, inherited across
     /// `fork`/`exec`, or kept across `setuid`). The write was refused (with [`ENFORCED`]).
     pub const HANDED_OVER: u32 = 1 << 3;
+    /// Not a connect: a raw IPv4/IPv6 socket (`raw_sockets = "deny"`), refused with EPERM at
+    /// `socket()` (with [`ENFORCED`]). No destination: port and address are zero.
+    pub const RAW_SOCKET: u32 = 1 << 4;
 }
 
 /// Ancestors recorded with each event (parent, grandparent, ...).

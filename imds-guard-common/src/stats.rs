@@ -38,9 +38,11 @@ pub enum Stat {
     /// Writes refused because the writer, not the process that connected, is not admitted (a
     /// socket handed over `SCM_RIGHTS`, inherited, or kept across `setuid`).
     WritesDeniedHandedOver = 14,
+    /// Raw IPv4/IPv6 sockets refused to processes no table admits (`raw_sockets = "deny"`).
+    RawSocketsDenied = 15,
 }
 
-pub const STAT_COUNT: u32 = 15;
+pub const STAT_COUNT: u32 = 16;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -59,6 +61,7 @@ impl Stat {
         Stat::DeniedUninspectable,
         Stat::ConnectionsUnsupported,
         Stat::WritesDeniedHandedOver,
+        Stat::RawSocketsDenied,
     ];
 
     #[must_use]
@@ -79,6 +82,7 @@ impl Stat {
             Stat::DeniedUninspectable => "denied_uninspectable",
             Stat::ConnectionsUnsupported => "connections_unsupported",
             Stat::WritesDeniedHandedOver => "writes_denied_handed_over",
+            Stat::RawSocketsDenied => "raw_sockets_denied",
         }
     }
 }

@@ -19,6 +19,7 @@ mod connect;
 mod judge;
 mod maps;
 mod msg;
+mod sock_create;
 mod sockops;
 mod task;
 

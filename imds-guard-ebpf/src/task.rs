@@ -35,6 +35,56 @@ pub fn current_comm(o: &ExeOffsets) -> [u8; 16] {
     at(task, o.task_comm).unwrap_or([0; 16])
 }
 
+/// The current task's cgroup (v2): `task->cgroups->dfl_cgrp`, 0 when unknown.
+#[inline(always)]
+fn current_cgroup(o: &ExeOffsets) -> u64 {
+    if o.task_cgroups == 0 {
+        return 0;
+    }
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    at::<u64>(task, o.task_cgroups).and_then(|css| at::<u64>(css, o.css_set_dfl_cgrp)).unwrap_or(0)
+}
+
+/// The id of the current task's cgroup, read through the offsets, as `bpf_get_current_cgroup_id`
+/// gives it (for programs without that helper). 0 when unknown.
+#[inline(always)]
+pub fn current_cgroup_id(o: &ExeOffsets) -> u64 {
+    at::<u64>(current_cgroup(o), o.cgroup_kn).and_then(|kn| at::<u64>(kn, o.kernfs_node_id)).unwrap_or(0)
+}
+
+/// The id of the current task's cgroup ancestor at `level` (the root is 0), as
+/// `bpf_get_current_ancestor_cgroup_id` gives it: 0 past the task's own level, or when unknown.
+#[inline(always)]
+pub fn ancestor_cgroup_id(o: &ExeOffsets, level: u32) -> u64 {
+    let cg = current_cgroup(o);
+    let Some(own) = at::<i32>(cg, o.cgroup_level) else { return 0 };
+    if own < 0 || level > own as u32 || level > 255 {
+        return 0;
+    }
+    if o.cgroup_ancestor_ids != 0 {
+        return at::<u64>(cg, o.cgroup_ancestor_ids + 8 * level).unwrap_or(0);
+    }
+    if o.cgroup_ancestors == 0 {
+        return 0;
+    }
+    at::<u64>(cg, o.cgroup_ancestors + 8 * level)
+        .and_then(|a| at::<u64>(a, o.cgroup_kn))
+        .and_then(|kn| at::<u64>(kn, o.kernfs_node_id))
+        .unwrap_or(0)
+}
+
+/// The current process's id (tgid), read through the offsets. 0 when unknown.
+#[inline(always)]
+pub fn current_tgid(o: &ExeOffsets) -> u32 {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    if o.task_tgid == 0 {
+        return 0;
+    }
+    at::<u32>(task, o.task_tgid).unwrap_or(0)
+}
+
 /// The current thread, or the leader of its process, is being traced (`task->ptrace` non-zero).
 /// False where the offsets are unknown.
 #[inline(always)]

@@ -871,10 +871,34 @@ while "send" in r and r["send"] == "sent" and time.monotonic() < deadline:
 print(json.dumps(r), flush=True)
 "#;
 
+/// Opens a raw IPv4 and a raw IPv6 socket, and a TCP one; prints what each gave.
+const RAW_OPEN_PY: &str = r#"
+import errno, json, socket
+r = {}
+for name, fam, ty, proto in [("v4", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP),
+                             ("v6", socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP),
+                             ("tcp", socket.AF_INET, socket.SOCK_STREAM, 0)]:
+    try:
+        socket.socket(fam, ty, proto).close()
+        r[name] = "ok"
+    except OSError as e:
+        r[name] = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps(r), flush=True)
+"#;
+
+/// A raw socket sends packets no connect hook sees: root, denied by the policy, hand-makes a SYN
+/// to the endpoint and gets the listener's SYN-ACK. With `raw_sockets = "deny"` (issue 16),
+/// `cgroup/sock_create` refuses raw IPv4 and IPv6 sockets to processes no table admits (`EPERM`
+/// at `socket()`, `connect_denied` with `"reason": "raw_socket"`), judged by the same rules
+/// (here a cgroup rule, which this program type reads through BTF offsets on every kernel),
+/// while an admitted process keeps them and other sockets are untouched.
 #[test]
-fn a_raw_socket_sends_a_syn_past_the_connect_hooks() {
+fn raw_sockets_are_refused_to_processes_the_policy_does_not_admit() {
     let Some(sb) = Sandbox::new("bypass_raw", ImdsMode::Optional) else { return };
-    // Only uid 1 may connect: root is denied.
+    for sub in ["raw-ok", "other"] {
+        std::fs::create_dir_all(sb.cgroup.join(sub)).unwrap();
+    }
+    // The default (raw_sockets = "allow"): only uid 1 may connect, root is denied.
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 1\n");
     let d = sb.daemon(&policy);
     assert_eq!(sb.client(0, 0).connect("169.254.169.254", 80).result, "EPERM", "root is denied");
@@ -889,6 +913,46 @@ fn a_raw_socket_sends_a_syn_past_the_connect_hooks() {
     );
     assert_eq!(r["syn_ack"], true, "the listener answered the hand-made SYN: {r}");
     assert_eq!(wait_denials(&d, 1).len(), 1, "only the connect is seen: {:#?}", d.denials());
+    drop(d);
+
+    let policy = sb.write(
+        "raw-deny.toml",
+        &format!("raw_sockets = \"deny\"\n[[allow]]\ncgroup = \"{}/raw-ok\"\n", sb.cgroup_rel()),
+    );
+    let d = sb.daemon(&policy);
+    let script = sb.write("raw_open.py", RAW_OPEN_PY);
+    let syn = sb.write("raw_syn.py", RAW_SYN_PY);
+    let run = |cgroup: &str, script: &std::path::Path| -> Value {
+        let out = sb.client(0, 0).in_cgroup(cgroup).command("/usr/bin/python3").arg(script).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let denied = run("other", &script);
+    assert_eq!(
+        (&denied["v4"], &denied["v6"], &denied["tcp"]),
+        (&"EPERM".into(), &"EPERM".into(), &"ok".into()),
+        "{denied}"
+    );
+    assert_eq!(run("other", &syn), serde_json::json!({"socket": "EPERM"}), "no raw socket, no SYN");
+    let allowed = run("raw-ok", &script);
+    assert_eq!(
+        (&allowed["v4"], &allowed["v6"], &allowed["tcp"]),
+        (&"ok".into(), &"ok".into(), &"ok".into()),
+        "{allowed}"
+    );
+    let denials = wait_denials(&d, 3);
+    assert_eq!(denials.len(), 3, "{denials:#?}");
+    for e in &denials {
+        assert_eq!(
+            (&e["reason"], &e["uid"], &e["enforced"]),
+            (&"raw_socket".into(), &0.into(), &true.into()),
+            "{e}"
+        );
+        assert!(e["cgroup"].as_str().is_some_and(|c| c.ends_with("/other")), "{e}");
+        assert!(e.get("rule").is_none(), "no table admits it: {e}");
+    }
+    let c = &sb.status_json()["counters"];
+    assert_eq!(c["raw_sockets_denied"], 3, "{c}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ impl Guard {
             // it afresh. A cgroup bpf_link always coexists with other programs (links are
             // multi-attach by nature) and the kernel refuses attach flags on link creation, so
             // `Single` (no flag) is what asks for a link.
-            // The two cgroup program types have the same attach/take_link shape.
+            // The cgroup program types have the same attach/take_link shape.
             macro_rules! cgroup_link {
                 ($p:expr) => {{
                     if adopt {
@@ -82,6 +82,7 @@ impl Guard {
             }
             let fresh: Option<FdLink> = match program {
                 Program::CgroupSockAddr(p) => cgroup_link!(p),
+                Program::CgroupSock(p) => cgroup_link!(p),
                 Program::SockOps(p) => cgroup_link!(p),
                 Program::SkMsg(p) => {
                     if adopt && !self.fresh_maps {

@@ -255,7 +255,14 @@ pub fn exe_offsets(btf: &Btf) -> anyhow::Result<imds_guard_common::config::ExeOf
         tcp_fastopen_req: want("tcp_sock", "fastopen_req", 8)?,
         tcp_fastopen_connect: fastopen_connect.0,
         tcp_fastopen_connect_mask: u32::from(fastopen_connect.1),
-        _pad: 0,
+        task_cgroups: want("task_struct", "cgroups", 8)?,
+        css_set_dfl_cgrp: want("css_set", "dfl_cgrp", 8)?,
+        cgroup_level: want("cgroup", "level", 4)?,
+        cgroup_kn: want("cgroup", "kn", 8)?,
+        kernfs_node_id: want("kernfs_node", "id", 8)?,
+        // Flexible arrays (BTF gives them no size): ids before Linux 6.0, pointers since.
+        cgroup_ancestor_ids: btf.member("cgroup", "ancestor_ids").map_or(0, |(off, _)| off),
+        cgroup_ancestors: btf.member("cgroup", "ancestors").map_or(0, |(off, _)| off),
     })
 }
 
@@ -283,6 +290,8 @@ mod tests {
         assert!(o.tcp_fastopen_req > 0 && o.tcp_fastopen_connect > 0, "{o:?}");
         assert_eq!(o.tcp_fastopen_connect_mask.count_ones(), 1, "{o:?}");
         assert!(btf.flag_bit("task_struct", "comm").is_err(), "not a bitfield");
+        assert!(o.task_cgroups > 0 && o.cgroup_kn > 0 && o.kernfs_node_id > 0, "{o:?}");
+        assert!((o.cgroup_ancestor_ids == 0) != (o.cgroup_ancestors == 0), "exactly one form: {o:?}");
         if Path::new("/proc/sys/net/mptcp").exists() {
             assert!(o.tcp_is_mptcp > 0, "this kernel has MPTCP: {o:?}");
         }

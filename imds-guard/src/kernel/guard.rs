@@ -180,6 +180,7 @@ impl Guard {
                 self.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
             match program {
                 Program::CgroupSockAddr(p) => p.load(),
+                Program::CgroupSock(p) => p.load(),
                 Program::SockOps(p) => p.load(),
                 Program::SkMsg(p) => p.load(),
                 _ => bail!("program {prog_name} has an unexpected type"),

@@ -5,7 +5,7 @@
 //!                          (`imds_guard_common::maps::LAYOUT`); a daemon of the same layout reuses
 //!                          them (state and counters survive a restart)
 //!   links/connect4         the bpf_link attaching `imdsg_connect4` to the cgroup
-//!   links/connect6, links/sendmsg4, links/sendmsg6, links/sockops, links/msg (the last attaches to the sockhash map)
+//!   links/connect6, links/sendmsg4, links/sendmsg6, links/sock_create, links/sockops, links/msg (the last attaches to the sockhash map)
 //!   links/msg_prog         before Linux 6.10, which has no sockmap links: the message hook's
 //!                          program, attached to the sockhash by the map itself (what shows that it
 //!                          is attached, and what `unload` detaches)
@@ -20,11 +20,12 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
 /// (program name in the object, link pin name).
 /// In attach order: enforcement first, then request inspection (the message hook before the
 /// sockops program that feeds its sockhash).
-pub const PROGRAMS: [(&str, &str); 6] = [
+pub const PROGRAMS: [(&str, &str); 7] = [
     ("imdsg_connect4", "connect4"),
     ("imdsg_connect6", "connect6"),
     ("imdsg_sendmsg4", "sendmsg4"),
     ("imdsg_sendmsg6", "sendmsg6"),
+    ("imdsg_sock_create", "sock_create"),
     ("imdsg_msg", "msg"),
     ("imdsg_sockops", "sockops"),
 ];

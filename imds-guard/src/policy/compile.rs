@@ -83,6 +83,7 @@ impl Policy {
         cfg.needs_exe = u32::from(self.needs_exe());
         cfg.default_imdsv1 = self.default_imdsv1 as u32;
         cfg.strictest_imdsv1 = self.strictest_imdsv1() as u32;
+        cfg.raw_sockets = self.raw_sockets as u32;
         cfg.rule_count = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
         cfg
     }

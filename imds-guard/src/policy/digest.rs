@@ -12,6 +12,7 @@ impl Policy {
         let mut h = Sha256::new();
         h.update(self.mode.name());
         h.update(self.default_imdsv1.name());
+        h.update(self.raw_sockets.name());
         for a in &self.endpoints.v4 {
             h.update(a.octets());
         }

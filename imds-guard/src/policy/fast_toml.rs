@@ -116,6 +116,7 @@ impl<'i> Builder<'i> {
             endpoints: None,
             imdsv1: None,
             preexisting: None,
+            raw_sockets: None,
             allow: Vec::new(),
             netfilter: None,
             kubernetes: None,
@@ -189,6 +190,7 @@ fn set_top(file: &mut PolicyFile, key: &str, span: Range<usize>, value: Value) -
         "mode" => fill(&mut file.mode, string(span, value)),
         "imdsv1" => fill(&mut file.imdsv1, string(span, value)),
         "preexisting" => fill(&mut file.preexisting, string(span, value)),
+        "raw_sockets" => fill(&mut file.raw_sockets, string(span, value)),
         "endpoints" => match value {
             Value::Strings(list) => fill(&mut file.endpoints, Some(Spanned::new(span, list))),
             _ => false,

@@ -46,6 +46,9 @@ pub struct Policy {
     pub default_imdsv1: Imdsv1Action,
     /// What the daemon does at start-up with connections denied processes opened before it.
     pub preexisting: Preexisting,
+    /// `raw_sockets = ...`: whether processes no table admits may open raw IPv4/IPv6 sockets.
+    #[serde(serialize_with = "ser_raw_sockets")]
+    pub raw_sockets: imds_guard_common::config::RawSockets,
     pub rules: Vec<Rule>,
     /// `[netfilter]`: the nftables layer.
     pub netfilter: netfilter::Settings,
@@ -84,6 +87,14 @@ pub struct Host {
     /// refused to start over a user that cloud-init creates later would leave nothing enforced.
     /// An edited policy (and `check`) is resolved strictly, so that a typo is an error.
     pub waiting_names: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn ser_raw_sockets<S: serde::Serializer>(
+    r: &imds_guard_common::config::RawSockets,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.name())
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature

@@ -48,6 +48,7 @@ impl Policy {
             );
         }
         let preexisting = resolve_preexisting(source, file.preexisting.as_ref())?;
+        let raw_sockets = resolve_raw_sockets(source, file.raw_sockets.as_ref())?;
         let lines = source.line_index();
         let mut set = RuleSet::with_capacity(file.allow.len());
         for (index, table) in file.allow.iter().enumerate() {
@@ -86,6 +87,7 @@ impl Policy {
             endpoints,
             default_imdsv1,
             preexisting,
+            raw_sockets,
             pods: kube.dir.clone(),
             rules,
             netfilter,
@@ -138,6 +140,21 @@ fn resolve_preexisting(source: &Source, v: Option<&Spanned<String>>) -> Result<P
         Some((other, span)) => Err(source.error_at(
             Some(span),
             format!("unknown preexisting treatment `{other}`: expected \"report\" or \"close\""),
+        )),
+    }
+}
+
+fn resolve_raw_sockets(
+    source: &Source,
+    v: Option<&Spanned<String>>,
+) -> Result<imds_guard_common::config::RawSockets, ConfigError> {
+    use imds_guard_common::config::RawSockets;
+    match v.map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("allow", _)) => Ok(RawSockets::Allow),
+        Some(("deny", _)) => Ok(RawSockets::Deny),
+        Some((other, span)) => Err(source.error_at(
+            Some(span),
+            format!("unknown raw_sockets treatment `{other}`: expected \"allow\" or \"deny\""),
         )),
     }
 }

@@ -18,6 +18,8 @@ pub struct PolicyFile {
     /// Connections to an endpoint open before imds-guard started, held by a process the policy
     /// denies: `"report"` (default) or `"close"`.
     pub preexisting: Option<Spanned<String>>,
+    /// Raw IPv4/IPv6 sockets for processes no table admits: `"allow"` (default) or `"deny"`.
+    pub raw_sockets: Option<Spanned<String>>,
     /// Allow rules: the keys of one table must all match; tables are alternatives.
     #[serde(default)]
     pub allow: Vec<Spanned<AllowTable>>,

@@ -109,7 +109,9 @@ impl Enricher {
     fn connect(&mut self, ev: &ConnectEvent) -> Connect {
         use imds_guard_common::event::flags;
         let (dst, family) = destination(ev.family, &ev.addr);
-        let reason = if ev.flags & flags::HANDED_OVER != 0 {
+        let reason = if ev.flags & flags::RAW_SOCKET != 0 {
+            Some("raw_socket")
+        } else if ev.flags & flags::HANDED_OVER != 0 {
             Some("handed_over")
         } else if ev.flags & flags::TRACED != 0 {
             Some("traced")
