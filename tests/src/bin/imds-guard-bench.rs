@@ -115,6 +115,19 @@ fn worker(args: &[String]) {
             }
             json!({"secs": t.elapsed().as_secs_f64(), "n": n})
         }
+        "sends" => {
+            // Unconnected UDP datagrams (sendto), each through cgroup/sendmsg4 or sendmsg6.
+            let sa = std::net::SocketAddr::new(arg(1).parse().expect("address"), num(2) as u16);
+            let n = num(3);
+            pin_to(SENDER_CPU);
+            let bind = if sa.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = std::net::UdpSocket::bind(bind).expect("bind");
+            let t = Instant::now();
+            for _ in 0..n {
+                let _ = s.send_to(b"x", sa);
+            }
+            json!({"secs": t.elapsed().as_secs_f64(), "n": n})
+        }
         "throughput" => {
             let sa = std::net::SocketAddr::new(arg(1).parse().expect("address"), num(2) as u16);
             let bytes = num(3);
@@ -608,11 +621,18 @@ fn run() -> Value {
         p.load().unwrap();
         floor.insert("bench_sockops", p.info().unwrap().id());
     }
-    let ours: BTreeMap<&str, u32> =
-        ["imdsg_connect4", "imdsg_connect6", "imdsg_sockops", "imdsg_msg", "imdsg_sock_create"]
-            .iter()
-            .map(|n| (*n, newest(n)))
-            .collect();
+    let ours: BTreeMap<&str, u32> = [
+        "imdsg_connect4",
+        "imdsg_connect6",
+        "imdsg_sockops",
+        "imdsg_msg",
+        "imdsg_sock_create",
+        "imdsg_sendmsg4",
+        "imdsg_sendmsg6",
+    ]
+    .iter()
+    .map(|n| (*n, newest(n)))
+    .collect();
     let names: BTreeMap<u32, &str> = ours.iter().chain(&floor).map(|(n, id)| (*id, *n)).collect();
     let child = OwnCgroup::create(sb.cgroup.join("bench-empties-first"));
     let mut rounds: Vec<Round> = Vec::new();
@@ -716,6 +736,26 @@ fn run() -> Value {
         kernel.push(json!({"program": "imdsg_sock_create", "what": "sock_create, every socket() (none raw)",
             "runs": runs, "ns_per_run": ns, "floor_ns_per_run": null, "over_floor_ns": null,
             "target_over_floor_ns": null, "target_ns_per_run": 5.0}));
+    }
+    // sendmsg4/sendmsg6 on datagrams to anything but an endpoint: the same prefilter as the
+    // connect hooks' (one inlined function). Compared with the empty connect programs' floor of
+    // this run (an empty cgroup/sock_addr program costs the same on either hook).
+    {
+        let s0 = snap(&ours);
+        run_worker(&sb, 0, &sb.cgroup, &["sends", "127.0.0.1", "9", KERNEL_CONNECTS]);
+        run_worker(&sb, 0, &sb.cgroup, &["sends", "::1", "9", KERNEL_CONNECTS]);
+        let s1 = snap(&ours);
+        for (name, floor_of, what) in [
+            ("imdsg_sendmsg4", "imdsg_connect4", "sendmsg4, non-metadata UDP datagram"),
+            ("imdsg_sendmsg6", "imdsg_connect6", "sendmsg6, non-metadata UDP datagram"),
+        ] {
+            let (ns, runs) = delta(&s0, &s1, name);
+            let floor =
+                kernel.iter().find(|k| k["program"] == floor_of).and_then(|k| k["floor_ns_per_run"].as_f64());
+            kernel.push(json!({"program": name, "what": what, "runs": runs, "ns_per_run": ns,
+                "floor_ns_per_run": floor, "over_floor_ns": floor.map(|f| ns - f),
+                "target_over_floor_ns": 5.0, "floor": "the empty connect programs of the rounds above"}));
+        }
     }
     r.insert("kernel", Value::Array(kernel));
     r.insert(

@@ -40,8 +40,9 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 /// paths); SIGKILL keeps enforcement and a restart adopts it; a
 /// reload under a connect storm; the netfilter forward drop; nothing reported degraded that the
 /// kernel supports; a traced process refused what exe and cgroup rules give; MPTCP refused where
-/// requests must be inspected. (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 12] = [
+/// requests must be inspected; raw sockets refused by rules read through BTF (the cgroup's
+/// ancestors are ids before 6.0, pointers since). (target, test, timeout in seconds)
+pub const SUBSET: [(&str, &str, u32); 13] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -58,6 +59,7 @@ pub const SUBSET: [(&str, &str, u32); 12] = [
     ("degraded", "nothing_is_degraded_when_nothing_is_missing", 180),
     ("bypass", "a_traced_process_loses_what_exe_and_cgroup_rules_give_it", 240),
     ("bypass", "mptcp_cannot_carry_tokenless_requests_past_imdsv1_deny", 180),
+    ("bypass", "raw_sockets_are_refused_to_processes_the_policy_does_not_admit", 240),
 ];
 
 /// The checks to run. `tests` (`--tests`): `<target>` (every test of that binary, from `list`) or
