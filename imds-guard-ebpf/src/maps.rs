@@ -43,9 +43,13 @@ pub fn track(delta: u64) {
         // SAFETY: an aligned u64 in a map value, changed only atomically. The result is unused,
         // so this is BPF_XADD, which every supported kernel has (fetching atomics are 5.12+).
         // (The bpf target offers no `AtomicU64`: the intrinsic is what it compiles to.)
+        #[cfg(target_arch = "bpf")]
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta)
         };
+        #[cfg(not(target_arch = "bpf"))]
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
+            .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
     }
 }
 
