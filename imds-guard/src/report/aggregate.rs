@@ -87,8 +87,9 @@ struct Entry {
 /// distinct events are delivered as usual but not counted for aggregation until windows end.
 pub const MAX_TRACKED: usize = 4096;
 /// ... and their bytes: a report's size is the process's to choose (a 4 KiB executable path, the
-/// same for four ancestors, a long cgroup), so 4,096 of them could be 100 MB.
-pub const MAX_TRACKED_BYTES: usize = 4 << 20;
+/// same for four ancestors, a long cgroup), so 4,096 of them could be 100 MB. Past the bound,
+/// events are delivered one by one, as past [`MAX_TRACKED`].
+pub const MAX_TRACKED_BYTES: usize = 2 << 20;
 
 /// Roughly what an entry holds on to: its key and its sample's strings.
 fn entry_bytes(k: &AnyKey, e: &Event) -> usize {

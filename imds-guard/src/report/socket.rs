@@ -108,12 +108,12 @@ async fn client(
         "observed" => {
             // One at a time: the answer is the size of the table (bounded in bytes, seen.rs).
             let _one = observed.acquire().await.map_err(std::io::Error::other)?;
-            let body = format!(
-                "{{\"policy\":{},\"table\":{}}}\n",
-                serde_json::Value::String(hub.policy.display().to_string()),
-                hub.seen.to_json()
-            );
-            w.write_all(body.as_bytes()).await?;
+            // Written in pieces: the table is not copied again into one body.
+            let policy = serde_json::Value::String(hub.policy.display().to_string());
+            let table = hub.seen.to_json();
+            w.write_all(format!("{{\"policy\":{policy},\"table\":").as_bytes()).await?;
+            w.write_all(table.as_bytes()).await?;
+            w.write_all(b"}\n").await?;
         }
         req @ ("recent" | "follow") => {
             let (recent, mut live) = hub.output.subscribe();
