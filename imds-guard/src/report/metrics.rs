@@ -515,6 +515,31 @@ mod tests {
     }
 
     #[test]
+    fn a_metrics_socket_open_to_every_user_is_refused_and_labels_are_cut() {
+        let path = std::env::temp_dir().join(format!("imdsg-metrics-{}.sock", std::process::id()));
+        for mode in [0o666, 0o604, 0o1600] {
+            let e = bind_socket(&path, mode).unwrap_err().to_string();
+            assert!(e.contains("use 0600 or 0660"), "{mode:o}: {e}");
+        }
+        assert!(!path.exists());
+        let m = Metrics::new(Box::new(NoKernel), Arc::default(), BuildInfo::here(&[]));
+        let long = |tail: &str| {
+            let mut e = denied(1);
+            if let Event::ConnectDenied(c) = &mut e {
+                c.who.exe = Some(format!("/opt/{}/{tail}", "x".repeat(4000)));
+            }
+            e
+        };
+        m.observe(&long("a"), false);
+        m.observe(&long("b"), false);
+        let text = m.encode();
+        let lines: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("imds_guard_connects_denied_total{")).collect();
+        assert_eq!(lines.len(), 2, "two executables stay two series: {lines:?}");
+        assert!(lines.iter().all(|l| l.len() < MAX_LABEL + 100), "{lines:?}");
+    }
+
+    #[test]
     fn a_degraded_feature_is_named_in_build_info_and_has_its_gauge() {
         let m = Metrics::new(Box::new(NoKernel), Arc::default(), BuildInfo::here(&["imdsv1_inspection"]));
         let text = m.encode();
