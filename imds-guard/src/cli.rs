@@ -190,12 +190,25 @@ pub struct RunArgs {
     /// Allow --metrics-addr to be a non-loopback address (the metrics name workloads).
     #[arg(long)]
     pub metrics_allow_remote: bool,
+    /// Also (or instead of --metrics-addr) serve metrics and the health check on this Unix socket,
+    /// which only its owner (mode 0600) or group (0660) can open: the workload labels name other
+    /// users' executables, units and pods, which a TCP port shows every local user.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
+    /// The metrics socket's mode: 0600 (the daemon's user) or 0660 (and its group).
+    #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode)]
+    pub metrics_socket_mode: u32,
     /// Start even if the policy asks for what this kernel cannot do. Without sk_msg/sockhash
     /// (CONFIG_BPF_STREAM_PARSER) the guard always runs without IMDSv1 inspection and says so; a
     /// policy with imdsv1 = "deny" is then refused unless this is given (its tokenless requests
     /// would go through, unreported).
     #[arg(long)]
     pub allow_degraded: bool,
+}
+
+/// An octal file mode (`0660`, `660`).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("{s:?} is not an octal mode: {e}"))
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,9 @@ fn unit_sandbox(u: &Unit, pin_fs: &std::path::Path) -> Vec<String> {
             ("PrivateNetwork", "yes") => push(&["--private-net"]),
             ("UMask", _) => push(&["--umask", v]),
             ("LimitMEMLOCK", "infinity") => push(&["--memlock-infinity"]),
+            // Not emulated: limits the daemon lives within (tests/tests/surfaces.rs runs it at a
+            // hard limit of 1,024 descriptors and measures its memory under floods).
+            ("LimitNOFILE" | "MemoryMax", _) => {}
             ("NoNewPrivileges", "yes") => push(&["--no-new-privs"]),
             ("MemoryDenyWriteExecute", "yes") => push(&["--deny-write-exec"]),
             ("SystemCallErrorNumber", "EPERM") => push(&["--syscall-errno", &libc::EPERM.to_string()]),
@@ -156,7 +159,11 @@ fn unit_sandbox(u: &Unit, pin_fs: &std::path::Path) -> Vec<String> {
             | ("RestartSec" | "TimeoutStopSec", _) => {}
             // Directories systemd creates; the daemon under test is given its paths.
             (
-                "ConfigurationDirectory" | "RuntimeDirectory" | "RuntimeDirectoryPreserve" | "StateDirectory",
+                "ConfigurationDirectory"
+                | "RuntimeDirectory"
+                | "RuntimeDirectoryMode"
+                | "RuntimeDirectoryPreserve"
+                | "StateDirectory",
                 _,
             ) => {}
             (k, v) => panic!(

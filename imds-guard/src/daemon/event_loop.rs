@@ -90,6 +90,7 @@ pub async fn serve(
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
     let mut packets = nflog::Packets::default();
+    let mut nflog_failing = false;
     loop {
         tokio::select! {
             // Control first: a signal, a policy change, the installer's news and the timers are
@@ -112,7 +113,12 @@ pub async fn serve(
                     let pending = |w: &Watch| w.0.read_events().is_ok_and(|e| !e.is_empty());
                     let changed = pending(&w) | pending(watch.get_ref());
                     // SAFETY: as above.
-                    watch = unsafe { AsyncFd::register(w) }.context("watching the policy's files")?;
+                    match unsafe { AsyncFd::register(w) } {
+                        Ok(w) => watch = w,
+                        // Not fatal: the watch in use stays, and the periodic re-check looks at
+                        // what it would have seen.
+                        Err(e) => tracing::error!("cannot wait on the new policy watch ({e}); keeping the old one"),
+                    }
                     if changed {
                         installer.send(Command::Changed);
                     }
@@ -136,7 +142,22 @@ pub async fn serve(
             } => {
                 let mut ready = ready?;
                 let now = Instant::now();
-                let (logged, drained) = ready.get_inner_mut().read(EVENT_BATCH / 8)?;
+                let (logged, drained) = match ready.get_inner_mut().read(EVENT_BATCH / 8) {
+                    Ok(r) => r,
+                    // A failed read loses packets' reports, never enforcement: not fatal.
+                    Err(e) => {
+                        if !nflog_failing {
+                            tracing::error!("cannot read the NFLOG socket ({e}); forwarded packets go unreported until it works");
+                        }
+                        nflog_failing = true;
+                        ready.clear_ready();
+                        continue;
+                    }
+                };
+                if nflog_failing {
+                    nflog_failing = false;
+                    tracing::warn!("the NFLOG socket is read again");
+                }
                 for l in logged {
                     let key = AnyKey::Other(nflog::aggregation_key(&l));
                     if let Some(sample) = aggregator.is_repeat(&key, now) {

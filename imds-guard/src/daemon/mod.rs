@@ -53,6 +53,8 @@ pub struct Config {
     /// Where `/metrics` is served (`None`: off), and whether a non-loopback address is allowed.
     pub metrics_addr: Option<SocketAddr>,
     pub metrics_allow_remote: bool,
+    /// A Unix socket to serve metrics on too, and its mode (`--metrics-socket`).
+    pub metrics_socket: Option<(PathBuf, u32)>,
     /// Start even when the policy asks for what this kernel cannot do (`--allow-degraded`).
     pub allow_degraded: bool,
 }
@@ -198,7 +200,19 @@ fn serve_consumers(
         let addr = l.local_addr()?;
         tracing::info!(%addr, "serving metrics");
         metrics = Some(addr.to_string());
-        tokio::spawn(crate::report::metrics::serve(l, consumers.clone()));
+        tokio::spawn(crate::report::metrics::serve(
+            crate::report::metrics::Listener::Tcp(l),
+            consumers.clone(),
+        ));
+    }
+    if let Some((path, mode)) = &config.metrics_socket {
+        let l = crate::report::metrics::bind_socket(path, *mode)?;
+        tracing::info!(socket = %path.display(), "serving metrics");
+        metrics.get_or_insert_with(|| format!("unix:{}", path.display()));
+        tokio::spawn(crate::report::metrics::serve(
+            crate::report::metrics::Listener::Unix(l),
+            consumers.clone(),
+        ));
     }
     Ok((socket, metrics))
 }

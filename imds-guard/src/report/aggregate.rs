@@ -75,6 +75,8 @@ impl AnyKey {
 struct Entry {
     first: Instant,
     repeats: u64,
+    /// [`entry_bytes`].
+    bytes: usize,
     /// The first occurrence, to describe the repeats.
     sample: Event,
 }
@@ -84,12 +86,40 @@ struct Entry {
 /// delivers them grew the daemon by ~3 KB per event (350 MB in 12 s here). Past the bound, new
 /// distinct events are delivered as usual but not counted for aggregation until windows end.
 pub const MAX_TRACKED: usize = 4096;
+/// ... and their bytes: a report's size is the process's to choose (a 4 KiB executable path, the
+/// same for four ancestors, a long cgroup), so 4,096 of them could be 100 MB. Past the bound,
+/// events are delivered one by one, as past [`MAX_TRACKED`].
+pub const MAX_TRACKED_BYTES: usize = 2 << 20;
+
+/// Roughly what an entry holds on to: its key and its sample's strings.
+fn entry_bytes(k: &AnyKey, e: &Event) -> usize {
+    let key = match k {
+        AnyKey::Kernel(k) => std::mem::size_of::<Key>() + k.path.len(),
+        AnyKey::Other(s) => s.len(),
+    };
+    let who = e.who().map_or(0, |w| {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        w.comm.len()
+            + opt(&w.user)
+            + opt(&w.exe)
+            + opt(&w.cgroup)
+            + opt(&w.unit)
+            + opt(&w.container_id)
+            + w.pod.as_ref().map_or(0, |p| {
+                p.namespace.len() + p.name.len() + p.uid.len() + p.container.as_ref().map_or(0, String::len)
+            })
+            + w.ancestors.iter().map(|a| 32 + a.comm.len() + opt(&a.exe)).sum::<usize>()
+    });
+    256 + key + who
+}
 
 pub struct Aggregator {
     window: Duration,
     entries: HashMap<AnyKey, Entry>,
     /// Ended windows with repeats, replaced by a new first occurrence before `flush` reported them.
     pending: Vec<Entry>,
+    /// Bytes of `entries` and `pending` ([`MAX_TRACKED_BYTES`]).
+    bytes: usize,
     /// Events written out individually, and repeats counted instead.
     pub delivered: u64,
     pub aggregated: u64,
@@ -99,7 +129,14 @@ impl Aggregator {
     /// `window` zero: every event is delivered.
     #[must_use]
     pub fn new(window: Duration) -> Self {
-        Aggregator { window, entries: HashMap::new(), pending: Vec::new(), delivered: 0, aggregated: 0 }
+        Aggregator {
+            window,
+            entries: HashMap::new(),
+            pending: Vec::new(),
+            bytes: 0,
+            delivered: 0,
+            aggregated: 0,
+        }
     }
 
     /// Whether the event keyed `k` repeats one delivered within the window: then it is counted,
@@ -124,32 +161,48 @@ impl Aggregator {
         if self.window.is_zero() {
             return;
         }
-        // A bounded table: past MAX_TRACKED distinct events in their windows, new ones are
-        // delivered one by one (and counted) rather than remembered.
-        if self.entries.len() >= MAX_TRACKED && !self.entries.contains_key(&k) {
+        // A bounded table: past MAX_TRACKED distinct events (or MAX_TRACKED_BYTES) in their
+        // windows, new ones are delivered one by one (and counted) rather than remembered.
+        let bytes = entry_bytes(&k, &report);
+        if !self.entries.contains_key(&k)
+            && (self.entries.len() >= MAX_TRACKED || self.bytes + bytes > MAX_TRACKED_BYTES)
+        {
             return;
         }
-        if let Some(old) = self.entries.insert(k, Entry { first: now, repeats: 0, sample: report })
-            && old.repeats > 0
-        {
-            // Its window ended before `flush` came round: keep its count for the next report.
-            self.pending.push(old);
+        self.bytes += bytes;
+        if let Some(old) = self.entries.insert(k, Entry { first: now, repeats: 0, bytes, sample: report }) {
+            if old.repeats > 0 {
+                // Its window ended before `flush` came round: keep its count for the next report.
+                self.pending.push(old);
+            } else {
+                self.bytes -= old.bytes;
+            }
         }
     }
 
     /// The `<event>_repeated` lines of windows that have ended (all of them with `all`).
     pub fn flush(&mut self, now: Instant, all: bool) -> Vec<Event> {
         let window = self.window;
-        let mut out: Vec<Event> = self.pending.drain(..).filter_map(|e| summary(&e, window)).collect();
+        let mut freed = 0;
+        let mut out: Vec<Event> = self
+            .pending
+            .drain(..)
+            .filter_map(|e| {
+                freed += e.bytes;
+                summary(&e, window)
+            })
+            .collect();
         self.entries.retain(|_, e| {
             if !all && now.duration_since(e.first) < window {
                 return true;
             }
+            freed += e.bytes;
             if e.repeats > 0 {
                 out.extend(summary(e, window));
             }
             false
         });
+        self.bytes -= freed;
         out
     }
 }
@@ -313,6 +366,33 @@ mod tests {
         let summed: u64 = a.flush(t0 + Duration::from_secs(11), false).iter().map(count).sum();
         assert_eq!(summed, a.aggregated);
         assert!(a.entries.is_empty(), "the ended windows make room");
+    }
+
+    #[test]
+    fn memory_is_bounded_in_bytes_whatever_the_names() {
+        use crate::report::event::Ancestor;
+        let mut a = Aggregator::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let exe = format!("/{}", "x".repeat(4000));
+        let big = || {
+            let mut e = connect("t");
+            if let Event::ConnectDenied(c) = &mut e {
+                c.who.exe = Some(exe.clone());
+                c.who.ancestors =
+                    (0..4).map(|pid| Ancestor { pid, comm: "x".into(), exe: Some(exe.clone()) }).collect();
+            }
+            e
+        };
+        for port in 0..MAX_TRACKED as u32 {
+            let k = key(&ConnectEvent { kind: kind::CONNECT_DENIED, port, ..ConnectEvent::default() });
+            if a.is_repeat(&k, t0).is_none() {
+                a.delivered(k, big(), t0);
+            }
+        }
+        assert!(a.bytes <= MAX_TRACKED_BYTES, "{}", a.bytes);
+        assert!(a.entries.len() < MAX_TRACKED / 4, "{}", a.entries.len());
+        let _ = a.flush(t0 + Duration::from_secs(11), false);
+        assert_eq!((a.bytes, a.entries.len()), (0, 0), "ended windows give their bytes back");
     }
 
     #[test]

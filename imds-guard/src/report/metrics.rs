@@ -10,7 +10,16 @@
 //! under `workload="other"`, so a stream of short-lived pods cannot grow the series without
 //! limit. Every other label has a fixed set of values (`enforced`, `finding`, `result`,
 //! the kernel's `counter` names) or one series (`imds_guard_build_info`): at most 257 x 2
-//! `connects_denied` and 3 x 257 x 2 `requests_reported` series (docs/EVENTS.md#metrics).
+//! `connects_denied` and 3 x 257 x 2 `requests_reported` series (docs/EVENTS.md#metrics). A
+//! workload value is at most [`MAX_LABEL`] bytes (cut in the middle, [`super::bound::middle`]).
+//!
+//! Whoever can connect cannot make the server hold more than [`MAX_CONNECTIONS`] connections (more
+//! wait in the kernel's backlog, holding none of the daemon's descriptors), [`MAX_BUF`] bytes of
+//! request per connection (hyper's default was ~400 KB: 300 connections of unfinished headers took
+//! the daemon from 10 to 135 MB), headers that take longer than [`HEADER_TIMEOUT`], or a
+//! connection for longer than [`CONNECTION_TIME`]. The labels name other users' executables,
+//! units and pods: `--metrics-socket` serves the same on a Unix socket only its owner (0600) or
+//! group (0660) can open, instead of a TCP port every local user can.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -35,6 +44,16 @@ pub trait KernelView: Send + Sync {
 
 /// Distinct `workload` label values before new ones become `other`.
 pub const MAX_WORKLOADS: usize = 256;
+/// Bytes of a `workload` label value.
+pub const MAX_LABEL: usize = 256;
+/// Connections served at once (a scraper and a health check need one each).
+pub const MAX_CONNECTIONS: usize = 32;
+/// Bytes hyper may buffer per connection (its minimum is 8 KiB).
+pub const MAX_BUF: usize = 16 * 1024;
+/// Time a client has to send a request's headers (from the connection, or the previous response).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Time a connection may last in all, however it is used.
+pub const CONNECTION_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `imds_guard_build_info`'s labels: one series, value 1, for joining and for alerts on what runs
 /// where.
@@ -245,6 +264,7 @@ impl Metrics {
     /// The workload label: the strongest identity the event carries, bounded in number.
     fn workload(&self, who: &super::event::Who) -> String {
         let w = who.workload();
+        let w = super::bound::middle(&w, MAX_LABEL).into_owned();
         let mut seen = self.workloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.contains(&w) {
             return w;
@@ -321,57 +341,104 @@ fn sync(c: &Counter, value: u64) {
     }
 }
 
+/// Where metrics are served: a TCP address (`--metrics-addr`) or a Unix socket
+/// (`--metrics-socket`).
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
 /// Serves `GET /metrics` (and `/healthz`, which answers 200 while the kernel programs are pinned
-/// and attached) until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<super::Consumers>) {
-    use http_body_util::Full;
-    use hyper::{Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+/// and attached) until the runtime ends, on at most [`MAX_CONNECTIONS`] connections at once.
+pub async fn serve(listener: Listener, hub: Arc<super::Consumers>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        // A slot first, then accept: past the cap, connections wait in the kernel's backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+                let _ = s.set_nodelay(true);
+                (Conn::Tcp(s), peer.to_string())
+            }),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Conn::Unix(s), "unix".to_owned())),
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
+                // EMFILE and the like: metrics wait, the daemon goes on.
                 tracing::warn!("metrics: accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let m = hub.clone();
+        let hub = hub.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let m = m.clone();
-                async move {
-                    let resp = match req.uri().path() {
-                        "/metrics" if wants_openmetrics(&req) => Response::builder()
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(Full::new(Bytes::from(m.metrics.encode()))),
-                        "/metrics" => Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(classic_text(&m.metrics.encode())))),
-                        "/healthz" => {
-                            let ok = m.metrics.view.enforcing();
-                            Response::builder()
-                                .status(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
-                                .body(Full::new(Bytes::from(if ok {
-                                    "enforcing\n"
-                                } else {
-                                    "not enforcing\n"
-                                })))
-                        }
-                        _ => Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new())),
-                    };
-                    Ok::<_, hyper::http::Error>(resp.expect("static response parts"))
-                }
-            });
-            if let Err(e) =
-                http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await
-            {
+            let r = match stream {
+                Conn::Tcp(s) => connection(s, hub).await,
+                Conn::Unix(s) => connection(s, hub).await,
+            };
+            if let Err(e) = r {
                 tracing::debug!(%peer, "metrics connection: {e}");
             }
+            drop(slot);
         });
     }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// One HTTP/1 connection, bounded in buffer size, header time and lifetime.
+async fn connection<S>(stream: S, m: Arc<super::Consumers>) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let m = m.clone();
+        async move {
+            let resp = match req.uri().path() {
+                "/metrics" if wants_openmetrics(&req) => Response::builder()
+                    .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                    .body(Full::new(Bytes::from(m.metrics.encode()))),
+                "/metrics" => Response::builder()
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .body(Full::new(Bytes::from(classic_text(&m.metrics.encode())))),
+                "/healthz" => {
+                    let ok = m.metrics.view.enforcing();
+                    Response::builder()
+                        .status(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+                        .body(Full::new(Bytes::from(if ok { "enforcing\n" } else { "not enforcing\n" })))
+                }
+                _ => Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new())),
+            };
+            Ok::<_, hyper::http::Error>(resp.expect("static response parts"))
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUF)
+        .max_headers(32)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    match tokio::time::timeout(CONNECTION_TIME, conn).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!("closed after {CONNECTION_TIME:?}"),
+    }
+}
+
+/// Binds the metrics Unix socket at `path` with `mode` (0600 or 0660: never for every user).
+pub fn bind_socket(path: &std::path::Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
+    if mode & 0o007 != 0 || mode & !0o777 != 0 {
+        anyhow::bail!(
+            "--metrics-socket-mode {mode:04o} would let every local user read the metrics, which name \
+             other users' executables, units and pods; use 0600 or 0660"
+        );
+    }
+    super::socket::bind_mode(path, mode)
 }
 
 /// Binds the metrics address, refusing a non-loopback one unless `allow_remote`.
@@ -447,6 +514,31 @@ mod tests {
         assert!(info.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{info}");
         assert!(info.ends_with("degraded=\"\"} 1"), "{info}");
         assert!(text.contains("imds_guard_feature_degraded{feature=\"imdsv1_inspection\"} 0"), "{text}");
+    }
+
+    #[test]
+    fn a_metrics_socket_open_to_every_user_is_refused_and_labels_are_cut() {
+        let path = std::env::temp_dir().join(format!("imdsg-metrics-{}.sock", std::process::id()));
+        for mode in [0o666, 0o604, 0o1600] {
+            let e = bind_socket(&path, mode).unwrap_err().to_string();
+            assert!(e.contains("use 0600 or 0660"), "{mode:o}: {e}");
+        }
+        assert!(!path.exists());
+        let m = Metrics::new(Box::new(NoKernel), Arc::default(), BuildInfo::here(&[]));
+        let long = |tail: &str| {
+            let mut e = denied(1);
+            if let Event::ConnectDenied(c) = &mut e {
+                c.who.exe = Some(format!("/opt/{}/{tail}", "x".repeat(4000)));
+            }
+            e
+        };
+        m.observe(&long("a"), false);
+        m.observe(&long("b"), false);
+        let text = m.encode();
+        let lines: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("imds_guard_connects_denied_total{")).collect();
+        assert_eq!(lines.len(), 2, "two executables stay two series: {lines:?}");
+        assert!(lines.iter().all(|l| l.len() < MAX_LABEL + 100), "{lines:?}");
     }
 
     #[test]

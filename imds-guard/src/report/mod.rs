@@ -14,6 +14,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 pub mod aggregate;
+pub mod bound;
 pub mod ecs;
 pub mod enrich;
 pub mod event;

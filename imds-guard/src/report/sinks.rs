@@ -15,17 +15,25 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc::{Receiver, SyncSender, sync_channel},
     },
 };
 
 use super::{Line, journal::Journal};
 
-/// Lines queued for the writer thread before further lines are dropped (and counted).
+/// Lines queued for the writer thread before further lines are dropped (and counted)...
 const QUEUE: usize = 8192;
-/// Lines kept for `imds-guard events` (without `--follow`) and sent first to a new follower.
+/// ... and bytes: a line's size is chosen by the process it names (paths, cgroup and pod names
+/// of it and its ancestors, escaped), so a count alone let 8,192 lines of 120 KB each (about 1 GB)
+/// wait for a slow sink. A line costs its JSON twice (the line and its fields) plus the sinks'
+/// line when that is another format.
+const QUEUE_BYTES: usize = 8 << 20;
+/// Lines kept for `imds-guard events` (without `--follow`) and sent first to a new follower...
 pub const RECENT: usize = 1000;
+/// ... and their bytes, whatever the lines' size: followers read from the same lines, so this
+/// bounds the live stream too, however many follow and however slowly.
+pub const RECENT_BYTES: usize = 2 << 20;
 
 /// Which sinks get events.
 #[derive(Clone, Debug, Default)]
@@ -60,52 +68,113 @@ pub struct SinkStats {
 pub struct Output {
     tx: Option<SyncSender<Msg>>,
     pub stats: Arc<SinkStats>,
-    recent: Mutex<VecDeque<Arc<str>>>,
-    live: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Bytes of the lines queued for the writer ([`QUEUE_BYTES`]).
+    queued: Arc<AtomicUsize>,
+    recent: Mutex<Recent>,
+    /// The sequence number the next line will get, for followers to wait on.
+    live: tokio::sync::watch::Sender<u64>,
+}
+
+/// The last lines, bounded in number and bytes, numbered so that a follower knows what it missed.
+#[derive(Default)]
+struct Recent {
+    lines: VecDeque<Arc<str>>,
+    bytes: usize,
+    /// The sequence number of the line after the last one.
+    next: u64,
+}
+
+impl Recent {
+    fn push(&mut self, line: Arc<str>) {
+        self.bytes += line.len();
+        self.lines.push_back(line);
+        self.next += 1;
+        while self.lines.len() > RECENT || (self.bytes > RECENT_BYTES && self.lines.len() > 1) {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// The lines from sequence number `seq` on, and how many of those are gone already.
+    fn after(&self, seq: u64) -> (u64, Vec<Arc<str>>) {
+        let first = self.next - self.lines.len() as u64;
+        let missed = first.saturating_sub(seq);
+        let skip = usize::try_from(seq.saturating_sub(first)).unwrap_or(usize::MAX);
+        (missed, self.lines.iter().skip(skip).cloned().collect())
+    }
+}
+
+/// A reader of the live stream ([`Output::follow`]).
+pub struct Follower {
+    seq: u64,
+    rx: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Follower {
+    /// The next lines (waiting for some), and how many were missed before them because this
+    /// follower fell behind by more than the recent lines hold. `None` once the daemon ends.
+    pub async fn next(&mut self, output: &Output) -> Option<(u64, Vec<Arc<str>>)> {
+        loop {
+            // Seen before looking, so that a line pushed after the look wakes the wait below.
+            self.rx.borrow_and_update();
+            let (missed, lines) =
+                output.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).after(self.seq);
+            if missed > 0 || !lines.is_empty() {
+                self.seq += missed + lines.len() as u64;
+                return Some((missed, lines));
+            }
+            self.rx.changed().await.ok()?;
+        }
+    }
 }
 
 impl Output {
     /// Starts the writer thread for `sinks` (none at all when every sink is off).
     pub fn start(sinks: SinkConfig) -> anyhow::Result<Self> {
         let stats = Arc::new(SinkStats::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         let tx = if sinks.stdout || sinks.journal.is_some() || sinks.file.is_some() {
-            let mut writer = Writer::open(sinks, stats.clone())?;
+            let mut writer = Writer::open(sinks, stats.clone(), queued.clone())?;
             let (tx, rx) = sync_channel(QUEUE);
             std::thread::Builder::new().name("imdsg-output".into()).spawn(move || writer.run(&rx))?;
             Some(tx)
         } else {
             None
         };
-        let (live, _) = tokio::sync::broadcast::channel(RECENT);
-        Ok(Output { tx, stats, recent: Mutex::new(VecDeque::with_capacity(RECENT)), live })
+        let (live, _) = tokio::sync::watch::channel(0);
+        Ok(Output { tx, stats, queued, recent: Mutex::new(Recent::default()), live })
     }
 
     /// Hands one event to the sinks and the live stream; never blocks.
     pub fn send(&self, line: &Line) {
         self.stats.lines.fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = &self.tx {
-            match tx.try_send(Msg::Line(line.clone())) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.stats.lines_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            let cost = cost(line);
+            if self.queued.fetch_add(cost, Ordering::Relaxed) + cost > QUEUE_BYTES {
+                self.queued.fetch_sub(cost, Ordering::Relaxed);
+                self.stats.lines_dropped.fetch_add(1, Ordering::Relaxed);
+            } else if tx.try_send(Msg::Line(line.clone())).is_err() {
+                // Full (QUEUE lines) or the writer is gone.
+                self.queued.fetch_sub(cost, Ordering::Relaxed);
+                self.stats.lines_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        {
+        let next = {
             let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(line.json.clone());
-        }
+            recent.push(line.json.clone());
+            recent.next
+        };
         // No receivers is fine: nobody is following.
-        let _ = self.live.send(line.json.clone());
+        self.live.send_replace(next);
     }
 
-    /// The last [`RECENT`] lines and a receiver for what comes after them (no gap, no overlap).
-    pub fn subscribe(&self) -> (Vec<Arc<str>>, tokio::sync::broadcast::Receiver<Arc<str>>) {
+    /// The last lines kept ([`RECENT`], [`RECENT_BYTES`]) and a follower of what comes after them
+    /// (no gap, no overlap).
+    pub fn subscribe(&self) -> (Vec<Arc<str>>, Follower) {
         let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (recent.iter().cloned().collect(), self.live.subscribe())
+        let lines = recent.lines.iter().cloned().collect();
+        (lines, Follower { seq: recent.next, rx: self.live.subscribe() })
     }
 
     /// Waits (at most 2 s) until the writer has written everything queued so far.
@@ -117,6 +186,12 @@ impl Output {
             }
         }
     }
+}
+
+/// What a queued line holds on to, in bytes ([`QUEUE_BYTES`]).
+fn cost(line: &Line) -> usize {
+    let out = if Arc::ptr_eq(&line.out, &line.json) { 0 } else { line.out.len() };
+    2 * line.json.len() + out
 }
 
 enum Msg {
@@ -131,21 +206,25 @@ struct Writer {
     journal: Option<Journal>,
     file: Option<RotatingFile>,
     stats: Arc<SinkStats>,
+    queued: Arc<AtomicUsize>,
     /// Whether the last write to a sink failed, to log transitions rather than every line.
     failing: [bool; 3],
 }
 
 impl Writer {
-    fn open(sinks: SinkConfig, stats: Arc<SinkStats>) -> anyhow::Result<Self> {
+    fn open(sinks: SinkConfig, stats: Arc<SinkStats>, queued: Arc<AtomicUsize>) -> anyhow::Result<Self> {
         let journal = sinks.journal.map(|p| Journal::new(&p)).transpose()?;
         let file = sinks.file.map(RotatingFile::open).transpose()?;
-        Ok(Writer { stdout: sinks.stdout, journal, file, stats, failing: [false; 3] })
+        Ok(Writer { stdout: sinks.stdout, journal, file, stats, queued, failing: [false; 3] })
     }
 
     fn run(&mut self, rx: &Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
             match msg {
-                Msg::Line(line) => self.write(&line),
+                Msg::Line(line) => {
+                    self.write(&line);
+                    self.queued.fetch_sub(cost(&line), Ordering::Relaxed);
+                }
                 Msg::Flush(ack) => {
                     let _ = ack.send(());
                 }
@@ -215,8 +294,28 @@ impl RotatingFile {
         Ok(RotatingFile { cfg, file, size })
     }
 
+    /// Never through a symbolic link (`O_NOFOLLOW`): whoever can write the file's directory could
+    /// otherwise point the daemon's writes at a file of their choosing (it may run as root).
     fn open_file(path: &Path) -> std::io::Result<File> {
-        std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{} is a symbolic link; the event file is never written through one (name the file itself)",
+                            path.display()
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })
     }
 
     fn append(&mut self, json: &str) -> std::io::Result<()> {
@@ -279,6 +378,26 @@ pub fn stdout_is_journal() -> bool {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn recent_lines_are_bounded_in_bytes_and_a_follower_learns_what_it_missed() {
+        let mut r = Recent::default();
+        let big: Arc<str> = "x".repeat(100 * 1024).into();
+        for _ in 0..100 {
+            r.push(big.clone());
+        }
+        assert!(r.bytes <= RECENT_BYTES && r.lines.len() == RECENT_BYTES / big.len(), "{}", r.lines.len());
+        // A follower at 0 missed what was pushed out.
+        let (missed, lines) = r.after(0);
+        assert_eq!(missed + lines.len() as u64, 100);
+        assert_eq!(r.after(100), (0, vec![]));
+        for i in 0..(RECENT + 10) {
+            r.push(format!("{i}").into());
+        }
+        assert_eq!(r.lines.len(), RECENT);
+        let (missed, lines) = r.after(100 + 5);
+        assert_eq!((missed, lines.len()), (5, RECENT));
+    }
 
     #[test]
     fn file_rotates_and_survives_a_failed_write() {
