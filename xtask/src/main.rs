@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask test` builds everything and runs every test (privileged ones
 //! included: run as root) and validates the Kubernetes manifests; `cargo xtask demo` runs
 //! imds-guard on its embedded policy in a sandbox; `cargo xtask validate-k8s` renders the Helm
-//! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package;
+//! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package,
+//! `cargo xtask rpm` the RPM (Amazon Linux 2023);
 //! `cargo xtask vm-test` runs tests in QEMU guests on older kernels (docs/VM.md).
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
 
@@ -17,6 +18,7 @@ mod deb;
 mod image;
 mod k8s;
 mod prometheus;
+mod rpm;
 mod vm;
 
 #[derive(Parser)]
@@ -56,6 +58,10 @@ enum Cmd {
     /// Build the Debian package (target/debian/) and check it: fields, files, conffile, maintainer
     /// scripts, and (as root) install/remove/purge in a throwaway root.
     Deb,
+    /// Build the RPM package for Amazon Linux 2023 (target/rpm/, rpmbuild of
+    /// packaging/rpm/imds-guard.spec) and check it: header, dependencies, files and modes,
+    /// %config(noreplace), scriptlets, and (as root) install/upgrade/erase in a throwaway root.
+    Rpm,
     /// The kernel matrix: boot Debian's cloud kernels 5.10, 6.1 and 6.12 under QEMU (TCG, no
     /// network) and run a subset of the privileged tests in each, or one shell command
     /// (`--shell-cmd`). Fetches and caches kernels and a root image under target/vm/. See docs/VM.md.
@@ -158,6 +164,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Image { tag } => image::build(&tag),
         Cmd::Deb => deb::deb(),
+        Cmd::Rpm => rpm::rpm(),
         Cmd::VmTest(args) => vm::run(args),
         Cmd::Demo { rounds, interval } => build_and_run(
             &[],
