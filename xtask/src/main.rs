@@ -3,7 +3,8 @@
 //! imds-guard on its embedded policy in a sandbox; `cargo xtask validate-k8s` renders the Helm
 //! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package,
 //! `cargo xtask rpm` the RPM (Amazon Linux 2023);
-//! `cargo xtask vm-test` runs tests in QEMU guests on older kernels (docs/VM.md).
+//! `cargo xtask vm-test` runs tests in QEMU guests on older kernels (docs/VM.md), and with
+//! `--host` checks the .deb on a guest booted with systemd (docs/HOSTS.md).
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
 
 use std::{
@@ -132,23 +133,25 @@ fn main() -> anyhow::Result<()> {
                 test.extend(args.iter().map(String::as_str));
             }
             let host = cargo(&test);
-            // The kernel matrix (5.10, 6.1, 6.12 under QEMU): part of every full run. A filtered
-            // run (arguments for cargo test) is a developer's quick loop and skips it, and so
-            // does IMDSG_VM=0 outside CI.
+            // The kernel matrix (5.10, 6.1, 6.12 under QEMU) and the real-host VM: part of every
+            // full run. A filtered run (arguments for cargo test) is a developer's quick loop and
+            // skips them, and so does IMDSG_VM=0 outside CI.
             let skip = std::env::var("IMDSG_VM").is_ok_and(|v| v == "0");
             if skip && std::env::var("CI").is_ok_and(|v| v == "true") {
                 bail!("IMDSG_VM=0 under CI=true: the kernel matrix is part of the test command");
             }
-            let matrix = if args.is_empty() && !skip {
-                vm::run(vm::Args::matrix())
+            let (matrix, real_host) = if args.is_empty() && !skip {
+                // Then a real host: systemd as PID 1, the .deb installed with dpkg, the service
+                // checked live across a reboot (docs/HOSTS.md).
+                (vm::run(vm::Args::matrix()), vm::run(vm::Args::host()))
             } else {
                 eprintln!(
-                    "[test] kernel matrix skipped ({})",
+                    "[test] kernel matrix and real-host VM skipped ({})",
                     if skip { "IMDSG_VM=0" } else { "filtered run" }
                 );
-                Ok(())
+                (Ok(()), Ok(()))
             };
-            host.and(matrix)
+            host.and(matrix).and(real_host)
         }
         Cmd::Bench => {
             std::fs::create_dir_all(root().join("target/bench"))?;
