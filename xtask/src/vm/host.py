@@ -8,6 +8,7 @@
   links                  the bpf links whose program is imds-guard's (name imdsg_*): `id:name`, sorted
   fake-imds              a fake IMDS on 169.254.169.254:80 (token PUT, GET with or without a token)
   denied-event PID       the journal's connect_denied entry of PID: checks its journal fields
+  container-event ID     the journal's connect_denied entry naming container ID (podman, nobody)
   early OUT              the early-boot unit's attempt: appends `<outcome> <uptime>` to OUT
 """
 
@@ -128,6 +129,31 @@ def denied_event(pid):
     return 0
 
 
+def container_event(cid):
+    """The journal's connect_denied entry naming container cid: runtime podman, nobody."""
+    deadline = time.monotonic() + 20
+    while True:
+        out = subprocess.run(
+            ["journalctl", "--no-pager", "-o", "json", "IMDS_GUARD_EVENT=connect_denied", f"IMDS_GUARD_CONTAINER_ID={cid}"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        entries = [json.loads(l) for l in out.splitlines() if l.strip()]
+        if entries or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not entries:
+        print(f"no connect_denied journal entry naming container {cid[:12]} within 20 s")
+        return 1
+    e = entries[0]
+    got = (e.get("IMDS_GUARD_CONTAINER_RUNTIME"), e.get("IMDS_GUARD_UID"), e.get("IMDS_GUARD_COMM"))
+    if got != ("podman", "65534", "nc"):
+        print(f"container event: runtime, uid, comm = {got}, want podman, 65534, nc")
+        return 1
+    print(f"event: container_id {cid[:12]}..., container_runtime podman, comm nc, cgroup {e.get('IMDS_GUARD_CGROUP')}")
+    return 0
+
+
 def early(out):
     r = connect()
     with open("/proc/uptime") as f:
@@ -148,6 +174,8 @@ def main():
         fake_imds()
     elif cmd == "denied-event":
         sys.exit(denied_event(int(sys.argv[2])))
+    elif cmd == "container-event":
+        sys.exit(container_event(sys.argv[2]))
     elif cmd == "early":
         early(sys.argv[2])
     else:

@@ -8,7 +8,9 @@
 # Phase 1 (first boot): the .deb installed with dpkg as the README says, the service's user and
 # capabilities, an enforce policy with `systemctl reload`, denied and allowed identities against a
 # fake IMDS on the guest's own lo, stop/start/restart, systemd-analyze security; it installs an
-# early-boot workload unit and reboots. Phase 2: that unit's first attempt, then dpkg -r and -P.
+# early-boot workload unit and reboots. Phase 2: that unit's first attempt, podman containers
+# (one denied and reported by container id and runtime; a rule that allows one container and not
+# its sibling), then dpkg -r and -P.
 # One line per check on the second serial port, in vm-test's protocol (xtask/src/vm/results.rs):
 #   IMDSG-BOOTED host <uname -r> <uptime>    (each boot)
 #   IMDSG-RESULT host <check> ok|FAIL <seconds>s <detail>
@@ -23,7 +25,7 @@ STATE=/var/lib/imdsg-host
 OUT=/imdsg/out
 H="python3 /imdsg/host.py"
 EARLY_OUT=/var/lib/imdsg-early/attempts
-SLOW_START=8
+SLOW_START=5
 mkdir -p "$STATE" "$OUT"
 boots=$(($(cat "$STATE/boots" 2>/dev/null || echo 0) + 1))
 echo "$boots" >"$STATE/boots"
@@ -122,12 +124,18 @@ c_user_caps() {
 	detail "MainPID $pid: uid $uid (imds-guard), CapPrm=CapEff=CapBnd=CapAmb=$FIVE_CAPS (bpf, net_admin, perfmon, sys_ptrace, dac_read_search)"
 }
 
-c_fake_imds() {
-	ip addr add 169.254.169.254/32 dev lo
-	systemd-run --unit=imdsg-fake-imds --quiet $H fake-imds || { fail "systemd-run the fake IMDS"; return; }
+# The fake IMDS on the guest's lo (a transient unit), unless it runs already.
+start_fake() {
+	ip addr show dev lo | grep -q '169.254.169.254/32' || ip addr add 169.254.169.254/32 dev lo
+	systemctl is-active -q imdsg-fake-imds || systemd-run --unit=imdsg-fake-imds --quiet $H fake-imds ||
+		{ fail "systemd-run the fake IMDS"; return; }
 	local i=0
 	while ! ss -ltn | grep -q '169.254.169.254:80 ' && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-	ss -ltn | grep -q '169.254.169.254:80 ' || { fail "the fake IMDS does not listen"; return; }
+	ss -ltn | grep -q '169.254.169.254:80 ' || fail "the fake IMDS does not listen"
+}
+
+c_fake_imds() {
+	start_fake || return
 	local r
 	r=$(nobody_connect)
 	[ "${r%% *}" = connected ] || { fail "monitor mode: nobody got $r, not connected"; return; }
@@ -137,14 +145,19 @@ c_fake_imds() {
 c_enforce_reload() {
 	local before after gen
 	before=$(reloads)
-	cat >/etc/imds-guard/policy.toml <<-'EOF'
+	# Written beside it and renamed into place, as configuration management does: the daemon
+	# installs what the file holds once two reads 50 ms apart agree, and under TCG a `cat >` in
+	# place was once read half-written that long (an enforce policy without its rule, generation 2,
+	# replaced 120 ms later).
+	cat >/etc/imds-guard/policy.toml.new <<-'EOF'
 		mode = "enforce"
 		endpoints = ["aws-imds"]
 		[[allow]]
 		name = "root"
 		uid = 0
 	EOF
-	imds-guard check --config /etc/imds-guard/policy.toml || { fail "imds-guard check refuses the policy"; return; }
+	imds-guard check --config /etc/imds-guard/policy.toml.new || { fail "imds-guard check refuses the policy"; return; }
+	mv /etc/imds-guard/policy.toml.new /etc/imds-guard/policy.toml
 	sleep 2 # the file watch installs the edit
 	systemctl reload imds-guard || { fail "systemctl reload failed"; return; }
 	sleep 3
@@ -224,6 +237,36 @@ c_restart() {
 	detail "restart (MainPID $old -> $(main_pid)) during a denied connect storm: $counts, same links"
 }
 
+# An upgrade of the live package (dpkg -i of a later version) during a storm of denied connects:
+# the package's postinst restarts the daemon (restart-after-upgrade), which adopts the pinned
+# enforcement, so nothing gets through. The later version (files/upgrade/, made by host.rs) is
+# this build's package with its version raised: the upgrade path, not a change of the daemon
+# between versions.
+c_upgrade() {
+	local new v2 stop=/run/imdsg-storm-stop spid counts old
+	new=$(ls /imdsg/files/upgrade/imds-guard_*_amd64.deb)
+	v2=$(dpkg-deb -f "$new" Version)
+	old=$(main_pid)
+	rm -f "$stop"
+	as_nobody $H storm "$stop" >/run/imdsg-storm &
+	spid=$!
+	sleep 2
+	dpkg -i "$new" || { touch "$stop"; wait $spid; fail "dpkg -i of $v2 failed"; return; }
+	wait_active 10 || { touch "$stop"; wait $spid; fail "not active after the upgrade"; return; }
+	sleep 2
+	touch "$stop"
+	wait $spid
+	counts=$(cat /run/imdsg-storm)
+	echo "storm: $counts"
+	[ "$(dpkg-query -W -f='${Version}' imds-guard)" = "$v2" ] || { fail "not upgraded to $v2"; return; }
+	[ "$(main_pid)" != "$old" ] || { fail "the upgrade did not restart the daemon (MainPID $old)"; return; }
+	python3 -c 'import json,sys; c=json.loads(sys.argv[1]); sys.exit(0 if c.get("EPERM",0) > 0 and set(c) == {"EPERM"} else 1)' "$counts" ||
+		{ fail "connects across the upgrade: $counts (want EPERM only)"; return; }
+	[ "$($H links)" = "$(cat "$STATE/links")" ] || { fail "links changed across the upgrade"; return; }
+	grep -q '^mode = "enforce"' /etc/imds-guard/policy.toml || { fail "the upgrade replaced the edited policy"; return; }
+	detail "dpkg -i to $v2 during a denied connect storm: $counts, MainPID $old -> $(main_pid), same links, edited policy kept"
+}
+
 c_security() {
 	local out score
 	out=$(systemd-analyze security --no-pager imds-guard.service)
@@ -253,9 +296,12 @@ c_early_unit() {
 	install -m 0644 /imdsg/host.py /usr/local/lib/imdsg-host.py
 	systemctl enable imdsg-early.service || { fail "cannot enable imdsg-early.service"; return; }
 	# imds-guard's start made slow on purpose (as a large policy or a loaded host makes it), so
-	# that only the units' ordering, not the daemon's speed, can get enforcement in first.
+	# that only the units' ordering, not the daemon's speed, can get enforcement in first. Under
+	# TCG on a loaded machine its start at boot (the verifier, emulated) took up to 72 s: more
+	# time than the default start timeout leaves.
 	mkdir -p /etc/systemd/system/imds-guard.service.d
-	printf '[Service]\nExecStartPre=+/bin/sleep %s\n' "$SLOW_START" >/etc/systemd/system/imds-guard.service.d/imdsg-slow-start.conf
+	printf '[Service]\nExecStartPre=+/bin/sleep %s\nTimeoutStartSec=300\n' "$SLOW_START" \
+		>/etc/systemd/system/imds-guard.service.d/imdsg-slow-start.conf
 	systemctl daemon-reload
 	detail "imdsg-early.service (User=nobody, After=network.target) enabled, imds-guard's start slowed by ${SLOW_START} s; rebooting"
 }
@@ -280,9 +326,108 @@ c_boot_order() {
 	detail "the early unit's first attempt: EPERM at ${first##* } s; imds-guard ready at $ready s"
 }
 
+# Containers (podman with crun, from Debian's packages) run from a local root directory holding
+# only busybox: no image, no registry. They share the guest's network namespace (--network host),
+# where the fake IMDS listens; run as nobody, whom the policy does not allow.
+CTR_ROOT=/var/lib/imdsg-ctr-root
+ctr_root() {
+	mkdir -p "$CTR_ROOT/bin" "$CTR_ROOT/etc" "$CTR_ROOT/go"
+	cp /bin/busybox "$CTR_ROOT/bin/busybox"
+	# (nc, not wget: Debian's static busybox wget crashes in its name lookup, even for an address)
+	for a in sh nc printf sleep cat; do ln -sf busybox "$CTR_ROOT/bin/$a"; done
+}
+# ctr <name> <script>: starts a container running <script> (busybox sh), detached; /go is
+# /run/imdsg-go of the guest.
+ctr() {
+	podman run -d --name "$1" --user 65534:65534 --network host \
+		-v /run/imdsg-go:/go --rootfs "$CTR_ROOT" /bin/sh -c "$2" >/dev/null
+}
+GET="printf 'GET /latest/meta-data/instance-id HTTP/1.0\\r\\n\\r\\n' | nc -w 5 169.254.169.254 80"
+# After its attempt a container waits for /go/done: the daemon names the container from the
+# cgroup of a process that is still there (a container that exits at once may be gone, its
+# cgroup removed, by the time the daemon handles the event under TCG: seen once).
+HOLD='rc=$?; while [ ! -e /go/done ]; do sleep 0.2; done; exit $rc'
+# ctr_output <name>: waits (30 s at most) for the container's first output (its attempt is
+# made), prints it.
+ctr_output() {
+	local i=0
+	while ! podman logs "$1" 2>&1 | grep -q . && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
+	podman logs "$1" 2>&1
+}
+
+c_container_denied() {
+	start_fake || return
+	ctr_root
+	mkdir -p /run/imdsg-go
+	rm -f /run/imdsg-go/done
+	podman --version
+	ctr imdsg-denied "$GET; $HOLD" || { fail "podman run failed"; return; }
+	local id rc out ev
+	id=$(podman inspect -f '{{.Id}}' imdsg-denied)
+	out=$(ctr_output imdsg-denied)
+	ev=$($H container-event "$id")
+	local evrc=$?
+	touch /run/imdsg-go/done
+	rc=$(podman wait imdsg-denied)
+	out=$(podman logs imdsg-denied 2>&1)
+	echo "exit $rc: $out"
+	[ "$rc" != 0 ] && echo "$out" | grep -q 'Operation not permitted' ||
+		{ fail "container imdsg-denied: exit $rc, $out (want EPERM)"; return; }
+	[ $evrc = 0 ] || { fail "$ev"; return; }
+	detail "podman container ${id:0:12} (nobody, local rootfs): nc EPERM; $ev"
+}
+
+c_container_rule() {
+	local a b cg before
+	rm -f /run/imdsg-go/go /run/imdsg-go/done
+	for n in imdsg-allowed imdsg-sibling; do
+		ctr $n "while [ ! -e /go/go ]; do sleep 0.2; done; $GET; $HOLD" || { fail "podman run $n failed"; return; }
+	done
+	a=$(podman inspect -f '{{.Id}}' imdsg-allowed)
+	b=$(podman inspect -f '{{.Id}}' imdsg-sibling)
+	cg=$(cut -d: -f3 "/proc/$(podman inspect -f '{{.State.Pid}}' imdsg-allowed)/cgroup")
+	cg=${cg%/container}
+	echo "allowed $a in $cg; sibling $b"
+	case "$cg" in */libpod-"$a".scope) ;; *) fail "container cgroup $cg is not libpod-$a.scope"; return ;; esac
+	before=$(reloads)
+	cp /etc/imds-guard/policy.toml /etc/imds-guard/policy.toml.new
+	cat >>/etc/imds-guard/policy.toml.new <<-EOF
+		[[allow]]
+		name = "one container"
+		cgroup = "$cg"
+	EOF
+	mv /etc/imds-guard/policy.toml.new /etc/imds-guard/policy.toml
+	systemctl reload imds-guard
+	local i=0
+	while [ "$(reloads)" = "$before" ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+	[ "$(reloads)" != "$before" ] || { fail "the policy with the container rule was not installed"; return; }
+	touch /run/imdsg-go/go
+	local out_a out_b ev evrc rc_a rc_b
+	out_a=$(ctr_output imdsg-allowed)
+	out_b=$(ctr_output imdsg-sibling)
+	ev=$($H container-event "$b")
+	evrc=$?
+	touch /run/imdsg-go/done
+	rc_a=$(podman wait imdsg-allowed)
+	rc_b=$(podman wait imdsg-sibling)
+	out_a=$(podman logs imdsg-allowed 2>&1)
+	out_b=$(podman logs imdsg-sibling 2>&1)
+	echo "allowed: exit $rc_a: $out_a"
+	echo "sibling: exit $rc_b: $out_b"
+	[ "$rc_a" = 0 ] && echo "$out_a" | grep -q '^i-0123456789imdsgvm$' || { fail "allowed container: exit $rc_a, $out_a"; return; }
+	[ "$rc_b" != 0 ] && echo "$out_b" | grep -q 'Operation not permitted' ||
+		{ fail "sibling container: exit $rc_b, $out_b (want EPERM)"; return; }
+	[ $evrc = 0 ] || { fail "$ev"; return; }
+	if journalctl --no-pager -o cat IMDS_GUARD_EVENT=connect_denied "IMDS_GUARD_CONTAINER_ID=$a" | grep -q .; then
+		fail "a connect_denied event names the allowed container"
+		return
+	fi
+	podman rm -f imdsg-denied imdsg-allowed imdsg-sibling >/dev/null
+	detail "cgroup rule for ${a:0:12} ($cg): it got the instance id, its sibling ${b:0:12} EPERM ($ev)"
+}
+
 c_remove() {
-	systemd-run --unit=imdsg-fake-imds2 --quiet $H fake-imds
-	sleep 1
+	start_fake || return
 	dpkg -r imds-guard || { fail "dpkg -r failed"; return; }
 	local r links
 	r=$(nobody_connect)
@@ -318,6 +463,7 @@ if [ "$boots" = 1 ]; then
 	check stop-keeps c_stop
 	check start-adopts c_start
 	check restart-no-window c_restart
+	check upgrade-no-window c_upgrade
 	check security c_security
 	check early-unit c_early_unit
 	sync
@@ -326,6 +472,8 @@ if [ "$boots" = 1 ]; then
 	sleep 300
 else
 	check boot-order c_boot_order
+	check container-denied c_container_denied
+	check container-rule c_container_rule
 	check remove c_remove
 	check purge c_purge
 	finish

@@ -20,8 +20,10 @@ pub const SUITE: &str = "bookworm";
 
 /// What the privileged tests use (iproute2, curl, python3 + botocore, nftables, util-linux's
 /// setpriv, procps, kmod for modprobe, bpftool, iptables, passwd's useradd), plus systemd, udev
-/// and dbus so that the same image can boot with systemd as PID 1 (the real-host checks).
-pub const PACKAGES: [&str; 16] = [
+/// and dbus so that the same image can boot with systemd as PID 1 (the real-host checks), and for
+/// their containers podman (with crun, conmon and a network stack as its dependencies) and
+/// busybox-static, the one program of the containers' local root directory.
+pub const PACKAGES: [&str; 18] = [
     "iproute2",
     "curl",
     "python3",
@@ -38,6 +40,8 @@ pub const PACKAGES: [&str; 16] = [
     "dbus",
     "udev",
     "e2fsprogs",
+    "podman",
+    "busybox-static",
 ];
 
 /// Changes to what `customize` does must change this, so that caches are rebuilt.
