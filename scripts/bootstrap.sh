@@ -3,7 +3,9 @@
 #   - apt packages the tests use (bpftool, iproute2, curl, util-linux's setpriv, nftables, python3-venv,
 #     npm for the Kubernetes manifest checks and the ECS field definitions, systemd's
 #     systemd-analyze for the unit checks, linux-libc-dev's syscall and capability numbers,
-#     prometheus for promtool, which checks the metrics, the alert rules and the dashboard's queries)
+#     prometheus for promtool, which checks the metrics, the alert rules and the dashboard's queries,
+#     rpm for `cargo xtask rpm`: rpmbuild builds the Amazon Linux package, rpm checks and installs it
+#     into a throwaway root)
 #   - the pinned stable toolchain (userspace) and pinned nightly + rust-src (eBPF, -Z build-std=core)
 #   - bpf-linker built against the nightly's own libLLVM (Debian's LLVM is too old)
 #   - cargo-deb, which `cargo xtask deb` builds the Debian package with
@@ -17,7 +19,7 @@ NIGHTLY=nightly-2026-10-29
 BPF_LINKER_VERSION=0.13.0
 BPF_LINKER_LLVM_FEATURE=llvm-23
 CARGO_DEB_VERSION=3.8.0
-APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps systemd linux-libc-dev prometheus)
+APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps systemd linux-libc-dev prometheus rpm)
 VM_APT_PACKAGES=(qemu-system-x86 mmdebstrap e2fsprogs)
 
 export RUSTUP_AUTO_INSTALL=0

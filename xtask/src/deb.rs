@@ -32,7 +32,7 @@ const FILES: [(&str, &str); 11] = [
 ];
 
 /// The man pages: the command's and one per subcommand, gzipped (Debian policy 12.1).
-const MAN_PAGES: [&str; 9] = [
+pub const MAN_PAGES: [&str; 9] = [
     "imds-guard",
     "imds-guard-check",
     "imds-guard-events",
@@ -45,13 +45,13 @@ const MAN_PAGES: [&str; 9] = [
 ];
 
 /// Completion scripts: shell, file in target/assets/completions, where the package puts it.
-const COMPLETIONS: [(&str, &str, &str); 3] = [
+pub const COMPLETIONS: [(&str, &str, &str); 3] = [
     ("bash", "imds-guard", "usr/share/bash-completion/completions/imds-guard"),
     ("zsh", "_imds-guard", "usr/share/zsh/vendor-completions/_imds-guard"),
     ("fish", "imds-guard.fish", "usr/share/fish/vendor_completions.d/imds-guard.fish"),
 ];
 
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     ensure!(
         out.status.success(),
@@ -76,7 +76,7 @@ pub fn deb() -> anyhow::Result<()> {
 
 /// The release binary, and the completions and man pages it makes of its clap definitions, in
 /// target/assets/ (where `[package.metadata.deb]` takes them from).
-fn assets() -> anyhow::Result<()> {
+pub fn assets() -> anyhow::Result<()> {
     crate::cargo(&["build", "--release", "-p", "imds-guard", "--bin", "imds-guard"])?;
     let bin = root().join("target/release/imds-guard");
     let dir = root().join("target/assets");
@@ -95,7 +95,7 @@ fn assets() -> anyhow::Result<()> {
 }
 
 /// `cargo deb`, which builds imds-guard in release mode and prints the package's path last.
-fn build() -> anyhow::Result<PathBuf> {
+pub fn build() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let probe = Command::new(&cargo).args(["deb", "--version"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
@@ -123,6 +123,8 @@ fn check(deb: &Path) -> anyhow::Result<()> {
     ensure!(field("Maintainer")?.contains('@'), "Maintainer: {}", field("Maintainer")?);
     let depends = field("Depends")?;
     ensure!(depends.contains("libc6"), "Depends should name the C library: {depends}");
+    // The daemon runs `nft` (the forward table) at start and on every reload.
+    ensure!(depends.split(", ").any(|d| d == "nftables"), "Depends should name nftables: {depends}");
 
     // Files and modes, owned by root.
     let listing = output(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
@@ -235,9 +237,9 @@ fn roundtrip(deb: &Path) -> anyhow::Result<()> {
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
-fn tempdir(what: &str) -> anyhow::Result<TempDir> {
+pub fn tempdir(what: &str) -> anyhow::Result<TempDir> {
     let p = std::env::temp_dir().join(format!("imdsg-deb-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p)?;

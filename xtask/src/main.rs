@@ -1,8 +1,10 @@
 //! Project tasks: `cargo xtask test` builds everything and runs every test (privileged ones
 //! included: run as root) and validates the Kubernetes manifests; `cargo xtask demo` runs
 //! imds-guard on its embedded policy in a sandbox; `cargo xtask validate-k8s` renders the Helm
-//! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package;
-//! `cargo xtask vm-test` runs tests in QEMU guests on older kernels (docs/VM.md).
+//! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package,
+//! `cargo xtask rpm` the RPM (Amazon Linux 2023);
+//! `cargo xtask vm-test` runs tests in QEMU guests on older kernels (docs/VM.md), and with
+//! `--host` checks the .deb on a guest booted with systemd (docs/HOSTS.md).
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
 
 use std::{
@@ -17,6 +19,7 @@ mod deb;
 mod image;
 mod k8s;
 mod prometheus;
+mod rpm;
 mod vm;
 
 #[derive(Parser)]
@@ -56,6 +59,10 @@ enum Cmd {
     /// Build the Debian package (target/debian/) and check it: fields, files, conffile, maintainer
     /// scripts, and (as root) install/remove/purge in a throwaway root.
     Deb,
+    /// Build the RPM package for Amazon Linux 2023 (target/rpm/, rpmbuild of
+    /// packaging/rpm/imds-guard.spec) and check it: header, dependencies, files and modes,
+    /// %config(noreplace), scriptlets, and (as root) install/upgrade/erase in a throwaway root.
+    Rpm,
     /// The kernel matrix: boot Debian's cloud kernels 5.10, 6.1 and 6.12 under QEMU (TCG, no
     /// network) and run a subset of the privileged tests in each, or one shell command
     /// (`--shell-cmd`). Fetches and caches kernels and a root image under target/vm/. See docs/VM.md.
@@ -126,23 +133,25 @@ fn main() -> anyhow::Result<()> {
                 test.extend(args.iter().map(String::as_str));
             }
             let host = cargo(&test);
-            // The kernel matrix (5.10, 6.1, 6.12 under QEMU): part of every full run. A filtered
-            // run (arguments for cargo test) is a developer's quick loop and skips it, and so
-            // does IMDSG_VM=0 outside CI.
+            // The kernel matrix (5.10, 6.1, 6.12 under QEMU) and the real-host VM: part of every
+            // full run. A filtered run (arguments for cargo test) is a developer's quick loop and
+            // skips them, and so does IMDSG_VM=0 outside CI.
             let skip = std::env::var("IMDSG_VM").is_ok_and(|v| v == "0");
             if skip && std::env::var("CI").is_ok_and(|v| v == "true") {
                 bail!("IMDSG_VM=0 under CI=true: the kernel matrix is part of the test command");
             }
-            let matrix = if args.is_empty() && !skip {
-                vm::run(vm::Args::matrix())
+            let (matrix, real_host) = if args.is_empty() && !skip {
+                // Then a real host: systemd as PID 1, the .deb installed with dpkg, the service
+                // checked live across a reboot (docs/HOSTS.md).
+                (vm::run(vm::Args::matrix()), vm::run(vm::Args::host()))
             } else {
                 eprintln!(
-                    "[test] kernel matrix skipped ({})",
+                    "[test] kernel matrix and real-host VM skipped ({})",
                     if skip { "IMDSG_VM=0" } else { "filtered run" }
                 );
-                Ok(())
+                (Ok(()), Ok(()))
             };
-            host.and(matrix)
+            host.and(matrix).and(real_host)
         }
         Cmd::Bench => {
             std::fs::create_dir_all(root().join("target/bench"))?;
@@ -158,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Image { tag } => image::build(&tag),
         Cmd::Deb => deb::deb(),
+        Cmd::Rpm => rpm::rpm(),
         Cmd::VmTest(args) => vm::run(args),
         Cmd::Demo { rounds, interval } => build_and_run(
             &[],

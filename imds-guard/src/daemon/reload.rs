@@ -142,6 +142,17 @@ impl Reloader {
             Policy::from_source(&s, &host).map(|p| (s, p))
         });
         match parsed {
+            // An edit followed by `systemctl reload` is seen twice: the file watch installs it,
+            // then the SIGHUP finds it in force. Installing it again would switch to an identical
+            // generation and report a second reload of one edit.
+            Ok((source, policy)) if reason == Reason::Signal && policy.digest == self.policy.digest => {
+                tracing::info!(
+                    generation = guard.kernel.generation(),
+                    digest = %policy.digest,
+                    "reload asked: the policy file resolves to the policy in force, nothing to install"
+                );
+                self.source = source;
+            }
             Ok((source, policy)) => self.install(guard, source, policy, reason, started),
             Err(e) => self.refused(guard, &anyhow::Error::from(e)),
         }

@@ -9,6 +9,7 @@
 //! - `guest`: the checks, the run's script and the payload disk that carries them.
 //! - `qemu`: one boot, watched until it ends.
 //! - `results`: the guest's lines and the verdict per kernel.
+//! - `host`: the real-host checks (`--host`): systemd as PID 1, the .deb, a reboot.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +22,7 @@ use anyhow::{Context as _, bail, ensure};
 use crate::root;
 
 pub mod guest;
+pub mod host;
 pub mod kernels;
 pub mod qemu;
 pub mod results;
@@ -68,6 +70,10 @@ pub struct Args {
     /// Only fetch the kernels and build the root image (the caches), then stop.
     #[arg(long)]
     prepare: bool,
+    /// The real-host checks instead (docs/HOSTS.md): boot with systemd as PID 1 (the 6.12 kernel
+    /// unless --kernel says otherwise), install the .deb with dpkg, and check the service live.
+    #[arg(long, conflicts_with_all = ["tests", "filter", "shell_cmd", "with_tests", "guard_bin", "put"])]
+    host: bool,
 }
 
 impl Args {
@@ -86,7 +92,13 @@ impl Args {
             keep: false,
             append: None,
             prepare: false,
+            host: false,
         }
+    }
+
+    /// The real-host checks on the default kernel, as `cargo xtask test` runs them.
+    pub fn host() -> Self {
+        Args { host: true, ..Self::matrix() }
     }
 }
 
@@ -229,8 +241,10 @@ impl Live {
             ),
             Some(results::Line::Result(c)) => {
                 let secs = c.secs.map(|s| format!(" ({s:.1} s)")).unwrap_or_default();
-                if c.ok {
+                if c.ok && c.detail.is_empty() {
                     eprintln!("[vm {label}] ok   {}{secs}", c.check);
+                } else if c.ok {
+                    eprintln!("[vm {label}] ok   {}{secs}: {}", c.check, c.detail);
                 } else {
                     eprintln!("[vm {label}] FAIL {}{secs}: {}", c.check, c.detail);
                 }
@@ -297,6 +311,9 @@ fn summary(runs: &[Ran]) -> Vec<String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.host {
+        return host::run(&a.kernels, a.keep, a.append.as_deref());
+    }
     check_tools()?;
     let kernels = kernels::select(&a.kernels)?;
     let _lock = lock()?;
@@ -365,6 +382,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             idle_timeout,
             init: rootfs::INIT_PATH,
             append: a.append.as_deref().unwrap_or(""),
+            allow_reboot: false,
         };
         let mut live = Live { label: k.label, shown: Vec::new() };
         let label = k.label;

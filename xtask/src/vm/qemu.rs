@@ -33,6 +33,9 @@ pub struct Boot<'a> {
     pub init: &'a str,
     /// More kernel command line arguments (`--append`).
     pub append: &'a str,
+    /// Let the guest reboot (the real-host checks reboot once; the root image's snapshot lives as
+    /// long as QEMU does). Otherwise a reboot, which is what a kernel panic does, ends QEMU.
+    pub allow_reboot: bool,
 }
 
 /// What the host saw.
@@ -63,7 +66,7 @@ pub fn command(b: &Boot<'_>) -> Command {
     let results = b.run_dir.join("results.log");
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
-        .args(["-nic", "none", "-nographic", "-monitor", "none", "-no-reboot"])
+        .args(["-nic", "none", "-nographic", "-monitor", "none"])
         .arg("-kernel")
         .arg(b.vmlinuz)
         .arg("-append")
@@ -77,6 +80,9 @@ pub fn command(b: &Boot<'_>) -> Command {
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
         .arg(format!("file:{}", results.display()));
+    if !b.allow_reboot {
+        cmd.arg("-no-reboot");
+    }
     cmd
 }
 

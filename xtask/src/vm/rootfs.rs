@@ -1,7 +1,8 @@
 //! The guests' root: one Debian bookworm file system made with `mmdebstrap --variant=minbase`
 //! (cached in `target/vm/rootfs-<key>/`, the key a hash of the package list and this recipe), and
 //! one ext4 image of it with every matrix kernel's modules in `/usr/lib/modules/<release>`
-//! (depmod run in a chroot) and the matrix's init, `/sbin/imdsg-init` (cached as
+//! (depmod run in a chroot), the matrix's init, `/sbin/imdsg-init`, and the real-host checks'
+//! `imdsg-host.service` with its `/sbin/imdsg-host` (cached as
 //! `target/vm/root-<key>.img`, the key adding the kernels and the init). The image is made with
 //! `mke2fs -d`, no loop mount; guests boot it with `snapshot=on`, so it never changes.
 
@@ -19,8 +20,10 @@ pub const SUITE: &str = "bookworm";
 
 /// What the privileged tests use (iproute2, curl, python3 + botocore, nftables, util-linux's
 /// setpriv, procps, kmod for modprobe, bpftool, iptables, passwd's useradd), plus systemd, udev
-/// and dbus so that the same image can boot with systemd as PID 1 (the real-host checks).
-pub const PACKAGES: [&str; 16] = [
+/// and dbus so that the same image can boot with systemd as PID 1 (the real-host checks), and for
+/// their containers podman (with crun, conmon and a network stack as its dependencies) and
+/// busybox-static, the one program of the containers' local root directory.
+pub const PACKAGES: [&str; 18] = [
     "iproute2",
     "curl",
     "python3",
@@ -37,6 +40,8 @@ pub const PACKAGES: [&str; 16] = [
     "dbus",
     "udev",
     "e2fsprogs",
+    "podman",
+    "busybox-static",
 ];
 
 /// Changes to what `customize` does must change this, so that caches are rebuilt.
@@ -45,6 +50,26 @@ const RECIPE: &str = "rootfs-v1";
 /// The matrix's PID 1 in the image.
 pub const INIT_SH: &str = include_str!("init.sh");
 pub const INIT_PATH: &str = "/sbin/imdsg-init";
+
+/// The real-host checks' entry (`vm-test --host`, systemd as PID 1): a unit in the image that only
+/// a `systemd.wants=imdsg-host.service` on the kernel command line starts, and the script it runs.
+pub const HOST_BOOT_SH: &str = include_str!("host-boot.sh");
+pub const HOST_BOOT_PATH: &str = "/sbin/imdsg-host";
+pub const HOST_UNIT_NAME: &str = "imdsg-host.service";
+pub const HOST_UNIT: &str = "\
+[Unit]
+Description=imds-guard VM host checks (cargo xtask vm-test --host)
+# Once the boot's own units, imds-guard among them, have started.
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/sbin/imdsg-host
+# The checks reboot the guest once and take minutes under TCG; the host side keeps the time limit.
+TimeoutStartSec=infinity
+StandardOutput=journal+console
+StandardError=journal+console
+";
 
 /// The image's size (a sparse file; the guest's writes go to QEMU's snapshot, not here).
 const IMAGE_SIZE: &str = "3G";
@@ -68,7 +93,7 @@ pub fn rootfs_key() -> String {
 /// The cache key of the image: the file system, each kernel (package, version, hash) and the init.
 pub fn image_key(kernels: &[Kernel]) -> String {
     let fs = rootfs_key();
-    let mut parts = vec![fs.as_str(), INIT_SH];
+    let mut parts = vec![fs.as_str(), INIT_SH, HOST_BOOT_SH, HOST_UNIT];
     for k in kernels {
         parts.extend([k.package, k.version, k.sha256]);
     }
@@ -160,6 +185,10 @@ pub fn image(kernels: &[Kernel]) -> anyhow::Result<PathBuf> {
         let init = staging.join(INIT_PATH.trim_start_matches('/'));
         std::fs::write(&init, INIT_SH)?;
         set_mode(&init, 0o755)?;
+        let host_boot = staging.join(HOST_BOOT_PATH.trim_start_matches('/'));
+        std::fs::write(&host_boot, HOST_BOOT_SH)?;
+        set_mode(&host_boot, 0o755)?;
+        std::fs::write(staging.join("etc/systemd/system").join(HOST_UNIT_NAME), HOST_UNIT)?;
         let _ = std::fs::remove_file(&img);
         run_quiet(
             Command::new("mke2fs")

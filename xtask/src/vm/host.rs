@@ -1,0 +1,195 @@
+//! `cargo xtask vm-test --host`: imds-guard on a real host. Boots the bookworm image with systemd
+//! as PID 1 (Debian's 6.12 cloud kernel by default, no network device) and runs `host.sh` in it
+//! (through the image's `imdsg-host.service`): the .deb built by `cargo xtask deb` installed with
+//! `dpkg -i` as the README says, the service's user and capabilities, an enforce policy and
+//! `systemctl reload`, denied and allowed identities against a fake IMDS on the guest's own `lo`,
+//! stop/start/restart, `systemd-analyze security`, a workload unit's first attempt at boot after a
+//! reboot, `dpkg -r` and `-P`. One line per check (docs/HOSTS.md).
+//!
+//! What is cached under target/vm is the matrix's (kernels, root image); the run adds only its
+//! payload disk (the .deb, `host.sh`, `host.py`).
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, bail};
+
+use super::{Live, Ran, guest, kernels, qemu, results, rootfs, run_quiet, vm_dir};
+
+/// The guest's checks, in the order it runs them (up to `early-unit` before the reboot).
+pub const CHECKS: [&str; 18] = [
+    "systemd",
+    "install",
+    "user-caps",
+    "fake-imds",
+    "enforce-reload",
+    "denied",
+    "root-allowed",
+    "stop-keeps",
+    "start-adopts",
+    "restart-no-window",
+    "upgrade-no-window",
+    "security",
+    "early-unit",
+    "boot-order",
+    "container-denied",
+    "container-rule",
+    "remove",
+    "purge",
+];
+
+pub const HOST_SH: &str = include_str!("host.sh");
+pub const HOST_PY: &str = include_str!("host.py");
+/// The label of the guest's lines.
+const LABEL: &str = "host";
+/// The kernel booted unless `--kernel` says otherwise (AL2023's newer kernel, Bottlerocket's).
+pub const DEFAULT_KERNEL: &str = "6.12";
+/// The whole VM's limit: two systemd boots under TCG and the checks (268-502 s measured; with
+/// another session's QEMU on the same two cores the second boot alone took over 300 s).
+const TIMEOUT: Duration = Duration::from_secs(1200);
+/// The longest silence of a booted guest: a check, or the reboot between the two phases.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub fn run(kernel_labels: &[String], keep: bool, append: Option<&str>) -> anyhow::Result<()> {
+    super::check_tools()?;
+    let labels =
+        if kernel_labels.is_empty() { vec![DEFAULT_KERNEL.to_owned()] } else { kernel_labels.to_vec() };
+    let selected = kernels::select(&labels)?;
+    // The package first (a release build; cargo-deb), outside the VM lock.
+    crate::deb::assets()?;
+    let deb = crate::deb::build()?;
+    let _lock = super::lock()?;
+    let t = std::time::Instant::now();
+    for k in &kernels::KERNELS {
+        kernels::fetch(k)?;
+    }
+    let root_img = rootfs::image(&kernels::KERNELS)?;
+    let names: Vec<String> = CHECKS.iter().map(|c| (*c).to_owned()).collect();
+    let mut reports = Vec::new();
+    for k in &selected {
+        let run_dir = vm_dir().join("runs").join(format!("host-{}", k.label));
+        std::fs::create_dir_all(&run_dir)?;
+        let payload_dir = run_dir.join("payload");
+        let payload_img = run_dir.join("payload.img");
+        payload(&payload_dir, &payload_img, &deb)?;
+        eprintln!("[vm host] booting {} with systemd as PID 1 ({} {})", k.release(), k.package, k.version);
+        let boot = qemu::Boot {
+            vmlinuz: &k.vmlinuz(),
+            root_img: &root_img,
+            payload_img: &payload_img,
+            run_dir: &run_dir,
+            timeout: TIMEOUT,
+            boot_timeout: Duration::from_secs(240),
+            idle_timeout: IDLE_TIMEOUT,
+            init: "/lib/systemd/systemd",
+            // nowatchdog: under TCG on a loaded host the emulated CPUs starve for tens of seconds
+            // (systemd zeroing pages "stuck for 47 s"), which the soft-lockup detector reports as
+            // a kernel BUG and results.rs rightly fails; that is the host's load, not the guest.
+            append: &format!("systemd.wants={} nowatchdog {}", rootfs::HOST_UNIT_NAME, append.unwrap_or("")),
+            allow_reboot: true,
+        };
+        let mut live = Live { label: LABEL, shown: Vec::new() };
+        let outcome = qemu::boot(&boot, |line| live.line(line))?;
+        let mut report =
+            results::evaluate(LABEL, k.release(), &names, &outcome.lines, &outcome.console, &outcome.end);
+        report.label = format!("{LABEL}-{}", k.label);
+        if !report.ok() && (report.booted.is_none() || !report.vm_failures.is_empty()) {
+            eprintln!(
+                "[vm host] the kernel console's last lines ({}):",
+                run_dir.join("console.log").display()
+            );
+            for l in outcome.console.lines().rev().take(12).collect::<Vec<_>>().iter().rev() {
+                eprintln!("[vm host]   > {l}");
+            }
+        }
+        if keep {
+            eprintln!(
+                "[vm host] kept {} (each check's output: debugfs -R 'cat /out/<check>.log' {})",
+                payload_img.display(),
+                payload_img.display()
+            );
+        } else {
+            let _ = std::fs::remove_file(&payload_img);
+            let _ = std::fs::remove_dir_all(&payload_dir);
+        }
+        reports.push(Ran { report, to_first_line: outcome.to_first_line, wall: outcome.wall });
+    }
+    println!();
+    let failed = super::summary(&reports);
+    println!(
+        "vm-test --host: {:.0} s in all; logs in {}",
+        t.elapsed().as_secs_f64(),
+        vm_dir().join("runs").display()
+    );
+    if !failed.is_empty() {
+        bail!("vm-test --host failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The payload disk: host.sh, host.py, the .deb in files/, out/ for the checks' logs.
+fn payload(dir: &Path, img: &Path, deb: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    for d in ["files", "out"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let name = deb.file_name().context("the .deb has no file name")?;
+    std::fs::copy(deb, dir.join("files").join(name)).with_context(|| format!("copying {}", deb.display()))?;
+    upgrade_deb(deb, &dir.join("files/upgrade"))?;
+    for (file, text, mode) in [("host.sh", HOST_SH, 0o755), ("host.py", HOST_PY, 0o644)] {
+        std::fs::write(dir.join(file), text)?;
+        guest::set_mode(&dir.join(file), mode)?;
+    }
+    let bytes = guest::du(dir)?;
+    let mib = (bytes + bytes / 4) / (1 << 20) + 64;
+    let _ = std::fs::remove_file(img);
+    run_quiet(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", "imdsg-payload", "-d"])
+            .arg(dir)
+            .arg(img)
+            .arg(format!("{mib}M")),
+    )
+}
+
+/// The version `upgrade-no-window` upgrades to.
+pub const UPGRADE_SUFFIX: &str = "+vmupgrade1";
+
+/// `deb` with its version raised by [`UPGRADE_SUFFIX`], in `dir` (made here rather than in the
+/// guest, where unpacking and packing the binary under TCG took 30 s): the later version the
+/// guest upgrades the live package to.
+fn upgrade_deb(deb: &Path, dir: &Path) -> anyhow::Result<()> {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(dir)?;
+    run_quiet(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree))?;
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control)?;
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .context("the .deb's control file has no Version")?
+        .to_owned();
+    let raised = format!("{version}{UPGRADE_SUFFIX}");
+    std::fs::write(
+        &control,
+        text.replace(&format!("Version: {version}\n"), &format!("Version: {raised}\n")),
+    )?;
+    let out = dir.join(format!("imds-guard_{raised}_amd64.deb"));
+    let built = run_quiet(
+        Command::new("dpkg-deb").args(["-Zgzip", "-z1", "--root-owner-group", "-b"]).arg(&tree).arg(&out),
+    );
+    std::fs::remove_dir_all(&tree)?;
+    built
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_has_its_line_in_the_guest_script() {
+        for c in CHECKS {
+            assert!(HOST_SH.contains(&format!("\tcheck {c} c_")), "host.sh runs no check {c}");
+        }
+        assert_eq!(HOST_SH.matches("\tcheck ").count(), CHECKS.len(), "host.sh runs a check CHECKS lacks");
+    }
+}
