@@ -34,16 +34,6 @@ pub fn probe_key<A: Fn(u32) -> u64>(
     Some(RuleKey::probe(cfg.generation, shape, id, cgroup))
 }
 
-/// Of two matching rules, the one that decides: the first in the policy file.
-#[inline(always)]
-#[must_use]
-pub fn better(best: Option<RuleValue>, found: RuleValue) -> Option<RuleValue> {
-    match best {
-        Some(b) if b.rule_index <= found.rule_index => Some(b),
-        _ => Some(found),
-    }
-}
-
 /// Finds the first (lowest `rule_index`) allow rule of `cfg`'s generation that `id` matches: one
 /// lookup per probe, at most [`MAX_PROBES`]: a bounded loop, which the kernel program runs as it
 /// is (verifiers since Linux 5.3 accept it; no `bpf_loop`).

@@ -140,6 +140,12 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The daemon's peak and current resident memory (`VmHWM`, `VmRSS`), in KiB.
+    #[must_use]
+    pub fn memory(&self) -> (u64, u64) {
+        memory(self.pid())
+    }
+
     /// Waits for an event matching `pred` (including ones already received).
     pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
@@ -224,4 +230,19 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Peak and current resident memory (`VmHWM`, `VmRSS`) of process `pid`, in KiB.
+#[must_use]
+pub fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }

@@ -21,20 +21,6 @@ const IMDS: &str = "169.254.169.254";
 /// One flood at a time (they would otherwise share the two cores and each other's numbers).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Peak and current resident memory of `pid`, in KiB.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 fn counters(sb: &Sandbox) -> Value {
     let o = sb.cli(&["status", "--json", "--pin-dir", sb.pin_dir().to_str().unwrap()]);
     assert!(o.status.success(), "status: {o:?}");
@@ -106,7 +92,7 @@ fn a_million_denied_connects_keep_the_daemon_small_and_the_counts_exact() {
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
     // 1 s windows, so that several of them end during the flood and their counts are reported.
     let d = sb.daemon_with(&policy, &["--aggregate-window", "1"]);
-    let (start_peak, _) = memory(d.pid());
+    let (start_peak, _) = d.memory();
 
     // Four processes, 250,000 connects each, two to the IPv4 endpoint and two to the IPv6 one.
     let procs: Vec<Vec<String>> = [IMDS, IMDS, "fd00:ec2::254", "fd00:ec2::254"]
@@ -116,7 +102,7 @@ fn a_million_denied_connects_keep_the_daemon_small_and_the_counts_exact() {
     let (refused, took) = flood(&sb, &procs);
     assert_eq!(refused, 1_000_000);
     let (delivered, aggregated, dropped, lines) = accounted(&sb, &d, refused);
-    let (peak, rss) = memory(d.pid());
+    let (peak, rss) = d.memory();
     eprintln!(
         "1,000,000 denied connects from 4 processes in {:.1} s ({:.0}/s): {delivered} delivered + \
          {aggregated} aggregated + {dropped} dropped, in {lines} lines; daemon peak RSS {start_peak} KiB \
@@ -136,7 +122,7 @@ fn half_a_million_distinct_denials_keep_the_daemon_small_and_the_counts_exact() 
     // The default window (10 s): nothing ends during the flood, so every distinct event would
     // stay tracked if nothing bounded them.
     let d = sb.daemon_with(&policy, &[]);
-    let (start_peak, _) = memory(d.pid());
+    let (start_peak, _) = d.memory();
 
     // Every port, under two names per process: 4 x 2 x 65,535 = 524,280 events, all different.
     let procs: Vec<Vec<String>> = (0..4)
@@ -151,7 +137,7 @@ fn half_a_million_distinct_denials_keep_the_daemon_small_and_the_counts_exact() 
     let (refused, took) = flood(&sb, &procs);
     assert_eq!(refused, 4 * 2 * 65_535);
     let (delivered, aggregated, dropped, lines) = accounted(&sb, &d, refused);
-    let (peak, rss) = memory(d.pid());
+    let (peak, rss) = d.memory();
     eprintln!(
         "{refused} distinct denied connects from 4 processes in {:.1} s ({:.0}/s): {delivered} delivered + \
          {aggregated} aggregated + {dropped} dropped; daemon peak RSS {start_peak} KiB at start, {peak} KiB \

@@ -41,20 +41,6 @@ fn turn() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Peak and current resident memory of `pid`, in KiB.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 fn descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).expect("daemon fds").count()
 }
@@ -267,7 +253,7 @@ fn idle_and_half_sent_metrics_connections_exhaust_neither_descriptors_nor_memory
     assert_eq!(nofile.split_whitespace().collect::<Vec<_>>()[3..5], ["1024", "1024"], "{nofile}");
     let ok = scrape(&sb, 0, &[], "http://127.0.0.1:9464/metrics");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("imds_guard_enforcing 1"), "{ok:?}");
-    let (fds0, (_, rss0)) = (descriptors(d.pid()), memory(d.pid()));
+    let (fds0, (_, rss0)) = (descriptors(d.pid()), d.memory());
 
     let script = sb.write("hold.py", HOLD_PY);
     let (mut attacker, mut out) = sb.python_ready(ALICE, &script, &["9464", "990", "300", "409600"]);
@@ -278,7 +264,7 @@ fn idle_and_half_sent_metrics_connections_exhaust_neither_descriptors_nor_memory
     let mut rss_max = 0;
     for _ in 0..20 {
         fds_max = fds_max.max(descriptors(d.pid()));
-        rss_max = rss_max.max(memory(d.pid()).1);
+        rss_max = rss_max.max(d.memory().1);
         std::thread::sleep(Duration::from_millis(500));
     }
     // Meanwhile the daemon reports, reloads and answers status.
@@ -290,7 +276,7 @@ fn idle_and_half_sent_metrics_connections_exhaust_neither_descriptors_nor_memory
     d.wait_event(Duration::from_secs(15), |e| e["event"] == "policy_reloaded")
         .unwrap_or_else(|| panic!("no reload during the attack; stderr:\n{}", d.stderr()));
     assert_eq!(sb.status_json()["enforcing"], true);
-    let (peak, _) = memory(d.pid());
+    let (peak, _) = d.memory();
     drop(attacker.stdin.take());
     let _ = attacker.kill();
     let _ = attacker.wait();
@@ -431,7 +417,7 @@ fn suggest(sb: &Sandbox) -> (String, u64) {
     let mut out = vec![0u8; 4096];
     let n = stdout.read(&mut out).unwrap();
     out.truncate(n);
-    let (peak, _) = memory(child.id());
+    let (peak, _) = imds_guard_tests::daemon::memory(child.id());
     stdout.read_to_end(&mut out).unwrap();
     assert!(child.wait().unwrap().success(), "suggest failed");
     (String::from_utf8(out).unwrap(), peak)
@@ -498,7 +484,7 @@ fn six_thousand_denials_from_long_named_executables_keep_the_daemon_under_64_mb(
         &policy,
         &["--sink", "none", "--events-file", events.to_str().unwrap(), "--metrics-addr", "127.0.0.1:9464"],
     );
-    let (start_peak, _) = memory(d.pid());
+    let (start_peak, _) = d.memory();
     let dir = long_dir(&sb.dir.join("exes"), 3990);
     let prog = dir.join("prog");
     std::fs::copy(connect_bin(), &prog).unwrap();
@@ -530,7 +516,7 @@ fn six_thousand_denials_from_long_named_executables_keep_the_daemon_under_64_mb(
         assert!(Instant::now() < deadline, "only {seen} of {N} accounted for");
         std::thread::sleep(Duration::from_millis(250));
     };
-    let (peak, rss) = memory(d.pid());
+    let (peak, rss) = d.memory();
     let (delivered, suggest_peak, suggestion) = still_responsive(&sb, &d);
     let mut table = 0;
     imds_guard::report::socket::request(Path::new(&sb.events_socket()), "observed", |l| {
@@ -572,7 +558,7 @@ fn sixty_five_thousand_denials_from_a_delegated_subtree_keep_what_reporting_hold
     let Some(sb) = Sandbox::new("surf_cgroups", ImdsMode::Optional) else { return };
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
     let d = sb.daemon_with(&policy, &["--sink", "none", "--metrics-addr", "127.0.0.1:9464"]);
-    let (start_peak, _) = memory(d.pid());
+    let (start_peak, _) = d.memory();
     // Delegation as systemd does it (Delegate=yes): the subtree and its control files are the
     // user's.
     let deleg = sb.cgroup.join("deleg");
@@ -607,7 +593,7 @@ print(refused)
     let refused = python(&sb, ALICE, Some("deleg"), flood, &[deleg.to_str().unwrap(), &n.to_string()]);
     let took = t.elapsed();
     assert_eq!(refused.trim(), n.to_string());
-    let (peak_after_flood, held_after_flood) = memory(d.pid());
+    let (peak_after_flood, held_after_flood) = d.memory();
     let progress = |when: &str| {
         let o = scrape(&sb, 0, &[], "http://127.0.0.1:9464/metrics");
         let text = String::from_utf8_lossy(&o.stdout);
@@ -617,7 +603,7 @@ print(refused)
             c["denied"],
             c["events_dropped"],
             metrics_counter(&text, "imds_guard_events_delivered_total"),
-            memory(d.pid())
+            d.memory()
         );
     };
     progress(&format!("flood done in {:.1} s", took.as_secs_f64()));
@@ -629,7 +615,7 @@ print(refused)
     let c = sb.status_json()["counters"].clone();
     let st = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap_or_default();
     assert!(st.contains("VmHWM"), "the daemon is gone: {st:.300}\nstderr:\n{}", d.stderr());
-    let (peak, rss) = memory(d.pid());
+    let (peak, rss) = d.memory();
     eprintln!(
         "{n} denials from as many cgroups with ~4 KB paths in {:.1} s: kernel counted {} denied, {} events \
          dropped; daemon delivered {} and aggregated {}; peak RSS {start_peak} KiB at start, \
