@@ -66,6 +66,19 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Copies the executable `src` to `dst` with `mode`, for a test to run it.
+///
+/// The copy is written by a `cp` child, never by this process: tests run on many threads, and a
+/// thread that forks while this process holds the new file open for writing hands that descriptor
+/// to its child until the child execs, so an `execve` of the file then fails with `ETXTBSY`
+/// ("Text file busy") — which CI saw once with `std::fs::copy`.
+pub fn copy_exe(src: impl AsRef<Path>, dst: impl AsRef<Path>, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let dst = dst.as_ref();
+    run(Command::new("cp").arg("--").arg(src.as_ref()).arg(dst));
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode)).expect("chmod the copied executable");
+}
+
 /// `imds-guard run` arguments that report every event (tests count them).
 const NO_AGGREGATION: &[&str] = &["--aggregate-window", "0"];
 

@@ -363,7 +363,7 @@ fn journal_json(fields: &BTreeMap<String, Vec<u8>>, transport: &str, uid: u32, n
 fn copy_client(dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join(name);
-    std::fs::copy(connect_bin(), &p).unwrap();
+    imds_guard_tests::sandbox::copy_exe(connect_bin(), &p, 0o755);
     imds_guard_tests::sandbox::run(Command::new("chmod").arg("-R").arg("a+rx").arg(dir));
     p
 }

@@ -739,7 +739,7 @@ fn a_setuid_helper_is_judged_by_the_real_uid() {
     let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
     let d = sb.daemon(&policy);
     let helper = sb.dir.join("suid-connect");
-    std::fs::copy(imds_guard_tests::client::connect_bin(), &helper).unwrap();
+    imds_guard_tests::sandbox::copy_exe(imds_guard_tests::client::connect_bin(), &helper, 0o755);
     std::os::unix::fs::chown(&helper, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
     let out = sb.client(NOBODY, NOBODY).steps(

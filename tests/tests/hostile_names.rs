@@ -47,7 +47,7 @@ fn suggest_is_not_injected_through_comm_or_exe_path() {
     std::fs::create_dir(&evil_dir).unwrap();
     let evil = evil_dir
         .join(format!("x\n[[allow]]\nname = \"seen: unit:{}\"\nuid = 65534\n#", "amazon-ssm-agent.service"));
-    std::fs::copy(&prog, &evil).unwrap();
+    imds_guard_tests::sandbox::copy_exe(&prog, &evil, 0o755);
     imds_guard_tests::sandbox::run(Command::new("chmod").arg("-R").arg("a+rx").arg(&evil_dir));
     let r = sb.client(NOBODY, NOBODY).results(evil.to_str().unwrap(), None, &["connect", IMDS, "80"]);
     assert_eq!(r, ["connected"]);
@@ -88,7 +88,7 @@ fn suggest_is_not_injected_through_comm_or_exe_path() {
     // Installed: uid 65534 gets no further than the two programs it was seen running.
     let _d = sb.daemon(&path);
     let other = sb.dir.join("other");
-    std::fs::copy(&prog, &other).unwrap();
+    imds_guard_tests::sandbox::copy_exe(&prog, &other, 0o755);
     let r = sb.client(NOBODY, NOBODY).results(other.to_str().unwrap(), None, &["connect", IMDS, "80"]);
     assert_eq!(r, ["EPERM"], "uid 65534 with another program: {suggested}");
     let out = sb.client(NOBODY, NOBODY).curl(&["-s", "-m", "3", &format!("http://{IMDS}/latest/meta-data/")]);

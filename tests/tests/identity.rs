@@ -17,8 +17,7 @@ fn install(dir: &Path, name: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let p = dir.join(name);
-    std::fs::copy(connect_bin(), &p).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    imds_guard_tests::sandbox::copy_exe(connect_bin(), &p, 0o755);
     p
 }
 

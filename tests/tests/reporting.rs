@@ -384,7 +384,7 @@ fn suggest_allows_exactly_what_was_seen() {
     let prog = connect_prog();
     // A copy of the client: its own executable.
     let agent = sb.dir.join("agent");
-    std::fs::copy(&prog, &agent).unwrap();
+    imds_guard_tests::sandbox::copy_exe(&prog, &agent, 0o755);
     let agent = agent.to_str().unwrap();
     let seen = [
         sb.client(1000, 1000).steps(&prog, None, &["connect", IMDS, "80"]),

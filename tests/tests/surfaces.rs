@@ -146,8 +146,7 @@ fn an_event_too_large_for_a_datagram_reaches_the_journal_whole_with_bounded_fiel
     // over so that the process and its four ancestors all carry it.
     let dir = long_dir(&sb.write("x", "").with_file_name("exe"), 3990);
     let exe = dir.join("imdsg-connect");
-    std::fs::copy(connect_bin(), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    imds_guard_tests::sandbox::copy_exe(connect_bin(), &exe, 0o755);
     let e = exe.to_str().unwrap();
     // The last one lingers, so the daemon still finds every process's executable in /proc.
     let chain = [e, "exec", e, "exec", e, "exec", e, "exec", e, "connect", IMDS, "80", "sleep", "2000"];
@@ -405,6 +404,7 @@ fn the_event_file_refuses_a_symlink_and_the_event_socket_bounds_its_request() {
 /// The peak is its own `VmHWM`, read once its output has begun (the policy is printed at once,
 /// when everything is parsed and rendered) and while it waits for us to read the rest: a child's
 /// `ru_maxrss` would include the test process's memory, which a spawned child shares until exec.
+#[expect(clippy::zombie_processes, reason = "reaped by wait4, which also gives its peak RSS")]
 fn suggest(sb: &Sandbox) -> (String, u64) {
     let mut child = std::process::Command::new(imds_guard_tests::sandbox::guard_bin())
         .args(["suggest", "--socket"])
@@ -413,14 +413,22 @@ fn suggest(sb: &Sandbox) -> (String, u64) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("imds-guard suggest");
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut out = vec![0u8; 4096];
-    let n = stdout.read(&mut out).unwrap();
-    out.truncate(n);
-    let (peak, _) = imds_guard_tests::daemon::memory(child.id());
-    stdout.read_to_end(&mut out).unwrap();
-    assert!(child.wait().unwrap().success(), "suggest failed");
-    (String::from_utf8(out).unwrap(), peak)
+    let mut out = Vec::new();
+    child.stdout.take().expect("piped").read_to_end(&mut out).unwrap();
+    // Its peak over its whole life, from the kernel when it is reaped: reading /proc/PID/status
+    // while it runs races its exit (a policy that fits the pipe lets it exit before the first read
+    // returns, and a zombie has no VmHWM).
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child, which nothing else
+    // reaps (std::process::Child does not wait unless asked).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are valid for writes for the duration of the call.
+    let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "suggest failed: {status:#x}");
+    // ru_maxrss is in KiB on Linux.
+    (String::from_utf8(out).unwrap(), u64::try_from(usage.ru_maxrss).unwrap())
 }
 
 /// After a flood: `status` answers, a new denial is delivered (it shows in `imds-guard events`)
@@ -487,8 +495,7 @@ fn six_thousand_denials_from_long_named_executables_keep_the_daemon_under_64_mb(
     let (start_peak, _) = d.memory();
     let dir = long_dir(&sb.dir.join("exes"), 3990);
     let prog = dir.join("prog");
-    std::fs::copy(connect_bin(), &prog).unwrap();
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    imds_guard_tests::sandbox::copy_exe(connect_bin(), &prog, 0o755);
     // Distinct in their first 15 bytes too (the comm), so that no two are the same event.
     for i in 0..N {
         std::fs::hard_link(&prog, dir.join(format!("L{i:05}"))).unwrap();
