@@ -134,6 +134,56 @@ fn reload_switches_policy_and_a_broken_one_keeps_the_old() {
     assert_eq!(st["rule_entries"], 1, "the old generation's rules are gone");
 }
 
+/// A policy rewritten in place by a writer that pauses (`cat > policy.toml` fed slowly; a
+/// configuration tool that truncates, then writes) is never installed half-written: the daemon
+/// installs a changed file when its writer closes it, and a text nobody was seen finishing only
+/// once it has stayed the same for seconds. (Under QEMU a 120 ms pause once installed the first
+/// line alone: an enforce policy with no rules.)
+#[test]
+fn a_policy_rewritten_in_place_is_installed_once_its_writer_is_done() {
+    use std::io::Write as _;
+    let Some(sb) = Sandbox::new("reload_in_place", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let nobody = sb.client(NOBODY, NOBODY);
+    let reloads = |d: &imds_guard_tests::Daemon| {
+        d.events().into_iter().filter(|e| e["event"] == "policy_reloaded").collect::<Vec<_>>()
+    };
+    let before = reloads(&d).len();
+
+    // Truncated, its first line written, then a pause longer than the periodic look (2 s).
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&policy).unwrap();
+    f.write_all(b"mode = \"enforce\"\n").unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(reloads(&d).len(), before, "installed half-written: {:?}", reloads(&d));
+    assert_eq!(sb.client(0, 0).connect("169.254.169.254", 80).result, "connected");
+    f.write_all(b"\n[[allow]]\nuid = 0\n\n[[allow]]\nuser = \"nobody\"\n").unwrap();
+    drop(f);
+    let ok = d
+        .wait_event(Duration::from_secs(10), |e| e["event"] == "policy_reloaded")
+        .expect("installed once closed");
+    assert_eq!(ok["rules"], 2, "{ok}");
+    assert_eq!(reloads(&d).len(), before + 1, "{:?}", reloads(&d));
+    assert_eq!(nobody.connect("169.254.169.254", 80).result, "connected");
+
+    // A writer that keeps the file open: the text goes in once it has stayed the same for 5 s.
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&policy).unwrap();
+    let written = std::time::Instant::now();
+    f.write_all(b"[[allow]]\nuid = 0\n").unwrap();
+    f.flush().unwrap();
+    let deadline = written + Duration::from_secs(30);
+    while reloads(&d).len() < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "never installed: {}", d.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let waited = written.elapsed();
+    assert!(waited >= Duration::from_secs(5), "installed after {waited:?}, before it was quiet for 5 s");
+    assert_eq!(reloads(&d)[before + 1]["rules"], 1);
+    assert_eq!(nobody.connect("169.254.169.254", 80).result, "EPERM");
+    drop(f);
+}
+
 /// A denied identity connecting every 0.5 ms never gets through while the daemon is SIGKILLed,
 /// restarted, and upgraded twice to binaries whose maps have another layout (new maps, programs
 /// swapped into the same links, the message hook moved to the new sockhash, old maps removed).

@@ -101,17 +101,16 @@ pub async fn serve(
             biased;
             ready = watch.readable() => {
                 let mut ready = ready?;
-                let _ = ready.get_inner().0.read_events();
+                let seen = ready.get_inner().seen();
                 ready.clear_ready();
-                installer.send(Command::Changed);
+                installer.send(if seen.written { Command::Written } else { Command::Changed });
             }
             Some(update) = updates.recv() => match update {
                 Update::Watch(w) => {
                     // Changes since the installer made this watch, or that the old one still
                     // holds unread, may have come after the refresh read the file: another look.
                     // (Read here rather than trusted to the new registration's readiness.)
-                    let pending = |w: &Watch| w.0.read_events().is_ok_and(|e| !e.is_empty());
-                    let changed = pending(&w) | pending(watch.get_ref());
+                    let (new, old) = (w.seen(), watch.get_ref().seen());
                     // SAFETY: as above.
                     match unsafe { AsyncFd::register(w) } {
                         Ok(w) => watch = w,
@@ -119,7 +118,9 @@ pub async fn serve(
                         // what it would have seen.
                         Err(e) => tracing::error!("cannot wait on the new policy watch ({e}); keeping the old one"),
                     }
-                    if changed {
+                    if new.written || old.written {
+                        installer.send(Command::Written);
+                    } else if new.changed || old.changed {
                         installer.send(Command::Changed);
                     }
                 }

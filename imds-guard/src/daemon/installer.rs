@@ -21,6 +21,9 @@ use crate::{host::workload::PodDirectory, report::Reporter};
 pub enum Command {
     /// Something watched changed: re-read the file (once it settles) and re-resolve.
     Changed,
+    /// As `Changed`, and a writer is done with the policy file (closed it, or renamed a file into
+    /// its directory): a changed text can be installed at once.
+    Written,
     /// SIGHUP: reload the file.
     Reload,
     /// The periodic look: pins, uninspected connections, and a re-resolution.
@@ -90,12 +93,13 @@ fn run(owned: Owned, rx: &Receiver<Command>, updates: &tokio::sync::mpsc::Unboun
             pins.check(&enforcer.kernel, reporter.as_ref());
             uninspected.check(&enforcer.kernel, reporter.as_ref());
         }
-        if asked.contains(&Command::Changed) {
+        let written = asked.contains(&Command::Written);
+        if written || asked.contains(&Command::Changed) {
             // Let a burst of changes (an editor's save, a package upgrade) end first.
             std::thread::sleep(SETTLE);
         }
         let reason = if asked.contains(&Command::Reload) { Reason::Signal } else { Reason::FileChanged };
-        match rewatch(&mut reloader, &mut enforcer, Some(reason)) {
+        match rewatch(&mut reloader, &mut enforcer, Some(reason), written) {
             Ok(w) => {
                 let _ = updates.send(Update::Watch(w));
             }

@@ -92,7 +92,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let signals = rt.block_on(async { event_loop::Signals::new() })?;
     // Watch, then look once more, so that nothing that changed since the policy was read (a
     // unit's cgroup appearing, the file being edited) is missed; only then say we are ready.
-    let watch = watch::rewatch(&mut reloader, &mut enforcer, Some(reload::Reason::FileChanged))?;
+    let watch = watch::rewatch(&mut reloader, &mut enforcer, Some(reload::Reason::FileChanged), false)?;
     tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "watching");
     // Connections opened before the hooks were attached cannot be judged by them: report them
     // (and, if the policy says so, reset the ones denied processes hold).

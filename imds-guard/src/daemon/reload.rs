@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::install::Enforcer;
 use crate::{
@@ -24,6 +24,14 @@ use crate::{
 
 /// How long the policy file must stay unchanged before a change is installed.
 pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// How long a changed policy file must stay the same before it is installed when no writer was
+/// seen finishing with it (no close after writing, no rename into its directory: a change found by
+/// the periodic look, a file on a file system without notifications, a symlink to another
+/// directory). A writer that truncates the file and pauses (a slow `cat > policy.toml`) leaves a
+/// half-written file for as long as it pauses; 50 ms of agreement once installed such a file with
+/// no rules under QEMU.
+pub const UNWRITTEN_QUIET: Duration = Duration::from_secs(5);
 
 /// The file's text once two reads `SETTLE` apart agree: a file rewritten in place (truncate, then
 /// write) is never installed half-written, which could drop rules or, with only its first line,
@@ -72,6 +80,8 @@ pub struct Reloader {
     pub failures: u64,
     /// The policy file could not be read at the last look (reported once, when that began).
     unreadable: bool,
+    /// A changed text no writer was seen finishing, and since when it has been the same.
+    unwritten: Option<(Vec<u8>, Instant)>,
 }
 
 impl Reloader {
@@ -83,17 +93,41 @@ impl Reloader {
         policy: Policy,
         reporter: std::sync::Arc<dyn Reporter>,
     ) -> Self {
-        Reloader { config, host, source, policy, reporter, reloads: 0, failures: 0, unreadable: false }
+        Reloader {
+            config,
+            host,
+            source,
+            policy,
+            reporter,
+            reloads: 0,
+            failures: 0,
+            unreadable: false,
+            unwritten: None,
+        }
     }
 
     /// Called when something watched changed, or periodically: reloads if the file's text changed,
     /// else re-resolves the current text and installs it if what it resolves to changed.
-    pub fn refresh(&mut self, guard: &mut Enforcer) {
+    ///
+    /// `written`: a writer was seen finishing with the file (see [`super::watch::Seen`]); a
+    /// changed text is then installed once it settles. Otherwise it is installed only after it
+    /// has stayed the same for [`UNWRITTEN_QUIET`]: a file being rewritten in place is never
+    /// installed half-written because its writer paused.
+    pub fn refresh(&mut self, guard: &mut Enforcer, written: bool) {
         let read = crate::policy::source::read_bytes(&self.config);
         if read.is_ok() && std::mem::take(&mut self.unreadable) {
             tracing::info!(policy = %self.config.display(), "the policy file can be read again");
         }
         match read {
+            Ok(bytes)
+                if bytes != self.source.text.as_bytes() && !written && !self.quiet_since_changed(&bytes) =>
+            {
+                tracing::debug!(
+                    policy = %self.config.display(),
+                    "the policy file changed; installing it once its writer closes it or it stays the same for {} s",
+                    UNWRITTEN_QUIET.as_secs()
+                );
+            }
             Ok(bytes) if bytes != self.source.text.as_bytes() => match read_settled(&self.config) {
                 Ok(bytes) => {
                     let started = Instant::now();
@@ -129,6 +163,18 @@ impl Reloader {
                     let e = anyhow::anyhow!("{}: cannot read the policy file: {e}", self.config.display());
                     self.refused(guard, &e);
                 }
+            }
+        }
+    }
+
+    /// Whether `bytes`, a changed text, has been what the file held for [`UNWRITTEN_QUIET`];
+    /// remembers it otherwise.
+    fn quiet_since_changed(&mut self, bytes: &[u8]) -> bool {
+        match &self.unwritten {
+            Some((text, since)) if text == bytes => since.elapsed() >= UNWRITTEN_QUIET,
+            _ => {
+                self.unwritten = Some((bytes.to_vec(), Instant::now()));
+                false
             }
         }
     }
@@ -198,6 +244,7 @@ impl Reloader {
                 }));
                 self.source = source;
                 self.policy = policy;
+                self.unwritten = None;
             }
             Err(e) => self.refused(guard, &e),
         }
@@ -205,6 +252,7 @@ impl Reloader {
 
     fn refused(&mut self, guard: &Enforcer, e: &anyhow::Error) {
         self.failures += 1;
+        self.unwritten = None;
         tracing::error!(
             generation = guard.kernel.generation(),
             "policy refused, the previous policy stays enforced: {e:#}"
@@ -219,7 +267,11 @@ impl Reloader {
 
     /// An inotify instance watching the policy file's directory and every directory whose change
     /// can change what the rules resolve to.
-    pub fn watcher(&self, dirs: &BTreeSet<PathBuf>) -> nix::Result<Inotify> {
+    /// Also returns the watch of the policy file's directory and the file's name in it.
+    pub fn watcher(
+        &self,
+        dirs: &BTreeSet<PathBuf>,
+    ) -> nix::Result<(Inotify, Option<(WatchDescriptor, std::ffi::OsString)>)> {
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         let dir_events = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
@@ -229,12 +281,18 @@ impl Reloader {
             | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF;
+        let policy_dir = self.config.parent();
+        let mut policy = None;
         for dir in dirs {
-            if let Err(e) = ino.add_watch(dir.as_path(), dir_events) {
-                tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+            match ino.add_watch(dir.as_path(), dir_events) {
+                Ok(wd) if Some(dir.as_path()) == policy_dir => {
+                    policy = self.config.file_name().map(|n| (wd, n.to_owned()));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch: {e}"),
             }
         }
-        Ok(ino)
+        Ok((ino, policy))
     }
 
     #[must_use]
