@@ -134,6 +134,13 @@ pub struct GenConfig {
     pub strictest_imdsv1: u32,
     /// [`RawSockets`] as u32: whether processes no table admits may open raw IPv4/IPv6 sockets.
     pub raw_sockets: u32,
+    /// [`crate::rule::Read`] as u32: what processes no table admits may read (`read = ...` at the
+    /// top of the policy). `Nothing` (the default): refused at connect.
+    pub others_read: u32,
+    /// The strictest `read` of any table and of `others_read` short of `Nothing`: what a
+    /// connection the connect hooks did not judge gets (like `strictest_imdsv1`).
+    pub strictest_read: u32,
+    pub _pad: u32,
     /// SHA-256 of the policy's canonical form, shown by `status`.
     pub digest: [u8; 32],
 }
@@ -182,6 +189,9 @@ impl Default for GenConfig {
             rule_count: 0,
             strictest_imdsv1: crate::rule::Imdsv1Action::Log as u32,
             raw_sockets: RawSockets::Allow as u32,
+            others_read: crate::rule::Read::Nothing as u32,
+            strictest_read: crate::rule::Read::All as u32,
+            _pad: 0,
             digest: [0; 32],
         }
     }
@@ -274,3 +284,12 @@ impl GenConfig {
         Mode::from_u32(self.mode)
     }
 }
+
+// No implicit padding (the struct is `aya::Pod`): no gap before the one u64 field after the
+// probes' table, none at the end (there were 4 bytes at the end until `_pad`).
+const _: () = assert!(
+    core::mem::offset_of!(GenConfig, attach_cgroup_id)
+        == core::mem::offset_of!(GenConfig, exe_offsets) + size_of::<ExeOffsets>()
+);
+const _: () = assert!(core::mem::offset_of!(GenConfig, digest) + 32 == size_of::<GenConfig>());
+const _: () = assert!(size_of::<crate::sock::SockState>().is_multiple_of(8));

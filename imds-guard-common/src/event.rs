@@ -25,6 +25,9 @@ pub mod flags {
     /// Not a connect: a raw IPv4/IPv6 socket (`raw_sockets = "deny"`), refused with EPERM at
     /// `socket()` (with [`ENFORCED`]). No destination: port and address are zero.
     pub const RAW_SOCKET: u32 = 1 << 4;
+    /// Request: refused because the workload may not read its path (`read = "no-secrets"`); the
+    /// class is in [`super::RequestEvent::read_class`] (with [`ENFORCED`] when refused).
+    pub const READ_DENIED: u32 = 1 << 5;
 }
 
 /// Ancestors recorded with each event (parent, grandparent, ...).
@@ -150,7 +153,8 @@ pub struct RequestEvent {
     pub path_len: u32,
     /// The `[[allow]]` rule that let the connection through, or [`crate::sock::NO_RULE`].
     pub rule_index: u32,
-    pub _pad: u32,
+    /// With [`flags::READ_DENIED`]: the [`crate::path::class`] the path was refused as.
+    pub read_class: u32,
     pub task: TaskInfo,
     pub path: [u8; crate::http::PATH_MAX],
 }

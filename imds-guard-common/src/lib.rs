@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod event;
 pub mod http;
 pub mod maps;
+pub mod path;
 pub mod rule;
 pub mod sock;
 pub mod stats;

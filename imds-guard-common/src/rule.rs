@@ -86,6 +86,54 @@ impl Imdsv1Action {
     }
 }
 
+/// What a workload may read from the metadata service (`read = ...`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Read {
+    /// Everything (a table's default).
+    #[default]
+    All = 0,
+    /// Everything but the secrets: role credentials, identity credentials, user data
+    /// ([`crate::path`]).
+    NoSecrets = 1,
+    /// Nothing: refused at connect (what processes no table admits get by default).
+    Nothing = 2,
+}
+
+impl Read {
+    #[must_use]
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            0 => Read::All,
+            1 => Read::NoSecrets,
+            _ => Read::Nothing,
+        }
+    }
+
+    /// As the policy file spells it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Read::All => "all",
+            Read::NoSecrets => "no-secrets",
+            Read::Nothing => "none",
+        }
+    }
+
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Read::All, Read::NoSecrets, Read::Nothing].into_iter().find(|r| r.name() == name)
+    }
+
+    /// Whether every request on the workload's connections must be read (and so connections the
+    /// message hook cannot see are refused).
+    #[inline(always)]
+    #[must_use]
+    pub const fn restricted(self) -> bool {
+        !matches!(self, Read::All)
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RuleValue {
@@ -93,6 +141,18 @@ pub struct RuleValue {
     pub rule_index: u32,
     /// [`Imdsv1Action`] as u32.
     pub imdsv1: u32,
+    /// [`Read`] as u32.
+    pub read: u32,
+}
+
+impl RuleValue {
+    /// Whether the workload's requests must all be inspected: its tokenless requests are refused,
+    /// or what it may read is restricted.
+    #[inline(always)]
+    #[must_use]
+    pub const fn needs_inspection(&self) -> bool {
+        self.imdsv1 == Imdsv1Action::Deny as u32 || self.read != Read::All as u32
+    }
 }
 
 /// The identity of the process making a request, as far as the rules need it.

@@ -21,7 +21,8 @@ pub struct SockState {
     pub generation: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad: u32,
+    /// [`crate::rule::Read`] as u32: what the connecting workload may read.
+    pub read: u32,
     /// Who connected (the fallback attribution when the sender cannot be read).
     pub pid_tgid: u64,
     pub cgroup_id: u64,
@@ -35,6 +36,9 @@ pub struct SockState {
     pub writer_uid_gid: u64,
     pub writer_verdict: u32,
     pub writer_flags: u32,
+    /// What that writer may read ([`crate::rule::Read`] as u32).
+    pub writer_read: u32,
+    pub _pad: u32,
     /// Where the request being written stands.
     pub http: HttpState,
 }

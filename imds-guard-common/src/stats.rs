@@ -40,9 +40,12 @@ pub enum Stat {
     WritesDeniedHandedOver = 14,
     /// Raw IPv4/IPv6 sockets refused to processes no table admits (`raw_sockets = "deny"`).
     RawSocketsDenied = 15,
+    /// Requests refused because the workload may not read that path (`read = "no-secrets"`: a
+    /// secret, or a path not proven harmless).
+    RequestsDenied = 16,
 }
 
-pub const STAT_COUNT: u32 = 16;
+pub const STAT_COUNT: u32 = 17;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -62,6 +65,7 @@ impl Stat {
         Stat::ConnectionsUnsupported,
         Stat::WritesDeniedHandedOver,
         Stat::RawSocketsDenied,
+        Stat::RequestsDenied,
     ];
 
     #[must_use]
@@ -83,6 +87,7 @@ impl Stat {
             Stat::ConnectionsUnsupported => "connections_unsupported",
             Stat::WritesDeniedHandedOver => "writes_denied_handed_over",
             Stat::RawSocketsDenied => "raw_sockets_denied",
+            Stat::RequestsDenied => "requests_denied",
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::config::{GenConfig, MAX_PROBES, Mode};
 use crate::http::Finding;
-use crate::rule::{Identity, Imdsv1Action, RuleKey, RuleValue, field};
+use crate::rule::{Identity, Imdsv1Action, Read, RuleKey, RuleValue, field};
 use crate::stats::Stat;
 
 /// The key that probe `i` of `cfg` looks up for `id`, or `None` when that probe does not apply (past
@@ -76,6 +76,26 @@ where
     best
 }
 
+/// The terms a process gets: those of the rule it matches, or, when none does and the policy lets
+/// the others read (`read = "no-secrets"` at its top), the others' terms (no rule,
+/// [`crate::sock::NO_RULE`]; shape 0: nothing a debugger could borrow; the default `imdsv1`).
+#[inline(always)]
+#[must_use]
+pub fn admit(cfg: &GenConfig, found: Option<Match>) -> Option<Match> {
+    match found {
+        Some(m) => Some(m),
+        None if cfg.others_read != Read::Nothing as u32 => Some(Match {
+            value: RuleValue {
+                rule_index: crate::sock::NO_RULE,
+                imdsv1: cfg.default_imdsv1,
+                read: cfg.others_read,
+            },
+            shape: 0,
+        }),
+        None => None,
+    }
+}
+
 /// Fields a debugger attached to the process can borrow: the executable it runs, the cgroup it
 /// is in and its comm say nothing about whose code runs while it is traced. (uid and gid do: a
 /// tracer needs the same uid, or more.)
@@ -89,7 +109,7 @@ pub enum Refusal {
     /// A rule on `exe`, `cgroup` or `comm` matches, but the process is being traced.
     Traced,
     /// A rule matches, but the socket cannot be inspected and the workload's treatment
-    /// (`imdsv1 = "deny"`) needs every request inspected.
+    /// (`imdsv1 = "deny"`, or a restricted `read`) needs every request inspected.
     Uninspectable,
 }
 
@@ -118,7 +138,7 @@ pub fn judge_connect(
     };
     let refusal = if ctx.traced && m.shape & TRACE_SENSITIVE != 0 {
         Some(Refusal::Traced)
-    } else if ctx.uninspectable && m.value.imdsv1 == Imdsv1Action::Deny as u32 {
+    } else if ctx.uninspectable && m.value.needs_inspection() {
         Some(Refusal::Uninspectable)
     } else {
         None
@@ -217,6 +237,32 @@ pub const fn request_verdict(finding: Finding, action: Imdsv1Action) -> RequestV
     RequestVerdict { refuse, report, stat }
 }
 
+/// What a workload that may read `read` gets for a complete request (`finding` final) whose path
+/// is of class `path_class` ([`crate::path::classify`]): `None` when it may have it, else the class
+/// that refuses it. A restricted workload is refused the secrets, a path not proven harmless, and
+/// any write the classifier cannot vouch for (not HTTP, oversized, bytes after the request: a
+/// second request could hide there). The token PUT is always allowed (IMDSv2 needs it).
+#[inline(always)]
+#[must_use]
+pub const fn read_verdict(read: Read, finding: Finding, path_class: u32) -> Option<u32> {
+    if !read.restricted() {
+        return None;
+    }
+    match finding {
+        Finding::Incomplete | Finding::TokenPut | Finding::TokenPutForwarded => None,
+        Finding::NotHttp | Finding::Oversized | Finding::Trailing => Some(crate::path::class::UNREADABLE),
+        Finding::Imdsv1 | Finding::Imdsv2 => {
+            if matches!(read, Read::Nothing) {
+                Some(crate::path::class::UNREADABLE)
+            } else if path_class == crate::path::class::NONE {
+                None
+            } else {
+                Some(path_class)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -256,9 +302,11 @@ mod tests {
                 self.levels.push(level);
             }
             self.cfg.set_probes(&self.shapes, &self.levels).unwrap();
-            self.rules
-                .entry(key)
-                .or_insert(RuleValue { rule_index: index, imdsv1: Imdsv1Action::Log as u32 });
+            self.rules.entry(key).or_insert(RuleValue {
+                rule_index: index,
+                imdsv1: Imdsv1Action::Log as u32,
+                read: 0,
+            });
             self
         }
 
@@ -455,7 +503,7 @@ mod tests {
     fn traced_processes_lose_what_exe_cgroup_and_comm_rules_give_them() {
         use crate::config::Mode::{Enforce, Monitor};
         let m = |shape, imdsv1: Imdsv1Action| {
-            Some(Match { value: RuleValue { rule_index: 3, imdsv1: imdsv1 as u32 }, shape })
+            Some(Match { value: RuleValue { rule_index: 3, imdsv1: imdsv1 as u32, read: 0 }, shape })
         };
         let traced = ConnectContext { traced: true, uninspectable: false };
         let mptcp = ConnectContext { traced: false, uninspectable: true };
@@ -498,6 +546,64 @@ mod tests {
         }
         assert_eq!(judge_connect(Enforce, None, traced), (ConnectVerdict::Deny, Some(Refusal::NoRule)));
         assert_eq!(judge_connect(Monitor, None, plain), (ConnectVerdict::AllowAndReport, None));
+    }
+
+    #[test]
+    fn others_are_admitted_only_to_read_what_the_policy_lets_them() {
+        use crate::config::Mode::Enforce;
+        let mut cfg = GenConfig::default();
+        assert_eq!(admit(&cfg, None), None, "by default the others are refused at connect");
+        assert_eq!(
+            judge_connect(Enforce, admit(&cfg, None), ConnectContext::default()).0,
+            ConnectVerdict::Deny
+        );
+        cfg.others_read = Read::NoSecrets as u32;
+        cfg.default_imdsv1 = Imdsv1Action::Deny as u32;
+        let others = admit(&cfg, None).unwrap();
+        assert_eq!(
+            (others.value.rule_index, others.value.imdsv1, others.value.read, others.shape),
+            (crate::sock::NO_RULE, Imdsv1Action::Deny as u32, Read::NoSecrets as u32, 0)
+        );
+        assert_eq!(
+            judge_connect(Enforce, Some(others), ConnectContext::default()),
+            (ConnectVerdict::Allow, None)
+        );
+        // What the message hook could not read is refused to them, whatever their imdsv1.
+        cfg.default_imdsv1 = Imdsv1Action::Allow as u32;
+        let uninspectable = ConnectContext { traced: true, uninspectable: true };
+        assert_eq!(
+            judge_connect(Enforce, admit(&cfg, None), uninspectable),
+            (ConnectVerdict::Deny, Some(Refusal::Uninspectable)),
+            "shape 0: a debugger borrows nothing, but the socket cannot be read"
+        );
+        // A table's match is never replaced by the others' terms.
+        let table = Match { value: RuleValue { rule_index: 0, imdsv1: 1, read: 0 }, shape: field::UID };
+        assert_eq!(admit(&cfg, Some(table)), Some(table));
+    }
+
+    #[test]
+    fn read_verdicts_by_finding_and_path_class() {
+        use crate::path::class;
+        use Finding::*;
+        for f in [Imdsv1, Imdsv2, TokenPut, TokenPutForwarded, NotHttp, Oversized, Trailing, Incomplete] {
+            for c in [class::NONE, class::ROLE_CREDENTIALS, class::UNREADABLE] {
+                assert_eq!(read_verdict(Read::All, f, c), None, "{f:?} {c}");
+            }
+        }
+        for f in [Imdsv1, Imdsv2] {
+            assert_eq!(read_verdict(Read::NoSecrets, f, class::NONE), None);
+            for c in
+                [class::ROLE_CREDENTIALS, class::IDENTITY_CREDENTIALS, class::USER_DATA, class::UNREADABLE]
+            {
+                assert_eq!(read_verdict(Read::NoSecrets, f, c), Some(c), "{f:?}");
+            }
+        }
+        for f in [NotHttp, Oversized, Trailing] {
+            assert_eq!(read_verdict(Read::NoSecrets, f, class::NONE), Some(class::UNREADABLE), "{f:?}");
+        }
+        for f in [TokenPut, TokenPutForwarded, Incomplete] {
+            assert_eq!(read_verdict(Read::NoSecrets, f, class::UNREADABLE), None, "{f:?}");
+        }
     }
 
     #[test]

@@ -12,10 +12,10 @@ use aya_ebpf::{
 use imds_guard_common::{
     config::GenConfig,
     event::{AF_INET, AF_INET6, flags},
-    rule::{Identity, Imdsv1Action, RuleValue},
+    rule::{Identity, Read, RuleValue},
     sock::NO_RULE,
     stats::Stat,
-    verdict::{ConnectContext, ConnectVerdict, judge_connect},
+    verdict::{ConnectContext, ConnectVerdict, admit, judge_connect},
 };
 
 /// `SOCK_STREAM` and `IPPROTO_TCP`, as the context reports them.
@@ -108,13 +108,14 @@ fn judge(
     count(Stat::MetadataConnects);
     let comm = bpf_get_current_comm().unwrap_or_default();
     let id = crate::judge::identity(cfg, bpf_get_current_uid_gid(), comm);
-    let matched = crate::judge::find(cfg, &id);
+    // The rule that admits it, or the others' terms where the policy lets them read a part.
+    let matched = admit(cfg, crate::judge::find(cfg, &id));
     // What a matching rule may not vouch for: only looked at when a rule matched, and the traced
     // check only for rules that rest on what a debugger can borrow.
     let context = match matched {
         Some(m) => ConnectContext {
             traced: crate::judge::traced(cfg, m),
-            uninspectable: m.value.imdsv1 == Imdsv1Action::Deny as u32 && uninspectable(ctx, cfg),
+            uninspectable: m.value.needs_inspection() && uninspectable(ctx, cfg),
         },
         None => ConnectContext::default(),
     };
@@ -123,16 +124,25 @@ fn judge(
     // combination of the checks above, 10x the instructions.
     let flag = crate::judge::opaque(crate::judge::refusal_flag(refusal));
     let verdict = ConnectVerdict::from_u32(crate::judge::opaque(verdict.as_u32()));
+    // The terms the connection gets, likewise (a process no rule admits: monitor mode's).
+    let terms = matched
+        .map_or(RuleValue { rule_index: NO_RULE, imdsv1: cfg.default_imdsv1, read: Read::All as u32 }, |m| {
+            m.value
+        });
+    let terms = RuleValue {
+        rule_index: crate::judge::opaque(terms.rule_index),
+        imdsv1: crate::judge::opaque(terms.imdsv1),
+        read: crate::judge::opaque(terms.read),
+    };
     if connect && verdict != ConnectVerdict::Deny {
-        remember(ctx, cfg, &id, comm, matched.map(|m| m.value));
+        remember(ctx, cfg, &id, comm, terms);
     }
     match verdict {
         ConnectVerdict::Allow => count(Stat::Allowed),
         ConnectVerdict::Deny | ConnectVerdict::AllowAndReport => {
             count(if verdict == ConnectVerdict::Deny { Stat::Denied } else { Stat::Monitored });
             let enforced = if verdict == ConnectVerdict::Deny { flags::ENFORCED } else { 0 };
-            let rule = matched.map_or(NO_RULE, |m| m.value.rule_index);
-            crate::judge::report(cfg, &id, comm, enforced | flag, rule, family, port, addr);
+            crate::judge::report(cfg, &id, comm, enforced | flag, terms.rule_index, family, port, addr);
         }
     }
     verdict.retval()
@@ -166,21 +176,16 @@ fn uninspectable(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
 /// Keeps, with the socket, who connected and what its workload may do over IMDSv1, for the
 /// message hook (the socket-local storage goes away with the socket).
 #[inline(always)]
-fn remember(
-    ctx: &SockAddrContext,
-    cfg: &GenConfig,
-    id: &Identity,
-    comm: [u8; 16],
-    matched: Option<RuleValue>,
-) {
+fn remember(ctx: &SockAddrContext, cfg: &GenConfig, id: &Identity, comm: [u8; 16], terms: RuleValue) {
     let st = IMDSG_SOCKSTATE.get_or_insert_ptr_mut(ctx, None);
     if st.is_null() {
         return;
     }
     // SAFETY: a valid storage pointer for this socket, owned by this program run.
     let st = unsafe { &mut *st };
-    st.imdsv1 = matched.map_or(cfg.default_imdsv1, |v| v.imdsv1);
-    st.rule_index = matched.map_or(NO_RULE, |v| v.rule_index);
+    st.imdsv1 = terms.imdsv1;
+    st.read = terms.read;
+    st.rule_index = terms.rule_index;
     st.generation = cfg.generation;
     st.uid = id.uid;
     st.gid = id.gid;
@@ -190,5 +195,6 @@ fn remember(
     st.comm = comm;
     st.writer_tgid = 0;
     st.writer_generation = 0;
+    st.writer_read = Read::All as u32;
     st.http.reset();
 }

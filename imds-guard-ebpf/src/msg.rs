@@ -22,12 +22,14 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use imds_guard_common::{
+    config::Mode,
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
     http::Finding,
-    rule::{Identity, Imdsv1Action},
+    path::classify,
+    rule::{Identity, Imdsv1Action, Read},
     sock::{NO_RULE, SCAN_MAX, SockState},
     stats::Stat,
-    verdict::{ConnectContext, ConnectVerdict, judge_connect, request_verdict},
+    verdict::{ConnectContext, ConnectVerdict, admit, judge_connect, read_verdict, request_verdict},
 };
 
 use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCAN, count};
@@ -71,11 +73,11 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         // strictest treatment of the live policy and is attributed to its writer.
         adopt(st);
     }
-    if judge_writer(&ctx, st) {
+    let Some(read) = judge_writer(&ctx, st) else {
         // Whatever was gathered of a request goes with the refused write.
         st.http.reset();
         return SK_DROP;
-    }
+    };
     let size = ctx.size();
     let want = if size > SCAN_MAX { SCAN_MAX } else { size };
     // SAFETY: makes the first `want` bytes linear so that data..data_end covers them.
@@ -107,6 +109,16 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // Nothing computed above is used below but `n` (the same range on every path here), so
     // that the verifier walks the loop once, not once per way of getting here.
     let took = st.http.scan(&slot.buf, n);
+    // What the path reads, for `read`: worked out here, before anything branches on the request
+    // (the verifier then walks its loop once, not once per finding and verdict), and made opaque
+    // so that what follows is walked once too. (For every write: a request's path is known from
+    // the write its request line is in.)
+    let path_class = if Read::from_u32(read).restricted() {
+        classify(&st.http.path, u32::from(st.http.path_len), st.http.path_bytes)
+    } else {
+        0
+    };
+    let path_class = crate::judge::opaque(path_class);
     let size = ctx.size();
     // SAFETY: a volatile read of the slot's mark.
     let interleaved = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(slot.owner)) } != mark;
@@ -122,32 +134,51 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if v.refuse {
         count(Stat::Imdsv1Denied);
     }
-    if v.report {
-        report(&ctx, st, finding, v.refuse);
+    // What the workload may read, once its tokenless requests are dealt with.
+    let denied_read = if v.refuse { None } else { judge_read(read, finding, path_class) };
+    let refuse = v.refuse || denied_read.is_some_and(|(_, enforce)| enforce);
+    if let Some((class, enforce)) = denied_read {
+        count(Stat::RequestsDenied);
+        report(&ctx, st, finding, enforce, class);
+    } else if v.report {
+        report(&ctx, st, finding, v.refuse, 0);
     }
     // The message is judged; the next one starts a new request.
     st.http.reset();
-    if v.refuse { SK_DROP } else { SK_PASS }
+    if refuse { SK_DROP } else { SK_PASS }
+}
+
+/// Whether a complete request may be read by a workload that may read `read` (the stricter of
+/// what the connecting workload and the writer may): `None` when it may, else the
+/// [`imds_guard_common::path::class`] that refuses it and whether to refuse it (not in monitor
+/// mode, which reports only).
+#[inline(always)]
+fn judge_read(read: u32, finding: Finding, path_class: u32) -> Option<(u32, bool)> {
+    let read = Read::from_u32(read);
+    let class = read_verdict(read, finding, path_class)?;
+    let enforce = crate::maps::live_config().is_none_or(|cfg| cfg.mode() == Mode::Enforce);
+    Some((crate::judge::opaque(class), enforce))
 }
 
 /// Judges a writer that is not the process that connected, or whose ids changed since (a socket
 /// passed over `SCM_RIGHTS`, inherited across `fork`/`exec`, kept across `setuid`), as if it had
 /// connected now: once per writer and policy generation, remembered with the socket. A writer the
-/// policy does not admit has every write refused (true) and reported as `connect_denied` with
-/// [`flags::HANDED_OVER`]; in monitor mode, reported only.
+/// policy does not admit has every write refused (`None`) and reported as `connect_denied` with
+/// [`flags::HANDED_OVER`]; in monitor mode, reported only. Otherwise returns what the write may
+/// read ([`Read`] as u32): the stricter of what the connecting workload and the writer may.
 #[inline(always)]
-fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> bool {
+fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == (st.pid_tgid >> 32) as u32 && uid_gid == (u64::from(st.gid) << 32 | u64::from(st.uid)) {
-        return false;
+        return Some(st.read);
     }
-    let Some(cfg) = crate::maps::live_config() else { return false };
+    let Some(cfg) = crate::maps::live_config() else { return Some(st.read) };
     let comm = crate::task::current_comm(&cfg.exe_offsets);
     if st.writer_tgid != tgid || st.writer_uid_gid != uid_gid || st.writer_generation != cfg.generation {
         let id = crate::judge::identity(cfg, uid_gid, comm);
-        let matched = crate::judge::find(cfg, &id);
+        let matched = admit(cfg, crate::judge::find(cfg, &id));
         let context = ConnectContext {
             traced: matches!(matched, Some(m) if crate::judge::traced(cfg, m)),
             uninspectable: false,
@@ -158,10 +189,12 @@ fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> bool {
         st.writer_generation = cfg.generation;
         st.writer_verdict = verdict.as_u32();
         st.writer_flags = crate::judge::refusal_flag(refusal);
+        st.writer_read = matched.map_or(Read::All as u32, |m| m.value.read);
     }
+    let read = if st.writer_read > st.read { st.writer_read } else { st.read };
     let verdict = ConnectVerdict::from_u32(st.writer_verdict);
     if verdict == ConnectVerdict::Allow {
-        return false;
+        return Some(read);
     }
     let refuse = verdict == ConnectVerdict::Deny;
     if refuse {
@@ -171,7 +204,7 @@ fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> bool {
     let id = Identity { uid: uid_gid as u32, gid: (uid_gid >> 32) as u32, ..Identity::default() };
     let flags = flags::HANDED_OVER | st.writer_flags | if refuse { flags::ENFORCED } else { 0 };
     crate::judge::report(cfg, &id, comm, flags, st.rule_index, family, port, addr);
-    refuse
+    if refuse { None } else { Some(read) }
 }
 
 /// The connection's destination as events give it: family, port (network order in the low 16
@@ -213,6 +246,7 @@ fn destination(ctx: &SkMsgContext) -> (u32, u32, [u8; 16]) {
 fn adopt(st: &mut SockState) {
     let Some(cfg) = crate::maps::live_config() else { return };
     st.imdsv1 = cfg.strictest_imdsv1;
+    st.read = cfg.strictest_read;
     st.rule_index = NO_RULE;
     st.generation = cfg.generation;
     let uid_gid = bpf_get_current_uid_gid();
@@ -225,24 +259,28 @@ fn adopt(st: &mut SockState) {
     st.cgroup_id = 0;
     st.writer_tgid = 0;
     st.writer_generation = 0;
+    st.writer_read = Read::All as u32;
     st.http.reset();
 }
 
+/// Reports the request; `class` non-zero: refused (or, in monitor mode, would be) for what it reads.
 #[inline(always)]
-fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool) {
+fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool, class: u32) {
     let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
         count(Stat::EventsDropped);
         return;
     };
     let (family, port, addr) = destination(ctx);
     // Method and path only where the request line was read as one.
-    let parsed = matches!(finding, Finding::Imdsv1 | Finding::Trailing | Finding::TokenPutForwarded);
+    let parsed =
+        class != 0 || matches!(finding, Finding::Imdsv1 | Finding::Trailing | Finding::TokenPutForwarded);
+    let read_denied = if class != 0 { flags::READ_DENIED } else { 0 };
     // The writer, which sendmsg runs as; the connect-time identity where it differs is kept in
     // the storage and not reported here.
     let uid_gid = bpf_get_current_uid_gid();
     let ev = entry.write(RequestEvent {
         kind: kind::IMDS_REQUEST,
-        flags: if deny { flags::ENFORCED } else { 0 },
+        flags: read_denied | if deny { flags::ENFORCED } else { 0 },
         // SAFETY: plain helper call.
         time_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         pid_tgid: bpf_get_current_pid_tgid(),
@@ -258,7 +296,7 @@ fn report(ctx: &SkMsgContext, st: &SockState, finding: Finding, deny: bool) {
         method: if parsed { u32::from(st.http.method()) } else { 0 },
         path_len: if parsed { u32::from(st.http.path_len) } else { 0 },
         rule_index: st.rule_index,
-        _pad: 0,
+        read_class: class,
         task: TaskInfo::default(),
         path: st.http.path,
     });

@@ -518,6 +518,41 @@ fn handed_over(sb: &Sandbox, how: &str) -> Value {
     got.remove(0)
 }
 
+/// Issue 21: a socket root connected (its table reads all) handed to a process that is admitted
+/// only as one of the others (`read = "no-secrets"`), by each of the three ways: the holder is
+/// judged by the stricter `read` of the two, so its credential requests on root's sockets are
+/// refused at the write (`EACCES`), tokenless or not, while the token PUT goes through.
+#[test]
+fn a_handed_over_socket_reads_no_more_than_its_holder_may() {
+    for how in ["setuid", "scm_rights", "fork_exec"] {
+        let Some(sb) = Sandbox::new(&format!("read_{how}"), ImdsMode::Optional) else { return };
+        let policy = sb.write("policy.toml", "read = \"no-secrets\"\n[[allow]]\nuid = 0\n");
+        let d = sb.daemon(&policy);
+        let r = handed_over(&sb, how);
+        assert_eq!(r["own_connect"], "connected", "{how}: the others may connect: {r}");
+        assert_eq!(r["v1"]["send"], "EACCES", "{how}: {r}");
+        assert_eq!(r["token"]["status"], "HTTP/1.1 200 OK", "{how}: {r}");
+        assert_eq!(r["v2"]["send"], "EACCES", "{how}: {r}");
+        let served: Vec<String> = sb.imds.requests().into_iter().map(|q| q.path).collect();
+        assert_eq!(served, ["/latest/api/token"], "{how}: only the token PUT reached the service");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let denied =
+            || d.events().into_iter().filter(|e| e["event"] == "request_denied").collect::<Vec<Value>>();
+        while denied().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let denied = denied();
+        assert_eq!(denied.len(), 2, "{how}: {denied:#?}");
+        for e in &denied {
+            assert_eq!(
+                (e["uid"].as_u64(), e["class"].as_str(), e["enforced"].as_bool(), e["rule"].as_u64()),
+                (Some(65534), Some("role-credentials"), Some(true), Some(0)),
+                "{how}: the writer, and the rule that admitted the connect: {e}"
+            );
+        }
+    }
+}
+
 /// A connected socket handed to an identity the policy does not admit (4a: the connecting process
 /// drops to nobody; 4b: SCM_RIGHTS to a process that was never root; 4c: inherited by a child that
 /// becomes nobody and execs another program). Issue 16: it used to carry the full IMDSv2 flow for

@@ -16,6 +16,14 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     println!("{}: ok", source.name);
     println!("  mode: {}", policy.mode.name());
     println!("  imdsv1 (default): {}", policy.default_imdsv1.name());
+    println!(
+        "  read (processes no table admits): {}",
+        match policy.others_read {
+            imds_guard_common::rule::Read::Nothing => "none (refused at connect)",
+            imds_guard_common::rule::Read::NoSecrets => "no-secrets (all but credentials and user data)",
+            imds_guard_common::rule::Read::All => "all",
+        }
+    );
     let eps: Vec<String> = policy
         .endpoints
         .v4
@@ -42,7 +50,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         serde_json::to_value(nf.reduced_mode)?.as_str().unwrap_or("?"),
         nf.nflog_group
     );
-    if policy.rules.is_empty() {
+    if policy.rules.is_empty() && policy.others_read == imds_guard_common::rule::Read::Nothing {
         println!("  no [[allow]] rules: every process is denied");
     }
     for r in &policy.rules {
@@ -50,11 +58,12 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
         // Names and paths come from the file: escaped, so that none can drive the terminal.
         let p = crate::policy::source::printable_message;
         println!(
-            "  {} (line {}): {}; imdsv1 {}{dup}",
+            "  {} (line {}): {}; imdsv1 {}; read {}{dup}",
             p(&r.name.to_string()),
             r.line,
             p(&r.resolved().join(" and ")),
-            r.imdsv1.name()
+            r.imdsv1.name(),
+            r.read.name()
         );
     }
     for w in &policy.warnings {

@@ -5,8 +5,8 @@
 use anyhow::Context as _;
 use imds_guard_common::{
     config::{GENERATION_SLOTS, GenConfig, Mode},
-    rule::RuleKey,
-    verdict::{ConnectVerdict, connect_verdict, find_rule},
+    rule::{Read, RuleKey},
+    verdict::{ConnectVerdict, admit, connect_verdict, find_match},
 };
 
 use crate::{
@@ -25,12 +25,17 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     let id = who.kernel_identity();
     let maps = pinned::open_maps(&args.pins.pin_dir)?;
     let cfg: GenConfig = maps.config.get(&(maps.active.generation % GENERATION_SLOTS), 0)?;
-    let matched = find_rule(
+    // The rule that admits it, or the others' terms (`read` at the top of the policy).
+    let matched = admit(
         &cfg,
-        &id,
-        |level| who.cgroup_ancestry.get(level as usize).copied().unwrap_or(0),
-        |k| maps.rules.get(k, 0).ok(),
-    );
+        find_match(
+            &cfg,
+            &id,
+            |level| who.cgroup_ancestry.get(level as usize).copied().unwrap_or(0),
+            |k| maps.rules.get(k, 0).ok(),
+        ),
+    )
+    .map(|m| m.value);
     let verdict = connect_verdict(cfg.mode(), matched);
     let live_digest: String = cfg.digest.iter().map(|b| format!("{b:02x}")).collect();
 
@@ -46,10 +51,22 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     let mode = (Mode::from_u32(cfg.mode)).name();
     match (verdict, matched) {
         (ConnectVerdict::Allow, Some(v)) => {
-            say(&format!(
-                "ALLOWED by allow[{}] (enforced policy generation {}, {mode})",
-                v.rule_index, cfg.generation
-            ));
+            let read = match Read::from_u32(v.read) {
+                Read::All => "everything".to_owned(),
+                Read::NoSecrets => "everything but the secrets (role and identity credentials, user data): read = \"no-secrets\"".to_owned(),
+                Read::Nothing => "nothing".to_owned(),
+            };
+            if v.rule_index == imds_guard_common::sock::NO_RULE {
+                say(&format!(
+                    "ALLOWED as one of the processes no table admits (enforced policy generation {}, {mode}); may read {read}",
+                    cfg.generation
+                ));
+            } else {
+                say(&format!(
+                    "ALLOWED by allow[{}] (enforced policy generation {}, {mode}); may read {read}",
+                    v.rule_index, cfg.generation
+                ));
+            }
         }
         (ConnectVerdict::Deny, _) => {
             say(&format!(

@@ -51,6 +51,17 @@ impl Degraded {
         else {
             return Ok(());
         };
+        if policy.others_read != imds_guard_common::rule::Read::Nothing {
+            // Not even with --allow-degraded: without the inspector, admitting the others to
+            // read a part would admit them to everything.
+            bail!(
+                "{} sets read = \"{}\" for processes no table admits, which this kernel cannot enforce: {} Refusing the policy: \
+                 remove that `read` (they are then refused at connect)",
+                policy.source,
+                policy.others_read.name(),
+                inspection.sentence()
+            );
+        }
         match policy.imdsv1_denial() {
             Some(rule) if !self.allowed => bail!(
                 "{rule}, which this kernel cannot enforce: {} Refusing the policy: remove the treatment, or run with --allow-degraded to \

@@ -73,7 +73,11 @@ impl Policy {
                 if !shared || seen.insert(k) {
                     entry(
                         RuleKey { generation, ..k },
-                        RuleValue { rule_index: rule.index, imdsv1: rule.imdsv1 as u32 },
+                        RuleValue {
+                            rule_index: rule.index,
+                            imdsv1: rule.imdsv1 as u32,
+                            read: rule.read as u32,
+                        },
                     );
                 }
             }
@@ -84,6 +88,8 @@ impl Policy {
         cfg.default_imdsv1 = self.default_imdsv1 as u32;
         cfg.strictest_imdsv1 = self.strictest_imdsv1() as u32;
         cfg.raw_sockets = self.raw_sockets as u32;
+        cfg.others_read = self.others_read as u32;
+        cfg.strictest_read = self.strictest_read() as u32;
         cfg.rule_count = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
         cfg
     }

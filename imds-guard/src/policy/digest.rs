@@ -13,6 +13,7 @@ impl Policy {
         h.update(self.mode.name());
         h.update(self.default_imdsv1.name());
         h.update(self.raw_sockets.name());
+        h.update(self.others_read.name());
         for a in &self.endpoints.v4 {
             h.update(a.octets());
         }
@@ -46,7 +47,7 @@ impl Policy {
                     buf.extend_from_slice(&k.comm[1].to_le_bytes());
                 }
             }
-            buf.extend_from_slice(&[u8::from(r.is_pending()), r.imdsv1 as u8]);
+            buf.extend_from_slice(&[u8::from(r.is_pending()), r.imdsv1 as u8, r.read as u8]);
             h.update(&buf);
         }
         h.update(self.netfilter.digest_input());

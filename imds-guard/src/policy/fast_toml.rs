@@ -117,6 +117,7 @@ impl<'i> Builder<'i> {
             imdsv1: None,
             preexisting: None,
             raw_sockets: None,
+            read: None,
             allow: Vec::new(),
             netfilter: None,
             kubernetes: None,
@@ -191,6 +192,7 @@ fn set_top(file: &mut PolicyFile, key: &str, span: Range<usize>, value: Value) -
         "imdsv1" => fill(&mut file.imdsv1, string(span, value)),
         "preexisting" => fill(&mut file.preexisting, string(span, value)),
         "raw_sockets" => fill(&mut file.raw_sockets, string(span, value)),
+        "read" => fill(&mut file.read, string(span, value)),
         "endpoints" => match value {
             Value::Strings(list) => fill(&mut file.endpoints, Some(Spanned::new(span, list))),
             _ => false,
@@ -218,6 +220,7 @@ fn set_allow(t: &mut AllowTable, key: &str, span: Range<usize>, value: Value) ->
         "namespace" => fill(&mut t.namespace, text(span, value)),
         "container" => fill(&mut t.container, text(span, value)),
         "imdsv1" => fill(&mut t.imdsv1, text(span, value)),
+        "read" => fill(&mut t.read, text(span, value)),
         _ => false,
     }
 }

@@ -5,7 +5,10 @@
 
 use std::{collections::BTreeSet, path::PathBuf};
 
-use imds_guard_common::{config::Mode, rule::Imdsv1Action};
+use imds_guard_common::{
+    config::Mode,
+    rule::{Imdsv1Action, Read},
+};
 use serde::Serialize;
 
 pub mod compile;
@@ -44,6 +47,10 @@ pub struct Policy {
     /// (which only get a connection in monitor mode).
     #[serde(serialize_with = "ser_imdsv1")]
     pub default_imdsv1: Imdsv1Action,
+    /// `read = ...` at the top: what processes no table admits may read (`Nothing`, the default:
+    /// they are refused at connect).
+    #[serde(serialize_with = "ser_read")]
+    pub others_read: Read,
     /// What the daemon does at start-up with connections denied processes opened before it.
     pub preexisting: Preexisting,
     /// `raw_sockets = ...`: whether processes no table admits may open raw IPv4/IPv6 sockets.
@@ -98,6 +105,11 @@ fn ser_raw_sockets<S: serde::Serializer>(
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn ser_read<S: serde::Serializer>(r: &Read, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str((*r).name())
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
 fn ser_mode<S: serde::Serializer>(m: &Mode, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str((*m).name())
 }
@@ -125,9 +137,6 @@ impl Policy {
         self.installed().any(|r| r.exe.is_some())
     }
 
-    /// What in the policy refuses tokenless IMDSv1 requests (which takes the request inspector),
-    /// said so that the operator finds it: `allow[1] "legacy" (p.toml line 7) sets imdsv1 = "deny"`,
-    /// or the top-level default; `None` when nothing does.
     /// The strictest IMDSv1 treatment of the policy (its default and every installed table's):
     /// what a metadata connection gets whose connect no hook of this build judged.
     #[must_use]
@@ -137,11 +146,29 @@ impl Policy {
             .fold(self.default_imdsv1, |a, b| if b as u32 > a as u32 { b } else { a })
     }
 
+    /// The strictest `read` of the installed tables and of the others (short of `none`, which
+    /// admits nothing): what a connection no connect hook of this build judged may read.
+    #[must_use]
+    pub fn strictest_read(&self) -> Read {
+        let others = if self.others_read == Read::Nothing { Read::All } else { self.others_read };
+        self.installed().map(|r| r.read).fold(others, Ord::max)
+    }
+
+    /// What in the policy needs every request read (the request inspector): a table that refuses
+    /// tokenless IMDSv1 requests or restricts what it reads, said so that the operator finds it
+    /// (`allow[1] "legacy" (p.toml line 7) sets imdsv1 = "deny"`), or the top-level default;
+    /// `None` when nothing does. (The others' `read` is [`Policy::others_read`], checked apart:
+    /// without the inspector it would admit everyone to everything.)
     #[must_use]
     pub fn imdsv1_denial(&self) -> Option<String> {
-        if let Some(r) = self.installed().find(|r| r.imdsv1 == Imdsv1Action::Deny) {
+        if let Some(r) = self.installed().find(|r| r.imdsv1 == Imdsv1Action::Deny || r.read.restricted()) {
+            let what = if r.imdsv1 == Imdsv1Action::Deny {
+                "imdsv1 = \"deny\"".to_owned()
+            } else {
+                format!("read = \"{}\"", r.read.name())
+            };
             return Some(format!(
-                "allow[{}] \"{}\" ({} line {}) sets imdsv1 = \"deny\"",
+                "allow[{}] \"{}\" ({} line {}) sets {what}",
                 r.index, r.name, self.source, r.line
             ));
         }

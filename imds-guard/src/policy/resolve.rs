@@ -6,7 +6,7 @@ use std::hash::BuildHasher as _;
 
 use imds_guard_common::{
     config::{GenConfig, MAX_PROBES, MAX_RULES, Mode, TooManyProbes},
-    rule::Imdsv1Action,
+    rule::{Imdsv1Action, Read},
 };
 use toml::Spanned;
 
@@ -37,6 +37,8 @@ impl Policy {
             ));
         }
         let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
+        let others_read =
+            parse_read(source, file.read.as_ref(), Read::Nothing, &[Read::Nothing, Read::NoSecrets])?;
         let kube = KubeConfig::from_table(source, file.kubernetes.as_ref())?;
         // The node's pods are read only when some table selects pods, once for all of them.
         let mut node = None;
@@ -55,6 +57,12 @@ impl Policy {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
             let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
             rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_deref(), default_imdsv1)?;
+            rule.read = parse_read(
+                source,
+                table.get_ref().read.as_deref(),
+                Read::All,
+                &[Read::All, Read::NoSecrets],
+            )?;
             set.add(source, table, rule)?;
         }
         let netfilter = netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
@@ -86,6 +94,7 @@ impl Policy {
             mode,
             endpoints,
             default_imdsv1,
+            others_read,
             preexisting,
             raw_sockets,
             pods: kube.dir.clone(),
@@ -296,6 +305,29 @@ fn warnings(rule: &Rule) -> Vec<String> {
     out
 }
 
+/// `read = ...`: one of `allowed` (a table may not say `"none"`: that is no table; the top level
+/// may not say `"all"`: that is monitor mode).
+fn parse_read(
+    source: &Source,
+    v: Option<&Spanned<String>>,
+    default: Read,
+    allowed: &[Read],
+) -> Result<Read, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    Read::from_name(v.get_ref()).filter(|r| allowed.contains(r)).ok_or_else(|| {
+        let names: Vec<String> = allowed.iter().map(|r| format!("\"{}\"", r.name())).collect();
+        let whom = if allowed.contains(&Read::All) {
+            "for a table"
+        } else {
+            "for processes no table admits (at the top of the policy)"
+        };
+        source.error_at(
+            Some(v.span()),
+            format!("unknown read `{}` {whom}: expected {}", v.get_ref(), names.join(" or ")),
+        )
+    })
+}
+
 fn parse_imdsv1(
     source: &Source,
     v: Option<&Spanned<String>>,
@@ -366,6 +398,7 @@ fn resolve_rule(
         comm: None,
         pods: None,
         imdsv1: Imdsv1Action::Log,
+        read: Read::All,
         user: None,
         group: None,
         duplicate_of: None,

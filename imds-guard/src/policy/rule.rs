@@ -1,7 +1,7 @@
 //! One `[[allow]]` table, resolved: the identities it names, the kernel keys they become, and
 //! how `check` shows them.
 
-use imds_guard_common::rule::{Imdsv1Action, RuleKey, comm_words, field};
+use imds_guard_common::rule::{Imdsv1Action, Read, RuleKey, comm_words, field};
 use serde::Serialize;
 
 use super::pods::PodMatch;
@@ -30,6 +30,8 @@ pub struct Rule {
     pub pods: Option<Box<PodRule>>,
     /// What this workload's tokenless (IMDSv1) requests get.
     pub imdsv1: Imdsv1Action,
+    /// What this workload may read (`read = ...`).
+    pub read: Read,
     /// The user and group names `uid` and `gid` were resolved from (`user = ...`, `group = ...`).
     pub user: Option<Box<str>>,
     pub group: Option<Box<str>>,
@@ -68,7 +70,7 @@ impl Serialize for RuleName {
 impl Serialize for Rule {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        let mut st = s.serialize_struct("Rule", 12)?;
+        let mut st = s.serialize_struct("Rule", 13)?;
         st.serialize_field("index", &self.index)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("line", &self.line)?;
@@ -82,6 +84,7 @@ impl Serialize for Rule {
             None => st.skip_field("pods")?,
         }
         st.serialize_field("imdsv1", self.imdsv1.name())?;
+        st.serialize_field("read", self.read.name())?;
         st.serialize_field("resolved", &self.resolved())?;
         match &self.waiting_for {
             Some(w) => st.serialize_field("waiting_for", w)?,

@@ -20,6 +20,9 @@ pub struct PolicyFile {
     pub preexisting: Option<Spanned<String>>,
     /// Raw IPv4/IPv6 sockets for processes no table admits: `"allow"` (default) or `"deny"`.
     pub raw_sockets: Option<Spanned<String>>,
+    /// What processes no table admits may read: `"none"` (default: refused at connect) or
+    /// `"no-secrets"`.
+    pub read: Option<Spanned<String>>,
     /// Allow rules: the keys of one table must all match; tables are alternatives.
     #[serde(default)]
     pub allow: Vec<Spanned<AllowTable>>,
@@ -86,4 +89,6 @@ pub struct AllowTable {
     pub container: Option<Box<Spanned<String>>>,
     /// This workload's tokenless (IMDSv1) requests: `"allow"`, `"log"` or `"deny"`.
     pub imdsv1: Option<Box<Spanned<String>>>,
+    /// What this workload may read: `"all"` (default) or `"no-secrets"`.
+    pub read: Option<Box<Spanned<String>>>,
 }

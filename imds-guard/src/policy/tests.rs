@@ -215,7 +215,10 @@ fn rules_serialize_with_rendered_names_and_resolved_keys() {
     let r0 = j["rules"][0].as_object().unwrap();
     let mut keys: Vec<&str> = r0.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["cgroup", "comm", "exe", "gid", "imdsv1", "index", "line", "name", "resolved", "uid"]);
+    assert_eq!(
+        keys,
+        ["cgroup", "comm", "exe", "gid", "imdsv1", "index", "line", "name", "read", "resolved", "uid"]
+    );
     assert_eq!(r0["name"], "allow[0]");
     assert_eq!(r0["resolved"], serde_json::json!(["user \"root\" = uid 0", "gid 8"]));
     assert_eq!((&r0["uid"], &r0["imdsv1"]), (&serde_json::json!(0), &serde_json::json!("log")));
@@ -373,4 +376,44 @@ fn the_strictest_imdsv1_treatment_covers_the_default_and_every_table() {
     assert_eq!(p.kernel_tables(1).0.strictest_imdsv1, Imdsv1Action::Deny as u32);
     let p = policy("imdsv1 = \"deny\"\n[[allow]]\nuid = 0\nimdsv1 = \"allow\"\n").unwrap();
     assert_eq!(p.strictest_imdsv1(), Imdsv1Action::Deny);
+}
+
+#[test]
+fn read_is_one_line_for_the_others_and_a_key_of_any_table() {
+    use imds_guard_common::{config::GenConfig, rule::Read};
+    // The default stays as safe as before: the others are refused at connect, tables read all.
+    let p = policy("[[allow]]\nuid = 0\n").unwrap();
+    assert_eq!((p.others_read, p.rules[0].read, p.strictest_read()), (Read::Nothing, Read::All, Read::All));
+    let p = policy("read = \"no-secrets\"\n[[allow]]\nuid = 0\n[[allow]]\nuid = 1\nread = \"no-secrets\"\n")
+        .unwrap();
+    assert_eq!(
+        (p.others_read, p.rules[0].read, p.rules[1].read),
+        (Read::NoSecrets, Read::All, Read::NoSecrets)
+    );
+    assert_eq!(p.strictest_read(), Read::NoSecrets);
+    let (cfg, entries): (GenConfig, _) = p.kernel_tables(7);
+    assert_eq!((cfg.others_read, cfg.strictest_read), (Read::NoSecrets as u32, Read::NoSecrets as u32));
+    let mut values: Vec<_> = entries.into_iter().map(|(_, v)| v).collect();
+    values.sort_by_key(|v| v.rule_index);
+    assert_eq!(values.iter().map(|v| v.read).collect::<Vec<_>>(), [Read::All as u32, Read::NoSecrets as u32]);
+    assert_eq!(
+        p.imdsv1_denial().as_deref(),
+        Some("allow[1] \"allow[1]\" (p.toml line 4) sets read = \"no-secrets\""),
+        "a restricted table needs the request inspector"
+    );
+    // It is part of what is enforced.
+    let other = policy("[[allow]]\nuid = 0\n[[allow]]\nuid = 1\n").unwrap();
+    let restricted = policy("[[allow]]\nuid = 0\n[[allow]]\nuid = 1\nread = \"no-secrets\"\n").unwrap();
+    assert_ne!(other.digest, restricted.digest);
+    // Each place takes only what makes sense there, and says so.
+    let e = policy("read = \"all\"\n[[allow]]\nuid = 0\n").unwrap_err().to_string();
+    assert!(
+        e.contains("p.toml:1:8") && e.contains("unknown read `all` for processes no table admits"),
+        "{e}"
+    );
+    assert!(e.contains("expected \"none\" or \"no-secrets\""), "{e}");
+    let e = policy("[[allow]]\nuid = 0\nread = \"none\"\n").unwrap_err().to_string();
+    assert!(e.contains("p.toml:3:8") && e.contains("expected \"all\" or \"no-secrets\""), "{e}");
+    let e = policy("[[allow]]\nuid = 0\nread = \"secrets\"\n").unwrap_err().to_string();
+    assert!(e.contains("unknown read `secrets` for a table"), "{e}");
 }

@@ -49,13 +49,17 @@ pub fn event(ev: &Event, ctx: &Context) -> Value {
             destination(&mut o, &c.dst, c.port, Some(&c.family), "tcp");
             CONNECT_KEYS
         }
-        Event::Imdsv1Request(q) | Event::TokenPutForwarded(q) | Event::ImdsRequestUnclassified(q) => {
+        Event::Imdsv1Request(q)
+        | Event::TokenPutForwarded(q)
+        | Event::ImdsRequestUnclassified(q)
+        | Event::RequestDenied(q) => {
             request(&mut o, q);
             REQUEST_KEYS
         }
         Event::Imdsv1RequestRepeated(r)
         | Event::TokenPutForwardedRepeated(r)
-        | Event::ImdsRequestUnclassifiedRepeated(r) => {
+        | Event::ImdsRequestUnclassifiedRepeated(r)
+        | Event::RequestDeniedRepeated(r) => {
             request(&mut o, &r.sample);
             REQUEST_KEYS
         }

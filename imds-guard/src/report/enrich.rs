@@ -54,6 +54,9 @@ impl Enricher {
             Record::Request(ev) => {
                 let finding = Finding::from_u32(ev.finding);
                 let r = self.request(ev, finding);
+                if ev.flags & imds_guard_common::event::flags::READ_DENIED != 0 {
+                    return Event::RequestDenied(r);
+                }
                 match finding {
                     Finding::TokenPutForwarded => Event::TokenPutForwarded(r),
                     Finding::Oversized | Finding::NotHttp | Finding::Trailing => {
@@ -103,6 +106,8 @@ impl Enricher {
                 _ => None,
             }
             .map(str::to_owned),
+            class: (ev.flags & imds_guard_common::event::flags::READ_DENIED != 0)
+                .then(|| imds_guard_common::path::class::name(ev.read_class).to_owned()),
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Event {
     TokenPutForwarded(Request),
     /// A request too long to classify (treated like IMDSv1).
     ImdsRequestUnclassified(Request),
+    /// A request the workload may not read (`read = "no-secrets"`): refused, or reported only in
+    /// monitor mode.
+    RequestDenied(Request),
     /// A forwarded packet to an endpoint (no local socket behind it).
     ForwardDenied(Packet),
     /// Reduced mode: a packet of a local process that no uid/gid rule allows.
@@ -42,6 +45,7 @@ pub enum Event {
     Imdsv1RequestRepeated(Repeated<Request>),
     TokenPutForwardedRepeated(Repeated<Request>),
     ImdsRequestUnclassifiedRepeated(Repeated<Request>),
+    RequestDeniedRepeated(Repeated<Request>),
     ForwardDeniedRepeated(Repeated<Packet>),
     OutputDeniedRepeated(Repeated<Packet>),
 }
@@ -64,6 +68,7 @@ impl Event {
             Event::Imdsv1Request(_) => "imdsv1_request",
             Event::TokenPutForwarded(_) => "token_put_forwarded",
             Event::ImdsRequestUnclassified(_) => "imds_request_unclassified",
+            Event::RequestDenied(_) => "request_denied",
             Event::ForwardDenied(_) => "forward_denied",
             Event::OutputDenied(_) => "output_denied",
             Event::PreexistingConnection(_) => "preexisting_connection",
@@ -78,6 +83,7 @@ impl Event {
             Event::Imdsv1RequestRepeated(_) => "imdsv1_request_repeated",
             Event::TokenPutForwardedRepeated(_) => "token_put_forwarded_repeated",
             Event::ImdsRequestUnclassifiedRepeated(_) => "imds_request_unclassified_repeated",
+            Event::RequestDeniedRepeated(_) => "request_denied_repeated",
             Event::ForwardDeniedRepeated(_) => "forward_denied_repeated",
             Event::OutputDeniedRepeated(_) => "output_denied_repeated",
         }
@@ -112,12 +118,14 @@ impl Event {
         match self {
             Event::ConnectDenied(c) => Some(&c.who),
             Event::ConnectDeniedRepeated(r) => Some(&r.sample.who),
-            Event::Imdsv1Request(r) | Event::TokenPutForwarded(r) | Event::ImdsRequestUnclassified(r) => {
-                Some(&r.who)
-            }
+            Event::Imdsv1Request(r)
+            | Event::TokenPutForwarded(r)
+            | Event::ImdsRequestUnclassified(r)
+            | Event::RequestDenied(r) => Some(&r.who),
             Event::Imdsv1RequestRepeated(r)
             | Event::TokenPutForwardedRepeated(r)
-            | Event::ImdsRequestUnclassifiedRepeated(r) => Some(&r.sample.who),
+            | Event::ImdsRequestUnclassifiedRepeated(r)
+            | Event::RequestDeniedRepeated(r) => Some(&r.sample.who),
             _ => None,
         }
     }
@@ -133,6 +141,7 @@ impl Event {
             Event::ConnectDenied(c) => Event::ConnectDeniedRepeated(r(c, &c.time, count, window_s)),
             Event::Imdsv1Request(q) => Event::Imdsv1RequestRepeated(r(q, &q.time, count, window_s)),
             Event::TokenPutForwarded(q) => Event::TokenPutForwardedRepeated(r(q, &q.time, count, window_s)),
+            Event::RequestDenied(q) => Event::RequestDeniedRepeated(r(q, &q.time, count, window_s)),
             Event::ImdsRequestUnclassified(q) => {
                 Event::ImdsRequestUnclassifiedRepeated(r(q, &q.time, count, window_s))
             }
@@ -147,14 +156,16 @@ impl Event {
     pub fn time(&self) -> Option<&str> {
         match self {
             Event::ConnectDenied(c) => Some(&c.time),
-            Event::Imdsv1Request(r) | Event::TokenPutForwarded(r) | Event::ImdsRequestUnclassified(r) => {
-                Some(&r.time)
-            }
+            Event::Imdsv1Request(r)
+            | Event::TokenPutForwarded(r)
+            | Event::ImdsRequestUnclassified(r)
+            | Event::RequestDenied(r) => Some(&r.time),
             Event::ForwardDenied(p) | Event::OutputDenied(p) => Some(&p.time),
             Event::ConnectDeniedRepeated(r) => Some(&r.first_time),
             Event::Imdsv1RequestRepeated(r)
             | Event::TokenPutForwardedRepeated(r)
-            | Event::ImdsRequestUnclassifiedRepeated(r) => Some(&r.first_time),
+            | Event::ImdsRequestUnclassifiedRepeated(r)
+            | Event::RequestDeniedRepeated(r) => Some(&r.first_time),
             Event::ForwardDeniedRepeated(r) | Event::OutputDeniedRepeated(r) => Some(&r.first_time),
             _ => None,
         }
@@ -169,6 +180,7 @@ impl Event {
                 | Event::Imdsv1RequestRepeated(_)
                 | Event::TokenPutForwardedRepeated(_)
                 | Event::ImdsRequestUnclassifiedRepeated(_)
+                | Event::RequestDeniedRepeated(_)
                 | Event::ForwardDeniedRepeated(_)
                 | Event::OutputDeniedRepeated(_)
         )
@@ -181,7 +193,8 @@ impl Event {
             Event::ConnectDeniedRepeated(r) => r.count,
             Event::Imdsv1RequestRepeated(r)
             | Event::TokenPutForwardedRepeated(r)
-            | Event::ImdsRequestUnclassifiedRepeated(r) => r.count,
+            | Event::ImdsRequestUnclassifiedRepeated(r)
+            | Event::RequestDeniedRepeated(r) => r.count,
             Event::ForwardDeniedRepeated(r) | Event::OutputDeniedRepeated(r) => r.count,
             _ => 1,
         }
@@ -325,6 +338,12 @@ pub struct Request {
     /// line) or `"trailing"` (bytes after the request's header block in the same write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unclassified: Option<String>,
+    /// Only on `request_denied`: what the path reads that the workload may not —
+    /// `"role-credentials"`, `"identity-credentials"`, `"user-data"`, or `"unreadable-path"` (not
+    /// proven harmless: percent-encoded, dot or empty segments, longer than 96 bytes, a request
+    /// line split across writes, not HTTP, or a second request in the same write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// `forward_denied` (forwarded, no local socket) and `output_denied` (reduced mode: sent by a

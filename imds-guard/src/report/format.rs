@@ -84,7 +84,8 @@ pub fn as_written(ev: &Event) -> std::borrow::Cow<'_, Event> {
         Event::ConnectDeniedRepeated(r) => Some(&mut r.sample.who),
         Event::Imdsv1RequestRepeated(r)
         | Event::TokenPutForwardedRepeated(r)
-        | Event::ImdsRequestUnclassifiedRepeated(r) => Some(&mut r.sample.who),
+        | Event::ImdsRequestUnclassifiedRepeated(r)
+        | Event::RequestDeniedRepeated(r) => Some(&mut r.sample.who),
         _ => None,
     };
     if let Some(w) = who {

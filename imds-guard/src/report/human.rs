@@ -23,13 +23,17 @@ pub fn line(event: &Event) -> String {
             let _ = write!(out, "connect {}: {}:{}", verdict(c.enforced), c.dst, c.port);
             (&r.first_time, Some(&c.who), Some((r.count, r.window_s)))
         }
-        Event::Imdsv1Request(q) | Event::TokenPutForwarded(q) | Event::ImdsRequestUnclassified(q) => {
+        Event::Imdsv1Request(q)
+        | Event::TokenPutForwarded(q)
+        | Event::ImdsRequestUnclassified(q)
+        | Event::RequestDenied(q) => {
             request(&mut out, event, q);
             (&q.time, Some(&q.who), None)
         }
         Event::Imdsv1RequestRepeated(r)
         | Event::TokenPutForwardedRepeated(r)
-        | Event::ImdsRequestUnclassifiedRepeated(r) => {
+        | Event::ImdsRequestUnclassifiedRepeated(r)
+        | Event::RequestDeniedRepeated(r) => {
             request(&mut out, event, &r.sample);
             (&r.first_time, Some(&r.sample.who), Some((r.count, r.window_s)))
         }
@@ -61,6 +65,12 @@ fn request(out: &mut String, event: &Event, q: &super::event::Request) {
     let what = match event {
         Event::Imdsv1Request(_) | Event::Imdsv1RequestRepeated(_) => "IMDSv1 (tokenless) request",
         Event::TokenPutForwarded(_) | Event::TokenPutForwardedRepeated(_) => "token PUT with X-Forwarded-For",
+        Event::RequestDenied(_) | Event::RequestDeniedRepeated(_) => match q.class.as_deref() {
+            Some("role-credentials") => "request for role credentials",
+            Some("identity-credentials") => "request for identity credentials",
+            Some("user-data") => "request for user data",
+            _ => "request for a path not proven harmless",
+        },
         _ => "unclassified request",
     };
     let verdict = if q.enforced { "REFUSED" } else { "reported" };

@@ -247,6 +247,7 @@ impl Metrics {
             Event::Imdsv1Request(r) => request("imdsv1", r),
             Event::TokenPutForwarded(r) => request("token_put_forwarded", r),
             Event::ImdsRequestUnclassified(r) => request("unclassified", r),
+            Event::RequestDenied(r) => request("read_denied", r),
             Event::PolicyReloaded(r) => {
                 self.reloads.get_or_create(&Outcome { result: "ok".into() }).inc();
                 self.generation.set(i64::from(r.generation));
@@ -580,6 +581,7 @@ mod tests {
             rule: None,
             generation: 1,
             unclassified: None,
+            class: None,
         };
         m.observe(&Event::Imdsv1Request(q), false);
         let failed =

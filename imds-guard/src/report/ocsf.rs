@@ -65,12 +65,14 @@ pub fn event(ev: &Event, ctx: &Context) -> Value {
             let c = &r.sample;
             (connect(&c.who, c.enforced, &c.dst, c.port, ev, ctx), CONNECT_KEYS)
         }
-        Event::Imdsv1Request(q) | Event::TokenPutForwarded(q) | Event::ImdsRequestUnclassified(q) => {
-            (request(q, ev, ctx), REQUEST_KEYS)
-        }
+        Event::Imdsv1Request(q)
+        | Event::TokenPutForwarded(q)
+        | Event::ImdsRequestUnclassified(q)
+        | Event::RequestDenied(q) => (request(q, ev, ctx), REQUEST_KEYS),
         Event::Imdsv1RequestRepeated(r)
         | Event::TokenPutForwardedRepeated(r)
-        | Event::ImdsRequestUnclassifiedRepeated(r) => (request(&r.sample, ev, ctx), REQUEST_KEYS),
+        | Event::ImdsRequestUnclassifiedRepeated(r)
+        | Event::RequestDeniedRepeated(r) => (request(&r.sample, ev, ctx), REQUEST_KEYS),
         Event::ForwardDenied(p) | Event::OutputDenied(p) => (packet(p, ev, ctx), PACKET_KEYS),
         Event::ForwardDeniedRepeated(r) | Event::OutputDeniedRepeated(r) => {
             (packet(&r.sample, ev, ctx), PACKET_KEYS)

@@ -41,8 +41,10 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 /// reload under a connect storm; the netfilter forward drop; nothing reported degraded that the
 /// kernel supports; a traced process refused what exe and cgroup rules give; MPTCP refused where
 /// requests must be inspected; raw sockets refused by rules read through BTF (the cgroup's
-/// ancestors are ids before 6.0, pointers since). (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 13] = [
+/// ancestors are ids before 6.0, pointers since); `read` refusing the secrets in every spelling on
+/// every address family (the path classifier's loop on each verifier), and on a handed-over
+/// socket. (target, test, timeout in seconds)
+pub const SUBSET: [(&str, &str, u32); 15] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -60,6 +62,8 @@ pub const SUBSET: [(&str, &str, u32); 13] = [
     ("bypass", "a_traced_process_loses_what_exe_and_cgroup_rules_give_it", 240),
     ("bypass", "mptcp_cannot_carry_tokenless_requests_past_imdsv1_deny", 180),
     ("bypass", "raw_sockets_are_refused_to_processes_the_policy_does_not_admit", 240),
+    ("read", "the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family", 300),
+    ("bypass", "a_handed_over_socket_reads_no_more_than_its_holder_may", 240),
 ];
 
 /// The checks to run. `tests` (`--tests`): `<target>` (every test of that binary, from `list`) or

@@ -1,0 +1,170 @@
+//! `read`: who may read what. With `read = "no-secrets"` at the top of the policy, a process no
+//! table admits may connect and read the harmless metadata, and is refused the secrets (the role's
+//! name and credentials, the identity credentials, the user data) in the kernel, on the write that completes the request —
+//! in every spelling, over IPv4, IPv6 and IPv4-mapped IPv6; a table's own `read` restricts it
+//! likewise; the tables that keep `read = "all"` get everything.
+
+use std::time::Duration;
+
+use imds_guard_tests::{
+    ImdsMode, Sandbox,
+    fake_imds::{INSTANCE_ID, ROLE},
+};
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
+
+/// curl's IMDSv2 flow for `path` (as written: `--path-as-is`) at `base`, as `uid`: the body, or
+/// curl's error.
+fn get(sb: &Sandbox, uid: u32, base: &str, path: &str) -> Result<String, String> {
+    let c = sb.client(uid, uid);
+    let tok = c.curl(&[
+        "-f",
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        &format!("{base}/latest/api/token"),
+    ]);
+    if !tok.status.success() {
+        return Err(format!("token: {}", String::from_utf8_lossy(&tok.stderr)));
+    }
+    let token = String::from_utf8_lossy(&tok.stdout).into_owned();
+    let out = c.curl(&[
+        "-f",
+        "--path-as-is",
+        "-H",
+        &format!("X-aws-ec2-metadata-token: {token}"),
+        &format!("{base}{path}"),
+    ]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn denials(d: &imds_guard_tests::Daemon) -> Vec<Value> {
+    d.events().into_iter().filter(|e| e["event"] == "request_denied").collect()
+}
+
+#[test]
+fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family() {
+    let Some(sb) = Sandbox::new("read_others", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "read = \"no-secrets\"\n\n[[allow]]\nname = \"root\"\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let bases = ["http://169.254.169.254", "http://[fd00:ec2::254]", "http://[::ffff:169.254.169.254]"];
+    for base in bases {
+        // Harmless: connected, answered.
+        assert_eq!(
+            get(&sb, NOBODY, base, "/latest/meta-data/instance-id").as_deref(),
+            Ok(INSTANCE_ID),
+            "{base}"
+        );
+        for path in [
+            format!("{CREDS}{ROLE}"),
+            // The role list too: all of `security-credentials` is the role's.
+            CREDS.to_owned(),
+            format!("/latest/meta-data/iam/../iam/security-credentials/{ROLE}"),
+            format!("/latest/meta-data/iam/%73ecurity-credentials/{ROLE}"),
+            format!("/latest//meta-data/iam/security-credentials/{ROLE}"),
+            format!("/LATEST/META-DATA/IAM/SECURITY-CREDENTIALS/{ROLE}"),
+            format!("/2021-07-15/meta-data/iam/security-credentials/{ROLE}"),
+            "/latest/user-data".to_owned(),
+            "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance".to_owned(),
+        ] {
+            let r = get(&sb, NOBODY, base, &path);
+            assert!(r.is_err(), "{base}{path}: {r:?}");
+        }
+        // root's table keeps read = "all".
+        assert!(get(&sb, 0, base, &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId"), "{base}");
+    }
+    // Nothing secret of nobody's reached the service: what it served nobody was harmless.
+    let served: Vec<String> = sb.imds.requests().into_iter().map(|r| r.path).collect();
+    let creds = format!("{CREDS}{ROLE}");
+    assert_eq!(served.iter().filter(|p| **p == creds).count(), 3, "root's three: {served:?}");
+    assert!(
+        !served.iter().any(|p| p.contains("user-data") || p.contains("identity") || p.contains("..")),
+        "{served:?}"
+    );
+
+    // Each refusal reported, with the path, its class and no rule (the others).
+    std::thread::sleep(Duration::from_millis(300));
+    let denied = denials(&d);
+    assert_eq!(denied.len(), 9 * bases.len(), "{denied:#?}");
+    let classes: Vec<&str> = denied.iter().take(9).map(|e| e["class"].as_str().unwrap()).collect();
+    assert_eq!(
+        classes,
+        [
+            "role-credentials",
+            "role-credentials",
+            "unreadable-path",
+            "unreadable-path",
+            "unreadable-path",
+            "role-credentials",
+            "role-credentials",
+            "user-data",
+            "identity-credentials"
+        ]
+    );
+    for e in &denied {
+        assert_eq!(
+            (e["enforced"].as_bool(), e["uid"].as_u64(), e["comm"].as_str()),
+            (Some(true), Some(65534), Some("curl")),
+            "{e}"
+        );
+        assert!(e.get("rule").is_none(), "{e}");
+    }
+    assert_eq!(denied[0]["path"], format!("{CREDS}{ROLE}"));
+    assert_eq!(denied[0]["method"], "GET");
+    let st = sb.status_json();
+    assert_eq!(st["counters"]["requests_denied"], 9 * bases.len(), "{st}");
+}
+
+#[test]
+fn a_tables_read_restricts_it_and_the_sdk_cannot_fetch_credentials() {
+    let Some(sb) = Sandbox::new("read_table", ImdsMode::Optional) else { return };
+    let policy = sb.write(
+        "policy.toml",
+        "[[allow]]\nname = \"agent\"\nuid = 65534\nread = \"no-secrets\"\n\n[[allow]]\nname = \"root\"\nuid = 0\n",
+    );
+    let d = sb.daemon(&policy);
+    assert_eq!(
+        get(&sb, NOBODY, "http://169.254.169.254", "/latest/meta-data/instance-id").as_deref(),
+        Ok(INSTANCE_ID)
+    );
+    // botocore's credential fetch: the token PUT passes, the role list and credentials do not.
+    let script = sb.write(
+        "sdk.py",
+        r#"
+from botocore.utils import InstanceMetadataFetcher
+creds = InstanceMetadataFetcher(timeout=2, num_attempts=1).retrieve_iam_role_credentials()
+print("credentials" if creds.get("access_key") else "none")
+"#,
+    );
+    let out = sb
+        .client(NOBODY, NOBODY)
+        .command("/usr/bin/python3")
+        .arg(&script)
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "none", "{out:?}");
+    let e = d
+        .wait_event(Duration::from_secs(5), |e| e["event"] == "request_denied" && e["comm"] == "python3")
+        .expect("the SDK's fetch reported");
+    assert_eq!(
+        (e["class"].as_str(), e["rule"].as_u64(), e["enforced"].as_bool()),
+        (Some("role-credentials"), Some(0), Some(true)),
+        "{e}"
+    );
+    // A process no table admits is refused at connect, as before.
+    let r = sb.client(1000, 1000).connect("169.254.169.254", 80).result;
+    assert_eq!(r, "EPERM");
+    // Root's table reads everything.
+    assert!(
+        get(&sb, 0, "http://169.254.169.254", &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId")
+    );
+}
