@@ -723,6 +723,28 @@ fn run() -> Value {
             "before_ns_per_run": before, "before": "d22c25e (bpf_loop callbacks)"}),
         );
     }
+    // The same requests from a workload whose `read` is restricted: each complete request's
+    // path is also judged (issue 21's target: still ≤ 600 ns per request).
+    {
+        let before = d.events().iter().filter(|e| e["event"] == "policy_reloaded").count();
+        sb.write("policy.toml", "[[allow]]\nuid = 0\nread = \"no-secrets\"\n");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.events().iter().filter(|e| e["event"] == "policy_reloaded").count() == before {
+            assert!(Instant::now() < deadline, "the restricted policy was not installed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r0 = snap(&ours);
+        run_worker(&sb, 0, &sb.cgroup, &["imds", "500"]);
+        let r1 = snap(&ours);
+        let (o, runs) = delta(&r0, &r1, "imdsg_msg");
+        let plain =
+            kernel.iter().find(|k| k["program"] == "imdsg_msg").and_then(|k| k["ns_per_run"].as_f64());
+        kernel.push(json!({"program": "imdsg_msg", "what": "sk_msg, per request of a workload with read = \"no-secrets\"",
+            "runs": runs, "ns_per_run": o, "floor_ns_per_run": null, "over_floor_ns": null,
+            "target_over_floor_ns": null, "target_ns_per_run": 600.0,
+            "over_read_all_ns": plain.map(|p| o - p)}));
+        sb.write("policy.toml", small);
+    }
     // sock_create runs at every socket() in the cgroup (the workers make one per connect) and
     // returns at once for anything but a raw socket: no empty program to compare with, its
     // whole cost per run.
@@ -1031,14 +1053,22 @@ fn markdown(r: &Value) -> String {
         let signed = |v: &Value| v.as_f64().map_or("–".to_owned(), |x| format!("{x:+.1}"));
         let target = match (k["over_floor_ns"].as_f64(), k["target_ns_per_run"].as_f64()) {
             (Some(o), _) => format!("≤ +5 ns: {}", ok(o <= 5.0)),
-            (None, Some(t)) => format!(
-                "≤ {t:.0} ns: {} (metadata path; {:.1} ns at {}: {:.1}×)",
-                ok(k["ns_per_run"].as_f64().is_some_and(|x| x <= t)),
-                k["before_ns_per_run"].as_f64().unwrap_or(f64::NAN),
-                k["before"].as_str().unwrap_or("?"),
-                k["before_ns_per_run"].as_f64().unwrap_or(f64::NAN)
-                    / k["ns_per_run"].as_f64().unwrap_or(f64::NAN),
-            ),
+            (None, Some(t)) => {
+                let met = ok(k["ns_per_run"].as_f64().is_some_and(|x| x <= t));
+                match (k["before_ns_per_run"].as_f64(), k["over_read_all_ns"].as_f64()) {
+                    (Some(before), _) => format!(
+                        "≤ {t:.0} ns: {met} (metadata path; {before:.1} ns at {}: {:.1}×)",
+                        k["before"].as_str().unwrap_or("?"),
+                        before / k["ns_per_run"].as_f64().unwrap_or(f64::NAN),
+                    ),
+                    (None, Some(over)) => {
+                        format!(
+                            "≤ {t:.0} ns: {met} (metadata path; {over:+.1} ns over a workload that reads all)"
+                        )
+                    }
+                    (None, None) => format!("≤ {t:.0} ns: {met}"),
+                }
+            }
             (None, None) => "(metadata path)".into(),
         };
         let range = match (k["over_floor_ns_min"].as_f64(), k["over_floor_ns_max"].as_f64()) {
