@@ -147,6 +147,22 @@ static MASK: PerPrefix = TABLES.1;
 /// ... and 1 from its end on: a comparison that got that far has read the whole prefix.
 static REACHED: PerPrefix = TABLES.2;
 
+/// `x & mask`, as an index, passed through memory first: the compiler cannot then drop the mask
+/// as redundant (it can prove most of these values in bounds), and the verifier sees it applied.
+/// Linux 5.10's verifier forgets what it knew of a value spilled to the stack in fewer than 8
+/// bytes, and refused an index left unmasked that way ("math between map_value pointer and
+/// register with unbounded min value").
+#[inline(always)]
+fn ix(x: u32, mask: u32) -> usize {
+    let mut v = 0u32;
+    // SAFETY: a local variable.
+    let v = unsafe {
+        core::ptr::write_volatile(&raw mut v, x);
+        core::ptr::read_volatile(&raw const v)
+    };
+    (v & mask) as usize
+}
+
 /// The secret prefixes being compared from one start position: `alive` while every byte so far
 /// matched, `at` bytes in.
 #[derive(Clone, Copy)]
@@ -163,11 +179,11 @@ impl Track {
     /// Feeds lower-cased byte `l` when `on` (1), not when 0.
     #[inline(always)]
     fn step(&mut self, l: u32, on: u32) {
-        let at = self.at as usize & (P - 1);
+        let at = ix(self.at, P as u32 - 1);
         let mut k = 0;
         while k < 3 {
             let differs = (l ^ u32::from(PREFIX[k][at])) & u32::from(MASK[k][at]);
-            self.alive[k] &= u32::from(ZERO[differs as usize & 0xff]) | (on ^ 1);
+            self.alive[k] &= u32::from(ZERO[ix(differs, 0xff)]) | (on ^ 1);
             k += 1;
         }
         self.at += on;
@@ -176,7 +192,7 @@ impl Track {
     /// The class this start position reads (the first prefix that matched in full), or 0.
     #[inline(always)]
     fn class(&self) -> u32 {
-        let at = self.at as usize & (P - 1);
+        let at = ix(self.at, P as u32 - 1);
         let hit = |k: usize| self.alive[k] & u32::from(REACHED[k][at]);
         let (a, b, c) = (hit(0), hit(1), hit(2));
         // The first that hit, without a branch.
@@ -198,8 +214,8 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
     // Non-zero once the path is known not to be in canonical form: not wholly known, or not
     // starting with a slash.
     let d = len ^ total;
-    let whole = u32::from(ZERO[((d | d >> 8 | d >> 16 | d >> 24) & 0xff) as usize])
-        & u32::from(POSITIVE[len as usize]);
+    let whole =
+        u32::from(ZERO[ix(d | d >> 8 | d >> 16 | d >> 24, 0xff)]) & u32::from(POSITIVE[ix(len, 0xff)]);
     let mut bad: u32 = (whole ^ 1) | (u32::from(BYTE[usize::from(path[0])] & B_SLASH) ^ 1);
     // Segment state, and whether the first and the second slash have been read.
     let mut seg = SEG_OTHER as u32;
@@ -218,13 +234,13 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
             break;
         }
         let e = u32::from(BYTE[usize::from(path[i as usize])]);
-        let inside = u32::from(POSITIVE[(len.wrapping_sub(i) & 0xff) as usize]);
+        let inside = u32::from(POSITIVE[ix(len.wrapping_sub(i), 0xff)]);
         // The path ends at a `?`: its last segment ends there.
         let ends = live & inside & ((e >> 1) & 1);
         live &= ends ^ 1;
         let on = live & inside;
         let slash = e & 1 & on;
-        let seg_i = seg as usize & 3;
+        let seg_i = ix(seg, 3);
         bad |= (slash & u32::from(SLASH_BAD[seg_i])) | (ends & u32::from(END_BAD[seg_i]));
         bad |= on & ((e >> 3) & 1);
         let l = e >> 8;
@@ -240,11 +256,11 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
         i += 1;
     }
     // The last segment ends with the path (if no `?` ended it).
-    bad |= live & u32::from(END_BAD[seg as usize & 3]);
+    bad |= live & u32::from(END_BAD[ix(seg, 3)]);
     let found = first.class();
-    let found = found + u32::from(ZERO[found as usize & 0xff]) * second.class();
+    let found = found + u32::from(ZERO[ix(found, 0xff)]) * second.class();
     // bad != 0 → UNREADABLE, without a branch.
-    let ok = u32::from(ZERO[bad as usize & 0xff]);
+    let ok = u32::from(ZERO[ix(bad, 0xff)]);
     ok * found + (ok ^ 1) * class::UNREADABLE
 }
 
