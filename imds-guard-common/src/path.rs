@@ -1,6 +1,7 @@
 //! Which class of metadata a request path reads: the secrets a restricted workload may not
-//! (`read = "no-secrets"`) — the role's credentials, the instance-identity credentials, the user
-//! data — or anything else.
+//! (`read = "no-secrets"`) — credentials (AWS role and instance-identity credentials, Alibaba
+//! Cloud RAM role credentials, GCP service-account tokens, Azure managed-identity tokens, OCI
+//! instance-principal certificates and keys) and user data — or anything else.
 //!
 //! The judgement is deliberately one-sided. A path in canonical form (it starts with `/`, has no
 //! percent-encoding, no empty, `.` or `..` segment, no backslash, control or non-ASCII byte) is
@@ -10,26 +11,35 @@
 //! restricted workload is refused it. No metadata client sends such paths (curl, the AWS SDKs and
 //! CLI, cloud-init normalise theirs); an attacker hiding `iam/security-credentials` behind
 //! `%2e%2e` or `//` gets nothing. The secret prefixes are compared without regard to case, from
-//! the path's first and from its second segment (`/latest/…`, `/2021-07-15/…`, and a path with no
-//! version at all), so no spelling the service might accept slips through.
+//! the path's first and from its second segment (`/latest/…`, `/2021-07-15/…`, a path with no
+//! version at all, and the other clouds' `/computeMetadata/…`, `/metadata/…`, `/opc/…`), so no
+//! spelling a service might accept slips through.
 //!
 //! The kernel runs [`classify`] over the path the HTTP classifier kept ([`crate::http`]), in one
-//! bounded loop with no data-dependent branch but the loop's own.
+//! bounded loop whose body has no branch: the prefixes are one automaton (a trie of all of them),
+//! stepped with one table load per byte from each start position.
 
 use crate::http::PATH_MAX;
 
 /// What a path reads.
 pub mod class {
-    /// Nothing secret (placement, instance id, the token PUT, the role's name, ...).
+    /// Nothing secret (placement, instance id, the token PUT, ...).
     pub const NONE: u32 = 0;
-    /// `…/meta-data/iam/security-credentials…`: the role's temporary credentials.
+    /// AWS `…/meta-data/iam/security-credentials…` (the role's name and temporary credentials),
+    /// and Alibaba Cloud's `…/meta-data/ram/security-credentials…`.
     pub const ROLE_CREDENTIALS: u32 = 1;
-    /// `…/meta-data/identity-credentials…`: the instance-identity role's credentials.
+    /// AWS `…/meta-data/identity-credentials…`: the instance-identity role's credentials.
     pub const IDENTITY_CREDENTIALS: u32 = 2;
     /// `…/user-data…`: user data, which often holds secrets.
     pub const USER_DATA: u32 = 3;
     /// Not in canonical form or not wholly known: not proven harmless.
     pub const UNREADABLE: u32 = 4;
+    /// GCP `/computeMetadata/v1/instance/service-accounts…`: OAuth access and identity tokens.
+    pub const SERVICE_ACCOUNT: u32 = 5;
+    /// Azure `/metadata/identity…`: managed-identity tokens.
+    pub const MANAGED_IDENTITY: u32 = 6;
+    /// OCI `/opc/v1/identity…`, `/opc/v2/identity…`: the instance principal's certificate and key.
+    pub const INSTANCE_PRINCIPAL: u32 = 7;
 
     /// As events and `explain` name it.
     #[must_use]
@@ -39,17 +49,28 @@ pub mod class {
             ROLE_CREDENTIALS => "role-credentials",
             IDENTITY_CREDENTIALS => "identity-credentials",
             USER_DATA => "user-data",
+            SERVICE_ACCOUNT => "service-account-token",
+            MANAGED_IDENTITY => "managed-identity-token",
+            INSTANCE_PRINCIPAL => "instance-principal",
             _ => "unreadable-path",
         }
     }
 }
 
-/// The secret prefixes, as they follow a segment boundary, lower-case; the index + 1 is the class.
-pub const SECRETS: [&[u8]; 3] =
-    [b"meta-data/iam/security-credentials", b"meta-data/identity-credentials", b"user-data"];
-
-/// Room for any position in a path ([`PATH_MAX`] < 128; a power of two, for the index masks).
-const P: usize = 128;
+/// The secret prefixes, lower-case, as they follow a segment boundary (the first or the second
+/// slash of the path), with their class.
+pub const SECRETS: [(&[u8], u32); 10] = [
+    (b"meta-data/iam/security-credentials", class::ROLE_CREDENTIALS),
+    (b"meta-data/ram/security-credentials", class::ROLE_CREDENTIALS),
+    (b"meta-data/identity-credentials", class::IDENTITY_CREDENTIALS),
+    (b"user-data", class::USER_DATA),
+    (b"computemetadata/v1/instance/service-accounts", class::SERVICE_ACCOUNT),
+    (b"computemetadata/v1beta1/instance/service-accounts", class::SERVICE_ACCOUNT),
+    (b"metadata/identity", class::MANAGED_IDENTITY),
+    (b"opc/v1/identity", class::INSTANCE_PRINCIPAL),
+    (b"opc/v2/identity", class::INSTANCE_PRINCIPAL),
+    (b"openstack/latest/user_data", class::USER_DATA),
+];
 
 // The tables the kernel walks instead of comparing: a comparison compiles to a branch (BPF has no
 // set-on-condition), and a branch per byte whose outcome the verifier then knows would multiply
@@ -57,7 +78,7 @@ const P: usize = 128;
 // not know, so each byte is walked once.
 
 /// Bits of [`BYTE`]: the byte is `/`, `?`, `.`, or not allowed in a canonical path (control,
-/// non-ASCII, `%`, `\`, `#`); bits 8.. the byte in lower case.
+/// non-ASCII, `%`, `\`, `#`); bits 8.. its class in the prefixes' automaton (case folded).
 const B_SLASH: u16 = 1 << 0;
 const B_QUERY: u16 = 1 << 1;
 const B_DOT: u16 = 1 << 2;
@@ -72,7 +93,7 @@ const fn byte_entry(b: u8) -> u16 {
         _ if b < 0x21 || b > 0x7e => B_BAD,
         _ => 0,
     };
-    class | ((b.to_ascii_lowercase() as u16) << 8)
+    class | ((trie_class_of(b.to_ascii_lowercase()) as u16) << 8)
 }
 
 static BYTE: [u16; 256] = {
@@ -114,38 +135,87 @@ static SLASH_BAD: [u8; 4] = [1, 1, 1, 0];
 /// ... or end the path (`/.`, `/..`; a trailing `/` is fine).
 static END_BAD: [u8; 4] = [0, 1, 1, 0];
 
-/// One table per secret prefix.
-type PerPrefix = [[u8; P]; 3];
+/// The automaton's states: 0 the start, then the trie's nodes, [`DEAD`] once no prefix can
+/// match any more, and one absorbing state per class from [`ACCEPT`] on.
+const STATES: usize = 256;
+const DEAD: u8 = 247;
+const ACCEPT: u8 = 248;
+/// Byte classes of the automaton: each byte the prefixes use, and everything else.
+const CLASSES: usize = 64;
 
-const fn prefix_tables() -> (PerPrefix, PerPrefix, PerPrefix) {
-    let mut bytes = [[0u8; P]; 3];
-    let mut mask = [[0u8; P]; 3];
-    let mut reached = [[0u8; P]; 3];
+/// The bytes the prefixes are made of (all lower-case), each its own class; class 0 is any other.
+const fn trie_class_of(l: u8) -> u8 {
     let mut k = 0;
-    while k < 3 {
-        let p = SECRETS[k];
+    let mut seen = [false; 256];
+    let mut next = 1u8;
+    while k < SECRETS.len() {
+        let p = SECRETS[k].0;
         let mut i = 0;
-        while i < P {
-            if i < p.len() {
-                bytes[k][i] = p[i];
-                mask[k][i] = 0xff;
-            } else {
-                reached[k][i] = 1;
+        while i < p.len() {
+            if !seen[p[i] as usize] {
+                seen[p[i] as usize] = true;
+                if p[i] == l {
+                    return next;
+                }
+                next += 1;
             }
             i += 1;
         }
         k += 1;
     }
-    (bytes, mask, reached)
+    0
 }
 
-const TABLES: (PerPrefix, PerPrefix, PerPrefix) = prefix_tables();
-/// Each secret prefix, byte by byte ...
-static PREFIX: PerPrefix = TABLES.0;
-/// ... 0xff where a byte must match it, 0 past its end ...
-static MASK: PerPrefix = TABLES.1;
-/// ... and 1 from its end on: a comparison that got that far has read the whole prefix.
-static REACHED: PerPrefix = TABLES.2;
+type Trie = ([u8; STATES * CLASSES], [u8; STATES]);
+
+/// The transitions (state × class → state) and the class each state has read in full (0: none).
+const fn build_trie() -> Trie {
+    let mut next = [DEAD; STATES * CLASSES];
+    let mut accept = [0u8; STATES];
+    // Accepting and dead states are absorbing.
+    let mut s = DEAD as usize;
+    while s < STATES {
+        let mut c = 0;
+        while c < CLASSES {
+            next[s * CLASSES + c] = s as u8;
+            c += 1;
+        }
+        if s >= ACCEPT as usize {
+            accept[s] = (s - ACCEPT as usize) as u8;
+        }
+        s += 1;
+    }
+    let mut nodes = 1usize;
+    let mut k = 0;
+    while k < SECRETS.len() {
+        let (p, class) = SECRETS[k];
+        let mut at = 0usize;
+        let mut i = 0;
+        while i < p.len() {
+            let c = trie_class_of(p[i]) as usize;
+            let last = i + 1 == p.len();
+            let to = next[at * CLASSES + c];
+            if last {
+                next[at * CLASSES + c] = ACCEPT + class as u8;
+            } else if to == DEAD {
+                next[at * CLASSES + c] = nodes as u8;
+                at = nodes;
+                nodes += 1;
+                assert!(nodes < DEAD as usize, "too many trie nodes");
+            } else {
+                assert!(to < DEAD, "a secret prefix is a prefix of another");
+                at = to as usize;
+            }
+            i += 1;
+        }
+        k += 1;
+    }
+    (next, accept)
+}
+
+const TRIE: Trie = build_trie();
+static TRIE_NEXT: [u8; STATES * CLASSES] = TRIE.0;
+static TRIE_ACCEPT: [u8; STATES] = TRIE.1;
 
 /// `x & mask`, as an index, passed through memory first: the compiler cannot then drop the mask
 /// as redundant (it can prove most of these values in bounds), and the verifier sees it applied.
@@ -163,41 +233,29 @@ fn ix(x: u32, mask: u32) -> usize {
     (v & mask) as usize
 }
 
-/// The secret prefixes being compared from one start position: `alive` while every byte so far
-/// matched, `at` bytes in.
+/// One start position's walk through the automaton.
 #[derive(Clone, Copy)]
 struct Track {
-    alive: [u32; 3],
-    at: u32,
+    state: u32,
 }
 
 impl Track {
     const fn new() -> Self {
-        Track { alive: [1; 3], at: 0 }
+        Track { state: 0 }
     }
 
-    /// Feeds lower-cased byte `l` when `on` (1), not when 0.
+    /// Feeds a byte of trie class `c` when `on` (1), not when 0.
     #[inline(always)]
-    fn step(&mut self, l: u32, on: u32) {
-        let at = ix(self.at, P as u32 - 1);
-        let mut k = 0;
-        while k < 3 {
-            let differs = (l ^ u32::from(PREFIX[k][at])) & u32::from(MASK[k][at]);
-            self.alive[k] &= u32::from(ZERO[ix(differs, 0xff)]) | (on ^ 1);
-            k += 1;
-        }
-        self.at += on;
+    fn step(&mut self, c: u32, on: u32) {
+        let next = u32::from(TRIE_NEXT[ix((self.state << 6) | c, (STATES * CLASSES) as u32 - 1)]);
+        // on ? next : state, without a branch.
+        self.state ^= (self.state ^ next) & on.wrapping_neg();
     }
 
-    /// The class this start position reads (the first prefix that matched in full), or 0.
+    /// The class this start position has read in full, or 0.
     #[inline(always)]
     fn class(&self) -> u32 {
-        let at = ix(self.at, P as u32 - 1);
-        let hit = |k: usize| self.alive[k] & u32::from(REACHED[k][at]);
-        let (a, b, c) = (hit(0), hit(1), hit(2));
-        // The first that hit, without a branch.
-        a * class::ROLE_CREDENTIALS
-            + (a ^ 1) * (b * class::IDENTITY_CREDENTIALS + (b ^ 1) * c * class::USER_DATA)
+        u32::from(TRIE_ACCEPT[ix(self.state, STATES as u32 - 1)])
     }
 }
 
@@ -243,9 +301,9 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
         let seg_i = ix(seg, 3);
         bad |= (slash & u32::from(SLASH_BAD[seg_i])) | (ends & u32::from(END_BAD[seg_i]));
         bad |= on & ((e >> 3) & 1);
-        let l = e >> 8;
-        first.step(l, after_first & on);
-        second.step(l, after_second & on);
+        let c = e >> 8;
+        first.step(c, after_first & on);
+        second.step(c, after_second & on);
         after_second |= slash & after_first;
         after_first |= slash;
         // The segment state: reset by a slash, advanced by any other byte of the path.
@@ -304,9 +362,9 @@ mod tests {
         let joined = |from: usize| segs.get(from..).unwrap_or_default().join(&b'/');
         for from in [0, 1] {
             let rest = joined(from);
-            for (k, prefix) in SECRETS.iter().enumerate() {
+            for (prefix, class) in SECRETS {
                 if rest.starts_with(prefix) {
-                    return k as u32 + 1;
+                    return class;
                 }
             }
         }
@@ -372,6 +430,20 @@ mod tests {
             ("/latest/meta-data/placement/region?/../../user-data", NONE),
             ("/latest/user-dat", NONE),
             ("/latest/meta-data/iam/security-credential", NONE),
+            // The other clouds' secrets, and their harmless facts.
+            ("/latest/meta-data/ram/security-credentials/role", ROLE_CREDENTIALS),
+            ("/computeMetadata/v1/instance/service-accounts/default/token", SERVICE_ACCOUNT),
+            ("/computeMetadata/v1/instance/service-accounts/default/identity?audience=x", SERVICE_ACCOUNT),
+            ("/computeMetadata/v1beta1/instance/service-accounts/", SERVICE_ACCOUNT),
+            ("/computeMetadata/v1/instance/zone", NONE),
+            ("/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x", MANAGED_IDENTITY),
+            ("/metadata/instance?api-version=2021-02-01", NONE),
+            ("/metadata/instance/compute/location?api-version=2021-02-01&format=text", NONE),
+            ("/opc/v2/identity/key.pem", INSTANCE_PRINCIPAL),
+            ("/opc/v1/identity/cert.pem", INSTANCE_PRINCIPAL),
+            ("/opc/v2/instance/region", NONE),
+            ("/openstack/latest/user_data", USER_DATA),
+            ("/openstack/latest/meta_data.json", NONE),
         ] {
             assert_eq!(class::name(of(p.as_bytes())), class::name(c), "{p}");
         }
@@ -421,6 +493,17 @@ mod tests {
             Just("user-data".into()),
             Just("USER-data".into()),
             Just("placement".into()),
+            Just("computeMetadata".into()),
+            Just("v1".into()),
+            Just("instance".into()),
+            Just("service-accounts".into()),
+            Just("metadata".into()),
+            Just("identity".into()),
+            Just("opc".into()),
+            Just("v2".into()),
+            Just("ram".into()),
+            Just("openstack".into()),
+            Just("user_data".into()),
             Just("region".into()),
             Just("role".into()),
             Just("".into()),

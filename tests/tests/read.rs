@@ -122,6 +122,55 @@ fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family()
     assert_eq!(st["counters"]["requests_denied"], 9 * bases.len(), "{st}");
 }
 
+/// The same policy knows the other clouds' secrets on the same address: GCP service-account
+/// tokens, Azure managed-identity tokens, OCI instance-principal keys, Alibaba RAM credentials;
+/// their harmless facts go through (to the fake service, which answers 404 to them).
+#[test]
+fn every_clouds_credentials_are_secrets() {
+    let Some(sb) = Sandbox::new("read_clouds", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "read = \"no-secrets\"\n\n[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let nobody = sb.client(NOBODY, NOBODY);
+    let ask = |path: &str, header: &str| {
+        let out = nobody.curl(&["-H", header, &format!("http://169.254.169.254{path}")]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let secrets = [
+        (
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            "Metadata-Flavor: Google",
+            "service-account-token",
+        ),
+        (
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+            "Metadata: true",
+            "managed-identity-token",
+        ),
+        ("/opc/v2/identity/key.pem", "Authorization: Bearer Oracle", "instance-principal"),
+        (
+            "/latest/meta-data/ram/security-credentials/role",
+            "X-aliyun-ecs-metadata-token: t",
+            "role-credentials",
+        ),
+    ];
+    for (path, header, _) in secrets {
+        assert!(ask(path, header).contains("Permission denied"), "{path}: refused at the write");
+    }
+    for (path, header) in [
+        ("/computeMetadata/v1/instance/zone", "Metadata-Flavor: Google"),
+        ("/metadata/instance?api-version=2021-02-01", "Metadata: true"),
+        ("/opc/v2/instance/region", "Authorization: Bearer Oracle"),
+    ] {
+        assert_eq!(ask(path, header), "", "{path}: answered");
+    }
+    let served: Vec<String> = sb.imds.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(served.len(), 3, "only the harmless ones reached the service: {served:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let classes: Vec<String> =
+        denials(&d).iter().map(|e| e["class"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(classes, secrets.iter().map(|s| s.2).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_tables_read_restricts_it_and_the_sdk_cannot_fetch_credentials() {
     let Some(sb) = Sandbox::new("read_table", ImdsMode::Optional) else { return };
