@@ -66,6 +66,11 @@ pub enum Finding {
     /// Bytes follow the end of a request's header block in the same write (a body, or a second,
     /// pipelined request, which no metadata client sends): not classified (denied where v1 is).
     Trailing = 7,
+    /// A request without the AWS token header, in canonical form, to another cloud's API that
+    /// its own service refuses without its own header (GCP `/computeMetadata/`, Azure
+    /// `/metadata/`, OCI `/opc/v2/`): not IMDSv1. Set by the message hook from the path
+    /// ([`crate::path::other_cloud`]), never by the classifier.
+    OtherCloud = 8,
 }
 
 impl Finding {
@@ -79,6 +84,7 @@ impl Finding {
             5 => Finding::Imdsv1,
             6 => Finding::Oversized,
             7 => Finding::Trailing,
+            8 => Finding::OtherCloud,
             _ => Finding::Incomplete,
         }
     }

@@ -322,6 +322,37 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
     ok * found + (ok ^ 1) * class::UNREADABLE
 }
 
+/// Whether a tokenless request for `path` (of class `class`, from [`classify`]) is another
+/// cloud's request, which its own service refuses without its own header: GCP
+/// `/computeMetadata/` (`Metadata-Flavor: Google`), Azure `/metadata/` (`Metadata: true`), OCI
+/// `/opc/v2/` (`Authorization: Bearer Oracle`). Only a path in canonical form counts (an AWS
+/// service that resolved `/metadata/../latest/…` would otherwise be asked for IMDSv1 data
+/// unseen); exact case, as those services spell them. OCI's `/opc/v1/` and `/openstack/` are its
+/// legacy tokenless API, like IMDSv1, and Alibaba Cloud's paths are AWS's: not counted.
+#[inline(always)]
+#[must_use]
+pub fn other_cloud(path: &[u8; PATH_MAX], class: u32) -> bool {
+    const MARKERS: [&[u8]; 3] = [b"/computeMetadata/", b"/metadata/", b"/opc/v2/"];
+    if class == self::class::UNREADABLE {
+        return false;
+    }
+    let mut m = 0;
+    while m < MARKERS.len() {
+        let marker = MARKERS[m];
+        let mut same = true;
+        let mut i = 0;
+        while i < marker.len() {
+            same &= path[i] == marker[i];
+            i += 1;
+        }
+        if same {
+            return true;
+        }
+        m += 1;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -446,6 +477,35 @@ mod tests {
             ("/openstack/latest/meta_data.json", NONE),
         ] {
             assert_eq!(class::name(of(p.as_bytes())), class::name(c), "{p}");
+        }
+    }
+
+    #[test]
+    fn other_clouds_requests_are_told_apart_only_in_canonical_form() {
+        let judge = |p: &str| {
+            let mut buf = [0u8; PATH_MAX];
+            buf[..p.len()].copy_from_slice(p.as_bytes());
+            other_cloud(&buf, of(p.as_bytes()))
+        };
+        for p in [
+            "/computeMetadata/v1/instance/zone",
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            "/metadata/instance?api-version=2021-02-01",
+            "/opc/v2/instance/",
+        ] {
+            assert!(judge(p), "{p}");
+        }
+        for p in [
+            "/latest/meta-data/",
+            "/opc/v1/instance/",
+            "/openstack/latest/meta_data.json",
+            "/computemetadata/v1/",
+            "/metadata/../latest/meta-data/iam/security-credentials/r",
+            "/metadata/%2e%2e/latest/user-data",
+            "/metadata",
+            "/",
+        ] {
+            assert!(!judge(p), "{p}");
         }
     }
 

@@ -229,7 +229,7 @@ pub const fn request_verdict(finding: Finding, action: Imdsv1Action) -> RequestV
         Finding::TokenPutForwarded => Some(Stat::TokenPutForwarded),
         Finding::Imdsv1 => Some(Stat::Imdsv1Requests),
         Finding::Oversized | Finding::NotHttp | Finding::Trailing => Some(Stat::Unclassified),
-        Finding::Incomplete | Finding::Imdsv2 | Finding::TokenPut => None,
+        Finding::Incomplete | Finding::Imdsv2 | Finding::TokenPut | Finding::OtherCloud => None,
     };
     let refuse = unverified && matches!(action, Imdsv1Action::Deny);
     let report = (unverified && !matches!(action, Imdsv1Action::Allow))
@@ -251,7 +251,7 @@ pub const fn read_verdict(read: Read, finding: Finding, path_class: u32) -> Opti
     match finding {
         Finding::Incomplete | Finding::TokenPut | Finding::TokenPutForwarded => None,
         Finding::NotHttp | Finding::Oversized | Finding::Trailing => Some(crate::path::class::UNREADABLE),
-        Finding::Imdsv1 | Finding::Imdsv2 => {
+        Finding::Imdsv1 | Finding::Imdsv2 | Finding::OtherCloud => {
             if matches!(read, Read::Nothing) {
                 Some(crate::path::class::UNREADABLE)
             } else if path_class == crate::path::class::NONE {

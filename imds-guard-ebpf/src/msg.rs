@@ -25,7 +25,7 @@ use imds_guard_common::{
     config::Mode,
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
     http::Finding,
-    path::classify,
+    path::{classify, other_cloud},
     rule::{Identity, Imdsv1Action, Read},
     sock::{NO_RULE, SCAN_MAX, SockState},
     stats::Stat,
@@ -109,16 +109,6 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // Nothing computed above is used below but `n` (the same range on every path here), so
     // that the verifier walks the loop once, not once per way of getting here.
     let took = st.http.scan(&slot.buf, n);
-    // What the path reads, for `read`: worked out here, before anything branches on the request
-    // (the verifier then walks its loop once, not once per finding and verdict), and made opaque
-    // so that what follows is walked once too. (For every write: a request's path is known from
-    // the write its request line is in.)
-    let path_class = if Read::from_u32(read).restricted() {
-        classify(&st.http.path, u32::from(st.http.path_len), st.http.path_bytes)
-    } else {
-        0
-    };
-    let path_class = crate::judge::opaque(path_class);
     let size = ctx.size();
     // SAFETY: a volatile read of the slot's mark.
     let interleaved = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(slot.owner)) } != mark;
@@ -127,6 +117,20 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if !finding.is_final() {
         return SK_PASS; // the header block goes on in the next write
     }
+    // What the path reads: for `read`, and for a tokenless request, whose path may be another
+    // cloud's. Opaque before and after, so that the verifier walks the path's loop once or twice,
+    // not once per finding, and what follows once.
+    let tokenless = crate::judge::opaque(u32::from(finding == Finding::Imdsv1));
+    let finding = crate::judge::opaque(finding as u32);
+    let path_class = if Read::from_u32(read).restricted() || tokenless != 0 {
+        classify(&st.http.path, u32::from(st.http.path_len), st.http.path_bytes)
+    } else {
+        0
+    };
+    let path_class = crate::judge::opaque(path_class);
+    let finding = Finding::from_u32(finding);
+    let finding =
+        if tokenless != 0 && other_cloud(&st.http.path, path_class) { Finding::OtherCloud } else { finding };
     let v = request_verdict(finding, Imdsv1Action::from_u32(st.imdsv1));
     if let Some(stat) = v.stat {
         count(stat);

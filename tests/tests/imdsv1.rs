@@ -430,3 +430,47 @@ except OSError as e:
         sb.imds.requests()
     );
 }
+
+/// Issue 21: 169.254.169.254 is also GCP's, Azure's and OCI's metadata address, and agents probe
+/// them all. A GCP, Azure or OCI v2 request carries no AWS token, but those services refuse it
+/// without their own header: it is not an IMDSv1 request — neither refused under
+/// `imdsv1 = "deny"` nor reported. OCI's legacy `/opc/v1/` is tokenless, and a path the AWS
+/// service might resolve into its own (`/metadata/../latest/…`) is not taken for another cloud's.
+#[test]
+fn other_clouds_requests_are_not_imdsv1() {
+    let Some(sb) = Sandbox::new("v1_clouds", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
+    let d = sb.daemon(&policy);
+    let root = sb.client(0, 0);
+    let ask = |path: &str, header: &str| {
+        let out = root.curl(&["--path-as-is", "-H", header, &url(path)]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (path, header) in [
+        ("/computeMetadata/v1/instance/zone", "Metadata-Flavor: Google"),
+        ("/metadata/instance?api-version=2021-02-01", "Metadata: true"),
+        ("/opc/v2/instance/region", "Authorization: Bearer Oracle"),
+    ] {
+        assert_eq!(ask(path, header), "", "{path}: answered");
+    }
+    for (path, header) in [
+        ("/opc/v1/instance/region", "X-Probe: 1"),
+        ("/metadata/../latest/meta-data/iam/security-credentials/", "Metadata: true"),
+        ("/latest/meta-data/instance-id", "Metadata-Flavor: Google"),
+    ] {
+        assert!(ask(path, header).contains("Permission denied"), "{path}: refused as IMDSv1");
+    }
+    let served: Vec<String> = sb.imds.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(served.len(), 3, "{served:?}");
+    let reported: Vec<Value> = requests(&d);
+    let paths: Vec<&str> = reported.iter().map(|e| e["path"].as_str().unwrap_or_default()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/opc/v1/instance/region",
+            "/metadata/../latest/meta-data/iam/security-credentials/",
+            "/latest/meta-data/instance-id"
+        ],
+        "only the IMDSv1 ones reported: {reported:#?}"
+    );
+}

@@ -58,7 +58,9 @@ fn a_hundred_reloads_during_a_connect_storm_make_no_wrong_decision() {
             "nobody got through at some instant: {denied:?}"
         );
         let refused = denied[0]["storm"]["EPERM"].as_u64().unwrap_or(0);
-        assert!(ok > 1000 && refused > 1000, "the storms ran: {ok} allowed, {refused} refused");
+        // That the storms ran, not how fast: under QEMU (TCG) on a loaded 2-core host they made
+        // 373 and 721 connects in their 10 s (over 10,000 each on the host).
+        assert!(ok > 100 && refused > 100, "the storms ran: {ok} allowed, {refused} refused");
         assert!(last >= 101, "100 reloads happened (generation {last})");
         // Each reload removes the previous generation's entries in the background: once the last
         // removal is done the map holds the live generation's only (none leaked in 100 reloads).
