@@ -9,6 +9,13 @@ pub const PRESETS: &[(&str, &str, &[&str])] = &[
     ("aws-imds", "EC2 instance metadata service", &["169.254.169.254", "fd00:ec2::254"]),
     ("ecs-credentials", "ECS task credential endpoint", &["169.254.170.2"]),
     ("eks-pod-identity", "EKS Pod Identity agent", &["169.254.170.23", "fd00:ec2::23"]),
+    // The other clouds' metadata services (IPv4; their IPv6 addresses are not listed here: give
+    // them as literals). GCP, Azure and OCI share AWS's address.
+    ("gcp-metadata", "GCP metadata server (metadata.google.internal)", &["169.254.169.254"]),
+    ("azure-imds", "Azure Instance Metadata Service", &["169.254.169.254"]),
+    ("azure-wireserver", "Azure WireServer (Azure advises restricting it to root)", &["168.63.129.16"]),
+    ("oci-imds", "OCI instance metadata service", &["169.254.169.254"]),
+    ("alibaba-imds", "Alibaba Cloud ECS metadata service", &["100.100.100.200"]),
 ];
 
 pub const DEFAULT: &[&str] = &["aws-imds"];
@@ -101,6 +108,16 @@ mod tests {
         assert_eq!(e.v6.len(), 2);
         assert!(e.add("imds").unwrap_err().contains("aws-imds"));
         assert!(e.add("0.0.0.0").is_err());
+        let mut azure = Endpoints::default();
+        azure.add("azure-imds").unwrap();
+        azure.add("azure-wireserver").unwrap();
+        assert_eq!(
+            azure.v4,
+            ["169.254.169.254".parse::<Ipv4Addr>().unwrap(), "168.63.129.16".parse().unwrap()]
+        );
+        let mut ali = Endpoints::default();
+        ali.add("alibaba-imds").unwrap();
+        assert_eq!(ali.v4, ["100.100.100.200".parse::<Ipv4Addr>().unwrap()]);
     }
 
     #[test]
