@@ -134,6 +134,10 @@ pub struct GenConfig {
     pub strictest_imdsv1: u32,
     /// [`RawSockets`] as u32: whether processes no table admits may open raw IPv4/IPv6 sockets.
     pub raw_sockets: u32,
+    /// Non-zero when the response hook is attached (credential attribution, set by the daemon
+    /// for the kernel it runs on): only then does the message hook watch the responses to
+    /// requests for credentials.
+    pub credentials: u32,
     /// SHA-256 of the policy's canonical form, shown by `status`.
     pub digest: [u8; 32],
 }
@@ -182,6 +186,7 @@ impl Default for GenConfig {
             rule_count: 0,
             strictest_imdsv1: crate::rule::Imdsv1Action::Log as u32,
             raw_sockets: RawSockets::Allow as u32,
+            credentials: 0,
             digest: [0; 32],
         }
     }

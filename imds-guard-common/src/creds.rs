@@ -74,6 +74,16 @@ pub enum Outcome {
 
 mod scan;
 
+/// A watched response: the event it will be reported as (filled by the message hook when the
+/// request is written, its two values by the response hook as it reads), and where the reading
+/// stands. The value of [`crate::maps::CREDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Watch {
+    pub ev: crate::event::CredentialsEvent,
+    pub resp: RespState,
+}
+
 pub use scan::{CLASS, CLASSES, FRAME, FRAME_LEN, JSON, JSON_LEN, RespState, Walk};
 
 /// A kept value read back from the stream: its raw text, and whether it was cut (no closing mark).

@@ -35,6 +35,15 @@ pub struct SockState {
     pub writer_uid_gid: u64,
     pub writer_verdict: u32,
     pub writer_flags: u32,
+    /// The socket's cookie (its key in the sockhash), written by `sockops` when the connection is
+    /// established: the message hook has no helper for it, and the response hook finds the
+    /// credentials watch by it ([`crate::creds`]).
+    pub cookie: u64,
+    /// The request path's bytes after the first `http::PATH_MAX` (kept by the message hook from
+    /// the write that holds the path), and how many.
+    pub path_tail: [u8; crate::creds::PATH_TAIL],
+    pub path_tail_len: u32,
+    pub _pad2: u32,
     /// Where the request being written stands.
     pub http: HttpState,
 }

@@ -40,9 +40,14 @@ pub enum Stat {
     WritesDeniedHandedOver = 14,
     /// Raw IPv4/IPv6 sockets refused to processes no table admits (`raw_sockets = "deny"`).
     RawSocketsDenied = 15,
+    /// Responses that carried role credentials to a process, reported (`credentials_fetched`).
+    CredentialsFetched = 16,
+    /// Requests for credentials whose response could not be watched (the table of watched
+    /// responses was full): the process that fetched them is not named.
+    CredentialsUnwatched = 17,
 }
 
-pub const STAT_COUNT: u32 = 16;
+pub const STAT_COUNT: u32 = 18;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -62,6 +67,8 @@ impl Stat {
         Stat::ConnectionsUnsupported,
         Stat::WritesDeniedHandedOver,
         Stat::RawSocketsDenied,
+        Stat::CredentialsFetched,
+        Stat::CredentialsUnwatched,
     ];
 
     #[must_use]
@@ -83,6 +90,8 @@ impl Stat {
             Stat::ConnectionsUnsupported => "connections_unsupported",
             Stat::WritesDeniedHandedOver => "writes_denied_handed_over",
             Stat::RawSocketsDenied => "raw_sockets_denied",
+            Stat::CredentialsFetched => "credentials_fetched",
+            Stat::CredentialsUnwatched => "credentials_unwatched",
         }
     }
 }

@@ -24,6 +24,7 @@ const fn covered(e: &Event) -> &'static str {
         | Event::Imdsv1Request(_)
         | Event::TokenPutForwarded(_)
         | Event::ImdsRequestUnclassified(_)
+        | Event::CredentialsFetched(_)
         | Event::ForwardDenied(_)
         | Event::OutputDenied(_)
         | Event::PreexistingConnection(_)
@@ -38,11 +39,12 @@ const fn covered(e: &Event) -> &'static str {
         | Event::Imdsv1RequestRepeated(_)
         | Event::TokenPutForwardedRepeated(_)
         | Event::ImdsRequestUnclassifiedRepeated(_)
+        | Event::CredentialsFetchedRepeated(_)
         | Event::ForwardDeniedRepeated(_)
         | Event::OutputDeniedRepeated(_) => e.name(),
     }
 }
-const VARIANTS: usize = 21;
+const VARIANTS: usize = 23;
 
 /// The native examples of docs/EVENTS.md, in order (the JSON lines that read as events).
 fn doc_examples() -> Vec<Event> {

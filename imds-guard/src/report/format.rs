@@ -85,6 +85,7 @@ pub fn as_written(ev: &Event) -> std::borrow::Cow<'_, Event> {
         Event::Imdsv1RequestRepeated(r)
         | Event::TokenPutForwardedRepeated(r)
         | Event::ImdsRequestUnclassifiedRepeated(r) => Some(&mut r.sample.who),
+        Event::CredentialsFetchedRepeated(r) => Some(&mut r.sample.who),
         _ => None,
     };
     if let Some(w) = who {
