@@ -171,7 +171,9 @@ pub fn needle_scan<const N: usize>(mut s: u32, bytes: &[u8; N], len: u32) -> u32
         if i >= len {
             break;
         }
-        s = u32::from(NEEDLE_TABLE[(((s & 15) << 8) | u32::from(bytes[i as usize])) as usize & 4095]);
+        s = u32::from(
+            NEEDLE_TABLE[scan::index(u64::from(((s & 15) << 8) | u32::from(bytes[i as usize])), 4096)],
+        );
         i += 1;
     }
     s

@@ -466,8 +466,8 @@ const fn json_transition(s: u8, b: u8) -> u32 {
 
 /// JSON states (a power of two).
 const JSON_STATES: usize = 64;
-/// Entries of [`JSON`]: each state has a row for body bytes by class and one, the same for every
-/// class, for bytes that are not body (the head, chunk framing), which leave it as it is. The
+/// Entries of [`JSON`]: each state has a row, the same for every class, for bytes that are not
+/// body (the head, chunk framing), which leave it as it is, and one for body bytes by class. The
 /// row is picked by arithmetic, not by a test.
 pub const JSON_LEN: usize = JSON_STATES * 2 * CLASSES;
 
@@ -479,8 +479,8 @@ const fn build_json() -> [u32; JSON_LEN] {
         // States past the last one are never entered; they lead to DEAD like a bad byte.
         let state = if s > js::DEAD as usize { js::DEAD } else { s as u8 };
         while c < CLASSES {
-            t[(s << 7) | c] = json_transition(state, representative(c));
-            t[(s << 7) | CLASSES | c] = state as u32;
+            t[(s << 7) | c] = state as u32;
+            t[(s << 7) | CLASSES | c] = json_transition(state, representative(c));
             c += 1;
         }
         s += 1;
@@ -527,13 +527,23 @@ pub struct Walk {
 /// jump per byte is what the verifier cannot afford in a loop of 4096 bytes: it keeps one pending
 /// state per jump, at most 8,192).
 #[inline(always)]
-fn hide(x: u64) -> u64 {
+pub(super) fn hide(x: u64) -> u64 {
     let mut v = 0u64;
     // SAFETY: a local variable.
     unsafe {
         core::ptr::write_volatile(&raw mut v, x);
         core::ptr::read_volatile(&raw const v)
     }
+}
+
+/// `i` masked to a table of `len` entries (a power of two), through [`hide`]: the compiler keeps
+/// the mask (it would drop it as redundant, the indices being in range by construction), and the
+/// verifier needs it: before Linux 5.13 it knows nothing of an `|` of two unknown values, so an
+/// index so made is unbounded to it ("math between map_value pointer and register with unbounded
+/// min value" on 5.10) until an `&` with a constant bounds it again.
+#[inline(always)]
+pub(super) fn index(i: u64, len: usize) -> usize {
+    (hide(i) as usize) & (len - 1)
 }
 
 impl Walk {
@@ -544,7 +554,7 @@ impl Walk {
     #[inline(always)]
     pub fn step(&mut self, values: &mut [u8; VALUES_MAX], b: u8) {
         let c = u32::from(CLASS[usize::from(b)]) & (CLASSES as u32 - 1);
-        let fe = FRAME[((self.frame << 6) | c) as usize & (FRAME_LEN - 1)];
+        let fe = FRAME[index(u64::from((self.frame << 6) | c), FRAME_LEN)];
         let body = (fe >> 16) & 1;
         self.remaining =
             (self.remaining << ((fe >> 20) & 15)).wrapping_add((fe >> 24) & 15).wrapping_sub((fe >> 17) & 1);
@@ -553,7 +563,7 @@ impl Walk {
         let r = u64::from(self.remaining);
         let nonzero = (hide(r | r.wrapping_neg()) >> 60) & 8;
         self.frame = (fe >> nonzero) & 31;
-        let je = JSON[((self.json << 7) | ((body ^ 1) << 6) | c) as usize & (JSON_LEN - 1)];
+        let je = JSON[index(u64::from((self.json << 7) | (body << 6) | c), JSON_LEN)];
         self.json = je & 63;
         self.flags |= (je >> 6) & 3;
         // A full stream (VALUES_MAX written) takes nothing more: 8 exactly then.
