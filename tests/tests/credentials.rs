@@ -446,6 +446,76 @@ fn a_hostile_role_name_and_hostile_values_are_bounded_and_escaped() {
     assert_no_secret_anywhere(&sb, &d);
 }
 
+/// The bytes of every entry of the pinned map `name` (`bpftool map dump`), one `Vec` per entry.
+fn map_entries(sb: &Sandbox, name: &str) -> Vec<Vec<u8>> {
+    let dir = std::fs::read_dir(sb.pin_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("maps-")))
+        .expect("the maps' directory");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(dir.join(name))
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let bytes = |a: &Value| -> Vec<u8> {
+        a.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| {
+                        h.as_str().and_then(|h| u8::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    v.as_array().map(|es| es.iter().map(|e| bytes(&e["value"])).collect()).unwrap_or_default()
+}
+
+#[test]
+fn the_secret_is_in_no_map_while_a_response_is_read() {
+    let Some(sb) = Sandbox::new("creds_maps", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    // The response in 16-byte pieces with pauses, and a long token: its reading takes a second,
+    // during which the watch is in the map, part read.
+    sb.imds.configure(|o| {
+        o.pieces = Some(16);
+        o.token_padding = 3000;
+    });
+    let mut curl = sb
+        .client(0, 0)
+        .command("curl")
+        .args(["-sS", "--max-time", "20", &format!("http://169.254.169.254{CREDS}{ROLE}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut dumps, mut with_key) = (0, 0);
+    while curl.try_wait().unwrap().is_none() {
+        for entry in map_entries(&sb, "IMDSG_CREDS") {
+            assert_no_secret("the watch in IMDSG_CREDS", &entry);
+            dumps += 1;
+            if entry.windows(fake_imds::ACCESS_KEY_ID.len()).any(|w| w == fake_imds::ACCESS_KEY_ID.as_bytes())
+            {
+                with_key += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = curl.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(SESSION_TOKEN), "the client got it all: {out:?}");
+    assert!(
+        dumps > 0 && with_key > 0,
+        "the watch was seen part read ({dumps} dumps, {with_key} with the key id)"
+    );
+    assert_eq!(wait_creds(&d, 1).len(), 1);
+    assert!(map_entries(&sb, "IMDSG_CREDS").is_empty(), "the watch is gone once the response was read");
+    assert_no_secret_anywhere(&sb, &d);
+}
+
 /// The kernel's run count of the response hook of `pin_dir` (with run statistics on).
 fn response_hook_runs(pin_dir: &Path) -> u64 {
     const BPF_OBJ_GET: libc::c_long = 7;

@@ -41,8 +41,11 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 /// reload under a connect storm; the netfilter forward drop; nothing reported degraded that the
 /// kernel supports; a traced process refused what exe and cgroup rules give; MPTCP refused where
 /// requests must be inspected; raw sockets refused by rules read through BTF (the cgroup's
-/// ancestors are ids before 6.0, pointers since). (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 13] = [
+/// ancestors are ids before 6.0, pointers since); credential attribution, whose response hook
+/// (an sk_skb stream verdict program) changes how the kernel delivers a metadata connection's
+/// data, with the SDK on both attach paths, every byte of responses cut, chunked, kept alive and
+/// large arriving whole, and the secret in no map. (target, test, timeout in seconds)
+pub const SUBSET: [(&str, &str, u32); 17] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -60,6 +63,18 @@ pub const SUBSET: [(&str, &str, u32); 13] = [
     ("bypass", "a_traced_process_loses_what_exe_and_cgroup_rules_give_it", 240),
     ("bypass", "mptcp_cannot_carry_tokenless_requests_past_imdsv1_deny", 180),
     ("bypass", "raw_sockets_are_refused_to_processes_the_policy_does_not_admit", 240),
+    (
+        "credentials",
+        "the_aws_sdk_s_credential_fetch_is_attributed_once_with_its_key_and_never_its_secret",
+        300,
+    ),
+    ("credentials", "responses_in_pieces_chunked_and_on_kept_connections_reach_clients_whole", 300),
+    (
+        "credentials",
+        "large_responses_reach_clients_whole_and_a_long_credentials_response_is_still_attributed",
+        240,
+    ),
+    ("credentials", "the_secret_is_in_no_map_while_a_response_is_read", 180),
 ];
 
 /// The checks to run. `tests` (`--tests`): `<target>` (every test of that binary, from `list`) or
