@@ -123,6 +123,8 @@ fn read(ctx: &SkBuffContext, w: &mut Watch) {
 /// Reports the watch's event (its two values as read so far).
 #[inline(always)]
 fn emit(w: &mut Watch) {
+    // Counted whether or not the buffer has room: generated = delivered + aggregated + dropped.
+    count(Stat::CredentialsFetched);
     let Some(mut entry) = EVENTS.reserve::<CredentialsEvent>(0) else {
         count(Stat::EventsDropped);
         return;
@@ -137,7 +139,6 @@ fn emit(w: &mut Watch) {
     unsafe { core::ptr::copy_nonoverlapping(core::ptr::addr_of!(w.ev), entry.as_mut_ptr(), 1) };
     entry.submit(0);
     count(Stat::EventsSent);
-    count(Stat::CredentialsFetched);
 }
 
 /// Ends the watch of connection `cookie`, reporting what it read if that named a key id: its

@@ -306,9 +306,10 @@ impl Guard {
     }
 }
 
-/// Whether the message hook is attached through a bpf_link: the kernel's answer, unless
-/// `IMDS_GUARD_SK_MSG_ATTACH=map` asks for the older way (tests use it to run the path kernels
-/// before 6.10 take on any kernel).
+/// Whether the message hook (and the response hook: sockmap links came for both in 6.10) is
+/// attached through a bpf_link: the kernel's answer, unless `IMDS_GUARD_SK_MSG_ATTACH=map` asks
+/// for the older way for both (tests use it to run the path kernels before 6.10 take on any
+/// kernel).
 fn msg_attach_by_link() -> anyhow::Result<bool> {
     if std::env::var("IMDS_GUARD_SK_MSG_ATTACH").is_ok_and(|v| v == "map") {
         return Ok(false);

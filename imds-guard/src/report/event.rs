@@ -367,7 +367,8 @@ pub struct Credentials {
     pub role: Option<String>,
     /// The request path as written, cut at 128 bytes; `None` when it was not read as one.
     pub path: Option<String>,
-    /// The access key id the response named (`…` at the end when longer than 64 bytes).
+    /// The access key id the response named (`…` at the end when the kernel could not keep it
+    /// whole: 128 bytes for it and the expiry).
     pub access_key_id: String,
     /// The credentials' `Expiration` (`None` when the response ended before it).
     pub expiration: Option<String>,
