@@ -140,7 +140,10 @@ pub struct GenConfig {
     /// The strictest `read` of any table and of `others_read` short of `Nothing`: what a
     /// connection the connect hooks did not judge gets (like `strictest_imdsv1`).
     pub strictest_read: u32,
-    pub _pad: u32,
+    /// Non-zero when the response hook is attached (credential attribution, set by the daemon
+    /// for the kernel it runs on): only then does the message hook watch the responses to
+    /// requests for credentials.
+    pub credentials: u32,
     /// SHA-256 of the policy's canonical form, shown by `status`.
     pub digest: [u8; 32],
 }
@@ -191,7 +194,7 @@ impl Default for GenConfig {
             raw_sockets: RawSockets::Allow as u32,
             others_read: crate::rule::Read::Nothing as u32,
             strictest_read: crate::rule::Read::All as u32,
-            _pad: 0,
+            credentials: 0,
             digest: [0; 32],
         }
     }
@@ -286,7 +289,7 @@ impl GenConfig {
 }
 
 // No implicit padding (the struct is `aya::Pod`): no gap before the one u64 field after the
-// probes' table, none at the end (there were 4 bytes at the end until `_pad`).
+// probes' table, none at the end (there were 4 bytes at the end until `credentials` took them).
 const _: () = assert!(
     core::mem::offset_of!(GenConfig, attach_cgroup_id)
         == core::mem::offset_of!(GenConfig, exe_offsets) + size_of::<ExeOffsets>()

@@ -7,6 +7,8 @@ pub mod kind {
     pub const CONNECT_DENIED: u32 = 1;
     /// A request to a metadata endpoint worth reporting ([`super::RequestEvent`]).
     pub const IMDS_REQUEST: u32 = 2;
+    /// A response that carried credentials to a process ([`super::CredentialsEvent`]).
+    pub const CREDENTIALS_FETCHED: u32 = 3;
 }
 
 pub mod flags {
@@ -159,12 +161,52 @@ pub struct RequestEvent {
     pub path: [u8; crate::http::PATH_MAX],
 }
 
+/// Credentials a metadata endpoint sent to a process: who asked (the process that wrote the
+/// request, as [`RequestEvent`] names it), for what (the request path), and what the response
+/// named: the access key id and the expiry, read in the kernel ([`crate::creds`]). Never the
+/// secret access key or the session token.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CredentialsEvent {
+    /// [`kind::CREDENTIALS_FETCHED`].
+    pub kind: u32,
+    /// [`crate::creds::flag`]s.
+    pub flags: u32,
+    /// When the response was read (or, for one that did not end, when that was found).
+    pub time_boot_ns: u64,
+    /// The process that wrote the request.
+    pub pid_tgid: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// The cgroup and comm of the process that connected (as [`RequestEvent`]).
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub family: u32,
+    /// Destination port, host byte order.
+    pub port: u32,
+    pub addr: [u8; 16],
+    pub generation: u32,
+    pub rule_index: u32,
+    /// Bytes of `path` kept, and bytes the request path had (more: it was cut).
+    pub path_len: u32,
+    pub path_bytes: u32,
+    /// Bytes of `values` written.
+    pub values_len: u32,
+    pub _pad: u32,
+    pub task: TaskInfo,
+    pub path: [u8; crate::creds::EVENT_PATH_MAX],
+    /// The access key id and the expiry, as the scanner kept them ([`crate::creds::mark`],
+    /// read back with [`crate::creds::values`]).
+    pub values: [u8; crate::creds::VALUES_MAX],
+}
+
 /// One ring buffer record, read once: the daemon decides from it whether it repeats an earlier
 /// event and, if not, reports it.
 #[derive(Clone, Copy, Debug)]
 pub enum Record {
     Connect(ConnectEvent),
     Request(RequestEvent),
+    Credentials(CredentialsEvent),
 }
 
 impl Record {
@@ -181,8 +223,21 @@ impl Record {
                 // SAFETY: as above, for RequestEvent.
                 Some(Record::Request(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }))
             }
+            kind::CREDENTIALS_FETCHED if bytes.len() >= size_of::<CredentialsEvent>() => {
+                // SAFETY: as above, for CredentialsEvent.
+                Some(Record::Credentials(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }))
+            }
             _ => None,
         }
+    }
+}
+
+impl CredentialsEvent {
+    /// The record's bytes, as the kernel writes them (for tests of the readers).
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) plain data without padding bytes (every gap is an explicit field).
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(self).cast::<u8>(), size_of::<Self>()) }
     }
 }
 

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod config;
+pub mod creds;
 pub mod endpoint;
 pub mod event;
 pub mod http;

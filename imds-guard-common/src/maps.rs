@@ -24,7 +24,15 @@ pub const FAST: &str = ".data.imdsg";
 /// Per-socket state of metadata connections (socket-local storage): pinned like the rest, so
 /// that a restarted daemon's message hook finds what the previous one's connect hook recorded.
 pub const SOCKSTATE: &str = "IMDSG_SOCKSTATE";
-pub const ALL: [&str; 8] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE, TRACKED];
+pub const ALL: [&str; 9] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE, TRACKED, CREDS];
+
+/// `HashMap<u64, creds::Watch>`: connections whose request asked for credentials, by socket
+/// cookie, while their response is read (armed by the message hook, read by the response hook,
+/// removed when the response has been read or the connection closes).
+pub const CREDS: &str = "IMDSG_CREDS";
+
+/// Responses watched at once (entries are allocated as needed, about 720 bytes each).
+pub const CREDS_CAPACITY: u32 = 4096;
 
 /// `Array<u64>`, one entry: connections in [`SOCKETS`] now (added by `sockops` when it puts one
 /// in, taken away when the connection closes). The connect hook refuses connects that need
@@ -51,7 +59,7 @@ const LAYOUT_REVISION: u64 = 3;
 /// counters survive a restart); one of another layout (an upgrade that changed a struct) creates its
 /// own and swaps its programs in, so an upgrade never needs `unload`.
 pub const LAYOUT: u64 = {
-    let parts: [u64; 13] = [
+    let parts: [u64; 16] = [
         LAYOUT_REVISION,
         size_of::<crate::config::Active>() as u64,
         size_of::<crate::config::GenConfig>() as u64,
@@ -65,6 +73,9 @@ pub const LAYOUT: u64 = {
         size_of::<crate::event::ConnectEvent>() as u64,
         size_of::<crate::event::RequestEvent>() as u64,
         size_of::<crate::sock::SockState>() as u64,
+        size_of::<crate::event::CredentialsEvent>() as u64,
+        size_of::<crate::creds::Watch>() as u64,
+        CREDS_CAPACITY as u64,
     ];
     // FNV-1a over the parts.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

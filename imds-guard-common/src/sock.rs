@@ -39,6 +39,15 @@ pub struct SockState {
     /// What that writer may read ([`crate::rule::Read`] as u32).
     pub writer_read: u32,
     pub _pad: u32,
+    /// The socket's cookie (its key in the sockhash), written by `sockops` when the connection is
+    /// established: the message hook has no helper for it, and the response hook finds the
+    /// credentials watch by it ([`crate::creds`]).
+    pub cookie: u64,
+    /// The request path's bytes after the first `http::PATH_MAX` (kept by the message hook from
+    /// the write that holds the path), and how many.
+    pub path_tail: [u8; crate::creds::PATH_TAIL],
+    pub path_tail_len: u32,
+    pub _pad2: u32,
     /// Where the request being written stands.
     pub http: HttpState,
 }

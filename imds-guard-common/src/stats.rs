@@ -43,9 +43,14 @@ pub enum Stat {
     /// Requests refused because the workload may not read that path (`read = "no-secrets"`: a
     /// secret, or a path not proven harmless).
     RequestsDenied = 16,
+    /// Responses that carried role credentials to a process, reported (`credentials_fetched`).
+    CredentialsFetched = 17,
+    /// Requests for credentials whose response could not be watched (the table of watched
+    /// responses was full): the process that fetched them is not named.
+    CredentialsUnwatched = 18,
 }
 
-pub const STAT_COUNT: u32 = 17;
+pub const STAT_COUNT: u32 = 19;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -66,6 +71,8 @@ impl Stat {
         Stat::WritesDeniedHandedOver,
         Stat::RawSocketsDenied,
         Stat::RequestsDenied,
+        Stat::CredentialsFetched,
+        Stat::CredentialsUnwatched,
     ];
 
     #[must_use]
@@ -88,6 +95,8 @@ impl Stat {
             Stat::WritesDeniedHandedOver => "writes_denied_handed_over",
             Stat::RawSocketsDenied => "raw_sockets_denied",
             Stat::RequestsDenied => "requests_denied",
+            Stat::CredentialsFetched => "credentials_fetched",
+            Stat::CredentialsUnwatched => "credentials_unwatched",
         }
     }
 }

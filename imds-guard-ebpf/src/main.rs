@@ -7,7 +7,8 @@
 //!
 //! Request inspection touches metadata connections only: the connect hook gives such a socket
 //! local storage, `sockops` puts it (once established) into a sockhash, and the `sk_msg` program
-//! attached to that sockhash classifies what the process writes.
+//! attached to that sockhash classifies what the process writes. A stream verdict program on the
+//! same sockhash reads the responses to requests for credentials (`creds`).
 #![no_std]
 #![no_main]
 // The tracked-connections count is a BPF atomic add (maps::track), with the nightly compiler that
@@ -17,6 +18,7 @@
 
 mod bench;
 mod connect;
+mod creds;
 mod judge;
 mod maps;
 mod msg;

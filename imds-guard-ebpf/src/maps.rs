@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
+    creds::Watch,
     endpoint::{Fast, Prefilter, may_be_v6_with, passes},
-    maps::{EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
+    maps::{CREDS_CAPACITY, EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
     sock::{ScanSlot, SockState},
     stats::{STAT_COUNT, Stat},
@@ -31,6 +32,13 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 
 #[map(name = "IMDSG_SOCKETS")]
 pub static SOCKETS: SockHash<u64> = SockHash::pinned(SOCKETS_CAPACITY, 0);
+
+/// Responses to requests for credentials being read, by socket cookie (see `crate::creds`).
+/// Entries are allocated when a request for credentials is written (no preallocation: the table
+/// is empty almost always).
+#[map(name = "IMDSG_CREDS")]
+pub static CREDS: HashMap<u64, Watch> =
+    HashMap::pinned(CREDS_CAPACITY, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// How many connections are in `SOCKETS` (see `imds_guard_common::maps::TRACKED`).
 #[map(name = "IMDSG_TRACKED")]

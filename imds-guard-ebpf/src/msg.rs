@@ -23,8 +23,9 @@ use aya_ebpf::{
 };
 use imds_guard_common::{
     config::Mode,
+    creds::PATH_TAIL,
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
-    http::Finding,
+    http::{Finding, PATH_MAX},
     path::{classify, other_cloud},
     rule::{Identity, Imdsv1Action, Read},
     sock::{NO_RULE, SCAN_MAX, SockState},
@@ -109,6 +110,19 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // Nothing computed above is used below but `n` (the same range on every path here), so
     // that the verifier walks the loop once, not once per way of getting here.
     let took = st.http.scan(&slot.buf, n);
+    if took == st.http.bytes {
+        // The request began in this write: its path is in the slot. Keep what of it goes past
+        // the classifier's PATH_MAX, for credential attribution (a fixed-size window; its length
+        // says how much of it is the path).
+        let pb = st.http.path_bytes;
+        st.path_tail_len = 0;
+        if pb > PATH_MAX as u32 {
+            let at = ((st.http.path_at + PATH_MAX as u32) & (SCAN_MAX - 1)) as usize;
+            st.path_tail.copy_from_slice(&slot.buf.bytes[at..at + PATH_TAIL]);
+            let more = pb - PATH_MAX as u32;
+            st.path_tail_len = if more > PATH_TAIL as u32 { PATH_TAIL as u32 } else { more };
+        }
+    }
     let size = ctx.size();
     // SAFETY: a volatile read of the slot's mark.
     let interleaved = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(slot.owner)) } != mark;
@@ -146,6 +160,22 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         report(&ctx, st, finding, enforce, class);
     } else if v.report {
         report(&ctx, st, finding, v.refuse, 0);
+    }
+    if !refuse
+        && let Some(cfg) = crate::maps::live_config()
+    {
+        // The path is this request's only where its request line was read as one.
+        let known = !interleaved
+            && matches!(
+                finding,
+                Finding::Imdsv1
+                    | Finding::Imdsv2
+                    | Finding::TokenPut
+                    | Finding::TokenPutForwarded
+                    | Finding::Trailing
+                    | Finding::OtherCloud
+            );
+        crate::creds::request(&ctx, st, cfg, known);
     }
     // The message is judged; the next one starts a new request.
     st.http.reset();
@@ -214,7 +244,7 @@ fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<u32> {
 /// The connection's destination as events give it: family, port (network order in the low 16
 /// bits) and address.
 #[inline(always)]
-fn destination(ctx: &SkMsgContext) -> (u32, u32, [u8; 16]) {
+pub(crate) fn destination(ctx: &SkMsgContext) -> (u32, u32, [u8; 16]) {
     let md = ctx.msg;
     // SAFETY: reads of the sk_msg context, each a volatile 32-bit load at the field's own address
     // (the verifier refuses loads through a ctx pointer the compiler has moved).

@@ -3,19 +3,20 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE,
+        BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
     },
-    helpers::generated::bpf_get_socket_cookie,
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use imds_guard_common::{
     event::{AF_INET, AF_INET6},
+    sock::SockState,
     stats::Stat,
 };
 
-use crate::maps::{SOCKETS, count, live_config, track};
+use crate::maps::{IMDSG_SOCKSTATE, SOCKETS, count, live_config, track};
 
 const E2BIG: i32 = 7;
 const ENOMEM: i32 = 12;
@@ -27,6 +28,9 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
         // Only connections this program put into the sockhash ask for state callbacks.
         if ctx.arg(1) == BPF_TCP_CLOSE {
             track(u64::MAX);
+            // A response to a request for credentials that did not end is reported now.
+            // SAFETY: the sock_ops context pointer, as the helper expects.
+            crate::creds::end(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
         }
         return 1;
     }
@@ -42,6 +46,7 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
     if metadata {
         // SAFETY: the sock_ops context pointer, as the helper expects.
         let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        remember_cookie(&ctx, cookie);
         // SAFETY: as above.
         let added = SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY));
         // Counted while it is in the table: its close (a state callback, asked for here) takes
@@ -63,4 +68,31 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
         }
     }
     1
+}
+
+/// Writes the connection's cookie into its state, where the message hook (which has no helper for
+/// it) finds it to arm a credentials watch.
+#[inline(always)]
+fn remember_cookie(ctx: &SockOpsContext, cookie: u64) {
+    // SAFETY: a read of the sock_ops context's socket pointer.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: helper call with our storage map and the connection's socket. With F_CREATE: a
+    // connection no connect hook of this map layout judged gets (zeroed) state here, which the
+    // message hook then adopts.
+    let st = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::addr_of!(IMDSG_SOCKSTATE).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<SockState>();
+    if !st.is_null() {
+        // SAFETY: this socket's storage; sockops runs under the socket's lock.
+        unsafe { (*st).cookie = cookie };
+    }
 }

@@ -5,7 +5,13 @@
 //!   without the TTL header → 400; with `X-Forwarded-For` → 403.
 //! - `GET` with a valid `X-aws-ec2-metadata-token` → the data; with an invalid one → 401.
 //! - `GET` without a token → the data in [`ImdsMode::Optional`], 401 in [`ImdsMode::Required`].
-//! - Credentials under `/latest/meta-data/iam/security-credentials/<ROLE>`.
+//! - Credentials under `/latest/meta-data/iam/security-credentials/<ROLE>` (and, with
+//!   [`Options::any_role`], under any role name), with the access key id of [`Options`].
+//! - `/latest/meta-data/large?<n>`: `n` bytes of a known pattern ([`large_body`]).
+//!
+//! How it answers is [`Options`] (changed while it runs, [`FakeImds::configure`]): one request per
+//! connection (`Connection: close`, the default) or keep-alive, the response in one write or in
+//! pieces with pauses between them (separate TCP segments), plain or chunked.
 //!
 //! Every request is logged so tests can show what reached the service.
 
@@ -23,6 +29,68 @@ use std::{
 
 pub const ROLE: &str = "imdsg-test-role";
 pub const INSTANCE_ID: &str = "i-0imdsguard0test";
+/// The access key id served unless [`Options::access_key_id`] says otherwise.
+pub const ACCESS_KEY_ID: &str = "ASIAIMDSGUARDTEST";
+/// The secret access key and the session token of every credentials response: marks a test looks
+/// for where they must never be (events, logs, maps).
+pub const SECRET_ACCESS_KEY: &str = "imdsgSECRETwJalrXUtnFEMIK7MDENGbPxRfiCY";
+pub const SESSION_TOKEN: &str = "imdsgTOKENIQoJb3JpZ2luX2VjEJr2wEaCXVzLWVhc3QtMSJHMEUCIQD";
+pub const EXPIRATION: &str = "2099-01-01T00:00:00Z";
+
+/// How the fake service answers (see the module's doc).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Answer more requests on a connection (`Connection: keep-alive`) until the client closes it
+    /// or asks `Connection: close`.
+    pub keep_alive: bool,
+    /// The `AccessKeyId` of credentials responses, as written into the JSON (escapes included).
+    pub access_key_id: String,
+    /// The `Expiration`, likewise.
+    pub expiration: String,
+    /// Bytes added to the session token (a large credentials response).
+    pub token_padding: usize,
+    /// Credentials for any role name, not only [`ROLE`].
+    pub any_role: bool,
+    /// Write each response in pieces of this many bytes, pausing between them.
+    pub pieces: Option<usize>,
+    /// `Transfer-Encoding: chunked`, with chunks of this many bytes.
+    pub chunked: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive: false,
+            access_key_id: ACCESS_KEY_ID.to_owned(),
+            expiration: EXPIRATION.to_owned(),
+            token_padding: 0,
+            any_role: false,
+            pieces: None,
+            chunked: None,
+        }
+    }
+}
+
+/// The body of a credentials response under `options`.
+#[must_use]
+pub fn credentials_body(options: &Options) -> Vec<u8> {
+    format!(
+        "{{\"Code\":\"Success\",\"LastUpdated\":\"2026-01-01T00:00:00Z\",\"Type\":\"AWS-HMAC\",\
+         \"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{SECRET_ACCESS_KEY}\",\"Token\":\"{SESSION_TOKEN}{}\",\
+         \"Expiration\":\"{}\"}}",
+        options.access_key_id,
+        "x".repeat(options.token_padding),
+        options.expiration
+    )
+    .into_bytes()
+}
+
+/// The body of `/latest/meta-data/large?<n>`: `n` bytes, each its offset's low byte mixed so that
+/// a byte lost, doubled or moved shows.
+#[must_use]
+pub fn large_body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImdsMode {
@@ -46,6 +114,7 @@ pub struct Request {
 pub struct FakeImds {
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Request>>>,
+    options: Arc<Mutex<Options>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -54,12 +123,14 @@ struct State {
     tokens: Mutex<Vec<String>>,
     next: AtomicU64,
     log: Arc<Mutex<Vec<Request>>>,
+    options: Arc<Mutex<Options>>,
 }
 
 impl FakeImds {
     pub fn start(netns: &OwnedFd, mode: ImdsMode) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let options = Arc::new(Mutex::new(Options::default()));
         let fd = netns.try_clone().expect("dup netns fd");
         let (tx, rx) = std::sync::mpsc::channel();
         let state = Arc::new(State {
@@ -67,6 +138,7 @@ impl FakeImds {
             tokens: Mutex::new(Vec::new()),
             next: AtomicU64::new(1),
             log: log.clone(),
+            options: options.clone(),
         });
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -98,7 +170,12 @@ impl FakeImds {
             }
         });
         rx.recv_timeout(Duration::from_secs(10)).expect("fake IMDS did not start");
-        FakeImds { stop, log, thread: Some(thread) }
+        FakeImds { stop, log, options, thread: Some(thread) }
+    }
+
+    /// Changes how it answers from the next request on.
+    pub fn configure(&self, f: impl FnOnce(&mut Options)) {
+        f(&mut self.options.lock().unwrap());
     }
 
     /// Requests served so far.
@@ -119,90 +196,142 @@ impl Drop for FakeImds {
 
 fn serve(st: &State, mut s: TcpStream) {
     let _ = s.set_nonblocking(false);
+    let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() >= 65536 {
+                return;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head: Vec<u8> = buf.drain(..end).collect();
+        let text = String::from_utf8_lossy(&head);
+        let mut lines = text.split("\r\n");
+        let mut req = lines.next().unwrap_or("").split(' ').filter(|x| !x.is_empty());
+        let method = req.next().unwrap_or("").to_owned();
+        let path = req.next().unwrap_or("").to_owned();
+        let headers: Vec<(String, String)> = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| {
+                l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            })
+            .collect();
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let token = header("x-aws-ec2-metadata-token");
+        let options = st.options.lock().unwrap().clone();
+        let (status, body) = respond(st, &options, &method, &path, token, &header);
+        st.log.lock().unwrap().push(Request {
+            method: method.clone(),
+            path,
+            had_token: token.is_some(),
+            status,
+        });
+        let keep =
+            options.keep_alive && !header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        let reason = match status {
+            200 => "OK",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            _ => "Method Not Allowed",
+        };
+        let body = if method == "HEAD" { Vec::new() } else { body };
+        let mut out = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nConnection: {}\r\nServer: EC2ws\r\n",
+            if keep { "keep-alive" } else { "close" }
+        )
+        .into_bytes();
+        match options.chunked {
+            Some(n) => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                for (i, c) in body.chunks(n.max(1)).enumerate() {
+                    // Every third chunk with an extension, which a reader must skip.
+                    let ext = if i % 3 == 1 { ";imdsg=1" } else { "" };
+                    out.extend_from_slice(format!("{:x}{ext}\r\n", c.len()).as_bytes());
+                    out.extend_from_slice(c);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            None => {
+                out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                out.extend_from_slice(&body);
+            }
+        }
+        let sent = match options.pieces {
+            Some(n) => out.chunks(n.max(1)).all(|p| {
+                let ok = s.write_all(p).is_ok();
+                std::thread::sleep(Duration::from_millis(5));
+                ok
+            }),
+            None => s.write_all(&out).is_ok(),
+        };
+        if !sent || !keep {
+            return;
         }
     }
-    let text = String::from_utf8_lossy(&buf);
-    let mut lines = text.split("\r\n");
-    let mut req = lines.next().unwrap_or("").split_whitespace();
-    let method = req.next().unwrap_or("").to_owned();
-    let path = req.next().unwrap_or("").to_owned();
-    let headers: Vec<(String, String)> = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
-        .collect();
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let token = header("x-aws-ec2-metadata-token");
-    let (status, body) = respond(st, &method, &path, token, &header);
-    st.log.lock().unwrap().push(Request { method, path, had_token: token.is_some(), status });
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        _ => "Method Not Allowed",
-    };
-    let _ = write!(
-        s,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\nServer: EC2ws\r\n\r\n{body}",
-        body.len()
-    );
 }
 
 fn respond<'a>(
     st: &State,
+    options: &Options,
     method: &str,
     path: &str,
     token: Option<&str>,
     header: &dyn Fn(&str) -> Option<&'a str>,
-) -> (u16, String) {
+) -> (u16, Vec<u8>) {
     if path == "/latest/api/token" {
         if method != "PUT" {
-            return (405, String::new());
+            return (405, Vec::new());
         }
         if header("x-forwarded-for").is_some() || st.mode == ImdsMode::TokenForbidden {
-            return (403, String::new());
+            return (403, Vec::new());
         }
         let Some(ttl) = header("x-aws-ec2-metadata-token-ttl-seconds").and_then(|v| v.parse::<u32>().ok())
         else {
-            return (400, String::new());
+            return (400, Vec::new());
         };
         if !(1..=21600).contains(&ttl) {
-            return (400, String::new());
+            return (400, Vec::new());
         }
         let t = format!("AQAEA-imdsg-token-{}", st.next.fetch_add(1, Ordering::Relaxed));
         st.tokens.lock().unwrap().push(t.clone());
-        return (200, t);
+        return (200, t.into_bytes());
     }
     if method != "GET" && method != "HEAD" {
-        return (405, String::new());
+        return (405, Vec::new());
     }
     match token {
         Some(t) if !st.tokens.lock().unwrap().iter().any(|x| x == t) => {
-            return (401, String::new());
+            return (401, Vec::new());
         }
-        None if st.mode == ImdsMode::Required => return (401, String::new()),
+        None if st.mode == ImdsMode::Required => return (401, Vec::new()),
         _ => {}
     }
-    let creds = format!("/latest/meta-data/iam/security-credentials/{ROLE}");
+    const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
+    let role = path.strip_prefix(CREDS).filter(|r| !r.is_empty());
+    let credentials = || credentials_body(options);
     match path {
-        "/latest/meta-data/" | "/latest/meta-data" => (200, "ami-id\ninstance-id\niam/\n".into()),
+        "/latest/meta-data/" | "/latest/meta-data" => (200, b"ami-id\ninstance-id\niam/\n".to_vec()),
         "/latest/meta-data/instance-id" => (200, INSTANCE_ID.into()),
         "/latest/meta-data/iam/security-credentials/" => (200, ROLE.into()),
-        p if p == creds => (
-            200,
-            "{\"Code\":\"Success\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"ASIAIMDSGUARDTEST\",\
-             \"SecretAccessKey\":\"fake-secret\",\"Token\":\"fake-session-token\",\
-             \"Expiration\":\"2099-01-01T00:00:00Z\",\"LastUpdated\":\"2026-01-01T00:00:00Z\"}"
-                .to_owned(),
-        ),
-        _ => (404, String::new()),
+        "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance" => {
+            (200, credentials())
+        }
+        p if p.starts_with("/latest/meta-data/large?") => {
+            (200, large_body(p["/latest/meta-data/large?".len()..].parse().unwrap_or(0)))
+        }
+        _ if role == Some(ROLE) || (options.any_role && role.is_some()) => (200, credentials()),
+        _ => (404, Vec::new()),
     }
 }

@@ -53,14 +53,19 @@ fn without_the_request_inspector_connect_rules_are_enforced_and_the_degradation_
     let attached = sb.attached_programs();
     assert!(attached.contains("connect4") && attached.contains("connect6"), "{attached}");
     assert!(!attached.contains("sock_ops"), "{attached}");
-    assert!(!sb.pin_dir().join("links/msg").exists() && !sb.pin_dir().join("links/msg_prog").exists());
+    for pin in ["links/msg", "links/msg_prog", "links/resp", "links/resp_prog"] {
+        assert!(!sb.pin_dir().join(pin).exists(), "{pin}");
+    }
 
     // guard_started names it, in one sentence.
     let g = started(&d);
     let degraded = g["degraded"].as_array().expect("degraded is a list");
-    assert_eq!(degraded.len(), 1, "{g}");
+    assert_eq!(degraded.len(), 2, "{g}");
     assert_eq!(degraded[0]["feature"], "imdsv1_inspection", "{g}");
     assert_eq!(degraded[0]["missing"], serde_json::json!(["sockhash", "sk_msg"]), "{g}");
+    // The response hook is attached to the same sockhash: credential attribution is off too.
+    assert_eq!(degraded[1]["feature"], "credential_attribution", "{g}");
+    assert_eq!(degraded[1]["missing"], serde_json::json!(["sockhash"]), "{g}");
     let reason = degraded[0]["reason"].as_str().unwrap();
     assert!(one_sentence(reason) && reason.contains("sk_msg programs"), "{reason}");
     assert_eq!(g["msg_attach"], Value::Null, "{g}");
@@ -79,12 +84,15 @@ fn without_the_request_inspector_connect_rules_are_enforced_and_the_degradation_
     assert!(text.contains(&format!("degraded:   imdsv1_inspection: {reason}\n")), "{text}");
     let check = status(&sb, &[NO_STREAM_PARSER], &["--check"]);
     assert!(check.status.success(), "{check:?}");
-    assert!(String::from_utf8_lossy(&check.stdout).contains("degraded: imdsv1_inspection"), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("degraded: imdsv1_inspection,credential_attribution"),
+        "{check:?}"
+    );
 
     // The metrics.
     let m = metrics(&sb, g["metrics"].as_str().unwrap());
     let info = m.lines().find(|l| l.starts_with("imds_guard_build_info{")).expect(&m);
-    assert!(info.ends_with("degraded=\"imdsv1_inspection\"} 1"), "{info}");
+    assert!(info.ends_with("degraded=\"imdsv1_inspection,credential_attribution\"} 1"), "{info}");
     assert!(m.contains("imds_guard_feature_degraded{feature=\"imdsv1_inspection\"} 1"), "{m}");
     drop(d);
 }
@@ -150,6 +158,7 @@ fn nothing_is_degraded_when_nothing_is_missing() {
     let m = metrics(&sb, g["metrics"].as_str().unwrap());
     assert!(m.contains("degraded=\"\"} 1"), "{m}");
     assert!(m.contains("imds_guard_feature_degraded{feature=\"imdsv1_inspection\"} 0"), "{m}");
+    assert!(m.contains("imds_guard_feature_degraded{feature=\"credential_attribution\"} 0"), "{m}");
     assert!(!d.stderr().contains("IMDSv1 inspection is off"), "{}", d.stderr());
 }
 

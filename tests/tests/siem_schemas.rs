@@ -25,6 +25,7 @@ const fn covered(e: &Event) -> &'static str {
         | Event::TokenPutForwarded(_)
         | Event::ImdsRequestUnclassified(_)
         | Event::RequestDenied(_)
+        | Event::CredentialsFetched(_)
         | Event::ForwardDenied(_)
         | Event::OutputDenied(_)
         | Event::PreexistingConnection(_)
@@ -40,11 +41,12 @@ const fn covered(e: &Event) -> &'static str {
         | Event::TokenPutForwardedRepeated(_)
         | Event::ImdsRequestUnclassifiedRepeated(_)
         | Event::RequestDeniedRepeated(_)
+        | Event::CredentialsFetchedRepeated(_)
         | Event::ForwardDeniedRepeated(_)
         | Event::OutputDeniedRepeated(_) => e.name(),
     }
 }
-const VARIANTS: usize = 23;
+const VARIANTS: usize = 25;
 
 /// The native examples of docs/EVENTS.md, in order (the JSON lines that read as events).
 fn doc_examples() -> Vec<Event> {

@@ -26,8 +26,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             anyhow::bail!(
                 "not enforcing: {} of {} programs attached, generation {}",
                 s.links.len(),
-                crate::kernel::paths::PROGRAMS.len()
-                    - if s.degraded.is_empty() { 0 } else { crate::kernel::paths::INSPECTOR.len() },
+                s.wanted,
                 s.generation
             );
         }

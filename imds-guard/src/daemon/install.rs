@@ -44,6 +44,12 @@ impl Degraded {
         !self.parts.iter().any(|d| d.what == features::Degradation::Imdsv1Inspection)
     }
 
+    /// Whether the response hook runs (credential attribution; it needs the inspector too).
+    #[must_use]
+    pub fn attributes(&self) -> bool {
+        self.inspects() && !self.parts.iter().any(|d| d.what == features::Degradation::CredentialAttribution)
+    }
+
     /// Refuses a policy that asks for what this kernel cannot do, unless allowed: today, imdsv1 =
     /// "deny" without the request inspector (the requests would go through, unreported).
     pub fn check(&self, policy: &Policy) -> anyhow::Result<()> {
@@ -111,7 +117,7 @@ impl Enforcer {
     ) -> anyhow::Result<(Self, Attachment)> {
         // Refused before anything is loaded: nothing changes in the kernel.
         degraded.check(policy).context("installing the policy")?;
-        let kernel = Guard::open(pin_dir, cgroup, exe_offsets, degraded.inspects())?;
+        let kernel = Guard::open(pin_dir, cgroup, exe_offsets, degraded.inspects(), degraded.attributes())?;
         if netfilter.reduced
             && let Some(link) = kernel.pinned_link()
         {

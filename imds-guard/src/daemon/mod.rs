@@ -78,7 +78,11 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let degraded = degradations(netfilter.reduced, config.allow_degraded)?;
     // A feature the kernel has but that fails to load is an error (explained if a probe finds
     // it missing after all); a part found missing up front is not loaded at all.
-    let used: &[features::Feature] = if degraded.inspects() { &features::USED } else { &features::REQUIRED };
+    let used: &[features::Feature] = match (degraded.inspects(), degraded.attributes()) {
+        (true, true) => &features::USED,
+        (true, false) => &features::USED[..features::USED.len() - 1],
+        (false, _) => &features::REQUIRED,
+    };
     let (mut enforcer, attachment) =
         Enforcer::start(pin_dir, &cgroup, &policy, exe_offsets, netfilter, degraded)
             .map_err(|e| features::explain_failure(e, used))?;

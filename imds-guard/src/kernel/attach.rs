@@ -4,7 +4,8 @@
 //! daemon that finds the links replaces their programs in place (BPF_LINK_UPDATE): there is no
 //! instant with no program attached. An upgrade whose maps have another layout creates its own
 //! maps, installs the policy in them, swaps its programs into the same links (and attaches the
-//! message hook to its new sockhash), then removes the old maps: still no unguarded instant.
+//! message and response hooks to its new sockhash), then removes the old maps: still no
+//! unguarded instant.
 
 use std::{fs::File, os::fd::AsFd as _, path::Path};
 
@@ -16,9 +17,9 @@ use aya::{
 use imds_guard_common::maps;
 
 use super::{
-    bpf_sys::{self, link_attached, link_update, obj_get},
+    bpf_sys::{self, SockmapHook, link_attached, link_update, obj_get},
     guard::{Attachment, Guard, Held},
-    paths::{INSPECTOR, MSG_PROG, link_pin, remove_map_dir},
+    paths::{ATTRIBUTION, INSPECTOR, link_pin, map_attached_pin_name, remove_map_dir},
 };
 
 impl Guard {
@@ -31,24 +32,32 @@ impl Guard {
         let sockets = SockHash::<_, u64>::try_from(self.ebpf.map(maps::SOCKETS).context("SOCKETS map")?)?
             .fd()
             .try_clone()?;
-        if !self.inspect
-            && let Some(pin) = INSPECTOR.iter().find_map(|l| super::paths::attached_pin(&self.pin_dir, l))
-        {
-            // An earlier daemon ran the inspector (the kernel had it then, or it was not told to
-            // pretend otherwise): leaving its programs attached would contradict what this daemon
-            // reports, and detaching them is not this daemon's call.
-            bail!(
-                "this daemon runs without the request inspector, but an earlier daemon's is attached \
-                 ({} is pinned); `imds-guard unload` first",
-                pin.display()
-            );
+        let absent = INSPECTOR
+            .iter()
+            .filter(|_| !self.inspect)
+            .chain(ATTRIBUTION.iter().filter(|_| !self.attribute))
+            .map(|l| (*l, if INSPECTOR.contains(l) { "the request inspector" } else { "the response hook" }));
+        for (l, what) in absent {
+            if let Some(pin) = super::paths::attached_pin(&self.pin_dir, l) {
+                // An earlier daemon ran it (the kernel had it then, or it was not told to pretend
+                // otherwise): leaving its programs attached would contradict what this daemon
+                // reports, and detaching them is not this daemon's call.
+                bail!(
+                    "this daemon runs without {what}, but an earlier daemon's is attached ({} is \
+                     pinned); `imds-guard unload` first",
+                    pin.display()
+                );
+            }
         }
         let mut attachment = Attachment::Attached;
-        // The message hook's link of an upgrade, pinned beside the old one until all is swapped.
-        let mut new_msg_link = None;
+        // The sockhash programs' links of an upgrade, pinned beside the old ones until all is
+        // swapped.
+        let mut new_sockmap_links = Vec::new();
         for (prog_name, link_name) in self.programs() {
-            if link_name == "msg" && !self.msg_link {
-                if self.attach_msg_through_map(prog_name, sockets.as_fd())? {
+            if let Some(prog_pin) = map_attached_pin_name(link_name)
+                && !self.msg_link
+            {
+                if self.attach_through_map(prog_name, prog_pin, sockets.as_fd())? {
                     attachment = Attachment::Adopted;
                 }
                 continue;
@@ -96,6 +105,18 @@ impl Guard {
                         })?)
                     }
                 }
+                Program::SkSkb(p) => {
+                    if adopt && !self.fresh_maps {
+                        None
+                    } else {
+                        let id = p.attach(&sockets)?;
+                        Some(p.take_link(id)?.try_into().map_err(|e| {
+                            anyhow!(
+                                "{e}: this kernel attached the response hook without a bpf_link (Linux < 6.10)"
+                            )
+                        })?)
+                    }
+                }
                 _ => bail!("program {prog_name} has an unexpected type"),
             };
             let link = match fresh {
@@ -110,7 +131,7 @@ impl Guard {
                         .map_err(|e| anyhow!("{e}"))
                         .with_context(|| format!("pinning {}", tmp.display()))?;
                     let fd = obj_get(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
-                    new_msg_link = Some((tmp, link_path.clone()));
+                    new_sockmap_links.push((tmp, link_path.clone()));
                     attachment = Attachment::Adopted;
                     fd
                 }
@@ -132,7 +153,7 @@ impl Guard {
             self.held.push(Held { pin: link_path, fd: link, link: true });
         }
         self.readers = true;
-        if let Some((tmp, path)) = new_msg_link {
+        for (tmp, path) in new_sockmap_links {
             // rename(2) on bpffs replaces the old pin in one step; the old link, attached to the old
             // sockhash, goes with its last reference.
             std::fs::rename(&tmp, &path)
@@ -152,23 +173,28 @@ impl Guard {
         Ok(attachment)
     }
 
-    /// Attaches the message hook the way kernels without sockmap links (Linux < 6.10) do: the
-    /// sockhash holds the program (`BPF_PROG_ATTACH`). An earlier daemon's program on the same
-    /// map is replaced in one step, so the hook never goes without one; the program is pinned
-    /// beside the links, which shows it attached and lets `unload` detach it. Whether an earlier
-    /// daemon's program was there (adopted).
-    fn attach_msg_through_map(
+    /// Attaches a sockhash program (the message hook, the response hook) the way kernels without
+    /// sockmap links (Linux < 6.10) do: the sockhash holds the program (`BPF_PROG_ATTACH`). An
+    /// earlier daemon's program on the same map is replaced in one step, so the hook never goes
+    /// without one; the program is pinned beside the links (as `prog_pin`), which shows it
+    /// attached and lets `unload` detach it. Whether an earlier daemon's program was there
+    /// (adopted).
+    fn attach_through_map(
         &mut self,
         prog_name: &str,
+        prog_pin: &str,
         sockets: std::os::fd::BorrowedFd<'_>,
     ) -> anyhow::Result<bool> {
         let program =
             self.ebpf.program_mut(prog_name).with_context(|| format!("program {prog_name} missing"))?;
-        let Program::SkMsg(p) = program else { bail!("program {prog_name} has an unexpected type") };
-        let prog = p.fd()?.as_fd().try_clone_to_owned()?;
-        bpf_sys::sk_msg_prog_attach(sockets, prog.as_fd())
+        let (prog, hook) = match program {
+            Program::SkMsg(p) => (p.fd()?.as_fd().try_clone_to_owned()?, SockmapHook::Msg),
+            Program::SkSkb(p) => (p.fd()?.as_fd().try_clone_to_owned()?, SockmapHook::StreamVerdict),
+            _ => bail!("program {prog_name} has an unexpected type"),
+        };
+        bpf_sys::sockmap_prog_attach(sockets, prog.as_fd(), hook)
             .with_context(|| format!("attaching {prog_name} to its socket map"))?;
-        let pin = link_pin(&self.pin_dir, MSG_PROG);
+        let pin = link_pin(&self.pin_dir, prog_pin);
         let adopted = pin.exists();
         // Only the record of what is attached changes hands here; the map already holds the new
         // program. (bpffs pins cannot be replaced by a pin in place.)

@@ -134,6 +134,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SK_MSG: u32 = 16;
 const BPF_SK_MSG_VERDICT: u32 = 7;
+const BPF_SK_SKB_STREAM_VERDICT: u32 = 5;
 
 /// The head of `bpf_attr` for BPF_PROG_LOAD (the kernel zero-fills the rest).
 #[repr(C)]
@@ -200,18 +201,37 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
-/// Attaches an `sk_msg` program to a sockhash the way kernels before 6.10 do it
-/// (`BPF_PROG_ATTACH`): the map holds the program, so it stays attached for as long as the map
-/// lives (pinned: after the daemon exits), and a later attach of another program replaces it in
-/// one step (the kernel swaps the map's program pointer), so the hook never goes without one.
-pub fn sk_msg_prog_attach(
+/// A hook on the sockhash a program attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockmapHook {
+    /// `sk_msg` (`BPF_SK_MSG_VERDICT`): what a process writes.
+    Msg,
+    /// `sk_skb` stream verdict (`BPF_SK_SKB_STREAM_VERDICT`): what a connection receives.
+    StreamVerdict,
+}
+
+impl SockmapHook {
+    const fn attach_type(self) -> u32 {
+        match self {
+            SockmapHook::Msg => BPF_SK_MSG_VERDICT,
+            SockmapHook::StreamVerdict => BPF_SK_SKB_STREAM_VERDICT,
+        }
+    }
+}
+
+/// Attaches a program to a sockhash the way kernels before 6.10 do it (`BPF_PROG_ATTACH`): the
+/// map holds the program, so it stays attached for as long as the map lives (pinned: after the
+/// daemon exits), and a later attach of another program replaces it in one step (the kernel swaps
+/// the map's program pointer), so the hook never goes without one.
+pub fn sockmap_prog_attach(
     map: std::os::fd::BorrowedFd<'_>,
     prog: std::os::fd::BorrowedFd<'_>,
+    hook: SockmapHook,
 ) -> io::Result<()> {
     let mut attr = ProgAttachAttr {
         target_fd: map.as_raw_fd().cast_unsigned(),
         attach_bpf_fd: prog.as_raw_fd().cast_unsigned(),
-        attach_type: BPF_SK_MSG_VERDICT,
+        attach_type: hook.attach_type(),
         attach_flags: 0,
         replace_bpf_fd: 0,
     };
@@ -219,14 +239,15 @@ pub fn sk_msg_prog_attach(
 }
 
 /// Detaches `prog` from the sockhash (`BPF_PROG_DETACH`; the kernel checks it is the attached one).
-pub fn sk_msg_prog_detach(
+pub fn sockmap_prog_detach(
     map: std::os::fd::BorrowedFd<'_>,
     prog: std::os::fd::BorrowedFd<'_>,
+    hook: SockmapHook,
 ) -> io::Result<()> {
     let mut attr = ProgAttachAttr {
         target_fd: map.as_raw_fd().cast_unsigned(),
         attach_bpf_fd: prog.as_raw_fd().cast_unsigned(),
-        attach_type: BPF_SK_MSG_VERDICT,
+        attach_type: hook.attach_type(),
         attach_flags: 0,
         replace_bpf_fd: 0,
     };

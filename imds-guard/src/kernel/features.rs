@@ -40,6 +40,8 @@ pub enum Feature {
     SkStorage,
     SockHash,
     SkMsg,
+    /// sk_skb programs (the response hook of credential attribution).
+    SkSkb,
     /// Not a requirement: which way the message hook is attached.
     SkMsgLink,
     RingBuf,
@@ -53,8 +55,8 @@ pub const REQUIRED: [Feature; 4] =
     [Feature::Btf, Feature::CgroupSockAddr, Feature::SkStorage, Feature::RingBuf];
 
 /// Every feature the programs use (for [`explain_failure`]: a load that fails on a kernel lacking
-/// one of these is explained by it).
-pub const USED: [Feature; 7] = [
+/// one of these is explained by it). The response hook's is last.
+pub const USED: [Feature; 8] = [
     Feature::Btf,
     Feature::CgroupSockAddr,
     Feature::SkStorage,
@@ -62,6 +64,7 @@ pub const USED: [Feature; 7] = [
     Feature::SockOps,
     Feature::SockHash,
     Feature::SkMsg,
+    Feature::SkSkb,
 ];
 
 /// A part of the guard the kernel may lack the means for, which the guard then runs without.
@@ -69,16 +72,20 @@ pub const USED: [Feature; 7] = [
 pub enum Degradation {
     /// The request inspector (sockops, sockhash, sk_msg): IMDSv1 requests reported or refused.
     Imdsv1Inspection,
+    /// The response hook (sockops, sockhash, sk_skb): who fetched which credentials
+    /// (`credentials_fetched`).
+    CredentialAttribution,
 }
 
 impl Degradation {
-    pub const ALL: [Degradation; 1] = [Degradation::Imdsv1Inspection];
+    pub const ALL: [Degradation; 2] = [Degradation::Imdsv1Inspection, Degradation::CredentialAttribution];
 
     /// As the metrics, `guard_started` and `status` name it.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
             Degradation::Imdsv1Inspection => "imdsv1_inspection",
+            Degradation::CredentialAttribution => "credential_attribution",
         }
     }
 
@@ -87,6 +94,7 @@ impl Degradation {
     pub const fn needs(self) -> &'static [Feature] {
         match self {
             Degradation::Imdsv1Inspection => &[Feature::SockOps, Feature::SockHash, Feature::SkMsg],
+            Degradation::CredentialAttribution => &[Feature::SockOps, Feature::SockHash, Feature::SkSkb],
         }
     }
 
@@ -103,6 +111,10 @@ impl Degradation {
             Degradation::Imdsv1Inspection => format!(
                 "IMDSv1 inspection is off because this kernel has {what}, so connect rules are \
                  enforced but tokenless IMDSv1 requests are neither reported nor refused."
+            ),
+            Degradation::CredentialAttribution => format!(
+                "Credential attribution is off because this kernel has {what}, so the guard runs \
+                 but does not report which process fetched which role credentials."
             ),
         }
     }
@@ -153,6 +165,10 @@ impl Feature {
                 "The kernel has no sk_msg programs (Linux 4.17+, CONFIG_BPF_STREAM_PARSER), which \
                  classify the requests written to the metadata service (IMDSv1 detection)."
             }
+            Feature::SkSkb => {
+                "The kernel has no sk_skb programs (Linux 4.14+, CONFIG_BPF_STREAM_PARSER), which \
+                 read the responses to requests for credentials (credential attribution)."
+            }
             Feature::SkMsgLink => {
                 "The kernel cannot attach sk_msg programs through a bpf_link (Linux 6.10+), so the \
                  request inspector is attached through its socket map instead."
@@ -171,7 +187,7 @@ impl Feature {
     /// The missing feature as a noun phrase for a degradation's sentence.
     fn lacks(self) -> String {
         let config = match self {
-            Feature::SockHash | Feature::SkMsg => ", CONFIG_BPF_STREAM_PARSER",
+            Feature::SockHash | Feature::SkMsg | Feature::SkSkb => ", CONFIG_BPF_STREAM_PARSER",
             _ => "",
         };
         let what = match self {
@@ -181,6 +197,7 @@ impl Feature {
             Feature::SkStorage => "socket local storage maps",
             Feature::SockHash => "socket hash maps",
             Feature::SkMsg => "sk_msg programs",
+            Feature::SkSkb => "sk_skb programs",
             Feature::SkMsgLink => "sockmap links",
             Feature::RingBuf => "BPF ring buffers",
             Feature::PidfdGetfd => "pidfd_getfd",
@@ -195,6 +212,7 @@ impl Feature {
             Feature::CgroupSockAddr | Feature::SkMsg => "Linux 4.17+",
             Feature::SockOps => "Linux 4.13+",
             Feature::SkStorage => "Linux 5.2+",
+            Feature::SkSkb => "Linux 4.14+",
             Feature::SkMsgLink => "Linux 6.10+",
             Feature::RingBuf => "Linux 5.8+",
             Feature::PidfdGetfd => "Linux 5.6+",
@@ -211,6 +229,7 @@ impl Feature {
             Feature::SkStorage => "sk_storage",
             Feature::SockHash => "sockhash",
             Feature::SkMsg => "sk_msg",
+            Feature::SkSkb => "sk_skb",
             Feature::SkMsgLink => "sk_msg_link",
             Feature::RingBuf => "ringbuf",
             Feature::PidfdGetfd => "pidfd_getfd",
@@ -239,6 +258,7 @@ impl Feature {
             Feature::SkStorage => map(MapType::SkStorage),
             Feature::SockHash => map(MapType::SockHash),
             Feature::SkMsg => prog(ProgramType::SkMsg),
+            Feature::SkSkb => prog(ProgramType::SkSkb),
             Feature::SkMsgLink => crate::kernel::bpf_sys::sk_msg_link_supported(),
             Feature::RingBuf => map(MapType::RingBuf),
             Feature::PidfdGetfd => Ok(pidfd_getfd_exists()),
@@ -249,7 +269,7 @@ impl Feature {
 /// What `imds-guard --version` says this kernel offers (the features `run` uses whatever the
 /// policy says, by the names operators look up; `sk_msg link` only says how the message hook is
 /// attached).
-pub const SHOWN: [Feature; 8] = [
+pub const SHOWN: [Feature; 9] = [
     Feature::Btf,
     Feature::CgroupSockAddr,
     Feature::SkStorage,
@@ -257,6 +277,7 @@ pub const SHOWN: [Feature; 8] = [
     Feature::SockOps,
     Feature::SockHash,
     Feature::SkMsg,
+    Feature::SkSkb,
     Feature::SkMsgLink,
 ];
 
@@ -271,6 +292,7 @@ impl Feature {
             Feature::SkStorage => "sk_storage",
             Feature::SockHash => "sockhash",
             Feature::SkMsg => "sk_msg",
+            Feature::SkSkb => "sk_skb",
             Feature::SkMsgLink => "sk_msg link",
             Feature::RingBuf => "ring buffer",
             Feature::PidfdGetfd => "pidfd_getfd",
@@ -438,6 +460,7 @@ mod tests {
             Feature::SkStorage,
             Feature::SockHash,
             Feature::SkMsg,
+            Feature::SkSkb,
             Feature::SkMsgLink,
             Feature::RingBuf,
             Feature::PidfdGetfd,
@@ -460,10 +483,14 @@ mod tests {
         let d = degradations_with(|f| Ok(!matches!(f, Feature::SockHash | Feature::SkMsg))).unwrap();
         assert_eq!(
             d,
-            [Degraded {
-                what: Degradation::Imdsv1Inspection,
-                missing: vec![Feature::SockHash, Feature::SkMsg]
-            }]
+            [
+                Degraded {
+                    what: Degradation::Imdsv1Inspection,
+                    missing: vec![Feature::SockHash, Feature::SkMsg]
+                },
+                // The response hook is attached to the same sockhash.
+                Degraded { what: Degradation::CredentialAttribution, missing: vec![Feature::SockHash] },
+            ]
         );
         assert_eq!(d[0].what.name(), "imdsv1_inspection");
         assert_eq!(
@@ -473,6 +500,7 @@ mod tests {
              so connect rules are enforced but tokenless IMDSv1 requests are neither reported nor refused."
         );
         let one = degradations_with(|f| Ok(f != Feature::SkMsg)).unwrap();
+        assert_eq!(one.len(), 1);
         assert_eq!(one[0].missing, [Feature::SkMsg]);
         assert!(
             one[0].sentence().contains("has no sk_msg programs (Linux 4.17+, CONFIG_BPF_STREAM_PARSER), so")
@@ -486,10 +514,28 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_without_sk_skb_runs_without_credential_attribution_only() {
+        let d = degradations_with(|f| Ok(f != Feature::SkSkb)).unwrap();
+        assert_eq!(d, [Degraded { what: Degradation::CredentialAttribution, missing: vec![Feature::SkSkb] }]);
+        assert_eq!(d[0].what.name(), "credential_attribution");
+        assert_eq!(
+            d[0].sentence(),
+            "Credential attribution is off because this kernel has no sk_skb programs (Linux 4.14+, \
+             CONFIG_BPF_STREAM_PARSER), so the guard runs but does not report which process fetched \
+             which role credentials."
+        );
+    }
+
+    #[test]
     fn the_inspector_is_never_required_and_the_link_is_never_a_degradation() {
-        for f in Degradation::Imdsv1Inspection.needs() {
-            assert!(!REQUIRED.contains(f) && USED.contains(f), "{f:?}");
+        for what in Degradation::ALL {
+            for f in what.needs() {
+                assert!(!REQUIRED.contains(f) && USED.contains(f), "{f:?}");
+            }
         }
+        // The response hook's feature is the last of USED (the daemon leaves it out of what
+        // explains a load failure where it does not load the hook).
+        assert_eq!(USED[USED.len() - 1], Feature::SkSkb);
         assert!(!REQUIRED.contains(&Feature::SkMsgLink) && !USED.contains(&Feature::SkMsgLink));
         assert!(Degradation::ALL.iter().all(|d| !d.needs().contains(&Feature::SkMsgLink)));
         // The metrics have a gauge for each.

@@ -49,6 +49,7 @@ impl Guard {
         }
         cfg.attach_cgroup_id = self.cgroup_id;
         cfg.exe_offsets = self.exe_offsets.unwrap_or_default();
+        cfg.credentials = u32::from(self.attribute);
 
         // Leftovers of an interrupted earlier attempt at `next` (by an earlier daemon: this one
         // cleans up after itself) would be enforced with it.

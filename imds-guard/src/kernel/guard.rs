@@ -22,7 +22,7 @@ use imds_guard_common::{
 
 use super::{
     bpf_sys::{RcuBarrier, obj_get},
-    paths::{INSPECTOR, PROGRAMS, link_pin, map_pin, maps_dir, other_map_dirs},
+    paths::{PROGRAMS, link_pin, map_pin, maps_dir, other_map_dirs},
 };
 
 /// The eBPF object built by build.rs (public for the benchmark, which loads its empty programs).
@@ -79,6 +79,9 @@ pub struct Guard {
     /// The request inspector (sockops, message hook) is loaded and attached; false where the
     /// kernel lacks what it needs (only the connect hooks run then).
     pub(super) inspect: bool,
+    /// The response hook (credential attribution) is loaded and attached: with the inspector,
+    /// where the kernel has sk_skb programs.
+    pub(super) attribute: bool,
     /// Map directories of an earlier version's layout, removed once this one's programs took over.
     pub(super) old_maps: Vec<PathBuf>,
     pub(super) generation: u32,
@@ -116,12 +119,13 @@ impl Guard {
     /// Loads the object (not yet its programs), reusing the maps pinned in `pin_dir` when they
     /// are of this build's layout, and holds a descriptor of each map. `cgroup` is where the
     /// programs will be attached; `inspect`: the request inspector too (else the connect hooks
-    /// alone).
+    /// alone); `attribute`: and the response hook (credential attribution).
     pub fn open(
         pin_dir: &Path,
         cgroup: &Path,
         exe_offsets: Option<ExeOffsets>,
         inspect: bool,
+        attribute: bool,
     ) -> anyhow::Result<Self> {
         let cgroup_id = crate::host::env::cgroup_id(cgroup)?;
         let maps_dir = maps_dir(pin_dir);
@@ -149,6 +153,7 @@ impl Guard {
             fresh_maps,
             msg_link,
             inspect,
+            attribute: inspect && attribute,
             old_maps,
             generation: 0,
             exe_offsets,
@@ -194,6 +199,7 @@ impl Guard {
                             Program::CgroupSock(p) => p.load(),
                             Program::SockOps(p) => p.load(),
                             Program::SkMsg(p) => p.load(),
+                            Program::SkSkb(p) => p.load(),
                             _ => bail!("program {name} has an unexpected type"),
                         }
                         .with_context(|| format!("loading {name} (verifier)"))?;
@@ -216,9 +222,15 @@ impl Guard {
     }
 
     /// The programs this guard loads and attaches (of [`PROGRAMS`]): all of them, or without the
-    /// request inspector the connect hooks alone.
+    /// request inspector the connect hooks alone, or without the response hook all but it.
     pub(super) fn programs(&self) -> Vec<(&'static str, &'static str)> {
-        PROGRAMS.into_iter().filter(|(_, l)| self.inspect || !INSPECTOR.contains(l)).collect()
+        super::paths::wanted(self.inspect, self.attribute).collect()
+    }
+
+    /// Whether the response hook (credential attribution) is loaded (see [`Guard::open`]).
+    #[must_use]
+    pub const fn attributes(&self) -> bool {
+        self.attribute
     }
 
     /// Whether the request inspector is loaded (see [`Guard::open`]).
@@ -294,9 +306,10 @@ impl Guard {
     }
 }
 
-/// Whether the message hook is attached through a bpf_link: the kernel's answer, unless
-/// `IMDS_GUARD_SK_MSG_ATTACH=map` asks for the older way (tests use it to run the path kernels
-/// before 6.10 take on any kernel).
+/// Whether the message hook (and the response hook: sockmap links came for both in 6.10) is
+/// attached through a bpf_link: the kernel's answer, unless `IMDS_GUARD_SK_MSG_ATTACH=map` asks
+/// for the older way for both (tests use it to run the path kernels before 6.10 take on any
+/// kernel).
 fn msg_attach_by_link() -> anyhow::Result<bool> {
     if std::env::var("IMDS_GUARD_SK_MSG_ATTACH").is_ok_and(|v| v == "map") {
         return Ok(false);

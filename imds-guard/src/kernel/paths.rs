@@ -5,10 +5,12 @@
 //!                          (`imds_guard_common::maps::LAYOUT`); a daemon of the same layout reuses
 //!                          them (state and counters survive a restart)
 //!   links/connect4         the bpf_link attaching `imdsg_connect4` to the cgroup
-//!   links/connect6, links/sendmsg4, links/sendmsg6, links/sock_create, links/sockops, links/msg (the last attaches to the sockhash map)
-//!   links/msg_prog         before Linux 6.10, which has no sockmap links: the message hook's
-//!                          program, attached to the sockhash by the map itself (what shows that it
-//!                          is attached, and what `unload` detaches)
+//!   links/connect6, links/sendmsg4, links/sendmsg6, links/sock_create, links/sockops, links/msg,
+//!   links/resp             (the last two attach to the sockhash map)
+//!   links/msg_prog, links/resp_prog
+//!                          before Linux 6.10, which has no sockmap links: the message hook's and
+//!                          the response hook's programs, attached to the sockhash by the map
+//!                          itself (what shows that they are attached, and what `unload` detaches)
 
 use std::path::{Path, PathBuf};
 
@@ -18,15 +20,16 @@ use imds_guard_common::maps;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
 
 /// (program name in the object, link pin name).
-/// In attach order: enforcement first, then request inspection (the message hook before the
-/// sockops program that feeds its sockhash).
-pub const PROGRAMS: [(&str, &str); 7] = [
+/// In attach order: enforcement first, then request inspection (the message and response hooks
+/// before the sockops program that feeds their sockhash).
+pub const PROGRAMS: [(&str, &str); 8] = [
     ("imdsg_connect4", "connect4"),
     ("imdsg_connect6", "connect6"),
     ("imdsg_sendmsg4", "sendmsg4"),
     ("imdsg_sendmsg6", "sendmsg6"),
     ("imdsg_sock_create", "sock_create"),
     ("imdsg_msg", "msg"),
+    ("imdsg_resp", "resp"),
     ("imdsg_sockops", "sockops"),
 ];
 
@@ -34,24 +37,44 @@ pub const PROGRAMS: [(&str, &str); 7] = [
 /// sockhash/sk_msg support runs without (`kernel::features::Degradation::Imdsv1Inspection`).
 pub const INSPECTOR: [&str; 2] = ["msg", "sockops"];
 
+/// The link name of credential attribution's response hook, which a kernel without sk_skb
+/// programs runs without (`kernel::features::Degradation::CredentialAttribution`); it also needs
+/// the inspector's sockhash.
+pub const ATTRIBUTION: [&str; 1] = ["resp"];
+
+/// The programs a daemon attaches (of [`PROGRAMS`]): all of them, less the request inspector's
+/// and the response hook where it runs without them.
+pub fn wanted(inspects: bool, attributes: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+    PROGRAMS.into_iter().filter(move |(_, l)| {
+        (inspects || !INSPECTOR.contains(l)) && ((inspects && attributes) || !ATTRIBUTION.contains(l))
+    })
+}
+
 #[must_use]
 pub fn link_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("links").join(name)
 }
 
-/// The message hook's program when it is attached to its map without a link (Linux < 6.10).
-pub const MSG_PROG: &str = "msg_prog";
+/// The programs attached to the sockhash, not a cgroup: (link name, the pin of its program when
+/// it is attached to its map without a link, Linux < 6.10).
+pub const SOCKMAP_PROGS: [(&str, &str); 2] = [("msg", "msg_prog"), ("resp", "resp_prog")];
+
+/// The pin of sockhash program `link_name`'s program when attached through its map, if it is one.
+#[must_use]
+pub fn map_attached_pin_name(link_name: &str) -> Option<&'static str> {
+    SOCKMAP_PROGS.iter().find(|(l, _)| *l == link_name).map(|(_, p)| *p)
+}
 
 /// The pin that shows program `link_name` (of [`PROGRAMS`]) attached, if there is one: its link,
-/// or for the message hook its program attached through the map.
+/// or for a sockhash program its program attached through the map.
 #[must_use]
 pub fn attached_pin(pin_dir: &Path, link_name: &str) -> Option<PathBuf> {
     let link = link_pin(pin_dir, link_name);
     if link.exists() {
         return Some(link);
     }
-    let prog = link_pin(pin_dir, MSG_PROG);
-    (link_name == "msg" && prog.exists()).then_some(prog)
+    let prog = link_pin(pin_dir, map_attached_pin_name(link_name)?);
+    prog.exists().then_some(prog)
 }
 
 /// This build's map directory: `maps-<layout>`. (`IMDS_GUARD_LAYOUT_TAG` replaces the layout

@@ -13,7 +13,7 @@ use imds_guard_common::{
 };
 use serde::Serialize;
 
-use super::paths::{INSPECTOR, MSG_PROG, PROGRAMS, attached_pin, link_pin, map_pin};
+use super::paths::{PROGRAMS, SOCKMAP_PROGS, attached_pin, link_pin, map_pin};
 
 fn open(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = map_pin(pin_dir, name);
@@ -46,6 +46,9 @@ pub struct Status {
     pub pin_dir: PathBuf,
     /// Link pins present (each one keeps a program attached).
     pub links: Vec<String>,
+    /// How many programs a daemon on this kernel attaches.
+    #[serde(skip)]
+    pub wanted: usize,
     pub enforcing: bool,
     pub generation: u32,
     pub mode: &'static str,
@@ -78,6 +81,7 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Status> {
 pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status> {
     let degraded = super::features::degradations()?;
     let inspects = !degraded.iter().any(|d| d.what == super::features::Degradation::Imdsv1Inspection);
+    let attributes = !degraded.iter().any(|d| d.what == super::features::Degradation::CredentialAttribution);
     let links: Vec<String> = PROGRAMS
         .iter()
         .filter(|(_, l)| attached_pin(pin_dir, l).is_some())
@@ -107,10 +111,10 @@ pub fn status_with(pin_dir: &Path, count_entries: bool) -> anyhow::Result<Status
     }
     Ok(Status {
         pin_dir: pin_dir.to_owned(),
-        // Every program a daemon on this kernel attaches: without the inspector, the connect hooks.
-        enforcing: PROGRAMS
-            .iter()
-            .filter(|(_, l)| inspects || !INSPECTOR.contains(l))
+        // Every program a daemon on this kernel attaches: without the inspector, the connect
+        // hooks; without the response hook, all but it.
+        wanted: super::paths::wanted(inspects, attributes).count(),
+        enforcing: super::paths::wanted(inspects, attributes)
             .all(|(_, l)| links.iter().any(|have| have == l))
             && cfg.generation == active.generation
             && active.generation != 0,
@@ -171,15 +175,20 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
             removed.push(format!("link {} (program detached)", p.display()));
         }
     }
-    // The message hook attached through its map (Linux < 6.10): detached from the map, whoever
-    // else holds the map (a running daemon).
-    let prog = link_pin(pin_dir, MSG_PROG);
-    if prog.exists() {
+    // The sockhash programs attached through their map (Linux < 6.10): detached from the map,
+    // whoever else holds the map (a running daemon).
+    for (link, prog_pin) in SOCKMAP_PROGS {
+        use crate::kernel::bpf_sys::SockmapHook;
+        let hook = if link == "msg" { SockmapHook::Msg } else { SockmapHook::StreamVerdict };
+        let prog = link_pin(pin_dir, prog_pin);
+        if !prog.exists() {
+            continue;
+        }
         use std::os::fd::AsFd as _;
         let fd =
             crate::kernel::bpf_sys::obj_get(&prog).with_context(|| format!("opening {}", prog.display()))?;
         if let Ok(map) = crate::kernel::bpf_sys::obj_get(&map_pin(pin_dir, maps::SOCKETS)) {
-            match crate::kernel::bpf_sys::sk_msg_prog_detach(map.as_fd(), fd.as_fd()) {
+            match crate::kernel::bpf_sys::sockmap_prog_detach(map.as_fd(), fd.as_fd(), hook) {
                 // Not (or no longer) attached to this map: nothing to detach.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {}
                 r => r.with_context(|| format!("detaching {} from its map", prog.display()))?,

@@ -68,6 +68,26 @@ impl AnyKey {
                 finding: e.finding,
                 path: e.path[..(e.path_len as usize).min(e.path.len())].to_vec(),
             },
+            // The same workload fetching the same key for the same path: a repeat. (Another key
+            // is another event.)
+            Record::Credentials(e) => Key {
+                kind: e.kind,
+                flags: e.flags,
+                uid: e.uid,
+                gid: e.gid,
+                cgroup_id: e.cgroup_id,
+                comm: e.comm,
+                family: e.family,
+                port: e.port,
+                addr: e.addr,
+                finding: 0,
+                path: [
+                    &e.path[..(e.path_len as usize).min(e.path.len())],
+                    b"\0",
+                    &e.values[..(e.values_len as usize).min(e.values.len())],
+                ]
+                .concat(),
+            },
         })
     }
 }

@@ -63,6 +63,14 @@ pub fn event(ev: &Event, ctx: &Context) -> Value {
             request(&mut o, &r.sample);
             REQUEST_KEYS
         }
+        Event::CredentialsFetched(c) => {
+            credentials(&mut o, c);
+            CREDENTIALS_KEYS
+        }
+        Event::CredentialsFetchedRepeated(r) => {
+            credentials(&mut o, &r.sample);
+            CREDENTIALS_KEYS
+        }
         Event::ForwardDenied(p) | Event::OutputDenied(p) => {
             packet(&mut o, p);
             PACKET_KEYS
@@ -129,6 +137,24 @@ const REQUEST_KEYS: &[&str] = &[
     "port",
     "family",
     "method",
+    "path",
+    "first_time",
+];
+const CREDENTIALS_KEYS: &[&str] = &[
+    "time",
+    "pid",
+    "tid",
+    "uid",
+    "gid",
+    "user",
+    "comm",
+    "exe",
+    "container_id",
+    "container_runtime",
+    "pod",
+    "dst",
+    "port",
+    "family",
     "path",
     "first_time",
 ];
@@ -255,6 +281,19 @@ fn request(o: &mut Map<String, Value>, q: &Request) {
         put(o, "http.request.method", m);
     }
     if let Some(p) = &q.path {
+        put(o, "url.path", p.as_str());
+    }
+}
+
+/// Credentials a process received: an allowed access, informational; the access key id, role
+/// and expiry under `imds_guard.*` (ECS has no field for a cloud access key id).
+fn credentials(o: &mut Map<String, Value>, c: &super::event::Credentials) {
+    classify(o, &["network", "web"], &["access", "allowed"], "success", 21);
+    process(o, &c.who);
+    destination(o, &c.dst, c.port, Some(&c.family), "tcp");
+    put(o, "network.protocol", "http");
+    put(o, "http.request.method", "GET");
+    if let Some(p) = &c.path {
         put(o, "url.path", p.as_str());
     }
 }

@@ -10,10 +10,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::event::{Ancestor, Connect, Event, Pod, Request, Who};
+use super::event::{Ancestor, Connect, Credentials, Event, Pod, Request, Who};
 use crate::host::workload::Attribution;
 use imds_guard_common::{
-    event::{AF_INET, ConnectEvent, Record, RequestEvent, TaskInfo},
+    creds,
+    event::{AF_INET, ConnectEvent, CredentialsEvent, Record, RequestEvent, TaskInfo},
     http::{self, Finding},
 };
 
@@ -65,6 +66,50 @@ impl Enricher {
                     _ => Event::Imdsv1Request(r),
                 }
             }
+            Record::Credentials(ev) => Event::CredentialsFetched(self.credentials(ev)),
+        }
+    }
+
+    fn credentials(&mut self, ev: &CredentialsEvent) -> Credentials {
+        let (dst, family) = destination(ev.family, &ev.addr);
+        let path = &ev.path[..(ev.path_len as usize).min(ev.path.len())];
+        let path_cut = ev.path_bytes > ev.path_len;
+        let (source, role) = match creds::source(path) {
+            creds::Source::InstanceRole(role) => {
+                // The role ends the kept path: cut with it when the path was.
+                let end = role.as_ptr_range().end == path.as_ptr_range().end;
+                let mut r = String::from_utf8_lossy(role).into_owned();
+                if path_cut && end {
+                    r.push('…');
+                }
+                ("instance_role", Some(r))
+            }
+            creds::Source::InstanceIdentity => ("instance_identity", None),
+            creds::Source::Other => ("other", None),
+        };
+        let (key, expiry) = creds::values(&ev.values[..(ev.values_len as usize).min(ev.values.len())]);
+        // A value the kernel had no room for to its end: what it kept, and `…`.
+        let text = |v: creds::Value<'_>| {
+            let mut s = json_string(v.raw);
+            if v.cut {
+                s.push('…');
+            }
+            s
+        };
+        Credentials {
+            time: wall_time(ev.time_boot_ns),
+            who: self.who(ev.pid_tgid, ev.uid, ev.gid, &ev.comm, ev.cgroup_id, &ev.task),
+            source: source.to_owned(),
+            role,
+            path: (ev.path_len > 0).then(|| String::from_utf8_lossy(path).into_owned()),
+            access_key_id: key.map(text).unwrap_or_default(),
+            expiration: expiry.map(text),
+            complete: ev.flags & creds::flag::COMPLETE != 0,
+            dst,
+            port: u16::try_from(ev.port).unwrap_or(0),
+            family: family.to_owned(),
+            rule: (ev.rule_index != imds_guard_common::sock::NO_RULE).then_some(ev.rule_index),
+            generation: ev.generation,
         }
     }
 
@@ -409,6 +454,13 @@ fn walk_for_cgroup(root: &Path, id: u64) -> Option<String> {
         }
     }
     None
+}
+
+/// The text of a JSON string value as the kernel kept it (between its quotes, escapes as
+/// written): decoded when it is a valid JSON string, else as it stands (invalid UTF-8 replaced).
+fn json_string(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    serde_json::from_str::<String>(&format!("\"{text}\"")).unwrap_or_else(|_| text.into_owned())
 }
 
 fn cstr(b: &[u8]) -> String {

@@ -26,6 +26,8 @@ pub enum Event {
     /// A request the workload may not read (`read = "no-secrets"`): refused, or reported only in
     /// monitor mode.
     RequestDenied(Request),
+    /// A process received credentials from a metadata endpoint.
+    CredentialsFetched(Credentials),
     /// A forwarded packet to an endpoint (no local socket behind it).
     ForwardDenied(Packet),
     /// Reduced mode: a packet of a local process that no uid/gid rule allows.
@@ -46,6 +48,7 @@ pub enum Event {
     TokenPutForwardedRepeated(Repeated<Request>),
     ImdsRequestUnclassifiedRepeated(Repeated<Request>),
     RequestDeniedRepeated(Repeated<Request>),
+    CredentialsFetchedRepeated(Repeated<Credentials>),
     ForwardDeniedRepeated(Repeated<Packet>),
     OutputDeniedRepeated(Repeated<Packet>),
 }
@@ -69,6 +72,7 @@ impl Event {
             Event::TokenPutForwarded(_) => "token_put_forwarded",
             Event::ImdsRequestUnclassified(_) => "imds_request_unclassified",
             Event::RequestDenied(_) => "request_denied",
+            Event::CredentialsFetched(_) => "credentials_fetched",
             Event::ForwardDenied(_) => "forward_denied",
             Event::OutputDenied(_) => "output_denied",
             Event::PreexistingConnection(_) => "preexisting_connection",
@@ -84,6 +88,7 @@ impl Event {
             Event::TokenPutForwardedRepeated(_) => "token_put_forwarded_repeated",
             Event::ImdsRequestUnclassifiedRepeated(_) => "imds_request_unclassified_repeated",
             Event::RequestDeniedRepeated(_) => "request_denied_repeated",
+            Event::CredentialsFetchedRepeated(_) => "credentials_fetched_repeated",
             Event::ForwardDeniedRepeated(_) => "forward_denied_repeated",
             Event::OutputDeniedRepeated(_) => "output_denied_repeated",
         }
@@ -109,7 +114,17 @@ impl Event {
                 | Event::ProgramsDetached(_)
                 | Event::ConnectionsUninspected(_)
                 | Event::StreamLagged(_)
+                | Event::CredentialsFetched(_)
+                | Event::CredentialsFetchedRepeated(_)
         )
+    }
+
+    /// Written out as one of the kernel's events (a violation, a finding, credentials fetched):
+    /// counted in the metrics' `events_delivered`.
+    #[must_use]
+    pub const fn from_kernel_or_netfilter(&self) -> bool {
+        self.is_violation()
+            || matches!(self, Event::CredentialsFetched(_) | Event::CredentialsFetchedRepeated(_))
     }
 
     /// The process an event names, when it names one (a repeat's without pid and executable).
@@ -126,6 +141,8 @@ impl Event {
             | Event::TokenPutForwardedRepeated(r)
             | Event::ImdsRequestUnclassifiedRepeated(r)
             | Event::RequestDeniedRepeated(r) => Some(&r.sample.who),
+            Event::CredentialsFetched(c) => Some(&c.who),
+            Event::CredentialsFetchedRepeated(r) => Some(&r.sample.who),
             _ => None,
         }
     }
@@ -145,6 +162,7 @@ impl Event {
             Event::ImdsRequestUnclassified(q) => {
                 Event::ImdsRequestUnclassifiedRepeated(r(q, &q.time, count, window_s))
             }
+            Event::CredentialsFetched(c) => Event::CredentialsFetchedRepeated(r(c, &c.time, count, window_s)),
             Event::ForwardDenied(p) => Event::ForwardDeniedRepeated(r(p, &p.time, count, window_s)),
             Event::OutputDenied(p) => Event::OutputDeniedRepeated(r(p, &p.time, count, window_s)),
             _ => return None,
@@ -161,6 +179,8 @@ impl Event {
             | Event::ImdsRequestUnclassified(r)
             | Event::RequestDenied(r) => Some(&r.time),
             Event::ForwardDenied(p) | Event::OutputDenied(p) => Some(&p.time),
+            Event::CredentialsFetched(c) => Some(&c.time),
+            Event::CredentialsFetchedRepeated(r) => Some(&r.first_time),
             Event::ConnectDeniedRepeated(r) => Some(&r.first_time),
             Event::Imdsv1RequestRepeated(r)
             | Event::TokenPutForwardedRepeated(r)
@@ -181,6 +201,7 @@ impl Event {
                 | Event::TokenPutForwardedRepeated(_)
                 | Event::ImdsRequestUnclassifiedRepeated(_)
                 | Event::RequestDeniedRepeated(_)
+                | Event::CredentialsFetchedRepeated(_)
                 | Event::ForwardDeniedRepeated(_)
                 | Event::OutputDeniedRepeated(_)
         )
@@ -195,6 +216,7 @@ impl Event {
             | Event::TokenPutForwardedRepeated(r)
             | Event::ImdsRequestUnclassifiedRepeated(r)
             | Event::RequestDeniedRepeated(r) => r.count,
+            Event::CredentialsFetchedRepeated(r) => r.count,
             Event::ForwardDeniedRepeated(r) | Event::OutputDeniedRepeated(r) => r.count,
             _ => 1,
         }
@@ -344,6 +366,40 @@ pub struct Request {
     /// line split across writes, not HTTP, or a second request in the same write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+}
+
+/// `credentials_fetched`: a process received credentials from a metadata endpoint (the access key
+/// id and the expiry the response named; never the secret access key or the session token).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    #[serde(default)]
+    pub time: String,
+    /// pid, tid, uid, gid and user of the process that wrote the request; comm and cgroup of the
+    /// process that connected (as for request events).
+    #[serde(flatten)]
+    pub who: Who,
+    /// `"instance_role"` (`/<version>/meta-data/iam/security-credentials/<role>`),
+    /// `"instance_identity"` (`.../identity-credentials/ec2/security-credentials/ec2-instance`) or
+    /// `"other"` (another path: a container credentials endpoint, an unusual spelling).
+    pub source: String,
+    /// The role, for `instance_role` (`…` at the end when the path was cut).
+    pub role: Option<String>,
+    /// The request path as written, cut at 128 bytes; `None` when it was not read as one.
+    pub path: Option<String>,
+    /// The access key id the response named (`…` at the end when the kernel could not keep it
+    /// whole: 128 bytes for it and the expiry).
+    pub access_key_id: String,
+    /// The credentials' `Expiration` (`None` when the response ended before it).
+    pub expiration: Option<String>,
+    /// The response's JSON document was read to its end.
+    pub complete: bool,
+    pub dst: String,
+    pub port: u16,
+    pub family: String,
+    /// The `[[allow]]` rule (0-based) that let the connection through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    pub generation: u32,
 }
 
 /// `forward_denied` (forwarded, no local socket) and `output_denied` (reduced mode: sent by a

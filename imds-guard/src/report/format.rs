@@ -86,6 +86,7 @@ pub fn as_written(ev: &Event) -> std::borrow::Cow<'_, Event> {
         | Event::TokenPutForwardedRepeated(r)
         | Event::ImdsRequestUnclassifiedRepeated(r)
         | Event::RequestDeniedRepeated(r) => Some(&mut r.sample.who),
+        Event::CredentialsFetchedRepeated(r) => Some(&mut r.sample.who),
         _ => None,
     };
     if let Some(w) = who {

@@ -37,6 +37,14 @@ pub fn line(event: &Event) -> String {
             request(&mut out, event, &r.sample);
             (&r.first_time, Some(&r.sample.who), Some((r.count, r.window_s)))
         }
+        Event::CredentialsFetched(c) => {
+            credentials(&mut out, c);
+            (&c.time, Some(&c.who), None)
+        }
+        Event::CredentialsFetchedRepeated(r) => {
+            credentials(&mut out, &r.sample);
+            (&r.first_time, Some(&r.sample.who), Some((r.count, r.window_s)))
+        }
         Event::ForwardDenied(p) | Event::OutputDenied(p) => {
             packet(&mut out, event, p);
             (&p.time, None, None)
@@ -80,6 +88,25 @@ fn request(out: &mut String, event: &Event, q: &super::event::Request) {
         q.method.as_deref().unwrap_or("null"),
         visible(q.path.as_deref().unwrap_or("null"))
     );
+}
+
+fn credentials(out: &mut String, c: &super::event::Credentials) {
+    let _ = write!(out, "credentials fetched: access key {}", visible(&c.access_key_id));
+    match (&c.role, c.source.as_str()) {
+        (Some(r), _) => {
+            let _ = write!(out, " of role {}", visible(r));
+        }
+        (None, "instance_identity") => out.push_str(" (instance identity)"),
+        (None, _) => {
+            let _ = write!(out, " from {}", visible(c.path.as_deref().unwrap_or("null")));
+        }
+    }
+    if let Some(e) = &c.expiration {
+        let _ = write!(out, " expiring {}", visible(e));
+    }
+    if !c.complete {
+        out.push_str(" (response not read to its end)");
+    }
 }
 
 fn packet(out: &mut String, event: &Event, p: &Packet) {

@@ -83,7 +83,7 @@ impl BuildInfo {
 
 /// The parts of the guard a kernel may lack the means for (`kernel::features::Degradation`'s
 /// names): `imds_guard_feature_degraded` has a series for each, 0 or 1.
-pub const DEGRADABLE: &[&str] = &["imdsv1_inspection"];
+pub const DEGRADABLE: &[&str] = &["imdsv1_inspection", "credential_attribution"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DegradedFeature {
@@ -104,6 +104,11 @@ struct Request {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Workload {
+    workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     result: String,
 }
@@ -117,6 +122,7 @@ pub struct Metrics {
     registry: Registry,
     denied: Family<Violation, Counter>,
     requests: Family<Request, Counter>,
+    credentials: Family<Workload, Counter>,
     reloads: Family<Outcome, Counter>,
     kernel: Family<KernelStat, Counter>,
     delivered: Counter,
@@ -149,7 +155,7 @@ impl Metrics {
         );
         registry.register(
             "feature_degraded",
-            "1 if this kernel lacks what the feature needs and the guard runs without it (imdsv1_inspection: IMDSv1 requests neither reported nor refused), else 0",
+            "1 if this kernel lacks what the feature needs and the guard runs without it (imdsv1_inspection: IMDSv1 requests neither reported nor refused; credential_attribution: credentials_fetched not reported), else 0",
             degraded,
         );
         let denied = Family::<Violation, Counter>::default();
@@ -163,6 +169,12 @@ impl Metrics {
             "requests_reported",
             "Requests to the metadata service reported (finding=imdsv1: tokenless; token_put_forwarded; unclassified), by workload",
             requests.clone(),
+        );
+        let credentials = Family::<Workload, Counter>::default();
+        registry.register(
+            "credentials_fetched",
+            "Responses that carried credentials from a metadata endpoint to a process (credentials_fetched events, repeats included), by workload",
+            credentials.clone(),
         );
         let reloads = Family::<Outcome, Counter>::default();
         registry.register("policy_reloads", "Policy reloads, by result (ok, failed)", reloads.clone());
@@ -204,6 +216,7 @@ impl Metrics {
             registry,
             denied,
             requests,
+            credentials,
             reloads,
             kernel,
             delivered,
@@ -223,7 +236,7 @@ impl Metrics {
     pub fn observe(&self, event: &Event, repeat: bool) {
         if repeat {
             self.aggregated.inc();
-        } else if event.is_violation() {
+        } else if event.from_kernel_or_netfilter() {
             self.delivered.inc();
         }
         let request = |finding: &str, r: &super::event::Request| {
@@ -248,6 +261,9 @@ impl Metrics {
             Event::TokenPutForwarded(r) => request("token_put_forwarded", r),
             Event::ImdsRequestUnclassified(r) => request("unclassified", r),
             Event::RequestDenied(r) => request("read_denied", r),
+            Event::CredentialsFetched(c) => {
+                self.credentials.get_or_create(&Workload { workload: self.workload(&c.who) }).inc();
+            }
             Event::PolicyReloaded(r) => {
                 self.reloads.get_or_create(&Outcome { result: "ok".into() }).inc();
                 self.generation.set(i64::from(r.generation));

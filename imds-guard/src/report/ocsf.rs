@@ -7,6 +7,7 @@
 //! | `forward_denied`, `output_denied` | Network Activity (4001) | Refuse / Open |
 //! | `preexisting_connection` | Network Activity (4001) | Reset (closed) / Traffic |
 //! | `imdsv1_request`, `token_put_forwarded`, `imds_request_unclassified` | HTTP Activity (4002) | the method (Get, Put, ...; Other) |
+//! | `credentials_fetched` | HTTP Activity (4002) | Get (allowed; the key id and the role under `unmapped`) |
 //! | `guard_started` | Application Lifecycle (6002) | Start |
 //! | `policy_reloaded`, `policy_reload_failed` | Application Lifecycle (6002) | Update (status Success / Failure) |
 //! | `programs_detached` | Application Lifecycle (6002) | Disable |
@@ -23,7 +24,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{
-    event::{Event, Packet, Preexisting, Request, Who},
+    event::{Credentials, Event, Packet, Preexisting, Request, Who},
     format::{self, Context},
 };
 
@@ -73,6 +74,8 @@ pub fn event(ev: &Event, ctx: &Context) -> Value {
         | Event::TokenPutForwardedRepeated(r)
         | Event::ImdsRequestUnclassifiedRepeated(r)
         | Event::RequestDeniedRepeated(r) => (request(&r.sample, ev, ctx), REQUEST_KEYS),
+        Event::CredentialsFetched(c) => (credentials(c, ev, ctx), CREDENTIALS_KEYS),
+        Event::CredentialsFetchedRepeated(r) => (credentials(&r.sample, ev, ctx), CREDENTIALS_KEYS),
         Event::ForwardDenied(p) | Event::OutputDenied(p) => (packet(p, ev, ctx), PACKET_KEYS),
         Event::ForwardDeniedRepeated(r) | Event::OutputDeniedRepeated(r) => {
             (packet(&r.sample, ev, ctx), PACKET_KEYS)
@@ -131,6 +134,24 @@ const REQUEST_KEYS: &[&str] = &[
     "dst",
     "port",
     "method",
+    "path",
+    "first_time",
+    "count",
+];
+const CREDENTIALS_KEYS: &[&str] = &[
+    "time",
+    "pid",
+    "tid",
+    "uid",
+    "gid",
+    "user",
+    "comm",
+    "exe",
+    "container_id",
+    "container_runtime",
+    "ancestors",
+    "dst",
+    "port",
     "path",
     "first_time",
     "count",
@@ -245,6 +266,25 @@ fn request(q: &Request, ev: &Event, ctx: &Context) -> Map<String, Value> {
     if !http.is_empty() {
         o.insert("http_request".into(), Value::Object(http));
     }
+    o
+}
+
+/// Credentials a process received: an allowed HTTP GET (only a GET's response carries them),
+/// informational; the access key id, role and expiry have no OCSF field and stay under `unmapped`.
+fn credentials(c: &Credentials, ev: &Event, ctx: &Context) -> Map<String, Value> {
+    let mut o = base(&HTTP_ACTIVITY, (3, "Get"), INFORMATIONAL, ev, ctx);
+    o.insert("action_id".into(), 1.into());
+    o.insert("action".into(), "Allowed".into());
+    o.insert("disposition_id".into(), 1.into());
+    o.insert("disposition".into(), "Allowed".into());
+    o.insert("actor".into(), actor(&c.who));
+    o.insert("dst_endpoint".into(), endpoint(&c.dst, c.port));
+    o.insert("connection_info".into(), outbound("tcp"));
+    let mut http = json!({"http_method": "GET"});
+    if let Some(p) = &c.path {
+        http["url"] = json!({"path": p, "port": c.port});
+    }
+    o.insert("http_request".into(), http);
     o
 }
 

@@ -43,8 +43,11 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 /// requests must be inspected; raw sockets refused by rules read through BTF (the cgroup's
 /// ancestors are ids before 6.0, pointers since); `read` refusing the secrets in every spelling on
 /// every address family (the path classifier's loop on each verifier), and on a handed-over
-/// socket. (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 15] = [
+/// socket; credential attribution, whose response hook (an sk_skb stream verdict program) changes
+/// how the kernel delivers a metadata connection's data, with the SDK on both attach paths, every
+/// byte of responses cut, chunked, kept alive and large arriving whole. (target, test, timeout in
+/// seconds)
+pub const SUBSET: [(&str, &str, u32); 18] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -64,6 +67,17 @@ pub const SUBSET: [(&str, &str, u32); 15] = [
     ("bypass", "raw_sockets_are_refused_to_processes_the_policy_does_not_admit", 240),
     ("read", "the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family", 300),
     ("bypass", "a_handed_over_socket_reads_no_more_than_its_holder_may", 240),
+    (
+        "credentials",
+        "the_aws_sdk_s_credential_fetch_is_attributed_once_with_its_key_and_never_its_secret",
+        300,
+    ),
+    ("credentials", "responses_in_pieces_chunked_and_on_kept_connections_reach_clients_whole", 300),
+    (
+        "credentials",
+        "large_responses_reach_clients_whole_and_a_long_credentials_response_is_still_attributed",
+        240,
+    ),
 ];
 
 /// The checks to run. `tests` (`--tests`): `<target>` (every test of that binary, from `list`) or

@@ -1,0 +1,241 @@
+//! Credential attribution: which requests' responses are read, and the response scanner that finds
+//! the access key id and expiry of role credentials in them, so that the process that fetched a
+//! key can be named when the key turns up elsewhere (a GuardDuty finding names the key, not the
+//! process).
+//!
+//! The scanner runs in the kernel, on the bytes the metadata service sends back on a connection
+//! whose request asked for credentials, and keeps exactly two JSON string values: `AccessKeyId`
+//! (an identifier, not a secret) and `Expiration`. Every other byte, the secret access key and
+//! the session token included, passes through a register and is never stored: a byte outside
+//! those two values is written back as the byte that was already there (see [`Walk::step`]).
+//!
+//! Like the request classifier (`http.rs`) it is table-driven, with no data-dependent branch per
+//! byte, so that the kernel runs it in a plain bounded loop that the verifiers of Linux 5.10 and
+//! later accept, carries its state from one segment to the next (a response split anywhere is
+//! read as if whole), and the host drives the very same code in tests. Two small automata run
+//! side by side:
+//! - the *frame* reads the HTTP response head (status line and headers: only
+//!   `Transfer-Encoding` matters) and then the body, plain or chunked (`Transfer-Encoding:
+//!   chunked`: chunk sizes in hex, extensions, the last chunk), and says which bytes are body;
+//! - the *JSON* automaton reads the body: a top-level object whose keys it tells apart (the two it
+//!   wants, and any other), string values (with escapes), scalars, and nested objects and arrays up
+//!   to four levels (whose keys are never the ones it wants). It captures the two values' raw JSON
+//!   text, at most [`KEY_MAX`] and [`EXPIRY_MAX`] bytes (more is cut and flagged).
+
+/// Bytes of the stream of kept values ([`mark`]): an access key id (16 to 128 characters, 20 in
+/// practice) and an expiry (`2026-12-03T20:15:31Z`) with their marks fit about three times.
+pub const VALUES_MAX: usize = 128;
+
+/// The stream of kept values: each value's raw JSON string text (escapes as written; a control
+/// byte in it as `?`) between an opening and a closing mark. A value the stream had no room for
+/// to its end has no closing mark. Marks are control bytes, which a kept value never holds.
+pub mod mark {
+    pub const KEY_OPEN: u8 = 1;
+    pub const KEY_CLOSE: u8 = 2;
+    pub const EXPIRY_OPEN: u8 = 3;
+    pub const EXPIRY_CLOSE: u8 = 4;
+}
+
+/// Bytes of one segment the kernel reads; a longer segment is read this far and the response is
+/// not followed further ([`flag::GAP`]).
+pub const SEGMENT_MAX: u32 = 4096;
+/// Bytes of one response read in all; the credentials document is about 1.5 KiB.
+pub const RESPONSE_MAX: u32 = 16384;
+/// Bytes of the request path kept beyond `http::PATH_MAX` (the message hook copies them), so
+/// that a role name of the longest kind (64 characters) after a dated version is whole.
+pub const PATH_TAIL: usize = 32;
+/// Bytes of the request path an event carries.
+pub const EVENT_PATH_MAX: usize = crate::http::PATH_MAX + PATH_TAIL;
+
+/// Facts the scanner establishes, or'ed into [`RespState::flags`] (and an event's `flags`).
+pub mod flag {
+    /// The `AccessKeyId` string value ended (its closing quote was read).
+    pub const KEY_DONE: u32 = 1 << 0;
+    /// The `Expiration` string value ended.
+    pub const EXPIRY_DONE: u32 = 1 << 1;
+    /// The top-level JSON object closed: the whole document was read.
+    pub const COMPLETE: u32 = 1 << 4;
+    /// A segment longer than [`super::SEGMENT_MAX`], or a response longer than
+    /// [`super::RESPONSE_MAX`]: what came after was not read.
+    pub const GAP: u32 = 1 << 5;
+}
+
+/// What became of a response so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// More of it is to come.
+    Reading,
+    /// The top-level object closed: the document was read whole.
+    Closed,
+    /// It will not be read further: not JSON, a framing error, the last chunk without a closed
+    /// object, or a [`flag::GAP`].
+    Ended,
+}
+
+mod scan;
+
+/// A watched response: the event it will be reported as (filled by the message hook when the
+/// request is written, its two values by the response hook as it reads), and where the reading
+/// stands. The value of [`crate::maps::CREDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Watch {
+    pub ev: crate::event::CredentialsEvent,
+    pub resp: RespState,
+}
+
+pub use scan::{CLASS, CLASSES, FRAME, FRAME_LEN, JSON, JSON_LEN, RespState, Walk};
+
+/// A kept value read back from the stream: its raw text, and whether it was cut (no closing mark).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Value<'a> {
+    pub raw: &'a [u8],
+    pub cut: bool,
+}
+
+/// The last access key id and the last expiry in `stream` (the first `len` bytes of an event's
+/// `values`), as the scanner kept them.
+#[must_use]
+pub fn values(stream: &[u8]) -> (Option<Value<'_>>, Option<Value<'_>>) {
+    let (mut key, mut expiry) = (None, None);
+    let mut i = 0;
+    while i < stream.len() {
+        let close = match stream[i] {
+            mark::KEY_OPEN => mark::KEY_CLOSE,
+            mark::EXPIRY_OPEN => mark::EXPIRY_CLOSE,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let rest = &stream[i + 1..];
+        let end = rest.iter().position(|&b| b <= mark::EXPIRY_CLOSE);
+        let v = match end {
+            Some(n) => Value { raw: &rest[..n], cut: rest[n] != close },
+            None => Value { raw: rest, cut: true },
+        };
+        if close == mark::KEY_CLOSE {
+            key = Some(v);
+        } else {
+            expiry = Some(v);
+        }
+        i += 1 + v.raw.len();
+    }
+    (key, expiry)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which requests' responses are read.
+
+/// States of the `credentials` matcher; the last (found) absorbs.
+const NEEDLE: &[u8] = b"credentials";
+const FOUND: u8 = NEEDLE.len() as u8;
+
+const fn needle_step(s: u8, b: u8) -> u8 {
+    let l = scan::lower(b);
+    if s == FOUND || b == b'%' {
+        FOUND
+    } else if l == NEEDLE[s as usize] {
+        s + 1
+    } else if l == NEEDLE[0] {
+        1
+    } else {
+        0
+    }
+}
+
+const fn build_needle() -> [u8; 16 * 256] {
+    let mut t = [0u8; 16 * 256];
+    let mut s = 0usize;
+    while s < 16 {
+        let mut b = 0usize;
+        while b < 256 {
+            t[(s << 8) | b] = if s <= FOUND as usize { needle_step(s as u8, b as u8) } else { FOUND };
+            b += 1;
+        }
+        s += 1;
+    }
+    t
+}
+
+/// The matcher's table: state × byte.
+pub static NEEDLE_TABLE: [u8; 16 * 256] = build_needle();
+
+/// The matcher over `bytes` (at most their first `len`, at most [`EVENT_PATH_MAX`]), from state
+/// `s`: the kernel runs it over the two parts of a kept path. Bounded loop, one branch per byte.
+#[inline(always)]
+#[must_use]
+pub fn needle_scan<const N: usize>(mut s: u32, bytes: &[u8; N], len: u32) -> u32 {
+    let mut i = 0u32;
+    while (i as usize) < N {
+        if i >= len {
+            break;
+        }
+        s = u32::from(
+            NEEDLE_TABLE[scan::index(u64::from(((s & 15) << 8) | u32::from(bytes[i as usize])), 4096)],
+        );
+        i += 1;
+    }
+    s
+}
+
+/// Whether the response to a request for `path` is read: when the path names credentials
+/// (`credentials` in any case: the instance role's and the instance identity's, ECS's and EKS Pod
+/// Identity's), when it has a `%` (an escape could spell it), or when the path was not kept whole
+/// (`known` false: longer than kept, or begun in an earlier write): a request the kernel cannot
+/// read whole is one it cannot rule out.
+#[must_use]
+pub fn wants_response(path: &[u8], known: bool) -> bool {
+    let mut s = 0u8;
+    for &b in path {
+        s = NEEDLE_TABLE[(usize::from(s) << 8) | usize::from(b)];
+    }
+    !known || s == FOUND
+}
+
+/// [`wants_response`] on the matcher's final state.
+#[must_use]
+pub const fn found(state: u32) -> bool {
+    state == FOUND as u32
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a path says (userspace: the event's `source` and `role`).
+
+/// What kind of credentials a request path asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// `/<version>/meta-data/iam/security-credentials/<role>`: the instance profile's role.
+    InstanceRole(&'a [u8]),
+    /// `/<version>/meta-data/identity-credentials/ec2/security-credentials/ec2-instance`.
+    InstanceIdentity,
+    /// Any other path whose response carried credentials (a container credentials endpoint, an
+    /// unusual spelling of the paths above).
+    Other,
+}
+
+const ROLE_PREFIX: &[u8] = b"/meta-data/iam/security-credentials/";
+const IDENTITY_PATH: &[u8] = b"/meta-data/identity-credentials/ec2/security-credentials/ec2-instance";
+
+/// The source of the credentials a request for `path` got (the query string aside).
+#[must_use]
+pub fn source(path: &[u8]) -> Source<'_> {
+    let end = path.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(path.len());
+    let path = &path[..end];
+    let Some(rest) = path.strip_prefix(b"/") else { return Source::Other };
+    let Some(slash) = rest.iter().position(|&b| b == b'/') else { return Source::Other };
+    if slash == 0 {
+        return Source::Other; // no version
+    }
+    let rest = &rest[slash..];
+    if rest == IDENTITY_PATH {
+        return Source::InstanceIdentity;
+    }
+    match rest.strip_prefix(ROLE_PREFIX) {
+        Some(role) if !role.is_empty() && !role.contains(&b'/') => Source::InstanceRole(role),
+        _ => Source::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests;
