@@ -161,9 +161,7 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     } else if v.report {
         report(&ctx, st, finding, v.refuse, 0);
     }
-    if !refuse
-        && let Some(cfg) = crate::maps::live_config()
-    {
+    if !refuse && let Some(cfg) = crate::maps::live_config() {
         // The path is this request's only where its request line was read as one.
         let known = !interleaved
             && matches!(
