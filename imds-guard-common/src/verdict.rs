@@ -96,6 +96,20 @@ pub fn admit(cfg: &GenConfig, found: Option<Match>) -> Option<Match> {
     }
 }
 
+/// The terms of a connection the policy lets through though no table admits it (monitor mode):
+/// the policy's default `imdsv1`, and `read = "no-secrets"`, which monitor mode reports but never
+/// enforces: what such a workload reads beyond the harmless facts is reported (`request_denied`,
+/// not enforced), so that `suggest` can propose the narrowest `read` for the table it writes.
+#[inline(always)]
+#[must_use]
+pub const fn monitored_terms(cfg: &GenConfig) -> RuleValue {
+    RuleValue { rule_index: crate::sock::NO_RULE, imdsv1: cfg.default_imdsv1, read: MONITORED_READ as u32 }
+}
+
+/// What a process no table admits is judged to read by while monitor mode lets it through (see
+/// [`monitored_terms`]).
+pub const MONITORED_READ: Read = Read::NoSecrets;
+
 /// Fields a debugger attached to the process can borrow: the executable it runs, the cgroup it
 /// is in and its comm say nothing about whose code runs while it is traced. (uid and gid do: a
 /// tracer needs the same uid, or more.)

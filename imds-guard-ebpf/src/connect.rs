@@ -15,7 +15,7 @@ use imds_guard_common::{
     rule::{Identity, Read, RuleValue},
     sock::NO_RULE,
     stats::Stat,
-    verdict::{ConnectContext, ConnectVerdict, admit, judge_connect},
+    verdict::{ConnectContext, ConnectVerdict, admit, judge_connect, monitored_terms},
 };
 
 /// `SOCK_STREAM` and `IPPROTO_TCP`, as the context reports them.
@@ -124,11 +124,9 @@ fn judge(
     // combination of the checks above, 10x the instructions.
     let flag = crate::judge::opaque(crate::judge::refusal_flag(refusal));
     let verdict = ConnectVerdict::from_u32(crate::judge::opaque(verdict.as_u32()));
-    // The terms the connection gets, likewise (a process no rule admits: monitor mode's).
-    let terms = matched
-        .map_or(RuleValue { rule_index: NO_RULE, imdsv1: cfg.default_imdsv1, read: Read::All as u32 }, |m| {
-            m.value
-        });
+    // The terms the connection gets, likewise (a process no rule admits: monitor mode's, whose
+    // reads of secrets are reported, not refused).
+    let terms = matched.map_or(monitored_terms(cfg), |m| m.value);
     let terms = RuleValue {
         rule_index: crate::judge::opaque(terms.rule_index),
         imdsv1: crate::judge::opaque(terms.imdsv1),

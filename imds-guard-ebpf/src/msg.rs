@@ -30,7 +30,9 @@ use imds_guard_common::{
     rule::{Identity, Imdsv1Action, Read},
     sock::{NO_RULE, SCAN_MAX, SockState},
     stats::Stat,
-    verdict::{ConnectContext, ConnectVerdict, admit, judge_connect, read_verdict, request_verdict},
+    verdict::{
+        ConnectContext, ConnectVerdict, MONITORED_READ, admit, judge_connect, read_verdict, request_verdict,
+    },
 };
 
 use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCAN, count};
@@ -221,7 +223,8 @@ fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<u32> {
         st.writer_generation = cfg.generation;
         st.writer_verdict = verdict.as_u32();
         st.writer_flags = crate::judge::refusal_flag(refusal);
-        st.writer_read = matched.map_or(Read::All as u32, |m| m.value.read);
+        // A writer no table admits, let through by monitor mode: its reads are reported.
+        st.writer_read = matched.map_or(MONITORED_READ as u32, |m| m.value.read);
     }
     let read = if st.writer_read > st.read { st.writer_read } else { st.read };
     let verdict = ConnectVerdict::from_u32(st.writer_verdict);

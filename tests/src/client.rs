@@ -171,8 +171,17 @@ impl<'a> Client<'a> {
     /// The IMDSv2 flow with curl: token PUT, then GET `path` with the token. Returns the body, or
     /// the error curl printed.
     pub fn imdsv2_get(&self, host: &str, path: &str) -> Result<String, String> {
+        self.imdsv2_get_via("curl", host, path)
+    }
+
+    /// [`Client::imdsv2_get`] with the curl at `program` (a copy of it is an executable of its
+    /// own). The path is sent as written (`--path-as-is`: dot segments too).
+    pub fn imdsv2_get_via(&self, program: &str, host: &str, path: &str) -> Result<String, String> {
         let base = if host.contains(':') { format!("http://[{host}]") } else { format!("http://{host}") };
-        let tok = self.curl(&[
+        let curl = |args: &[&str]| {
+            self.command(program).args(["-sS", "--max-time", "5"]).args(args).output().expect("run curl")
+        };
+        let tok = curl(&[
             "-f",
             "-X",
             "PUT",
@@ -181,11 +190,16 @@ impl<'a> Client<'a> {
             &format!("{base}/latest/api/token"),
         ]);
         if !tok.status.success() {
-            return Err(String::from_utf8_lossy(&tok.stderr).into_owned());
+            return Err(format!("token: {}", String::from_utf8_lossy(&tok.stderr)));
         }
         let token = String::from_utf8_lossy(&tok.stdout).into_owned();
-        let get =
-            self.curl(&["-f", "-H", &format!("X-aws-ec2-metadata-token: {token}"), &format!("{base}{path}")]);
+        let get = curl(&[
+            "-f",
+            "--path-as-is",
+            "-H",
+            &format!("X-aws-ec2-metadata-token: {token}"),
+            &format!("{base}{path}"),
+        ]);
         if get.status.success() {
             Ok(String::from_utf8_lossy(&get.stdout).into_owned())
         } else {

@@ -77,8 +77,9 @@ fn suggest_is_not_injected_through_comm_or_exe_path() {
     for t in &tables[1..] {
         let mut keys: Vec<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["exe", "name", "uid"], "{t}\n{suggested}");
+        assert_eq!(keys, ["exe", "name", "read", "uid"], "{t}\n{suggested}");
         assert_eq!(t["uid"], NOBODY);
+        assert_eq!(t["read"], "no-secrets", "seen reading no secret");
         assert!([prog.as_str(), evil.to_str().unwrap()].contains(&t["exe"].as_str().unwrap()), "{t}");
     }
     let check = sb.cli(&["check", "--config", path.to_str().unwrap()]);

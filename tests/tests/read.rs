@@ -15,36 +15,6 @@ use serde_json::Value;
 const NOBODY: u32 = 65534;
 const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
 
-/// curl's IMDSv2 flow for `path` (as written: `--path-as-is`) at `base`, as `uid`: the body, or
-/// curl's error.
-fn get(sb: &Sandbox, uid: u32, base: &str, path: &str) -> Result<String, String> {
-    let c = sb.client(uid, uid);
-    let tok = c.curl(&[
-        "-f",
-        "-X",
-        "PUT",
-        "-H",
-        "X-aws-ec2-metadata-token-ttl-seconds: 60",
-        &format!("{base}/latest/api/token"),
-    ]);
-    if !tok.status.success() {
-        return Err(format!("token: {}", String::from_utf8_lossy(&tok.stderr)));
-    }
-    let token = String::from_utf8_lossy(&tok.stdout).into_owned();
-    let out = c.curl(&[
-        "-f",
-        "--path-as-is",
-        "-H",
-        &format!("X-aws-ec2-metadata-token: {token}"),
-        &format!("{base}{path}"),
-    ]);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 fn denials(d: &imds_guard_tests::Daemon) -> Vec<Value> {
     d.events().into_iter().filter(|e| e["event"] == "request_denied").collect()
 }
@@ -54,13 +24,13 @@ fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family()
     let Some(sb) = Sandbox::new("read_others", ImdsMode::Optional) else { return };
     let policy = sb.write("policy.toml", "read = \"no-secrets\"\n\n[[allow]]\nname = \"root\"\nuid = 0\n");
     let d = sb.daemon(&policy);
-    let bases = ["http://169.254.169.254", "http://[fd00:ec2::254]", "http://[::ffff:169.254.169.254]"];
-    for base in bases {
+    let hosts = ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"];
+    for host in hosts {
         // Harmless: connected, answered.
         assert_eq!(
-            get(&sb, NOBODY, base, "/latest/meta-data/instance-id").as_deref(),
+            sb.client(NOBODY, NOBODY).imdsv2_get(host, "/latest/meta-data/instance-id").as_deref(),
             Ok(INSTANCE_ID),
-            "{base}"
+            "{host}"
         );
         for path in [
             format!("{CREDS}{ROLE}"),
@@ -74,11 +44,14 @@ fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family()
             "/latest/user-data".to_owned(),
             "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance".to_owned(),
         ] {
-            let r = get(&sb, NOBODY, base, &path);
-            assert!(r.is_err(), "{base}{path}: {r:?}");
+            let r = sb.client(NOBODY, NOBODY).imdsv2_get(host, &path);
+            assert!(r.is_err(), "{host}{path}: {r:?}");
         }
         // root's table keeps read = "all".
-        assert!(get(&sb, 0, base, &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId"), "{base}");
+        assert!(
+            sb.client(0, 0).imdsv2_get(host, &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId"),
+            "{host}"
+        );
     }
     // Nothing secret of nobody's reached the service: what it served nobody was harmless.
     let served: Vec<String> = sb.imds.requests().into_iter().map(|r| r.path).collect();
@@ -92,7 +65,7 @@ fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family()
     // Each refusal reported, with the path, its class and no rule (the others).
     std::thread::sleep(Duration::from_millis(300));
     let denied = denials(&d);
-    assert_eq!(denied.len(), 9 * bases.len(), "{denied:#?}");
+    assert_eq!(denied.len(), 9 * hosts.len(), "{denied:#?}");
     let classes: Vec<&str> = denied.iter().take(9).map(|e| e["class"].as_str().unwrap()).collect();
     assert_eq!(
         classes,
@@ -119,7 +92,7 @@ fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family()
     assert_eq!(denied[0]["path"], format!("{CREDS}{ROLE}"));
     assert_eq!(denied[0]["method"], "GET");
     let st = sb.status_json();
-    assert_eq!(st["counters"]["requests_denied"], 9 * bases.len(), "{st}");
+    assert_eq!(st["counters"]["requests_denied"], 9 * hosts.len(), "{st}");
 }
 
 /// The same policy knows the other clouds' secrets on the same address: GCP service-account
@@ -180,7 +153,7 @@ fn a_tables_read_restricts_it_and_the_sdk_cannot_fetch_credentials() {
     );
     let d = sb.daemon(&policy);
     assert_eq!(
-        get(&sb, NOBODY, "http://169.254.169.254", "/latest/meta-data/instance-id").as_deref(),
+        sb.client(NOBODY, NOBODY).imdsv2_get("169.254.169.254", "/latest/meta-data/instance-id").as_deref(),
         Ok(INSTANCE_ID)
     );
     // botocore's credential fetch: the token PUT passes, the role list and credentials do not.
@@ -214,6 +187,85 @@ print("credentials" if creds.get("access_key") else "none")
     assert_eq!(r, "EPERM");
     // Root's table reads everything.
     assert!(
-        get(&sb, 0, "http://169.254.169.254", &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId")
+        sb.client(0, 0)
+            .imdsv2_get("169.254.169.254", &format!("{CREDS}{ROLE}"))
+            .unwrap()
+            .contains("AccessKeyId")
     );
+}
+
+/// `suggest` proposes the narrowest `read` each workload was seen using: in monitor mode the
+/// requests of processes no table admits are read as if their `read` were `"no-secrets"`, each
+/// secret is reported (not refused), and the suggested policy, enforced, lets the workload that
+/// fetched credentials fetch them and refuses them to the one that only read the instance id —
+/// which still reads it.
+#[test]
+fn suggest_proposes_the_narrowest_read_each_workload_was_seen_using() {
+    let Some(sb) = Sandbox::new("read_suggest", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "mode = \"monitor\"\n\n[[allow]]\nname = \"root\"\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let started = d.wait_event(Duration::from_secs(5), |e| e["event"] == "guard_started").expect("started");
+    assert_eq!(started["reports_reads"], true, "{started}");
+    // Two workloads, each its own copy of curl (an executable of its own).
+    let curl = which("curl");
+    let (facts, creds) = (sb.dir.join("facts-curl"), sb.dir.join("creds-curl"));
+    imds_guard_tests::sandbox::copy_exe(&curl, &facts, 0o755);
+    imds_guard_tests::sandbox::copy_exe(&curl, &creds, 0o755);
+    let (facts, creds) = (facts.to_str().unwrap(), creds.to_str().unwrap());
+    let role = format!("{CREDS}{ROLE}");
+    assert_eq!(
+        sb.client(1000, 1000)
+            .imdsv2_get_via(facts, "169.254.169.254", "/latest/meta-data/instance-id")
+            .as_deref(),
+        Ok(INSTANCE_ID)
+    );
+    // Monitor mode refuses nothing: the credentials are answered, and reported.
+    let got = sb.client(1001, 1001).imdsv2_get_via(creds, "fd00:ec2::254", &role);
+    assert!(got.as_deref().is_ok_and(|b| b.contains("AccessKeyId")), "{got:?}");
+    let e = d
+        .wait_event(Duration::from_secs(5), |e| e["event"] == "request_denied" && e["uid"] == 1001)
+        .expect("the credentials fetch reported");
+    assert_eq!(
+        (e["class"].as_str(), e["enforced"].as_bool(), e.get("rule"), e["exe"].as_str()),
+        (Some("role-credentials"), Some(false), None, Some(creds)),
+        "{e}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(denials(&d).iter().all(|e| e["uid"] == 1001), "the instance id is no secret: {:#?}", denials(&d));
+
+    let out = sb.cli(&["suggest", "--socket", sb.events_socket().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let suggested = String::from_utf8_lossy(&out.stdout).into_owned();
+    let parsed: toml::Value = toml::from_str(&suggested).expect(&suggested);
+    let table = |exe: &str| {
+        parsed["allow"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t.get("exe").and_then(|e| e.as_str()) == Some(exe))
+            .cloned()
+    };
+    let (t_facts, t_creds) = (table(facts).expect(&suggested), table(creds).expect(&suggested));
+    assert_eq!(t_facts.get("read").and_then(|r| r.as_str()), Some("no-secrets"), "{suggested}");
+    assert!(t_creds.get("read").is_none(), "{suggested}");
+    assert!(suggested.contains("#   read: role-credentials (so it may read all)"), "{suggested}");
+    let path = sb.write("suggested.toml", &suggested);
+    let check = sb.cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}\n{suggested}");
+    d.kill();
+
+    // Enforced: each workload reads what it read, and the one that read no secret gets none.
+    let _d = sb.daemon(&path);
+    let get =
+        |uid: u32, exe: &str, path: &str| sb.client(uid, uid).imdsv2_get_via(exe, "169.254.169.254", path);
+    assert_eq!(get(1000, facts, "/latest/meta-data/instance-id").as_deref(), Ok(INSTANCE_ID));
+    assert!(get(1000, facts, &role).is_err(), "{suggested}");
+    assert!(get(1001, creds, &role).is_ok_and(|b| b.contains("AccessKeyId")), "{suggested}");
+    assert!(get(1002, facts, "/latest/meta-data/instance-id").is_err(), "never seen as uid 1002");
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
+        .unwrap_or_else(|| panic!("{program} not on PATH"))
 }

@@ -119,6 +119,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         netfilter: netfilter_summary(&enforcer),
         degraded: enforcer.degraded().iter().map(degraded_part).collect(),
         msg_attach: enforcer.kernel.msg_attach().map(str::to_owned),
+        reports_reads: enforcer.kernel.msg_attach().is_some(),
     };
     let pods = reloader.policy.pods.clone();
     let (updates_tx, updates) = tokio::sync::mpsc::unbounded_channel();

@@ -153,6 +153,8 @@ impl Enricher {
             .map(str::to_owned),
             class: (ev.flags & imds_guard_common::event::flags::READ_DENIED != 0)
                 .then(|| imds_guard_common::path::class::name(ev.read_class).to_owned()),
+            tokenless: ev.flags & imds_guard_common::event::flags::READ_DENIED != 0
+                && finding == Finding::Imdsv1,
         }
     }
 

@@ -366,6 +366,10 @@ pub struct Request {
     /// line split across writes, not HTTP, or a second request in the same write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// Only on `request_denied`, `true` when the request carried no session token: it is also an
+    /// IMDSv1 request, reported as this one event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tokenless: bool,
 }
 
 /// `credentials_fetched`: a process received credentials from a metadata endpoint (the access key
@@ -476,6 +480,11 @@ pub struct GuardStarted {
     /// How the message hook is attached: `link` (Linux 6.10+) or `map`; `None` without it.
     #[serde(default)]
     pub msg_attach: Option<String>,
+    /// What processes no table admits read beyond the harmless facts is reported while monitor
+    /// mode lets them through (`request_denied`, not enforced): `suggest` proposes each table's
+    /// `read` from it. `false` without the message hook, and in events of earlier versions.
+    #[serde(default)]
+    pub reports_reads: bool,
 }
 
 /// A part of the guard the kernel lacks the means for (in `guard_started` and `status`).

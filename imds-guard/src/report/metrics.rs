@@ -598,6 +598,7 @@ mod tests {
             generation: 1,
             unclassified: None,
             class: None,
+            tokenless: false,
         };
         m.observe(&Event::Imdsv1Request(q), false);
         let failed =

@@ -70,6 +70,11 @@ pub struct SeenWorkload {
     pub connects: u64,
     /// Tokenless (IMDSv1) requests and other findings, let through.
     pub imdsv1: u64,
+    /// What it read beyond the harmless facts, let through by monitor mode (the classes of its
+    /// `request_denied` events that were not enforced: `role-credentials`, `user-data`, ...,
+    /// `unreadable-path`). Empty while [`Table::reads_observed`]: it read none of the secrets.
+    #[serde(default)]
+    pub reads: BTreeSet<String>,
     /// Connects and requests the enforced policy refused.
     #[serde(default)]
     pub refused: u64,
@@ -110,12 +115,28 @@ pub struct Table {
     /// Workloads forgotten because they had been quiet for [`IDLE`] when the table was full.
     #[serde(default)]
     pub expired: u64,
+    /// The daemon that saw these workloads reported what they read beyond the harmless facts
+    /// (its `guard_started` said `reports_reads`): only then does an empty
+    /// [`SeenWorkload::reads`] mean that a workload read no secret.
+    #[serde(default)]
+    pub reads_observed: bool,
     /// Bytes taken, as JSON ([`MAX_SEEN_BYTES`]).
     #[serde(skip)]
     pub bytes: usize,
     /// When idle workloads were last looked for (at most once a minute).
     #[serde(skip)]
     last_expiry: Option<Instant>,
+}
+
+/// What an event says a workload did.
+#[derive(Clone, Copy)]
+enum Did<'a> {
+    /// Connected (or tried to) with no table admitting it.
+    Connect,
+    /// Sent a tokenless request (or one the classifier could not read).
+    Finding,
+    /// Read beyond the harmless facts.
+    Read(&'a super::event::Request),
 }
 
 /// Small sets stay small: a workload's list of pids-turned-comms cannot grow without bound.
@@ -153,12 +174,21 @@ impl Table {
     }
 
     fn observe_at(&mut self, event: &Event, count: u64, now: Instant) {
-        let (refused, findings) = match event {
-            Event::ConnectDenied(c) => (c.enforced, false),
-            Event::ConnectDeniedRepeated(r) => (r.sample.enforced, false),
-            Event::Imdsv1Request(q) | Event::ImdsRequestUnclassified(q) => (q.enforced, true),
+        let (refused, did) = match event {
+            Event::GuardStarted(g) => {
+                self.reads_observed |= g.reports_reads;
+                return;
+            }
+            Event::ConnectDenied(c) => (c.enforced, Did::Connect),
+            Event::ConnectDeniedRepeated(r) => (r.sample.enforced, Did::Connect),
+            Event::Imdsv1Request(q) | Event::ImdsRequestUnclassified(q) => (q.enforced, Did::Finding),
             Event::Imdsv1RequestRepeated(r) | Event::ImdsRequestUnclassifiedRepeated(r) => {
-                (r.sample.enforced, true)
+                (r.sample.enforced, Did::Finding)
+            }
+            // What a workload with a table may read is its table's business.
+            Event::RequestDenied(q) if q.rule.is_none() => (q.enforced, Did::Read(q)),
+            Event::RequestDeniedRepeated(r) if r.sample.rule.is_none() => {
+                (r.sample.enforced, Did::Read(&r.sample))
             }
             _ => return,
         };
@@ -192,10 +222,17 @@ impl Table {
             );
         }
         let Some(s) = self.seen.get_mut(&workload) else { return };
-        match (refused, findings) {
+        match (refused, did) {
             (true, _) => s.refused += count,
-            (false, false) => s.connects += count,
-            (false, true) => s.imdsv1 += count,
+            (false, Did::Connect) => s.connects += count,
+            (false, Did::Finding) => s.imdsv1 += count,
+            (false, Did::Read(q)) => {
+                // A tokenless request is reported once, as what it read.
+                if q.tokenless {
+                    s.imdsv1 += count;
+                }
+                add(&mut s.reads, q.class.as_deref(), &mut self.bytes, &mut s.bytes);
+            }
         }
         match (before, s.only_refused()) {
             (None | Some(false), true) => self.refused_only += 1,

@@ -89,6 +89,14 @@ pub fn suggest(base: &Base, table: &Table) -> String {
             table.overflow
         );
     }
+    if !table.reads_observed && table.seen.values().any(|s| !s.only_refused()) {
+        let _ = writeln!(
+            out,
+            "# What these workloads read was not observed (no daemon with the request inspector saw \
+             them): every table may read all. Add read = \"no-secrets\" to those that need no \
+             credentials or user data."
+        );
+    }
     out.push_str("mode = \"enforce\"\n");
     if !base.prelude.trim().is_empty() {
         out.push_str(&base.prelude);
@@ -113,7 +121,7 @@ pub fn suggest(base: &Base, table: &Table) -> String {
                 s.refused
             );
             let mut t = String::new();
-            write_table(&mut t, s);
+            write_table(&mut t, s, table.reads_observed);
             for line in t.lines() {
                 if line.starts_with('#') {
                     let _ = writeln!(out, "{line}");
@@ -122,7 +130,7 @@ pub fn suggest(base: &Base, table: &Table) -> String {
                 }
             }
         } else {
-            write_table(&mut out, s);
+            write_table(&mut out, s, table.reads_observed);
         }
     }
     out
@@ -132,8 +140,10 @@ pub fn suggest(base: &Base, table: &Table) -> String {
 /// event times of an events file) is either a TOML string value, escaped by the serialiser, or
 /// passes [`visible`] before it goes into a `#` comment: a line break in a comm or an exe path
 /// cannot end the comment and add keys or tables of its own. The comment above the keys says
-/// exactly what the table covers.
-fn write_table(out: &mut String, s: &SeenWorkload) {
+/// exactly what the table covers. With `reads_observed`, the table gets the narrowest `read` the
+/// workload was seen using: `"no-secrets"` when it read none of the secrets, else the default
+/// (all) and a comment naming what it read.
+fn write_table(out: &mut String, s: &SeenWorkload, reads_observed: bool) {
     let _ = writeln!(
         out,
         "# {}: {} connect(s){}, {} to {}",
@@ -164,6 +174,9 @@ fn write_table(out: &mut String, s: &SeenWorkload) {
     }
     if s.refused > 0 && !s.only_refused() {
         let _ = writeln!(out, "#   also {} attempt(s) refused by the enforced policy", s.refused);
+    }
+    if reads_observed && !s.reads.is_empty() {
+        let _ = writeln!(out, "#   read: {} (so it may read all)", list(&s.reads));
     }
     out.push_str("[[allow]]\n");
     let _ = writeln!(out, "name = {}", toml_str(&format!("seen: {}", s.workload)));
@@ -204,6 +217,9 @@ fn write_table(out: &mut String, s: &SeenWorkload) {
     }
     if s.imdsv1 > 0 {
         out.push_str("imdsv1 = \"log\"\n");
+    }
+    if reads_observed && s.reads.is_empty() {
+        out.push_str("read = \"no-secrets\"   # it read no credentials or user data; remove if it must\n");
     }
 }
 
@@ -303,6 +319,75 @@ mod tests {
         assert_eq!(parsed["kubernetes"]["pod_logs"].as_str(), Some("/l"), "other tables are kept");
         assert_eq!(parsed["endpoints"][0].as_str(), Some("aws-imds"));
         assert_eq!(tables[0]["uid"].as_integer(), Some(0));
+    }
+
+    /// Issue 21: each table proposes the narrowest `read` its workload was seen using, once a
+    /// daemon that reports reads saw them; a tokenless read of a secret still counts as IMDSv1;
+    /// reads of workloads that have a table, and refused ones, change nothing.
+    #[test]
+    fn proposes_the_narrowest_read_each_workload_was_seen_using() {
+        let connect =
+            |uid: u32, exe: &str| ev(json!({"event": "connect_denied", "uid": uid, "comm": "c", "exe": exe}));
+        let read = |uid: u32, exe: &str, class: &str, extra: Value| {
+            let mut v = json!({"event": "request_denied", "uid": uid, "comm": "c", "exe": exe,
+                "method": "GET", "path": "/latest/meta-data/iam/security-credentials/r", "class": class});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            ev(v)
+        };
+        let mut t = Table::default();
+        for (uid, exe) in
+            [(1, "/usr/bin/agent"), (2, "/usr/bin/sdk"), (3, "/usr/bin/raw"), (4, "/usr/bin/placement")]
+        {
+            t.observe(&connect(uid, exe), 1);
+        }
+        t.observe(&read(2, "/usr/bin/sdk", "role-credentials", json!({})), 1);
+        t.observe(&read(2, "/usr/bin/sdk", "user-data", json!({"tokenless": true})), 1);
+        t.observe(&read(3, "/usr/bin/raw", "unreadable-path", json!({})), 1);
+        // A workload's table's business, and a refusal: neither is what it read.
+        t.observe(&read(1, "/usr/bin/agent", "role-credentials", json!({"rule": 0})), 1);
+        t.observe(&read(4, "/usr/bin/placement", "role-credentials", json!({"enforced": true})), 1);
+        // Not yet known to be observed: no table gets a read.
+        let before = suggest(&Base::default(), &t);
+        let parsed: toml::Value = toml::from_str(&before).expect(&before);
+        assert!(parsed["allow"].as_array().unwrap().iter().all(|t| t.get("read").is_none()), "{before}");
+        assert!(before.contains("was not observed"), "{before}");
+        t.observe(
+            &ev(json!({"event": "guard_started", "attachment": "attached", "mode": "monitor", "generation": 1,
+                "policy": "p", "policy_digest": "d", "rules": 0, "cgroup": "/", "pin_dir": "/p",
+                "metrics": null, "events_socket": null, "enforcement": "cgroup",
+                "netfilter": {"table": null, "forward": false, "reduced": false, "nflog_group": 0, "not_enforced": []},
+                "reports_reads": true})),
+            1,
+        );
+        let policy = suggest(&Base::default(), &t);
+        let parsed: toml::Value = toml::from_str(&policy).expect(&policy);
+        let by_exe = |exe: &str| {
+            parsed["allow"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["exe"].as_str() == Some(exe))
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            by_exe("/usr/bin/agent").get("read").and_then(|r| r.as_str()),
+            Some("no-secrets"),
+            "{policy}"
+        );
+        assert_eq!(by_exe("/usr/bin/placement").get("read").and_then(|r| r.as_str()), Some("no-secrets"));
+        assert!(by_exe("/usr/bin/sdk").get("read").is_none(), "{policy}");
+        assert!(by_exe("/usr/bin/raw").get("read").is_none(), "{policy}");
+        assert_eq!(by_exe("/usr/bin/sdk")["imdsv1"].as_str(), Some("log"), "a tokenless read is IMDSv1");
+        assert!(policy.contains("#   read: role-credentials, user-data (so it may read all)"), "{policy}");
+        assert!(policy.contains("#   read: unreadable-path (so it may read all)"), "{policy}");
+        assert!(!policy.contains("was not observed"), "{policy}");
+        // The installed suggestion parses as a policy (the daemon's parser, not only TOML's).
+        crate::policy::source::Source { name: "suggested.toml".into(), text: policy.clone() }
+            .parse()
+            .expect(&policy);
     }
 
     /// Issue 17, items 3 and 4: a delegated user's `…/user@1000.service/app.slice/kubelet.service`
