@@ -20,7 +20,6 @@ pub const TOKEN_HEADER: &[u8] = b"x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &[u8] = b"x-aws-ec2-metadata-token-ttl-seconds";
 pub const XFF_HEADER: &[u8] = b"x-forwarded-for";
 pub const TOKEN_PATH: &[u8] = b"/latest/api/token";
-pub const CREDENTIALS_PATH: &[u8] = b"/latest/meta-data/iam/security-credentials/";
 
 pub mod method {
     pub const UNKNOWN: u8 = 0;
@@ -577,13 +576,6 @@ impl HttpState {
         self.flags & flag::TOKEN_PATH != 0
     }
 
-    /// Whether the request asks for role credentials.
-    #[must_use]
-    pub fn is_credentials_path(&self) -> bool {
-        let n = CREDENTIALS_PATH.len();
-        (self.path_len as usize) >= n && self.path[..n] == *CREDENTIALS_PATH
-    }
-
     #[inline(always)]
     #[must_use]
     pub fn finding(&self) -> Finding {
@@ -670,7 +662,7 @@ mod tests {
             "GET /latest/meta-data/iam/security-credentials/role HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
         );
         assert_eq!(f, Finding::Imdsv1);
-        assert!(s.is_credentials_path());
+        assert!(crate::path::is_credentials(crate::path::classify_text(s.path())));
         assert_eq!(s.path(), b"/latest/meta-data/iam/security-credentials/role");
         assert_eq!(s.method(), method::GET);
         assert_eq!(classify("HEAD / HTTP/1.0\r\n\r\n").0, Finding::Imdsv1);

@@ -3,10 +3,7 @@
 //! on every input both must reach the same finding, method and path.
 #![allow(dead_code)]
 
-use super::{
-    CREDENTIALS_PATH, Finding, MAX_HEADER_BYTES, PATH_MAX, TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, XFF_HEADER,
-    method,
-};
+use super::{Finding, MAX_HEADER_BYTES, PATH_MAX, TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, XFF_HEADER, method};
 
 mod phase {
     pub const METHOD: u8 = 0;
@@ -213,13 +210,6 @@ impl RefState {
         let n = TOKEN_PATH.len();
         let p = self.path_len as usize;
         (p == n || (p > n && self.path[n] == b'?')) && self.path[..n] == *TOKEN_PATH
-    }
-
-    /// Whether the request asks for role credentials.
-    #[must_use]
-    pub fn is_credentials_path(&self) -> bool {
-        let n = CREDENTIALS_PATH.len();
-        (self.path_len as usize) >= n && self.path[..n] == *CREDENTIALS_PATH
     }
 
     #[inline(always)]

@@ -322,6 +322,31 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
     ok * found + (ok ^ 1) * class::UNREADABLE
 }
 
+/// Whether a path of class `class` reads credentials (any cloud's; not user data, not a path
+/// that is not proven harmless).
+#[must_use]
+pub const fn is_credentials(class: u32) -> bool {
+    matches!(
+        class,
+        class::ROLE_CREDENTIALS
+            | class::IDENTITY_CREDENTIALS
+            | class::SERVICE_ACCOUNT
+            | class::MANAGED_IDENTITY
+            | class::INSTANCE_PRINCIPAL
+    )
+}
+
+/// The class of a path the daemon has as text (a reported request's): its first [`PATH_MAX`]
+/// bytes judged as the whole path, so that the secret prefixes decide and a long role name does
+/// not make it unreadable.
+#[must_use]
+pub fn classify_text(path: &[u8]) -> u32 {
+    let mut p = [0u8; PATH_MAX];
+    let n = path.len().min(PATH_MAX);
+    p[..n].copy_from_slice(&path[..n]);
+    classify(&p, n as u32, n as u32)
+}
+
 /// Whether a tokenless request for `path` (of class `class`, from [`classify`]) is another
 /// cloud's request, which its own service refuses without its own header: GCP
 /// `/computeMetadata/` (`Metadata-Flavor: Google`), Azure `/metadata/` (`Metadata: true`), OCI

@@ -277,6 +277,22 @@ pub const fn read_verdict(read: Read, finding: Finding, path_class: u32) -> Opti
     }
 }
 
+/// [`read_verdict`] under the policy's `mode`: the class that refuses the request, and whether it
+/// is refused (`true`, enforce mode) or only reported (monitor mode refuses nothing).
+#[inline(always)]
+#[must_use]
+pub const fn read_judgement(
+    read: Read,
+    finding: Finding,
+    path_class: u32,
+    mode: Mode,
+) -> Option<(u32, bool)> {
+    match read_verdict(read, finding, path_class) {
+        Some(class) => Some((class, matches!(mode, Mode::Enforce))),
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -593,6 +609,21 @@ mod tests {
         // A table's match is never replaced by the others' terms.
         let table = Match { value: RuleValue { rule_index: 0, imdsv1: 1, read: 0 }, shape: field::UID };
         assert_eq!(admit(&cfg, Some(table)), Some(table));
+    }
+
+    #[test]
+    fn monitor_mode_reports_what_enforce_mode_refuses_to_read() {
+        use crate::path::class;
+        let creds = class::ROLE_CREDENTIALS;
+        for (mode, refused) in [(Mode::Enforce, true), (Mode::Monitor, false)] {
+            assert_eq!(read_judgement(Read::NoSecrets, Finding::Imdsv2, creds, mode), Some((creds, refused)));
+            assert_eq!(read_judgement(Read::NoSecrets, Finding::Imdsv2, class::NONE, mode), None);
+            assert_eq!(read_judgement(Read::All, Finding::Imdsv2, creds, mode), None);
+        }
+        // What monitor mode judges the workloads no table admits by.
+        let cfg = GenConfig::default();
+        assert_eq!(monitored_terms(&cfg).read, Read::NoSecrets as u32);
+        assert_eq!(monitored_terms(&cfg).rule_index, crate::sock::NO_RULE);
     }
 
     #[test]

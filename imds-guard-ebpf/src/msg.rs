@@ -31,7 +31,7 @@ use imds_guard_common::{
     sock::{NO_RULE, SCAN_MAX, SockState},
     stats::Stat,
     verdict::{
-        ConnectContext, ConnectVerdict, MONITORED_READ, admit, judge_connect, read_verdict, request_verdict,
+        ConnectContext, ConnectVerdict, MONITORED_READ, admit, judge_connect, read_judgement, request_verdict,
     },
 };
 
@@ -188,9 +188,8 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
 /// mode, which reports only).
 #[inline(always)]
 fn judge_read(read: u32, finding: Finding, path_class: u32) -> Option<(u32, bool)> {
-    let read = Read::from_u32(read);
-    let class = read_verdict(read, finding, path_class)?;
-    let enforce = crate::maps::live_config().is_none_or(|cfg| cfg.mode() == Mode::Enforce);
+    let mode = crate::maps::live_config().map_or(Mode::Enforce, |cfg| cfg.mode());
+    let (class, enforce) = read_judgement(Read::from_u32(read), finding, path_class, mode)?;
     Some((crate::judge::opaque(class), enforce))
 }
 

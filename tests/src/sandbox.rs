@@ -235,6 +235,25 @@ impl Sandbox {
         p
     }
 
+    /// The AWS SDK for Python's credential fetch (botocore's `InstanceMetadataFetcher`: IMDSv2
+    /// with its fallback to IMDSv1) as `uid`: `"credentials"` when it got an access key, else
+    /// `"none"` (its log goes to the test's stderr).
+    pub fn botocore(&self, uid: u32) -> String {
+        let script = self.write(
+            "sdk.py",
+            r#"
+from botocore.utils import InstanceMetadataFetcher
+creds = InstanceMetadataFetcher(timeout=2, num_attempts=1).retrieve_iam_role_credentials()
+print("credentials" if creds.get("access_key") else "none")
+"#,
+        );
+        let mut cmd = self.client(uid, uid).command("/usr/bin/python3");
+        cmd.arg(&script).env_remove("AWS_EC2_METADATA_DISABLED").env("HOME", "/nonexistent");
+        let out = cmd.output().expect("run python3");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), &out.stderr);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Starts `imds-guard run` on this sandbox's cgroup and pin dir with `policy` and waits until
     /// it enforces.
     /// (Repeated events are not aggregated here, so tests see every event; see `daemon_with`.)

@@ -234,23 +234,6 @@ except OSError as e:
     );
 }
 
-/// botocore's InstanceMetadataFetcher (the AWS SDK for Python): tries IMDSv2, falls back to v1.
-fn botocore(sb: &Sandbox, uid: u32) -> String {
-    let script = sb.write(
-        "sdk.py",
-        r#"
-from botocore.utils import InstanceMetadataFetcher
-creds = InstanceMetadataFetcher(timeout=2, num_attempts=1).retrieve_iam_role_credentials()
-print("credentials" if creds.get("access_key") else "none")
-"#,
-    );
-    let mut cmd = sb.client(uid, uid).command("/usr/bin/python3");
-    cmd.arg(&script).env_remove("AWS_EC2_METADATA_DISABLED").env("HOME", "/nonexistent");
-    let out = cmd.output().unwrap();
-    let _ = std::io::stderr().write_all(&out.stderr);
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 #[test]
 fn the_aws_sdk_gets_credentials_over_imdsv2_and_cannot_fall_back_to_v1() {
     for (mode, name) in [
@@ -261,7 +244,7 @@ fn the_aws_sdk_gets_credentials_over_imdsv2_and_cannot_fall_back_to_v1() {
         let Some(sb) = Sandbox::new(&format!("sdk_{name}"), mode) else { return };
         let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n");
         let d = sb.daemon(&policy);
-        let got = botocore(&sb, 0);
+        let got = sb.botocore(0);
         let v1_served = sb.imds.requests().into_iter().filter(|r| r.method == "GET" && !r.had_token).count();
         assert_eq!(v1_served, 0, "{name}: nothing reached IMDS over v1: {:?}", sb.imds.requests());
         if mode == ImdsMode::TokenForbidden {

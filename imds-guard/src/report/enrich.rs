@@ -130,8 +130,9 @@ impl Enricher {
             Finding::TokenPutForwarded => (Some("PUT"), Some("/latest/api/token".to_owned())),
             _ => (method, path),
         };
-        let credentials =
-            path.as_deref().is_some_and(|p| p.starts_with("/latest/meta-data/iam/security-credentials/"));
+        let credentials = path.as_deref().is_some_and(|p| {
+            imds_guard_common::path::is_credentials(imds_guard_common::path::classify_text(p.as_bytes()))
+        });
         Request {
             enforced: ev.flags & imds_guard_common::event::flags::ENFORCED != 0,
             time: wall_time(ev.time_boot_ns),
