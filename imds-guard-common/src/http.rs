@@ -19,6 +19,8 @@ pub const MAX_HEADER_BYTES: u32 = 8192;
 pub const TOKEN_HEADER: &[u8] = b"x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &[u8] = b"x-aws-ec2-metadata-token-ttl-seconds";
 pub const XFF_HEADER: &[u8] = b"x-forwarded-for";
+/// Alibaba Cloud's session token header (its IMDSv2; the token PUT is AWS's path and method).
+pub const ALI_TOKEN_HEADER: &[u8] = b"x-aliyun-ecs-metadata-token";
 pub const TOKEN_PATH: &[u8] = b"/latest/api/token";
 
 pub mod method {
@@ -30,17 +32,46 @@ pub mod method {
     pub const OTHER: u8 = 5;
 }
 
-/// Facts a byte can establish (the high byte of a [`TABLE`] entry), or'ed into [`HttpState::flags`].
+/// Facts a byte can establish (bits 8..17 of a [`TABLE`] entry), or'ed into [`HttpState::flags`].
 pub mod flag {
-    pub const TOKEN: u8 = 1 << 0;
-    pub const TTL: u8 = 1 << 1;
-    pub const XFF: u8 = 1 << 2;
-    pub const PUT: u8 = 1 << 3;
+    /// `X-aws-ec2-metadata-token`.
+    pub const TOKEN: u16 = 1 << 0;
+    pub const TTL: u16 = 1 << 1;
+    pub const XFF: u16 = 1 << 2;
+    pub const PUT: u16 = 1 << 3;
     /// The path is `/latest/api/token` (the query string aside).
-    pub const TOKEN_PATH: u8 = 1 << 4;
-    pub const GET: u8 = 1 << 5;
-    pub const HEAD: u8 = 1 << 6;
-    pub const POST: u8 = 1 << 7;
+    pub const TOKEN_PATH: u16 = 1 << 4;
+    pub const GET: u16 = 1 << 5;
+    pub const HEAD: u16 = 1 << 6;
+    pub const POST: u16 = 1 << 7;
+    /// `X-aliyun-ecs-metadata-token` (Alibaba Cloud's token: counts only at its own endpoint).
+    pub const ALI_TOKEN: u16 = 1 << 8;
+}
+
+/// Alibaba Cloud's metadata service address.
+pub const ALIBABA_V4: [u8; 4] = [100, 100, 100, 200];
+
+/// The session token header ([`flag`]) of the metadata service at a destination (`family`
+/// `AF_INET` or `AF_INET6`, the address as events carry it): Alibaba Cloud's at `100.100.100.200`
+/// (also IPv4-mapped), AWS's everywhere else. Judged once per connection (at connect, kept in
+/// [`crate::sock::SockState::token`]).
+#[inline(always)]
+#[must_use]
+pub const fn token_flag(family: u32, addr: &[u8; 16]) -> u16 {
+    let v4 = (family == crate::event::AF_INET) as u32;
+    // ::ffff:a.b.c.d: ten zero bytes, two 0xff, then the IPv4 address.
+    let mapped = (family == crate::event::AF_INET6) as u32
+        & ((u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]) == 0)
+            as u32)
+        & ((addr[8] | addr[9]) == 0) as u32
+        & ((addr[10] & addr[11]) == 0xff) as u32;
+    let at = 12 * mapped as usize;
+    let ali = (v4 | mapped)
+        & (addr[at] == ALIBABA_V4[0]
+            && addr[at + 1] == ALIBABA_V4[1]
+            && addr[at + 2] == ALIBABA_V4[2]
+            && addr[at + 3] == ALIBABA_V4[3]) as u32;
+    if ali != 0 { flag::ALI_TOKEN } else { flag::TOKEN }
 }
 
 /// What a request is, once its header block has ended.
@@ -51,7 +82,9 @@ pub enum Finding {
     Incomplete = 0,
     /// Not an HTTP request line.
     NotHttp = 1,
-    /// A request with the `X-aws-ec2-metadata-token` header (IMDSv2): nothing to report.
+    /// A request with the service's session token header (IMDSv2; AWS's
+    /// `X-aws-ec2-metadata-token`, Alibaba Cloud's `X-aliyun-ecs-metadata-token` at its endpoint):
+    /// nothing to report.
     Imdsv2 = 2,
     /// `PUT /latest/api/token`: fetching a session token.
     TokenPut = 3,
@@ -147,6 +180,11 @@ mod st {
     pub const BLANK_XFF: u8 = 97;
     /// A header value (or a folded continuation line), up to its line's end.
     pub const VALUE: u8 = 98;
+    /// A header name, its first `k` (4..=27) bytes matching `x-aliyun-ecs-metadata-token`:
+    /// `NAME_ALI + k - 4` (its first three, `x-a`, are the TTL header's).
+    pub const NAME_ALI: u8 = 99;
+    /// Blanks after the Alibaba token header's name.
+    pub const BLANK_ALI: u8 = 123;
     /// The empty line: the header block has ended.
     pub const DONE: u8 = 126;
     pub const NOT_HTTP: u8 = 127;
@@ -157,14 +195,16 @@ pub const CLASSES: usize = 64;
 /// Entries of [`TABLE`]: 128 states × 64 byte classes.
 pub const TABLE_LEN: usize = 128 * CLASSES;
 // A [`TABLE`] entry: bits 0..7 the next state; bit 7 "this byte is part of the path"; bits 8..16
-// the [`flag`]s the byte establishes; bit 16 "this byte is part of the request" (the state it
-// leaves is not final); bit 17 "this byte comes before the path" (a method letter or the blank
-// after it). The kernel adds these bits up instead of testing them: a test would be a branch.
+// the [`flag`]s the byte establishes (through bit 16); bit 17 "this byte is part of the request"
+// (the state it leaves is not final); bit 18 "this byte comes before the path" (a method letter
+// or the blank after it). The kernel adds these bits up instead of testing them: a test would be
+// a branch.
 const CAPTURE: u32 = 1 << 7;
-const COUNTED: u32 = 1 << 16;
-const BEFORE_PATH: u32 = 1 << 17;
+const FLAGS: u32 = 0x1ff;
+const COUNTED: u32 = 1 << 17;
+const BEFORE_PATH: u32 = 1 << 18;
 
-const fn entry(next: u8, flags: u8) -> u32 {
+const fn entry(next: u8, flags: u16) -> u32 {
     (next as u32) | ((flags as u32) << 8)
 }
 
@@ -218,7 +258,16 @@ const fn name_child(node: u8, l: u8) -> u8 {
         if k == 2 && XFF_HEADER[2] == l {
             return NAME_XFF;
         }
+        if k == 3 && ALI_TOKEN_HEADER[3] == l {
+            return NAME_ALI;
+        }
         return NAME_OTHER;
+    }
+    if node >= NAME_ALI && node < NAME_ALI + ALI_TOKEN_HEADER.len() as u8 - 4 {
+        let k = (node - NAME_ALI) as usize + 4;
+        if ALI_TOKEN_HEADER[k] == l {
+            return node + 1;
+        }
     }
     if node >= NAME_XFF && node < NAME_XFF + XFF_HEADER.len() as u8 - 3 {
         let k = (node - NAME_XFF) as usize + 3;
@@ -230,10 +279,12 @@ const fn name_child(node: u8, l: u8) -> u8 {
 }
 
 /// The header a name node has read in full: (its flag, its blank state).
-const fn name_complete(node: u8) -> (u8, u8) {
+const fn name_complete(node: u8) -> (u16, u8) {
     use st::*;
     if node == LINE + TOKEN_HEADER.len() as u8 {
         (flag::TOKEN, BLANK_TOKEN)
+    } else if node == NAME_ALI + ALI_TOKEN_HEADER.len() as u8 - 4 {
+        (flag::ALI_TOKEN, BLANK_ALI)
     } else if node == LINE + TTL_HEADER.len() as u8 {
         (flag::TTL, BLANK_TTL)
     } else if node == NAME_XFF + XFF_HEADER.len() as u8 - 3 {
@@ -304,7 +355,10 @@ const fn transition(s: u8, b: u8) -> u32 {
             _ => entry(name_child(LINE, lower(b)), 0),
         };
     }
-    if (s > LINE && s <= LINE + TTL_HEADER.len() as u8) || (s >= NAME_XFF && s <= NAME_OTHER) {
+    if (s > LINE && s <= LINE + TTL_HEADER.len() as u8)
+        || (s >= NAME_XFF && s <= NAME_OTHER)
+        || (s >= NAME_ALI && s < BLANK_ALI)
+    {
         let (f, blank_state) = name_complete(s);
         return match b {
             b'\n' => entry(LINE, 0), // a line without a colon: ignored
@@ -314,11 +368,12 @@ const fn transition(s: u8, b: u8) -> u32 {
             _ => entry(name_child(s, lower(b)), 0),
         };
     }
-    if s >= BLANK_NONE && s <= BLANK_XFF {
+    if (s >= BLANK_NONE && s <= BLANK_XFF) || s == BLANK_ALI {
         let f = match s {
             BLANK_TOKEN => flag::TOKEN,
             BLANK_TTL => flag::TTL,
             BLANK_XFF => flag::XFF,
+            BLANK_ALI => flag::ALI_TOKEN,
             _ => 0,
         };
         return match b {
@@ -338,7 +393,7 @@ const fn transition(s: u8, b: u8) -> u32 {
 /// header names and of the token path in both cases (the names are matched case-insensitively,
 /// the method and the path are not), the methods' letters, and the separators. Every other
 /// upper-case letter is one class (it may continue a method), every other byte another.
-const DISTINCT: &[u8] = b"xawsecmtdoknlfrpiXAWSECMTDOKNLFRGHPU-2/? \t\r\n:";
+const DISTINCT: &[u8] = b"xawsecmtdoknlfrpiyuXAWSECMTDOKNLFRIYGHPU-2/? \t\r\n:";
 const OTHER_UPPER: u8 = DISTINCT.len() as u8;
 const OTHER: u8 = OTHER_UPPER + 1;
 /// A byte of each of the two catch-all classes.
@@ -429,12 +484,11 @@ pub struct HttpState {
     pub path_bytes: u32,
     /// The state (see `st`).
     pub state: u8,
-    /// [`flag`]s established so far.
-    pub flags: u8,
     /// Bytes of the path kept in `path` (at most [`PATH_MAX`]); 0 when the request line began in
     /// an earlier write than its header block's end (the path is then not kept).
     pub path_len: u8,
-    pub _pad: u8,
+    /// [`flag`]s established so far.
+    pub flags: u16,
     /// The first `path_len` bytes are the request path; the rest is stale.
     pub path: [u8; PATH_MAX],
 }
@@ -448,7 +502,6 @@ impl Default for HttpState {
             state: st::METHOD,
             flags: 0,
             path_len: 0,
-            _pad: 0,
             path: [0; PATH_MAX],
         }
     }
@@ -472,10 +525,10 @@ impl Walk {
         let c = usize::from(CLASS[usize::from(b)]) & (CLASSES - 1);
         let e = TABLE[(((self.state as usize) << 6) | c) & (TABLE_LEN - 1)];
         self.state = e & 0x7f;
-        self.flags |= (e >> 8) & 0xff;
+        self.flags |= (e >> 8) & FLAGS;
         self.path_bytes += (e & CAPTURE) >> 7;
-        self.bytes += (e & COUNTED) >> 16;
-        self.path_at += (e & BEFORE_PATH) >> 17;
+        self.bytes += (e & COUNTED) >> 17;
+        self.path_at += (e & BEFORE_PATH) >> 18;
     }
 }
 
@@ -514,7 +567,7 @@ impl HttpState {
             i += 1;
         }
         self.state = w.state as u8;
-        self.flags = w.flags as u8;
+        self.flags = w.flags as u16;
         self.bytes = w.bytes;
         self.path_at = w.path_at;
         self.path_bytes = w.path_bytes;
@@ -576,9 +629,19 @@ impl HttpState {
         self.flags & flag::TOKEN_PATH != 0
     }
 
+    /// What the request is to AWS's metadata service (whose token header is
+    /// `X-aws-ec2-metadata-token`).
     #[inline(always)]
     #[must_use]
     pub fn finding(&self) -> Finding {
+        self.finding_for(flag::TOKEN)
+    }
+
+    /// What the request is to a service whose session token header is `token` ([`token_flag`]):
+    /// another cloud's token header makes no request IMDSv2.
+    #[inline(always)]
+    #[must_use]
+    pub fn finding_for(&self, token: u16) -> Finding {
         if self.bytes > MAX_HEADER_BYTES {
             return Finding::Oversized;
         }
@@ -591,7 +654,7 @@ impl HttpState {
                     Finding::TokenPutForwarded
                 } else if put_token {
                     Finding::TokenPut
-                } else if f & flag::TOKEN != 0 {
+                } else if f & token != 0 {
                     Finding::Imdsv2
                 } else {
                     Finding::Imdsv1
@@ -608,7 +671,14 @@ impl HttpState {
     #[inline(always)]
     #[must_use]
     pub fn write_finding(&self, took: u32, read: u32, size: u32) -> Finding {
-        let f = self.finding();
+        self.write_finding_for(took, read, size, flag::TOKEN)
+    }
+
+    /// [`HttpState::write_finding`] for a service whose token header is `token` ([`token_flag`]).
+    #[inline(always)]
+    #[must_use]
+    pub fn write_finding_for(&self, took: u32, read: u32, size: u32, token: u16) -> Finding {
+        let f = self.finding_for(token);
         if f.is_unverified() {
             f
         } else if f.is_final() {
@@ -654,6 +724,71 @@ mod tests {
         let mut s = HttpState::default();
         s.feed(req.as_bytes());
         (s.finding(), s)
+    }
+
+    /// Alibaba Cloud's token header makes a request IMDSv2 at its own endpoint only, in any
+    /// case and split anywhere; AWS's token header counts nowhere but at AWS's.
+    #[test]
+    fn alibaba_s_token_counts_only_at_its_own_endpoint() {
+        use crate::event::{AF_INET, AF_INET6};
+        let mut ali = [0u8; 16];
+        ali[..4].copy_from_slice(&ALIBABA_V4);
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&ALIBABA_V4);
+        let mut aws = [0u8; 16];
+        aws[..4].copy_from_slice(&[169, 254, 169, 254]);
+        assert_eq!(token_flag(AF_INET, &ali), flag::ALI_TOKEN);
+        assert_eq!(token_flag(AF_INET6, &mapped), flag::ALI_TOKEN);
+        assert_eq!(token_flag(AF_INET, &aws), flag::TOKEN);
+        assert_eq!(token_flag(AF_INET6, &ali), flag::TOKEN, "an IPv6 address starting 100.100.100.200");
+        let mut not_mapped = mapped;
+        not_mapped[11] = 0xfe;
+        assert_eq!(token_flag(AF_INET6, &not_mapped), flag::TOKEN);
+        for (req, at_ali, at_aws) in [
+            (
+                "GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aliyun-ecs-metadata-token: t\r\n\r\n",
+                Finding::Imdsv2,
+                Finding::Imdsv1,
+            ),
+            (
+                "GET /latest/meta-data/ HTTP/1.1\r\nx-ALIYUN-ecs-METADATA-token : t\r\n\r\n",
+                Finding::Imdsv2,
+                Finding::Imdsv1,
+            ),
+            (
+                "GET /latest/meta-data/ HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\r\n",
+                Finding::Imdsv1,
+                Finding::Imdsv2,
+            ),
+            (
+                "GET /latest/meta-data/ HTTP/1.1\r\nX-aliyun-ecs-metadata-tokens: t\r\n\r\n",
+                Finding::Imdsv1,
+                Finding::Imdsv1,
+            ),
+            (
+                "GET /latest/meta-data/ HTTP/1.1\r\nX-aliyun-ecs-metadata: t\r\n\r\n",
+                Finding::Imdsv1,
+                Finding::Imdsv1,
+            ),
+            (
+                "PUT /latest/api/token HTTP/1.1\r\nX-aliyun-ecs-metadata-token-ttl-seconds: 60\r\n\r\n",
+                Finding::TokenPut,
+                Finding::TokenPut,
+            ),
+        ] {
+            for cut in 0..req.len() {
+                let mut s = HttpState::default();
+                s.feed(&req.as_bytes()[..cut]);
+                s.feed(&req.as_bytes()[cut..]);
+                assert_eq!(
+                    (s.finding_for(flag::ALI_TOKEN), s.finding_for(flag::TOKEN), s.finding()),
+                    (at_ali, at_aws, at_aws),
+                    "{req:?} cut at {cut}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -963,7 +1098,7 @@ mod tests {
         for s in 0..128u8 {
             for b in 0..=255u8 {
                 let e = TABLE[usize::from(s) * CLASSES + usize::from(CLASS[usize::from(b)])];
-                assert_eq!(e & 0xffff, transition(s, b), "state {s} byte {b:#x}");
+                assert_eq!(e & (COUNTED - 1), transition(s, b), "state {s} byte {b:#x}");
             }
         }
     }

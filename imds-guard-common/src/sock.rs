@@ -38,7 +38,9 @@ pub struct SockState {
     pub writer_flags: u32,
     /// What that writer may read ([`crate::rule::Read`] as u32).
     pub writer_read: u32,
-    pub _pad: u32,
+    /// The session token header ([`crate::http::flag`]) of the service this connection goes to
+    /// ([`crate::http::token_flag`]): a request without it is tokenless there.
+    pub token: u32,
     /// The socket's cookie (its key in the sockhash), written by `sockops` when the connection is
     /// established: the message hook has no helper for it, and the response hook finds the
     /// credentials watch by it ([`crate::creds`]).

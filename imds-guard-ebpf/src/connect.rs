@@ -12,6 +12,7 @@ use aya_ebpf::{
 use imds_guard_common::{
     config::GenConfig,
     event::{AF_INET, AF_INET6, flags},
+    http::token_flag,
     rule::{Identity, Read, RuleValue},
     sock::NO_RULE,
     stats::Stat,
@@ -133,7 +134,7 @@ fn judge(
         read: crate::judge::opaque(terms.read),
     };
     if connect && verdict != ConnectVerdict::Deny {
-        remember(ctx, cfg, &id, comm, terms);
+        remember(ctx, cfg, &id, comm, terms, token_flag(family, &addr));
     }
     match verdict {
         ConnectVerdict::Allow => count(Stat::Allowed),
@@ -174,7 +175,14 @@ fn uninspectable(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
 /// Keeps, with the socket, who connected and what its workload may do over IMDSv1, for the
 /// message hook (the socket-local storage goes away with the socket).
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, cfg: &GenConfig, id: &Identity, comm: [u8; 16], terms: RuleValue) {
+fn remember(
+    ctx: &SockAddrContext,
+    cfg: &GenConfig,
+    id: &Identity,
+    comm: [u8; 16],
+    terms: RuleValue,
+    token: u16,
+) {
     let st = IMDSG_SOCKSTATE.get_or_insert_ptr_mut(ctx, None);
     if st.is_null() {
         return;
@@ -194,5 +202,6 @@ fn remember(ctx: &SockAddrContext, cfg: &GenConfig, id: &Identity, comm: [u8; 16
     st.writer_tgid = 0;
     st.writer_generation = 0;
     st.writer_read = Read::All as u32;
+    st.token = u32::from(token);
     st.http.reset();
 }

@@ -25,7 +25,7 @@ use imds_guard_common::{
     config::Mode,
     creds::PATH_TAIL,
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
-    http::{Finding, PATH_MAX},
+    http::{Finding, PATH_MAX, token_flag},
     path::{classify, other_cloud},
     rule::{Identity, Imdsv1Action, Read},
     sock::{NO_RULE, SCAN_MAX, SockState},
@@ -74,7 +74,7 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         // Not judged at connect by this layout's hooks (generations start at 1): opened before
         // the guard started or before an upgrade that changed the map layout. It gets the
         // strictest treatment of the live policy and is attributed to its writer.
-        adopt(st);
+        adopt(&ctx, st);
     }
     let Some(read) = judge_writer(&ctx, st) else {
         // Whatever was gathered of a request goes with the refused write.
@@ -129,7 +129,11 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // SAFETY: a volatile read of the slot's mark.
     let interleaved = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(slot.owner)) } != mark;
     // Another run took the slot meanwhile: what was scanned may be its bytes. Judged unread.
-    let finding = if interleaved { Finding::Oversized } else { st.http.write_finding(took, n, size) };
+    let finding = if interleaved {
+        Finding::Oversized
+    } else {
+        st.http.write_finding_for(took, n, size, st.token as u16)
+    };
     if !finding.is_final() {
         return SK_PASS; // the header block goes on in the next write
     }
@@ -277,7 +281,7 @@ pub(crate) fn destination(ctx: &SkMsgContext) -> (u32, u32, [u8; 16]) {
 
 /// Fills the state of a connection the connect hooks did not judge.
 #[inline(always)]
-fn adopt(st: &mut SockState) {
+fn adopt(ctx: &SkMsgContext, st: &mut SockState) {
     let Some(cfg) = crate::maps::live_config() else { return };
     st.imdsv1 = cfg.strictest_imdsv1;
     st.read = cfg.strictest_read;
@@ -294,6 +298,8 @@ fn adopt(st: &mut SockState) {
     st.writer_tgid = 0;
     st.writer_generation = 0;
     st.writer_read = Read::All as u32;
+    let (family, _, addr) = destination(ctx);
+    st.token = u32::from(token_flag(family, &addr));
     st.http.reset();
 }
 

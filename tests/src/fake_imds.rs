@@ -146,14 +146,16 @@ impl FakeImds {
             // SAFETY: plain syscall on a namespace fd we own.
             let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            let listeners: Vec<TcpListener> = ["169.254.169.254:80", "[fd00:ec2::254]:80"]
-                .iter()
-                .map(|a| {
-                    let l = TcpListener::bind(a.parse::<SocketAddr>().unwrap()).expect("bind fake IMDS");
-                    l.set_nonblocking(true).unwrap();
-                    l
-                })
-                .collect();
+            // AWS's addresses, and Alibaba Cloud's (whose service answers AWS's paths).
+            let listeners: Vec<TcpListener> =
+                ["169.254.169.254:80", "[fd00:ec2::254]:80", "100.100.100.200:80"]
+                    .iter()
+                    .map(|a| {
+                        let l = TcpListener::bind(a.parse::<SocketAddr>().unwrap()).expect("bind fake IMDS");
+                        l.set_nonblocking(true).unwrap();
+                        l
+                    })
+                    .collect();
             tx.send(()).unwrap();
             while !stop2.load(Ordering::Relaxed) {
                 let mut idle = true;

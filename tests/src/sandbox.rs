@@ -11,7 +11,8 @@ use crate::{Client, Daemon, FakeImds, ImdsMode};
 
 /// Addresses the sandbox puts on its `lo`: the metadata endpoints (and their siblings) plus a
 /// link-local neighbour that is *not* an endpoint.
-pub const V4_ADDRS: &[&str] = &["169.254.169.254", "169.254.170.2", "169.254.170.23", "169.254.169.253"];
+pub const V4_ADDRS: &[&str] =
+    &["169.254.169.254", "169.254.170.2", "169.254.170.23", "169.254.169.253", "100.100.100.200"];
 pub const V6_ADDRS: &[&str] = &["fd00:ec2::254", "fd00:ec2::23", "fd00:ec2::253"];
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -463,3 +463,51 @@ fn other_clouds_requests_are_not_imdsv1() {
         "only the IMDSv1 ones reported: {reported:#?}"
     );
 }
+
+/// Alibaba Cloud's requests are judged by its own token header (issue 21): at `100.100.100.200`
+/// a request with `X-aliyun-ecs-metadata-token` carries a token and one with only AWS's header
+/// is tokenless; at `169.254.169.254` the other way round — over IPv4 and IPv4-mapped IPv6, for
+/// a workload whose `imdsv1 = "deny"`.
+#[test]
+fn alibaba_s_token_counts_at_its_own_endpoint_only() {
+    let Some(sb) = Sandbox::new("v1_alibaba", ImdsMode::Optional) else { return };
+    let policy = sb.write(
+        "policy.toml",
+        "endpoints = [\"aws-imds\", \"alibaba-imds\"]\n\n[[allow]]\nuid = 0\nimdsv1 = \"deny\"\n",
+    );
+    let d = sb.daemon(&policy);
+    let aws_token = format!("X-aws-ec2-metadata-token: {}", token(&sb));
+    let root = sb.client(0, 0);
+    // curl's complaint, empty when answered.
+    let ask = |base: &str, header: &str| {
+        let out = root.curl(&["-H", header, &format!("{base}/latest/meta-data/instance-id")]);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let ali_token = "X-aliyun-ecs-metadata-token: a-session-token";
+    for base in ["http://100.100.100.200", "http://[::ffff:100.100.100.200]"] {
+        assert_eq!(ask(base, ali_token), "", "{base}: Alibaba's token at its endpoint");
+        assert!(ask(base, &aws_token).contains("Permission denied"), "{base}: AWS's token is none there");
+        assert!(ask(base, "X-Probe: 1").contains("Permission denied"), "{base}: tokenless");
+    }
+    assert!(
+        ask("http://169.254.169.254", ali_token).contains("Permission denied"),
+        "Alibaba's token at AWS's"
+    );
+    assert_eq!(ask("http://169.254.169.254", &aws_token), "");
+    let reported: Vec<(String, bool)> = requests(&d)
+        .iter()
+        .filter(|e| e["event"] == "imdsv1_request")
+        .map(|e| (e["dst"].as_str().unwrap_or_default().to_owned(), e["enforced"] == true))
+        .collect();
+    let want: Vec<(String, bool)> = [
+        "100.100.100.200",
+        "100.100.100.200",
+        "::ffff:100.100.100.200",
+        "::ffff:100.100.100.200",
+        "169.254.169.254",
+    ]
+    .iter()
+    .map(|d| ((*d).to_owned(), true))
+    .collect();
+    assert_eq!(reported, want);
+}
