@@ -83,8 +83,9 @@ wait_active() { # wait_active <seconds>
 }
 reloads() { journalctl --no-pager -o cat IMDS_GUARD_EVENT=policy_reloaded | wc -l; }
 main_pid() { systemctl show -p MainPID --value imds-guard; }
-# A storm of nobody's connects in the background (storm_start), and its outcomes counted, as JSON
-# (storm_end).
+# A storm of nobody's connects in the background (storm_start); storm_end stops it and puts its
+# outcomes counted, as JSON, in $STORM_COUNTS. (Not printed for a $(...): `wait` in that subshell
+# returns at once, the storm not being its child, and the counts could be read before written.)
 STORM_STOP=/run/imdsg-storm-stop
 storm_start() {
 	rm -f "$STORM_STOP"
@@ -95,7 +96,7 @@ storm_start() {
 storm_end() {
 	touch "$STORM_STOP"
 	wait "$STORM_PID"
-	cat /run/imdsg-storm
+	STORM_COUNTS=$(cat /run/imdsg-storm)
 }
 # eperm_only <counts>: every connect of the storm got EPERM (and there were some).
 eperm_only() {
@@ -247,10 +248,11 @@ c_restart() {
 	local counts old
 	old=$(main_pid)
 	storm_start
-	systemctl restart imds-guard || { storm_end >/dev/null; fail "systemctl restart failed"; return; }
-	wait_active 10 || { storm_end >/dev/null; fail "not active after restart"; return; }
+	systemctl restart imds-guard || { storm_end; fail "systemctl restart failed"; return; }
+	wait_active 10 || { storm_end; fail "not active after restart"; return; }
 	sleep 2
-	counts=$(storm_end)
+	storm_end
+	counts=$STORM_COUNTS
 	echo "storm: $counts"
 	[ "$(main_pid)" != "$old" ] || { fail "MainPID unchanged ($old): no restart happened"; return; }
 	eperm_only "$counts" || { fail "connects across the restart: $counts (want EPERM only)"; return; }
@@ -269,10 +271,11 @@ c_upgrade() {
 	v2=$(dpkg-deb -f "$new" Version)
 	old=$(main_pid)
 	storm_start
-	dpkg -i "$new" || { storm_end >/dev/null; fail "dpkg -i of $v2 failed"; return; }
-	wait_active 10 || { storm_end >/dev/null; fail "not active after the upgrade"; return; }
+	dpkg -i "$new" || { storm_end; fail "dpkg -i of $v2 failed"; return; }
+	wait_active 10 || { storm_end; fail "not active after the upgrade"; return; }
 	sleep 2
-	counts=$(storm_end)
+	storm_end
+	counts=$STORM_COUNTS
 	echo "storm: $counts"
 	[ "$(dpkg-query -W -f='${Version}' imds-guard)" = "$v2" ] || { fail "not upgraded to $v2"; return; }
 	[ "$(main_pid)" != "$old" ] || { fail "the upgrade did not restart the daemon (MainPID $old)"; return; }
@@ -501,10 +504,11 @@ c_upgrade_prev() {
 	storm_start
 	# --force-confold: if the packaged policy changed between the releases, dpkg keeps the edited
 	# one without asking (as unattended upgrades answer); with an unchanged one it asks nothing.
-	dpkg --force-confold -i "$cur" || { storm_end >/dev/null; fail "dpkg -i of $v2 over $v1 failed"; return; }
-	wait_active 60 || { storm_end >/dev/null; fail "not active after the upgrade from $v1"; return; }
+	dpkg --force-confold -i "$cur" || { storm_end; fail "dpkg -i of $v2 over $v1 failed"; return; }
+	wait_active 60 || { storm_end; fail "not active after the upgrade from $v1"; return; }
 	sleep 2
-	counts=$(storm_end)
+	storm_end
+	counts=$STORM_COUNTS
 	new=$(main_pid)
 	echo "storm: $counts"
 	imds-guard --version
