@@ -37,7 +37,7 @@ use crate::{deb::output, root};
 /// To bump it (after a release): put the full SHA-1 of such a commit on main's history here
 /// (`git rev-parse <commit>`). The next `vm-test --host` (or `cargo xtask previous-deb`) builds
 /// its package once — a release build of the workspace crates and the eBPF object against this
-/// tree's compiled dependencies, 70-104 s here, and this tree's own workspace crates are then
+/// tree's compiled dependencies, 104-151 s here, and this tree's own workspace crates are then
 /// compiled again (docs/HOSTS.md) — and caches it. The commit must build with this tree's toolchains
 /// (rust-toolchain.toml, the eBPF nightly in imds-guard/build.rs): with another Rust every
 /// dependency is compiled again, and one that is not installed fails the build
