@@ -78,18 +78,26 @@ pub fn deb() -> anyhow::Result<()> {
 /// target/assets/ (where `[package.metadata.deb]` takes them from).
 pub fn assets() -> anyhow::Result<()> {
     crate::cargo(&["build", "--release", "-p", "imds-guard", "--bin", "imds-guard"])?;
-    let bin = root().join("target/release/imds-guard");
-    let dir = root().join("target/assets");
-    let _ = std::fs::remove_dir_all(&dir);
+    assets_of(&root().join("target/release/imds-guard"), &root().join("target/assets"))
+}
+
+/// The completions and gzipped man pages that `bin` makes, in `dir` (replaced).
+pub fn assets_of(bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("completions"))?;
     for (shell, file, _) in COMPLETIONS {
-        let script = output(Command::new(&bin).args(["completions", shell]))?;
+        let script = output(Command::new(bin).args(["completions", shell]))?;
         std::fs::write(dir.join("completions").join(file), script)?;
     }
-    output(Command::new(&bin).arg("manpages").arg(dir.join("man")))?;
-    for page in MAN_PAGES {
-        // -n: no name or time stamp in the header, so the package is reproducible.
-        output(Command::new("gzip").args(["-9nf"]).arg(dir.join(format!("man/{page}.1"))))?;
+    output(Command::new(bin).arg("manpages").arg(dir.join("man")))?;
+    // Every page the binary wrote (`check` holds this build's to MAN_PAGES; an earlier release's
+    // binary may have other subcommands).
+    for page in std::fs::read_dir(dir.join("man"))? {
+        let page = page?.path();
+        if page.extension().is_some_and(|e| e == "1") {
+            // -n: no name or time stamp in the header, so the package is reproducible.
+            output(Command::new("gzip").args(["-9nf"]).arg(&page))?;
+        }
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! included: run as root) and validates the Kubernetes manifests; `cargo xtask demo` runs
 //! imds-guard on its embedded policy in a sandbox; `cargo xtask validate-k8s` renders the Helm
 //! chart and validates every manifest; `cargo xtask deb` builds and checks the Debian package,
-//! `cargo xtask rpm` the RPM (Amazon Linux 2023);
+//! `cargo xtask rpm` the RPM (Amazon Linux 2023), `cargo xtask previous-deb` the previous release's
+//! package (which `vm-test --host` upgrades from);
 //! `cargo xtask vm-test` runs tests in QEMU guests on older kernels (docs/VM.md), and with
 //! `--host` checks the .deb on a guest booted with systemd (docs/HOSTS.md).
 //! `./x` runs scripts/bootstrap.sh (toolchains, bpf-linker, packages) and then this.
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 mod deb;
 mod image;
 mod k8s;
+mod previous;
 mod prometheus;
 mod rpm;
 mod vm;
@@ -59,6 +61,9 @@ enum Cmd {
     /// Build the Debian package (target/debian/) and check it: fields, files, conffile, maintainer
     /// scripts, and (as root) install/remove/purge in a throwaway root.
     Deb,
+    /// Build the previous release's Debian package (the commit pinned in xtask/src/previous.rs,
+    /// which `vm-test --host` upgrades from), or find it cached in target/prev/; print its path.
+    PreviousDeb,
     /// Build the RPM package for Amazon Linux 2023 (target/rpm/, rpmbuild of
     /// packaging/rpm/imds-guard.spec) and check it: header, dependencies, files and modes,
     /// %config(noreplace), scriptlets, and (as root) install/upgrade/erase in a throwaway root.
@@ -167,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Image { tag } => image::build(&tag),
         Cmd::Deb => deb::deb(),
+        Cmd::PreviousDeb => previous::deb().map(|deb| println!("{}", deb.display())),
         Cmd::Rpm => rpm::rpm(),
         Cmd::VmTest(args) => vm::run(args),
         Cmd::Demo { rounds, interval } => build_and_run(

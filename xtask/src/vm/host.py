@@ -6,6 +6,9 @@
   storm STOPFILE         connects to 169.254.169.254:80 over and over until STOPFILE exists;
                          prints the outcomes counted, as JSON
   links                  the bpf links whose program is imds-guard's (name imdsg_*): `id:name`, sorted
+  links-diff BEFORE AFTER two outputs of `links`: which links stayed (the same id) and which
+                         were replaced, e.g. `the same 5 links` or `4 of 5 links kept, imdsg_msg
+                         replaced (17 -> 23)`
   fake-imds              a fake IMDS on 169.254.169.254:80 (token PUT, GET with or without a token)
   denied-event PID       the journal's connect_denied entry of PID: checks its journal fields
   container-event ID     the journal's connect_denied entry naming container ID (podman, nobody)
@@ -59,6 +62,19 @@ def links():
         if names.get(l.get("prog_id"), "").startswith("imdsg")
     )
     print(" ".join(mine))
+
+
+def links_diff(before, after):
+    ids = lambda text: {name: i for i, name in (l.split(":", 1) for l in text.split())}
+    b, a = ids(before), ids(after)
+    kept = [n for n in b if a.get(n) == b[n]]
+    if len(kept) == len(b) == len(a):
+        return f"the same {len(a)} links"
+    parts = [f"{len(kept)} of {len(b)} links kept"]
+    parts += [f"{n} replaced ({b[n]} -> {a[n]})" for n in sorted(b) if n in a and a[n] != b[n]]
+    parts += [f"{n} gone" for n in sorted(b) if n not in a]
+    parts += [f"{n} new ({a[n]})" for n in sorted(a) if n not in b]
+    return ", ".join(parts)
 
 
 class Imds(http.server.BaseHTTPRequestHandler):
@@ -170,6 +186,8 @@ def main():
         storm(sys.argv[2])
     elif cmd == "links":
         links()
+    elif cmd == "links-diff":
+        print(links_diff(sys.argv[2], sys.argv[3]))
     elif cmd == "fake-imds":
         fake_imds()
     elif cmd == "denied-event":

@@ -4,19 +4,21 @@
 //! `dpkg -i` as the README says, the service's user and capabilities, an enforce policy and
 //! `systemctl reload`, denied and allowed identities against a fake IMDS on the guest's own `lo`,
 //! stop/start/restart, `systemd-analyze security`, a workload unit's first attempt at boot after a
-//! reboot, `dpkg -r` and `-P`. One line per check (docs/HOSTS.md).
+//! reboot, `dpkg -r` and `-P`, and last the upgrade from the previous release's package
+//! (`crate::previous`) to this one under a connect storm. One line per check (docs/HOSTS.md).
 //!
-//! What is cached under target/vm is the matrix's (kernels, root image); the run adds only its
-//! payload disk (the .deb, `host.sh`, `host.py`).
+//! What is cached under target/vm is the matrix's (kernels, root image), and under target/prev
+//! the previous release's package; the run adds only its payload disk (the .debs, `host.sh`,
+//! `host.py`).
 
 use std::{path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 
 use super::{Live, Ran, guest, kernels, qemu, results, rootfs, run_quiet, vm_dir};
 
 /// The guest's checks, in the order it runs them (up to `early-unit` before the reboot).
-pub const CHECKS: [&str; 18] = [
+pub const CHECKS: [&str; 19] = [
     "systemd",
     "install",
     "user-caps",
@@ -35,6 +37,7 @@ pub const CHECKS: [&str; 18] = [
     "container-rule",
     "remove",
     "purge",
+    "upgrade-from-previous",
 ];
 
 pub const HOST_SH: &str = include_str!("host.sh");
@@ -54,9 +57,13 @@ pub fn run(kernel_labels: &[String], keep: bool, append: Option<&str>) -> anyhow
     let labels =
         if kernel_labels.is_empty() { vec![DEFAULT_KERNEL.to_owned()] } else { kernel_labels.to_vec() };
     let selected = kernels::select(&labels)?;
-    // The package first (a release build; cargo-deb), outside the VM lock.
+    // The packages first (release builds; cargo-deb), outside the VM lock. The previous
+    // release's first: its build shares target/ and leaves its binary in target/release/, which
+    // this build's then replaces (checked below).
+    let previous = crate::previous::deb()?;
     crate::deb::assets()?;
     let deb = crate::deb::build()?;
+    check_builds(&deb, &previous)?;
     let _lock = super::lock()?;
     let t = std::time::Instant::now();
     for k in &kernels::KERNELS {
@@ -70,7 +77,7 @@ pub fn run(kernel_labels: &[String], keep: bool, append: Option<&str>) -> anyhow
         std::fs::create_dir_all(&run_dir)?;
         let payload_dir = run_dir.join("payload");
         let payload_img = run_dir.join("payload.img");
-        payload(&payload_dir, &payload_img, &deb)?;
+        payload(&payload_dir, &payload_img, &deb, &previous)?;
         eprintln!("[vm host] booting {} with systemd as PID 1 ({} {})", k.release(), k.package, k.version);
         let boot = qemu::Boot {
             vmlinuz: &k.vmlinuz(),
@@ -126,14 +133,18 @@ pub fn run(kernel_labels: &[String], keep: bool, append: Option<&str>) -> anyhow
     Ok(())
 }
 
-/// The payload disk: host.sh, host.py, the .deb in files/, out/ for the checks' logs.
-fn payload(dir: &Path, img: &Path, deb: &Path) -> anyhow::Result<()> {
+/// The payload disk: host.sh, host.py, the .deb in files/, the previous release's in
+/// files/previous/, out/ for the checks' logs.
+fn payload(dir: &Path, img: &Path, deb: &Path, previous: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
-    for d in ["files", "out"] {
+    for d in ["files/previous", "out"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    let name = deb.file_name().context("the .deb has no file name")?;
-    std::fs::copy(deb, dir.join("files").join(name)).with_context(|| format!("copying {}", deb.display()))?;
+    for (from, to) in [(deb, "files"), (previous, "files/previous")] {
+        let name = from.file_name().context("a .deb has no file name")?;
+        std::fs::copy(from, dir.join(to).join(name))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
     upgrade_deb(deb, &dir.join("files/upgrade"))?;
     for (file, text, mode) in [("host.sh", HOST_SH, 0o755), ("host.py", HOST_PY, 0o644)] {
         std::fs::write(dir.join(file), text)?;
@@ -149,6 +160,39 @@ fn payload(dir: &Path, img: &Path, deb: &Path) -> anyhow::Result<()> {
             .arg(img)
             .arg(format!("{mib}M")),
     )
+}
+
+/// That `deb` is this build's package and `previous` the previous release's: the binary in
+/// `deb` names this checkout's commit (the previous release's build, in the same target
+/// directory, must not have been packaged in its place), the two binaries differ, and dpkg
+/// orders the previous version first (installing `deb` over it is an upgrade).
+fn check_builds(deb: &Path, previous: &Path) -> anyhow::Result<()> {
+    let head = crate::deb::output(
+        Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(crate::root()),
+    )?;
+    let (now, now_sha) = crate::previous::packaged_binary(deb)?;
+    let (prev, prev_sha) = crate::previous::packaged_binary(previous)?;
+    ensure!(
+        now.contains(&format!("(commit {}", head.trim())),
+        "{} does not hold this checkout's build (commit {}): {now}",
+        deb.display(),
+        head.trim()
+    );
+    ensure!(
+        now_sha != prev_sha,
+        "{} and {} hold the same binary ({now_sha})",
+        deb.display(),
+        previous.display()
+    );
+    let version = |p: &Path| {
+        crate::deb::output(Command::new("dpkg-deb").args(["--field"]).arg(p).arg("Version"))
+            .map(|v| v.trim().to_owned())
+    };
+    let (v_now, v_prev) = (version(deb)?, version(previous)?);
+    run_quiet(Command::new("dpkg").args(["--compare-versions", &v_prev, "lt", &v_now]))
+        .with_context(|| format!("the previous release's version {v_prev} is not before {v_now}"))?;
+    eprintln!("[vm host] upgrading from {v_prev} ({prev}) to {v_now} ({now})");
+    Ok(())
 }
 
 /// The version `upgrade-no-window` upgrades to.

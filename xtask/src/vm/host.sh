@@ -10,7 +10,8 @@
 # fake IMDS on the guest's own lo, stop/start/restart, systemd-analyze security; it installs an
 # early-boot workload unit and reboots. Phase 2: that unit's first attempt, podman containers
 # (one denied and reported by container id and runtime; a rule that allows one container and not
-# its sibling), then dpkg -r and -P.
+# its sibling), then dpkg -r and -P; last, the previous release's package installed and upgraded
+# to this build's during a connect storm.
 # One line per check on the second serial port, in vm-test's protocol (xtask/src/vm/results.rs):
 #   IMDSG-BOOTED host <uname -r> <uptime>    (each boot)
 #   IMDSG-RESULT host <check> ok|FAIL <seconds>s <detail>
@@ -82,6 +83,48 @@ wait_active() { # wait_active <seconds>
 }
 reloads() { journalctl --no-pager -o cat IMDS_GUARD_EVENT=policy_reloaded | wc -l; }
 main_pid() { systemctl show -p MainPID --value imds-guard; }
+# A storm of nobody's connects in the background (storm_start); storm_end stops it and puts its
+# outcomes counted, as JSON, in $STORM_COUNTS. (Not printed for a $(...): `wait` in that subshell
+# returns at once, the storm not being its child, and the counts could be read before written.)
+STORM_STOP=/run/imdsg-storm-stop
+storm_start() {
+	rm -f "$STORM_STOP"
+	as_nobody $H storm "$STORM_STOP" >/run/imdsg-storm &
+	STORM_PID=$!
+	sleep 2
+}
+storm_end() {
+	touch "$STORM_STOP"
+	wait "$STORM_PID"
+	STORM_COUNTS=$(cat /run/imdsg-storm)
+}
+# eperm_only <counts>: every connect of the storm got EPERM (and there were some).
+eperm_only() {
+	python3 -c 'import json,sys; c=json.loads(sys.argv[1]); sys.exit(0 if c.get("EPERM",0) > 0 and set(c) == {"EPERM"} else 1)' "$1"
+}
+# The enforce policy of the checks (root allowed, everyone else refused), written beside the file
+# and renamed into place, as configuration management does: under TCG a `cat >` in place was
+# once installed half-written by the file watch (an enforce policy without its rule, generation
+# 2, replaced 120 ms later; the daemon now waits for the writer to close the file).
+enforce_policy() {
+	cat >/etc/imds-guard/policy.toml.new <<-'EOF'
+		mode = "enforce"
+		endpoints = ["aws-imds"]
+		[[allow]]
+		name = "root"
+		uid = 0
+	EOF
+	imds-guard check --config /etc/imds-guard/policy.toml.new || return
+	mv /etc/imds-guard/policy.toml.new /etc/imds-guard/policy.toml
+}
+# root's IMDSv2 token PUT and GET (curl): prints what the fake IMDS answered, or what failed.
+root_fetch() {
+	local tok
+	tok=$(curl -sf -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token) ||
+		{ echo "root's token PUT failed"; return 1; }
+	curl -sf -m 5 -H "X-aws-ec2-metadata-token: $tok" http://169.254.169.254/latest/meta-data/instance-id ||
+		{ echo "root's GET failed"; return 1; }
+}
 
 # --- phase 1 ----------------------------------------------------------------------------------
 
@@ -145,19 +188,7 @@ c_fake_imds() {
 c_enforce_reload() {
 	local before after gen
 	before=$(reloads)
-	# Written beside it and renamed into place, as configuration management does: the daemon
-	# installs what the file holds once two reads 50 ms apart agree, and under TCG a `cat >` in
-	# place was once read half-written that long (an enforce policy without its rule, generation 2,
-	# replaced 120 ms later).
-	cat >/etc/imds-guard/policy.toml.new <<-'EOF'
-		mode = "enforce"
-		endpoints = ["aws-imds"]
-		[[allow]]
-		name = "root"
-		uid = 0
-	EOF
-	imds-guard check --config /etc/imds-guard/policy.toml.new || { fail "imds-guard check refuses the policy"; return; }
-	mv /etc/imds-guard/policy.toml.new /etc/imds-guard/policy.toml
+	enforce_policy || { fail "imds-guard check refuses the policy"; return; }
 	sleep 2 # the file watch installs the edit
 	systemctl reload imds-guard || { fail "systemctl reload failed"; return; }
 	sleep 3
@@ -182,11 +213,8 @@ c_denied() {
 }
 
 c_root() {
-	local tok id
-	tok=$(curl -sf -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token) ||
-		{ fail "root's token PUT failed"; return; }
-	id=$(curl -sf -m 5 -H "X-aws-ec2-metadata-token: $tok" http://169.254.169.254/latest/meta-data/instance-id) ||
-		{ fail "root's GET failed"; return; }
+	local id
+	id=$(root_fetch) || { fail "$id"; return; }
 	[ "$id" = i-0123456789imdsgvm ] || { fail "root got '$id'"; return; }
 	detail "root (curl, IMDSv2): answered by the fake IMDS ($id)"
 }
@@ -217,22 +245,17 @@ c_start() {
 }
 
 c_restart() {
-	local stop=/run/imdsg-storm-stop spid counts old
+	local counts old
 	old=$(main_pid)
-	rm -f "$stop"
-	as_nobody $H storm "$stop" >/run/imdsg-storm &
-	spid=$!
+	storm_start
+	systemctl restart imds-guard || { storm_end; fail "systemctl restart failed"; return; }
+	wait_active 10 || { storm_end; fail "not active after restart"; return; }
 	sleep 2
-	systemctl restart imds-guard || { fail "systemctl restart failed"; return; }
-	wait_active 10 || { fail "not active after restart"; return; }
-	sleep 2
-	touch "$stop"
-	wait $spid
-	counts=$(cat /run/imdsg-storm)
+	storm_end
+	counts=$STORM_COUNTS
 	echo "storm: $counts"
 	[ "$(main_pid)" != "$old" ] || { fail "MainPID unchanged ($old): no restart happened"; return; }
-	python3 -c 'import json,sys; c=json.loads(sys.argv[1]); sys.exit(0 if c.get("EPERM",0) > 0 and set(c) == {"EPERM"} else 1)' "$counts" ||
-		{ fail "connects across the restart: $counts (want EPERM only)"; return; }
+	eperm_only "$counts" || { fail "connects across the restart: $counts (want EPERM only)"; return; }
 	[ "$($H links)" = "$(cat "$STATE/links")" ] || { fail "links changed across the restart"; return; }
 	detail "restart (MainPID $old -> $(main_pid)) during a denied connect storm: $counts, same links"
 }
@@ -243,25 +266,20 @@ c_restart() {
 # this build's package with its version raised: the upgrade path, not a change of the daemon
 # between versions.
 c_upgrade() {
-	local new v2 stop=/run/imdsg-storm-stop spid counts old
+	local new v2 counts old
 	new=$(ls /imdsg/files/upgrade/imds-guard_*_amd64.deb)
 	v2=$(dpkg-deb -f "$new" Version)
 	old=$(main_pid)
-	rm -f "$stop"
-	as_nobody $H storm "$stop" >/run/imdsg-storm &
-	spid=$!
+	storm_start
+	dpkg -i "$new" || { storm_end; fail "dpkg -i of $v2 failed"; return; }
+	wait_active 10 || { storm_end; fail "not active after the upgrade"; return; }
 	sleep 2
-	dpkg -i "$new" || { touch "$stop"; wait $spid; fail "dpkg -i of $v2 failed"; return; }
-	wait_active 10 || { touch "$stop"; wait $spid; fail "not active after the upgrade"; return; }
-	sleep 2
-	touch "$stop"
-	wait $spid
-	counts=$(cat /run/imdsg-storm)
+	storm_end
+	counts=$STORM_COUNTS
 	echo "storm: $counts"
 	[ "$(dpkg-query -W -f='${Version}' imds-guard)" = "$v2" ] || { fail "not upgraded to $v2"; return; }
 	[ "$(main_pid)" != "$old" ] || { fail "the upgrade did not restart the daemon (MainPID $old)"; return; }
-	python3 -c 'import json,sys; c=json.loads(sys.argv[1]); sys.exit(0 if c.get("EPERM",0) > 0 and set(c) == {"EPERM"} else 1)' "$counts" ||
-		{ fail "connects across the upgrade: $counts (want EPERM only)"; return; }
+	eperm_only "$counts" || { fail "connects across the upgrade: $counts (want EPERM only)"; return; }
 	[ "$($H links)" = "$(cat "$STATE/links")" ] || { fail "links changed across the upgrade"; return; }
 	grep -q '^mode = "enforce"' /etc/imds-guard/policy.toml || { fail "the upgrade replaced the edited policy"; return; }
 	detail "dpkg -i to $v2 during a denied connect storm: $counts, MainPID $old -> $(main_pid), same links, edited policy kept"
@@ -452,6 +470,67 @@ c_purge() {
 	detail "dpkg -P: policy, state, binary, unit and its enablement gone (the user imds-guard kept, as Debian does)"
 }
 
+# --- the previous release ---------------------------------------------------------------------
+
+# The upgrade a user makes from one release to the next: the previous release's package
+# (files/previous/: the commit xtask/src/previous.rs pins, version <upstream>~prev.<commit>-1)
+# installed on this host, which `purge` left without imds-guard (its user stays, as after any
+# purge), the enforce policy put in force as enforce-reload does, then `dpkg -i` of this build's
+# package during a storm of nobody's connects. The new daemon adopts the pinned maps if their
+# layout is its own; if not, it makes maps of its own, installs the policy in them and swaps its
+# programs into the same links (imds-guard/src/kernel/attach.rs). Either way no connect may get
+# through; the line says which happened.
+c_upgrade_prev() {
+	local prev cur v1 v2 before i r old new maps1 maps2 links1 links2 counts id how
+	prev=$(ls /imdsg/files/previous/imds-guard_*_amd64.deb)
+	cur=$(ls /imdsg/files/imds-guard_*_amd64.deb)
+	v1=$(dpkg-deb -f "$prev" Version)
+	v2=$(dpkg-deb -f "$cur" Version)
+	start_fake || return
+	dpkg -i "$prev" || { fail "dpkg -i of the previous release $v1 failed"; return; }
+	wait_active 60 || { fail "the previous release is $(systemctl is-active imds-guard) after dpkg -i"; systemctl status imds-guard; return; }
+	imds-guard --version
+	before=$(reloads)
+	enforce_policy || { fail "the previous release's imds-guard check refuses the enforce policy"; return; }
+	systemctl reload imds-guard || { fail "systemctl reload of the previous release failed"; return; }
+	i=0
+	while [ "$(reloads)" = "$before" ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+	[ "$(reloads)" != "$before" ] || { fail "the previous release did not install the enforce policy"; return; }
+	r=$(nobody_connect)
+	[ "${r%% *}" = EPERM ] || { fail "the previous release in enforce mode: nobody got $r"; return; }
+	maps1=$(ls /sys/fs/bpf/imds-guard | grep '^maps-')
+	links1=$($H links)
+	old=$(main_pid)
+	storm_start
+	# --force-confold: if the packaged policy changed between the releases, dpkg keeps the edited
+	# one without asking (as unattended upgrades answer); with an unchanged one it asks nothing.
+	dpkg --force-confold -i "$cur" || { storm_end; fail "dpkg -i of $v2 over $v1 failed"; return; }
+	wait_active 60 || { storm_end; fail "not active after the upgrade from $v1"; return; }
+	sleep 2
+	storm_end
+	counts=$STORM_COUNTS
+	new=$(main_pid)
+	echo "storm: $counts"
+	imds-guard --version
+	journalctl --no-pager -u imds-guard -n 30
+	maps2=$(ls /sys/fs/bpf/imds-guard | grep '^maps-')
+	links2=$($H links)
+	echo "maps: $maps1 -> $maps2; links: $links1 -> $links2"
+	[ "$(dpkg-query -W -f='${Version}' imds-guard)" = "$v2" ] || { fail "not upgraded to $v2"; return; }
+	[ "$new" != "$old" ] || { fail "the upgrade did not restart the daemon (MainPID $old)"; return; }
+	eperm_only "$counts" || { fail "connects across the upgrade from $v1: $counts (want EPERM only)"; return; }
+	grep -q '^mode = "enforce"' /etc/imds-guard/policy.toml || { fail "the upgrade replaced the edited policy"; return; }
+	[ -n "$links2" ] || { fail "no imdsg links after the upgrade"; return; }
+	[ "$(echo "$maps2" | wc -w)" = 1 ] || { fail "map directories after the upgrade: $maps2 (the old layout's left?)"; return; }
+	r=$(nobody_connect)
+	[ "${r%% *}" = EPERM ] || { fail "after the upgrade nobody got $r"; return; }
+	id=$(root_fetch) || { fail "after the upgrade: $id"; return; }
+	[ "$id" = i-0123456789imdsgvm ] || { fail "after the upgrade root got '$id'"; return; }
+	if [ "$maps1" = "$maps2" ]; then how="maps adopted (same layout)"; else how="another map layout: new maps, old removed"; fi
+	how="$how, $($H links-diff "$links1" "$links2")"
+	detail "dpkg -i $v1, enforce policy, then dpkg -i $v2 during a denied connect storm: $counts, MainPID $old -> $new; $how; edited policy kept; after: nobody EPERM, root answered"
+}
+
 if [ "$boots" = 1 ]; then
 	check systemd c_systemd
 	check install c_install
@@ -476,5 +555,6 @@ else
 	check container-rule c_container_rule
 	check remove c_remove
 	check purge c_purge
+	check upgrade-from-previous c_upgrade_prev
 	finish
 fi
