@@ -334,29 +334,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(_) => Vec::new(),
         None => guest::plan(&a.tests, &a.filter, a.check_timeout, |t| list_tests(&built, t))?,
     };
-    let mode = match shell {
-        Some(cmd) => guest::Mode::Shell { cmd, timeout_secs: a.shell_timeout },
-        None => guest::Mode::Tests(&checks),
-    };
-    let check_names: Vec<String> = match shell {
-        Some(_) => vec!["shell".to_owned()],
-        None => checks.iter().map(guest::Check::name).collect(),
-    };
-    let budget: u64 = match shell {
-        Some(_) => u64::from(a.shell_timeout) + 30,
-        None => checks.iter().map(|c| u64::from(c.timeout_secs) + 15).sum(),
-    };
-    // A check's own limit is kept in the guest (timeout(1)); these catch a guest that hangs.
-    let longest: u64 = match shell {
-        Some(_) => u64::from(a.shell_timeout),
-        None => checks.iter().map(|c| u64::from(c.timeout_secs)).max().unwrap_or(0),
-    };
-    let idle_timeout = Duration::from_secs(longest + 60);
-    let boot_timeout = Duration::from_secs(180);
-    let timeout = boot_timeout + Duration::from_secs(budget + 30);
     if shell.is_none() {
         eprintln!("[vm] {} check(s) on {} kernel(s)", checks.len(), kernels.len());
     }
+    let check_count = checks.len();
 
     // Only the test binaries the checks need (debug test binaries are 17 to 110 MB each).
     let tests: Vec<(String, PathBuf)> = match shell {
@@ -365,6 +346,40 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let mut reports = Vec::new();
     for k in &kernels {
+        // The default subset (no test or filter named) runs whole on the older kernels, in part
+        // on the newest (guest::ON_NEWEST).
+        let default = a.tests.is_empty() && a.filter.is_empty();
+        let checks = guest::for_kernel(&checks, k.label, default);
+        if shell.is_none() && checks.is_empty() {
+            continue;
+        }
+        let mode = match shell {
+            Some(cmd) => guest::Mode::Shell { cmd, timeout_secs: a.shell_timeout },
+            None => guest::Mode::Tests(&checks),
+        };
+        let check_names: Vec<String> = match shell {
+            Some(_) => vec!["shell".to_owned()],
+            None => checks.iter().map(guest::Check::name).collect(),
+        };
+        let budget: u64 = match shell {
+            Some(_) => u64::from(a.shell_timeout) + 30,
+            None => checks.iter().map(|c| u64::from(c.timeout_secs) + 15).sum(),
+        };
+        // A check's own limit is kept in the guest (timeout(1)); these catch a guest that hangs.
+        let longest: u64 = match shell {
+            Some(_) => u64::from(a.shell_timeout),
+            None => checks.iter().map(|c| u64::from(c.timeout_secs)).max().unwrap_or(0),
+        };
+        let idle_timeout = Duration::from_secs(longest + 60);
+        let boot_timeout = Duration::from_secs(180);
+        let timeout = boot_timeout + Duration::from_secs(budget + 30);
+        if shell.is_none() && checks.len() < check_count {
+            eprintln!(
+                "[vm {}] {} of the {check_count} check(s) (guest::ON_NEWEST; name others with --tests)",
+                k.label,
+                checks.len()
+            );
+        }
         let run_dir = vm_dir().join("runs").join(k.label);
         let payload_dir = run_dir.join("payload");
         let payload_img = run_dir.join("payload.img");
