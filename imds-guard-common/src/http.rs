@@ -48,32 +48,6 @@ pub mod flag {
     pub const ALI_TOKEN: u16 = 1 << 8;
 }
 
-/// Alibaba Cloud's metadata service address.
-pub const ALIBABA_V4: [u8; 4] = [100, 100, 100, 200];
-
-/// The session token header ([`flag`]) of the metadata service at a destination (`family`
-/// `AF_INET` or `AF_INET6`, the address as events carry it): Alibaba Cloud's at `100.100.100.200`
-/// (also IPv4-mapped), AWS's everywhere else. Judged once per connection (at connect, kept in
-/// [`crate::sock::SockState::token`]).
-#[inline(always)]
-#[must_use]
-pub const fn token_flag(family: u32, addr: &[u8; 16]) -> u16 {
-    let v4 = (family == crate::event::AF_INET) as u32;
-    // ::ffff:a.b.c.d: ten zero bytes, two 0xff, then the IPv4 address.
-    let mapped = (family == crate::event::AF_INET6) as u32
-        & ((u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]) == 0)
-            as u32)
-        & ((addr[8] | addr[9]) == 0) as u32
-        & ((addr[10] & addr[11]) == 0xff) as u32;
-    let at = 12 * mapped as usize;
-    let ali = (v4 | mapped)
-        & (addr[at] == ALIBABA_V4[0]
-            && addr[at + 1] == ALIBABA_V4[1]
-            && addr[at + 2] == ALIBABA_V4[2]
-            && addr[at + 3] == ALIBABA_V4[3]) as u32;
-    if ali != 0 { flag::ALI_TOKEN } else { flag::TOKEN }
-}
-
 /// What a request is, once its header block has ended.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -637,7 +611,8 @@ impl HttpState {
         self.finding_for(flag::TOKEN)
     }
 
-    /// What the request is to a service whose session token header is `token` ([`token_flag`]):
+    /// What the request is to a service whose session token header is `token`
+    /// ([`crate::sock::token_flag`]):
     /// another cloud's token header makes no request IMDSv2.
     #[inline(always)]
     #[must_use]
@@ -674,7 +649,8 @@ impl HttpState {
         self.write_finding_for(took, read, size, flag::TOKEN)
     }
 
-    /// [`HttpState::write_finding`] for a service whose token header is `token` ([`token_flag`]).
+    /// [`HttpState::write_finding`] for a service whose token header is `token`
+    /// ([`crate::sock::token_flag`]).
     #[inline(always)]
     #[must_use]
     pub fn write_finding_for(&self, took: u32, read: u32, size: u32, token: u16) -> Finding {
@@ -730,22 +706,6 @@ mod tests {
     /// case and split anywhere; AWS's token header counts nowhere but at AWS's.
     #[test]
     fn alibaba_s_token_counts_only_at_its_own_endpoint() {
-        use crate::event::{AF_INET, AF_INET6};
-        let mut ali = [0u8; 16];
-        ali[..4].copy_from_slice(&ALIBABA_V4);
-        let mut mapped = [0u8; 16];
-        mapped[10] = 0xff;
-        mapped[11] = 0xff;
-        mapped[12..].copy_from_slice(&ALIBABA_V4);
-        let mut aws = [0u8; 16];
-        aws[..4].copy_from_slice(&[169, 254, 169, 254]);
-        assert_eq!(token_flag(AF_INET, &ali), flag::ALI_TOKEN);
-        assert_eq!(token_flag(AF_INET6, &mapped), flag::ALI_TOKEN);
-        assert_eq!(token_flag(AF_INET, &aws), flag::TOKEN);
-        assert_eq!(token_flag(AF_INET6, &ali), flag::TOKEN, "an IPv6 address starting 100.100.100.200");
-        let mut not_mapped = mapped;
-        not_mapped[11] = 0xfe;
-        assert_eq!(token_flag(AF_INET6, &not_mapped), flag::TOKEN);
         for (req, at_ali, at_aws) in [
             (
                 "GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aliyun-ecs-metadata-token: t\r\n\r\n",

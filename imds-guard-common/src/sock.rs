@@ -3,7 +3,8 @@
 //! and advanced by the message hook as the process writes requests.
 
 use crate::{
-    http::{HttpState, ScanBuf},
+    event::{AF_INET, AF_INET6},
+    http::{HttpState, ScanBuf, flag},
     rule::COMM_LEN,
 };
 
@@ -39,7 +40,7 @@ pub struct SockState {
     /// What that writer may read ([`crate::rule::Read`] as u32).
     pub writer_read: u32,
     /// The session token header ([`crate::http::flag`]) of the service this connection goes to
-    /// ([`crate::http::token_flag`]): a request without it is tokenless there.
+    /// ([`token_flag`]): a request without it is tokenless there.
     pub token: u32,
     /// The socket's cookie (its key in the sockhash), written by `sockops` when the connection is
     /// established: the message hook has no helper for it, and the response hook finds the
@@ -64,4 +65,54 @@ pub struct SockState {
 pub struct ScanSlot {
     pub owner: u64,
     pub buf: ScanBuf,
+}
+
+/// Alibaba Cloud's metadata service address.
+pub const ALIBABA_V4: [u8; 4] = [100, 100, 100, 200];
+
+/// The session token header ([`flag`]) of the metadata service at a destination (`family`
+/// `AF_INET` or `AF_INET6`, the address as events carry it): Alibaba Cloud's at `100.100.100.200`
+/// (also IPv4-mapped), AWS's everywhere else. Judged once per connection (at connect, kept in
+/// [`SockState::token`]).
+#[inline(always)]
+#[must_use]
+pub const fn token_flag(family: u32, addr: &[u8; 16]) -> u16 {
+    let v4 = (family == AF_INET) as u32;
+    // ::ffff:a.b.c.d: ten zero bytes, two 0xff, then the IPv4 address.
+    let mapped = (family == AF_INET6) as u32
+        & ((u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]) == 0)
+            as u32)
+        & ((addr[8] | addr[9]) == 0) as u32
+        & ((addr[10] & addr[11]) == 0xff) as u32;
+    let at = 12 * mapped as usize;
+    let ali = (v4 | mapped)
+        & (addr[at] == ALIBABA_V4[0]
+            && addr[at + 1] == ALIBABA_V4[1]
+            && addr[at + 2] == ALIBABA_V4[2]
+            && addr[at + 3] == ALIBABA_V4[3]) as u32;
+    if ali != 0 { flag::ALI_TOKEN } else { flag::TOKEN }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn alibaba_s_token_header_at_its_address_only() {
+        let mut ali = [0u8; 16];
+        ali[..4].copy_from_slice(&ALIBABA_V4);
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&ALIBABA_V4);
+        let mut aws = [0u8; 16];
+        aws[..4].copy_from_slice(&[169, 254, 169, 254]);
+        assert_eq!(token_flag(AF_INET, &ali), flag::ALI_TOKEN);
+        assert_eq!(token_flag(AF_INET6, &mapped), flag::ALI_TOKEN);
+        assert_eq!(token_flag(AF_INET, &aws), flag::TOKEN);
+        assert_eq!(token_flag(AF_INET6, &ali), flag::TOKEN, "an IPv6 address starting 100.100.100.200");
+        let mut not_mapped = mapped;
+        not_mapped[11] = 0xfe;
+        assert_eq!(token_flag(AF_INET6, &not_mapped), flag::TOKEN);
+    }
 }

@@ -12,9 +12,8 @@ use aya_ebpf::{
 use imds_guard_common::{
     config::GenConfig,
     event::{AF_INET, AF_INET6, flags},
-    http::token_flag,
     rule::{Identity, Read, RuleValue},
-    sock::NO_RULE,
+    sock::{NO_RULE, token_flag},
     stats::Stat,
     verdict::{ConnectContext, ConnectVerdict, admit, judge_connect, monitored_terms},
 };

@@ -25,10 +25,10 @@ use imds_guard_common::{
     config::Mode,
     creds::PATH_TAIL,
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
-    http::{Finding, PATH_MAX, token_flag},
+    http::{Finding, PATH_MAX},
     path::{classify, other_cloud},
     rule::{Identity, Imdsv1Action, Read},
-    sock::{NO_RULE, SCAN_MAX, SockState},
+    sock::{NO_RULE, SCAN_MAX, SockState, token_flag},
     stats::Stat,
     verdict::{
         ConnectContext, ConnectVerdict, MONITORED_READ, admit, judge_connect, read_judgement, request_verdict,
