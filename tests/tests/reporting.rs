@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use imds_guard_tests::{ImdsMode, Sandbox, client::connect_bin};
+use imds_guard_tests::{ImdsMode, Sandbox, client::connect_bin, sandbox::copy_exe};
 use serde_json::Value;
 
 const IMDS: &str = "169.254.169.254";
@@ -416,4 +416,63 @@ fn suggest_allows_exactly_what_was_seen() {
     assert_eq!(r(1001, agent), ["connected"], "seen: {suggested}");
     assert_eq!(r(1002, &prog), ["EPERM"], "never seen");
     assert_eq!(r(1000, agent), ["EPERM"], "uid 1000 never ran the agent: {suggested}");
+}
+
+/// A tmpfs mounted on a directory of the sandbox for as long as it lives.
+struct OwnMount(std::path::PathBuf);
+
+impl OwnMount {
+    fn tmpfs(at: &std::path::Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("mode=0755"))
+            .expect("mounting a tmpfs");
+        OwnMount(at.to_owned())
+    }
+}
+
+impl Drop for OwnMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A short-lived process whose executable is on a filesystem of its own (a snap's squashfs, an
+/// /opt of its own; here a tmpfs), gone by the time its event is read: the kernel's path stops at
+/// the root of that filesystem (`/bin/agent`), and the event names the executable where it is
+/// mounted. `suggest`'s rule for it then passes `check` and allows it, and only it.
+#[test]
+fn an_exited_process_s_executable_on_a_filesystem_of_its_own_is_named_where_it_is_mounted() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(sb) = Sandbox::new("rep_mounted", ImdsMode::Optional) else { return };
+    let opt = sb.dir.join("opt");
+    let _mount = OwnMount::tmpfs(&opt);
+    std::fs::create_dir(opt.join("bin")).unwrap();
+    let agent = opt.join("bin/agent");
+    copy_exe(connect_bin(), &agent, 0o755);
+    let agent = agent.to_str().unwrap();
+    let policy = sb.write("policy.toml", "mode = \"monitor\"\n\n[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    // The daemon is stopped while the agent connects and exits, so it reads the event of a
+    // process that is gone (as it does under load, or in a slow VM).
+    let daemon = Pid::from_raw(d.pid() as i32);
+    kill(daemon, Signal::SIGSTOP).unwrap();
+    let r = sb.client(1000, 1000).results(agent, None, &["connect", IMDS, "80"]);
+    kill(daemon, Signal::SIGCONT).unwrap();
+    assert_eq!(r, ["connected"], "monitor mode");
+    let e = d.wait_event(T, |e| e["event"] == "connect_denied" && e["uid"] == 1000).expect("the denial");
+    assert_eq!(e["exe"], agent, "{e}");
+    let out = sb.cli(&["suggest", "--socket", sb.events_socket().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let suggested = String::from_utf8_lossy(&out.stdout).into_owned();
+    let path = sb.write("suggested.toml", &suggested);
+    let check = sb.cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}\n{suggested}");
+    d.kill();
+
+    let d = sb.daemon(&path);
+    let r = |uid: u32, p: &str| sb.client(uid, uid).results(p, None, &["connect", IMDS, "80"]);
+    assert_eq!(r(1000, agent), ["connected"], "seen: {suggested}");
+    assert_eq!(r(1000, &connect_prog()), ["EPERM"], "another executable: {suggested}");
+    drop(d);
 }

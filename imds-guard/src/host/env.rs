@@ -97,19 +97,10 @@ pub fn cgroup2_root_or_mount() -> anyhow::Result<(PathBuf, Cgroup2)> {
 }
 
 fn cgroup2_root_from(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "36 35 0:30 / /sys/fs/cgroup/unified rw,... shared:9 - cgroup2 cgroup2 rw"
-        let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
-        let mut f = pre.split_whitespace();
-        let root = f.nth(3)?;
-        let mount_point = f.next()?;
-        (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(unescape(mount_point)))
-    })
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    super::mounts::parse(mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2" && m.root == Path::new("/"))
+        .map(|m| m.mount_point)
 }
 
 fn fs_magic(path: &Path) -> anyhow::Result<i64> {

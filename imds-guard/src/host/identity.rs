@@ -8,6 +8,8 @@ use std::{
 
 use serde::Serialize;
 
+use super::mounts;
+
 /// An executable, as the kernel identifies it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExeId {
@@ -54,7 +56,8 @@ pub fn resolve_exe(path: &str, wait: bool) -> Result<ExeId, String> {
     if !md.is_file() {
         return Err(format!("exe `{path}` is not a regular file"));
     }
-    let dev = kernel_dev(&file).unwrap_or_else(|| encode(libc::major(md.dev()), libc::minor(md.dev())));
+    let dev =
+        kernel_dev(&file).unwrap_or_else(|| mounts::encode(libc::major(md.dev()), libc::minor(md.dev())));
     Ok(ExeId { path: path.to_owned(), file, id: Some(FileId { dev, ino: md.ino() }) })
 }
 
@@ -131,26 +134,9 @@ pub fn writable_by_others(file: &Path) -> Option<String> {
     None
 }
 
-const fn encode(major: u32, minor: u32) -> u64 {
-    ((major as u64) << 20) | minor as u64
-}
-
-/// The device of the superblock `file` lives on, from /proc/self/mountinfo (the mount with the
-/// longest mount point containing it). Unlike `stat`'s `st_dev`, this is `sb->s_dev` also on
-/// filesystems that report another device to stat (btrfs subvolumes).
+/// The device of the superblock `file` lives on ([`mounts::device_of`]).
 fn kernel_dev(file: &Path) -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<(usize, u64)> = None;
-    for line in info.lines() {
-        let mut f = line.split_whitespace();
-        let dev = f.nth(2)?;
-        let mount_point = f.nth(1)?.replace("\\040", " ");
-        if file.starts_with(&mount_point) && best.is_none_or(|(len, _)| mount_point.len() >= len) {
-            let (ma, mi) = dev.split_once(':')?;
-            best = Some((mount_point.len(), encode(ma.parse().ok()?, mi.parse().ok()?)));
-        }
-    }
-    best.map(|(_, d)| d)
+    mounts::device_of(&mounts::current(), file)
 }
 
 /// What the connect programs would see of a running process, read from /proc.
@@ -191,7 +177,7 @@ impl ProcessIdentity {
                 let dev = exe
                     .as_deref()
                     .and_then(kernel_dev)
-                    .unwrap_or_else(|| encode(libc::major(md.dev()), libc::minor(md.dev())));
+                    .unwrap_or_else(|| mounts::encode(libc::major(md.dev()), libc::minor(md.dev())));
                 (dev, md.ino())
             }
             Err(_) => (0, 0),

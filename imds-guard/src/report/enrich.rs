@@ -7,11 +7,14 @@ use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::event::{Ancestor, Connect, Credentials, Event, Pod, Request, Who};
-use crate::host::workload::Attribution;
+use crate::host::{
+    mounts::{self, Mount},
+    workload::Attribution,
+};
 use imds_guard_common::{
     creds,
     event::{AF_INET, ConnectEvent, CredentialsEvent, Record, RequestEvent, TaskInfo},
@@ -33,6 +36,10 @@ pub struct Enricher {
     /// Pods found, by the cgroup id of the event (a pod's log directory can appear a moment after
     /// its first process runs, so only what was found is remembered).
     pod_of: HashMap<u64, Pod>,
+    /// The mount table, read again at most once a second: it places the path the kernel read
+    /// within an executable's filesystem (a snap's squashfs, a separate /opt, a container's
+    /// overlay) where that filesystem is mounted.
+    mounts: Option<(Instant, Vec<Mount>)>,
 }
 
 impl Enricher {
@@ -45,6 +52,7 @@ impl Enricher {
             exes: HashMap::new(),
             pods: crate::host::workload::PodDirectory::default(),
             pod_of: HashMap::new(),
+            mounts: None,
         }
     }
 
@@ -253,7 +261,8 @@ impl Enricher {
 
     /// The executable: /proc/<pid>/exe while the process exists, else what an earlier process with
     /// the same executable (device and inode, read by the kernel) showed, else the path the kernel
-    /// read from the dentries at the event (within the executable's filesystem).
+    /// read from the dentries at the event — within the executable's filesystem, so placed where
+    /// that filesystem is mounted when the file there is the one that ran — else that path as read.
     fn exe(&mut self, pid: u32, task: &TaskInfo) -> Option<String> {
         let key = (task.exe_dev, task.exe_ino);
         match std::fs::read_link(format!("/proc/{pid}/exe")) {
@@ -274,8 +283,10 @@ impl Enricher {
                 }
                 let p = kernel_exe_path(task)?;
                 // Confirmed on disk (the file at that path is the one that ran, or the one its
-                // cut leaf name stands for): remembered like a path from /proc.
-                if let Some(full) = confirm_exe_path(&p, key) {
+                // cut leaf name stands for), on the root filesystem or where the executable's is
+                // mounted: remembered like a path from /proc.
+                let full = confirm_exe_path(&p, key).or_else(|| self.exe_in_mounts(&p, key));
+                if let Some(full) = full {
                     if self.exes.len() > 4096 {
                         self.exes.clear();
                     }
@@ -285,6 +296,23 @@ impl Enricher {
                 Some(p)
             }
         }
+    }
+
+    /// `fs_path` (the kernel's path within the filesystem of device `key.0`) under each mount of
+    /// that filesystem, the first confirmed to be the executable.
+    fn exe_in_mounts(&mut self, fs_path: &str, key: (u64, u64)) -> Option<String> {
+        if key == (0, 0) || fs_path.starts_with('…') {
+            return None;
+        }
+        let fresh = self.mounts.as_ref().is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(1));
+        if !fresh {
+            self.mounts = Some((Instant::now(), mounts::current()));
+        }
+        let table = &self.mounts.as_ref()?.1;
+        mounts::paths_in_mounts(table, key.0, Path::new(fs_path))
+            .iter()
+            .filter(|c| c.as_os_str() != fs_path)
+            .find_map(|c| confirm_exe_path(c.to_str()?, key))
     }
 
     fn user(&mut self, uid: u32) -> Option<String> {
