@@ -137,7 +137,6 @@ fn main() -> anyhow::Result<()> {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            let host = cargo(&test);
             // The kernel matrix (5.10, 6.1, 6.12 under QEMU) and the real-host VM: part of every
             // full run. A filtered run (arguments for cargo test) is a developer's quick loop and
             // skips them, and so does IMDSG_VM=0 outside CI.
@@ -145,10 +144,20 @@ fn main() -> anyhow::Result<()> {
             if skip && std::env::var("CI").is_ok_and(|v| v == "true") {
                 bail!("IMDSG_VM=0 under CI=true: the kernel matrix is part of the test command");
             }
-            let (matrix, real_host) = if args.is_empty() && !skip {
+            let vms = args.is_empty() && !skip;
+            // Their caches (the kernels fetched, the root image built: ~2 minutes on a fresh
+            // clone, mostly downloads and unpacking) are made while the host suite runs.
+            let prepared = vms.then(|| std::thread::spawn(|| vm::run(vm::Args::prepare())));
+            let host = cargo(&test);
+            let prepared =
+                prepared.map_or(Ok(()), |t| t.join().unwrap_or_else(|_| bail!("preparing the VMs panicked")));
+            let (matrix, real_host) = if vms {
                 // Then a real host: systemd as PID 1, the .deb installed with dpkg, the service
                 // checked live across a reboot (docs/HOSTS.md).
-                (vm::run(vm::Args::matrix()), vm::run(vm::Args::host()))
+                match prepared {
+                    Ok(()) => (vm::run(vm::Args::matrix()), vm::run(vm::Args::host())),
+                    Err(e) => (Err(e.context("preparing the kernel matrix and real-host VMs")), Ok(())),
+                }
             } else {
                 eprintln!(
                     "[test] kernel matrix and real-host VM skipped ({})",
