@@ -19,7 +19,7 @@ NIGHTLY=nightly-2026-10-29
 BPF_LINKER_VERSION=0.13.0
 BPF_LINKER_LLVM_FEATURE=llvm-23
 CARGO_DEB_VERSION=3.8.0
-APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps systemd linux-libc-dev prometheus rpm)
+APT_PACKAGES=(bpftool iproute2 curl util-linux nftables iptables python3 python3-botocore python3-venv procps systemd linux-libc-dev prometheus rpm dnf createrepo-c)
 VM_APT_PACKAGES=(qemu-system-x86 mmdebstrap e2fsprogs)
 
 export RUSTUP_AUTO_INSTALL=0

@@ -66,7 +66,8 @@ enum Cmd {
     PreviousDeb,
     /// Build the RPM package for Amazon Linux 2023 (target/rpm/, rpmbuild of
     /// packaging/rpm/imds-guard.spec) and check it: header, dependencies, files and modes,
-    /// %config(noreplace), scriptlets, and (as root) install/upgrade/erase in a throwaway root.
+    /// %config(noreplace), scriptlets, and (as root) install/upgrade/erase in a throwaway root, with
+    /// rpm and with dnf.
     Rpm,
     /// The kernel matrix: boot Debian's cloud kernels 5.10, 6.1 and 6.12 under QEMU (TCG, no
     /// network) and run a subset of the privileged tests in each, or one shell command

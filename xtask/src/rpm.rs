@@ -7,7 +7,8 @@
 //! that the packaged unit, policy, binary and completions are byte for byte the repository's or
 //! the build's; then, as root, installs, upgrades (to the same files as release 2) and erases it
 //! in a throwaway root (scripts/rpm-roundtrip.sh in a private mount namespace), never on this
-//! machine's own root.
+//! machine's own root: with `rpm`, then with the README's `dnf` commands against a repository
+//! whose one package stands for Amazon Linux 2023's (docs/HOSTS.md).
 //!
 //! Why rpmbuild rather than a Rust RPM writer (cargo-generate-rpm): the `rpm` tool that checks
 //! the package comes in the same Debian package, the spec file is what an RPM distribution's
@@ -265,17 +266,66 @@ fn roundtrip(rpm: &Path) -> anyhow::Result<()> {
     let upgrade = build(&upgrade_dir.0, "2")?;
     let host_bin = Path::new("/usr/bin/imds-guard");
     let had_host_bin = host_bin.exists();
-    let dir = tempdir("rpm-root")?;
-    output(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh"])
-            .arg(root().join("scripts/rpm-roundtrip.sh"))
-            .arg(rpm)
-            .arg(&upgrade)
-            .arg(&dir.0),
-    )
-    .map(|out| print!("{out}"))?;
+    // With rpm, then with dnf as the README says (its repository: a stand-in for AL2023's).
+    let repo = tempdir("rpm-repo")?;
+    stand_in_repo(rpm, &repo.0)?;
+    for repo in [None, Some(&repo.0)] {
+        let dir = tempdir("rpm-root")?;
+        output(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "--", "sh"])
+                .arg(root().join("scripts/rpm-roundtrip.sh"))
+                .arg(rpm)
+                .arg(&upgrade)
+                .arg(&dir.0)
+                .args(repo),
+        )
+        .map(|out| print!("{out}"))?;
+    }
     ensure!(host_bin.exists() == had_host_bin, "the round trip changed this machine's /usr/bin/imds-guard");
+    Ok(())
+}
+
+/// A dnf repository in `dir` holding one package that provides everything `rpm` requires but
+/// rpm's own features: what Amazon Linux 2023's repositories would (no repository of theirs is
+/// reachable here), for `dnf install ./imds-guard-….rpm` to resolve.
+fn stand_in_repo(rpm: &Path, dir: &Path) -> anyhow::Result<()> {
+    for (tool, pkg) in [("dnf", "dnf"), ("createrepo_c", "createrepo-c")] {
+        ensure!(
+            Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()),
+            "{tool} is not installed; run scripts/bootstrap.sh (Debian package `{pkg}`)"
+        );
+    }
+    let requires = query(rpm, &["--requires"])?;
+    let mut provides: Vec<&str> = requires
+        .lines()
+        .map(str::trim)
+        .filter(|r| !r.is_empty() && !r.starts_with("rpmlib(") && !r.starts_with("config("))
+        .collect();
+    provides.sort_unstable();
+    provides.dedup();
+    let top = tempdir("rpm-stand-in")?;
+    let spec = top.0.join("stand-in.spec");
+    let mut text = String::from(
+        "Name: imdsg-al2023-stand-in\nVersion: 2023\nRelease: 1\nLicense: MIT\nBuildArch: noarch\n\
+         Summary: Stands for the Amazon Linux 2023 packages imds-guard requires\n",
+    );
+    for p in provides {
+        text.push_str(&format!("Provides: {p}\n"));
+    }
+    text.push_str("%description\nA test repository's stand-in.\n%files\n");
+    std::fs::write(&spec, text)?;
+    let define = |k: &str, v: &str| ["--define".to_owned(), format!("{k} {v}")];
+    output(
+        Command::new("rpmbuild")
+            .args(["-bb", "--quiet"])
+            .args(define("_topdir", &top.0.to_string_lossy()))
+            .args(define("_rpmdir", &dir.to_string_lossy()))
+            .args(define("_build_name_fmt", "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm"))
+            .arg(&spec),
+    )
+    .context("rpmbuild of the stand-in")?;
+    output(Command::new("createrepo_c").arg("--quiet").arg(dir)).context("createrepo_c")?;
     Ok(())
 }
 
