@@ -187,16 +187,20 @@ fn build(guard_bin: Option<&Path>, with_tests: bool) -> anyhow::Result<Built> {
     if !with_tests {
         return Ok(built);
     }
-    // The tests crate's test binaries and its helper programs, as cargo reports them.
+    // The tests crate's test binaries and its helper programs, as cargo reports them. Built as
+    // `cargo test` builds the workspace (no `-p`: that would unify features differently and
+    // rebuild its dependencies, ~45 s after a host run), then only the tests crate's are taken.
     let out = cargo_cmd()
-        .args(["test", "--no-run", "--message-format=json", "-p", "imds-guard-tests"])
+        .args(["test", "--no-run", "--message-format=json"])
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo test --no-run")?;
-    ensure!(out.status.success(), "cargo test --no-run -p imds-guard-tests failed ({})", out.status);
+    ensure!(out.status.success(), "cargo test --no-run failed ({})", out.status);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if v["reason"] != "compiler-artifact" {
+        let tests_crate =
+            v["manifest_path"].as_str().is_some_and(|m| Path::new(m) == root().join("tests/Cargo.toml"));
+        if v["reason"] != "compiler-artifact" || !tests_crate {
             continue;
         }
         let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) else {
