@@ -13,7 +13,7 @@ use imds_guard_common::{
     config::GenConfig,
     event::{AF_INET, AF_INET6, flags},
     rule::{Identity, Read, RuleValue},
-    sock::{NO_RULE, token_flag},
+    sock::token_flag,
     stats::Stat,
     verdict::{ConnectContext, ConnectVerdict, admit, judge_connect, monitored_terms},
 };
