@@ -78,24 +78,54 @@ pub fn run(kernel_labels: &[String], keep: bool, append: Option<&str>) -> anyhow
         let payload_dir = run_dir.join("payload");
         let payload_img = run_dir.join("payload.img");
         payload(&payload_dir, &payload_img, &deb, &previous)?;
+        // The guest's own copy of the root image (sparse: ~3 s), booted writable so that what
+        // the first boot installed is there after the reboot, in a new QEMU (qemu.rs).
+        let host_root = run_dir.join("root.img");
+        run_quiet(Command::new("cp").arg("--sparse=always").arg(&root_img).arg(&host_root))?;
         eprintln!("[vm host] booting {} with systemd as PID 1 ({} {})", k.release(), k.package, k.version);
-        let boot = qemu::Boot {
-            vmlinuz: &k.vmlinuz(),
-            root_img: &root_img,
+        let vmlinuz = k.vmlinuz();
+        // nowatchdog: under TCG on a loaded host the emulated CPUs starve for tens of seconds
+        // (systemd zeroing pages "stuck for 47 s"), which the soft-lockup detector reports as a
+        // kernel BUG and results.rs rightly fails; that is the host's load, not the guest.
+        let cmdline = format!("systemd.wants={} nowatchdog {}", rootfs::HOST_UNIT_NAME, append.unwrap_or(""));
+        let start = std::time::Instant::now();
+        let boot = |timeout: Duration| qemu::Boot {
+            vmlinuz: &vmlinuz,
+            root_img: &host_root,
             payload_img: &payload_img,
             run_dir: &run_dir,
-            timeout: TIMEOUT,
+            timeout,
             boot_timeout: Duration::from_secs(240),
             idle_timeout: IDLE_TIMEOUT,
             init: "/lib/systemd/systemd",
-            // nowatchdog: under TCG on a loaded host the emulated CPUs starve for tens of seconds
-            // (systemd zeroing pages "stuck for 47 s"), which the soft-lockup detector reports as
-            // a kernel BUG and results.rs rightly fails; that is the host's load, not the guest.
-            append: &format!("systemd.wants={} nowatchdog {}", rootfs::HOST_UNIT_NAME, append.unwrap_or("")),
-            allow_reboot: true,
+            append: &cmdline,
+            root_writable: true,
         };
         let mut live = Live { label: LABEL, shown: Vec::new() };
-        let outcome = qemu::boot(&boot, |line| live.line(line))?;
+        let mut outcome = qemu::boot(&boot(TIMEOUT), |line| live.line(line))?;
+        // The guest's reboot between the two phases ends the first QEMU (an orderly reboot: the
+        // kernel's "reboot: Restarting system", no result line saying it is done).
+        let done = |lines: &str| {
+            lines.lines().any(|l| matches!(results::parse_line(l), Some(results::Line::Done { .. })))
+        };
+        if outcome.end == results::End::Exited
+            && !done(&outcome.lines)
+            && outcome.console.contains("reboot: Restarting system")
+        {
+            eprintln!("[vm host] the guest rebooted: booting its root image again");
+            let second = qemu::boot_again(&boot(TIMEOUT.saturating_sub(start.elapsed())), true, |line| {
+                live.line(line)
+            })?;
+            outcome.lines.push_str(&second.lines);
+            outcome.console.push_str(&second.console);
+            outcome.end = second.end;
+            outcome.wall += second.wall;
+        }
+        if keep {
+            eprintln!("[vm host] kept the guest's root image {}", host_root.display());
+        } else {
+            let _ = std::fs::remove_file(&host_root);
+        }
         let mut report =
             results::evaluate(LABEL, k.release(), &names, &outcome.lines, &outcome.console, &outcome.end);
         report.label = format!("{LABEL}-{}", k.label);

@@ -2,8 +2,9 @@
 # The real-host checks (`cargo xtask vm-test --host`, docs/HOSTS.md): the guest boots the bookworm
 # image with systemd as PID 1 and no network device; the root image's imdsg-host.service (after
 # multi-user.target, pulled in by `systemd.wants=` on the kernel command line) mounts the payload
-# disk on /imdsg and runs this. The image is booted with snapshot=on and QEMU may reboot, so the
-# root disk's changes live across the one reboot of the run and are gone after it.
+# disk on /imdsg and runs this. The guest boots the run's own copy of the root image (host.rs), so
+# the root disk's changes live across the one reboot of the run (a new QEMU boots the copy again)
+# and are gone after it.
 #
 # Phase 1 (first boot): the .deb installed with dpkg as the README says, the service's user and
 # capabilities, an enforce policy with `systemctl reload`, denied and allowed identities against a

@@ -409,7 +409,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             idle_timeout,
             init: rootfs::INIT_PATH,
             append: a.append.as_deref().unwrap_or(""),
-            allow_reboot: false,
+            root_writable: false,
         };
         let mut live = Live { label: k.label, shown: Vec::new() };
         let label = k.label;

@@ -33,9 +33,11 @@ pub struct Boot<'a> {
     pub init: &'a str,
     /// More kernel command line arguments (`--append`).
     pub append: &'a str,
-    /// Let the guest reboot (the real-host checks reboot once; the root image's snapshot lives as
-    /// long as QEMU does). Otherwise a reboot, which is what a kernel panic does, ends QEMU.
-    pub allow_reboot: bool,
+    /// Boot the root image itself, writable, instead of a snapshot of it (`snapshot=on`, whose
+    /// changes are gone when QEMU exits): the real host's copy of the image, whose changes must
+    /// live across its reboot. A reboot always ends QEMU (`-no-reboot`); the real host boots
+    /// its copy again in a new QEMU.
+    pub root_writable: bool,
 }
 
 /// What the host saw.
@@ -66,22 +68,43 @@ pub fn command(b: &Boot<'_>) -> Command {
     let results = b.run_dir.join("results.log");
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "2"])
-        .args(["-nic", "none", "-nographic", "-monitor", "none"])
+        .args(["-nic", "none", "-nographic"])
         .arg("-kernel")
         .arg(b.vmlinuz)
         .arg("-append")
         .arg(cmdline(b.init, b.append))
         .arg("-drive")
-        .arg(format!("file={},if=none,id=root,format=raw,snapshot=on", b.root_img.display()))
+        .arg(format!(
+            "file={},if=none,id=root,format=raw,snapshot={}",
+            b.root_img.display(),
+            if b.root_writable { "off" } else { "on" }
+        ))
         .args(["-device", "nvme,drive=root,serial=imdsg-root"])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", b.payload_img.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", results.display()));
-    if !b.allow_reboot {
-        cmd.arg("-no-reboot");
+        // The two serial ports written to files, appended to (a later boot of the same guest
+        // adds to them; boot() empties them for a first boot). A comma is doubled in an option.
+        .arg("-chardev")
+        .arg(format!("file,id=console,append=on,path={}", console.display().to_string().replace(',', ",,")))
+        .args(["-serial", "chardev:console"])
+        .arg("-chardev")
+        .arg(format!("file,id=results,append=on,path={}", results.display().to_string().replace(',', ",,")))
+        .args(["-serial", "chardev:results"])
+        // A reboot (which is also what a kernel panic does, panic=-1) ends QEMU. The real host
+        // boots its guest again in a new QEMU: rebooted inside the same QEMU, the second boot
+        // spent 65-120 s, one emulated CPU busy, between the kernel starting systemd and
+        // systemd's first line (the first boot: under 1 s).
+        .arg("-no-reboot");
+    // A debugging aid: QEMU's monitor on a unix socket (`info registers` shows where a guest
+    // that seems stuck spends its time; boot with `--append nokaslr` to look the address up in
+    // the kernel's System.map).
+    if let Some(sock) = std::env::var_os("IMDSG_QEMU_MONITOR") {
+        let mut arg = std::ffi::OsString::from("unix:");
+        arg.push(sock);
+        arg.push(",server,nowait");
+        cmd.arg("-monitor").arg(arg);
+    } else {
+        cmd.args(["-monitor", "none"]);
     }
     cmd
 }
@@ -117,17 +140,29 @@ impl Tail {
 }
 
 /// Runs the VM to its end, calling `on_line` with each guest line as it arrives.
-pub fn boot(b: &Boot<'_>, mut on_line: impl FnMut(&str)) -> anyhow::Result<Outcome> {
+pub fn boot(b: &Boot<'_>, on_line: impl FnMut(&str)) -> anyhow::Result<Outcome> {
+    boot_again(b, false, on_line)
+}
+
+/// [`boot`], or with `again` a later boot of the same guest: console.log and results.log are
+/// added to, not started afresh, and the outcome holds only this boot's lines and console.
+pub fn boot_again(b: &Boot<'_>, again: bool, mut on_line: impl FnMut(&str)) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(b.run_dir)?;
-    for f in ["console.log", "results.log"] {
-        std::fs::write(b.run_dir.join(f), "")?;
+    let mut results = Tail::new(b.run_dir.join("results.log"));
+    let mut console_from = 0;
+    if again {
+        results.pos = std::fs::metadata(&results.path).map_or(0, |m| m.len());
+        console_from = std::fs::metadata(b.run_dir.join("console.log")).map_or(0, |m| m.len());
+    } else {
+        for f in ["console.log", "results.log"] {
+            std::fs::write(b.run_dir.join(f), "")?;
+        }
     }
     let qemu_log = std::fs::File::create(b.run_dir.join("qemu.log"))?;
     let mut cmd = command(b);
     cmd.stdin(Stdio::null()).stdout(qemu_log.try_clone()?).stderr(qemu_log);
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64 (run scripts/bootstrap.sh)")?;
-    let mut results = Tail::new(b.run_dir.join("results.log"));
     let mut lines = String::new();
     let mut to_first_line = None;
     let mut last_line = start;
@@ -173,7 +208,8 @@ pub fn boot(b: &Boot<'_>, mut on_line: impl FnMut(&str)) -> anyhow::Result<Outco
         lines.push_str(&l);
         lines.push('\n');
     }
-    let console = String::from_utf8_lossy(&std::fs::read(b.run_dir.join("console.log")).unwrap_or_default())
-        .into_owned();
+    let console = std::fs::read(b.run_dir.join("console.log")).unwrap_or_default();
+    let console =
+        String::from_utf8_lossy(console.get(console_from as usize..).unwrap_or_default()).into_owned();
     Ok(Outcome { end, lines, console, to_first_line, wall: start.elapsed() })
 }
