@@ -169,6 +169,12 @@ fn cargo_cmd() -> Command {
     c
 }
 
+/// The daemon the guests run: the release build of this tree, target/release/imds-guard.
+pub fn build_guard() -> anyhow::Result<PathBuf> {
+    crate::cargo(&["build", "--release", "-p", "imds-guard", "--bin", "imds-guard"])?;
+    Ok(root().join("target/release/imds-guard"))
+}
+
 fn build(guard_bin: Option<&Path>, with_tests: bool) -> anyhow::Result<Built> {
     let guard = match guard_bin {
         Some(p) => {
@@ -178,10 +184,7 @@ fn build(guard_bin: Option<&Path>, with_tests: bool) -> anyhow::Result<Built> {
         // The release build, what users run on these kernels (the eBPF object is the same in
         // both profiles): under TCG the debug daemon's own work (ELF, BTF, policy) nearly doubled
         // each check's time. The host suite keeps the debug build and its overflow checks.
-        None => {
-            crate::cargo(&["build", "--release", "-p", "imds-guard", "--bin", "imds-guard"])?;
-            root().join("target/release/imds-guard")
-        }
+        None => build_guard()?,
     };
     let mut built = Built { bins: vec![("imds-guard".to_owned(), guard)], tests: Vec::new() };
     if !with_tests {
