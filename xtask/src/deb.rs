@@ -232,16 +232,21 @@ fn roundtrip(deb: &Path) -> anyhow::Result<()> {
     let host_bin = Path::new("/usr/bin/imds-guard");
     let had_host_bin = host_bin.exists();
     let dir = tempdir("root")?;
+    round_trip("scripts/deb-roundtrip.sh", &[deb.as_os_str(), dir.0.as_os_str()])?;
+    ensure!(host_bin.exists() == had_host_bin, "the round trip changed this machine's /usr/bin/imds-guard");
+    Ok(())
+}
+
+/// Runs a package round-trip script (scripts/*-roundtrip.sh) with `args`, in a mount namespace
+/// of its own (the mounts it makes in its throwaway root go with it), and prints what it said.
+pub fn round_trip(script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
     output(
         Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--", "sh"])
-            .arg(root().join("scripts/deb-roundtrip.sh"))
-            .arg(deb)
-            .arg(&dir.0),
+            .arg(root().join(script))
+            .args(args),
     )
-    .map(|out| print!("{out}"))?;
-    ensure!(host_bin.exists() == had_host_bin, "the round trip changed this machine's /usr/bin/imds-guard");
-    Ok(())
+    .map(|out| print!("{out}"))
 }
 
 /// A directory removed on drop.

@@ -81,20 +81,30 @@ pub fn build(out: &Path, release: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(out)?;
     let top = tempdir(&format!("rpmbuild-{release}"))?;
     let version = env!("CARGO_PKG_VERSION");
-    let define = |k: &str, v: &str| ["--define".to_owned(), format!("{k} {v}")];
-    let mut cmd = Command::new("rpmbuild");
-    cmd.args(["-bb", "--quiet"])
-        .args(define("_topdir", &top.0.to_string_lossy()))
-        .args(define("_rpmdir", &out.to_string_lossy()))
-        .args(define("_build_name_fmt", "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm"))
-        .args(define("src", &root().to_string_lossy()))
-        .args(define("pkg_version", version))
-        .args(define("pkg_release", release))
-        .arg(root().join("packaging/rpm/imds-guard.spec"));
-    output(&mut cmd).context("rpmbuild")?;
+    rpmbuild(
+        &root().join("packaging/rpm/imds-guard.spec"),
+        &top.0,
+        out,
+        &[("src", &root().to_string_lossy()), ("pkg_version", version), ("pkg_release", release)],
+    )
+    .context("rpmbuild")?;
     let rpm = out.join(format!("imds-guard-{version}-{release}.x86_64.rpm"));
     ensure!(rpm.is_file(), "rpmbuild made no {}", rpm.display());
     Ok(rpm)
+}
+
+/// `rpmbuild -bb` of `spec` in the build tree `top`, the package into `out` as
+/// `<name>-<version>-<release>.<arch>.rpm`, with these macros defined.
+fn rpmbuild(spec: &Path, top: &Path, out: &Path, defines: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut cmd = Command::new("rpmbuild");
+    cmd.args(["-bb", "--quiet"]);
+    let dirs = [("_topdir", top.to_string_lossy()), ("_rpmdir", out.to_string_lossy())];
+    let dirs = dirs.iter().map(|(k, v)| (*k, v.as_ref()));
+    let name = [("_build_name_fmt", "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm")];
+    for (k, v) in dirs.chain(name).chain(defines.iter().copied()) {
+        cmd.arg("--define").arg(format!("{k} {v}"));
+    }
+    output(cmd.arg(spec)).map(drop)
 }
 
 fn query(rpm: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -271,16 +281,9 @@ fn roundtrip(rpm: &Path) -> anyhow::Result<()> {
     stand_in_repo(rpm, &repo.0)?;
     for repo in [None, Some(&repo.0)] {
         let dir = tempdir("rpm-root")?;
-        output(
-            Command::new("unshare")
-                .args(["--mount", "--propagation", "private", "--", "sh"])
-                .arg(root().join("scripts/rpm-roundtrip.sh"))
-                .arg(rpm)
-                .arg(&upgrade)
-                .arg(&dir.0)
-                .args(repo),
-        )
-        .map(|out| print!("{out}"))?;
+        let mut args = vec![rpm.as_os_str(), upgrade.as_os_str(), dir.0.as_os_str()];
+        args.extend(repo.map(|r| r.as_os_str()));
+        crate::deb::round_trip("scripts/rpm-roundtrip.sh", &args)?;
     }
     ensure!(host_bin.exists() == had_host_bin, "the round trip changed this machine's /usr/bin/imds-guard");
     Ok(())
@@ -315,16 +318,7 @@ fn stand_in_repo(rpm: &Path, dir: &Path) -> anyhow::Result<()> {
     }
     text.push_str("%description\nA test repository's stand-in.\n%files\n");
     std::fs::write(&spec, text)?;
-    let define = |k: &str, v: &str| ["--define".to_owned(), format!("{k} {v}")];
-    output(
-        Command::new("rpmbuild")
-            .args(["-bb", "--quiet"])
-            .args(define("_topdir", &top.0.to_string_lossy()))
-            .args(define("_rpmdir", &dir.to_string_lossy()))
-            .args(define("_build_name_fmt", "%%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm"))
-            .arg(&spec),
-    )
-    .context("rpmbuild of the stand-in")?;
+    rpmbuild(&spec, &top.0, dir, &[]).context("rpmbuild of the stand-in")?;
     output(Command::new("createrepo_c").arg("--quiet").arg(dir)).context("createrepo_c")?;
     Ok(())
 }
