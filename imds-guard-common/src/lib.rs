@@ -11,6 +11,7 @@ pub mod creds;
 pub mod endpoint;
 pub mod event;
 pub mod http;
+pub mod lists;
 pub mod maps;
 pub mod path;
 pub mod rule;
@@ -28,4 +29,5 @@ mod pod {
     unsafe impl aya::Pod for crate::config::Active {}
     unsafe impl aya::Pod for crate::endpoint::Fast {}
     unsafe impl aya::Pod for crate::sock::SockState {}
+    unsafe impl aya::Pod for crate::lists::ReadSlots {}
 }

@@ -24,7 +24,11 @@ pub const FAST: &str = ".data.imdsg";
 /// Per-socket state of metadata connections (socket-local storage): pinned like the rest, so
 /// that a restarted daemon's message hook finds what the previous one's connect hook recorded.
 pub const SOCKSTATE: &str = "IMDSG_SOCKSTATE";
-pub const ALL: [&str; 9] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE, TRACKED, CREDS];
+pub const ALL: [&str; 10] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE, TRACKED, CREDS, READS];
+
+/// `Array<lists::ReadSlots>`, one entry: each generation's `read` lists, compiled
+/// ([`crate::lists`]), in slots indexed like [`CONFIG`].
+pub const READS: &str = "IMDSG_READS";
 
 /// `HashMap<u64, creds::Watch>`: connections whose request asked for credentials, by socket
 /// cookie, while their response is read (armed by the message hook, read by the response hook,
@@ -59,7 +63,7 @@ const LAYOUT_REVISION: u64 = 3;
 /// counters survive a restart); one of another layout (an upgrade that changed a struct) creates its
 /// own and swaps its programs in, so an upgrade never needs `unload`.
 pub const LAYOUT: u64 = {
-    let parts: [u64; 16] = [
+    let parts: [u64; 17] = [
         LAYOUT_REVISION,
         size_of::<crate::config::Active>() as u64,
         size_of::<crate::config::GenConfig>() as u64,
@@ -76,6 +80,7 @@ pub const LAYOUT: u64 = {
         size_of::<crate::event::CredentialsEvent>() as u64,
         size_of::<crate::creds::Watch>() as u64,
         CREDS_CAPACITY as u64,
+        size_of::<crate::lists::ReadSlots>() as u64,
     ];
     // FNV-1a over the parts.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

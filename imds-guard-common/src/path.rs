@@ -40,6 +40,8 @@ pub mod class {
     pub const MANAGED_IDENTITY: u32 = 6;
     /// OCI `/opc/v1/identity…`, `/opc/v2/identity…`: the instance principal's certificate and key.
     pub const INSTANCE_PRINCIPAL: u32 = 7;
+    /// Under none of the prefixes a workload's `read` lists ([`crate::lists`]).
+    pub const UNLISTED: u32 = 8;
 
     /// As events and `explain` name it.
     #[must_use]
@@ -52,6 +54,7 @@ pub mod class {
             SERVICE_ACCOUNT => "service-account-token",
             MANAGED_IDENTITY => "managed-identity-token",
             INSTANCE_PRINCIPAL => "instance-principal",
+            UNLISTED => "unlisted-path",
             _ => "unreadable-path",
         }
     }
@@ -223,7 +226,7 @@ static TRIE_ACCEPT: [u8; STATES] = TRIE.1;
 /// bytes, and refused an index left unmasked that way ("math between map_value pointer and
 /// register with unbounded min value").
 #[inline(always)]
-fn ix(x: u32, mask: u32) -> usize {
+pub(crate) fn ix(x: u32, mask: u32) -> usize {
     let mut v = 0u32;
     // SAFETY: a local variable.
     let v = unsafe {
@@ -268,6 +271,16 @@ impl Track {
 #[inline(always)]
 #[must_use]
 pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
+    classify_with(path, len, total, |_, _| {})
+}
+
+/// [`classify`], handing `each` every byte of the path with 1 while it is part of the path
+/// (before the query string), 0 after: the message hook walks the `read` lists
+/// ([`crate::lists::Walk`]) in this same loop, so that the verifier walks one loop, not one more
+/// per list.
+#[inline(always)]
+#[must_use]
+pub fn classify_with<F: FnMut(u8, u32)>(path: &[u8; PATH_MAX], len: u32, total: u32, mut each: F) -> u32 {
     let len = len & 0xff;
     // Non-zero once the path is known not to be in canonical form: not wholly known, or not
     // starting with a slash.
@@ -291,7 +304,8 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
         if i >= len {
             break;
         }
-        let e = u32::from(BYTE[usize::from(path[i as usize])]);
+        let b = path[i as usize];
+        let e = u32::from(BYTE[usize::from(b)]);
         let inside = u32::from(POSITIVE[ix(len.wrapping_sub(i), 0xff)]);
         // The path ends at a `?`: its last segment ends there.
         let ends = live & inside & ((e >> 1) & 1);
@@ -302,6 +316,7 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
         bad |= (slash & u32::from(SLASH_BAD[seg_i])) | (ends & u32::from(END_BAD[seg_i]));
         bad |= on & ((e >> 3) & 1);
         let c = e >> 8;
+        each(b, on);
         first.step(c, after_first & on);
         second.step(c, after_second & on);
         after_second |= slash & after_first;

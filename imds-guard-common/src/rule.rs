@@ -98,14 +98,32 @@ pub enum Read {
     NoSecrets = 1,
     /// Nothing: refused at connect (what processes no table admits get by default).
     Nothing = 2,
+    /// Only the paths under a list of prefixes (`read = ["/latest/meta-data/placement/", ...]`):
+    /// which list is in the encoded value's upper bits ([`listed`], [`list_of`]).
+    Listed = 3,
+}
+
+/// The encoded `read` ([`RuleValue::read`]) of list `list` of the policy ([`crate::lists`]).
+#[inline(always)]
+#[must_use]
+pub const fn listed(list: u32) -> u32 {
+    Read::Listed as u32 | (list << 8)
+}
+
+/// Which list an encoded `read` names (meaningful for [`Read::Listed`]).
+#[inline(always)]
+#[must_use]
+pub const fn list_of(read: u32) -> u32 {
+    (read >> 8) & 0xff
 }
 
 impl Read {
     #[must_use]
     pub const fn from_u32(v: u32) -> Self {
-        match v {
+        match v & 0xff {
             0 => Read::All,
             1 => Read::NoSecrets,
+            3 => Read::Listed,
             _ => Read::Nothing,
         }
     }
@@ -117,6 +135,7 @@ impl Read {
             Read::All => "all",
             Read::NoSecrets => "no-secrets",
             Read::Nothing => "none",
+            Read::Listed => "a list of path prefixes",
         }
     }
 
@@ -141,7 +160,7 @@ pub struct RuleValue {
     pub rule_index: u32,
     /// [`Imdsv1Action`] as u32.
     pub imdsv1: u32,
-    /// [`Read`] as u32.
+    /// [`Read`] as u32; for [`Read::Listed`], with the list ([`listed`]).
     pub read: u32,
 }
 

@@ -255,25 +255,35 @@ pub const fn request_verdict(finding: Finding, action: Imdsv1Action) -> RequestV
 /// is of class `path_class` ([`crate::path::classify`]): `None` when it may have it, else the class
 /// that refuses it. A restricted workload is refused the secrets, a path not proven harmless, and
 /// any write the classifier cannot vouch for (not HTTP, oversized, bytes after the request: a
-/// second request could hide there). The token PUT is always allowed (IMDSv2 needs it).
+/// second request could hide there). The token PUT is always allowed (IMDSv2 needs it). A
+/// workload that may read a list ([`Read::Listed`]) is refused what the list does not grant
+/// (`grant`, from [`crate::lists::grant`]): a path under none of its prefixes
+/// ([`crate::path::class::UNLISTED`]), a secret under none of its prefixes that reads that secret
+/// (the secret's class).
 #[inline(always)]
 #[must_use]
-pub const fn read_verdict(read: Read, finding: Finding, path_class: u32) -> Option<u32> {
+pub const fn read_verdict(read: Read, grant: u32, finding: Finding, path_class: u32) -> Option<u32> {
+    use crate::path::class;
     if !read.restricted() {
         return None;
     }
     match finding {
         Finding::Incomplete | Finding::TokenPut | Finding::TokenPutForwarded => None,
-        Finding::NotHttp | Finding::Oversized | Finding::Trailing => Some(crate::path::class::UNREADABLE),
-        Finding::Imdsv1 | Finding::Imdsv2 | Finding::OtherCloud => {
-            if matches!(read, Read::Nothing) {
-                Some(crate::path::class::UNREADABLE)
-            } else if path_class == crate::path::class::NONE {
-                None
-            } else {
-                Some(path_class)
+        Finding::NotHttp | Finding::Oversized | Finding::Trailing => Some(class::UNREADABLE),
+        Finding::Imdsv1 | Finding::Imdsv2 | Finding::OtherCloud => match read {
+            Read::Nothing => Some(class::UNREADABLE),
+            _ if path_class == class::UNREADABLE => Some(class::UNREADABLE),
+            Read::Listed if path_class == class::NONE => {
+                if grant & 1 != 0 {
+                    None
+                } else {
+                    Some(class::UNLISTED)
+                }
             }
-        }
+            Read::Listed if grant & 2 != 0 => None,
+            _ if path_class == class::NONE => None,
+            _ => Some(path_class),
+        },
     }
 }
 
@@ -283,14 +293,60 @@ pub const fn read_verdict(read: Read, finding: Finding, path_class: u32) -> Opti
 #[must_use]
 pub const fn read_judgement(
     read: Read,
+    grant: u32,
     finding: Finding,
     path_class: u32,
     mode: Mode,
 ) -> Option<(u32, bool)> {
-    match read_verdict(read, finding, path_class) {
+    match read_verdict(read, grant, finding, path_class) {
         Some(class) => Some((class, matches!(mode, Mode::Enforce))),
         None => None,
     }
+}
+
+/// [`read_verdict`] for every `read` kind, grant, finding and path class, in one table (0:
+/// allowed), so that the message hook judges a request with one load and no branch: it judges
+/// each write against two `read`s (the connecting workload's and the writer's), and a branch
+/// per judgement multiplied the paths the verifier of Linux 5.10 walks past its limit.
+static READ_VERDICTS: [u8; 4096] = {
+    let mut t = [0u8; 4096];
+    let mut i = 0;
+    while i < 4096 {
+        let (read, grant, finding, class) = (i >> 10, (i >> 8) & 3, (i >> 4) & 15, i & 15);
+        if finding <= Finding::OtherCloud as usize {
+            t[i] = match read_verdict(
+                Read::from_u32(read as u32),
+                grant as u32,
+                Finding::from_u32(finding as u32),
+                class as u32,
+            ) {
+                Some(c) => c as u8,
+                None => 0,
+            };
+        }
+        i += 1;
+    }
+    t
+};
+
+/// [`read_verdict`] as the kernel takes it: the class that refuses the request, 0 when it may
+/// be read. `read` is the encoded `read` ([`RuleValue::read`]), `grant` from
+/// [`crate::lists::grant`], `finding` a [`Finding`] as u32 and `path_class` from
+/// [`crate::path::classify`].
+#[inline(always)]
+#[must_use]
+pub fn read_class(read: u32, grant: u32, finding: u32, path_class: u32) -> u32 {
+    let i = ((read & 3) << 10) | ((grant & 3) << 8) | ((finding & 15) << 4) | (path_class & 15);
+    u32::from(READ_VERDICTS[crate::path::ix(i, 4095)])
+}
+
+/// `a` unless it is 0, then `b`, without a branch.
+#[inline(always)]
+#[must_use]
+pub const fn first_refusal(a: u32, b: u32) -> u32 {
+    // All ones when a is 0.
+    let none = (((a | a.wrapping_neg()) >> 31) ^ 1).wrapping_neg();
+    a | (b & none)
 }
 
 #[cfg(test)]
@@ -616,9 +672,12 @@ mod tests {
         use crate::path::class;
         let creds = class::ROLE_CREDENTIALS;
         for (mode, refused) in [(Mode::Enforce, true), (Mode::Monitor, false)] {
-            assert_eq!(read_judgement(Read::NoSecrets, Finding::Imdsv2, creds, mode), Some((creds, refused)));
-            assert_eq!(read_judgement(Read::NoSecrets, Finding::Imdsv2, class::NONE, mode), None);
-            assert_eq!(read_judgement(Read::All, Finding::Imdsv2, creds, mode), None);
+            assert_eq!(
+                read_judgement(Read::NoSecrets, 0, Finding::Imdsv2, creds, mode),
+                Some((creds, refused))
+            );
+            assert_eq!(read_judgement(Read::NoSecrets, 0, Finding::Imdsv2, class::NONE, mode), None);
+            assert_eq!(read_judgement(Read::All, 0, Finding::Imdsv2, creds, mode), None);
         }
         // What monitor mode judges the workloads no table admits by.
         let cfg = GenConfig::default();
@@ -632,23 +691,68 @@ mod tests {
         use Finding::*;
         for f in [Imdsv1, Imdsv2, TokenPut, TokenPutForwarded, NotHttp, Oversized, Trailing, Incomplete] {
             for c in [class::NONE, class::ROLE_CREDENTIALS, class::UNREADABLE] {
-                assert_eq!(read_verdict(Read::All, f, c), None, "{f:?} {c}");
+                assert_eq!(read_verdict(Read::All, 0, f, c), None, "{f:?} {c}");
             }
         }
         for f in [Imdsv1, Imdsv2] {
-            assert_eq!(read_verdict(Read::NoSecrets, f, class::NONE), None);
+            assert_eq!(read_verdict(Read::NoSecrets, 0, f, class::NONE), None);
             for c in
                 [class::ROLE_CREDENTIALS, class::IDENTITY_CREDENTIALS, class::USER_DATA, class::UNREADABLE]
             {
-                assert_eq!(read_verdict(Read::NoSecrets, f, c), Some(c), "{f:?}");
+                assert_eq!(read_verdict(Read::NoSecrets, 0, f, c), Some(c), "{f:?}");
             }
         }
         for f in [NotHttp, Oversized, Trailing] {
-            assert_eq!(read_verdict(Read::NoSecrets, f, class::NONE), Some(class::UNREADABLE), "{f:?}");
+            assert_eq!(read_verdict(Read::NoSecrets, 0, f, class::NONE), Some(class::UNREADABLE), "{f:?}");
         }
         for f in [TokenPut, TokenPutForwarded, Incomplete] {
-            assert_eq!(read_verdict(Read::NoSecrets, f, class::UNREADABLE), None, "{f:?}");
+            assert_eq!(read_verdict(Read::NoSecrets, 0, f, class::UNREADABLE), None, "{f:?}");
         }
+    }
+
+    #[test]
+    fn the_kernel_s_table_is_read_verdict() {
+        for read in [Read::All, Read::NoSecrets, Read::Nothing, Read::Listed] {
+            for grant in 0..4 {
+                for f in 0..=8 {
+                    for c in 0..=8 {
+                        let want = read_verdict(read, grant, Finding::from_u32(f), c).unwrap_or(0);
+                        let encoded = if read == Read::Listed { crate::rule::listed(7) } else { read as u32 };
+                        assert_eq!(read_class(encoded, grant, f, c), want, "{read:?} {grant} {f} {c}");
+                    }
+                }
+            }
+        }
+        assert_eq!((first_refusal(0, 5), first_refusal(3, 5), first_refusal(0, 0)), (5, 3, 0));
+    }
+
+    #[test]
+    fn a_list_grants_what_its_prefixes_cover() {
+        use crate::path::class;
+        use Finding::*;
+        let l = Read::Listed;
+        for f in [Imdsv1, Imdsv2, OtherCloud] {
+            assert_eq!(read_verdict(l, 1, f, class::NONE), None, "listed");
+            assert_eq!(read_verdict(l, 0, f, class::NONE), Some(class::UNLISTED), "not listed");
+            assert_eq!(
+                read_verdict(l, 1, f, class::ROLE_CREDENTIALS),
+                Some(class::ROLE_CREDENTIALS),
+                "{f:?}"
+            );
+            assert_eq!(read_verdict(l, 3, f, class::ROLE_CREDENTIALS), None, "a prefix inside the secret");
+            assert_eq!(read_verdict(l, 3, f, class::UNREADABLE), Some(class::UNREADABLE));
+            assert_eq!(read_verdict(l, 0, f, class::USER_DATA), Some(class::USER_DATA));
+        }
+        for f in [NotHttp, Oversized, Trailing] {
+            assert_eq!(read_verdict(l, 3, f, class::NONE), Some(class::UNREADABLE), "{f:?}");
+        }
+        for f in [TokenPut, TokenPutForwarded, Incomplete] {
+            assert_eq!(read_verdict(l, 0, f, class::UNREADABLE), None, "{f:?}");
+        }
+        assert_eq!(read_judgement(l, 0, Imdsv2, class::NONE, Mode::Monitor), Some((class::UNLISTED, false)));
+        let v = crate::rule::listed(5);
+        assert_eq!((Read::from_u32(v), crate::rule::list_of(v)), (Read::Listed, 5));
+        assert!(RuleValue { rule_index: 0, imdsv1: 0, read: v }.needs_inspection());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use imds_guard_common::{
     config::{Active, GENERATION_SLOTS, GenConfig},
     creds::Watch,
     endpoint::{Fast, Prefilter, may_be_v6_with, passes},
+    lists::ReadSlots,
     maps::{CREDS_CAPACITY, EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
     sock::{ScanSlot, SockState},
@@ -41,6 +42,10 @@ pub static CREDS: HashMap<u64, Watch> =
     HashMap::pinned(CREDS_CAPACITY, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// How many connections are in `SOCKETS` (see `imds_guard_common::maps::TRACKED`).
+/// Each generation's `read` lists, compiled (see `imds_guard_common::lists`).
+#[map(name = "IMDSG_READS")]
+pub static READS: Array<ReadSlots> = Array::pinned(1, 0);
+
 #[map(name = "IMDSG_TRACKED")]
 pub static TRACKED: Array<u64> = Array::pinned(1, 0);
 

@@ -26,16 +26,18 @@ use imds_guard_common::{
     creds::PATH_TAIL,
     event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
     http::{Finding, PATH_MAX},
-    path::{classify, other_cloud},
-    rule::{Identity, Imdsv1Action, Read},
+    lists::{Walk, grant},
+    path::{classify_with, other_cloud},
+    rule::{Identity, Imdsv1Action, Read, list_of},
     sock::{NO_RULE, SCAN_MAX, SockState, token_flag},
     stats::Stat,
     verdict::{
-        ConnectContext, ConnectVerdict, MONITORED_READ, admit, judge_connect, read_judgement, request_verdict,
+        ConnectContext, ConnectVerdict, MONITORED_READ, admit, first_refusal, judge_connect, read_class,
+        request_verdict,
     },
 };
 
-use crate::maps::{EVENTS, IMDSG_SOCKSTATE, SCAN, count};
+use crate::maps::{EVENTS, IMDSG_SOCKSTATE, READS, SCAN, count};
 
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
@@ -76,11 +78,19 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         // strictest treatment of the live policy and is attributed to its writer.
         adopt(&ctx, st);
     }
-    let Some(read) = judge_writer(&ctx, st) else {
+    // The `read` lists (one value: every generation slot's).
+    let Some(lists) = READS.get(0) else {
+        // Index 0 of a one-entry array: not reached. Judged unread.
+        return SK_DROP;
+    };
+    let Some((read, writer_read)) = judge_writer(&ctx, st) else {
         // Whatever was gathered of a request goes with the refused write.
         st.http.reset();
         return SK_DROP;
     };
+    // Both `read`s in one opaque value (each fits 16 bits): one register across the scan below,
+    // as when there was one, and the same on both ways here (the writer's is a constant on one).
+    let reads = crate::judge::opaque(read | (writer_read << 16));
     let size = ctx.size();
     let want = if size > SCAN_MAX { SCAN_MAX } else { size };
     // SAFETY: makes the first `want` bytes linear so that data..data_end covers them.
@@ -142,12 +152,27 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // not once per finding, and what follows once.
     let tokenless = crate::judge::opaque(u32::from(finding == Finding::Imdsv1));
     let finding = crate::judge::opaque(finding as u32);
-    let path_class = if Read::from_u32(read).restricted() || tokenless != 0 {
-        classify(&st.http.path, u32::from(st.http.path_len), st.http.path_bytes)
+    // Whether the path must be judged: a `read` other than "all" (encoded 0 in its low byte), or
+    // a tokenless request. Without a branch per case, and opaque: the verifier walks the loop
+    // below once, not once per way of getting to it.
+    let (read, writer_read) = (reads & 0xffff, reads >> 16);
+    let judged = crate::judge::opaque(((read | writer_read) & 0xff) | tokenless);
+
+    // The `read` lists are walked in the classifier's loop, those of the generation that judged
+    // the connect (a writer judged under another generation finds none of them: refused).
+    let mut walk = Walk::new(lists, st.generation);
+    let path_class = if judged != 0 {
+        classify_with(&st.http.path, u32::from(st.http.path_len), st.http.path_bytes, |b, on| {
+            walk.step(b, on);
+        })
     } else {
         0
     };
     let path_class = crate::judge::opaque(path_class);
+    // What the lists grant (used only where a `read` is a list).
+    let own_grant = crate::judge::opaque(grant(walk.found(), list_of(read)));
+    let writer_grant =
+        crate::judge::opaque(grant(walk.found_for(st.writer_generation), list_of(writer_read)));
     let finding = Finding::from_u32(finding);
     let finding =
         if tokenless != 0 && other_cloud(&st.http.path, path_class) { Finding::OtherCloud } else { finding };
@@ -158,8 +183,19 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if v.refuse {
         count(Stat::Imdsv1Denied);
     }
-    // What the workload may read, once its tokenless requests are dealt with.
-    let denied_read = if v.refuse { None } else { judge_read(read, finding, path_class) };
+    // What the workload may read, once its tokenless requests are dealt with: the request must
+    // be allowed by both `read`s (table lookups, no branch: see `read_class`).
+    let class = first_refusal(
+        read_class(read, own_grant, finding as u32, path_class),
+        read_class(writer_read, writer_grant, finding as u32, path_class),
+    );
+    let class = crate::judge::opaque(class);
+    let denied_read = if v.refuse || class == 0 {
+        None
+    } else {
+        let mode = crate::maps::live_config().map_or(Mode::Enforce, |cfg| cfg.mode());
+        Some((class, mode == Mode::Enforce))
+    };
     let refuse = v.refuse || denied_read.is_some_and(|(_, enforce)| enforce);
     if let Some((class, enforce)) = denied_read {
         count(Stat::RequestsDenied);
@@ -186,32 +222,22 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     if refuse { SK_DROP } else { SK_PASS }
 }
 
-/// Whether a complete request may be read by a workload that may read `read` (the stricter of
-/// what the connecting workload and the writer may): `None` when it may, else the
-/// [`imds_guard_common::path::class`] that refuses it and whether to refuse it (not in monitor
-/// mode, which reports only).
-#[inline(always)]
-fn judge_read(read: u32, finding: Finding, path_class: u32) -> Option<(u32, bool)> {
-    let mode = crate::maps::live_config().map_or(Mode::Enforce, |cfg| cfg.mode());
-    let (class, enforce) = read_judgement(Read::from_u32(read), finding, path_class, mode)?;
-    Some((crate::judge::opaque(class), enforce))
-}
-
 /// Judges a writer that is not the process that connected, or whose ids changed since (a socket
 /// passed over `SCM_RIGHTS`, inherited across `fork`/`exec`, kept across `setuid`), as if it had
 /// connected now: once per writer and policy generation, remembered with the socket. A writer the
 /// policy does not admit has every write refused (`None`) and reported as `connect_denied` with
 /// [`flags::HANDED_OVER`]; in monitor mode, reported only. Otherwise returns what the write may
-/// read ([`Read`] as u32): the stricter of what the connecting workload and the writer may.
+/// read ([`Read`] as u32): what the connecting workload may, and what the writer may (`All` when
+/// it is the process that connected); a request must be allowed by both.
 #[inline(always)]
-fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<u32> {
+fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<(u32, u32)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == (st.pid_tgid >> 32) as u32 && uid_gid == (u64::from(st.gid) << 32 | u64::from(st.uid)) {
-        return Some(st.read);
+        return Some((st.read, Read::All as u32));
     }
-    let Some(cfg) = crate::maps::live_config() else { return Some(st.read) };
+    let Some(cfg) = crate::maps::live_config() else { return Some((st.read, Read::All as u32)) };
     let comm = crate::task::current_comm(&cfg.exe_offsets);
     if st.writer_tgid != tgid || st.writer_uid_gid != uid_gid || st.writer_generation != cfg.generation {
         let id = crate::judge::identity(cfg, uid_gid, comm);
@@ -229,7 +255,7 @@ fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<u32> {
         // A writer no table admits, let through by monitor mode: its reads are reported.
         st.writer_read = matched.map_or(MONITORED_READ as u32, |m| m.value.read);
     }
-    let read = if st.writer_read > st.read { st.writer_read } else { st.read };
+    let read = (st.read, st.writer_read);
     let verdict = ConnectVerdict::from_u32(st.writer_verdict);
     if verdict == ConnectVerdict::Allow {
         return Some(read);

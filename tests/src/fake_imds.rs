@@ -199,7 +199,10 @@ impl Drop for FakeImds {
 fn serve(st: &State, mut s: TcpStream) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_nodelay(true);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    // How long a kept-alive connection may sit idle between requests: long enough for a client
+    // in a loaded QEMU guest still digesting a 300 KB response sent 5 bytes a chunk (5 s closed
+    // such a connection under it: RemoteDisconnected on its next request).
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -521,12 +521,25 @@ fn handed_over(sb: &Sandbox, how: &str) -> Value {
 /// Issue 21: a socket root connected (its table reads all) handed to a process that is admitted
 /// only as one of the others (`read = "no-secrets"`), by each of the three ways: the holder is
 /// judged by the stricter `read` of the two, so its credential requests on root's sockets are
-/// refused at the write (`EACCES`), tokenless or not, while the token PUT goes through.
+/// refused at the write (`EACCES`), tokenless or not, while the token PUT goes through. Again
+/// with `read` lists on both sides.
 #[test]
 fn a_handed_over_socket_reads_no_more_than_its_holder_may() {
-    for how in ["setuid", "scm_rights", "fork_exec"] {
+    // The same with lists: root's table lists the credentials, the others' list does not (the
+    // write is judged against both lists, each by its own bits).
+    let lists = format!(
+        "read = [\"/latest/meta-data/instance-id\"]\n[[allow]]\nuid = 0\nread = [\"/latest/meta-data/\", \"{CREDS}\"]\n"
+    );
+    // (One way of handing over is enough for them: all three reach the same judgement.)
+    let no_secrets = "read = \"no-secrets\"\n[[allow]]\nuid = 0\n".to_owned();
+    for (how, text) in [
+        ("setuid", no_secrets.clone()),
+        ("scm_rights", no_secrets.clone()),
+        ("fork_exec", no_secrets),
+        ("setuid", lists),
+    ] {
         let Some(sb) = Sandbox::new(&format!("read_{how}"), ImdsMode::Optional) else { return };
-        let policy = sb.write("policy.toml", "read = \"no-secrets\"\n[[allow]]\nuid = 0\n");
+        let policy = sb.write("policy.toml", &text);
         let d = sb.daemon(&policy);
         let r = handed_over(&sb, how);
         assert_eq!(r["own_connect"], "connected", "{how}: the others may connect: {r}");

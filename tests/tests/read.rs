@@ -19,6 +19,18 @@ fn denials(d: &imds_guard_tests::Daemon) -> Vec<Value> {
     d.events().into_iter().filter(|e| e["event"] == "request_denied").collect()
 }
 
+/// The `request_denied` events once there are `n` of them (or after 10 s: then what there is).
+fn wait_denials(d: &imds_guard_tests::Daemon, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = denials(d);
+        if got.len() >= n || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family() {
     let Some(sb) = Sandbox::new("read_others", ImdsMode::Optional) else { return };
@@ -63,8 +75,7 @@ fn the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family()
     );
 
     // Each refusal reported, with the path, its class and no rule (the others).
-    std::thread::sleep(Duration::from_millis(300));
-    let denied = denials(&d);
+    let denied = wait_denials(&d, 9 * hosts.len());
     assert_eq!(denied.len(), 9 * hosts.len(), "{denied:#?}");
     let classes: Vec<&str> = denied.iter().take(9).map(|e| e["class"].as_str().unwrap()).collect();
     assert_eq!(
@@ -138,9 +149,10 @@ fn every_clouds_credentials_are_secrets() {
     }
     let served: Vec<String> = sb.imds.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(served.len(), 3, "only the harmless ones reached the service: {served:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    let classes: Vec<String> =
-        denials(&d).iter().map(|e| e["class"].as_str().unwrap_or_default().to_owned()).collect();
+    let classes: Vec<String> = wait_denials(&d, secrets.len())
+        .iter()
+        .map(|e| e["class"].as_str().unwrap_or_default().to_owned())
+        .collect();
     assert_eq!(classes, secrets.iter().map(|s| s.2).collect::<Vec<_>>());
 }
 
@@ -175,6 +187,107 @@ fn a_tables_read_restricts_it_and_the_sdk_cannot_fetch_credentials() {
             .imdsv2_get("169.254.169.254", &format!("{CREDS}{ROLE}"))
             .unwrap()
             .contains("AccessKeyId")
+    );
+}
+
+/// `read` as a list of path prefixes: the others may read only the instance id and the
+/// placement, a table with `["/latest/meta-data/", ".../iam/security-credentials/"]` everything
+/// under meta-data with the role's credentials (botocore fetches them) but not the other secrets
+/// under it, and nothing else; on every address family, judged in the kernel at the write.
+#[test]
+fn a_list_lets_a_workload_read_only_the_paths_it_names() {
+    let Some(sb) = Sandbox::new("read_lists", ImdsMode::Optional) else { return };
+    let policy = sb.write(
+        "policy.toml",
+        "read = [\"/latest/meta-data/instance-id\", \"/latest/meta-data/placement/\"]\n\n\
+         [[allow]]\nname = \"agent\"\nuid = 1000\n\
+         read = [\"/latest/meta-data/\", \"/latest/meta-data/iam/security-credentials/\"]\n\n\
+         [[allow]]\nname = \"root\"\nuid = 0\n",
+    );
+    let d = sb.daemon(&policy);
+    let hosts = ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254"];
+    let others_refused = [
+        ("/latest/meta-data/", "unlisted-path"),
+        ("/latest/meta-data/instance-idx", "unlisted-path"),
+        ("/latest/meta-data/Instance-id", "unlisted-path"),
+        ("/latest/meta-data/placement/../iam/security-credentials/", "unreadable-path"),
+        ("/latest/meta-data/iam/security-credentials/", "role-credentials"),
+        ("/latest/user-data", "user-data"),
+    ];
+    let agent_refused = [
+        ("/latest/user-data", "user-data"),
+        ("/latest/dynamic/instance-identity/document", "unlisted-path"),
+        (
+            "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+            "identity-credentials",
+        ),
+    ];
+    for host in hosts {
+        let nobody = sb.client(NOBODY, NOBODY);
+        assert_eq!(
+            nobody.imdsv2_get(host, "/latest/meta-data/instance-id").as_deref(),
+            Ok(INSTANCE_ID),
+            "{host}"
+        );
+        for (path, _) in others_refused {
+            let r = nobody.imdsv2_get(host, path);
+            assert!(
+                r.as_ref().is_err_and(|e| e.contains("Permission denied") || e.contains("Send failure")),
+                "{host}{path}: {r:?}"
+            );
+        }
+        let agent = sb.client(1000, 1000);
+        assert!(agent.imdsv2_get(host, "/latest/meta-data/").unwrap().contains("instance-id"), "{host}");
+        assert!(agent.imdsv2_get(host, &format!("{CREDS}{ROLE}")).unwrap().contains("AccessKeyId"), "{host}");
+        for (path, _) in agent_refused {
+            let r = agent.imdsv2_get(host, path);
+            assert!(r.is_err(), "{host}{path}: {r:?}");
+        }
+        assert!(
+            sb.client(0, 0).imdsv2_get(host, "/latest/user-data").is_err_and(|e| e.contains("404")),
+            "root's table reads all: the request reaches the service (which has no user data)"
+        );
+    }
+    // The SDK's credential fetch works for the table that lists the credentials.
+    assert_eq!(sb.botocore(1000), "credentials");
+    assert_eq!(sb.botocore(NOBODY), "none");
+
+    // Nothing refused reached the service (what the agent and root read did: the meta-data
+    // listing, the credentials, root's user-data request).
+    let served: Vec<String> = sb.imds.requests().into_iter().map(|r| r.path).collect();
+    let count = |path: &str| served.iter().filter(|p| *p == path).count();
+    for (path, _) in others_refused.iter().chain(&agent_refused) {
+        let (agent, root) = match *path {
+            "/latest/meta-data/" => (hosts.len(), 0),
+            "/latest/meta-data/iam/security-credentials/" => (1, 0), // botocore's role lookup
+            "/latest/user-data" => (0, hosts.len()),
+            _ => (0, 0),
+        };
+        assert_eq!(count(path), agent + root, "{path}: {served:?}");
+    }
+    // Each refusal reported with its class and rule.
+    let per_host = others_refused.len() + agent_refused.len();
+    // (botocore's refused credential fetch as nobody is reported too: one more.)
+    let _ = wait_denials(&d, per_host * hosts.len() + 1);
+    let denied: Vec<Value> = denials(&d).into_iter().filter(|e| e["comm"] == "curl").collect();
+    assert_eq!(denied.len(), per_host * hosts.len(), "{denied:#?}");
+    let seen: Vec<(&str, &str, Option<u64>)> = denied
+        .iter()
+        .take(per_host)
+        .map(|e| (e["path"].as_str().unwrap_or(""), e["class"].as_str().unwrap(), e["rule"].as_u64()))
+        .collect();
+    let want: Vec<(&str, &str, Option<u64>)> = others_refused
+        .iter()
+        .map(|&(p, c)| (p, c, None))
+        .chain(agent_refused.iter().map(|&(p, c)| (p, c, Some(0))))
+        .collect();
+    assert_eq!(seen, want);
+    let out = sb.cli(&["check", "--config", policy.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("read [\"/latest/meta-data/\", \"/latest/meta-data/iam/security-credentials/\"]")
+            && text.contains("the paths under [\"/latest/meta-data/instance-id\""),
+        "{text}"
     );
 }
 

@@ -19,9 +19,14 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     println!(
         "  read (processes no table admits): {}",
         match policy.others_read {
-            imds_guard_common::rule::Read::Nothing => "none (refused at connect)",
-            imds_guard_common::rule::Read::NoSecrets => "no-secrets (all but credentials and user data)",
-            imds_guard_common::rule::Read::All => "all",
+            imds_guard_common::rule::Read::Nothing => "none (refused at connect)".to_owned(),
+            imds_guard_common::rule::Read::NoSecrets =>
+                "no-secrets (all but credentials and user data)".to_owned(),
+            imds_guard_common::rule::Read::All => "all".to_owned(),
+            imds_guard_common::rule::Read::Listed => format!(
+                "the paths under {}",
+                crate::policy::rule::read_text(policy.others_read, policy.others_prefixes.as_ref())
+            ),
         }
     );
     let eps: Vec<String> = policy
@@ -63,7 +68,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
             r.line,
             p(&r.resolved().join(" and ")),
             r.imdsv1.name(),
-            r.read.name()
+            crate::policy::rule::read_text(r.read, r.read_prefixes.as_ref())
         );
     }
     for w in &policy.warnings {

@@ -55,6 +55,10 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
                 Read::All => "everything".to_owned(),
                 Read::NoSecrets => "everything but the secrets (role and identity credentials, user data): read = \"no-secrets\"".to_owned(),
                 Read::Nothing => "nothing".to_owned(),
+                Read::Listed => format!(
+                    "only the paths under the prefixes of its `read` list (list {} of the policy; the secrets only under a prefix inside them; the token PUT always)",
+                    imds_guard_common::rule::list_of(v.read)
+                ),
             };
             if v.rule_index == imds_guard_common::sock::NO_RULE {
                 say(&format!(

@@ -9,6 +9,7 @@ use aya::maps::{Array, HashMap, MapData};
 use imds_guard_common::{
     config::{Active, GenConfig},
     endpoint::{Fast, Prefilter},
+    lists::{ReadLists, ReadSlots},
     maps,
     rule::{RuleKey, RuleValue},
 };
@@ -28,8 +29,9 @@ impl Guard {
             );
         }
         self.finish_removal();
-        let [active, config, rules, fast] =
-            self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES, maps::FAST]);
+        let [active, config, rules, fast, reads] =
+            self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES, maps::FAST, maps::READS]);
+        let mut reads: Array<_, ReadSlots> = Array::try_from(reads.context("READS map")?)?;
         let mut fast: Array<_, Fast> = Array::try_from(fast.context("the programs' global (.data.imdsg)")?)?;
         let mut active: Array<_, Active> = Array::try_from(active.context("ACTIVE map")?)?;
         let mut config: Array<_, GenConfig> = Array::try_from(config.context("CONFIG map")?)?;
@@ -42,7 +44,7 @@ impl Guard {
         // SAFETY: the map (owned by self.ebpf) outlives this function.
         let rules_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(rules_fd) };
         let t0 = std::time::Instant::now();
-        let KernelTables { config: mut cfg, mut keys, values } = tables;
+        let KernelTables { config: mut cfg, lists, mut keys, values } = tables;
         cfg.generation = next;
         for k in &mut keys {
             k.generation = next;
@@ -63,8 +65,20 @@ impl Guard {
             self.live_keys = None;
             return Err(e);
         }
+        // The generation's `read` lists, in its slot (the live generation's, the other one, is
+        // written back as it is: programs reading it see the same bytes).
+        let written = ReadLists::build(next, &lists).map_err(|e| anyhow!("{e}")).and_then(|t| {
+            let mut slots = ReadSlots::empty();
+            *slots = reads.get(&0, 0).context("reading the read lists")?;
+            slots.slots[(next % imds_guard_common::config::GENERATION_SLOTS) as usize] = *t;
+            reads.set(0, &*slots, 0).context("writing the read lists")
+        });
+        if let Err(e) = written {
+            remove_where(&mut rules, |k| k.generation == next)?;
+            return Err(e);
+        }
         let t_written = t0.elapsed();
-        tracing::debug!(rules = keys.len(), "rules written");
+        tracing::debug!(rules = keys.len(), lists = lists.len(), "rules written");
         switch((&mut config, &mut active, &mut fast), &mut self.fast, &cfg)?;
         // From here every program run judges by the new generation.
         let t_switched = t0.elapsed();

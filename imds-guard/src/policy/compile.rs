@@ -14,6 +14,8 @@ use super::{Policy, Rule};
 #[derive(Clone, Debug)]
 pub struct KernelTables {
     pub config: GenConfig,
+    /// The distinct `read` lists (list `k` is the `k`th), compiled at install for the generation.
+    pub lists: Vec<super::rule::ReadList>,
     /// The rule entries, keys and values in the same order (one batch update writes them).
     pub keys: Vec<RuleKey>,
     pub values: Vec<RuleValue>,
@@ -36,11 +38,12 @@ impl Policy {
     pub fn compile(&self) -> KernelTables {
         let n = self.rules.len();
         let (mut keys, mut values) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let config = self.kernel_tables_with(0, |k, v| {
+        let lists = self.read_lists();
+        let config = self.kernel_tables_with(0, &lists, |k, v| {
             keys.push(k);
             values.push(v);
         });
-        KernelTables { config, keys, values }
+        KernelTables { config, lists, keys, values }
     }
 
     /// The map contents that enforce this policy as `generation`.
@@ -50,7 +53,12 @@ impl Policy {
     }
 
     /// The tables, handing each rule entry to `entry`.
-    fn kernel_tables_with(&self, generation: u32, mut entry: impl FnMut(RuleKey, RuleValue)) -> GenConfig {
+    fn kernel_tables_with(
+        &self,
+        generation: u32,
+        lists: &[super::rule::ReadList],
+        mut entry: impl FnMut(RuleKey, RuleValue),
+    ) -> GenConfig {
         let mut cfg = GenConfig { generation, mode: self.mode as u32, ..GenConfig::default() };
         let v4 = self.endpoints.v4_words();
         cfg.v4[..v4.len()].copy_from_slice(&v4);
@@ -76,7 +84,7 @@ impl Policy {
                         RuleValue {
                             rule_index: rule.index,
                             imdsv1: rule.imdsv1 as u32,
-                            read: rule.read as u32,
+                            read: Policy::encoded_read(rule.read, rule.read_prefixes.as_ref(), lists),
                         },
                     );
                 }
@@ -88,7 +96,7 @@ impl Policy {
         cfg.default_imdsv1 = self.default_imdsv1 as u32;
         cfg.strictest_imdsv1 = self.strictest_imdsv1() as u32;
         cfg.raw_sockets = self.raw_sockets as u32;
-        cfg.others_read = self.others_read as u32;
+        cfg.others_read = Policy::encoded_read(self.others_read, self.others_prefixes.as_ref(), lists);
         cfg.strictest_read = self.strictest_read() as u32;
         cfg.rule_count = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
         cfg

@@ -14,6 +14,10 @@ impl Policy {
         h.update(self.default_imdsv1.name());
         h.update(self.raw_sockets.name());
         h.update(self.others_read.name());
+        for p in self.others_prefixes.iter().flat_map(|l| l.iter()) {
+            h.update(p.as_bytes());
+            h.update([0]);
+        }
         for a in &self.endpoints.v4 {
             h.update(a.octets());
         }
@@ -48,6 +52,10 @@ impl Policy {
                 }
             }
             buf.extend_from_slice(&[u8::from(r.is_pending()), r.imdsv1 as u8, r.read as u8]);
+            for p in r.read_prefixes.iter().flat_map(|l| l.iter()) {
+                buf.extend_from_slice(p.as_bytes());
+                buf.push(0);
+            }
             h.update(&buf);
         }
         h.update(self.netfilter.digest_input());

@@ -175,6 +175,18 @@ fn string(span: Range<usize>, value: Value) -> Option<Spanned<String>> {
     }
 }
 
+fn read_spec(span: Range<usize>, value: Value) -> Option<Spanned<super::schema::ReadSpec>> {
+    use super::schema::ReadSpec;
+    Some(Spanned::new(
+        span,
+        match value {
+            Value::Str(s) => ReadSpec::Class(s),
+            Value::Strings(list) => ReadSpec::Prefixes(list),
+            Value::Int(_) => return None,
+        },
+    ))
+}
+
 /// `slot = value` if the slot is empty (a repeated key is the `toml` crate's error to give).
 fn fill<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
     match (slot.is_none(), value) {
@@ -192,7 +204,7 @@ fn set_top(file: &mut PolicyFile, key: &str, span: Range<usize>, value: Value) -
         "imdsv1" => fill(&mut file.imdsv1, string(span, value)),
         "preexisting" => fill(&mut file.preexisting, string(span, value)),
         "raw_sockets" => fill(&mut file.raw_sockets, string(span, value)),
-        "read" => fill(&mut file.read, string(span, value)),
+        "read" => fill(&mut file.read, read_spec(span, value)),
         "endpoints" => match value {
             Value::Strings(list) => fill(&mut file.endpoints, Some(Spanned::new(span, list))),
             _ => false,
@@ -220,7 +232,7 @@ fn set_allow(t: &mut AllowTable, key: &str, span: Range<usize>, value: Value) ->
         "namespace" => fill(&mut t.namespace, text(span, value)),
         "container" => fill(&mut t.container, text(span, value)),
         "imdsv1" => fill(&mut t.imdsv1, text(span, value)),
-        "read" => fill(&mut t.read, text(span, value)),
+        "read" => fill(&mut t.read, read_spec(span, value).map(Box::new)),
         _ => false,
     }
 }

@@ -51,6 +51,9 @@ pub struct Policy {
     /// they are refused at connect).
     #[serde(serialize_with = "ser_read")]
     pub others_read: Read,
+    /// With `others_read` [`Read::Listed`], the prefixes.
+    #[serde(rename = "read_prefixes", skip_serializing_if = "Option::is_none", serialize_with = "ser_list")]
+    pub others_prefixes: Option<rule::ReadList>,
     /// What the daemon does at start-up with connections denied processes opened before it.
     pub preexisting: Preexisting,
     /// `raw_sockets = ...`: whether processes no table admits may open raw IPv4/IPv6 sockets.
@@ -104,6 +107,11 @@ fn ser_raw_sockets<S: serde::Serializer>(
     s.serialize_str(r.name())
 }
 
+#[allow(clippy::ref_option)] // serde's signature
+fn ser_list<S: serde::Serializer>(l: &Option<rule::ReadList>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&l.as_deref(), s)
+}
+
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
 fn ser_read<S: serde::Serializer>(r: &Read, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str((*r).name())
@@ -147,11 +155,43 @@ impl Policy {
     }
 
     /// The strictest `read` of the installed tables and of the others (short of `none`, which
-    /// admits nothing): what a connection no connect hook of this build judged may read.
+    /// admits nothing): what a connection no connect hook of this build judged may read. Lists
+    /// are not ordered with the rest: with any, such a connection may read nothing (but the token
+    /// PUT).
     #[must_use]
     pub fn strictest_read(&self) -> Read {
         let others = if self.others_read == Read::Nothing { Read::All } else { self.others_read };
-        self.installed().map(|r| r.read).fold(others, Ord::max)
+        let strictest = self.installed().map(|r| r.read).fold(others, Ord::max);
+        if strictest == Read::Listed { Read::Nothing } else { strictest }
+    }
+
+    /// The distinct `read` lists the kernel needs (the others' first, then the installed tables'
+    /// in order): list `k` of the compiled automaton is the `k`th.
+    #[must_use]
+    pub fn read_lists(&self) -> Vec<rule::ReadList> {
+        let mut lists: Vec<rule::ReadList> = Vec::new();
+        let others = self.others_prefixes.iter().filter(|_| self.others_read == Read::Listed);
+        for l in others.chain(self.installed().filter_map(|r| r.read_prefixes.as_ref())) {
+            if !lists.iter().any(|k| k == l) {
+                lists.push(l.clone());
+            }
+        }
+        lists
+    }
+
+    /// `read` as the kernel stores it: the class, or the list's index in `lists`
+    /// ([`Policy::read_lists`]).
+    #[must_use]
+    pub fn encoded_read(read: Read, prefixes: Option<&rule::ReadList>, lists: &[rule::ReadList]) -> u32 {
+        match prefixes {
+            Some(p) if read == Read::Listed => {
+                let k = lists.iter().position(|l| std::sync::Arc::ptr_eq(l, p) || l == p);
+                imds_guard_common::rule::listed(
+                    u32::try_from(k.expect("every list is in read_lists")).expect("bounded"),
+                )
+            }
+            _ => read as u32,
+        }
     }
 
     /// What in the policy needs every request read (the request inspector): a table that refuses
@@ -164,6 +204,8 @@ impl Policy {
         if let Some(r) = self.installed().find(|r| r.imdsv1 == Imdsv1Action::Deny || r.read.restricted()) {
             let what = if r.imdsv1 == Imdsv1Action::Deny {
                 "imdsv1 = \"deny\"".to_owned()
+            } else if r.read == Read::Listed {
+                "read = [...] (a list of path prefixes)".to_owned()
             } else {
                 format!("read = \"{}\"", r.read.name())
             };

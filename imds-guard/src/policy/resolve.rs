@@ -15,8 +15,8 @@ use super::{
     endpoints::{self, Endpoints},
     netfilter,
     pods::{self, KubeConfig, Node},
-    rule::{NOT_YET, PodRule, Rule, RuleName},
-    schema::{AllowTable, PolicyFile},
+    rule::{NOT_YET, PodRule, ReadList, Rule, RuleName},
+    schema::{AllowTable, PolicyFile, ReadSpec},
     source::{ConfigError, LineIndex, Source},
     users::{Missing, lookup_group, lookup_user},
 };
@@ -37,7 +37,7 @@ impl Policy {
             ));
         }
         let default_imdsv1 = parse_imdsv1(source, file.imdsv1.as_ref(), Imdsv1Action::Log)?;
-        let others_read =
+        let (others_read, others_prefixes) =
             parse_read(source, file.read.as_ref(), Read::Nothing, &[Read::Nothing, Read::NoSecrets])?;
         let kube = KubeConfig::from_table(source, file.kubernetes.as_ref())?;
         // The node's pods are read only when some table selects pods, once for all of them.
@@ -57,7 +57,7 @@ impl Policy {
             let index = u32::try_from(index).expect("bounded by MAX_RULES");
             let mut rule = resolve_rule(source, &lines, index, table, host, node.as_mut())?;
             rule.imdsv1 = parse_imdsv1(source, table.get_ref().imdsv1.as_deref(), default_imdsv1)?;
-            rule.read = parse_read(
+            (rule.read, rule.read_prefixes) = parse_read(
                 source,
                 table.get_ref().read.as_deref(),
                 Read::All,
@@ -66,7 +66,26 @@ impl Policy {
             set.add(source, table, rule)?;
         }
         let netfilter = netfilter::Settings::resolve(source, file.netfilter.as_ref())?;
-        let RuleSet { rules, mut warnings, .. } = set;
+        let RuleSet { mut rules, mut warnings, .. } = set;
+        // The `read` lists: tables with the same list share it, and together they must fit the
+        // kernel's automaton (checked by compiling it).
+        let mut lists: Vec<ReadList> = others_prefixes.iter().cloned().collect();
+        for (rule, table) in rules.iter_mut().zip(&file.allow) {
+            let Some(l) = &rule.read_prefixes else { continue };
+            match lists.iter().find(|k| *k == l) {
+                Some(k) => rule.read_prefixes = Some(k.clone()),
+                None if lists.len() == imds_guard_common::lists::MAX_LISTS => {
+                    return Err(source.error_at(
+                        table.get_ref().read.as_deref().map(Spanned::span),
+                        imds_guard_common::lists::ListError::TooManyLists(lists.len() + 1).to_string(),
+                    ));
+                }
+                None => lists.push(l.clone()),
+            }
+        }
+        if let Err(e) = imds_guard_common::lists::ReadLists::build(0, &lists) {
+            return Err(source.error_at(None, e.to_string()));
+        }
         let entries: usize = rules
             .iter()
             .filter(|r| r.duplicate_of.is_none() && !r.is_pending())
@@ -95,6 +114,7 @@ impl Policy {
             endpoints,
             default_imdsv1,
             others_read,
+            others_prefixes,
             preexisting,
             raw_sockets,
             pods: kube.dir.clone(),
@@ -306,15 +326,40 @@ fn warnings(rule: &Rule) -> Vec<String> {
 }
 
 /// `read = ...`: one of `allowed` (a table may not say `"none"`: that is no table; the top level
-/// may not say `"all"`: that is monitor mode).
+/// may not say `"all"`: that is monitor mode), or a list of path prefixes ([`Read::Listed`], with
+/// the prefixes, each checked).
 fn parse_read(
     source: &Source,
-    v: Option<&Spanned<String>>,
+    v: Option<&Spanned<ReadSpec>>,
     default: Read,
     allowed: &[Read],
-) -> Result<Read, ConfigError> {
-    let Some(v) = v else { return Ok(default) };
-    Read::from_name(v.get_ref()).filter(|r| allowed.contains(r)).ok_or_else(|| {
+) -> Result<(Read, Option<ReadList>), ConfigError> {
+    let Some(spec) = v else { return Ok((default, None)) };
+    let v = match spec.get_ref() {
+        ReadSpec::Class(c) => Spanned::new(spec.span(), c),
+        ReadSpec::Prefixes(list) => {
+            if list.is_empty() {
+                return Err(source.error_at(
+                    Some(spec.span()),
+                    "an empty `read` list: list the path prefixes the workload may read (the token PUT is always allowed)"
+                        .to_owned(),
+                ));
+            }
+            let mut prefixes: Vec<String> = Vec::with_capacity(list.len());
+            for p in list {
+                if let Some(why) = imds_guard_common::lists::prefix_problem(p.get_ref()) {
+                    return Err(
+                        source.error_at(Some(p.span()), format!("`read` prefix {:?}: {why}", p.get_ref()))
+                    );
+                }
+                if !prefixes.contains(p.get_ref()) {
+                    prefixes.push(p.get_ref().clone());
+                }
+            }
+            return Ok((Read::Listed, Some(ReadList::from(prefixes))));
+        }
+    };
+    Read::from_name(v.get_ref()).filter(|r| allowed.contains(r)).map(|r| (r, None)).ok_or_else(|| {
         let names: Vec<String> = allowed.iter().map(|r| format!("\"{}\"", r.name())).collect();
         let whom = if allowed.contains(&Read::All) {
             "for a table"
@@ -323,7 +368,11 @@ fn parse_read(
         };
         source.error_at(
             Some(v.span()),
-            format!("unknown read `{}` {whom}: expected {}", v.get_ref(), names.join(" or ")),
+            format!(
+                "unknown read `{}` {whom}: expected {} or a list of path prefixes",
+                v.get_ref(),
+                names.join(", ")
+            ),
         )
     })
 }
@@ -399,6 +448,7 @@ fn resolve_rule(
         pods: None,
         imdsv1: Imdsv1Action::Log,
         read: Read::All,
+        read_prefixes: None,
         user: None,
         group: None,
         duplicate_of: None,

@@ -32,6 +32,8 @@ pub struct Rule {
     pub imdsv1: Imdsv1Action,
     /// What this workload may read (`read = ...`).
     pub read: Read,
+    /// With [`Read::Listed`], the prefixes (distinct, as written).
+    pub read_prefixes: Option<ReadList>,
     /// The user and group names `uid` and `gid` were resolved from (`user = ...`, `group = ...`).
     pub user: Option<Box<str>>,
     pub group: Option<Box<str>>,
@@ -39,6 +41,28 @@ pub struct Rule {
     pub duplicate_of: Option<u32>,
     /// A user or group name the user database does not know yet (see [`Host::waiting_names`]).
     pub waiting_for: Option<String>,
+}
+
+/// A `read` list of path prefixes (shared: tables with the same list are compiled into one).
+pub type ReadList = std::sync::Arc<[String]>;
+
+/// `read` as `check` and `explain` show it: the class's name, or the list.
+pub fn read_json(read: Read, prefixes: Option<&ReadList>) -> serde_json::Value {
+    match prefixes {
+        Some(p) if read == Read::Listed => serde_json::Value::from(p.to_vec()),
+        _ => serde_json::Value::from(read.name()),
+    }
+}
+
+/// `read` as `check` prints it: the class's name, or the list (its prefixes are printable ASCII,
+/// checked when the policy was read).
+pub fn read_text(read: Read, prefixes: Option<&ReadList>) -> String {
+    match prefixes {
+        Some(p) if read == Read::Listed => {
+            format!("[{}]", p.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "))
+        }
+        _ => read.name().to_owned(),
+    }
 }
 
 /// The id of a user or group name the user database does not know yet (no process has it).
@@ -84,7 +108,7 @@ impl Serialize for Rule {
             None => st.skip_field("pods")?,
         }
         st.serialize_field("imdsv1", self.imdsv1.name())?;
-        st.serialize_field("read", self.read.name())?;
+        st.serialize_field("read", &read_json(self.read, self.read_prefixes.as_ref()))?;
         st.serialize_field("resolved", &self.resolved())?;
         match &self.waiting_for {
             Some(w) => st.serialize_field("waiting_for", w)?,

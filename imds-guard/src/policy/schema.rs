@@ -20,9 +20,9 @@ pub struct PolicyFile {
     pub preexisting: Option<Spanned<String>>,
     /// Raw IPv4/IPv6 sockets for processes no table admits: `"allow"` (default) or `"deny"`.
     pub raw_sockets: Option<Spanned<String>>,
-    /// What processes no table admits may read: `"none"` (default: refused at connect) or
-    /// `"no-secrets"`.
-    pub read: Option<Spanned<String>>,
+    /// What processes no table admits may read: `"none"` (default: refused at connect),
+    /// `"no-secrets"`, or a list of path prefixes.
+    pub read: Option<Spanned<ReadSpec>>,
     /// Allow rules: the keys of one table must all match; tables are alternatives.
     #[serde(default)]
     pub allow: Vec<Spanned<AllowTable>>,
@@ -89,6 +89,36 @@ pub struct AllowTable {
     pub container: Option<Box<Spanned<String>>>,
     /// This workload's tokenless (IMDSv1) requests: `"allow"`, `"log"` or `"deny"`.
     pub imdsv1: Option<Box<Spanned<String>>>,
-    /// What this workload may read: `"all"` (default) or `"no-secrets"`.
-    pub read: Option<Box<Spanned<String>>>,
+    /// What this workload may read: `"all"` (default), `"no-secrets"`, or a list of path prefixes.
+    pub read: Option<Box<Spanned<ReadSpec>>>,
+}
+
+/// `read = "<class>"` or `read = ["/path/prefix/", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadSpec {
+    Class(String),
+    Prefixes(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for ReadSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ReadSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"all\", \"no-secrets\", \"none\" or a list of path prefixes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ReadSpec, E> {
+                Ok(ReadSpec::Class(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ReadSpec, A::Error> {
+                let mut v = Vec::new();
+                while let Some(p) = seq.next_element::<Spanned<String>>()? {
+                    v.push(p);
+                }
+                Ok(ReadSpec::Prefixes(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

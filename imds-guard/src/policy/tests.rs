@@ -411,9 +411,81 @@ fn read_is_one_line_for_the_others_and_a_key_of_any_table() {
         e.contains("p.toml:1:8") && e.contains("unknown read `all` for processes no table admits"),
         "{e}"
     );
-    assert!(e.contains("expected \"none\" or \"no-secrets\""), "{e}");
+    assert!(e.contains("expected \"none\", \"no-secrets\" or a list of path prefixes"), "{e}");
     let e = policy("[[allow]]\nuid = 0\nread = \"none\"\n").unwrap_err().to_string();
-    assert!(e.contains("p.toml:3:8") && e.contains("expected \"all\" or \"no-secrets\""), "{e}");
+    assert!(e.contains("p.toml:3:8") && e.contains("expected \"all\", \"no-secrets\" or a list"), "{e}");
     let e = policy("[[allow]]\nuid = 0\nread = \"secrets\"\n").unwrap_err().to_string();
     assert!(e.contains("unknown read `secrets` for a table"), "{e}");
+}
+
+#[test]
+fn read_lists_are_checked_shared_and_compiled() {
+    use imds_guard_common::{
+        lists::{ReadLists, grant, walk},
+        rule::{Read, list_of, listed},
+    };
+    let text = "read = [\"/latest/meta-data/placement/\", \"/latest/meta-data/instance-id\"]\n\
+                [[allow]]\nuid = 0\n\
+                [[allow]]\nuid = 1\nread = [\"/latest/meta-data/\", \"/latest/meta-data/iam/security-credentials/\"]\n\
+                [[allow]]\nuid = 2\nread = [\"/latest/meta-data/\", \"/latest/meta-data/iam/security-credentials/\"]\n";
+    // The same with a table the fast parser leaves to the toml crate: both read lists alike.
+    for text in [text.to_owned(), format!("{text}[netfilter]\nforward = true\n")] {
+        let p = policy(&text).unwrap();
+        assert_eq!(
+            (p.others_read, p.rules[0].read, p.rules[1].read),
+            (Read::Listed, Read::All, Read::Listed)
+        );
+        assert_eq!(
+            p.strictest_read(),
+            Read::Nothing,
+            "lists are not ordered: a connection nobody judged reads nothing"
+        );
+        let lists = p.read_lists();
+        assert_eq!(lists.len(), 2, "the two tables share their list");
+        let (cfg, entries) = p.kernel_tables(3);
+        assert_eq!(cfg.others_read, listed(0));
+        let mut values: Vec<_> = entries.into_iter().map(|(_, v)| v.read).collect();
+        values.sort_unstable();
+        assert_eq!(values, [Read::All as u32, listed(1), listed(1)]);
+        let t = ReadLists::build(3, &lists).unwrap();
+        let mut path = [0u8; imds_guard_common::http::PATH_MAX];
+        let creds = b"/latest/meta-data/iam/security-credentials/role";
+        path[..creds.len()].copy_from_slice(creds);
+        let found = walk(&t, &path, creds.len() as u32);
+        assert_eq!((grant(found, list_of(cfg.others_read)), grant(found, 1)), (0, 3));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["read_prefixes"][1], "/latest/meta-data/instance-id", "{json}");
+        assert_eq!(json["rules"][1]["read"][0], "/latest/meta-data/", "{json}");
+        assert_eq!(
+            p.imdsv1_denial().as_deref(),
+            Some("allow[1] \"allow[1]\" (p.toml line 4) sets read = [...] (a list of path prefixes)")
+        );
+    }
+    // A list is part of what is enforced.
+    let a = policy("[[allow]]\nuid = 0\nread = [\"/a/\"]\n").unwrap();
+    let b = policy("[[allow]]\nuid = 0\nread = [\"/b/\"]\n").unwrap();
+    assert_ne!(a.digest, b.digest);
+    // What cannot be compared as the service reads it is refused, at the prefix.
+    for (bad, why) in [
+        ("[\"latest/\"]", "starts with `/`"),
+        ("[\"/latest/../user-data\"]", "no empty, `.` or `..` segment"),
+        ("[\"/latest//meta-data/\"]", "no empty, `.` or `..` segment"),
+        ("[\"/metadata/instance?api-version=1\"]", "printable ASCII"),
+        ("[\"/latest/%75ser-data\"]", "printable ASCII"),
+        ("[\"/ok/\", \"/a b\"]", "printable ASCII"),
+    ] {
+        let e = policy(&format!("[[allow]]\nuid = 0\nread = {bad}\n")).unwrap_err().to_string();
+        assert!(e.contains("p.toml:3:") && e.contains("`read` prefix") && e.contains(why), "{bad}: {e}");
+    }
+    let e = policy("[[allow]]\nuid = 0\nread = []\n").unwrap_err().to_string();
+    assert!(e.contains("p.toml:3:8") && e.contains("an empty `read` list"), "{e}");
+    let e = policy("[[allow]]\nuid = 0\nread = [1]\n").unwrap_err().to_string();
+    assert!(e.contains("p.toml:3"), "{e}");
+    // The kernel's limits: distinct lists, and what the prefixes add up to.
+    let many: String = (0..33).map(|i| format!("[[allow]]\nuid = {i}\nread = [\"/p{i}/\"]\n")).collect();
+    let e = policy(&many).unwrap_err().to_string();
+    assert!(e.contains("33 distinct `read` lists; at most 32"), "{e}");
+    let long: Vec<String> = (0..16).map(|i| format!("\"/{i:02}{}\"", "x".repeat(40))).collect();
+    let e = policy(&format!("read = [{}]\n", long.join(", "))).unwrap_err().to_string();
+    assert!(e.contains("too many or too long"), "{e}");
 }

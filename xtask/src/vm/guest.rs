@@ -66,7 +66,7 @@ pub const SUBSET: [(&str, &str, u32); 18] = [
     ("bypass", "mptcp_cannot_carry_tokenless_requests_past_imdsv1_deny", 180),
     ("bypass", "raw_sockets_are_refused_to_processes_the_policy_does_not_admit", 240),
     ("read", "the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family", 300),
-    ("bypass", "a_handed_over_socket_reads_no_more_than_its_holder_may", 240),
+    ("bypass", "a_handed_over_socket_reads_no_more_than_its_holder_may", 360),
     (
         "credentials",
         "the_aws_sdk_s_credential_fetch_is_attributed_once_with_its_key_and_never_its_secret",
