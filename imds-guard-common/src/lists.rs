@@ -237,10 +237,26 @@ mod build {
             generation: u32,
             lists: &[L],
         ) -> Result<Box<Self>, ListError> {
+            let mut t = Self::empty(generation);
+            t.compile(generation, lists)?;
+            Ok(t)
+        }
+
+        /// [`ReadLists::build`] in place, over whatever `self` held (nothing this large is
+        /// moved through the stack).
+        pub fn compile<L: AsRef<[S]>, S: AsRef<str>>(
+            &mut self,
+            generation: u32,
+            lists: &[L],
+        ) -> Result<(), ListError> {
             if lists.len() > MAX_LISTS {
                 return Err(ListError::TooManyLists(lists.len()));
             }
-            let mut t = Self::empty(generation);
+            // SAFETY: integers only: all-zero is a valid ReadLists.
+            unsafe { core::ptr::write_bytes(core::ptr::from_mut(self), 0, 1) };
+            let t = self;
+            t.generation = generation;
+            t.class_of[usize::from(b'?')] = QUERY;
             t.lists = lists.len() as u32;
             let mut classes = 0usize;
             let mut class = |t: &mut Self, b: u8| -> Result<usize, ListError> {
@@ -273,20 +289,20 @@ mod build {
                     let bits = (1u64 << k) | if secret { 1u64 << (32 + k) } else { 0 };
                     let mut at = usize::from(START);
                     for &b in p {
-                        let c = class(&mut t, b)?;
-                        at = step(&mut t, at, c)?;
+                        let c = class(t, b)?;
+                        at = step(t, at, c)?;
                     }
                     if p.ends_with(b"/") {
                         t.under[at] |= bits;
                     } else {
                         t.at_end[at] |= bits;
-                        let c = class(&mut t, b'/')?;
-                        let below = step(&mut t, at, c)?;
+                        let c = class(t, b'/')?;
+                        let below = step(t, at, c)?;
                         t.under[below] |= bits;
                     }
                 }
             }
-            Ok(t)
+            Ok(())
         }
     }
 }

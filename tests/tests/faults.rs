@@ -47,8 +47,8 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     assert_eq!(lost["enforcing"], true);
     assert_eq!(
         lost["pins"].as_array().unwrap().len(),
-        17,
-        "8 links and 9 maps (the socket state and the credentials watches among them): {lost}"
+        18,
+        "8 links and 10 maps (the socket state, the credentials watches and the read lists among them): {lost}"
     );
     let why = lost["error"].as_str().unwrap();
     assert!(why.contains("is not on a bpffs") && why.contains("mount -t bpf"), "{why}");
@@ -64,7 +64,7 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     // bpffs back: the daemon pins its links and maps again, so enforcement outlives it again.
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&sb.bpffs));
     let restored = wait(&d, "pins_restored", |e| e["event"] == "pins_restored");
-    assert_eq!(restored["pins"].as_array().unwrap().len(), 17, "{restored}");
+    assert_eq!(restored["pins"].as_array().unwrap().len(), 18, "{restored}");
     let st = sb.status_json();
     assert_eq!((st["enforcing"].as_bool(), st["generation"].as_u64()), (Some(true), Some(1)), "{st}");
     assert_eq!(st["counters"]["denied"], 3, "the counters are the live maps' ({st})");

@@ -19,6 +19,7 @@ use std::{
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -353,6 +354,40 @@ pub fn map_update_batch<K: Copy, V: Copy>(
     let r = sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(drop);
     // The kernel reports in `count` how many elements it processed, also on error.
     (attr.count as usize, r)
+}
+
+/// Reads `key`'s value straight into `value` (`BPF_MAP_LOOKUP_ELEM`): for values too large to
+/// pass through the stack (aya's `Array::get` returns them by value; the read lists' 148 KB
+/// overflowed the installer thread's stack in a debug build). `V` must be plain integers.
+pub fn map_lookup_elem_into<K: Copy, V: Copy>(
+    map: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+    value: &mut V,
+) -> io::Result<()> {
+    let mut attr = MapUpdateAttr {
+        map_fd: map.as_raw_fd().cast_unsigned(),
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(value) as u64,
+        flags: 0,
+    };
+    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+}
+
+/// Writes `value` at `key` (`BPF_MAP_UPDATE_ELEM`, `BPF_ANY`) from where it is.
+pub fn map_update_elem<K: Copy, V: Copy>(
+    map: std::os::fd::BorrowedFd<'_>,
+    key: &K,
+    value: &V,
+) -> io::Result<()> {
+    let mut attr = MapUpdateAttr {
+        map_fd: map.as_raw_fd().cast_unsigned(),
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags: 0,
+    };
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
 /// Deletes `key` (`BPF_MAP_DELETE_ELEM`); a key that is not there is `ENOENT`.

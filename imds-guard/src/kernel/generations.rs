@@ -9,7 +9,7 @@ use aya::maps::{Array, HashMap, MapData};
 use imds_guard_common::{
     config::{Active, GenConfig},
     endpoint::{Fast, Prefilter},
-    lists::{ReadLists, ReadSlots},
+    lists::ReadSlots,
     maps,
     rule::{RuleKey, RuleValue},
 };
@@ -31,7 +31,7 @@ impl Guard {
         self.finish_removal();
         let [active, config, rules, fast, reads] =
             self.ebpf.maps_disjoint_mut([maps::ACTIVE, maps::CONFIG, maps::RULES, maps::FAST, maps::READS]);
-        let mut reads: Array<_, ReadSlots> = Array::try_from(reads.context("READS map")?)?;
+        let reads: Array<_, ReadSlots> = Array::try_from(reads.context("READS map")?)?;
         let mut fast: Array<_, Fast> = Array::try_from(fast.context("the programs' global (.data.imdsg)")?)?;
         let mut active: Array<_, Active> = Array::try_from(active.context("ACTIVE map")?)?;
         let mut config: Array<_, GenConfig> = Array::try_from(config.context("CONFIG map")?)?;
@@ -66,13 +66,20 @@ impl Guard {
             return Err(e);
         }
         // The generation's `read` lists, in its slot (the live generation's, the other one, is
-        // written back as it is: programs reading it see the same bytes).
-        let written = ReadLists::build(next, &lists).map_err(|e| anyhow!("{e}")).and_then(|t| {
+        // written back as it is: programs reading it see the same bytes). On the heap: the
+        // value is 148 KB.
+        let written = {
+            use aya::maps::IterableMap as _;
+            let fd = reads.map().fd().as_fd();
             let mut slots = ReadSlots::empty();
-            *slots = reads.get(&0, 0).context("reading the read lists")?;
-            slots.slots[(next % imds_guard_common::config::GENERATION_SLOTS) as usize] = *t;
-            reads.set(0, &*slots, 0).context("writing the read lists")
-        });
+            let slot = (next % imds_guard_common::config::GENERATION_SLOTS) as usize;
+            super::bpf_sys::map_lookup_elem_into(fd, &0u32, &mut *slots)
+                .context("reading the read lists")
+                .and_then(|()| slots.slots[slot].compile(next, &lists).map_err(|e| anyhow!("{e}")))
+                .and_then(|()| {
+                    super::bpf_sys::map_update_elem(fd, &0u32, &*slots).context("writing the read lists")
+                })
+        };
         if let Err(e) = written {
             remove_where(&mut rules, |k| k.generation == next)?;
             return Err(e);
