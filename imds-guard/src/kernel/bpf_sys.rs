@@ -364,14 +364,7 @@ pub fn map_lookup_elem_into<K: Copy, V: Copy>(
     key: &K,
     value: &mut V,
 ) -> io::Result<()> {
-    let mut attr = MapUpdateAttr {
-        map_fd: map.as_raw_fd().cast_unsigned(),
-        _pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_mut(value) as u64,
-        flags: 0,
-    };
-    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+    elem(BPF_MAP_LOOKUP_ELEM, map, key, std::ptr::from_mut(value) as u64)
 }
 
 /// Writes `value` at `key` (`BPF_MAP_UPDATE_ELEM`, `BPF_ANY`) from where it is.
@@ -380,26 +373,24 @@ pub fn map_update_elem<K: Copy, V: Copy>(
     key: &K,
     value: &V,
 ) -> io::Result<()> {
+    elem(BPF_MAP_UPDATE_ELEM, map, key, std::ptr::from_ref(value) as u64)
+}
+
+/// One element command on `map` with `key` and the value's address (0: none).
+fn elem<K: Copy>(cmd: libc::c_long, map: std::os::fd::BorrowedFd<'_>, key: &K, value: u64) -> io::Result<()> {
     let mut attr = MapUpdateAttr {
         map_fd: map.as_raw_fd().cast_unsigned(),
         _pad: 0,
         key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_ref(value) as u64,
+        value,
         flags: 0,
     };
-    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    sys_bpf(cmd, &mut attr).map(drop)
 }
 
 /// Deletes `key` (`BPF_MAP_DELETE_ELEM`); a key that is not there is `ENOENT`.
 pub fn map_delete_elem<K: Copy>(map: std::os::fd::BorrowedFd<'_>, key: &K) -> io::Result<()> {
-    let mut attr = MapUpdateAttr {
-        map_fd: map.as_raw_fd().cast_unsigned(),
-        _pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: 0,
-        flags: 0,
-    };
-    sys_bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+    elem(BPF_MAP_DELETE_ELEM, map, key, 0)
 }
 
 /// Deletes `keys` in one `BPF_MAP_DELETE_BATCH`; keys that are not there are an error (ENOENT)
