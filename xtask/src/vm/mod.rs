@@ -361,8 +361,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let mut reports = Vec::new();
     for k in &kernels {
-        // The default subset (no test or filter named) runs whole on the older kernels, in part
-        // on the newest (guest::ON_NEWEST).
+        // The default subset (no test or filter named) runs whole on 6.1, in part on the newest
+        // (guest::ON_NEWEST) and the oldest (guest::NOT_ON_OLDEST).
         let default = a.tests.is_empty() && a.filter.is_empty();
         let checks = guest::for_kernel(&checks, k.label, default);
         if shell.is_none() && checks.is_empty() {
@@ -390,7 +390,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let timeout = boot_timeout + Duration::from_secs(budget + 30);
         if shell.is_none() && checks.len() < check_count {
             eprintln!(
-                "[vm {}] {} of the {check_count} check(s) (guest::ON_NEWEST; name others with --tests)",
+                "[vm {}] {} of the {check_count} check(s) (guest::ON_NEWEST, NOT_ON_OLDEST; name others with --tests)",
                 k.label,
                 checks.len()
             );
