@@ -61,10 +61,10 @@ impl Degraded {
             // Not even with --allow-degraded: without the inspector, admitting the others to
             // read a part would admit them to everything.
             bail!(
-                "{} sets read = \"{}\" for processes no table admits, which this kernel cannot enforce: {} Refusing the policy: \
+                "{} sets {} for processes no table admits, which this kernel cannot enforce: {} Refusing the policy: \
                  remove that `read` (they are then refused at connect)",
                 policy.source,
-                policy.others_read.name(),
+                crate::policy::read_setting(policy.others_read),
                 inspection.sentence()
             );
         }

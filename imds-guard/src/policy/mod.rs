@@ -204,10 +204,8 @@ impl Policy {
         if let Some(r) = self.installed().find(|r| r.imdsv1 == Imdsv1Action::Deny || r.read.restricted()) {
             let what = if r.imdsv1 == Imdsv1Action::Deny {
                 "imdsv1 = \"deny\"".to_owned()
-            } else if r.read == Read::Listed {
-                "read = [...] (a list of path prefixes)".to_owned()
             } else {
-                format!("read = \"{}\"", r.read.name())
+                read_setting(r.read)
             };
             return Some(format!(
                 "allow[{}] \"{}\" ({} line {}) sets {what}",
@@ -216,5 +214,15 @@ impl Policy {
         }
         (self.default_imdsv1 == Imdsv1Action::Deny)
             .then(|| format!("{} sets imdsv1 = \"deny\" for every workload", self.source))
+    }
+}
+
+/// A `read` as the policy spells it, for messages: `read = "no-secrets"`, or for a list
+/// `read = [...] (a list of path prefixes)`.
+#[must_use]
+pub fn read_setting(read: Read) -> String {
+    match read {
+        Read::Listed => "read = [...] (a list of path prefixes)".to_owned(),
+        r => format!("read = \"{}\"", r.name()),
     }
 }

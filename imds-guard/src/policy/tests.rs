@@ -460,6 +460,10 @@ fn read_lists_are_checked_shared_and_compiled() {
             p.imdsv1_denial().as_deref(),
             Some("allow[1] \"allow[1]\" (p.toml line 4) sets read = [...] (a list of path prefixes)")
         );
+        // The others' read, as the refusal on a kernel without the inspector names it.
+        assert_eq!(p.others_read, Read::Listed);
+        assert_eq!(super::read_setting(p.others_read), "read = [...] (a list of path prefixes)");
+        assert_eq!(super::read_setting(Read::NoSecrets), "read = \"no-secrets\"");
     }
     // A list is part of what is enforced.
     let a = policy("[[allow]]\nuid = 0\nread = [\"/a/\"]\n").unwrap();
