@@ -11,6 +11,8 @@
 //! table is built by a `const fn` from the three header names and the token path, so the kernel
 //! object and userspace hold the same bytes. It never panics and never reads past its state.
 
+use crate::hide;
+
 /// Bytes of the request path kept for reports.
 pub const PATH_MAX: usize = 96;
 /// Header bytes of one request the classifier reads before it calls the request `Oversized`.
@@ -32,7 +34,7 @@ pub mod method {
     pub const OTHER: u8 = 5;
 }
 
-/// Facts a byte can establish (bits 8..17 of a [`TABLE`] entry), or'ed into [`HttpState::flags`].
+/// Facts a byte can establish (bits 16..25 of a [`TABLE`] entry), or'ed into [`HttpState::flags`].
 pub mod flag {
     /// `X-aws-ec2-metadata-token`.
     pub const TOKEN: u16 = 1 << 0;
@@ -168,18 +170,26 @@ mod st {
 pub const CLASSES: usize = 64;
 /// Entries of [`TABLE`]: 128 states × 64 byte classes.
 pub const TABLE_LEN: usize = 128 * CLASSES;
-// A [`TABLE`] entry: bits 0..7 the next state; bit 7 "this byte is part of the path"; bits 8..16
-// the [`flag`]s the byte establishes (through bit 16); bit 17 "this byte is part of the request"
-// (the state it leaves is not final); bit 18 "this byte comes before the path" (a method letter
-// or the blank after it). The kernel adds these bits up instead of testing them: a test would be
-// a branch.
-const CAPTURE: u32 = 1 << 7;
+// A [`TABLE`] entry: bits 8..15 the next state, so that the entry masked with `0x7f00` is the
+// byte offset of that state's row (64 entries of 4 bytes): the next lookup needs no shift; bits
+// 16..25 the [`flag`]s the byte establishes; bit 25 "this byte comes before the path" (a method
+// letter or the blank after it); bit 29 "this byte is part of the path"; bit 30 "the next state
+// is final". The kernel does not test these bits (a test would be a branch): it ors each entry
+// into one register (the flags) and adds its two counting bits into another, where the byte
+// counts before the path (at most 9 in a request: a method of up to 8 letters and its blank)
+// have bits 25..29 to themselves and the path's bytes everything from bit 29 up.
+const STATE_SHIFT: u32 = 8;
+const FLAG_SHIFT: u32 = 16;
 const FLAGS: u32 = 0x1ff;
-const COUNTED: u32 = 1 << 17;
-const BEFORE_PATH: u32 = 1 << 18;
+const BEFORE_PATH: u32 = 1 << 25;
+const CAPTURE: u32 = 1 << 29;
+/// The counting bits of an entry.
+const COUNTS: u32 = BEFORE_PATH | CAPTURE;
+/// The next state is final (`DONE`, `NOT_HTTP`): the scan stops after this byte.
+const FINAL: u32 = 1 << 30;
 
 const fn entry(next: u8, flags: u16) -> u32 {
-    (next as u32) | ((flags as u32) << 8)
+    ((next as u32) << STATE_SHIFT) | ((flags as u32) << FLAG_SHIFT)
 }
 
 const fn lower(b: u8) -> u8 {
@@ -409,15 +419,16 @@ const fn representative(c: usize) -> u8 {
     }
 }
 
-const fn build() -> [u32; TABLE_LEN] {
-    let mut t = [0u32; TABLE_LEN];
+const fn build() -> [u32; TABLE_LEN + TABLE_SLACK] {
+    let mut t = [0u32; TABLE_LEN + TABLE_SLACK];
     let mut s = 0usize;
     while s < 128 {
-        let counted = if s as u8 == st::DONE || s as u8 == st::NOT_HTTP { 0 } else { COUNTED };
         let before_path = if s < st::PATH as usize { BEFORE_PATH } else { 0 };
         let mut c = 0usize;
         while c < CLASSES {
-            t[s * CLASSES + c] = transition(s as u8, representative(c)) | counted | before_path;
+            let e = transition(s as u8, representative(c));
+            let last = if next_state(e) >= st::DONE { FINAL } else { 0 };
+            t[s * CLASSES + c] = e | before_path | last;
             c += 1;
         }
         s += 1;
@@ -425,7 +436,33 @@ const fn build() -> [u32; TABLE_LEN] {
     t
 }
 
-pub static TABLE: [u32; TABLE_LEN] = build();
+/// The transitions, and [`TABLE_SLACK`] zeroed entries after them that no step reads.
+pub static TABLE: [u32; TABLE_LEN + TABLE_SLACK] = build();
+
+/// Entries after [`TABLE`]'s own: the verifier's bound of a step's offset, `(e & 0x7fff) + 255`,
+/// is larger than the offsets a step takes (their low byte is the class's, the entry's is zero),
+/// and it must stay inside the table. (Masked with `0x7f00`, the compiler would see the two parts'
+/// bits apart and join them with an `|`, of which verifiers before 6.x learn no bound: "math
+/// between map_value pointer and register with unbounded min value" on 5.10 and 6.1.)
+const TABLE_SLACK: usize = 128;
+
+/// The next state of an entry.
+const fn next_state(e: u32) -> u8 {
+    ((e >> STATE_SHIFT) & 0x7f) as u8
+}
+
+const fn build_class4() -> [u8; 256] {
+    let mut c = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        c[b] = class_of(b as u8) << 2;
+        b += 1;
+    }
+    c
+}
+
+/// The class of each byte times 4: the byte offset of its entry in a row of [`TABLE`].
+static CLASS4: [u8; 256] = build_class4();
 
 /// Bytes of one write the message hook reads (one page; a power of two; more is flagged as
 /// `Oversized`, not skipped).
@@ -483,26 +520,28 @@ impl Default for HttpState {
 
 /// The fields of [`HttpState`] that one byte changes, held in locals while a write is scanned.
 struct Walk {
-    state: u32,
-    flags: u32,
-    bytes: u32,
-    path_at: u32,
-    path_bytes: u32,
+    /// The last entry taken: its bits 8..15, the next state, are the byte offset of its row.
+    last: u32,
+    /// Every entry taken, or'ed: the flags are its bits 16..25.
+    seen: u32,
+    /// The entries' counting bits, added up (see [`COUNTS`]).
+    counts: u64,
 }
 
 impl Walk {
-    /// Feeds one byte. No branch at all: two table loads and four additions. A final state is
-    /// absorbing and counts nothing, so bytes after the end of the header block change nothing
-    /// but the time spent.
+    /// Feeds one byte. No branch at all: two table loads, two masks, an `|` and additions; from
+    /// one entry to the next, a mask and two additions (the table's address and the class's).
     #[inline(always)]
     fn step(&mut self, b: u8) {
-        let c = usize::from(CLASS[usize::from(b)]) & (CLASSES - 1);
-        let e = TABLE[(((self.state as usize) << 6) | c) & (TABLE_LEN - 1)];
-        self.state = e & 0x7f;
-        self.flags |= (e >> 8) & FLAGS;
-        self.path_bytes += (e & CAPTURE) >> 7;
-        self.bytes += (e & COUNTED) >> 17;
-        self.path_at += (e & BEFORE_PATH) >> 18;
+        let at = (self.last & 0x7fff) as usize + usize::from(CLASS4[usize::from(b)]);
+        // SAFETY: an entry's low byte is zero (`entry`) and CLASS4 holds multiples of 4 up to
+        // 252: `at` is at most 0x7f00 + 252 = 32,764, a multiple of 4, a whole `u32` of TABLE's
+        // transitions, aligned. (A byte offset, not an index: the shift an index takes would
+        // lengthen the chain from one byte's entry to the next.)
+        let e = unsafe { TABLE.as_ptr().cast::<u8>().add(at).cast::<u32>().read() };
+        self.last = e;
+        self.seen |= e;
+        self.counts += u64::from(e & COUNTS);
     }
 }
 
@@ -525,26 +564,29 @@ impl HttpState {
         let before = self.bytes;
         // The state in locals (registers) for the loop: through memory, each byte would wait for
         // the previous byte's store.
-        let mut w = Walk {
-            state: u32::from(self.state),
-            flags: u32::from(self.flags),
-            bytes: self.bytes,
-            path_at: self.path_at,
-            path_bytes: self.path_bytes,
-        };
-        let mut i: u32 = 0;
-        while i < SCAN_MAX {
-            if i >= len {
+        let mut w = Walk { last: u32::from(self.state) << STATE_SHIFT, seen: 0, counts: 0 };
+        // The loop ends at the header block's end (a final state is absorbing and counts nothing),
+        // so the bytes of the request are the bytes it took. The test is one branch per byte: the
+        // last entry's FINAL bit is added to `i`. Before the first byte, the bit comes from the
+        // state (final: 126 and 127), hidden from the compiler, which would otherwise turn the
+        // comparison it sees into a branch.
+        // In 64 bits: the sum of 32-bit values would be cut back to 32 bits on every byte.
+        let mut stop = ((hide(u64::from(self.state)) + 2) << 23) & u64::from(FINAL);
+        let (mut i, end) = (0u64, u64::from(len));
+        while i < u64::from(SCAN_MAX) {
+            if i + stop >= end {
                 break;
             }
-            w.step(buf.bytes[(i & (SCAN_MAX - 1)) as usize]);
+            w.step(buf.bytes[(i & u64::from(SCAN_MAX - 1)) as usize]);
+            stop = u64::from(w.last & FINAL);
             i += 1;
         }
-        self.state = w.state as u8;
-        self.flags = w.flags as u16;
-        self.bytes = w.bytes;
-        self.path_at = w.path_at;
-        self.path_bytes = w.path_bytes;
+        let i = i as u32;
+        self.state = next_state(w.last);
+        self.flags |= ((w.seen >> FLAG_SHIFT) & FLAGS) as u16;
+        self.bytes = before + i;
+        self.path_at += ((w.counts >> 25) & 15) as u32;
+        self.path_bytes += (w.counts >> 29) as u32;
         // Past the loop, read the state back from memory rather than from the loop's registers:
         // every way out of the loop then looks the same to the verifier, which checks what
         // follows once instead of once per byte (Linux 5.10 exceeded its 1M instructions).
@@ -1013,9 +1055,13 @@ mod tests {
 
     #[test]
     fn every_state_fits_seven_bits_and_finals_are_the_top_two() {
+        // What a step's offset relies on (see `Walk::step`): the low byte of every entry is zero,
+        // every class offset a multiple of 4 below 256.
         for e in TABLE.iter() {
-            assert!(e & 0x7f <= u32::from(st::NOT_HTTP));
+            assert_eq!(e & 0xff, 0);
+            assert!(next_state(*e) <= st::NOT_HTTP);
         }
+        assert!(CLASS4.iter().all(|c| c % 4 == 0 && usize::from(*c) < CLASSES * 4));
         assert_eq!(st::LINE + TTL_HEADER.len() as u8, st::NAME_XFF - 1);
         assert!(st::NAME_XFF + (XFF_HEADER.len() as u8 - 3) < st::NAME_OTHER);
         const { assert!(st::VALUE < st::DONE && st::DONE < st::NOT_HTTP) };
@@ -1058,7 +1104,9 @@ mod tests {
         for s in 0..128u8 {
             for b in 0..=255u8 {
                 let e = TABLE[usize::from(s) * CLASSES + usize::from(CLASS[usize::from(b)])];
-                assert_eq!(e & (COUNTED - 1), transition(s, b), "state {s} byte {b:#x}");
+                assert_eq!(e & !(BEFORE_PATH | FINAL), transition(s, b), "state {s} byte {b:#x}");
+                assert_eq!(e & FINAL != 0, next_state(e) >= st::DONE, "state {s} byte {b:#x}");
+                assert_eq!(CLASS4[usize::from(b)], CLASS[usize::from(b)] * 4);
             }
         }
     }

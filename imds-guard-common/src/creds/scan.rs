@@ -2,6 +2,7 @@
 //! runs per byte (see the parent module for what it reads and why it is built this way).
 
 use super::{Outcome, RESPONSE_MAX, SEGMENT_MAX, VALUES_MAX, flag, mark};
+use crate::hide;
 
 // ---------------------------------------------------------------------------------------------
 // Byte classes, shared by both automata.
@@ -519,21 +520,6 @@ pub struct Walk {
     remaining: u32,
     values_len: u32,
     flags: u32,
-}
-
-/// `x` through a volatile stack slot: the compiler forgets where it came from, and so cannot see
-/// a comparison in the arithmetic that uses it and turn that into a branch (eBPF has no
-/// conditional move or set-on-condition: a `select` or a `zext(icmp)` becomes a jump, and a second
-/// jump per byte is what the verifier cannot afford in a loop of 4096 bytes: it keeps one pending
-/// state per jump, at most 8,192).
-#[inline(always)]
-pub(super) fn hide(x: u64) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: a local variable.
-    unsafe {
-        core::ptr::write_volatile(&raw mut v, x);
-        core::ptr::read_volatile(&raw const v)
-    }
 }
 
 /// `i` masked to a table of `len` entries (a power of two), through [`hide`]: the compiler keeps
