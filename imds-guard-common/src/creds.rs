@@ -144,13 +144,14 @@ const fn needle_step(s: u8, b: u8) -> u8 {
     }
 }
 
-const fn build_needle() -> [u8; 16 * 256] {
-    let mut t = [0u8; 16 * 256];
+const fn build_needle() -> [u16; 16 * 256 + NEEDLE_SLACK] {
+    let mut t = [0u16; 16 * 256 + NEEDLE_SLACK];
     let mut s = 0usize;
     while s < 16 {
         let mut b = 0usize;
         while b < 256 {
-            t[(s << 8) | b] = if s <= FOUND as usize { needle_step(s as u8, b as u8) } else { FOUND };
+            let next = if s <= FOUND as usize { needle_step(s as u8, b as u8) } else { FOUND };
+            t[(s << 8) | b] = (next as u16) << NEEDLE_ROW_SHIFT;
             b += 1;
         }
         s += 1;
@@ -158,11 +159,23 @@ const fn build_needle() -> [u8; 16 * 256] {
     t
 }
 
-/// The matcher's table: state × byte.
-pub static NEEDLE_TABLE: [u8; 16 * 256] = build_needle();
+/// A state's row in [`NEEDLE_TABLE`] is 256 entries of 2 bytes: an entry holds its next state
+/// shifted by this, the byte offset of that state's row (the next lookup needs no shift).
+const NEEDLE_ROW_SHIFT: u32 = 9;
+
+/// The matcher's table: state × byte → the next state's row (see [`NEEDLE_ROW_SHIFT`]), and
+/// [`NEEDLE_SLACK`] zeroed entries that no step reads.
+pub static NEEDLE_TABLE: [u16; 16 * 256 + NEEDLE_SLACK] = build_needle();
+
+/// Entries after the table's own: the verifier's bound of a step's offset, `(s & 0x1fff) + 510`,
+/// must stay inside it (see `http::TABLE_SLACK` for why the mask keeps bits the entries never
+/// have).
+const NEEDLE_SLACK: usize = 256;
 
 /// The matcher over `bytes` (at most their first `len`, at most [`EVENT_PATH_MAX`]), from state
-/// `s`: the kernel runs it over the two parts of a kept path. Bounded loop, one branch per byte.
+/// `s` (0 at the start; what a previous call returned to go on): the kernel runs it over the two
+/// parts of a kept path. Bounded loop, one branch per byte; from one byte's entry to the next, a
+/// mask and an addition.
 #[inline(always)]
 #[must_use]
 pub fn needle_scan<const N: usize>(mut s: u32, bytes: &[u8; N], len: u32) -> u32 {
@@ -171,9 +184,10 @@ pub fn needle_scan<const N: usize>(mut s: u32, bytes: &[u8; N], len: u32) -> u32
         if i >= len {
             break;
         }
-        s = u32::from(
-            NEEDLE_TABLE[scan::index(u64::from(((s & 15) << 8) | u32::from(bytes[i as usize])), 4096)],
-        );
+        let at = (s as usize & 0x1fff) + usize::from(bytes[i as usize]) * 2;
+        // SAFETY: an entry's low 9 bits are zero: `at` is at most 0x1e00 + 510 = 8,190, even, a
+        // whole `u16` of the table's own 8,192 bytes, aligned.
+        s = u32::from(unsafe { NEEDLE_TABLE.as_ptr().cast::<u8>().add(at).cast::<u16>().read() });
         i += 1;
     }
     s
@@ -186,17 +200,17 @@ pub fn needle_scan<const N: usize>(mut s: u32, bytes: &[u8; N], len: u32) -> u32
 /// read whole is one it cannot rule out.
 #[must_use]
 pub fn wants_response(path: &[u8], known: bool) -> bool {
-    let mut s = 0u8;
+    let mut s = 0u16;
     for &b in path {
-        s = NEEDLE_TABLE[(usize::from(s) << 8) | usize::from(b)];
+        s = NEEDLE_TABLE[(usize::from(s >> NEEDLE_ROW_SHIFT) << 8) | usize::from(b)];
     }
-    !known || s == FOUND
+    !known || found(u32::from(s))
 }
 
 /// [`wants_response`] on the matcher's final state.
 #[must_use]
 pub const fn found(state: u32) -> bool {
-    state == FOUND as u32
+    state == (FOUND as u32) << NEEDLE_ROW_SHIFT
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -338,6 +338,12 @@ fn the_paths_whose_responses_are_read() {
 }
 
 #[test]
+fn every_needle_entry_is_a_row_offset() {
+    // What a step's offset relies on (see `needle_scan`): bits 0..9 of every entry zero.
+    assert!(NEEDLE_TABLE.iter().all(|e| e & 0x1ff == 0 && (e >> NEEDLE_ROW_SHIFT) <= u16::from(FOUND)));
+}
+
+#[test]
 fn the_kernel_s_path_loop_matches() {
     let mut path = [0u8; crate::http::PATH_MAX];
     let mut tail = [0u8; PATH_TAIL];
