@@ -40,7 +40,14 @@ enum Cmd {
     },
     /// Measure what imds-guard costs (root; sandbox): prints a table, writes docs/BENCHMARKS.md
     /// and target/bench/results.json.
-    Bench,
+    Bench {
+        /// Only the metadata path: a metadata connect and a request on a new connection (cold)
+        /// and on a kept one (warm), 15 batches each (median and lowest batch), printed, nothing
+        /// written: ~15 s, for work on the hooks (with IMDS_GUARD_LOG=debug, also what the
+        /// verifier checked of each program).
+        #[arg(long)]
+        requests: bool,
+    },
     /// Render the Helm chart (defaults and charts/imds-guard/ci/*.yaml), check that
     /// deploy/daemonset.yaml is the default rendering, validate every manifest against the
     /// Kubernetes schemas and with checkov, resolve the rendered policies, and check the alert
@@ -199,7 +206,8 @@ fn main() -> anyhow::Result<()> {
             };
             host.and(matrix).and(real_host)
         }
-        Cmd::Bench => {
+        Cmd::Bench { requests: true } => build_and_run(&["--release"], "imds-guard-bench", &["--requests"]),
+        Cmd::Bench { requests: false } => {
             std::fs::create_dir_all(root().join("target/bench"))?;
             build_and_run(
                 &["--release"],
