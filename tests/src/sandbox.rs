@@ -431,18 +431,22 @@ impl Drop for Sandbox {
 
 /// Removes a test cgroup, killing what the test left in it (only processes in our own cgroup).
 pub(crate) fn remove_cgroup(cg: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
     // Reading the statistics flushes them for the whole subtree at once. Otherwise each child
     // that ran a process is flushed when it is released, and unlinking it from its parent's list
     // of children with pending statistics walks that list: quadratic in the number of children
     // (a test that leaves 65,000 cgroups in one directory took over two minutes to remove them).
     let _ = fs::read_to_string(cg.join("cpu.stat"));
+    remove_subtree(cg);
+}
+
+/// [`remove_cgroup`] below its one flush: children first, then `cg`.
+fn remove_subtree(cg: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        // Children first.
         if let Ok(rd) = fs::read_dir(cg) {
             for e in rd.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove_cgroup(&e.path());
+                    remove_subtree(&e.path());
                 }
             }
         }

@@ -520,10 +520,10 @@ fn handed_over(sb: &Sandbox, how: &str) -> Value {
 }
 
 /// Issue 21: a socket root connected (its table reads all) handed to a process that is admitted
-/// only as one of the others (`read = "no-secrets"`), by each of the three ways: the holder is
-/// judged by the stricter `read` of the two, so its credential requests on root's sockets are
-/// refused at the write (`EACCES`), tokenless or not, while the token PUT goes through. Again
-/// with `read` lists on both sides.
+/// only as one of the others (`read = "no-secrets"`), by each of the three ways: a request on it
+/// must be allowed by both workloads' `read`, so the holder's credential requests on root's
+/// sockets are refused at the write (`EACCES`), tokenless or not, while the token PUT goes
+/// through. Again with `read` lists on both sides (each list judges the request by itself).
 #[test]
 fn a_handed_over_socket_reads_no_more_than_its_holder_may() {
     // The same with lists: root's table lists the credentials, the others' list does not (the
