@@ -2,7 +2,7 @@
 //! runs per byte (see the parent module for what it reads and why it is built this way).
 
 use super::{Outcome, RESPONSE_MAX, SEGMENT_MAX, VALUES_MAX, flag, mark};
-use crate::hide;
+use crate::opaque::hide;
 
 // ---------------------------------------------------------------------------------------------
 // Byte classes, shared by both automata.
