@@ -172,15 +172,23 @@ fn worker(args: &[String]) {
                 "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n",
             );
             let mut s = TcpStream::connect(("169.254.169.254", 80)).expect("connect to the fake IMDS");
-            let req = format!(
-                "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token: {token}\r\nConnection: keep-alive\r\n\r\n"
-            );
+            let req = if args.get(2).is_some_and(|a| a == "sdk") {
+                // What botocore writes for its first credentials request (its user agent's
+                // versions aside): 2.4 times the bytes, most of them in header values.
+                format!(
+                    "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept-Encoding: identity\r\nUser-Agent: {SDK_USER_AGENT}\r\nX-aws-ec2-metadata-token: {token}\r\n\r\n"
+                )
+            } else {
+                format!(
+                    "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token: {token}\r\nConnection: keep-alive\r\n\r\n"
+                )
+            };
             let mut buf = Vec::new();
             for _ in 0..n {
                 s.write_all(req.as_bytes()).unwrap();
                 read_response(&mut s, &mut buf);
             }
-            json!({"n": n})
+            json!({"n": n, "request_bytes": req.len()})
         }
         "flood-connect" => {
             let until = Instant::now() + Duration::from_millis(num(1));
@@ -206,6 +214,9 @@ fn worker(args: &[String]) {
     };
     println!("{out}");
 }
+
+/// A botocore user agent (Botocore 1.35 on Python 3.11), for the SDK-shaped request.
+const SDK_USER_AGENT: &str = "Boto3/1.35.0 md/Botocore#1.35.0 ua/2.0 os/linux#6.1.0-28-cloud-amd64 md/arch#x86_64 lang/python#3.11.2 md/pyimpl#CPython cfg/retry-mode#legacy Botocore/1.35.0";
 
 /// The loopback workers' CPUs: both ends of a stream on one. Measured here, 128 MiB windows of a
 /// stream whose ends run on two CPUs ranged 1.6 to 7.2 GB/s within one stream (the two ends
@@ -1017,11 +1028,13 @@ fn requests_only() {
     let cold = batched(&sb, &ours, &["imds", "50"], &["imdsg_connect4", "imdsg_msg"], REQUEST_BATCHES);
     sb.imds.configure(|o| o.keep_alive = true);
     let warm = batched(&sb, &ours, &["imds-kept", "200"], &["imdsg_msg"], REQUEST_BATCHES);
+    let sdk = batched(&sb, &ours, &["imds-kept", "200", "sdk"], &["imdsg_msg"], REQUEST_BATCHES);
     sb.imds.configure(|o| o.keep_alive = false);
     for (b, what) in [
         (&cold[0], "imdsg_connect4, metadata connect"),
         (&cold[1], "imdsg_msg, per request on a new connection (cold)"),
         (&warm[0], "imdsg_msg, per request on a kept-alive connection (warm)"),
+        (&sdk[0], "imdsg_msg, per request on a kept-alive connection (warm), botocore's headers"),
     ] {
         println!(
             "{:>9.1} ns/run (median of {REQUEST_BATCHES} batches; lowest {:.1})  {what}",
@@ -1061,7 +1074,7 @@ fn metadata_rows(sb: &Sandbox, d: &Daemon, ours: &BTreeMap<&'static str, u32>, s
         }
     };
     // [connect under "all", request under each policy, warm request], batch by batch.
-    let mut per: Vec<Vec<(f64, u64)>> = vec![Vec::new(); 5];
+    let mut per: Vec<Vec<(f64, u64)>> = vec![Vec::new(); 6];
     let mut installed = 0;
     for round in 0..METADATA_BATCHES {
         for k in 0..policies.len() {
@@ -1082,8 +1095,11 @@ fn metadata_rows(sb: &Sandbox, d: &Daemon, ours: &BTreeMap<&'static str, u32>, s
                 // connection milliseconds after the last.
                 sb.imds.configure(|o| o.keep_alive = true);
                 let (a, b) = run_batch(sb, ours, &["imds-kept", "200"]);
-                sb.imds.configure(|o| o.keep_alive = false);
                 per[4].push(delta(&a, &b, "imdsg_msg"));
+                // The same with what an SDK writes: longer, most of it in header values.
+                let (a, b) = run_batch(sb, ours, &["imds-kept", "200", "sdk"]);
+                per[5].push(delta(&a, &b, "imdsg_msg"));
+                sb.imds.configure(|o| o.keep_alive = false);
             }
         }
     }
@@ -1108,6 +1124,11 @@ fn metadata_rows(sb: &Sandbox, d: &Daemon, ours: &BTreeMap<&'static str, u32>, s
         row("imdsg_msg", "sk_msg, per request on one kept-alive connection, back to back (warm)", &b[4]);
     r["cold_over_warm"] = json!(b[1].median / b[4].median);
     kernel.push(r);
+    kernel.push(row(
+        "imdsg_msg",
+        "sk_msg, per request on one kept-alive connection (warm), botocore's headers (with its user agent: 2.4 times the bytes)",
+        &b[5],
+    ));
     // Each complete request's path is also judged (issue 21's target: still ≤ 600 ns per
     // request); a list's automata are walked in the same loop.
     for (i, what) in [
