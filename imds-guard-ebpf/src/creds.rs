@@ -204,16 +204,18 @@ pub fn request(ctx: &SkMsgContext, st: &SockState, cfg: &GenConfig, path_known: 
     ev.path_bytes = if path_known { st.http.path_bytes } else { 0 };
     ev.path_len = path_len + tail_len;
     // Only the path's own bytes: what follows it in the kept window is the rest of the request
-    // (an IMDSv2 token header, say), which no event carries.
-    let mut i = 0;
-    while i < PATH_MAX {
-        ev.path[i] = st.http.path[i] & below(i as u32, path_len);
-        i += 1;
-    }
-    let mut j = 0;
-    while j < creds::PATH_TAIL {
-        ev.path[PATH_MAX + j] = st.path_tail[j] & below(j as u32, tail_len);
-        j += 1;
+    // (an IMDSv2 token header, say), which no event carries. A word at a time: the kept path
+    // (at 152 in the socket's storage), its tail (at 96) and the event's path (at 464 in the
+    // watch) are 8-aligned, as map values are.
+    const { assert!(PATH_MAX % 8 == 0 && creds::PATH_TAIL % 8 == 0) };
+    // SAFETY: byte arrays of PATH_MAX, PATH_TAIL and PATH_MAX + PATH_TAIL bytes, each 8-aligned
+    // (above; `words_are_aligned` in imds-guard-common checks the offsets), viewed as words.
+    unsafe {
+        let path = &*st.http.path.as_ptr().cast::<[u64; PATH_MAX / 8]>();
+        let tail = &*st.path_tail.as_ptr().cast::<[u64; creds::PATH_TAIL / 8]>();
+        let out = ev.path.as_mut_ptr().cast::<u64>();
+        creds::keep_below(path, path_len, &mut *out.cast::<[u64; PATH_MAX / 8]>());
+        creds::keep_below(tail, tail_len, &mut *out.add(PATH_MAX / 8).cast::<[u64; creds::PATH_TAIL / 8]>());
     }
     crate::task::fill(&mut ev.task, &cfg.exe_offsets);
 }
@@ -235,17 +237,4 @@ fn path_lengths(st: &SockState) -> (u32, u32, bool) {
     let tail_len =
         if path_len == PATH_MAX as u32 && tail_len <= creds::PATH_TAIL as u32 { tail_len } else { 0 };
     (path_len, tail_len, path_len + tail_len == path_bytes)
-}
-
-/// 0xff when `i < len`, else 0, without a branch (through an arithmetic shift of a value the
-/// compiler cannot see through).
-#[inline(always)]
-fn below(i: u32, len: u32) -> u8 {
-    let mut v = 0i64;
-    // SAFETY: volatile write and read of a local.
-    let d = unsafe {
-        core::ptr::write_volatile(&raw mut v, i64::from(i) - i64::from(len));
-        core::ptr::read_volatile(&raw const v)
-    };
-    (d >> 63) as u8
 }

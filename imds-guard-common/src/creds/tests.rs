@@ -449,3 +449,30 @@ fn value() -> impl proptest::strategy::Strategy<Value = String> {
             .prop_map(str::to_owned),
     ]
 }
+
+#[test]
+fn keep_below_keeps_exactly_the_bytes_below_the_length() {
+    let bytes: [u8; 32] = core::array::from_fn(|i| 0xa0 ^ i as u8);
+    let words: [u64; 4] =
+        core::array::from_fn(|q| u64::from_le_bytes(bytes[8 * q..8 * q + 8].try_into().unwrap()));
+    for len in 0..=40u32 {
+        let mut out = [0u64; 4];
+        super::keep_below(&words, len, &mut out);
+        for (i, b) in bytes.iter().enumerate() {
+            let got = out[i / 8].to_le_bytes()[i % 8];
+            assert_eq!(got, if (i as u32) < len { *b } else { 0 }, "len {len} byte {i}");
+        }
+    }
+}
+
+#[test]
+fn words_are_aligned() {
+    // What the message hook's word copy of the path relies on (imds-guard-ebpf's creds.rs).
+    use crate::{event::CredentialsEvent, http::HttpState, sock::SockState};
+    use core::mem::{align_of, offset_of};
+    assert!(align_of::<CredentialsEvent>() >= 8 && align_of::<SockState>() >= 8);
+    assert_eq!(offset_of!(CredentialsEvent, path) % 8, 0);
+    assert_eq!(offset_of!(SockState, path_tail) % 8, 0);
+    assert_eq!((offset_of!(SockState, http) + offset_of!(HttpState, path)) % 8, 0);
+    assert!(align_of::<Watch>() >= 8 && offset_of!(Watch, ev) % 8 == 0);
+}
