@@ -127,20 +127,25 @@ static ZERO: [u8; 256] = {
     t
 };
 
-/// The segment being read: empty, `.`, `..`, or anything else (also the state before the first
-/// byte, so that the leading `/` ends no empty segment).
+/// The segment being read, for the loop before the shape automaton (see [`SHAPE`]).
+#[cfg(test)]
 const SEG_EMPTY: usize = 0;
+#[cfg(test)]
 const SEG_OTHER: usize = 3;
-/// The next segment state on a dot, or on another byte that is not a slash.
+#[cfg(test)]
 static SEG_DOT: [u8; 4] = [1, 2, 3, 3];
-/// 1 where a segment in that state may not end at a slash (`//`, `/./`, `/../`) ...
+#[cfg(test)]
 static SLASH_BAD: [u8; 4] = [1, 1, 1, 0];
-/// ... or end the path (`/.`, `/..`; a trailing `/` is fine).
+#[cfg(test)]
 static END_BAD: [u8; 4] = [0, 1, 1, 0];
 
-/// The automaton's states: 0 the start, then the trie's nodes, [`DEAD`] once no prefix can
-/// match any more, and one absorbing state per class from [`ACCEPT`] on.
+/// The automaton's states: 0 the start, then the trie's nodes, [`WAIT_2`] and [`WAIT_1`] (a
+/// slash, or two, to go before the start: the walk from the first and from the second slash
+/// start there, so that no byte of the loop needs a test of which slash it is past), [`DEAD`]
+/// once no prefix can match any more, and one absorbing state per class from [`ACCEPT`] on.
 const STATES: usize = 256;
+const WAIT_1: u8 = 245;
+const WAIT_2: u8 = 246;
 const DEAD: u8 = 247;
 const ACCEPT: u8 = 248;
 /// Byte classes of the automaton: each byte the prefixes use, and everything else.
@@ -166,6 +171,9 @@ const fn trie_class_of(l: u8) -> u8 {
         }
         k += 1;
     }
+    if l == b'?' {
+        return next; // its own class: the trie's waiting states end on it
+    }
     0
 }
 
@@ -188,6 +196,21 @@ const fn build_trie() -> Trie {
         }
         s += 1;
     }
+    // Waiting for a slash (two, one): any byte but a slash keeps waiting; the query string's `?`
+    // ends the path before the start.
+    let mut c = 0;
+    while c < CLASSES {
+        next[WAIT_2 as usize * CLASSES + c] = WAIT_2;
+        next[WAIT_1 as usize * CLASSES + c] = WAIT_1;
+        c += 1;
+    }
+    let slash = trie_class_of(b'/') as usize;
+    let query = trie_class_of(b'?') as usize;
+    assert!(query < CLASSES && slash != 0 && query != 0, "a class of its own for / and ?");
+    next[WAIT_2 as usize * CLASSES + slash] = WAIT_1;
+    next[WAIT_1 as usize * CLASSES + slash] = 0;
+    next[WAIT_2 as usize * CLASSES + query] = DEAD;
+    next[WAIT_1 as usize * CLASSES + query] = DEAD;
     let mut nodes = 1usize;
     let mut k = 0;
     while k < SECRETS.len() {
@@ -204,7 +227,7 @@ const fn build_trie() -> Trie {
                 next[at * CLASSES + c] = nodes as u8;
                 at = nodes;
                 nodes += 1;
-                assert!(nodes < DEAD as usize, "too many trie nodes");
+                assert!(nodes < WAIT_1 as usize, "too many trie nodes");
             } else {
                 assert!(to < DEAD, "a secret prefix is a prefix of another");
                 at = to as usize;
@@ -217,8 +240,103 @@ const fn build_trie() -> Trie {
 }
 
 const TRIE: Trie = build_trie();
-static TRIE_NEXT: [u8; STATES * CLASSES] = TRIE.0;
+/// The transitions, and slack after them: a step's index, `(state << 6) + class`, is bounded by
+/// the verifier from a state and a class it knows only as bytes (up to 255 << 6 + 255).
+static TRIE_NEXT: [u8; STATES * CLASSES + 256] = {
+    let mut t = [DEAD; STATES * CLASSES + 256];
+    let mut i = 0;
+    while i < STATES * CLASSES {
+        t[i] = TRIE.0[i];
+        i += 1;
+    }
+    t
+};
 static TRIE_ACCEPT: [u8; STATES] = TRIE.1;
+
+// The path's shape, one automaton: the segment being read (empty, `.`, `..`, anything else),
+// once the query string has begun, and once the path is known not to be canonical (before and
+// after the query string: the `read` lists are walked up to it whatever the shape). Its entries
+// are the next state's row offset (8 classes a row) and, in bit 7, whether the byte's successor
+// is still part of the path.
+const SH_EMPTY: u8 = 0;
+const SH_DOT: u8 = 1;
+const SH_DOTDOT: u8 = 2;
+const SH_OTHER: u8 = 3;
+const SH_QUERY: u8 = 4;
+const SH_BAD: u8 = 5;
+const SH_BAD_QUERY: u8 = 6;
+/// The shape classes of a byte: any other, `/`, `?`, `.`, not allowed in a canonical path.
+const SC_OTHER: u8 = 0;
+const SC_SLASH: u8 = 1;
+const SC_QUERY: u8 = 2;
+const SC_DOT: u8 = 3;
+const SC_BAD: u8 = 4;
+/// The byte is part of the path (its next state is not past the query string's start).
+const SH_ON: u8 = 1 << 7;
+
+const fn shape_next(s: u8, c: u8) -> u8 {
+    match (s, c) {
+        (SH_BAD, SC_QUERY) | (SH_BAD_QUERY, _) => SH_BAD_QUERY,
+        (SH_BAD, _) => SH_BAD,
+        (SH_QUERY, _) => SH_QUERY,
+        (_, SC_BAD) => SH_BAD,
+        // A slash ends a segment: not an empty one, `.` or `..`.
+        (SH_OTHER, SC_SLASH) => SH_EMPTY,
+        (_, SC_SLASH) => SH_BAD,
+        // So does the query string's start, where a last empty segment is fine.
+        (SH_DOT | SH_DOTDOT, SC_QUERY) => SH_BAD_QUERY,
+        (_, SC_QUERY) => SH_QUERY,
+        (SH_EMPTY, SC_DOT) => SH_DOT,
+        (SH_DOT, SC_DOT) => SH_DOTDOT,
+        _ => SH_OTHER,
+    }
+}
+
+/// The shape's transitions (7 states × 8 classes), and slack for the verifier's bound of a
+/// step's index (`(entry & 0x3f) + class`, the class known to it only as a byte).
+static SHAPE: [u8; 64 + 256] = {
+    let mut t = [0u8; 64 + 256];
+    let mut s = 0;
+    while s <= SH_BAD_QUERY {
+        let mut c = 0;
+        while c <= SC_BAD {
+            let n = shape_next(s, c);
+            let on = if n == SH_QUERY || n == SH_BAD_QUERY { 0 } else { SH_ON };
+            t[(s * 8 + c) as usize] = (n * 8) | on;
+            c += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
+/// Whether a path whose shape ends in that state (the row offset's state) is not canonical:
+/// bad, or its last segment (the query string's start ended none) is `.` or `..`.
+static SHAPE_END_BAD: [u8; 8] = [0, 1, 1, 0, 0, 1, 1, 0];
+
+/// Each byte's classes: in the prefixes' automaton (bits 0..7, case folded), in the shape's
+/// (bits 8..15).
+static PATH_BYTE: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut b = 0;
+    while b < 256 {
+        let e = byte_entry(b as u8);
+        let sc = if e & B_SLASH != 0 {
+            SC_SLASH
+        } else if e & B_QUERY != 0 {
+            SC_QUERY
+        } else if e & B_DOT != 0 {
+            SC_DOT
+        } else if e & B_BAD != 0 {
+            SC_BAD
+        } else {
+            SC_OTHER
+        };
+        t[b] = (e >> 8) | ((sc as u16) << 8);
+        b += 1;
+    }
+    t
+};
 
 /// `x & mask`, as an index, passed through memory first: the compiler cannot then drop the mask
 /// as redundant (it can prove most of these values in bounds), and the verifier sees it applied.
@@ -236,12 +354,14 @@ pub(crate) fn ix(x: u32, mask: u32) -> usize {
     (v & mask) as usize
 }
 
-/// One start position's walk through the automaton.
+/// One start position's walk through the automaton (the loop before the shape automaton).
+#[cfg(test)]
 #[derive(Clone, Copy)]
 struct Track {
     state: u32,
 }
 
+#[cfg(test)]
 impl Track {
     const fn new() -> Self {
         Track { state: 0 }
@@ -278,6 +398,14 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
 /// (before the query string), 0 after: the message hook walks the `read` lists
 /// ([`crate::lists::Walk`]) in this same loop, so that the verifier walks one loop, not one more
 /// per list.
+///
+/// Three automata, each a table load a byte and no test: the path's shape (segments, the query
+/// string, bytes a canonical path has not) and the secret prefixes from the first and from the
+/// second slash (two walks of one automaton, started a slash or two early). Their states are
+/// kept in 64 bits (a spill of fewer bytes is a value Linux 5.10's verifier forgets the bounds
+/// of) and each step's index is a sum the compiler cannot turn into an `|` (which 5.10 bounds
+/// not at all): a state shifted or masked to its row, plus a class it does not know to be
+/// below the row's width.
 #[inline(always)]
 #[must_use]
 pub fn classify_with<F: FnMut(u8, u32)>(path: &[u8; PATH_MAX], len: u32, total: u32, mut each: F) -> u32 {
@@ -287,16 +415,12 @@ pub fn classify_with<F: FnMut(u8, u32)>(path: &[u8; PATH_MAX], len: u32, total: 
     let d = len ^ total;
     let whole =
         u32::from(ZERO[ix(d | d >> 8 | d >> 16 | d >> 24, 0xff)]) & u32::from(POSITIVE[ix(len, 0xff)]);
-    let mut bad: u32 = (whole ^ 1) | (u32::from(BYTE[usize::from(path[0])] & B_SLASH) ^ 1);
-    // Segment state, and whether the first and the second slash have been read.
-    let mut seg = SEG_OTHER as u32;
-    let mut after_first: u32 = 0;
-    let mut after_second: u32 = 0;
-    // 1 until the query string begins.
-    let mut live: u32 = 1;
-    // The prefixes compared from the byte after the first slash, and after the second.
-    let mut first = Track::new();
-    let mut second = Track::new();
+    let bad: u32 = (whole ^ 1) | (u32::from(BYTE[usize::from(path[0])] & B_SLASH) ^ 1);
+    // The shape's row offset (the state before the first byte ends no empty segment), and the
+    // two walks' states.
+    let mut shape = u64::from(SH_OTHER * 8);
+    let mut first = u64::from(WAIT_1);
+    let mut second = u64::from(WAIT_2);
     let mut i: u32 = 0;
     while i < PATH_MAX as u32 {
         // The one branch: the path's end (what follows is walked once per way out by the
@@ -305,33 +429,17 @@ pub fn classify_with<F: FnMut(u8, u32)>(path: &[u8; PATH_MAX], len: u32, total: 
             break;
         }
         let b = path[i as usize];
-        let e = u32::from(BYTE[usize::from(b)]);
-        let inside = u32::from(POSITIVE[ix(len.wrapping_sub(i), 0xff)]);
-        // The path ends at a `?`: its last segment ends there.
-        let ends = live & inside & ((e >> 1) & 1);
-        live &= ends ^ 1;
-        let on = live & inside;
-        let slash = e & 1 & on;
-        let seg_i = ix(seg, 3);
-        bad |= (slash & u32::from(SLASH_BAD[seg_i])) | (ends & u32::from(END_BAD[seg_i]));
-        bad |= on & ((e >> 3) & 1);
-        let c = e >> 8;
-        each(b, on);
-        first.step(c, after_first & on);
-        second.step(c, after_second & on);
-        after_second |= slash & after_first;
-        after_first |= slash;
-        // The segment state: reset by a slash, advanced by any other byte of the path.
-        let dot = (e >> 2) & 1;
-        let next = u32::from(SEG_DOT[seg_i]) * dot + (dot ^ 1) * SEG_OTHER as u32;
-        let next = next * (slash ^ 1) + slash * SEG_EMPTY as u32;
-        seg = seg * (on ^ 1) + next * on;
+        let e = u64::from(PATH_BYTE[usize::from(b)]);
+        let c = e & 0xff;
+        first = u64::from(TRIE_NEXT[((first << 6) + c) as usize]);
+        second = u64::from(TRIE_NEXT[((second << 6) + c) as usize]);
+        shape = u64::from(SHAPE[((shape & 0x3f) + (e >> 8)) as usize]);
+        each(b, (shape >> 7) as u32);
         i += 1;
     }
-    // The last segment ends with the path (if no `?` ended it).
-    bad |= live & u32::from(END_BAD[ix(seg, 3)]);
-    let found = first.class();
-    let found = found + u32::from(ZERO[ix(found, 0xff)]) * second.class();
+    let bad = bad | u32::from(SHAPE_END_BAD[((shape >> 3) & 7) as usize]);
+    let found = u32::from(TRIE_ACCEPT[(first & 0xff) as usize]);
+    let found = found + u32::from(ZERO[ix(found, 0xff)]) * u32::from(TRIE_ACCEPT[(second & 0xff) as usize]);
     // bad != 0 → UNREADABLE, without a branch.
     let ok = u32::from(ZERO[ix(bad, 0xff)]);
     ok * found + (ok ^ 1) * class::UNREADABLE
@@ -391,6 +499,75 @@ pub fn other_cloud(path: &[u8; PATH_MAX], class: u32) -> bool {
         m += 1;
     }
     false
+}
+
+/// The loop before the shape automaton (2026-12-05), kept to hold the new one to it.
+/// [`classify`], handing `each` every byte of the path with 1 while it is part of the path
+/// (before the query string), 0 after: the message hook walks the `read` lists
+/// ([`crate::lists::Walk`]) in this same loop, so that the verifier walks one loop, not one more
+/// per list.
+#[cfg(test)]
+#[must_use]
+pub(crate) fn classify_with_old<F: FnMut(u8, u32)>(
+    path: &[u8; PATH_MAX],
+    len: u32,
+    total: u32,
+    mut each: F,
+) -> u32 {
+    let len = len & 0xff;
+    // Non-zero once the path is known not to be in canonical form: not wholly known, or not
+    // starting with a slash.
+    let d = len ^ total;
+    let whole =
+        u32::from(ZERO[ix(d | d >> 8 | d >> 16 | d >> 24, 0xff)]) & u32::from(POSITIVE[ix(len, 0xff)]);
+    let mut bad: u32 = (whole ^ 1) | (u32::from(BYTE[usize::from(path[0])] & B_SLASH) ^ 1);
+    // Segment state, and whether the first and the second slash have been read.
+    let mut seg = SEG_OTHER as u32;
+    let mut after_first: u32 = 0;
+    let mut after_second: u32 = 0;
+    // 1 until the query string begins.
+    let mut live: u32 = 1;
+    // The prefixes compared from the byte after the first slash, and after the second.
+    let mut first = Track::new();
+    let mut second = Track::new();
+    let mut i: u32 = 0;
+    while i < PATH_MAX as u32 {
+        // The one branch: the path's end (what follows is walked once per way out by the
+        // verifier, which the caller keeps short).
+        if i >= len {
+            break;
+        }
+        let b = path[i as usize];
+        let e = u32::from(BYTE[usize::from(b)]);
+        let inside = u32::from(POSITIVE[ix(len.wrapping_sub(i), 0xff)]);
+        // The path ends at a `?`: its last segment ends there.
+        let ends = live & inside & ((e >> 1) & 1);
+        live &= ends ^ 1;
+        let on = live & inside;
+        let slash = e & 1 & on;
+        let seg_i = ix(seg, 3);
+        bad |= (slash & u32::from(SLASH_BAD[seg_i])) | (ends & u32::from(END_BAD[seg_i]));
+        bad |= on & ((e >> 3) & 1);
+        let c = e >> 8;
+        each(b, on);
+        first.step(c, after_first & on);
+        second.step(c, after_second & on);
+        after_second |= slash & after_first;
+        after_first |= slash;
+        // The segment state: reset by a slash, advanced by any other byte of the path.
+        let dot = (e >> 2) & 1;
+        let next = u32::from(SEG_DOT[seg_i]) * dot + (dot ^ 1) * SEG_OTHER as u32;
+        let next = next * (slash ^ 1) + slash * SEG_EMPTY as u32;
+        seg = seg * (on ^ 1) + next * on;
+        i += 1;
+    }
+    // The last segment ends with the path (if no `?` ended it).
+    bad |= live & u32::from(END_BAD[ix(seg, 3)]);
+    let found = first.class();
+    let found = found + u32::from(ZERO[ix(found, 0xff)]) * second.class();
+    // bad != 0 → UNREADABLE, without a branch.
+    let ok = u32::from(ZERO[ix(bad, 0xff)]);
+    ok * found + (ok ^ 1) * class::UNREADABLE
 }
 
 #[cfg(test)]
@@ -660,6 +837,32 @@ mod tests {
             }
             if canonical(&p) {
                 prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+        /// The loop of three automata against the loop it replaced: the same class, and the
+        /// same bytes handed on as the path's, for any bytes, lengths and totals.
+        #[test]
+        fn the_shape_automaton_matches_the_loop_it_replaced(
+            p in proptest::collection::vec(prop_oneof![any::<u8>(), Just(b'/'), Just(b'.'), Just(b'?'), Just(b'a')], 0..PATH_MAX),
+            extra in 0u32..3,
+            real in path(),
+        ) {
+            for p in [p, real] {
+                let mut buf = [0u8; PATH_MAX];
+                let n = p.len().min(PATH_MAX);
+                buf[..n].copy_from_slice(&p[..n]);
+                for (len, total) in [(n as u32, n as u32), (n as u32, n as u32 + extra), (0, n as u32)] {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    let new = classify_with(&buf, len, total, |x, on| a.push((x, on)));
+                    let old = classify_with_old(&buf, len, total, |x, on| b.push((x, on)));
+                    prop_assert_eq!(new, old, "{:?} len {} total {}", String::from_utf8_lossy(&p), len, total);
+                    prop_assert_eq!(a, b);
+                }
             }
         }
     }
