@@ -74,7 +74,8 @@ pub struct ReadSlots {
 pub struct Walk<'a> {
     t: &'a ReadLists,
     generation: u32,
-    state: u32,
+    /// In 64 bits: a spill of fewer bytes is a value Linux 5.10's verifier forgets the bounds of.
+    state: u64,
     found: u64,
 }
 
@@ -84,24 +85,29 @@ impl<'a> Walk<'a> {
     #[must_use]
     pub fn new(slots: &'a ReadSlots, generation: u32) -> Self {
         let slot = ix(generation, crate::config::GENERATION_SLOTS - 1);
-        Walk { t: &slots.slots[slot], generation, state: u32::from(START), found: 0 }
+        Walk { t: &slots.slots[slot], generation, state: u64::from(START), found: 0 }
     }
 
     /// A walk of `t`.
     #[inline(always)]
     #[must_use]
     pub fn of(t: &'a ReadLists) -> Self {
-        Walk { t, generation: t.generation, state: u32::from(START), found: 0 }
+        Walk { t, generation: t.generation, state: u64::from(START), found: 0 }
     }
 
     /// Feeds byte `b` of the path when `on` (1), not when 0 (the query string).
     #[inline(always)]
     pub fn step(&mut self, b: u8, on: u32) {
-        let c = u32::from(self.t.class_of[usize::from(b)]);
-        let next = u32::from(self.t.next[ix((self.state << 6) | c, (LIST_STATES * LIST_CLASSES) as u32 - 1)]);
+        let c = u64::from(self.t.class_of[usize::from(b)]);
+        // A sum the compiler cannot make an `|` of (the class is a byte to it), which the
+        // verifier bounds: the state masked to its 512, shifted to its row, plus the class.
+        let at = (((self.state & (LIST_STATES as u64 - 1)) << 6) + c) as usize;
+        // SAFETY: `at` is below 511 * 64 + 255 + 1: inside `next` for a class below 64 (all
+        // of `class_of`'s are), and inside the value (`under` follows `next`) for any byte.
+        let next = u64::from(unsafe { self.t.next.as_ptr().cast::<u8>().add(2 * at).cast::<u16>().read() });
         // on ? next : state, without a branch.
-        self.state ^= (self.state ^ next) & on.wrapping_neg();
-        self.found |= self.t.under[ix(self.state, LIST_STATES as u32 - 1)];
+        self.state ^= (self.state ^ next) & u64::from(on).wrapping_neg();
+        self.found |= self.t.under[(self.state & (LIST_STATES as u64 - 1)) as usize];
     }
 
     /// The lists the path is found in: bit `k` when it is under a prefix of list `k`, also bit
@@ -123,7 +129,8 @@ impl<'a> Walk<'a> {
         let d = (self.t.generation ^ self.generation) | (generation ^ self.generation);
         // 1 when d is 0, without a branch.
         let same = ((d | d.wrapping_neg()) >> 31) ^ 1;
-        (self.found | self.t.at_end[ix(self.state, LIST_STATES as u32 - 1)]) & u64::from(same).wrapping_neg()
+        (self.found | self.t.at_end[(self.state & (LIST_STATES as u64 - 1)) as usize])
+            & u64::from(same).wrapping_neg()
     }
 }
 
