@@ -564,11 +564,13 @@ impl HttpState {
     ///
     /// The bytes go by in words of 8: a word that starts in a header value and holds no `\n`
     /// leaves the state as it was (a value's row sends every byte but `\n` back to the value, and
-    /// counts nothing), so it is skipped with one test; any other word is stepped byte by byte
-    /// (one table load each, no branch). Then the last 0..=7 bytes, one by one. The loops are
-    /// bounded by [`SCAN_MAX`] / 8 and 8, with at most two branches a word and one a byte: the
-    /// verifier walks them word by word (it keeps one pending state per branch it walks, at most
-    /// 8,192: a loop of 4096 bytes can afford one a byte, no more).
+    /// counts nothing), so it is skipped with one test; so is a word inside the path (once it is
+    /// not the token path's) with no blank, `\r` or `\n`, counted as 8 bytes of the path. Any
+    /// other word is stepped byte by byte (one table load each, no branch). Then the last 0..=7
+    /// bytes, one by one. The loops are bounded by [`SCAN_MAX`] / 8 and 8, with at most three
+    /// branches a word and one a byte: the verifier walks them word by word (it keeps one
+    /// pending state per branch it walks, at most 8,192: a loop of 4096 bytes can afford one a
+    /// byte, no more).
     #[inline(always)]
     pub fn scan(&mut self, buf: &ScanBuf, len: u32) -> u32 {
         let before = self.bytes;
@@ -587,6 +589,11 @@ impl HttpState {
         const NEWLINES: u64 = u64::from_le_bytes([b'\n'; 8]);
         const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
         const IN_VALUE: u64 = (st::VALUE as u64) << STATE_SHIFT;
+        const IN_PATH: u64 = (st::PATH_OTHER as u64) << STATE_SHIFT;
+        const BLANKS: u64 = u64::from_le_bytes([b' '; 8]);
+        const RETURNS: u64 = u64::from_le_bytes([b'\r'; 8]);
+        // A skipped word of the path: 8 of its bytes.
+        const PATH_WORD: u64 = 8 * CAPTURE as u64;
         let mut k = 0u64;
         while k < u64::from(SCAN_MAX / 8) {
             if k + stop >= words {
@@ -597,13 +604,21 @@ impl HttpState {
             // u64 inside `bytes`.
             let word = unsafe { buf.bytes.as_ptr().add(at).cast::<u64>().read() };
             // Non-zero where a byte of the word is `\n` (the classic zero-byte test on the word
-            // xor'ed with newlines: exact as to whether there is one), or the state is not a
-            // value's.
-            let x = word ^ NEWLINES;
-            let newline = x.wrapping_sub(ONES) & !x & HIGHS;
-            // Both ways meet before `k += 1`, where the verifier finds the skipping way's state
-            // inside the stepping way's (it walks the latter first) and goes no further on it.
-            if (u64::from(w.last & ROW) ^ IN_VALUE) | newline != 0 {
+            // xor'ed with newlines: exact as to whether there is one); the same for a blank and a
+            // carriage return, which end a path.
+            let has = |b: u64| {
+                let x = word ^ b;
+                x.wrapping_sub(ONES) & !x & HIGHS
+            };
+            let newline = has(NEWLINES);
+            let state = u64::from(w.last & ROW);
+            // A word inside a header value, or inside the path once it is none of the token
+            // path's (its row counts each byte as the path's): skipped. Both ways meet the
+            // stepping way before `k += 1`, where the verifier finds their states inside the
+            // stepping way's (it walks that first) and goes no further on them.
+            if (state ^ IN_PATH) | newline | has(BLANKS) | has(RETURNS) == 0 {
+                w.counts += PATH_WORD;
+            } else if (state ^ IN_VALUE) | newline != 0 {
                 let mut j = 0;
                 while j < 8 {
                     w.step(buf.bytes[at + j]);
@@ -1127,6 +1142,19 @@ mod tests {
             let e = TABLE[usize::from(st::VALUE) * CLASSES + usize::from(CLASS[usize::from(b)])];
             let want = if b == b'\n' { entry(st::LINE, 0) } else { entry(st::VALUE, 0) };
             assert_eq!(e, want, "byte {b:#x}");
+        }
+    }
+
+    #[test]
+    fn the_other_path_row_counts_every_byte_but_a_blank_or_a_line_end() {
+        // What skipping a word of the path relies on (see `scan`).
+        for b in 0..=255u8 {
+            let e = TABLE[usize::from(st::PATH_OTHER) * CLASSES + usize::from(CLASS[usize::from(b)])];
+            if matches!(b, b' ' | b'\r' | b'\n') {
+                assert_ne!(next_state(e), st::PATH_OTHER, "byte {b:#x}");
+            } else {
+                assert_eq!(e, entry(st::PATH_OTHER, 0) | CAPTURE, "byte {b:#x}");
+            }
         }
     }
 

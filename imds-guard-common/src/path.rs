@@ -17,7 +17,9 @@
 //!
 //! The kernel runs [`classify`] over the path the HTTP classifier kept ([`crate::http`]), in one
 //! bounded loop whose body has no branch: the prefixes are one automaton (a trie of all of them),
-//! stepped with one table load per byte from each start position.
+//! stepped with one table load per byte from each start position (the first and the second
+//! slash), and the path's shape (segments, query string, bytes a canonical path has not) is
+//! another.
 
 use crate::http::PATH_MAX;
 
