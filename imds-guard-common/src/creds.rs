@@ -22,9 +22,8 @@
 //!   to four levels (whose keys are never the ones it wants). It captures the two values' raw JSON
 //!   text, at most [`KEY_MAX`] and [`EXPIRY_MAX`] bytes (more is cut and flagged).
 
-/// Bytes of the stream of kept values ([`mark`]): an access key id (16 to 128 characters, 20 in
-/// practice) and an expiry (`2026-12-03T20:15:31Z`) with their marks fit about three times.
-pub const VALUES_MAX: usize = 128;
+/// The event's sizes, which the watch fills (the event's layout owns them).
+pub use crate::event::{EVENT_PATH_MAX, PATH_TAIL, VALUES_MAX};
 
 /// The stream of kept values: each value's raw JSON string text (escapes as written; a control
 /// byte in it as `?`) between an opening and a closing mark. A value the stream had no room for
@@ -41,11 +40,6 @@ pub mod mark {
 pub const SEGMENT_MAX: u32 = 4096;
 /// Bytes of one response read in all; the credentials document is about 1.5 KiB.
 pub const RESPONSE_MAX: u32 = 16384;
-/// Bytes of the request path kept beyond `http::PATH_MAX` (the message hook copies them), so
-/// that a role name of the longest kind (64 characters) after a dated version is whole.
-pub const PATH_TAIL: usize = 32;
-/// Bytes of the request path an event carries.
-pub const EVENT_PATH_MAX: usize = crate::http::PATH_MAX + PATH_TAIL;
 
 /// Facts the scanner establishes, or'ed into [`RespState::flags`] (and an event's `flags`).
 pub mod flag {

@@ -2,6 +2,16 @@
 
 use crate::rule::COMM_LEN;
 
+/// Bytes of the stream of kept values ([`crate::creds::mark`]): an access key id (16 to 128
+/// characters, 20 in practice) and an expiry (`2026-12-03T20:15:31Z`) with their marks fit about
+/// three times.
+pub const VALUES_MAX: usize = 128;
+/// Bytes of the request path kept beyond `http::PATH_MAX` (the message hook copies them), so
+/// that a role name of the longest kind (64 characters) after a dated version is whole.
+pub const PATH_TAIL: usize = 32;
+/// Bytes of the request path an event carries.
+pub const EVENT_PATH_MAX: usize = crate::http::PATH_MAX + PATH_TAIL;
+
 pub mod kind {
     /// A connect() to a metadata endpoint that matched no allow rule ([`super::ConnectEvent`]).
     pub const CONNECT_DENIED: u32 = 1;
@@ -194,10 +204,10 @@ pub struct CredentialsEvent {
     pub values_len: u32,
     pub _pad: u32,
     pub task: TaskInfo,
-    pub path: [u8; crate::creds::EVENT_PATH_MAX],
+    pub path: [u8; EVENT_PATH_MAX],
     /// The access key id and the expiry, as the scanner kept them ([`crate::creds::mark`],
     /// read back with [`crate::creds::values`]).
-    pub values: [u8; crate::creds::VALUES_MAX],
+    pub values: [u8; VALUES_MAX],
 }
 
 /// One ring buffer record, read once: the daemon decides from it whether it repeats an earlier

@@ -526,7 +526,7 @@ impl Default for HttpState {
 struct Walk {
     /// The last entry taken: its bits 8..14, the next state, are the byte offset of its row.
     last: u32,
-    /// Every entry taken, or'ed: the flags are its bits 16..25.
+    /// Every entry taken, or'ed: the flags are its bits 16..24.
     seen: u32,
     /// The entries' counting bits, added up (see [`COUNTS`]).
     counts: u64,

@@ -188,7 +188,7 @@ pub fn request(ctx: &SkMsgContext, st: &SockState, cfg: &GenConfig, path_known: 
     let Some(w) = CREDS.get_ptr_mut(&cookie) else { return };
     // SAFETY: the watch just inserted for this connection.
     let ev = unsafe { &mut (*w).ev };
-    let (family, port, addr) = crate::msg::destination(ctx);
+    let (family, port, addr) = crate::dest::destination(ctx);
     let uid_gid = bpf_get_current_uid_gid();
     ev.pid_tgid = bpf_get_current_pid_tgid();
     ev.uid = uid_gid as u32;

@@ -23,6 +23,7 @@
 mod bench;
 mod connect;
 mod creds;
+mod dest;
 mod judge;
 mod maps;
 mod msg;

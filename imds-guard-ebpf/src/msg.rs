@@ -4,8 +4,9 @@
 //! EACCES at once) when the workload's `imdsv1` is "deny". The classifier's state lives with the
 //! socket, so a request split over several writes is judged once, when its header block ends.
 //!
-//! No `bpf_loop` (Linux 5.17+): the classifier is table-driven, one branch per byte, and runs in
-//! a plain bounded loop that the verifiers of 5.10 and later accept.
+//! No `bpf_loop` (Linux 5.17+): the classifier is table-driven, a branch or three per word of 8
+//! bytes and one per byte of the last 0..=7, and runs in plain bounded loops that the verifiers
+//! of 5.10 and later accept.
 
 use core::ffi::c_void;
 
@@ -24,7 +25,7 @@ use aya_ebpf::{
 use imds_guard_common::{
     config::Mode,
     creds::PATH_TAIL,
-    event::{AF_INET, RequestEvent, TaskInfo, flags, kind},
+    event::{RequestEvent, TaskInfo, flags, kind},
     http::{Finding, PATH_MAX},
     lists::{Walk, grant},
     path::{classify_with, other_cloud},
@@ -37,7 +38,10 @@ use imds_guard_common::{
     },
 };
 
-use crate::maps::{EVENTS, IMDSG_SOCKSTATE, READS, SCAN, count};
+use crate::{
+    dest::destination,
+    maps::{EVENTS, IMDSG_SOCKSTATE, READS, SCAN, count},
+};
 
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
@@ -269,40 +273,6 @@ fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<(u32, u32)> {
     let flags = flags::HANDED_OVER | st.writer_flags | if refuse { flags::ENFORCED } else { 0 };
     crate::judge::report(cfg, &id, comm, flags, st.rule_index, family, port, addr);
     if refuse { None } else { Some(read) }
-}
-
-/// The connection's destination as events give it: family, port (network order in the low 16
-/// bits) and address.
-#[inline(always)]
-pub(crate) fn destination(ctx: &SkMsgContext) -> (u32, u32, [u8; 16]) {
-    let md = ctx.msg;
-    // SAFETY: reads of the sk_msg context, each a volatile 32-bit load at the field's own address
-    // (the verifier refuses loads through a ctx pointer the compiler has moved).
-    let (family, port, ip4, ip6) = unsafe {
-        use core::ptr::{addr_of, read_volatile as rd};
-        (
-            rd(addr_of!((*md).family)),
-            rd(addr_of!((*md).remote_port)),
-            rd(addr_of!((*md).remote_ip4)),
-            [
-                rd(addr_of!((*md).remote_ip6[0])),
-                rd(addr_of!((*md).remote_ip6[1])),
-                rd(addr_of!((*md).remote_ip6[2])),
-                rd(addr_of!((*md).remote_ip6[3])),
-            ],
-        )
-    };
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        addr[..4].copy_from_slice(&ip4.to_ne_bytes());
-    } else {
-        addr[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
-        addr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
-        addr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
-        addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
-    }
-    // sk_msg_md.remote_port holds the network-order port in its upper 16 bits.
-    (family, port >> 16, addr)
 }
 
 /// Fills the state of a connection the connect hooks did not judge.

@@ -1498,8 +1498,9 @@ const ANALYSIS: &str = r#"
   varies by a microsecond from run to run of the same build on this VM; touching every line of
   the classifier's table before the walk (512 independent loads, tried 2026-12-05) cost ~0.7 µs
   warm and did not bring the cold number down measurably, so the table is not what makes a
-  request cold. `cargo xtask bench --requests` measures just these two in 15 batches each
-  (median and lowest batch) in ~15 s: compare builds by alternating runs of it.
+  request cold. `cargo xtask bench --requests` measures just these (and botocore's warm
+  request) in 15 batches each (median and lowest batch) in ~20 s: compare builds by
+  alternating runs of it.
 - **The scan loop** is ~60 % of a warm request (perf samples mapped onto the JIT image). Each
   byte's table entry gives the address of the next byte's, so the bytes are a serial chain: a
   load and the arithmetic to the next address per byte. Since 2026-12-05 an entry holds the byte
