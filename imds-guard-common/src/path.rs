@@ -129,18 +129,6 @@ static ZERO: [u8; 256] = {
     t
 };
 
-/// The segment being read, for the loop before the shape automaton (see [`SHAPE`]).
-#[cfg(test)]
-const SEG_EMPTY: usize = 0;
-#[cfg(test)]
-const SEG_OTHER: usize = 3;
-#[cfg(test)]
-static SEG_DOT: [u8; 4] = [1, 2, 3, 3];
-#[cfg(test)]
-static SLASH_BAD: [u8; 4] = [1, 1, 1, 0];
-#[cfg(test)]
-static END_BAD: [u8; 4] = [0, 1, 1, 0];
-
 /// The automaton's states: 0 the start, then the trie's nodes, [`WAIT_2`] and [`WAIT_1`] (a
 /// slash, or two, to go before the start: the walk from the first and from the second slash
 /// start there, so that no byte of the loop needs a test of which slash it is past), [`DEAD`]
@@ -356,34 +344,6 @@ pub(crate) fn ix(x: u32, mask: u32) -> usize {
     (v & mask) as usize
 }
 
-/// One start position's walk through the automaton (the loop before the shape automaton).
-#[cfg(test)]
-#[derive(Clone, Copy)]
-struct Track {
-    state: u32,
-}
-
-#[cfg(test)]
-impl Track {
-    const fn new() -> Self {
-        Track { state: 0 }
-    }
-
-    /// Feeds a byte of trie class `c` when `on` (1), not when 0.
-    #[inline(always)]
-    fn step(&mut self, c: u32, on: u32) {
-        let next = u32::from(TRIE_NEXT[ix((self.state << 6) | c, (STATES * CLASSES) as u32 - 1)]);
-        // on ? next : state, without a branch.
-        self.state ^= (self.state ^ next) & on.wrapping_neg();
-    }
-
-    /// The class this start position has read in full, or 0.
-    #[inline(always)]
-    fn class(&self) -> u32 {
-        u32::from(TRIE_ACCEPT[ix(self.state, STATES as u32 - 1)])
-    }
-}
-
 /// The class of the path in `path[..len]` (`len` at most [`PATH_MAX`]), of which `total` bytes
 /// were written: the path is wholly known when they are the same (not when the request line
 /// began in an earlier write, `len` 0, or the path is longer than what is kept). The query string
@@ -394,6 +354,17 @@ impl Track {
 #[must_use]
 pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
     classify_with(path, len, total, |_, _| {})
+}
+
+/// The path's length (masked for the verifier) and 1 if the path is already known not to be in
+/// canonical form: not wholly known (`len` is not `total`, or 0), or not starting with a slash.
+#[inline(always)]
+fn start(path: &[u8; PATH_MAX], len: u32, total: u32) -> (u32, u32) {
+    let len = len & 0xff;
+    let d = len ^ total;
+    let whole =
+        u32::from(ZERO[ix(d | d >> 8 | d >> 16 | d >> 24, 0xff)]) & u32::from(POSITIVE[ix(len, 0xff)]);
+    (len, (whole ^ 1) | (u32::from(BYTE[usize::from(path[0])] & B_SLASH) ^ 1))
 }
 
 /// [`classify`], handing `each` every byte of the path with 1 while it is part of the path
@@ -411,13 +382,7 @@ pub fn classify(path: &[u8; PATH_MAX], len: u32, total: u32) -> u32 {
 #[inline(always)]
 #[must_use]
 pub fn classify_with<F: FnMut(u8, u32)>(path: &[u8; PATH_MAX], len: u32, total: u32, mut each: F) -> u32 {
-    let len = len & 0xff;
-    // Non-zero once the path is known not to be in canonical form: not wholly known, or not
-    // starting with a slash.
-    let d = len ^ total;
-    let whole =
-        u32::from(ZERO[ix(d | d >> 8 | d >> 16 | d >> 24, 0xff)]) & u32::from(POSITIVE[ix(len, 0xff)]);
-    let bad: u32 = (whole ^ 1) | (u32::from(BYTE[usize::from(path[0])] & B_SLASH) ^ 1);
+    let (len, bad) = start(path, len, total);
     // The shape's row offset (the state before the first byte ends no empty segment), and the
     // two walks' states.
     let mut shape = u64::from(SH_OTHER * 8);
@@ -503,73 +468,101 @@ pub fn other_cloud(path: &[u8; PATH_MAX], class: u32) -> bool {
     false
 }
 
-/// The loop before the shape automaton (2026-12-05), kept to hold the new one to it.
-/// [`classify`], handing `each` every byte of the path with 1 while it is part of the path
-/// (before the query string), 0 after: the message hook walks the `read` lists
-/// ([`crate::lists::Walk`]) in this same loop, so that the verifier walks one loop, not one more
-/// per list.
+/// The loop the shape automaton replaced (2026-12-05), kept to hold the new one to it
+/// (`the_shape_automaton_matches_the_loop_it_replaced`).
 #[cfg(test)]
-#[must_use]
-pub(crate) fn classify_with_old<F: FnMut(u8, u32)>(
-    path: &[u8; PATH_MAX],
-    len: u32,
-    total: u32,
-    mut each: F,
-) -> u32 {
-    let len = len & 0xff;
-    // Non-zero once the path is known not to be in canonical form: not wholly known, or not
-    // starting with a slash.
-    let d = len ^ total;
-    let whole =
-        u32::from(ZERO[ix(d | d >> 8 | d >> 16 | d >> 24, 0xff)]) & u32::from(POSITIVE[ix(len, 0xff)]);
-    let mut bad: u32 = (whole ^ 1) | (u32::from(BYTE[usize::from(path[0])] & B_SLASH) ^ 1);
-    // Segment state, and whether the first and the second slash have been read.
-    let mut seg = SEG_OTHER as u32;
-    let mut after_first: u32 = 0;
-    let mut after_second: u32 = 0;
-    // 1 until the query string begins.
-    let mut live: u32 = 1;
-    // The prefixes compared from the byte after the first slash, and after the second.
-    let mut first = Track::new();
-    let mut second = Track::new();
-    let mut i: u32 = 0;
-    while i < PATH_MAX as u32 {
-        // The one branch: the path's end (what follows is walked once per way out by the
-        // verifier, which the caller keeps short).
-        if i >= len {
-            break;
-        }
-        let b = path[i as usize];
-        let e = u32::from(BYTE[usize::from(b)]);
-        let inside = u32::from(POSITIVE[ix(len.wrapping_sub(i), 0xff)]);
-        // The path ends at a `?`: its last segment ends there.
-        let ends = live & inside & ((e >> 1) & 1);
-        live &= ends ^ 1;
-        let on = live & inside;
-        let slash = e & 1 & on;
-        let seg_i = ix(seg, 3);
-        bad |= (slash & u32::from(SLASH_BAD[seg_i])) | (ends & u32::from(END_BAD[seg_i]));
-        bad |= on & ((e >> 3) & 1);
-        let c = e >> 8;
-        each(b, on);
-        first.step(c, after_first & on);
-        second.step(c, after_second & on);
-        after_second |= slash & after_first;
-        after_first |= slash;
-        // The segment state: reset by a slash, advanced by any other byte of the path.
-        let dot = (e >> 2) & 1;
-        let next = u32::from(SEG_DOT[seg_i]) * dot + (dot ^ 1) * SEG_OTHER as u32;
-        let next = next * (slash ^ 1) + slash * SEG_EMPTY as u32;
-        seg = seg * (on ^ 1) + next * on;
-        i += 1;
+mod before {
+    use super::*;
+
+    /// The segment being read: empty, `.`, `..`, or anything else.
+    const SEG_EMPTY: usize = 0;
+    const SEG_OTHER: usize = 3;
+    static SEG_DOT: [u8; 4] = [1, 2, 3, 3];
+    static SLASH_BAD: [u8; 4] = [1, 1, 1, 0];
+    static END_BAD: [u8; 4] = [0, 1, 1, 0];
+
+    /// One start position's walk through the automaton.
+    #[derive(Clone, Copy)]
+    struct Track {
+        state: u32,
     }
-    // The last segment ends with the path (if no `?` ended it).
-    bad |= live & u32::from(END_BAD[ix(seg, 3)]);
-    let found = first.class();
-    let found = found + u32::from(ZERO[ix(found, 0xff)]) * second.class();
-    // bad != 0 → UNREADABLE, without a branch.
-    let ok = u32::from(ZERO[ix(bad, 0xff)]);
-    ok * found + (ok ^ 1) * class::UNREADABLE
+
+    impl Track {
+        const fn new() -> Self {
+            Track { state: 0 }
+        }
+
+        /// Feeds a byte of trie class `c` when `on` (1), not when 0.
+        #[inline(always)]
+        fn step(&mut self, c: u32, on: u32) {
+            let next = u32::from(TRIE_NEXT[ix((self.state << 6) | c, (STATES * CLASSES) as u32 - 1)]);
+            // on ? next : state, without a branch.
+            self.state ^= (self.state ^ next) & on.wrapping_neg();
+        }
+
+        /// The class this start position has read in full, or 0.
+        #[inline(always)]
+        fn class(&self) -> u32 {
+            u32::from(TRIE_ACCEPT[ix(self.state, STATES as u32 - 1)])
+        }
+    }
+
+    #[must_use]
+    pub(super) fn classify_with_old<F: FnMut(u8, u32)>(
+        path: &[u8; PATH_MAX],
+        len: u32,
+        total: u32,
+        mut each: F,
+    ) -> u32 {
+        let (len, mut bad) = start(path, len, total);
+        // Segment state, and whether the first and the second slash have been read.
+        let mut seg = SEG_OTHER as u32;
+        let mut after_first: u32 = 0;
+        let mut after_second: u32 = 0;
+        // 1 until the query string begins.
+        let mut live: u32 = 1;
+        // The prefixes compared from the byte after the first slash, and after the second.
+        let mut first = Track::new();
+        let mut second = Track::new();
+        let mut i: u32 = 0;
+        while i < PATH_MAX as u32 {
+            // The one branch: the path's end (what follows is walked once per way out by the
+            // verifier, which the caller keeps short).
+            if i >= len {
+                break;
+            }
+            let b = path[i as usize];
+            let e = u32::from(BYTE[usize::from(b)]);
+            let inside = u32::from(POSITIVE[ix(len.wrapping_sub(i), 0xff)]);
+            // The path ends at a `?`: its last segment ends there.
+            let ends = live & inside & ((e >> 1) & 1);
+            live &= ends ^ 1;
+            let on = live & inside;
+            let slash = e & 1 & on;
+            let seg_i = ix(seg, 3);
+            bad |= (slash & u32::from(SLASH_BAD[seg_i])) | (ends & u32::from(END_BAD[seg_i]));
+            bad |= on & ((e >> 3) & 1);
+            let c = e >> 8;
+            each(b, on);
+            first.step(c, after_first & on);
+            second.step(c, after_second & on);
+            after_second |= slash & after_first;
+            after_first |= slash;
+            // The segment state: reset by a slash, advanced by any other byte of the path.
+            let dot = (e >> 2) & 1;
+            let next = u32::from(SEG_DOT[seg_i]) * dot + (dot ^ 1) * SEG_OTHER as u32;
+            let next = next * (slash ^ 1) + slash * SEG_EMPTY as u32;
+            seg = seg * (on ^ 1) + next * on;
+            i += 1;
+        }
+        // The last segment ends with the path (if no `?` ended it).
+        bad |= live & u32::from(END_BAD[ix(seg, 3)]);
+        let found = first.class();
+        let found = found + u32::from(ZERO[ix(found, 0xff)]) * second.class();
+        // bad != 0 → UNREADABLE, without a branch.
+        let ok = u32::from(ZERO[ix(bad, 0xff)]);
+        ok * found + (ok ^ 1) * class::UNREADABLE
+    }
 }
 
 #[cfg(test)]
@@ -861,7 +854,7 @@ mod tests {
                 for (len, total) in [(n as u32, n as u32), (n as u32, n as u32 + extra), (0, n as u32)] {
                     let (mut a, mut b) = (Vec::new(), Vec::new());
                     let new = classify_with(&buf, len, total, |x, on| a.push((x, on)));
-                    let old = classify_with_old(&buf, len, total, |x, on| b.push((x, on)));
+                    let old = before::classify_with_old(&buf, len, total, |x, on| b.push((x, on)));
                     prop_assert_eq!(new, old, "{:?} len {} total {}", String::from_utf8_lossy(&p), len, total);
                     prop_assert_eq!(a, b);
                 }
