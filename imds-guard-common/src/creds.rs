@@ -166,25 +166,68 @@ pub static NEEDLE_TABLE: [u16; 16 * 256 + NEEDLE_SLACK] = build_needle();
 /// have).
 const NEEDLE_SLACK: usize = 256;
 
-/// The matcher over `bytes` (at most their first `len`, at most [`EVENT_PATH_MAX`]), from state
-/// `s` (0 at the start; what a previous call returned to go on): the kernel runs it over the two
-/// parts of a kept path. Bounded loop, one branch per byte; from one byte's entry to the next, a
-/// mask and an addition.
+/// The matcher over a byte string held as words of 8 bytes (little-endian: byte `k` of a word is
+/// its bits `8k..8k + 8`), at most its first `len` bytes (at most 8 × `W`), from state `s` (0 at the
+/// start; what a previous call returned to go on): the kernel runs it over the two parts of a kept
+/// path. From the start state, a word that holds no `c`, `C` or `%` leaves the state where it is
+/// (none of its bytes begins `credentials` or an escape), so it is skipped with one test; so is
+/// any word once the needle is found (that state absorbs). Other words, and the last 0..=7 bytes,
+/// go byte by byte, one table load each: from one byte's entry to the next, a mask and an
+/// addition. Bounded loops, at most two branches a word and one a byte.
 #[inline(always)]
 #[must_use]
-pub fn needle_scan<const N: usize>(mut s: u32, bytes: &[u8; N], len: u32) -> u32 {
-    let mut i = 0u32;
-    while (i as usize) < N {
-        if i >= len {
+pub fn needle_words<const W: usize>(mut s: u32, words: &[u64; W], len: u32) -> u32 {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    // Non-zero exactly when a byte of `word` is `b` (the zero-byte test on the word xor'ed with
+    // `b` in every byte).
+    let has = |word: u64, b: u8| {
+        let x = word ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let full = len / 8;
+    let mut q = 0u32;
+    while (q as usize) < W {
+        if q >= full {
             break;
         }
-        let at = (s as usize & 0x1fff) + usize::from(bytes[i as usize]) * 2;
-        // SAFETY: an entry's low 9 bits are zero: `at` is at most 0x1e00 + 510 = 8,190, even, a
-        // whole `u16` of the table's own 8,192 bytes, aligned.
-        s = u32::from(unsafe { NEEDLE_TABLE.as_ptr().cast::<u8>().add(at).cast::<u16>().read() });
-        i += 1;
+        let word = words[q as usize];
+        let quiet = u64::from(s) | has(word, b'c') | has(word, b'C') | has(word, b'%');
+        if quiet != 0 && s != FOUND_STATE {
+            let mut j = 0;
+            while j < 8 {
+                s = needle_load(s, (word >> (8 * j)) as u8);
+                j += 1;
+            }
+        }
+        q += 1;
+    }
+    // The bytes of the word `len` ends in, below `len`.
+    if (q as usize) < W {
+        let word = words[q as usize];
+        let mut j = 0;
+        while j < 8 {
+            if 8 * q + j >= len {
+                break;
+            }
+            s = needle_load(s, (word >> (8 * j)) as u8);
+            j += 1;
+        }
     }
     s
+}
+
+/// The matcher's found state, as [`needle_words`] returns it.
+const FOUND_STATE: u32 = (FOUND as u32) << NEEDLE_ROW_SHIFT;
+
+/// One byte of the matcher: state `s` (a row offset, as [`NEEDLE_TABLE`]'s entries hold them)
+/// reads `b`.
+#[inline(always)]
+fn needle_load(s: u32, b: u8) -> u32 {
+    let at = (s as usize & 0x1fff) + usize::from(b) * 2;
+    // SAFETY: an entry's low 9 bits are zero: `at` is at most 0x1e00 + 510 = 8,190, even, a whole
+    // `u16` of the table's own 8,192 bytes, aligned.
+    u32::from(unsafe { NEEDLE_TABLE.as_ptr().cast::<u8>().add(at).cast::<u16>().read() })
 }
 
 /// Whether the response to a request for `path` is read: when the path names credentials
@@ -204,7 +247,7 @@ pub fn wants_response(path: &[u8], known: bool) -> bool {
 /// [`wants_response`] on the matcher's final state.
 #[must_use]
 pub const fn found(state: u32) -> bool {
-    state == (FOUND as u32) << NEEDLE_ROW_SHIFT
+    state == FOUND_STATE
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ pub const RULES_CAPACITY: u32 = 2 * crate::config::MAX_RULES;
 pub const EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// Bumped by hand when a map's meaning changes without its size changing.
-const LAYOUT_REVISION: u64 = 3;
+const LAYOUT_REVISION: u64 = 4;
 
 /// Identifies the layout of the pinned maps (their value and key sizes and capacities). Maps are
 /// pinned under `maps-<LAYOUT as 16 hex digits>`: a daemon of the same layout adopts them (state and

@@ -50,7 +50,10 @@ pub struct SockState {
     /// the write that holds the path), and how many.
     pub path_tail: [u8; crate::creds::PATH_TAIL],
     pub path_tail_len: u32,
-    pub _pad2: u32,
+    /// Non-zero while a request on this connection may have a credentials watch
+    /// ([`crate::maps::CREDS`]): set when the message hook makes one, cleared when the next
+    /// request ends it. A connection that never asked for credentials looks none up.
+    pub watching: u32,
     /// Where the request being written stands.
     pub http: HttpState,
 }
@@ -58,7 +61,8 @@ pub struct SockState {
 /// The message hook's working memory: the bytes of the write being classified, in a per-CPU
 /// array (it was in the socket's storage, which made every metadata connect allocate and zero
 /// 4.4 KiB: ~80 % of the connect hook's cost). A run on one CPU may be preempted by another
-/// (kernels with full preemption), so a run marks the slot with `owner` first and checks the
+/// (kernels with full preemption), so a run marks the slot with `owner` first (one past the last
+/// run's mark: a run that preempts it takes another) and checks the
 /// mark after its scan: a run that was interleaved judges its write unread (fails closed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -165,17 +165,28 @@ pub fn end(cookie: u64) {
 /// them branches on a length (the path is copied with masks, not tests): otherwise each way out of
 /// the loops is checked through the rest of the program.
 #[inline(always)]
-pub fn request(ctx: &SkMsgContext, st: &SockState, cfg: &GenConfig, path_known: bool) {
+pub fn request(ctx: &SkMsgContext, st: &mut SockState, cfg: &GenConfig, path_known: bool) {
     let cookie = st.cookie;
     if cfg.credentials == 0 || cookie == 0 {
         // No response hook on this kernel; or not put into the sockhash by this layout's sockops.
         return;
     }
-    end(cookie);
+    if st.watching != 0 {
+        st.watching = 0;
+        end(cookie);
+    }
     if path_known && path_lengths(st).2 {
         let (path_len, tail_len, _) = path_lengths(st);
-        let s = creds::needle_scan(0, &st.http.path, path_len);
-        let s = creds::needle_scan(s, &st.path_tail, tail_len);
+        // SAFETY: the kept path and its tail viewed as words: 8-aligned arrays of whole words (see
+        // the copy below).
+        let (path, tail) = unsafe {
+            (
+                &*st.http.path.as_ptr().cast::<[u64; PATH_MAX / 8]>(),
+                &*st.path_tail.as_ptr().cast::<[u64; creds::PATH_TAIL / 8]>(),
+            )
+        };
+        let s = creds::needle_words(0, path, path_len);
+        let s = creds::needle_words(s, tail, tail_len);
         if !creds::found(s) {
             return; // the whole path was read, and it names no credentials
         }
@@ -185,6 +196,7 @@ pub fn request(ctx: &SkMsgContext, st: &SockState, cfg: &GenConfig, path_known: 
         count(Stat::CredentialsUnwatched);
         return;
     }
+    st.watching = 1;
     let Some(w) = CREDS.get_ptr_mut(&cookie) else { return };
     // SAFETY: the watch just inserted for this connection.
     let ev = unsafe { &mut (*w).ev };

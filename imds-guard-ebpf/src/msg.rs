@@ -14,10 +14,7 @@ use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_msg_pull_data, bpf_probe_read_kernel,
-            bpf_sk_storage_get,
-        },
+        generated::{bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get},
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -116,9 +113,16 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     let Some(slot) = SCAN.get_ptr_mut(0) else { return SK_PASS };
     // SAFETY: this CPU's slot; see ScanSlot for why it is marked.
     let slot = unsafe { &mut *slot };
-    // SAFETY: plain helper call. Two runs on one CPU start at different nanoseconds.
-    let mark = unsafe { bpf_ktime_get_ns() };
-    slot.owner = mark;
+    // The run's mark: one past the slot's last. A run that preempts this one on its CPU takes the
+    // next (and runs to its end before this one goes on), so the mark read back after the scan
+    // differs exactly when another run used the slot in between. (A counter, not the clock: in a
+    // VM, reading the clock was a tenth of a warm request.)
+    // SAFETY: volatile read and write of this CPU's slot.
+    let mark = unsafe {
+        let mark = core::ptr::read_volatile(&raw const slot.owner).wrapping_add(1);
+        core::ptr::write_volatile(&raw mut slot.owner, mark);
+        mark
+    };
     // SAFETY: copies `n` (1..=SCAN_MAX) bytes of the message into the slot.
     if unsafe { bpf_probe_read_kernel(slot.buf.bytes.as_mut_ptr().cast(), n, data as *const c_void) } != 0 {
         return SK_PASS;

@@ -339,32 +339,76 @@ fn the_paths_whose_responses_are_read() {
 
 #[test]
 fn every_needle_entry_is_a_row_offset() {
-    // What a step's offset relies on (see `needle_scan`): bits 0..9 of every entry zero.
+    // What a step's offset relies on (see `needle_load`): bits 0..9 of every entry zero.
     assert!(NEEDLE_TABLE.iter().all(|e| e & 0x1ff == 0 && (e >> NEEDLE_ROW_SHIFT) <= u16::from(FOUND)));
 }
 
+/// `bytes` as the kernel sees a kept path: words of 8 bytes, zero past the slice.
+fn words<const W: usize>(bytes: &[u8]) -> [u64; W] {
+    let mut out = [0u64; W];
+    for (i, b) in bytes.iter().enumerate().take(8 * W) {
+        out[i / 8] |= u64::from(*b) << (8 * (i % 8));
+    }
+    out
+}
+
+/// The matcher a byte at a time, as `wants_response` runs it: the reference for the word loop.
+fn byte_walk(s: u32, bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .fold(s, |s, &b| u32::from(NEEDLE_TABLE[((s >> NEEDLE_ROW_SHIFT) as usize) << 8 | usize::from(b)]))
+}
+
+const PATH_WORDS: usize = crate::http::PATH_MAX / 8;
+const TAIL_WORDS: usize = PATH_TAIL / 8;
+
 #[test]
 fn the_kernel_s_path_loop_matches() {
-    let mut path = [0u8; crate::http::PATH_MAX];
-    let mut tail = [0u8; PATH_TAIL];
     let p =
         b"/latest/meta-data/iam/security-credentials/a-role-name-long-enough-to-go-past-ninety-six-bytes-x";
     let (a, b) = p.split_at(crate::http::PATH_MAX);
-    path.copy_from_slice(a);
-    tail[..b.len()].copy_from_slice(b);
-    let s = needle_scan(0, &path, 96);
-    assert!(found(needle_scan(s, &tail, b.len() as u32)));
-    let mut path = [0u8; crate::http::PATH_MAX];
-    path[..30].copy_from_slice(b"/latest/meta-data/instance-id/");
-    assert!(!found(needle_scan(needle_scan(0, &path, 30), &tail, 0)));
+    let s = needle_words(0, &words::<PATH_WORDS>(a), 96);
+    assert!(found(needle_words(s, &words::<TAIL_WORDS>(b), b.len() as u32)));
+    let path = words::<PATH_WORDS>(b"/latest/meta-data/instance-id/");
+    assert!(!found(needle_words(needle_words(0, &path, 30), &[0; TAIL_WORDS], 0)));
     // Split across the two parts.
-    let mut path = [b'x'; crate::http::PATH_MAX];
-    path[90..].copy_from_slice(b"/credt");
-    path[95] = b'e';
-    let mut tail = [0u8; PATH_TAIL];
-    tail[..6].copy_from_slice(b"ntials");
-    assert!(found(needle_scan(needle_scan(0, &path, 96), &tail, 6)));
-    assert!(!found(needle_scan(needle_scan(0, &path, 96), &tail, 5)));
+    let mut a = [b'x'; crate::http::PATH_MAX];
+    a[90..].copy_from_slice(b"/crede");
+    let tail = words::<TAIL_WORDS>(b"ntials");
+    let path = words::<PATH_WORDS>(&a);
+    assert!(found(needle_words(needle_words(0, &path, 96), &tail, 6)));
+    assert!(!found(needle_words(needle_words(0, &path, 96), &tail, 5)));
+    // Stale bytes past `len` count for nothing, in a skipped word or a stepped one.
+    let path = words::<PATH_WORDS>(b"/latest/credentials");
+    assert!(!found(needle_words(0, &path, 8)));
+    assert!(!found(needle_words(0, &path, 18)));
+    assert!(found(needle_words(0, &path, 19)));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(4000))]
+
+    /// The word loop ends where the byte walk ends, for any path of the needle's letters, escapes
+    /// and others, split anywhere into the kept path and its tail, with stale bytes after each.
+    #[test]
+    fn the_word_loop_walks_as_the_bytes(
+        path in "[cCrReEdDnNtTiIaAlLsS%/x-]{0,128}",
+        stale in "[cCrReEdDnNtTiIaAlLsS%]{16}",
+        cut in 0usize..=96,
+    ) {
+        let bytes = path.as_bytes();
+        let cut = cut.min(bytes.len());
+        let (a, b) = bytes.split_at(cut);
+        let b = &b[..b.len().min(PATH_TAIL)];
+        let mut ka = a.to_vec();
+        ka.extend_from_slice(stale.as_bytes());
+        let mut kb = b.to_vec();
+        kb.extend_from_slice(stale.as_bytes());
+        let s = needle_words(0, &words::<PATH_WORDS>(&ka), a.len() as u32);
+        proptest::prop_assert_eq!(s, byte_walk(0, a));
+        let s = needle_words(s, &words::<TAIL_WORDS>(&kb), b.len() as u32);
+        proptest::prop_assert_eq!(s, byte_walk(byte_walk(0, a), b));
+    }
 }
 
 #[test]
