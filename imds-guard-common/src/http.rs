@@ -468,6 +468,89 @@ const fn build_class4() -> [u8; 256] {
 /// The class of each byte times 4: the byte offset of its entry in a row of [`TABLE`].
 static CLASS4: [u8; 256] = build_class4();
 
+/// The 8 bytes (lower case) that take header-name state `s` 8 nodes down the one name it is
+/// matching (the TTL header's, and so the token header's, from `LINE`; `x-forwarded-for`'s;
+/// Alibaba Cloud's token header's), where 8 more of that name follow it; or `None`.
+const fn name_word_bytes(s: u8) -> Option<[u8; 8]> {
+    use st::*;
+    let (name, k): (&[u8], usize) = if s >= LINE && s <= LINE + TTL_HEADER.len() as u8 {
+        (TTL_HEADER, (s - LINE) as usize)
+    } else if s >= NAME_XFF && s < NAME_OTHER {
+        (XFF_HEADER, (s - NAME_XFF) as usize + 3)
+    } else if s >= NAME_ALI && s < BLANK_ALI {
+        (ALI_TOKEN_HEADER, (s - NAME_ALI) as usize + 4)
+    } else {
+        return None;
+    };
+    if k + 8 > name.len() {
+        return None;
+    }
+    let mut w = [0u8; 8];
+    let mut j = 0;
+    while j < 8 {
+        w[j] = name[k + j];
+        j += 1;
+    }
+    Some(w)
+}
+
+/// What the word loop takes whole in one state (see [`WORDS`]): a word that is the next 8 bytes of
+/// the header name the state is matching, in any case (`word | fold == expect`), or a word of the
+/// path with no blank or line end (in `PATH_OTHER`, tested apart). Taking it sets the last entry
+/// to `next` (as [`TABLE`]'s: the next state's row offset, no flag) and adds `count` to the counts:
+/// what stepping its bytes one by one ends at and adds up.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WordSkip {
+    pub expect: u64,
+    pub fold: u64,
+    pub next: u64,
+    pub count: u64,
+}
+
+/// A state with no name word: no word matches (`word | 1` is never 0).
+const NO_NAME_WORD: WordSkip = WordSkip { expect: 0, fold: 1, next: 0, count: 0 };
+
+const fn build_words() -> [WordSkip; 128] {
+    let mut t = [NO_NAME_WORD; 128];
+    let mut s = 0usize;
+    while s < 128 {
+        if let Some(bytes) = name_word_bytes(s as u8) {
+            // Step the bytes through the automaton: the word is taken at once only where that
+            // sets no flag and counts nothing, as a name's bytes do.
+            let mut state = s as u8;
+            let mut quiet = true;
+            let (mut expect, mut fold) = (0u64, 0u64);
+            let mut j = 0;
+            while j < 8 {
+                let b = bytes[j];
+                let e = transition(state, b);
+                if e & !(0x7f << STATE_SHIFT) != 0 || next_state(e) >= st::DONE {
+                    quiet = false;
+                }
+                state = next_state(e);
+                expect |= (b as u64) << (8 * j);
+                if b >= b'a' && b <= b'z' {
+                    fold |= 0x20 << (8 * j);
+                }
+                j += 1;
+            }
+            if quiet {
+                t[s] = WordSkip { expect, fold, next: entry(state, 0) as u64, count: 0 };
+            }
+        }
+        s += 1;
+    }
+    // A word of the path: 8 of its bytes, the state unchanged.
+    t[st::PATH_OTHER as usize].next = entry(st::PATH_OTHER, 0) as u64;
+    t[st::PATH_OTHER as usize].count = 8 * CAPTURE as u64;
+    t
+}
+
+/// Per state, the word the scan takes whole (see [`HttpState::scan`]): 32 bytes a state, at the
+/// state's row offset divided by 8.
+pub static WORDS: [WordSkip; 128] = build_words();
+
 /// Bytes of one write the message hook reads (one page; a power of two; more is flagged as
 /// `Oversized`, not skipped).
 pub const SCAN_MAX: u32 = 4096;
@@ -565,12 +648,14 @@ impl HttpState {
     /// The bytes go by in words of 8: a word that starts in a header value and holds no `\n`
     /// leaves the state as it was (a value's row sends every byte but `\n` back to the value, and
     /// counts nothing), so it is skipped with one test; so is a word inside the path (once it is
-    /// not the token path's) with no blank, `\r` or `\n`, counted as 8 bytes of the path. Any
-    /// other word is stepped byte by byte (one table load each, no branch). Then the last 0..=7
-    /// bytes, one by one. The loops are bounded by [`SCAN_MAX`] / 8 and 8, with at most three
-    /// branches a word and one a byte: the verifier walks them word by word (it keeps one
-    /// pending state per branch it walks, at most 8,192: a loop of 4096 bytes can afford one a
-    /// byte, no more).
+    /// not the token path's) with no blank, `\r` or `\n`, counted as 8 bytes of the path; and a
+    /// word that is the next 8 bytes, in any case, of the header name the state is matching (the
+    /// token header's, say) is taken whole: the state moves 8 nodes down the name
+    /// ([`WORDS`]). Any other word is stepped byte by byte (one table load each, no branch).
+    /// Then the last 0..=7 bytes, one by one. The loops are bounded by [`SCAN_MAX`] / 8 and 8,
+    /// with at most four branches a word and one a byte: the verifier walks them word by word (it
+    /// keeps one pending state per branch it walks, at most 8,192: a loop of 4096 bytes can
+    /// afford one a byte, no more).
     #[inline(always)]
     pub fn scan(&mut self, buf: &ScanBuf, len: u32) -> u32 {
         let before = self.bytes;
@@ -592,8 +677,6 @@ impl HttpState {
         const IN_PATH: u64 = (st::PATH_OTHER as u64) << STATE_SHIFT;
         const BLANKS: u64 = u64::from_le_bytes([b' '; 8]);
         const RETURNS: u64 = u64::from_le_bytes([b'\r'; 8]);
-        // A skipped word of the path: 8 of its bytes.
-        const PATH_WORD: u64 = 8 * CAPTURE as u64;
         let mut k = 0u64;
         while k < u64::from(SCAN_MAX / 8) {
             if k + stop >= words {
@@ -612,12 +695,24 @@ impl HttpState {
             };
             let newline = has(NEWLINES);
             let state = u64::from(w.last & ROW);
-            // A word inside a header value, or inside the path once it is none of the token
-            // path's (its row counts each byte as the path's): skipped. Both ways meet the
-            // stepping way before `k += 1`, where the verifier finds their states inside the
-            // stepping way's (it walks that first) and goes no further on them.
-            if (state ^ IN_PATH) | newline | has(BLANKS) | has(RETURNS) == 0 {
-                w.counts += PATH_WORD;
+            // A word inside the path once it is none of the token path's (its row counts each
+            // byte as the path's), or a header name's next 8 bytes: taken whole; a word inside a
+            // header value: skipped. These ways meet the stepping way before `k += 1`, where the
+            // verifier finds their states inside the stepping way's (it walks that first) and
+            // goes no further on them. What the state takes whole: at its row offset over 8 in
+            // WORDS.
+            let ws = (state >> 3) as usize & 0xfe0;
+            // SAFETY: `ws` is a multiple of 32 below 4,096: a WordSkip of WORDS, aligned; its
+            // fields are at 0, 8, 16 and 24.
+            let field =
+                |off: usize| unsafe { WORDS.as_ptr().cast::<u8>().add(ws + off).cast::<u64>().read() };
+            let (expect, fold) = (field(0), field(8));
+            // A word of the path with no blank or line end, or a header name's next 8 bytes in any
+            // case: taken whole, from the state's entry. (The two tests never both hold: a
+            // path state matches no name word.)
+            if (state ^ IN_PATH) | newline | has(BLANKS) | has(RETURNS) == 0 || word | fold == expect {
+                w.counts += field(24);
+                w.last = field(16) as u32;
             } else if (state ^ IN_VALUE) | newline != 0 {
                 let mut j = 0;
                 while j < 8 {
@@ -1068,6 +1163,12 @@ mod tests {
                 "X-Forwarded-For",
                 "x-forwarded-fo",
                 "X-aws-ec2-metadata-toke",
+                "X-AWS-EC2-METADATA-TOKEN-TTL-SECONDS",
+                "x\raws\rec2\rmetadata\rtoken",
+                "X-Aliyun-Ecs-Metadata-Token",
+                "x-aliyun-ecs-metadata-tokens",
+                "X-FORWARDED-FOR",
+                "Accept-Encoding",
                 "x-",
                 "X",
                 ":",
@@ -1133,6 +1234,75 @@ mod tests {
             took += 1;
         }
         (state, flags, path_at, path_bytes, took)
+    }
+
+    /// Steps `bytes` from state `s` through the table: the last entry, and every entry or'ed.
+    fn step_all(s: u8, bytes: &[u8]) -> (u32, u32) {
+        let (mut state, mut seen, mut last) = (s, 0, 0);
+        for &b in bytes {
+            last = TABLE[usize::from(state) * CLASSES + usize::from(CLASS[usize::from(b)])];
+            seen |= last;
+            state = next_state(last);
+        }
+        (last, seen)
+    }
+
+    #[test]
+    fn a_name_word_is_what_its_bytes_step_to_in_any_case() {
+        // What taking a name's word whole relies on (see `scan`): its bytes, in any case, step to
+        // its entry, setting no flag and counting nothing; and the word test matches no other
+        // bytes (a byte that differs from a letter by its case bit alone is that letter).
+        let mut taken = 0;
+        for s in 0..128u8 {
+            let nw = WORDS[usize::from(s)];
+            if nw.fold == NO_NAME_WORD.fold {
+                // No name word; the other path's word is taken whole by its own test.
+                let path = s == st::PATH_OTHER;
+                let want = if path {
+                    WordSkip {
+                        next: u64::from(entry(st::PATH_OTHER, 0)),
+                        count: 8 * u64::from(CAPTURE),
+                        ..NO_NAME_WORD
+                    }
+                } else {
+                    NO_NAME_WORD
+                };
+                assert_eq!(nw, want, "state {s}");
+                continue;
+            }
+            assert_eq!(nw.count, 0, "state {s}");
+            taken += 1;
+            let lower = nw.expect.to_le_bytes();
+            for variant in 0..=255u8 {
+                let bytes: Vec<u8> = lower
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &b)| if variant >> j & 1 == 1 { b.to_ascii_uppercase() } else { b })
+                    .collect();
+                let word = u64::from_le_bytes(bytes.clone().try_into().unwrap());
+                assert_eq!(word | nw.fold, nw.expect, "state {s} {bytes:?}");
+                let (last, seen) = step_all(s, &bytes);
+                assert_eq!(u64::from(last), nw.next, "state {s} {bytes:?}");
+                assert_eq!(seen & !ROW, 0, "state {s}: no flag, no count, not final");
+            }
+            for j in 0..8 {
+                for b in 0..=255u8 {
+                    let mut bytes = lower;
+                    if b.to_ascii_lowercase() == lower[j] {
+                        continue;
+                    }
+                    bytes[j] = b;
+                    assert_ne!(u64::from_le_bytes(bytes) | nw.fold, nw.expect, "state {s} byte {j} = {b:#x}");
+                }
+            }
+        }
+        // From the start of a line to 8 before the TTL header's end; then x-forwarded-for and
+        // Alibaba's token header, each to 8 before its end.
+        let want = (TTL_HEADER.len() - 8 + 1)
+            + (XFF_HEADER.len() - 8 + 1 - 3)
+            + (ALI_TOKEN_HEADER.len() - 8 + 1 - 4);
+        assert_eq!(taken, want);
+        assert_ne!(WORDS[usize::from(st::LINE)], NO_NAME_WORD);
     }
 
     #[test]
