@@ -42,8 +42,9 @@ enum Cmd {
     /// and target/bench/results.json.
     Bench {
         /// Only the metadata path: a metadata connect and a request on a new connection (cold)
-        /// and on a kept one (warm; also with botocore's headers), 15 batches each (median and
-        /// lowest batch), printed, nothing written: ~20 s, for work on the hooks (with
+        /// and on a kept one (warm; also with botocore's headers), and an empty sk_msg program's
+        /// floor, 15 batches each (median and lowest batch), printed, nothing written: ~20 s,
+        /// for work on the hooks (with
         /// IMDS_GUARD_LOG=debug, also what the verifier checked of each program).
         #[arg(long)]
         requests: bool,
