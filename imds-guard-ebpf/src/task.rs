@@ -109,28 +109,16 @@ fn at<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T).ok() }
 }
 
-/// The current process's executable (`mm->exe_file`, a `struct file`), or `None` (a kernel
-/// thread, or a read failed).
-#[inline(always)]
-fn current_exe_file(o: &ExeOffsets) -> Option<u64> {
-    // SAFETY: plain helper call.
-    let task = unsafe { bpf_get_current_task() };
-    let mm: u64 = at(task, o.task_mm)?;
-    at(mm, o.mm_exe_file)
-}
-
 /// The device and inode of the current process's executable (`mm->exe_file`). (0, 0) when there
 /// is none (a kernel thread) or a read fails: then no exe rule matches, the safe side.
 #[inline(always)]
 pub fn current_exe(o: &ExeOffsets) -> (u64, u64) {
-    exe_id(current_exe_file(o), o)
-}
-
-/// The device and inode of executable `file`; (0, 0) as [`current_exe`].
-#[inline(always)]
-fn exe_id(file: Option<u64>, o: &ExeOffsets) -> (u64, u64) {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
     let exe = (|| {
-        let inode: u64 = at(file?, o.file_inode)?;
+        let mm: u64 = at(task, o.task_mm)?;
+        let file: u64 = at(mm, o.mm_exe_file)?;
+        let inode: u64 = at(file, o.file_inode)?;
         let ino: u64 = at(inode, o.inode_ino)?;
         let sb: u64 = at(inode, o.inode_sb)?;
         let dev: u32 = at(sb, o.sb_dev)?;
@@ -139,29 +127,23 @@ fn exe_id(file: Option<u64>, o: &ExeOffsets) -> (u64, u64) {
     exe.unwrap_or((0, 0))
 }
 
-/// The path of executable `file` within its filesystem, leaf first, from the dentry chain.
+/// The executable's path within its filesystem, leaf first, from the dentry chain.
 #[inline(always)]
-fn exe_path(info: &mut TaskInfo, file: Option<u64>, o: &ExeOffsets) {
-    let Some(file) = file else { return };
+fn exe_path(info: &mut TaskInfo, o: &ExeOffsets) {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(mm) = at::<u64>(task, o.task_mm) else { return };
+    let Some(file) = at::<u64>(mm, o.mm_exe_file) else { return };
     let Some(mut dentry) = at::<u64>(file, o.file_dentry) else { return };
     let mut depth = 0u32;
     for slot in info.exe_names.iter_mut().take(EXE_COMPONENTS) {
-        // `d_parent` and the name pointer of `d_name`: one read where the name pointer is 16
-        // bytes after `d_parent` (the `qstr`'s hash and length between them, as in every
-        // `struct dentry` of the kernels we know), else a second read. A read is ~30 ns here.
-        let Some(words) = at::<[u64; 3]>(dentry, o.dentry_parent) else { break };
-        let parent = words[0];
+        let Some(parent) = at::<u64>(dentry, o.dentry_parent) else { break };
         if parent == dentry {
             // The filesystem's root.
             info.exe_depth = depth;
             return;
         }
-        let name = if o.dentry_name == o.dentry_parent + 16 {
-            words[2]
-        } else {
-            let Some(name) = at::<u64>(dentry, o.dentry_name) else { break };
-            name
-        };
+        let Some(name) = at::<u64>(dentry, o.dentry_name) else { break };
         // SAFETY: reads at most the slot's length from a kernel address; fails instead of faulting.
         if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, slot) }.is_err() {
             break;
@@ -181,11 +163,10 @@ pub fn fill(info: &mut TaskInfo, o: &ExeOffsets) {
     if o.task_real_parent == 0 {
         return;
     }
-    let file = current_exe_file(o);
-    let (dev, ino) = exe_id(file, o);
+    let (dev, ino) = current_exe(o);
     info.exe_dev = dev;
     info.exe_ino = ino;
-    exe_path(info, file, o);
+    exe_path(info, o);
     // SAFETY: plain helper call.
     let mut task = unsafe { bpf_get_current_task() };
     for a in info.ancestors.iter_mut().take(ANCESTORS) {
