@@ -192,8 +192,9 @@ pub fn needle_words<const W: usize>(mut s: u32, words: &[u64; W], len: u32) -> u
             break;
         }
         let word = words[q as usize];
-        let quiet = u64::from(s) | has(word, b'c') | has(word, b'C') | has(word, b'%');
-        if quiet != 0 && s != FOUND_STATE {
+        // Non-zero unless the matcher is at its start and no byte of the word could move it.
+        let stirs = u64::from(s) | has(word, b'c') | has(word, b'C') | has(word, b'%');
+        if stirs != 0 && s != FOUND_STATE {
             let mut j = 0;
             while j < 8 {
                 s = needle_load(s, (word >> (8 * j)) as u8);

@@ -62,8 +62,9 @@ pub struct SockState {
 /// array (it was in the socket's storage, which made every metadata connect allocate and zero
 /// 4.4 KiB: ~80 % of the connect hook's cost). A run on one CPU may be preempted by another
 /// (kernels with full preemption), so a run marks the slot with `owner` first (one past the last
-/// run's mark: a run that preempts it takes another) and checks the
-/// mark after its scan: a run that was interleaved judges its write unread (fails closed).
+/// run's mark: a run that preempts it takes another) and checks the mark after its scan: a run
+/// that another ran inside of judges its write unread (fails closed). Runs that interleave out of
+/// order are a known gap (docs/SECURITY.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ScanSlot {
