@@ -53,17 +53,26 @@ pub static TRACKED: Array<u64> = Array::pinned(1, 0);
 #[inline(always)]
 pub fn track(delta: u64) {
     if let Some(p) = TRACKED.get_ptr_mut(0) {
-        // SAFETY: an aligned u64 in a map value, changed only atomically. The result is unused,
-        // so this is BPF_XADD, which every supported kernel has (fetching atomics are 5.12+).
-        // (The bpf target offers no `AtomicU64`: the intrinsic is what it compiles to.)
-        #[cfg(target_arch = "bpf")]
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta)
-        };
-        #[cfg(not(target_arch = "bpf"))]
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
-            .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: an aligned u64 in a map value, changed only atomically.
+        unsafe { atomic_add(p, delta) };
     }
+}
+
+/// Adds `delta` (wrapping) to the u64 at `p`, atomically. The result is unused, so this is
+/// BPF_XADD, which every supported kernel has (fetching atomics are 5.12+). (The bpf target
+/// offers no `AtomicU64`: the intrinsic is what it compiles to.)
+///
+/// # Safety
+/// `p` is an aligned u64 in a map value that is changed only atomically.
+#[inline(always)]
+pub unsafe fn atomic_add(p: *mut u64, delta: u64) {
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta)
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
+        .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The tracked count is at [`imds_guard_common::maps::TRACKED_LIMIT`] or more.

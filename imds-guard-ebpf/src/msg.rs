@@ -8,7 +8,10 @@
 //! bytes and one per byte of the last 0..=7, and runs in plain bounded loops that the verifiers
 //! of 5.10 and later accept.
 
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    sync::atomic::{Ordering, compiler_fence},
+};
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -27,7 +30,7 @@ use imds_guard_common::{
     lists::{Walk, grant},
     path::{classify_with, other_cloud},
     rule::{Identity, Imdsv1Action, Read, list_of},
-    sock::{NO_RULE, SCAN_MAX, SockState, token_flag},
+    sock::{NO_RULE, SCAN_MAX, SockState, claim, token_flag},
     stats::Stat,
     verdict::{
         ConnectContext, ConnectVerdict, MONITORED_READ, admit, first_refusal, judge_connect, read_class,
@@ -37,7 +40,7 @@ use imds_guard_common::{
 
 use crate::{
     dest::destination,
-    maps::{EVENTS, IMDSG_SOCKSTATE, READS, SCAN, count},
+    maps::{EVENTS, IMDSG_SOCKSTATE, READS, SCAN, atomic_add, count},
 };
 
 const SK_PASS: u32 = 1;
@@ -111,20 +114,28 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     // copy with "R2 unbounded memory access".)
     let n = ((crate::judge::opaque(len) - 1) & (SCAN_MAX - 1)) + 1;
     let Some(slot) = SCAN.get_ptr_mut(0) else { return SK_PASS };
-    // SAFETY: this CPU's slot; see ScanSlot for why it is marked.
+    // SAFETY: this CPU's slot; see ScanSlot for how runs share it.
     let slot = unsafe { &mut *slot };
-    // The run's mark: one past the slot's last. A run that preempts this one on its CPU takes the
-    // next (and runs to its end before this one goes on), so the mark read back after the scan
-    // differs exactly when another run used the slot in between. (A counter, not the clock: in a
-    // VM, reading the clock was a tenth of a warm request.)
-    // SAFETY: volatile read and write of this CPU's slot.
-    let mark = unsafe {
-        let mark = core::ptr::read_volatile(&raw const slot.owner).wrapping_add(1);
-        core::ptr::write_volatile(&raw mut slot.owner, mark);
-        mark
+    // Claimed for the copy (see `claim`): another run on this CPU that copies into the slot
+    // before this one's scan ends shows in the claims word read back after the scan. (Atomic
+    // adds and plain reads, no clock: in a VM, reading the clock was a tenth of a warm request.)
+    // SAFETY: a volatile read and an atomic add of this CPU's slot's claims word.
+    let expect = unsafe {
+        let before = core::ptr::read_volatile(&raw const slot.claims);
+        atomic_add(&raw mut slot.claims, claim::CLAIM);
+        // Through a volatile slot: computed here, one value across the scan (left to itself the
+        // compiler kept `before` and a part of the sum apart, and did the rest after the scan).
+        crate::judge::opaque64(claim::expected(before, crate::judge::opaque))
     };
+    // The fences keep the compiler from moving the copy out from between claim and release.
+    compiler_fence(Ordering::SeqCst);
     // SAFETY: copies `n` (1..=SCAN_MAX) bytes of the message into the slot.
-    if unsafe { bpf_probe_read_kernel(slot.buf.bytes.as_mut_ptr().cast(), n, data as *const c_void) } != 0 {
+    let copied =
+        unsafe { bpf_probe_read_kernel(slot.buf.bytes.as_mut_ptr().cast(), n, data as *const c_void) };
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: an atomic add of this CPU's slot's claims word.
+    unsafe { atomic_add(&raw mut slot.claims, claim::RELEASE) };
+    if copied != 0 {
         return SK_PASS;
     }
     // Nothing computed above is used below but `n` (the same range on every path here), so
@@ -144,9 +155,11 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
         }
     }
     let size = ctx.size();
-    // SAFETY: a volatile read of the slot's mark.
-    let interleaved = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(slot.owner)) } != mark;
-    // Another run took the slot meanwhile: what was scanned may be its bytes. Judged unread.
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: a volatile read of the slot's claims word.
+    let interleaved = unsafe { core::ptr::read_volatile(&raw const slot.claims) } != expect;
+    // Another run may have copied into the slot meanwhile: what was scanned may be its bytes.
+    // Judged unread.
     let finding = if interleaved {
         Finding::Oversized
     } else {

@@ -682,11 +682,7 @@ fn run() -> Value {
     // the host's /sys/fs/bpf.
     let stats_on = BpfStats::enable();
     let bench_pins = sb.bpffs.join("bench");
-    fs::create_dir_all(&bench_pins).unwrap();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&bench_pins)
-        .load(imds_guard::kernel::guard::EBPF_OBJECT)
-        .expect("load object");
+    let mut ebpf = private_object(&bench_pins);
     let mut floor: BTreeMap<&'static str, u32> = BTreeMap::new();
     for name in [
         "bench_connect4",
@@ -1032,9 +1028,8 @@ fn requests_only() {
     sb.imds.configure(|o| o.keep_alive = true);
     let warm = batched(&sb, &ours, &["imds-kept", "200"], &["imdsg_msg"], REQUEST_BATCHES);
     let sdk = batched(&sb, &ours, &["imds-kept", "200", "sdk"], &["imdsg_msg"], REQUEST_BATCHES);
-    let bytes = run_worker(&sb, 0, &sb.cgroup, &["imds-kept", "1"])["request_bytes"].as_u64().unwrap();
     sb.imds.configure(|o| o.keep_alive = false);
-    let floor = msg_floor(&sb, bytes as usize, REQUEST_BATCHES);
+    let floor = msg_floor(&sb, REQUEST_BATCHES);
     for (b, what) in [
         (&floor, "bench_msg, an empty sk_msg program, per write of as many bytes (the floor)"),
         (&cold[0], "imdsg_connect4, metadata connect"),
@@ -1062,10 +1057,7 @@ fn requests_only() {
 fn metadata_rows(sb: &Sandbox, d: &Daemon, ours: &BTreeMap<&'static str, u32>, small: &str) -> Vec<Value> {
     // What an empty message program costs per write of the warm request's size: shown beside the
     // message hook's rows (their targets stay on what the hook costs in all).
-    sb.imds.configure(|o| o.keep_alive = true);
-    let bytes = run_worker(sb, 0, &sb.cgroup, &["imds-kept", "1"])["request_bytes"].as_u64().unwrap();
-    sb.imds.configure(|o| o.keep_alive = false);
-    let msg_floor = msg_floor(sb, bytes as usize, METADATA_BATCHES);
+    let msg_floor = msg_floor(sb, METADATA_BATCHES);
     let row = |program: &str, what: &str, b: &Batched| {
         let floor = (program == "imdsg_msg").then_some(msg_floor.median);
         json!({"program": program, "what": what, "runs": b.runs, "ns_per_run": b.median, "floor_ns_per_run": floor,
@@ -1158,18 +1150,29 @@ fn metadata_rows(sb: &Sandbox, d: &Daemon, ours: &BTreeMap<&'static str, u32>, s
     kernel
 }
 
-/// The floor of the message hook's rows: an empty `sk_msg` program (`bench_msg`) on a sockhash of
-/// the bench's own (its copy of the object, its own pins) that holds one loopback TCP connection,
-/// run for `batches` batches of 200 writes of `bytes` bytes, each read by the other end, as the
-/// warm rows' requests are: what any message program costs per write here, most of it the two
-/// clock reads run statistics add (statistics must be on).
-fn msg_floor(sb: &Sandbox, bytes: usize, batches: usize) -> Batched {
-    let pins = sb.bpffs.join("bench-msg");
-    fs::create_dir_all(&pins).unwrap();
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&pins)
+/// The bench's own copy of the object, its maps pinned in `pins` (made here; in the sandbox's
+/// private bpffs, never the host's /sys/fs/bpf).
+fn private_object(pins: &Path) -> Ebpf {
+    fs::create_dir_all(pins).unwrap();
+    EbpfLoader::new()
+        .default_map_pin_directory(pins)
         .load(imds_guard::kernel::guard::EBPF_OBJECT)
-        .expect("load object");
+        .expect("load object")
+}
+
+/// The floor of the message hook's rows: an empty `sk_msg` program (`bench_msg`) on a sockhash of
+/// the bench's own ([`private_object`]) that holds one loopback TCP connection, run for `batches`
+/// batches of 200 writes of the warm request's size (one kept-alive request by the worker says
+/// what that is; keep-alive is off again after), each read by the other end, as the warm rows'
+/// requests are: what any message program costs per write here, most of it the two clock reads
+/// run statistics add (statistics must be on).
+fn msg_floor(sb: &Sandbox, batches: usize) -> Batched {
+    sb.imds.configure(|o| o.keep_alive = true);
+    let bytes =
+        run_worker(sb, 0, &sb.cgroup, &["imds-kept", "1"])["request_bytes"].as_u64().unwrap() as usize;
+    sb.imds.configure(|o| o.keep_alive = false);
+    let pins = sb.bpffs.join("bench-msg");
+    let mut ebpf = private_object(&pins);
     let mut hash: SockHash<_, u64> = ebpf.take_map("IMDSG_SOCKETS").expect("sockhash").try_into().unwrap();
     let prog: &mut SkMsg = ebpf.program_mut("bench_msg").unwrap().try_into().unwrap();
     prog.load().unwrap();
@@ -1595,8 +1598,8 @@ const ANALYSIS: &str = r#"
   column, is 80–100 ns here: mostly the two clock reads of run statistics); pulling the write
   linear, +30 ns; reading the clock to mark the scan slot, +100 ns; copying the write into the
   slot (`bpf_probe_read_kernel`), +90 ns; the scan, +530 ns; judging, +50–100 ns; the
-  credentials bookkeeping, +100 ns. The slot is now marked by a counter (one past its last mark;
-  a run that preempts another takes the next), the watch of a credentials request is looked up
+  credentials bookkeeping, +100 ns. The slot is no longer marked with the clock (since: two atomic
+  adds around the copy, which close a preemption gap, docs/SECURITY.md), the watch of a credentials request is looked up
   only when the connection made one (a flag in its storage), and the credentials matcher skips a
   word of the path with no `c`, `C` or `%` from its start state. The scan takes a header name's
   next 8 bytes (the token header's, the TTL header's), in any case, as one word: one table entry
