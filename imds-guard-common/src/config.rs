@@ -180,6 +180,8 @@ impl Default for GenConfig {
                 tcp_fastopen_req: 0,
                 tcp_fastopen_connect: 0,
                 tcp_fastopen_connect_mask: 0,
+                tcp_write_seq: 0,
+                sock_rcvlowat: 0,
                 task_cgroups: 0,
                 css_set_dfl_cgrp: 0,
                 cgroup_level: 0,
@@ -233,6 +235,14 @@ pub struct ExeOffsets {
     pub tcp_fastopen_req: u32,
     pub tcp_fastopen_connect: u32,
     pub tcp_fastopen_connect_mask: u32,
+    /// `tcp_sock->write_seq`: the sequence number of the next byte the connection's owner
+    /// queues, whatever path queues it (the message hook's or one past it): see
+    /// [`crate::sock::Guard`].
+    pub tcp_write_seq: u32,
+    /// `sock->sk_rcvlowat` (an int): a connection whose requests must all be inspected may not
+    /// raise it above 1 (see the `cgroup/setsockopt` program); a socket that did before
+    /// connecting is refused at connect.
+    pub sock_rcvlowat: u32,
     /// The current task's cgroup (v2) and its ancestors, for programs without
     /// `bpf_get_current_ancestor_cgroup_id` (`cgroup/sock_create` before Linux 6.4):
     /// `task->cgroups->dfl_cgrp`, `cgroup->level`, `cgroup->kn->id`, and the ancestors: the ids

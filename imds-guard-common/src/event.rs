@@ -40,6 +40,11 @@ pub mod flags {
     /// Request: refused because the workload may not read its path (`read = "no-secrets"`); the
     /// class is in [`super::RequestEvent::read_class`] (with [`ENFORCED`] when refused).
     pub const READ_DENIED: u32 = 1 << 5;
+    /// Request: bytes were queued on a connection whose requests must all be inspected that the
+    /// message hook did not see (written while the handshake was in flight); its responses are
+    /// withheld from then on (with [`ENFORCED`]; only reported in monitor mode). No method or
+    /// path: nothing of the request was read. See [`crate::sock::Guard`].
+    pub const UNINSPECTED: u32 = 1 << 6;
 }
 
 /// Ancestors recorded with each event (parent, grandparent, ...).

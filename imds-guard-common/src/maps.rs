@@ -24,7 +24,8 @@ pub const FAST: &str = ".data.imdsg";
 /// Per-socket state of metadata connections (socket-local storage): pinned like the rest, so
 /// that a restarted daemon's message hook finds what the previous one's connect hook recorded.
 pub const SOCKSTATE: &str = "IMDSG_SOCKSTATE";
-pub const ALL: [&str; 10] = [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE, TRACKED, CREDS, READS];
+pub const ALL: [&str; 11] =
+    [ACTIVE, CONFIG, RULES, EVENTS, STATS, SOCKETS, SOCKSTATE, TRACKED, CREDS, READS, GUARDS];
 
 /// `Array<lists::ReadSlots>`, one entry: each generation's `read` lists, compiled
 /// ([`crate::lists`]), in slots indexed like [`CONFIG`].
@@ -34,6 +35,11 @@ pub const READS: &str = "IMDSG_READS";
 /// cookie, while their response is read (armed by the message hook, read by the response hook,
 /// removed when the response has been read or the connection closes).
 pub const CREDS: &str = "IMDSG_CREDS";
+
+/// `HashMap<u64, sock::Guard>`: connections whose requests must all be inspected, by socket
+/// cookie (made by `sockops` when the connection is established, before it joins the sockhash;
+/// advanced by the message hook; checked by the response hook; removed at close).
+pub const GUARDS: &str = "IMDSG_GUARDS";
 
 /// Responses watched at once (entries are allocated as needed, about 720 bytes each).
 pub const CREDS_CAPACITY: u32 = 4096;
@@ -63,7 +69,7 @@ const LAYOUT_REVISION: u64 = 4;
 /// counters survive a restart); one of another layout (an upgrade that changed a struct) creates its
 /// own and swaps its programs in, so an upgrade never needs `unload`.
 pub const LAYOUT: u64 = {
-    let parts: [u64; 17] = [
+    let parts: [u64; 18] = [
         LAYOUT_REVISION,
         size_of::<crate::config::Active>() as u64,
         size_of::<crate::config::GenConfig>() as u64,
@@ -81,6 +87,7 @@ pub const LAYOUT: u64 = {
         size_of::<crate::creds::Watch>() as u64,
         CREDS_CAPACITY as u64,
         size_of::<crate::lists::ReadSlots>() as u64,
+        size_of::<crate::sock::Guard>() as u64,
     ];
     // FNV-1a over the parts.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -58,6 +58,87 @@ pub struct SockState {
     pub http: HttpState,
 }
 
+/// A connection whose requests must all be inspected (its workload's `imdsv1 = "deny"`, or a
+/// `read` other than "all"), kept by socket cookie in [`crate::maps::GUARDS`].
+///
+/// The message hook sees the writes made once `sockops` has put the connection into the sockhash,
+/// when the handshake completes. A write that entered `sendmsg` before (a blocking `send()` on a
+/// socket whose non-blocking `connect()` is still in flight waits inside the call for the
+/// handshake, then queues its bytes past the hook) cannot be refused; its response can. Every
+/// byte the connection's owner queues, on any path, advances `tcp_sock->write_seq` before it is
+/// sent: the response hook, which sees every segment received before the process can read it,
+/// compares what was queued since the handshake with what the message hook let through
+/// ([`sent_unseen`]). A response to bytes the hook did not see is withheld, and so is everything
+/// after it on the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Guard {
+    /// `tcp_sock->write_seq` when the handshake completed.
+    pub base: u32,
+    /// Bytes of the writes the message hook let through since (wrapping).
+    pub passed: u32,
+    /// Non-zero once unseen bytes were found: every segment received after is withheld.
+    pub tainted: u32,
+    /// Who connected, for the report (from the connection's [`SockState`]).
+    pub rule_index: u32,
+    pub generation: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub family: u32,
+    pub port: u32,
+    pub reserved: u32,
+    pub pid_tgid: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub addr: [u8; 16],
+}
+
+/// [`Guard::tainted`]: unseen bytes found in enforce mode (every response segment withheld, every
+/// write refused from then on), or in monitor mode (reported once, nothing withheld).
+pub const TAINTED_WITHHELD: u32 = 1;
+pub const TAINTED_REPORTED: u32 = 2;
+
+/// Whether bytes the message hook did not see were queued on a guarded connection: `write_seq`
+/// less `base` (what was queued since the handshake) is not `passed` (what the hook let through),
+/// or one more once the connection's own FIN is queued (`fin_sent`: it takes a sequence number).
+/// A write the hook let through is counted before it is queued, under the socket's lock, so
+/// the response hook (which runs under the same lock, or when nobody holds it) finds `write_seq`
+/// short only while a write too large for the send buffer waits for room: withheld then too
+/// (fails closed).
+#[inline(always)]
+#[must_use]
+pub const fn sent_unseen(base: u32, passed: u32, write_seq: u32, fin_sent: bool) -> bool {
+    let more = write_seq.wrapping_sub(base).wrapping_sub(passed);
+    !(more == 0 || (more == 1 && fin_sent))
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn bytes_queued_past_the_hook_are_found_whatever_the_sequence_numbers() {
+        for base in [0u32, 1, 0x7fff_ffff, 0xffff_fff0, u32::MAX] {
+            // Nothing written; the hook's writes; those and our FIN.
+            assert!(!sent_unseen(base, 0, base, false));
+            assert!(!sent_unseen(base, 140, base.wrapping_add(140), false));
+            assert!(!sent_unseen(base, 140, base.wrapping_add(141), true));
+            // One byte or a request past the hook, before, between or after the hook's writes.
+            for unseen in [1u32, 57, 4096] {
+                for passed in [0u32, 140, 100_000] {
+                    let ws = base.wrapping_add(passed).wrapping_add(unseen);
+                    assert!(sent_unseen(base, passed, ws, unseen != 1), "{base} {passed} {unseen}");
+                    assert!(sent_unseen(base, passed, ws.wrapping_add(1), true));
+                }
+            }
+            // A FIN is one sequence number, only with the state that says it was sent.
+            assert!(sent_unseen(base, 140, base.wrapping_add(141), false));
+            // Short of what the hook let through (a write still waiting for room): withheld.
+            assert!(sent_unseen(base, 140, base.wrapping_add(100), false));
+        }
+    }
+}
+
 /// The message hook's working memory: the bytes of the write being classified, in a per-CPU
 /// array (it was in the socket's storage, which made every metadata connect allocate and zero
 /// 4.4 KiB: ~80 % of the connect hook's cost). Runs on one CPU may preempt one another (kernels

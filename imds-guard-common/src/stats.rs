@@ -48,9 +48,16 @@ pub enum Stat {
     /// Requests for credentials whose response could not be watched (the table of watched
     /// responses was full): the process that fetched them is not named.
     CredentialsUnwatched = 18,
+    /// Response segments withheld from a connection whose requests must all be inspected, because
+    /// bytes the message hook did not see were queued on it (written while the handshake was in
+    /// flight): see [`crate::sock::Guard`].
+    ResponsesWithheld = 19,
+    /// `setsockopt(SO_RCVLOWAT)` above 1 refused (EPERM) on a connection whose requests must all
+    /// be inspected: it would keep its answers from the response hook (enforce mode).
+    RcvlowatRefused = 20,
 }
 
-pub const STAT_COUNT: u32 = 19;
+pub const STAT_COUNT: u32 = 21;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -73,6 +80,8 @@ impl Stat {
         Stat::RequestsDenied,
         Stat::CredentialsFetched,
         Stat::CredentialsUnwatched,
+        Stat::ResponsesWithheld,
+        Stat::RcvlowatRefused,
     ];
 
     #[must_use]
@@ -97,6 +106,8 @@ impl Stat {
             Stat::RequestsDenied => "requests_denied",
             Stat::CredentialsFetched => "credentials_fetched",
             Stat::CredentialsUnwatched => "credentials_unwatched",
+            Stat::ResponsesWithheld => "responses_withheld",
+            Stat::RcvlowatRefused => "rcvlowat_refused",
         }
     }
 }

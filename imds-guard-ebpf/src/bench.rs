@@ -3,8 +3,8 @@
 //! any program of that type costs. The daemon never loads them.
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, sk_msg, sock_ops},
-    programs::{SkMsgContext, SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sk_msg, sock_ops},
+    programs::{SkMsgContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -100,4 +100,10 @@ pub fn bench_sendmsg4_addr(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn bench_sendmsg6_addr(ctx: SockAddrContext) -> i32 {
     reads_v6(&ctx)
+}
+
+/// The floor for `imdsg_setsockopt`, which runs at every `setsockopt()` of the cgroup.
+#[cgroup_sockopt(setsockopt)]
+pub fn bench_setsockopt(_ctx: SockoptContext) -> i32 {
+    1
 }

@@ -172,7 +172,10 @@ fn uninspectable(ctx: &SockAddrContext, cfg: &GenConfig) -> bool {
     let fastopen_connect = o.tcp_fastopen_connect != 0
         && crate::task::read_at::<u8>(sk, o.tcp_fastopen_connect)
             .is_some_and(|b| u32::from(b) & o.tcp_fastopen_connect_mask != 0);
-    mptcp || fastopen_req || fastopen_connect || crate::maps::nearly_full()
+    // SO_RCVLOWAT above 1 would keep the answers from the response hook (see `sockopt`).
+    let rcvlowat =
+        o.sock_rcvlowat != 0 && crate::task::read_at::<i32>(sk, o.sock_rcvlowat).is_some_and(|v| v > 1);
+    mptcp || fastopen_req || fastopen_connect || rcvlowat || crate::maps::nearly_full()
 }
 
 /// Keeps, with the socket, who connected and what its workload may do over IMDSv1, for the

@@ -24,28 +24,43 @@ use aya_ebpf::{
     programs::{SkBuffContext, SkMsgContext},
 };
 use imds_guard_common::{
-    config::GenConfig,
+    config::{GenConfig, Mode},
     creds::{self, Outcome, SEGMENT_MAX, VALUES_MAX, Watch, flag},
-    event::{CredentialsEvent, kind},
-    http::PATH_MAX,
-    sock::SockState,
+    event::{CredentialsEvent, RequestEvent, TaskInfo, flags as event_flags, kind},
+    http::{Finding, PATH_MAX},
+    sock::{Guard, SockState, TAINTED_REPORTED, TAINTED_WITHHELD, sent_unseen},
     stats::Stat,
 };
 
-use crate::maps::{CREDS, EVENTS, count};
+use crate::maps::{CREDS, EVENTS, GUARDS, count, live_config};
 
 const SK_PASS: u32 = 1;
+const SK_DROP: u32 = 0;
+// `bpf_sock.state` values (include/uapi/linux/bpf.h, BPF_TCP_*).
+const BPF_TCP_FIN_WAIT1: u32 = 4;
+const BPF_TCP_FIN_WAIT2: u32 = 5;
+const BPF_TCP_LAST_ACK: u32 = 9;
+const BPF_TCP_CLOSING: u32 = 11;
 
 /// A zeroed watch, the value a new watch is inserted with (the stack cannot hold one). Never
 /// written.
 #[map(name = "IMDSG_CREDS_ZERO")]
 static ZERO: Array<Watch> = Array::with_max_entries(1, 0);
 
-/// Reads each segment of a response that has a watch; passes every segment on unchanged.
+/// Reads each segment of a response that has a watch; passes every segment on unchanged, but on
+/// a guarded connection where bytes past the message hook were queued (see `guarded`).
 #[stream_verdict]
 pub fn imdsg_resp(ctx: SkBuffContext) -> u32 {
     // SAFETY: the program's own context, as the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(g) = GUARDS.get_ptr_mut(&cookie) {
+        // SAFETY: this connection's guard (see `imdsg_msg`'s). Opaque: every way through the
+        // check goes on to the watch's loop as one (the verifier walks that loop once).
+        if crate::judge::opaque(u32::from(withheld(&ctx, unsafe { &mut *g }))) != 0 {
+            count(Stat::ResponsesWithheld);
+            return SK_DROP;
+        }
+    }
     let Some(w) = CREDS.get_ptr_mut(&cookie) else { return SK_PASS };
     // SAFETY: the watch of this connection; the connection's segments are read one at a time
     // (under its socket lock), and only the message hook and `sockops`, under the same lock,
@@ -61,6 +76,71 @@ pub fn imdsg_resp(ctx: SkBuffContext) -> u32 {
         let _ = CREDS.remove(&cookie);
     }
     SK_PASS
+}
+
+/// Whether this segment is withheld: bytes the message hook did not see were queued on the
+/// connection (`imds_guard_common::sock::sent_unseen`), now or before (enforce mode). Found once,
+/// reported once (`request_denied`, reason `uninspected`), as the process that connected.
+#[inline(always)]
+fn withheld(ctx: &SkBuffContext, g: &mut Guard) -> bool {
+    if g.tainted != 0 {
+        return g.tainted == TAINTED_WITHHELD;
+    }
+    let Some(cfg) = live_config() else { return false };
+    let off = cfg.exe_offsets.tcp_write_seq;
+    // SAFETY: the skb's socket (set before a verdict program runs; a socket_common).
+    let sk = unsafe { (*ctx.as_ptr().cast::<aya_ebpf::bindings::__sk_buff>()).__bindgen_anon_2.sk };
+    if off == 0 || sk.is_null() {
+        return false;
+    }
+    // SAFETY: a read of the socket's state (a socket_common field).
+    let state = unsafe { (*sk).state };
+    // Our FIN queued: it took a sequence number.
+    let fin_sent =
+        matches!(state, BPF_TCP_FIN_WAIT1 | BPF_TCP_FIN_WAIT2 | BPF_TCP_CLOSING | BPF_TCP_LAST_ACK);
+    // Unreadable: judged as unseen (fails closed).
+    let write_seq = crate::task::read_at::<u32>(crate::task::address_of(sk), off);
+    if write_seq.is_some_and(|ws| !sent_unseen(g.base, g.passed, ws, fin_sent)) {
+        return false;
+    }
+    let enforce = cfg.mode() == Mode::Enforce;
+    g.tainted = if enforce { TAINTED_WITHHELD } else { TAINTED_REPORTED };
+    report_unseen(g, enforce);
+    enforce
+}
+
+/// `request_denied` (reason `uninspected`) for a guarded connection: who connected, where to.
+#[inline(always)]
+fn report_unseen(g: &Guard, enforced: bool) {
+    count(Stat::RequestsDenied);
+    let Some(mut entry) = EVENTS.reserve::<RequestEvent>(0) else {
+        count(Stat::EventsDropped);
+        return;
+    };
+    entry.write(RequestEvent {
+        kind: kind::IMDS_REQUEST,
+        flags: event_flags::UNINSPECTED | if enforced { event_flags::ENFORCED } else { 0 },
+        // SAFETY: plain helper call.
+        time_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        pid_tgid: g.pid_tgid,
+        uid: g.uid,
+        gid: g.gid,
+        cgroup_id: g.cgroup_id,
+        comm: g.comm,
+        family: g.family,
+        port: g.port,
+        addr: g.addr,
+        generation: g.generation,
+        finding: Finding::Incomplete as u32,
+        method: 0,
+        path_len: 0,
+        rule_index: g.rule_index,
+        read_class: 0,
+        task: TaskInfo::default(),
+        path: [0; PATH_MAX],
+    });
+    entry.submit(0);
+    count(Stat::EventsSent);
 }
 
 /// Reads one segment into the watch: at most [`SEGMENT_MAX`] bytes, in place.

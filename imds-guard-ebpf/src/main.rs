@@ -29,6 +29,7 @@ mod maps;
 mod msg;
 mod sock_create;
 mod sockops;
+mod sockopt;
 mod task;
 
 #[cfg(not(test))]

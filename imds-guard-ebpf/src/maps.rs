@@ -12,7 +12,7 @@ use imds_guard_common::{
     lists::ReadSlots,
     maps::{CREDS_CAPACITY, EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
-    sock::{ScanSlot, SockState},
+    sock::{Guard, ScanSlot, SockState},
     stats::{STAT_COUNT, Stat},
 };
 
@@ -33,6 +33,13 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 
 #[map(name = "IMDSG_SOCKETS")]
 pub static SOCKETS: SockHash<u64> = SockHash::pinned(SOCKETS_CAPACITY, 0);
+
+/// Connections whose requests must all be inspected, by socket cookie (see
+/// `imds_guard_common::sock::Guard`): made by `sockops` before the connection joins the sockhash,
+/// removed at its close. Allocated per entry (only such workloads' connections have one).
+#[map(name = "IMDSG_GUARDS")]
+pub static GUARDS: HashMap<u64, Guard> =
+    HashMap::pinned(SOCKETS_CAPACITY, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Responses to requests for credentials being read, by socket cookie (see `crate::creds`).
 /// Entries are allocated when a request for credentials is written (no preallocation: the table

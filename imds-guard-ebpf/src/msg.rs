@@ -40,7 +40,7 @@ use imds_guard_common::{
 
 use crate::{
     dest::destination,
-    maps::{EVENTS, IMDSG_SOCKSTATE, READS, SCAN, atomic_add, count},
+    maps::{EVENTS, GUARDS, IMDSG_SOCKSTATE, READS, SCAN, atomic_add, count},
 };
 
 const SK_PASS: u32 = 1;
@@ -48,6 +48,42 @@ const SK_DROP: u32 = 0;
 
 #[sk_msg]
 pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
+    let size = ctx.size();
+    let mut seen: *mut SockState = core::ptr::null_mut();
+    let verdict = judge_write(ctx, &mut seen);
+    if seen.is_null() {
+        return verdict;
+    }
+    // SAFETY: the socket's storage, found by `judge_write` in this run.
+    guard_write(unsafe { &*seen }, verdict, size)
+}
+
+/// The connection's guard, where it has one (`imds_guard_common::sock::Guard`): a write let
+/// through is counted (what the connection queues from the message hook), and once bytes past
+/// the hook were found on the connection (by the response hook) every write is refused.
+#[inline(always)]
+fn guard_write(st: &SockState, verdict: u32, size: u32) -> u32 {
+    let terms =
+        imds_guard_common::rule::RuleValue { rule_index: st.rule_index, imdsv1: st.imdsv1, read: st.read };
+    if !terms.needs_inspection() {
+        return verdict;
+    }
+    let Some(g) = GUARDS.get_ptr_mut(&st.cookie) else { return verdict };
+    // SAFETY: this connection's guard; the message and response hooks run under its socket's lock.
+    let g = unsafe { &mut *g };
+    if g.tainted == imds_guard_common::sock::TAINTED_WITHHELD {
+        return SK_DROP;
+    }
+    if verdict == SK_PASS {
+        g.passed = g.passed.wrapping_add(size);
+    }
+    verdict
+}
+
+/// Judges one write (see the module's documentation); `seen` is set to the socket's state when
+/// it has one.
+#[inline(always)]
+fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
     let md = ctx.msg;
     // SAFETY: the sk_msg context.
     let sk = unsafe { (*md).__bindgen_anon_3.sk };
@@ -74,6 +110,7 @@ pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
             _ => SK_PASS,
         };
     }
+    *seen = st;
     // SAFETY: storage of this socket, held for this run (sendmsg holds the socket lock).
     let st = unsafe { &mut *st };
     if st.generation == 0 {

@@ -11,12 +11,14 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use imds_guard_common::{
+    config::GenConfig,
     event::{AF_INET, AF_INET6},
-    sock::SockState,
+    rule::RuleValue,
+    sock::{Guard, SockState},
     stats::Stat,
 };
 
-use crate::maps::{IMDSG_SOCKSTATE, SOCKETS, count, live_config, track};
+use crate::maps::{GUARDS, IMDSG_SOCKSTATE, SOCKETS, count, live_config, track};
 
 const E2BIG: i32 = 7;
 const ENOMEM: i32 = 12;
@@ -30,7 +32,9 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
             track(u64::MAX);
             // A response to a request for credentials that did not end is reported now.
             // SAFETY: the sock_ops context pointer, as the helper expects.
-            crate::creds::end(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+            crate::creds::end(cookie);
+            let _ = GUARDS.remove(&cookie);
         }
         return 1;
     }
@@ -46,7 +50,10 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
     if metadata {
         // SAFETY: the sock_ops context pointer, as the helper expects.
         let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-        remember_cookie(&ctx, cookie);
+        // Before it joins the sockhash: the message hook counts its writes from then on.
+        if let Some(st) = remember_cookie(&ctx, cookie) {
+            guard(&ctx, &cfg, st, cookie);
+        }
         // SAFETY: as above.
         let added = SOCKETS.update(&mut cookie, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY));
         // Counted while it is in the table: its close (a state callback, asked for here) takes
@@ -71,13 +78,13 @@ pub fn imdsg_sockops(ctx: SockOpsContext) -> u32 {
 }
 
 /// Writes the connection's cookie into its state, where the message hook (which has no helper for
-/// it) finds it to arm a credentials watch.
+/// it) finds it to arm a credentials watch. The state, if the connection has (or now gets) one.
 #[inline(always)]
-fn remember_cookie(ctx: &SockOpsContext, cookie: u64) {
+fn remember_cookie(ctx: &SockOpsContext, cookie: u64) -> Option<&'static SockState> {
     // SAFETY: a read of the sock_ops context's socket pointer.
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return;
+        return None;
     }
     // SAFETY: helper call with our storage map and the connection's socket. With F_CREATE: a
     // connection no connect hook of this map layout judged gets (zeroed) state here, which the
@@ -91,8 +98,74 @@ fn remember_cookie(ctx: &SockOpsContext, cookie: u64) {
         )
     }
     .cast::<SockState>();
-    if !st.is_null() {
-        // SAFETY: this socket's storage; sockops runs under the socket's lock.
-        unsafe { (*st).cookie = cookie };
+    if st.is_null() {
+        return None;
+    }
+    // SAFETY: this socket's storage; sockops runs under the socket's lock.
+    let st = unsafe { &mut *st };
+    st.cookie = cookie;
+    Some(st)
+}
+
+/// Makes the connection's guard (see `imds_guard_common::sock::Guard`) when its workload's
+/// requests must all be inspected: where its byte count starts (`tcp_sock->write_seq` now) and
+/// who connected. Without the offset (no kernel BTF) there is nothing to compare: no guard.
+#[inline(always)]
+fn guard(ctx: &SockOpsContext, cfg: &GenConfig, st: &SockState, cookie: u64) {
+    let terms = RuleValue { rule_index: st.rule_index, imdsv1: st.imdsv1, read: st.read };
+    let off = cfg.exe_offsets.tcp_write_seq;
+    if !terms.needs_inspection() || off == 0 {
+        return;
+    }
+    // SAFETY: a read of the sock_ops context's socket pointer.
+    let sk = crate::task::address_of(unsafe { (*ctx.ops).__bindgen_anon_2.sk });
+    let Some(base) = crate::task::read_at::<u32>(sk, off) else { return };
+    let ops = ctx.ops;
+    // SAFETY: reads of the sock_ops context, each a volatile 32-bit load at the field's own
+    // address (the verifier refuses loads through a ctx pointer the compiler has moved).
+    let (family, port, ip4, ip6) = unsafe {
+        use core::ptr::{addr_of, read_volatile as rd};
+        (
+            rd(addr_of!((*ops).family)),
+            rd(addr_of!((*ops).remote_port)),
+            rd(addr_of!((*ops).remote_ip4)),
+            [
+                rd(addr_of!((*ops).remote_ip6[0])),
+                rd(addr_of!((*ops).remote_ip6[1])),
+                rd(addr_of!((*ops).remote_ip6[2])),
+                rd(addr_of!((*ops).remote_ip6[3])),
+            ],
+        )
+    };
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+    } else {
+        addr[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
+        addr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
+        addr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
+        addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
+    }
+    let g = Guard {
+        base,
+        passed: 0,
+        tainted: 0,
+        rule_index: st.rule_index,
+        generation: st.generation,
+        uid: st.uid,
+        gid: st.gid,
+        family,
+        // The network-order port is in the upper 16 bits.
+        port: u32::from(u16::from_be((port >> 16) as u16)),
+        reserved: 0,
+        pid_tgid: st.pid_tgid,
+        cgroup_id: st.cgroup_id,
+        comm: st.comm,
+        addr,
+    };
+    if GUARDS.insert(&cookie, &g, u64::from(BPF_ANY)).is_err() {
+        // No room (the table holds as many as the sockhash): its writes are still inspected, but
+        // a write past the message hook would go unnoticed. Counted as uninspected.
+        count(Stat::ConnectionsUninspected);
     }
 }

@@ -477,7 +477,7 @@ pub fn attached_programs(cgroup: &Path) -> String {
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     // The cgroup attach types imds-guard uses, and others a test might meet.
-    const TYPES: [(u32, &str); 8] = [
+    const TYPES: [(u32, &str); 9] = [
         (0, "ingress"),
         (1, "egress"),
         (2, "sock_create"),
@@ -486,6 +486,7 @@ pub fn attached_programs(cgroup: &Path) -> String {
         (11, "connect6"),
         (14, "sendmsg4"),
         (15, "sendmsg6"),
+        (22, "setsockopt"),
     ];
     let dir = fs::File::open(cgroup).unwrap_or_else(|e| panic!("opening {}: {e}", cgroup.display()));
     let bpf = |cmd: libc::c_long, attr: &mut [u8; 128]| {

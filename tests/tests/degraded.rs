@@ -52,7 +52,7 @@ fn without_the_request_inspector_connect_rules_are_enforced_and_the_degradation_
     // Only the connect hooks are attached.
     let attached = sb.attached_programs();
     assert!(attached.contains("connect4") && attached.contains("connect6"), "{attached}");
-    assert!(!attached.contains("sock_ops"), "{attached}");
+    assert!(!attached.contains("sock_ops") && !attached.contains("setsockopt"), "{attached}");
     for pin in ["links/msg", "links/msg_prog", "links/resp", "links/resp_prog"] {
         assert!(!sb.pin_dir().join(pin).exists(), "{pin}");
     }

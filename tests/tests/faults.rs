@@ -47,8 +47,8 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     assert_eq!(lost["enforcing"], true);
     assert_eq!(
         lost["pins"].as_array().unwrap().len(),
-        18,
-        "8 links and 10 maps (the socket state, the credentials watches and the read lists among them): {lost}"
+        20,
+        "9 links and 11 maps (the socket state, the credentials watches, the read lists and the guards among them): {lost}"
     );
     let why = lost["error"].as_str().unwrap();
     assert!(why.contains("is not on a bpffs") && why.contains("mount -t bpf"), "{why}");
@@ -64,7 +64,7 @@ fn bpffs_unmounted_under_the_daemon_keeps_enforcing_is_reported_and_repinned() {
     // bpffs back: the daemon pins its links and maps again, so enforcement outlives it again.
     run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&sb.bpffs));
     let restored = wait(&d, "pins_restored", |e| e["event"] == "pins_restored");
-    assert_eq!(restored["pins"].as_array().unwrap().len(), 18, "{restored}");
+    assert_eq!(restored["pins"].as_array().unwrap().len(), 20, "{restored}");
     let st = sb.status_json();
     assert_eq!((st["enforcing"].as_bool(), st["generation"].as_u64()), (Some(true), Some(1)), "{st}");
     assert_eq!(st["counters"]["denied"], 3, "the counters are the live maps' ({st})");
@@ -106,7 +106,7 @@ fn unload_under_a_running_daemon_stops_enforcement_and_is_reported() {
     assert_eq!(sb.client(NOBODY, NOBODY).connect(IMDS, 80).result, "connected", "unload wins");
     assert!(!sb.attached_programs().contains("imdsg"), "{}", sb.attached_programs());
     let ev = wait(&d, "programs_detached", |e| e["event"] == "programs_detached");
-    assert_eq!((ev["enforcing"].as_bool(), ev["links"].as_array().map(Vec::len)), (Some(false), Some(8)));
+    assert_eq!((ev["enforcing"].as_bool(), ev["links"].as_array().map(Vec::len)), (Some(false), Some(9)));
     std::thread::sleep(Duration::from_secs(3));
     assert!(!sb.pin_dir().exists(), "a detached link is not pinned again");
     assert_eq!(d.events().iter().filter(|e| e["event"] == "programs_detached").count(), 1, "said once");

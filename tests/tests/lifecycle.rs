@@ -236,8 +236,8 @@ fn a_denied_storm_gets_nothing_across_sigkill_restart_and_upgrades() {
     assert_eq!(counts.len(), 1, "only EPERM: {line}");
     assert_eq!(
         sb.attached_programs().matches("imdsg_").count(),
-        6,
-        "connect4, connect6, sendmsg4, sendmsg6, sock_create, sockops: {}",
+        7,
+        "connect4, connect6, sendmsg4, sendmsg6, sock_create, setsockopt, sockops: {}",
         sb.attached_programs()
     );
 

@@ -92,6 +92,22 @@ impl Guard {
             let fresh: Option<FdLink> = match program {
                 Program::CgroupSockAddr(p) => cgroup_link!(p),
                 Program::CgroupSock(p) => cgroup_link!(p),
+                Program::CgroupSockopt(p) => {
+                    if adopt {
+                        None
+                    } else {
+                        // aya 0.16 gives this program type's link no `FdLink`: made here, and
+                        // taken as one through a pin of its own.
+                        use crate::kernel::bpf_sys::{BPF_CGROUP_SETSOCKOPT, cgroup_link_create, obj_pin};
+                        let link =
+                            cgroup_link_create(p.fd()?.as_fd(), cgroup_file.as_fd(), BPF_CGROUP_SETSOCKOPT)
+                                .with_context(|| format!("attaching {prog_name} to the cgroup"))?;
+                        let tmp = link_path.with_file_name(format!("{link_name}_made"));
+                        let _ = std::fs::remove_file(&tmp);
+                        obj_pin(link.as_fd(), &tmp).with_context(|| format!("pinning {}", tmp.display()))?;
+                        Some(aya::programs::links::PinnedLink::from_pin(&tmp)?.unpin()?)
+                    }
+                }
                 Program::SockOps(p) => cgroup_link!(p),
                 Program::SkMsg(p) => {
                     if adopt && !self.fresh_maps {

@@ -154,6 +154,28 @@ struct LinkCreateAttr {
     flags: u32,
 }
 
+/// `BPF_CGROUP_SETSOCKOPT`, the attach type of a `cgroup/setsockopt` program.
+pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+
+/// Attaches a loaded cgroup program to the cgroup `target` through a new bpf_link
+/// (`BPF_LINK_CREATE`, Linux 5.7+): for the program types whose link aya 0.16 does not turn into
+/// an `FdLink` (`cgroup/setsockopt`).
+pub fn cgroup_link_create(
+    prog: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd().cast_unsigned(),
+        target_fd: target.as_raw_fd().cast_unsigned(),
+        attach_type,
+        flags: 0,
+    };
+    let fd = sys_bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) })
+}
+
 /// Whether an `sk_msg` program can be attached to a sockhash through a bpf_link (Linux 6.10),
 /// which is what keeps the message hook attached when the daemon exits. Loads a two-instruction
 /// program and asks for a link to an invalid map fd: a kernel that has such links looks the map up

@@ -255,6 +255,8 @@ pub fn exe_offsets(btf: &Btf) -> anyhow::Result<imds_guard_common::config::ExeOf
         tcp_fastopen_req: want("tcp_sock", "fastopen_req", 8)?,
         tcp_fastopen_connect: fastopen_connect.0,
         tcp_fastopen_connect_mask: u32::from(fastopen_connect.1),
+        tcp_write_seq: want("tcp_sock", "write_seq", 4)?,
+        sock_rcvlowat: want("sock", "sk_rcvlowat", 4)?,
         task_cgroups: want("task_struct", "cgroups", 8)?,
         css_set_dfl_cgrp: want("css_set", "dfl_cgrp", 8)?,
         cgroup_level: want("cgroup", "level", 4)?,
@@ -288,6 +290,8 @@ mod tests {
         assert!(o.task_real_parent > 0 && o.task_tgid > 0 && o.task_comm > 0, "{o:?}");
         assert!(o.task_ptrace > 0 && o.task_group_leader > 0, "{o:?}");
         assert!(o.tcp_fastopen_req > 0 && o.tcp_fastopen_connect > 0, "{o:?}");
+        assert!(o.tcp_write_seq > o.tcp_fastopen_connect.min(o.tcp_fastopen_req) / 2, "{o:?}");
+        assert!(o.sock_rcvlowat > 0 && o.sock_rcvlowat < o.tcp_write_seq, "{o:?}");
         assert_eq!(o.tcp_fastopen_connect_mask.count_ones(), 1, "{o:?}");
         assert!(btf.flag_bit("task_struct", "comm").is_err(), "not a bitfield");
         assert!(o.task_cgroups > 0 && o.cgroup_kn > 0 && o.kernfs_node_id > 0, "{o:?}");

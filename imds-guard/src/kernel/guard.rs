@@ -106,8 +106,9 @@ pub struct Guard {
 /// hook 7.5 s, the IPv6 send hook 2.2 s, the response hook 1.9 s, the raw-socket hook 1.7 s, the
 /// connect hooks and the IPv4 send hook under 1 s each, the socket-operations hook 0.01 s; the
 /// instructions the 6.18 verifier walked rank them alike (message 516k, response 484k, the
-/// connect and send hooks 70-76k each, raw sockets 32k, socket operations 1.2k).
-const LOAD_ORDER: [&str; 8] = [
+/// connect and send hooks 70-76k each, raw sockets 32k, socket operations 1.2k; the socket
+/// option hook, a few dozen instructions, last).
+const LOAD_ORDER: [&str; 9] = [
     "imdsg_msg",
     "imdsg_resp",
     "imdsg_sendmsg6",
@@ -116,6 +117,7 @@ const LOAD_ORDER: [&str; 8] = [
     "imdsg_connect4",
     "imdsg_sendmsg4",
     "imdsg_sockops",
+    "imdsg_setsockopt",
 ];
 
 /// The instructions the verifier processed for a loaded `program` (Linux 5.16+), if known.
@@ -123,6 +125,7 @@ fn verified_insns(program: &Program) -> Option<u32> {
     let info = match program {
         Program::CgroupSockAddr(p) => p.info(),
         Program::CgroupSock(p) => p.info(),
+        Program::CgroupSockopt(p) => p.info(),
         Program::SockOps(p) => p.info(),
         Program::SkMsg(p) => p.info(),
         Program::SkSkb(p) => p.info(),
@@ -238,6 +241,7 @@ impl Guard {
                         let r = match program {
                             Program::CgroupSockAddr(p) => p.load().map_err(anyhow::Error::from),
                             Program::CgroupSock(p) => p.load().map_err(anyhow::Error::from),
+                            Program::CgroupSockopt(p) => p.load().map_err(anyhow::Error::from),
                             Program::SockOps(p) => p.load().map_err(anyhow::Error::from),
                             Program::SkMsg(p) => p.load().map_err(anyhow::Error::from),
                             Program::SkSkb(p) => p.load().map_err(anyhow::Error::from),

@@ -5,7 +5,8 @@
 //!                          (`imds_guard_common::maps::LAYOUT`); a daemon of the same layout reuses
 //!                          them (state and counters survive a restart)
 //!   links/connect4         the bpf_link attaching `imdsg_connect4` to the cgroup
-//!   links/connect6, links/sendmsg4, links/sendmsg6, links/sock_create, links/sockops, links/msg,
+//!   links/connect6, links/sendmsg4, links/sendmsg6, links/sock_create, links/setsockopt,
+//!   links/sockops, links/msg,
 //!   links/resp             (the last two attach to the sockhash map)
 //!   links/msg_prog, links/resp_prog
 //!                          before Linux 6.10, which has no sockmap links: the message hook's and
@@ -22,7 +23,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/imds-guard";
 /// (program name in the object, link pin name).
 /// In attach order: enforcement first, then request inspection (the message and response hooks
 /// before the sockops program that feeds their sockhash).
-pub const PROGRAMS: [(&str, &str); 8] = [
+pub const PROGRAMS: [(&str, &str); 9] = [
     ("imdsg_connect4", "connect4"),
     ("imdsg_connect6", "connect6"),
     ("imdsg_sendmsg4", "sendmsg4"),
@@ -30,12 +31,14 @@ pub const PROGRAMS: [(&str, &str); 8] = [
     ("imdsg_sock_create", "sock_create"),
     ("imdsg_msg", "msg"),
     ("imdsg_resp", "resp"),
+    ("imdsg_setsockopt", "setsockopt"),
     ("imdsg_sockops", "sockops"),
 ];
 
 /// The link names of the request inspector's programs (of [`PROGRAMS`]), which a kernel without
-/// sockhash/sk_msg support runs without (`kernel::features::Degradation::Imdsv1Inspection`).
-pub const INSPECTOR: [&str; 2] = ["msg", "sockops"];
+/// sockhash/sk_msg support runs without (`kernel::features::Degradation::Imdsv1Inspection`): the
+/// socket option hook only guards what the inspector's response hook judges.
+pub const INSPECTOR: [&str; 3] = ["msg", "setsockopt", "sockops"];
 
 /// The link name of credential attribution's response hook, which a kernel without sk_skb
 /// programs runs without (`kernel::features::Degradation::CredentialAttribution`); it also needs

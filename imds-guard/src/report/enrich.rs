@@ -63,7 +63,8 @@ impl Enricher {
             Record::Request(ev) => {
                 let finding = Finding::from_u32(ev.finding);
                 let r = self.request(ev, finding);
-                if ev.flags & imds_guard_common::event::flags::READ_DENIED != 0 {
+                use imds_guard_common::event::flags;
+                if ev.flags & (flags::READ_DENIED | flags::UNINSPECTED) != 0 {
                     return Event::RequestDenied(r);
                 }
                 match finding {
@@ -164,6 +165,8 @@ impl Enricher {
                 .then(|| imds_guard_common::path::class::name(ev.read_class).to_owned()),
             tokenless: ev.flags & imds_guard_common::event::flags::READ_DENIED != 0
                 && finding == Finding::Imdsv1,
+            reason: (ev.flags & imds_guard_common::event::flags::UNINSPECTED != 0)
+                .then(|| "uninspected".to_owned()),
         }
     }
 

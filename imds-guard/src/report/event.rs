@@ -370,6 +370,13 @@ pub struct Request {
     /// IMDSv1 request, reported as this one event.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tokenless: bool,
+    /// Only on `request_denied`, `"uninspected"`: bytes the message hook did not see were
+    /// queued on a connection whose requests must all be inspected (written while the handshake
+    /// was in flight, past the hook). They reached the service, but its responses on the
+    /// connection are withheld from the process from then on (`enforced`); no method or path.
+    /// The process is the one that connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `credentials_fetched`: a process received credentials from a metadata endpoint (the access key

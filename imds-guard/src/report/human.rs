@@ -70,6 +70,11 @@ pub fn line(event: &Event) -> String {
 }
 
 fn request(out: &mut String, event: &Event, q: &super::event::Request) {
+    if q.reason.as_deref() == Some("uninspected") {
+        let verdict = if q.enforced { "its answers WITHHELD" } else { "reported" };
+        let _ = write!(out, "request written during the handshake, past the inspection: {verdict}");
+        return;
+    }
     let what = match event {
         Event::Imdsv1Request(_) | Event::Imdsv1RequestRepeated(_) => "IMDSv1 (tokenless) request",
         Event::TokenPutForwarded(_) | Event::TokenPutForwardedRepeated(_) => "token PUT with X-Forwarded-For",

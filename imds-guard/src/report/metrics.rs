@@ -599,6 +599,7 @@ mod tests {
             unclassified: None,
             class: None,
             tokenless: false,
+            reason: None,
         };
         m.observe(&Event::Imdsv1Request(q), false);
         let failed =

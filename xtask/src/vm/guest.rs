@@ -45,9 +45,13 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 /// every address family (the path classifier's loop on each verifier), and on a handed-over
 /// socket; credential attribution, whose response hook (an sk_skb stream verdict program) changes
 /// how the kernel delivers a metadata connection's data, with the SDK on both attach paths, every
-/// byte of responses cut, chunked, kept alive and large arriving whole. (target, test, timeout in
-/// seconds)
-pub const SUBSET: [(&str, &str, u32); 18] = [
+/// byte of responses cut, chunked, kept alive and large arriving whole; the answer to a write
+/// made during the handshake (past the message hook) withheld where reads are restricted (the
+/// guard reads `tcp_sock->write_seq` through BTF, and each kernel's receive path drops it), and
+/// `SO_RCVLOWAT` refused on such connections (`cgroup/setsockopt`; the connect hook reads
+/// `sock->sk_rcvlowat` through BTF).
+/// (target, test, timeout in seconds)
+pub const SUBSET: [(&str, &str, u32); 20] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -67,6 +71,8 @@ pub const SUBSET: [(&str, &str, u32); 18] = [
     ("bypass", "raw_sockets_are_refused_to_processes_the_policy_does_not_admit", 240),
     ("read", "the_others_read_all_but_the_secrets_in_any_spelling_on_every_address_family", 300),
     ("bypass", "a_handed_over_socket_reads_no_more_than_its_holder_may", 360),
+    ("bypass", "a_write_during_a_slow_handshake_gets_no_answer_where_reads_are_restricted", 240),
+    ("bypass", "a_high_rcvlowat_cannot_keep_an_answer_from_the_guard", 240),
     (
         "credentials",
         "the_aws_sdk_s_credential_fetch_is_attributed_once_with_its_key_and_never_its_secret",
