@@ -109,7 +109,8 @@ fn remember_cookie(ctx: &SockOpsContext, cookie: u64) -> Option<&'static SockSta
 
 /// Makes the connection's guard (see `imds_guard_common::sock::Guard`) when its workload's
 /// requests must all be inspected: where its byte count starts (`tcp_sock->write_seq` now) and
-/// who connected. Without the offset (no kernel BTF) there is nothing to compare: no guard.
+/// who connected. (The offset comes from the kernel's BTF, which the daemon needs to run; 0 only
+/// before a configuration is installed.)
 #[inline(always)]
 fn guard(ctx: &SockOpsContext, cfg: &GenConfig, st: &SockState, cookie: u64) {
     let terms = RuleValue { rule_index: st.rule_index, imdsv1: st.imdsv1, read: st.read };
