@@ -48,7 +48,7 @@ const BPF_TCP_CLOSING: u32 = 11;
 static ZERO: Array<Watch> = Array::with_max_entries(1, 0);
 
 /// Reads each segment of a response that has a watch; passes every segment on unchanged, but on
-/// a guarded connection where bytes past the message hook were queued (see `guarded`).
+/// a guarded connection where bytes past the message hook were queued (see `withheld`).
 #[stream_verdict]
 pub fn imdsg_resp(ctx: SkBuffContext) -> u32 {
     // SAFETY: the program's own context, as the helper expects.
