@@ -138,7 +138,7 @@ mod st {
     pub const PATH_TOKEN_QUERY: u8 = 40;
     /// Any other path.
     pub const PATH_OTHER: u8 = 41;
-    /// The rest of the request line.
+    /// The rest of the request line (entered as `VALUE`: see `transition`).
     pub const VERSION: u8 = 42;
     /// The start of a header line.
     pub const LINE: u8 = 43;
@@ -146,10 +146,10 @@ mod st {
     // token header) is state `LINE + k`.
     /// A header name, its first `k` (3..=15) bytes matching `x-forwarded-for`: `NAME_XFF + k - 3`.
     pub const NAME_XFF: u8 = 80;
-    /// Any other header name.
+    /// Any other header name (entered as `VALUE`: see `transition`).
     pub const NAME_OTHER: u8 = 93;
-    /// Blanks after a header name, before its colon: the name was none of ours, the token
-    /// header, the TTL header, `x-forwarded-for`.
+    /// Blanks after a header name, before its colon: the name was none of ours (entered as
+    /// `VALUE`: see `transition`), the token header, the TTL header, `x-forwarded-for`.
     pub const BLANK_NONE: u8 = 94;
     pub const BLANK_TOKEN: u8 = 95;
     pub const BLANK_TTL: u8 = 96;
@@ -282,8 +282,23 @@ const fn name_complete(node: u8) -> (u16, u8) {
     }
 }
 
-/// The transition of state `s` on byte `b`.
+/// The transition of state `s` on byte `b`. The rest of the request line, a header name that is
+/// none of ours and the blanks after it tell nothing apart that a header value does not: each
+/// goes on to the next line at `\n` and records nothing on the way (no flag, no count, no final
+/// state). They are entered as `VALUE`, whose words without a `\n` the scan skips whole
+/// ([`HttpState::scan`]); their own rows are left unreachable.
 const fn transition(s: u8, b: u8) -> u32 {
+    let e = transition_of(s, b);
+    let n = next_state(e);
+    if n == st::VERSION || n == st::NAME_OTHER || n == st::BLANK_NONE {
+        (e & !(0x7f << STATE_SHIFT)) | ((st::VALUE as u32) << STATE_SHIFT)
+    } else {
+        e
+    }
+}
+
+/// [`transition`] before the states that behave as a value are merged into it.
+const fn transition_of(s: u8, b: u8) -> u32 {
     use st::*;
     let blank = b == b' ' || b == b'\t';
     let eol = b == b'\r' || b == b'\n';
@@ -427,12 +442,9 @@ const fn build() -> [u32; TABLE_LEN + TABLE_SLACK] {
     let mut t = [0u32; TABLE_LEN + TABLE_SLACK];
     let mut s = 0usize;
     while s < 128 {
-        let before_path = if s < st::PATH as usize { BEFORE_PATH } else { 0 };
         let mut c = 0usize;
         while c < CLASSES {
-            let e = transition(s as u8, representative(c));
-            let last = if next_state(e) >= st::DONE { FINAL } else { 0 };
-            t[s * CLASSES + c] = e | before_path | last;
+            t[s * CLASSES + c] = table_entry(s as u8, representative(c));
             c += 1;
         }
         s += 1;
@@ -468,37 +480,51 @@ const fn build_class4() -> [u8; 256] {
 /// The class of each byte times 4: the byte offset of its entry in a row of [`TABLE`].
 static CLASS4: [u8; 256] = build_class4();
 
-/// The 8 bytes (lower case) that take header-name state `s` 8 nodes down the one name it is
-/// matching (the TTL header's, and so the token header's, from `LINE`; `x-forwarded-for`'s;
-/// Alibaba Cloud's token header's), where 8 more of that name follow it; or `None`.
-const fn name_word_bytes(s: u8) -> Option<[u8; 8]> {
+/// The path most requests begin with, as far as the word loop takes it whole: from a state that
+/// has matched `k` (at most 8) bytes of the token path, both being `/latest/` so far, a word that
+/// is the next 8 bytes of this one.
+const COMMON_PATH: &[u8] = b"/latest/meta-data/";
+/// The word the request line most often begins with.
+const COMMON_START: &[u8; 8] = b"GET /lat";
+
+/// The 8 bytes that the word loop takes whole from state `s`, and whether in any case: the next 8
+/// of the header name the state is matching (the TTL header's, and so the token header's, from
+/// `LINE`; `x-forwarded-for`'s; Alibaba Cloud's token header's), where 8 more of that name follow
+/// it, in any case; the start of a `GET` of the metadata tree from the request line's start and
+/// from the first 8 states of the path, exactly; or `None`.
+const fn word_bytes(s: u8) -> Option<([u8; 8], bool)> {
     use st::*;
-    let (name, k): (&[u8], usize) = if s >= LINE && s <= LINE + TTL_HEADER.len() as u8 {
-        (TTL_HEADER, (s - LINE) as usize)
+    let (text, k, any_case): (&[u8], usize, bool) = if s == METHOD {
+        (COMMON_START, 0, false)
+    } else if s >= PATH && s <= PATH + 8 {
+        (COMMON_PATH, (s - PATH) as usize, false)
+    } else if s >= LINE && s <= LINE + TTL_HEADER.len() as u8 {
+        (TTL_HEADER, (s - LINE) as usize, true)
     } else if s >= NAME_XFF && s < NAME_OTHER {
-        (XFF_HEADER, (s - NAME_XFF) as usize + 3)
+        (XFF_HEADER, (s - NAME_XFF) as usize + 3, true)
     } else if s >= NAME_ALI && s < BLANK_ALI {
-        (ALI_TOKEN_HEADER, (s - NAME_ALI) as usize + 4)
+        (ALI_TOKEN_HEADER, (s - NAME_ALI) as usize + 4, true)
     } else {
         return None;
     };
-    if k + 8 > name.len() {
+    if k + 8 > text.len() {
         return None;
     }
     let mut w = [0u8; 8];
     let mut j = 0;
     while j < 8 {
-        w[j] = name[k + j];
+        w[j] = text[k + j];
         j += 1;
     }
-    Some(w)
+    Some((w, any_case))
 }
 
 /// What the word loop takes whole in one state (see [`WORDS`]): a word that is the next 8 bytes of
-/// the header name the state is matching, in any case (`word | fold == expect`), or a word of the
-/// path with no blank or line end (in `PATH_OTHER`, tested apart). Taking it sets the last entry
-/// to `next` (as [`TABLE`]'s: the next state's row offset, no flag) and adds `count` to the counts:
-/// what stepping its bytes one by one ends at and adds up.
+/// the header name the state is matching, in any case, or of the request's usual start, exactly
+/// (`word | fold == expect`); or a word of the path with no blank or line end (in `PATH_OTHER`,
+/// tested apart). Taking it sets the last entry to `next` (the next state's row offset, as in
+/// [`TABLE`], and the flags its bytes set) and adds `count` to the counts: what stepping its bytes
+/// one by one ends at, sets and adds up.
 #[repr(C, align(32))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WordSkip {
@@ -508,35 +534,45 @@ pub struct WordSkip {
     pub count: u64,
 }
 
-/// A state with no name word: no word matches (`word | 1` is never 0).
+/// A state with no word: no word matches (`word | 1` is never 0).
 const NO_NAME_WORD: WordSkip = WordSkip { expect: 0, fold: 1, next: 0, count: 0 };
+
+/// [`TABLE`]'s entry for state `s` and byte `b` (as [`build`] makes it).
+const fn table_entry(s: u8, b: u8) -> u32 {
+    let e = transition(s, b);
+    let before_path = if s < st::PATH { BEFORE_PATH } else { 0 };
+    let last = if next_state(e) >= st::DONE { FINAL } else { 0 };
+    e | before_path | last
+}
 
 const fn build_words() -> [WordSkip; 128] {
     let mut t = [NO_NAME_WORD; 128];
     let mut s = 0usize;
     while s < 128 {
-        if let Some(bytes) = name_word_bytes(s as u8) {
-            // Step the bytes through the automaton: the word is taken at once only where that
-            // sets no flag and counts nothing, as a name's bytes do.
+        if let Some((bytes, any_case)) = word_bytes(s as u8) {
+            // Step the bytes through the table: what they set and count is what taking the word
+            // sets and counts. Not taken where a step is final (the loop stops there).
             let mut state = s as u8;
-            let mut quiet = true;
+            let (mut flags, mut count, mut stops) = (0u32, 0u64, false);
             let (mut expect, mut fold) = (0u64, 0u64);
             let mut j = 0;
             while j < 8 {
                 let b = bytes[j];
-                let e = transition(state, b);
-                if e & !(0x7f << STATE_SHIFT) != 0 || next_state(e) >= st::DONE {
-                    quiet = false;
+                let e = table_entry(state, b);
+                if e & FINAL != 0 {
+                    stops = true;
                 }
+                flags |= e & (FLAGS << FLAG_SHIFT);
+                count += (e & COUNTS) as u64;
                 state = next_state(e);
                 expect |= (b as u64) << (8 * j);
-                if b >= b'a' && b <= b'z' {
+                if any_case && b >= b'a' && b <= b'z' {
                     fold |= 0x20 << (8 * j);
                 }
                 j += 1;
             }
-            if quiet {
-                t[s] = WordSkip { expect, fold, next: entry(state, 0) as u64, count: 0 };
+            if !stops {
+                t[s] = WordSkip { expect, fold, next: (entry(state, 0) | flags) as u64, count };
             }
         }
         s += 1;
@@ -647,11 +683,14 @@ impl HttpState {
     ///
     /// The bytes go by in words of 8: a word that starts in a header value and holds no `\n`
     /// leaves the state as it was (a value's row sends every byte but `\n` back to the value, and
-    /// counts nothing), so it is skipped with one test; so is a word inside the path (once it is
-    /// not the token path's) with no blank, `\r` or `\n`, counted as 8 bytes of the path; and a
-    /// word that is the next 8 bytes, in any case, of the header name the state is matching (the
-    /// token header's, say) is taken whole: the state moves 8 nodes down the name
-    /// ([`WORDS`]). Any other word is stepped byte by byte (one table load each, no branch).
+    /// counts nothing), so it is skipped with one test; the rest of the request line and header
+    /// names that are none of ours are entered as values (see [`transition`]). So is a word inside
+    /// the path (once it is not the token path's) with no blank, `\r` or `\n`, counted as 8 bytes
+    /// of the path; and a word that is the next 8 bytes, in any case, of the header name the state
+    /// is matching (the token header's, say), or of a request line's usual start
+    /// (`GET /latest/meta-data/`), is taken whole: the state moves 8 nodes on, with the flags and
+    /// counts of its bytes ([`WORDS`]). Any other word is stepped byte by byte (one table load
+    /// each, no branch).
     /// Then the last 0..=7 bytes, one by one. The loops are bounded by [`SCAN_MAX`] / 8 and 8,
     /// with at most four branches a word and one a byte: the verifier walks them word by word (it
     /// keeps one pending state per branch it walks, at most 8,192: a loop of 4096 bytes can
@@ -707,12 +746,14 @@ impl HttpState {
             let field =
                 |off: usize| unsafe { WORDS.as_ptr().cast::<u8>().add(ws + off).cast::<u64>().read() };
             let (expect, fold) = (field(0), field(8));
-            // A word of the path with no blank or line end, or a header name's next 8 bytes in any
-            // case: taken whole, from the state's entry. (The two tests never both hold: a
-            // path state matches no name word.)
+            // A word of the path with no blank or line end, or the state's own word (a header
+            // name's next 8 bytes in any case, the request line's usual start): taken whole, from
+            // the state's entry, flags and counts with it. (The two tests never both hold:
+            // `PATH_OTHER` has no word of its own.)
             if (state ^ IN_PATH) | newline | has(BLANKS) | has(RETURNS) == 0 || word | fold == expect {
                 w.counts += field(24);
                 w.last = field(16) as u32;
+                w.seen |= w.last;
             } else if (state ^ IN_VALUE) | newline != 0 {
                 let mut j = 0;
                 while j < 8 {
@@ -1248,15 +1289,16 @@ mod tests {
     }
 
     #[test]
-    fn a_name_word_is_what_its_bytes_step_to_in_any_case() {
-        // What taking a name's word whole relies on (see `scan`): its bytes, in any case, step to
-        // its entry, setting no flag and counting nothing; and the word test matches no other
-        // bytes (a byte that differs from a letter by its case bit alone is that letter).
-        let mut taken = 0;
+    fn a_word_taken_whole_is_what_its_bytes_step_to() {
+        // What taking a word whole relies on (see `scan`): its bytes (a name's in any case, the
+        // request line's exactly) step to its entry's state, set its flags and add up its counts,
+        // none of them final; and the word test matches no other bytes (a byte that differs from
+        // a name's letter by its case bit alone is that letter).
+        let (mut names, mut starts) = (0, 0);
         for s in 0..128u8 {
             let nw = WORDS[usize::from(s)];
             if nw.fold == NO_NAME_WORD.fold {
-                // No name word; the other path's word is taken whole by its own test.
+                // No word; the other path's word is taken whole by its own test.
                 let path = s == st::PATH_OTHER;
                 let want = if path {
                     WordSkip {
@@ -1270,25 +1312,42 @@ mod tests {
                 assert_eq!(nw, want, "state {s}");
                 continue;
             }
-            assert_eq!(nw.count, 0, "state {s}");
-            taken += 1;
+            let any_case = nw.fold != 0;
+            if any_case {
+                names += 1;
+            } else {
+                starts += 1;
+            }
             let lower = nw.expect.to_le_bytes();
             for variant in 0..=255u8 {
                 let bytes: Vec<u8> = lower
                     .iter()
                     .enumerate()
-                    .map(|(j, &b)| if variant >> j & 1 == 1 { b.to_ascii_uppercase() } else { b })
+                    .map(|(j, &b)| if any_case && variant >> j & 1 == 1 { b.to_ascii_uppercase() } else { b })
                     .collect();
                 let word = u64::from_le_bytes(bytes.clone().try_into().unwrap());
                 assert_eq!(word | nw.fold, nw.expect, "state {s} {bytes:?}");
+                let from = HttpState { state: s, ..HttpState::default() };
+                let (state, flags, path_at, path_bytes, took) = walk_bytes(&from, &bytes);
+                assert_eq!(took, 8, "state {s} {bytes:?}");
                 let (last, seen) = step_all(s, &bytes);
-                assert_eq!(u64::from(last), nw.next, "state {s} {bytes:?}");
-                assert_eq!(seen & !ROW, 0, "state {s}: no flag, no count, not final");
+                assert_eq!(last & FINAL, 0, "state {s} {bytes:?}");
+                assert_eq!(next_state(nw.next as u32), state, "state {s} {bytes:?}");
+                assert_eq!(nw.next as u32 & !ROW, seen & (FLAGS << FLAG_SHIFT), "state {s} {bytes:?}");
+                assert_eq!(((nw.next as u32 >> FLAG_SHIFT) & FLAGS) as u16, flags, "state {s} {bytes:?}");
+                assert_eq!(nw.next as u32 & ROW, u32::from(state) << STATE_SHIFT, "state {s}");
+                assert_eq!((nw.count >> BEFORE_PATH.trailing_zeros()) & 15, u64::from(path_at), "state {s}");
+                assert_eq!(nw.count >> CAPTURE.trailing_zeros(), u64::from(path_bytes), "state {s}");
+                assert_eq!(nw.count & u64::from(FINAL | (FINAL << 1) | (FINAL << 2) | (FINAL << 3)), 0);
+                if !any_case {
+                    break;
+                }
             }
             for j in 0..8 {
                 for b in 0..=255u8 {
                     let mut bytes = lower;
-                    if b.to_ascii_lowercase() == lower[j] {
+                    let same = if any_case { b.to_ascii_lowercase() == lower[j] } else { b == lower[j] };
+                    if same {
                         continue;
                     }
                     bytes[j] = b;
@@ -1301,8 +1360,13 @@ mod tests {
         let want = (TTL_HEADER.len() - 8 + 1)
             + (XFF_HEADER.len() - 8 + 1 - 3)
             + (ALI_TOKEN_HEADER.len() - 8 + 1 - 4);
-        assert_eq!(taken, want);
+        assert_eq!(names, want);
         assert_ne!(WORDS[usize::from(st::LINE)], NO_NAME_WORD);
+        // The request line's start, and the path's first nine states (0..=8 bytes of `/latest/`).
+        assert_eq!(starts, 1 + 9);
+        assert_eq!(WORDS[usize::from(st::METHOD)].expect, u64::from_le_bytes(*b"GET /lat"));
+        let get = HttpState { state: st::METHOD, ..HttpState::default() };
+        assert_eq!(walk_bytes(&get, b"GET /lat").1, flag::GET);
     }
 
     #[test]

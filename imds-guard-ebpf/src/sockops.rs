@@ -138,6 +138,9 @@ fn guard(ctx: &SockOpsContext, cfg: &GenConfig, st: &SockState, cookie: u64) {
             ],
         )
     };
+    // The address as `dest::destination` builds it from an sk_msg context. Kept apart on purpose:
+    // one function shared by both changed the message hook's code layout enough to take it from
+    // 404,000 to 942,000 verified instructions on 6.18 (measured 2026-12-05), near 5.10's limit.
     let mut addr = [0u8; 16];
     if family == AF_INET {
         addr[..4].copy_from_slice(&ip4.to_ne_bytes());
