@@ -521,21 +521,35 @@ const fn word_bytes(s: u8) -> Option<([u8; 8], bool)> {
 
 /// What the word loop takes whole in one state (see [`WORDS`]): a word that is the next 8 bytes of
 /// the header name the state is matching, in any case, or of the request's usual start, exactly
-/// (`word | fold == expect`); or a word of the path with no blank or line end (in `PATH_OTHER`,
-/// tested apart). Taking it sets the last entry to `next` (the next state's row offset, as in
-/// [`TABLE`], and the flags its bytes set) and adds `count` to the counts: what stepping its bytes
-/// one by one ends at, sets and adds up.
-#[repr(C, align(32))]
+/// (`word | fold == expect`); or a word of the state's run, none of whose bytes ends it (a
+/// header value's bytes up to its `\n`; the path's, once it is not the token path's, up to a
+/// blank or line end). Taking it sets the last entry to `next` (the next state's row offset, as
+/// in [`TABLE`], and the flags its bytes set) and adds `count` to the counts: what stepping its
+/// bytes one by one ends at, sets and adds up. No state has both a word and a run.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WordSkip {
     pub expect: u64,
     pub fold: u64,
     pub next: u64,
     pub count: u64,
+    /// A byte below this one, in every byte, ends the run (0: none does).
+    pub below: u64,
+    /// The high bit of every byte where the state has no run (every word ends it), else 0.
+    pub no_run: u64,
+    pub reserved: [u64; 2],
 }
 
-/// A state with no word: no word matches (`word | 1` is never 0).
-const NO_NAME_WORD: WordSkip = WordSkip { expect: 0, fold: 1, next: 0, count: 0 };
+/// A state with no word (`word | 1` is never 0) and no run.
+const NO_NAME_WORD: WordSkip = WordSkip {
+    expect: 0,
+    fold: 1,
+    next: 0,
+    count: 0,
+    below: 0,
+    no_run: u64::from_le_bytes([0x80; 8]),
+    reserved: [0; 2],
+};
 
 /// [`TABLE`]'s entry for state `s` and byte `b` (as [`build`] makes it).
 const fn table_entry(s: u8, b: u8) -> u32 {
@@ -572,19 +586,34 @@ const fn build_words() -> [WordSkip; 128] {
                 j += 1;
             }
             if !stops {
-                t[s] = WordSkip { expect, fold, next: (entry(state, 0) | flags) as u64, count };
+                t[s] =
+                    WordSkip { expect, fold, next: (entry(state, 0) | flags) as u64, count, ..NO_NAME_WORD };
             }
         }
         s += 1;
     }
-    // A word of the path: 8 of its bytes, the state unchanged.
-    t[st::PATH_OTHER as usize].next = entry(st::PATH_OTHER, 0) as u64;
-    t[st::PATH_OTHER as usize].count = 8 * CAPTURE as u64;
+    // A header value's run: up to a `\n`, the state unchanged, nothing counted. Every byte up to
+    // `\n` ends it (a tab or a control byte in a value is stepped: correct, if slower).
+    t[st::VALUE as usize] = WordSkip {
+        next: entry(st::VALUE, 0) as u64,
+        below: u64::from_le_bytes([b'\n' + 1; 8]),
+        no_run: 0,
+        ..NO_NAME_WORD
+    };
+    // The path's, once it is not the token path's: up to a blank or a line end (every byte up to
+    // a blank ends it, `\r` and `\n` among them), 8 of its bytes counted.
+    t[st::PATH_OTHER as usize] = WordSkip {
+        next: entry(st::PATH_OTHER, 0) as u64,
+        count: 8 * CAPTURE as u64,
+        below: u64::from_le_bytes([b' ' + 1; 8]),
+        no_run: 0,
+        ..NO_NAME_WORD
+    };
     t
 }
 
-/// Per state, the word the scan takes whole (see [`HttpState::scan`]): 32 bytes a state, at the
-/// state's row offset divided by 8.
+/// Per state, the word the scan takes whole (see [`HttpState::scan`]): 64 bytes a state, at the
+/// state's row offset divided by 4.
 pub static WORDS: [WordSkip; 128] = build_words();
 
 /// Bytes of one write the message hook reads (one page; a power of two; more is flagged as
@@ -709,13 +738,7 @@ impl HttpState {
         const TO_FINAL: u32 = FINAL.trailing_zeros() - 7;
         let mut stop = ((hide(u64::from(self.state)) + 2) << TO_FINAL) & u64::from(FINAL);
         let (words, end) = (u64::from(len / 8), u64::from(len));
-        const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-        const NEWLINES: u64 = u64::from_le_bytes([b'\n'; 8]);
         const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-        const IN_VALUE: u64 = (st::VALUE as u64) << STATE_SHIFT;
-        const IN_PATH: u64 = (st::PATH_OTHER as u64) << STATE_SHIFT;
-        const BLANKS: u64 = u64::from_le_bytes([b' '; 8]);
-        const RETURNS: u64 = u64::from_le_bytes([b'\r'; 8]);
         let mut k = 0u64;
         while k < u64::from(SCAN_MAX / 8) {
             if k + stop >= words {
@@ -725,39 +748,38 @@ impl HttpState {
             // SAFETY: `at` is a multiple of 8 below SCAN_MAX, ScanBuf is 8-aligned: an aligned
             // u64 inside `bytes`.
             let word = unsafe { buf.bytes.as_ptr().add(at).cast::<u64>().read() };
-            // Non-zero where a byte of the word is `\n` (the classic zero-byte test on the word
-            // xor'ed with newlines: exact as to whether there is one); the same for a blank and a
-            // carriage return, which end a path.
-            let has = |b: u64| {
-                let x = word ^ b;
-                x.wrapping_sub(ONES) & !x & HIGHS
-            };
-            let newline = has(NEWLINES);
             let state = u64::from(w.last & ROW);
-            // A word inside the path once it is none of the token path's (its row counts each
-            // byte as the path's), or a header name's next 8 bytes: taken whole; a word inside a
-            // header value: skipped. These ways meet the stepping way before `k += 1`, where the
-            // verifier finds their states inside the stepping way's (it walks that first) and
-            // goes no further on them. What the state takes whole: at its row offset over 8 in
-            // WORDS.
-            let ws = (state >> 3) as usize & 0xfe0;
-            // SAFETY: `ws` is a multiple of 32 below 4,096: a WordSkip of WORDS, aligned; its
-            // fields are at 0, 8, 16 and 24.
+            // What the state takes whole: at its row offset over 4 in WORDS. These ways meet the
+            // stepping way before `k += 1`, where the verifier finds their states inside the
+            // stepping way's (it walks that first) and goes no further on them.
+            let ws = (state >> 2) as usize & 0x1fc0;
+            // SAFETY: `ws` is a multiple of 64 below 8,192: a WordSkip of WORDS, aligned; its
+            // fields are at 0, 8, .., 40.
             let field =
                 |off: usize| unsafe { WORDS.as_ptr().cast::<u8>().add(ws + off).cast::<u64>().read() };
-            let (expect, fold) = (field(0), field(8));
-            // A word of the path with no blank or line end, or the state's own word (a header
-            // name's next 8 bytes in any case, the request line's usual start): taken whole, from
-            // the state's entry, flags and counts with it. (The two tests never both hold:
-            // `PATH_OTHER` has no word of its own.)
-            if (state ^ IN_PATH) | newline | has(BLANKS) | has(RETURNS) == 0 || word | fold == expect {
+            // Non-zero where a byte of the word ends the state's run (see `WordSkip`): one below
+            // `below`'s bytes (the classic test for a byte less than n, exact as to whether there
+            // is one); always, in a state with no run.
+            let ended = (word.wrapping_sub(field(32)) & !word & HIGHS) | field(40);
+            // Non-zero unless the word is the state's own (a header name's next 8 bytes in any
+            // case, the request line's usual start).
+            let other = (word | field(8)) ^ field(0);
+            // A word of the state's run (a header value's bytes up to `\n`, the path's up to a
+            // blank or line end), or the state's own word: taken whole, from the state's entry,
+            // flags and counts with it. Otherwise stepped byte by byte. (No state has both.)
+            if ended == 0 || other == 0 {
                 w.counts += field(24);
                 w.last = field(16) as u32;
                 w.seen |= w.last;
-            } else if (state ^ IN_VALUE) | newline != 0 {
+            } else {
+                // Each byte loaded on its own (volatile: one load each; left to itself the
+                // compiler cut them out of the word with a shift and a mask each, and kept the
+                // eight in spilled registers: the kernel has ten).
+                let from = buf.bytes[at..at + 8].as_ptr();
                 let mut j = 0;
                 while j < 8 {
-                    w.step(buf.bytes[at + j]);
+                    // SAFETY: a byte of the 8 at `at`, inside `bytes`.
+                    w.step(unsafe { core::ptr::read_volatile(from.add(j)) });
                     j += 1;
                 }
                 // Once final, the state stays final and the word's later bytes count as taken in
@@ -1298,20 +1320,13 @@ mod tests {
         for s in 0..128u8 {
             let nw = WORDS[usize::from(s)];
             if nw.fold == NO_NAME_WORD.fold {
-                // No word; the other path's word is taken whole by its own test.
-                let path = s == st::PATH_OTHER;
-                let want = if path {
-                    WordSkip {
-                        next: u64::from(entry(st::PATH_OTHER, 0)),
-                        count: 8 * u64::from(CAPTURE),
-                        ..NO_NAME_WORD
-                    }
-                } else {
-                    NO_NAME_WORD
-                };
-                assert_eq!(nw, want, "state {s}");
+                // No word; a value's and the other path's runs: `a_run_is_what_its_bytes_step_to`.
+                if s != st::VALUE && s != st::PATH_OTHER {
+                    assert_eq!(nw, NO_NAME_WORD, "state {s}");
+                }
                 continue;
             }
+            assert_eq!(nw.no_run, NO_NAME_WORD.no_run, "state {s}: a word and no run");
             let any_case = nw.fold != 0;
             if any_case {
                 names += 1;
@@ -1367,6 +1382,50 @@ mod tests {
         assert_eq!(WORDS[usize::from(st::METHOD)].expect, u64::from_le_bytes(*b"GET /lat"));
         let get = HttpState { state: st::METHOD, ..HttpState::default() };
         assert_eq!(walk_bytes(&get, b"GET /lat").1, flag::GET);
+    }
+
+    /// Whether the scan's run test (see `scan`) finds a byte of `word` that ends state `s`'s run.
+    fn ends_run(s: u8, word: u64) -> bool {
+        let nw = WORDS[usize::from(s)];
+        const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+        (word.wrapping_sub(nw.below) & !word & HIGHS) | nw.no_run != 0
+    }
+
+    #[test]
+    fn a_run_is_what_its_bytes_step_to() {
+        // What taking a word of a run whole relies on (see `scan`): every byte the test lets by
+        // steps the state to itself with the run's counts and no flag; the test finds each other
+        // byte at any position of a word; and it finds exactly the bytes up to a `\n` in a value
+        // and up to a blank in the path (the blank, `\r` and `\n` among them).
+        let mut runs = 0;
+        for s in 0..128u8 {
+            let nw = WORDS[usize::from(s)];
+            if nw.no_run != 0 {
+                assert_eq!(nw.no_run, NO_NAME_WORD.no_run, "state {s}");
+                continue;
+            }
+            runs += 1;
+            assert_eq!(nw.fold, NO_NAME_WORD.fold, "state {s}: a run and no word");
+            for b in 0..=255u8 {
+                let e = TABLE[usize::from(s) * CLASSES + usize::from(CLASS[usize::from(b)])];
+                let quiet = e & !(COUNTS & !FINAL) == u32::from(s) << STATE_SHIFT
+                    && u64::from(e & COUNTS) * 8 == nw.count;
+                let filler = if s == st::VALUE { b'a' } else { b'x' };
+                for j in 0..8 {
+                    let mut bytes = [filler; 8];
+                    bytes[j] = b;
+                    let ended = ends_run(s, u64::from_le_bytes(bytes));
+                    assert!(ended || quiet, "state {s} byte {b:#x} at {j}");
+                    let want = if s == st::VALUE { b <= b'\n' } else { b <= b' ' };
+                    assert_eq!(ended, want, "state {s} byte {b:#x} at {j}");
+                }
+            }
+            assert!(!ends_run(s, u64::from_le_bytes([b'a'; 8])), "state {s}");
+            assert_eq!(nw.next, u64::from(entry(s, 0)), "state {s}");
+        }
+        assert_eq!(runs, 2);
+        assert_eq!(WORDS[usize::from(st::VALUE)].count, 0);
+        assert_eq!(WORDS[usize::from(st::PATH_OTHER)].count, 8 * u64::from(CAPTURE));
     }
 
     #[test]
