@@ -541,7 +541,7 @@ pub struct WordSkip {
 }
 
 /// A state with no word (`word | 1` is never 0) and no run.
-const NO_NAME_WORD: WordSkip = WordSkip {
+const NO_WORD: WordSkip = WordSkip {
     expect: 0,
     fold: 1,
     next: 0,
@@ -560,7 +560,7 @@ const fn table_entry(s: u8, b: u8) -> u32 {
 }
 
 const fn build_words() -> [WordSkip; 128] {
-    let mut t = [NO_NAME_WORD; 128];
+    let mut t = [NO_WORD; 128];
     let mut s = 0usize;
     while s < 128 {
         if let Some((bytes, any_case)) = word_bytes(s as u8) {
@@ -586,8 +586,7 @@ const fn build_words() -> [WordSkip; 128] {
                 j += 1;
             }
             if !stops {
-                t[s] =
-                    WordSkip { expect, fold, next: (entry(state, 0) | flags) as u64, count, ..NO_NAME_WORD };
+                t[s] = WordSkip { expect, fold, next: (entry(state, 0) | flags) as u64, count, ..NO_WORD };
             }
         }
         s += 1;
@@ -598,7 +597,7 @@ const fn build_words() -> [WordSkip; 128] {
         next: entry(st::VALUE, 0) as u64,
         below: u64::from_le_bytes([b'\n' + 1; 8]),
         no_run: 0,
-        ..NO_NAME_WORD
+        ..NO_WORD
     };
     // The path's, once it is not the token path's: up to a blank or a line end (every byte up to
     // a blank ends it, `\r` and `\n` among them), 8 of its bytes counted.
@@ -607,7 +606,7 @@ const fn build_words() -> [WordSkip; 128] {
         count: 8 * CAPTURE as u64,
         below: u64::from_le_bytes([b' ' + 1; 8]),
         no_run: 0,
-        ..NO_NAME_WORD
+        ..NO_WORD
     };
     t
 }
@@ -712,10 +711,11 @@ impl HttpState {
     ///
     /// The bytes go by in words of 8: a word that starts in a header value and holds no `\n`
     /// leaves the state as it was (a value's row sends every byte but `\n` back to the value, and
-    /// counts nothing), so it is skipped with one test; the rest of the request line and header
-    /// names that are none of ours are entered as values (see [`transition`]). So is a word inside
-    /// the path (once it is not the token path's) with no blank, `\r` or `\n`, counted as 8 bytes
-    /// of the path; and a word that is the next 8 bytes, in any case, of the header name the state
+    /// counts nothing), so it is skipped with one test (for a byte up to `\n`: a tab or a control
+    /// byte is stepped); the rest of the request line and header names that are none of ours are
+    /// entered as values (see [`transition`]). So is a word inside the path (once it is not the
+    /// token path's) with no byte up to a blank (the blank, `\r`, `\n`), counted as 8 bytes of
+    /// the path; and a word that is the next 8 bytes, in any case, of the header name the state
     /// is matching (the token header's, say), or of a request line's usual start
     /// (`GET /latest/meta-data/`), is taken whole: the state moves 8 nodes on, with the flags and
     /// counts of its bytes ([`WORDS`]). Any other word is stepped byte by byte (one table load
@@ -1319,14 +1319,14 @@ mod tests {
         let (mut names, mut starts) = (0, 0);
         for s in 0..128u8 {
             let nw = WORDS[usize::from(s)];
-            if nw.fold == NO_NAME_WORD.fold {
+            if nw.fold == NO_WORD.fold {
                 // No word; a value's and the other path's runs: `a_run_is_what_its_bytes_step_to`.
                 if s != st::VALUE && s != st::PATH_OTHER {
-                    assert_eq!(nw, NO_NAME_WORD, "state {s}");
+                    assert_eq!(nw, NO_WORD, "state {s}");
                 }
                 continue;
             }
-            assert_eq!(nw.no_run, NO_NAME_WORD.no_run, "state {s}: a word and no run");
+            assert_eq!(nw.no_run, NO_WORD.no_run, "state {s}: a word and no run");
             let any_case = nw.fold != 0;
             if any_case {
                 names += 1;
@@ -1376,7 +1376,7 @@ mod tests {
             + (XFF_HEADER.len() - 8 + 1 - 3)
             + (ALI_TOKEN_HEADER.len() - 8 + 1 - 4);
         assert_eq!(names, want);
-        assert_ne!(WORDS[usize::from(st::LINE)], NO_NAME_WORD);
+        assert_ne!(WORDS[usize::from(st::LINE)], NO_WORD);
         // The request line's start, and the path's first nine states (0..=8 bytes of `/latest/`).
         assert_eq!(starts, 1 + 9);
         assert_eq!(WORDS[usize::from(st::METHOD)].expect, u64::from_le_bytes(*b"GET /lat"));
@@ -1401,11 +1401,11 @@ mod tests {
         for s in 0..128u8 {
             let nw = WORDS[usize::from(s)];
             if nw.no_run != 0 {
-                assert_eq!(nw.no_run, NO_NAME_WORD.no_run, "state {s}");
+                assert_eq!(nw.no_run, NO_WORD.no_run, "state {s}");
                 continue;
             }
             runs += 1;
-            assert_eq!(nw.fold, NO_NAME_WORD.fold, "state {s}: a run and no word");
+            assert_eq!(nw.fold, NO_WORD.fold, "state {s}: a run and no word");
             for b in 0..=255u8 {
                 let e = TABLE[usize::from(s) * CLASSES + usize::from(CLASS[usize::from(b)])];
                 let quiet = e & !(COUNTS & !FINAL) == u32::from(s) << STATE_SHIFT
