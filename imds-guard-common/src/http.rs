@@ -619,18 +619,84 @@ pub static WORDS: [WordSkip; 128] = build_words();
 /// `Oversized`, not skipped).
 pub const SCAN_MAX: u32 = 4096;
 
-/// Where the bytes of one write are classified: [`SCAN_MAX`] bytes, and room after them so that
-/// a copy of [`PATH_MAX`] bytes from any offset below [`SCAN_MAX`] stays inside.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug)]
-pub struct ScanBuf {
-    pub bytes: [u8; SCAN_MAX as usize + 128],
+/// Where [`HttpState::scan`] reads the bytes of one write, in place: in the kernel the message
+/// itself (between its `data` and `data_end`, each access checked against the end where the
+/// verifier sees it), on the host a slice.
+///
+/// # Safety
+/// A pointer [`Source::word`] returns must be valid for reads of 8 bytes, one [`Source::byte`]
+/// returns for a read of 1, until the next call.
+pub unsafe trait Source {
+    /// The 8 bytes at `at` (below `2 * SCAN_MAX`), or `None` where the write has fewer.
+    fn word(&mut self, at: usize) -> Option<*const u8>;
+    /// The byte at `at` (below `2 * SCAN_MAX`), or `None` past the write's end.
+    fn byte(&mut self, at: usize) -> Option<*const u8>;
+    /// Called once the scan's loops are done.
+    fn done(&mut self) {}
 }
 
-impl Default for ScanBuf {
-    fn default() -> Self {
-        ScanBuf { bytes: [0; SCAN_MAX as usize + 128] }
+/// The 8 bytes at `p`, as one load. On the host, unaligned; in the kernel, where `p` points
+/// into a message at any offset, one 8-byte load (the eBPF target splits a load it may not
+/// assume aligned into bytes; a load has no alignment requirement there, and the verifier checks
+/// a packet's alignment only where the architecture needs it, which x86-64 and arm64 do not).
+///
+/// # Safety
+/// `p` valid for reads of 8 bytes.
+#[inline(always)]
+#[must_use]
+pub unsafe fn load8(p: *const u8) -> u64 {
+    // SAFETY: as the caller promises.
+    unsafe {
+        #[cfg(target_arch = "bpf")]
+        {
+            core::ptr::read_volatile(p.cast::<u64>())
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        {
+            p.cast::<u64>().read_unaligned()
+        }
     }
+}
+
+/// A write's bytes on the host.
+pub struct Bytes<'a>(pub &'a [u8]);
+
+// SAFETY: pointers into the slice, checked against its length.
+unsafe impl Source for Bytes<'_> {
+    fn word(&mut self, at: usize) -> Option<*const u8> {
+        self.0.get(at..at + 8).map(<[u8]>::as_ptr)
+    }
+
+    fn byte(&mut self, at: usize) -> Option<*const u8> {
+        self.0.get(at).map(core::ptr::from_ref)
+    }
+}
+
+/// Copies the bytes of `src` from `at` into `out`, as many as the write has there (at most
+/// `8 * W`); the rest of `out` keeps what it held. Whole words, then the last 0..=7 bytes one by
+/// one: bounded loops, each access checked by `src`.
+#[inline(always)]
+pub fn copy_window<S: Source, const W: usize>(src: &mut S, at: usize, out: &mut [u64; W]) {
+    let mut j = 0;
+    while j < W {
+        let Some(p) = src.word(at + 8 * j) else { break };
+        // SAFETY: 8 readable bytes (`Source`).
+        out[j] = unsafe { load8(p) };
+        j += 1;
+    }
+    let out = out.as_mut_ptr().cast::<u8>();
+    let mut m = 0;
+    while m < 8 {
+        let i = 8 * j + m;
+        if i >= 8 * W {
+            break;
+        }
+        let Some(p) = src.byte(at + i) else { break };
+        // SAFETY: a readable byte (`Source`), written inside `out` (`i` below its 8 * W bytes).
+        unsafe { *out.add(i) = *p };
+        m += 1;
+    }
+    src.done();
 }
 
 /// 8-byte aligned and reset field by field: in the kernel, a byte-wise copy or clear of it would
@@ -704,7 +770,7 @@ impl HttpState {
         self.state >= st::DONE || self.bytes > MAX_HEADER_BYTES
     }
 
-    /// Feeds the first `len` (at most [`SCAN_MAX`]) bytes of `buf`: the loops the kernel runs.
+    /// Feeds the first `len` (at most [`SCAN_MAX`]) bytes of `src`: the loops the kernel runs.
     /// Returns how many bytes belong to this request; fewer than `len` when its header block
     /// ended before them (or, past [`MAX_HEADER_BYTES`], when it is `Oversized` whatever it
     /// returns). Keeps the path when this write holds the start of the request.
@@ -725,7 +791,7 @@ impl HttpState {
     /// keeps one pending state per branch it walks, at most 8,192: a loop of 4096 bytes can
     /// afford one a byte, no more).
     #[inline(always)]
-    pub fn scan(&mut self, buf: &ScanBuf, len: u32) -> u32 {
+    pub fn scan<S: Source>(&mut self, src: &mut S, len: u32) -> u32 {
         let before = self.bytes;
         // The state in locals (registers) for the loop: through memory, each byte would wait for
         // the previous byte's store.
@@ -745,9 +811,12 @@ impl HttpState {
                 break;
             }
             let at = (k * 8) as usize & (SCAN_MAX as usize - 1);
-            // SAFETY: `at` is a multiple of 8 below SCAN_MAX, ScanBuf is 8-aligned: an aligned
-            // u64 inside `bytes`.
-            let word = unsafe { buf.bytes.as_ptr().add(at).cast::<u64>().read() };
+            // In the kernel, a second test a word, which never ends the loop before the first
+            // (`len` is at most what the message has): the one the verifier learns the
+            // message's bounds from.
+            let Some(from) = src.word(at) else { break };
+            // SAFETY: 8 readable bytes (`Source`).
+            let word = unsafe { load8(from) };
             let state = u64::from(w.last & ROW);
             // What the state takes whole: at its row offset over 4 in WORDS. These ways meet the
             // stepping way before `k += 1`, where the verifier finds their states inside the
@@ -775,10 +844,9 @@ impl HttpState {
                 // Each byte loaded on its own (volatile: one load each; left to itself the
                 // compiler cut them out of the word with a shift and a mask each, and kept the
                 // eight in spilled registers: the kernel has ten).
-                let from = buf.bytes[at..at + 8].as_ptr();
                 let mut j = 0;
                 while j < 8 {
-                    // SAFETY: a byte of the 8 at `at`, inside `bytes`.
+                    // SAFETY: a byte of the 8 at `from`.
                     w.step(unsafe { core::ptr::read_volatile(from.add(j)) });
                     j += 1;
                 }
@@ -802,7 +870,9 @@ impl HttpState {
             if i + stop >= end {
                 break;
             }
-            w.step(buf.bytes[(i & u64::from(SCAN_MAX - 1)) as usize]);
+            let Some(p) = src.byte((i & u64::from(SCAN_MAX - 1)) as usize) else { break };
+            // SAFETY: a readable byte (`Source`).
+            w.step(unsafe { core::ptr::read_volatile(p) });
             stop = u64::from(w.last & FINAL);
             i += 1;
             j += 1;
@@ -824,11 +894,13 @@ impl HttpState {
             use core::ptr::{addr_of, read_volatile as rd};
             (rd(addr_of!(self.bytes)), rd(addr_of!(self.path_at)), rd(addr_of!(self.path_bytes)))
         };
+        src.done();
         if before == 0 {
-            // The request began in this write, at its first byte: its path is in `buf`. Copy a
-            // fixed-size window (no loop for the verifier), keep at most PATH_MAX of it.
+            // The request began in this write, at its first byte: its path is in `src`. Copy
+            // what the write has of a fixed-size window, keep at most PATH_MAX of it (the path's
+            // bytes are all in the write: `path_bytes` counts those scanned).
             let at = (path_at & (SCAN_MAX - 1)) as usize;
-            self.path.copy_from_slice(&buf.bytes[at..at + PATH_MAX]);
+            copy_window(src, at, self.path_words());
             self.path_len = if path_bytes < PATH_MAX as u32 { path_bytes as u8 } else { PATH_MAX as u8 };
         }
         bytes - before
@@ -842,11 +914,18 @@ impl HttpState {
             if self.at_end() {
                 break;
             }
-            let mut buf = ScanBuf::default();
-            buf.bytes[..chunk.len()].copy_from_slice(chunk);
-            took += self.scan(&buf, chunk.len() as u32) as usize;
+            took += self.scan(&mut Bytes(chunk), chunk.len() as u32) as usize;
         }
         took
+    }
+
+    /// The path's bytes as words, for [`copy_window`].
+    #[inline(always)]
+    fn path_words(&mut self) -> &mut [u64; PATH_MAX / 8] {
+        const { assert!(PATH_MAX.is_multiple_of(8) && core::mem::offset_of!(HttpState, path).is_multiple_of(8)) };
+        // SAFETY: PATH_MAX bytes at an 8-aligned offset of an 8-aligned struct: PATH_MAX / 8
+        // words, borrowed with `self`.
+        unsafe { &mut *self.path.as_mut_ptr().cast::<[u64; PATH_MAX / 8]>() }
     }
 
     /// The request method ([`method`]), once the request line has its path.
@@ -1264,14 +1343,13 @@ mod tests {
         #[test]
         fn the_kernel_loop_matches_feed(parts in proptest::collection::vec(piece(), 0..40), len in 0u32..2000) {
             let data = parts.concat();
-            let mut buf = ScanBuf::default();
             let n = data.len().min(SCAN_MAX as usize);
-            buf.bytes[..n].copy_from_slice(&data.as_bytes()[..n]);
             let len = len.min(n as u32);
             let mut a = HttpState::default();
-            let took = a.scan(&buf, len);
+            // The write's bytes end at `len`: the loops must not read past them.
+            let took = a.scan(&mut Bytes(&data.as_bytes()[..len as usize]), len);
             let mut b = HttpState::default();
-            let fed = b.feed(&buf.bytes[..len as usize]);
+            let fed = b.feed(&data.as_bytes()[..len as usize]);
             proptest::prop_assert_eq!(took as usize, fed);
             proptest::prop_assert_eq!(
                 (a.bytes, a.state, a.flags, a.path_at, a.path_bytes, a.path()),
@@ -1469,12 +1547,12 @@ mod tests {
             s.feed(&data[..split]);
             let rest = &data[split..];
             let len = len.min(rest.len() as u32);
-            let mut buf = ScanBuf::default();
-            buf.bytes.fill(stale);
-            buf.bytes[..len as usize].copy_from_slice(&rest[..len as usize]);
+            // Bytes after `len` (a message the scan reads less of than it holds) change nothing.
+            let mut buf = [stale; SCAN_MAX as usize];
+            buf[..len as usize].copy_from_slice(&rest[..len as usize]);
             let want = walk_bytes(&s, &rest[..len as usize]);
             let before = s.bytes;
-            let took = s.scan(&buf, len);
+            let took = s.scan(&mut Bytes(&buf), len);
             proptest::prop_assert_eq!((s.state, s.flags, s.path_at, s.path_bytes, took), want);
             proptest::prop_assert_eq!(s.bytes, before + took);
         }
@@ -1510,10 +1588,8 @@ mod tests {
     fn a_write_is_judged_with_what_follows_its_request() {
         let write = |bytes: &[u8], size: u32| {
             let mut s = HttpState::default();
-            let mut buf = ScanBuf::default();
             let n = bytes.len().min(SCAN_MAX as usize);
-            buf.bytes[..n].copy_from_slice(&bytes[..n]);
-            let took = s.scan(&buf, n as u32);
+            let took = s.scan(&mut Bytes(&bytes[..n]), n as u32);
             s.write_finding(took, n as u32, size)
         };
         let v2 = b"GET / HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\r\n";

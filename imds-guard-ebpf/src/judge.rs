@@ -100,18 +100,6 @@ pub fn report(
     count(Stat::EventsSent);
 }
 
-/// `x`, through a volatile 8-byte stack slot: the compiler forgets what it knew about it and
-/// computes it where it stands (the verifier keeps what it knew: an 8-byte spill is tracked).
-#[inline(always)]
-pub fn opaque64(x: u64) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: a local variable.
-    unsafe {
-        core::ptr::write_volatile(&mut v, x);
-        core::ptr::read_volatile(&v)
-    }
-}
-
 /// `x`, through a volatile stack slot: the compiler forgets what it knew about its value, and so
 /// does the verifier. Used where a decision reached in several ways is followed by a lot of code
 /// (the report): with the decision opaque, the verifier walks that code once, not once per way.

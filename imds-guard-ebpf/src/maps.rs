@@ -12,7 +12,7 @@ use imds_guard_common::{
     lists::ReadSlots,
     maps::{CREDS_CAPACITY, EVENTS_BYTES, RULES_CAPACITY, SOCKETS_CAPACITY},
     rule::{RuleKey, RuleValue},
-    sock::{Guard, ScanSlot, SockState},
+    sock::{Guard, SockState},
     stats::{STAT_COUNT, Stat},
 };
 
@@ -92,11 +92,6 @@ pub fn nearly_full() -> bool {
 /// other maps: a restarted daemon's message hook reads what the previous one's connect hook wrote.
 #[btf_map]
 pub static IMDSG_SOCKSTATE: Pinned<SkStorage<SockState>> = SkStorage::new().pin_by_name();
-
-/// The message hook's working memory (see `ScanSlot`); per daemon, not pinned: it holds nothing
-/// from one run to the next.
-#[map(name = "IMDSG_SCAN")]
-pub static SCAN: PerCpuArray<ScanSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// The live generation and each config slot's endpoint prefilter, as a global: read with plain
 /// loads, no map lookup, so that a connect to anything but an endpoint is over quickly. Alone in

@@ -8,16 +8,11 @@
 //! bytes and one per byte of the last 0..=7, and runs in plain bounded loops that the verifiers
 //! of 5.10 and later accept.
 
-use core::{
-    ffi::c_void,
-    sync::atomic::{Ordering, compiler_fence},
-};
-
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, sk_msg_md},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_probe_read_kernel, bpf_sk_storage_get},
+        generated::{bpf_ktime_get_boot_ns, bpf_msg_pull_data, bpf_sk_storage_get},
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -26,11 +21,11 @@ use imds_guard_common::{
     config::Mode,
     creds::PATH_TAIL,
     event::{RequestEvent, TaskInfo, flags, kind},
-    http::{Finding, PATH_MAX},
+    http::{Finding, PATH_MAX, Source, copy_window},
     lists::{Walk, grant},
     path::{classify_with, other_cloud},
     rule::{Identity, Imdsv1Action, Read, list_of},
-    sock::{NO_RULE, SCAN_MAX, SockState, claim, token_flag},
+    sock::{NO_RULE, SCAN_MAX, SockState, token_flag},
     stats::Stat,
     verdict::{
         ConnectContext, ConnectVerdict, MONITORED_READ, admit, first_refusal, judge_connect, read_class,
@@ -40,13 +35,16 @@ use imds_guard_common::{
 
 use crate::{
     dest::destination,
-    maps::{EVENTS, GUARDS, IMDSG_SOCKSTATE, READS, SCAN, atomic_add, count},
+    maps::{EVENTS, GUARDS, IMDSG_SOCKSTATE, READS, count},
 };
 
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
 
+// Inlined into the program's entry (left to itself, the compiler made the body a BPF-to-BPF call
+// once the hook read the write in place).
 #[sk_msg]
+#[inline(always)]
 pub fn imdsg_msg(ctx: SkMsgContext) -> u32 {
     let size = ctx.size();
     let mut seen: *mut SockState = core::ptr::null_mut();
@@ -150,58 +148,28 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
     // them, would drop a mask of the clamped value as redundant. Both 5.10 and 6.1 refused the
     // copy with "R2 unbounded memory access".)
     let n = ((crate::judge::opaque(len) - 1) & (SCAN_MAX - 1)) + 1;
-    let Some(slot) = SCAN.get_ptr_mut(0) else { return SK_PASS };
-    // SAFETY: this CPU's slot; see ScanSlot for how runs share it.
-    let slot = unsafe { &mut *slot };
-    // Claimed for the copy (see `claim`): another run on this CPU that copies into the slot
-    // before this one's scan ends shows in the claims word read back after the scan. (Atomic
-    // adds and plain reads, no clock: in a VM, reading the clock was a tenth of a warm request.)
-    // SAFETY: a volatile read and an atomic add of this CPU's slot's claims word.
-    let expect = unsafe {
-        let before = core::ptr::read_volatile(&raw const slot.claims);
-        atomic_add(&raw mut slot.claims, claim::CLAIM);
-        // Through a volatile slot: computed here, one value across the scan (left to itself the
-        // compiler kept `before` and a part of the sum apart, and did the rest after the scan).
-        crate::judge::opaque64(claim::expected(before, crate::judge::opaque))
-    };
-    // The fences keep the compiler from moving the copy out from between claim and release.
-    compiler_fence(Ordering::SeqCst);
-    // SAFETY: copies `n` (1..=SCAN_MAX) bytes of the message into the slot.
-    let copied =
-        unsafe { bpf_probe_read_kernel(slot.buf.bytes.as_mut_ptr().cast(), n, data as *const c_void) };
-    compiler_fence(Ordering::SeqCst);
-    // SAFETY: an atomic add of this CPU's slot's claims word.
-    unsafe { atomic_add(&raw mut slot.claims, claim::RELEASE) };
-    if copied != 0 {
-        return SK_PASS;
-    }
+    // The write is read where it is (no copy: nothing another run of this hook could write).
+    let mut msg = Message { md, next: 0 };
     // Nothing computed above is used below but `n` (the same range on every path here), so
     // that the verifier walks the loop once, not once per way of getting here.
-    let took = st.http.scan(&slot.buf, n);
+    let took = st.http.scan(&mut msg, n);
     if took == st.http.bytes {
-        // The request began in this write: its path is in the slot. Keep what of it goes past
+        // The request began in this write: its path is in the message. Keep what of it goes past
         // the classifier's PATH_MAX, for credential attribution (a fixed-size window; its length
         // says how much of it is the path).
         let pb = st.http.path_bytes;
         st.path_tail_len = 0;
         if pb > PATH_MAX as u32 {
-            let at = ((st.http.path_at + PATH_MAX as u32) & (SCAN_MAX - 1)) as usize;
-            st.path_tail.copy_from_slice(&slot.buf.bytes[at..at + PATH_TAIL]);
+            let at = (st.http.path_at + PATH_MAX as u32) as usize;
+            // SAFETY: PATH_TAIL bytes at an 8-aligned offset of the storage (as `creds` reads them).
+            let tail = unsafe { &mut *st.path_tail.as_mut_ptr().cast::<[u64; PATH_TAIL / 8]>() };
+            copy_window(&mut msg, at, tail);
             let more = pb - PATH_MAX as u32;
             st.path_tail_len = if more > PATH_TAIL as u32 { PATH_TAIL as u32 } else { more };
         }
     }
     let size = ctx.size();
-    compiler_fence(Ordering::SeqCst);
-    // SAFETY: a volatile read of the slot's claims word.
-    let interleaved = unsafe { core::ptr::read_volatile(&raw const slot.claims) } != expect;
-    // Another run may have copied into the slot meanwhile: what was scanned may be its bytes.
-    // Judged unread.
-    let finding = if interleaved {
-        Finding::Oversized
-    } else {
-        st.http.write_finding_for(took, n, size, st.token as u16)
-    };
+    let finding = st.http.write_finding_for(took, n, size, st.token as u16);
     if !finding.is_final() {
         return SK_PASS; // the header block goes on in the next write
     }
@@ -263,16 +231,15 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
     }
     if !refuse && let Some(cfg) = crate::maps::live_config() {
         // The path is this request's only where its request line was read as one.
-        let known = !interleaved
-            && matches!(
-                finding,
-                Finding::Imdsv1
-                    | Finding::Imdsv2
-                    | Finding::TokenPut
-                    | Finding::TokenPutForwarded
-                    | Finding::Trailing
-                    | Finding::OtherCloud
-            );
+        let known = matches!(
+            finding,
+            Finding::Imdsv1
+                | Finding::Imdsv2
+                | Finding::TokenPut
+                | Finding::TokenPutForwarded
+                | Finding::Trailing
+                | Finding::OtherCloud
+        );
         crate::creds::request(&ctx, st, cfg, known);
     }
     // The message is judged; the next one starts a new request.
@@ -327,6 +294,56 @@ fn judge_writer(ctx: &SkMsgContext, st: &mut SockState) -> Option<(u32, u32)> {
     let flags = flags::HANDED_OVER | st.writer_flags | if refuse { flags::ENFORCED } else { 0 };
     crate::judge::report(cfg, &id, comm, flags, st.rule_index, family, port, addr);
     if refuse { None } else { Some(read) }
+}
+
+/// The bytes of the write, where the message holds them (see `Source`): each access is
+/// checked against the message's end in the form the verifier learns a range from, with `data`
+/// and `data_end` loaded anew from the context each time, so that no register holds a packet
+/// pointer from one word to the next (the verifier keeps states whose packet ranges differ
+/// apart: each way out of the scan's loop would be walked through the rest of the hook).
+struct Message {
+    md: *mut sk_msg_md,
+    /// Where the end of each access goes through memory (see `at`).
+    next: usize,
+}
+
+impl Message {
+    #[inline(always)]
+    fn at(&mut self, at: usize, size: usize) -> Option<*const u8> {
+        // SAFETY: volatile loads of the context's `data` and `data_end`, each at its own
+        // address, and a volatile write and read of our own field.
+        let (p, next, end) = unsafe {
+            let data = core::ptr::read_volatile(core::ptr::addr_of!((*self.md).__bindgen_anon_1.data));
+            let end = core::ptr::read_volatile(core::ptr::addr_of!((*self.md).__bindgen_anon_2.data_end));
+            // Masked to a bound the verifier needs for a variable offset (`at` is below 8,192).
+            let p = data as usize + (at & (2 * SCAN_MAX as usize - 1));
+            // Compared as `next > end`, the form the verifiers learn a range from; left to itself
+            // the compiler compares otherwise (see the response hook's `read`).
+            core::ptr::write_volatile(&raw mut self.next, p + size);
+            (p, core::ptr::read_volatile(&raw const self.next), end as usize)
+        };
+        if next > end { None } else { Some(p as *const u8) }
+    }
+}
+
+// SAFETY: `at` gives a pointer only where the access ends inside data..data_end.
+unsafe impl Source for Message {
+    #[inline(always)]
+    fn word(&mut self, at: usize) -> Option<*const u8> {
+        self.at(at, 8)
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, at: usize) -> Option<*const u8> {
+        self.at(at, 1)
+    }
+
+    /// What held a packet pointer holds the same on every way out of a loop.
+    #[inline(always)]
+    fn done(&mut self) {
+        // SAFETY: a volatile write of our own field.
+        unsafe { core::ptr::write_volatile(&raw mut self.next, 0) };
+    }
 }
 
 /// Fills the state of a connection the connect hooks did not judge.
