@@ -103,13 +103,19 @@ pub async fn serve(
                 let mut ready = ready?;
                 let seen = ready.get_inner().seen();
                 ready.clear_ready();
-                installer.send(if seen.written { Command::Written } else { Command::Changed });
+                installer.send(if seen.written {
+                    Command::Written(std::time::Instant::now())
+                } else {
+                    Command::Changed
+                });
             }
             Some(update) = updates.recv() => match update {
                 Update::Watch(w) => {
-                    // Changes since the installer made this watch, or that the old one still
-                    // holds unread, may have come after the refresh read the file: another look.
-                    // (Read here rather than trusted to the new registration's readiness.)
+                    // Changes since the installer made this watch may have come after the
+                    // refresh read the file: another look. (Read here rather than trusted to the
+                    // new registration's readiness.) What the old one still holds unread came
+                    // before the new one was made, so before that read, or is in the new one too:
+                    // a writer done then was read, and is no news that the file is whole now.
                     let (new, old) = (w.seen(), watch.get_ref().seen());
                     // SAFETY: as above.
                     match unsafe { AsyncFd::register(w) } {
@@ -118,8 +124,8 @@ pub async fn serve(
                         // what it would have seen.
                         Err(e) => tracing::error!("cannot wait on the new policy watch ({e}); keeping the old one"),
                     }
-                    if new.written || old.written {
-                        installer.send(Command::Written);
+                    if new.written {
+                        installer.send(Command::Written(std::time::Instant::now()));
                     } else if new.changed || old.changed {
                         installer.send(Command::Changed);
                     }

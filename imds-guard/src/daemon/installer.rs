@@ -22,8 +22,11 @@ pub enum Command {
     /// Something watched changed: re-read the file (once it settles) and re-resolve.
     Changed,
     /// As `Changed`, and a writer is done with the policy file (closed it, or renamed a file into
-    /// its directory): a changed text can be installed at once.
-    Written,
+    /// its directory): a changed text can be installed at once. When the event loop read that
+    /// notification: the writer was done before then, so a refresh that began later has read
+    /// what it wrote, and the notice says nothing about what the file holds after that refresh
+    /// (see [`run`]).
+    Written(std::time::Instant),
     /// SIGHUP: reload the file.
     Reload,
     /// The periodic look: pins, uninspected connections, and a re-resolution.
@@ -85,19 +88,32 @@ fn run(owned: Owned, rx: &Receiver<Command>, updates: &tokio::sync::mpsc::Unboun
     let mut uninspected = UninspectedWatch::default();
     uninspected.check(&enforcer.kernel, reporter.as_ref());
     let mut pods = reloader.policy.pods.clone();
+    // When the last refresh began, before it read the policy file (the daemon read it at start-up,
+    // before this thread began).
+    let mut looked = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
         // What queued up meanwhile is done once.
         let mut asked = vec![first];
+        asked.extend(rx.try_iter());
+        if asked.iter().any(|c| matches!(c, Command::Changed | Command::Written(_))) {
+            // Let a burst of changes (an editor's save, a package upgrade) end first.
+            std::thread::sleep(SETTLE);
+        }
+        // What came meanwhile is done with the rest: this refresh reads the file after `now`.
+        let now = std::time::Instant::now();
         asked.extend(rx.try_iter());
         if asked.contains(&Command::Recheck) {
             pins.check(&enforcer.kernel, reporter.as_ref());
             uninspected.check(&enforcer.kernel, reporter.as_ref());
         }
-        let written = asked.contains(&Command::Written);
-        if written || asked.contains(&Command::Changed) {
-            // Let a burst of changes (an editor's save, a package upgrade) end first.
-            std::thread::sleep(SETTLE);
-        }
+        // Only a writer done after the last refresh began says that the text now in the file is
+        // whole. One done before was read by that refresh; its notice, queued while that refresh
+        // ran, was once taken for a new one, and the text then in the file was installed at
+        // once: under a reload storm, the next writer's, which had truncated the file and not yet
+        // written (its open(O_TRUNC) waited up to 200 ms for the old data's writeback), an
+        // enforce policy with no rules that refused every process (`reload_storm`, 1 run in 5).
+        let written = asked.iter().any(|c| matches!(c, Command::Written(at) if *at >= looked));
+        looked = now;
         let reason = if asked.contains(&Command::Reload) { Reason::Signal } else { Reason::FileChanged };
         match rewatch(&mut reloader, &mut enforcer, Some(reason), written) {
             Ok(w) => {

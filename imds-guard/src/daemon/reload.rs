@@ -129,6 +129,19 @@ impl Reloader {
                 );
             }
             Ok(bytes) if bytes != self.source.text.as_bytes() => match read_settled(&self.config) {
+                // What a writer leaves between truncating the file and writing it, whatever notice
+                // came before: its open(O_TRUNC) can wait for the old data's writeback (200 ms
+                // seen here), longer than the reads take to agree. An empty file is installed
+                // once it has stayed so for UNWRITTEN_QUIET.
+                Ok(bytes)
+                    if bytes.iter().all(u8::is_ascii_whitespace) && !self.quiet_since_changed(&bytes) =>
+                {
+                    tracing::debug!(
+                        policy = %self.config.display(),
+                        "the policy file is empty; installing it once it stays so for {} s",
+                        UNWRITTEN_QUIET.as_secs()
+                    );
+                }
                 Ok(bytes) => {
                     let started = Instant::now();
                     let strict = self.strict_host();
