@@ -184,6 +184,70 @@ fn a_policy_rewritten_in_place_is_installed_once_its_writer_is_done() {
     drop(f);
 }
 
+/// A writer's close says the text it wrote is whole, not what the file holds later: the next
+/// writer, which truncated the file and has not written yet, is not installed on the word of the
+/// one before. (`reload_storm` once had an enforce policy with no rules installed, root refused
+/// for a generation: the close notice of a text already installed was taken for a new one while
+/// the next write's open(O_TRUNC) waited 200 ms for the old data's writeback.)
+#[test]
+fn a_file_truncated_by_the_next_writer_is_not_installed_on_the_last_writers_close() {
+    use std::io::Write as _;
+    let Some(sb) = Sandbox::new("reload_truncated", ImdsMode::Optional) else { return };
+    let policy = sb.write("policy.toml", "[[allow]]\nuid = 0\n");
+    let d = sb.daemon(&policy);
+    let reloads = |d: &imds_guard_tests::Daemon| {
+        d.events().into_iter().filter(|e| e["event"] == "policy_reloaded").collect::<Vec<_>>()
+    };
+    let before = reloads(&d).len();
+    let rewrite = |text: &str| {
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&policy).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    // Once the daemon has looked at its start's own changes (its event socket, in the policy's
+    // directory), a whole text, closed twice: the second close is noticed while the daemon lets
+    // the first settle, and queues behind it.
+    std::thread::sleep(Duration::from_millis(500));
+    rewrite("[[allow]]\nuid = 0\n\n[[allow]]\nuid = 4242\n");
+    std::thread::sleep(Duration::from_millis(30));
+    drop(std::fs::OpenOptions::new().write(true).open(&policy).unwrap());
+    let ok = d
+        .wait_event(Duration::from_secs(10), |e| e["event"] == "policy_reloaded")
+        .expect("installed once closed");
+    assert_eq!(ok["rules"], 2, "{ok}");
+    // At once, the next writer truncates the file and pauses before it writes.
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&policy).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(reloads(&d).len(), before + 1, "the truncated file was installed: {:?}", reloads(&d));
+    assert_eq!(sb.client(0, 0).connect("169.254.169.254", 80).result, "connected");
+    f.write_all(b"[[allow]]\nuid = 0\n").unwrap();
+    drop(f);
+    let next = d
+        .wait_event(Duration::from_secs(10), |e| {
+            e["event"] == "policy_reloaded" && e["generation"].as_u64() > ok["generation"].as_u64()
+        })
+        .expect("installed once closed");
+    assert_eq!(next["rules"], 1, "{:?}", reloads(&d));
+    assert_eq!(reloads(&d).len(), before + 2, "{:?}", reloads(&d));
+
+    // A writer done, and at once the next one truncates the file and pauses: the close is news,
+    // but what the file holds by the time it is read is the next writer's empty file, which waits
+    // until it has stayed empty for 5 s.
+    rewrite("[[allow]]\nuid = 0\n\n[[allow]]\nuid = 4243\n");
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&policy).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        reloads(&d).iter().all(|e| e["rules"] != 0),
+        "the truncated file was installed: {:?}",
+        reloads(&d)
+    );
+    assert_eq!(sb.client(0, 0).connect("169.254.169.254", 80).result, "connected");
+    f.write_all(b"[[allow]]\nuid = 0\n\n[[allow]]\nuid = 4244\n\n[[allow]]\nuid = 4245\n").unwrap();
+    drop(f);
+    d.wait_event(Duration::from_secs(10), |e| e["event"] == "policy_reloaded" && e["rules"] == 3)
+        .unwrap_or_else(|| panic!("installed once closed: {:?}", reloads(&d)));
+    assert!(reloads(&d).iter().all(|e| e["rules"] != 0), "{:?}", reloads(&d));
+}
+
 /// A denied identity connecting every 0.5 ms never gets through while the daemon is SIGKILLed,
 /// restarted, and upgraded twice to binaries whose maps have another layout (new maps, programs
 /// swapped into the same links, the message hook moved to the new sockhash, old maps removed).
