@@ -537,8 +537,17 @@ pub struct WordSkip {
     pub below: u64,
     /// The high bit of every byte where the state has no run (every word ends it), else 0.
     pub no_run: u64,
-    pub reserved: [u64; 2],
+    /// The byte that usually ends the state's run (a value's `\n`, the path's blank), or
+    /// [`NO_END`]: where the first byte of a word that ends the run is this one, the scan takes
+    /// the run's bytes before it and this byte (see [`HttpState::scan`]).
+    pub end_byte: u64,
+    /// The entry of that byte from the state, as in [`TABLE`] (with its counts: `count / 8` is a
+    /// run byte's).
+    pub end_next: u64,
 }
+
+/// [`WordSkip::end_byte`] of a state with no run: no byte.
+pub const NO_END: u64 = 0x100;
 
 /// A state with no word (`word | 1` is never 0) and no run.
 const NO_WORD: WordSkip = WordSkip {
@@ -548,7 +557,8 @@ const NO_WORD: WordSkip = WordSkip {
     count: 0,
     below: 0,
     no_run: u64::from_le_bytes([0x80; 8]),
-    reserved: [0; 2],
+    end_byte: NO_END,
+    end_next: 0,
 };
 
 /// [`TABLE`]'s entry for state `s` and byte `b` (as [`build`] makes it).
@@ -597,6 +607,8 @@ const fn build_words() -> [WordSkip; 128] {
         next: entry(st::VALUE, 0) as u64,
         below: u64::from_le_bytes([b'\n' + 1; 8]),
         no_run: 0,
+        end_byte: b'\n' as u64,
+        end_next: table_entry(st::VALUE, b'\n') as u64,
         ..NO_WORD
     };
     // The path's, once it is not the token path's: up to a blank or a line end (every byte up to
@@ -606,6 +618,8 @@ const fn build_words() -> [WordSkip; 128] {
         count: 8 * CAPTURE as u64,
         below: u64::from_le_bytes([b' ' + 1; 8]),
         no_run: 0,
+        end_byte: b' ' as u64,
+        end_next: table_entry(st::PATH_OTHER, b' ') as u64,
         ..NO_WORD
     };
     t
@@ -772,8 +786,11 @@ impl HttpState {
 
     /// Feeds the first `len` (at most [`SCAN_MAX`]) bytes of `src`: the loops the kernel runs.
     /// Returns how many bytes belong to this request; fewer than `len` when its header block
-    /// ended before them (or, past [`MAX_HEADER_BYTES`], when it is `Oversized` whatever it
-    /// returns). Keeps the path when this write holds the start of the request.
+    /// ended before them, or when the loop's 512 words ended first (a write of many very short
+    /// header lines: each word that ends a run early advances less than 8 bytes; the write is
+    /// then `Oversized`, see [`HttpState::write_finding_for`]), or, past [`MAX_HEADER_BYTES`],
+    /// when it is `Oversized` whatever it returns. Keeps the path when this write holds the start
+    /// of the request.
     ///
     /// The bytes go by in words of 8: a word that starts in a header value and holds no `\n`
     /// leaves the state as it was (a value's row sends every byte but `\n` back to the value, and
@@ -784,10 +801,13 @@ impl HttpState {
     /// the path; and a word that is the next 8 bytes, in any case, of the header name the state
     /// is matching (the token header's, say), or of a request line's usual start
     /// (`GET /latest/meta-data/`), is taken whole: the state moves 8 nodes on, with the flags and
-    /// counts of its bytes ([`WORDS`]). Any other word is stepped byte by byte (one table load
-    /// each, no branch).
+    /// counts of its bytes ([`WORDS`]). A word in which a value's run ends at its `\n`, or the
+    /// path's at its blank, is taken up to and with that byte (the run's bytes change nothing
+    /// but the path's count, the ending byte's entry is the state's `end_next`), and the next
+    /// word starts after it: at the next header line's start, whose name can then be taken
+    /// whole. Any other word is stepped byte by byte (one table load each, no branch).
     /// Then the last 0..=7 bytes, one by one. The loops are bounded by [`SCAN_MAX`] / 8 and 8,
-    /// with at most four branches a word and one a byte: the verifier walks them word by word (it
+    /// with at most five branches a word and one a byte: the verifier walks them word by word (it
     /// keeps one pending state per branch it walks, at most 8,192: a loop of 4096 bytes can
     /// afford one a byte, no more).
     #[inline(always)]
@@ -803,14 +823,26 @@ impl HttpState {
         // a branch. In 64 bits: a sum of 32-bit values would be cut back to 32 bits each time.
         const TO_FINAL: u32 = FINAL.trailing_zeros() - 7;
         let mut stop = ((hide(u64::from(self.state)) + 2) << TO_FINAL) & u64::from(FINAL);
-        let (words, end) = (u64::from(len / 8), u64::from(len));
+        let end = u64::from(len);
         const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+        // Where the next word starts: 8 bytes on from the last, or just after the byte that
+        // ended a run.
+        let mut pos = 0u64;
         let mut k = 0u64;
         while k < u64::from(SCAN_MAX / 8) {
-            if k + stop >= words {
+            // Through memory: the verifier then knows nothing of the position but its type, and
+            // the ways through the last word, which left it at different places, meet at the
+            // loop's head (a position it knew would keep them apart: each way on its own through
+            // the rest of the loop, past the 1M instructions it walks).
+            // SAFETY: a write and a read of our own field.
+            pos = u64::from(unsafe {
+                core::ptr::write_volatile(&raw mut self.bytes, pos as u32);
+                core::ptr::read_volatile(&raw const self.bytes)
+            });
+            if pos + 8 + stop > end {
                 break;
             }
-            let at = (k * 8) as usize & (SCAN_MAX as usize - 1);
+            let at = pos as usize & (SCAN_MAX as usize - 1);
             // In the kernel, a second test a word, which never ends the loop before the first
             // (`len` is at most what the message has): the one the verifier learns the
             // message's bounds from.
@@ -823,7 +855,7 @@ impl HttpState {
             // stepping way's (it walks that first) and goes no further on them.
             let ws = (state >> 2) as usize & 0x1fc0;
             // SAFETY: `ws` is a multiple of 64 below 8,192: a WordSkip of WORDS, aligned; its
-            // fields are at 0, 8, .., 40.
+            // fields are at 0, 8, .., 56.
             let field =
                 |off: usize| unsafe { WORDS.as_ptr().cast::<u8>().add(ws + off).cast::<u64>().read() };
             // Non-zero where a byte of the word ends the state's run (see `WordSkip`): one below
@@ -836,10 +868,24 @@ impl HttpState {
             // A word of the state's run (a header value's bytes up to `\n`, the path's up to a
             // blank or line end), or the state's own word: taken whole, from the state's entry,
             // flags and counts with it. Otherwise stepped byte by byte. (No state has both.)
+            // Where the first byte that ends the run is (0..=7; 0 in a state with no run): its
+            // high bit is the lowest set in `ended` (exact there, whatever the bytes above),
+            // `low >> 7` a 1 in that byte, and the product's top byte its index.
+            let low = ended.isolate_lowest_one();
+            let idx = ((low >> 7).wrapping_mul(0x0001_0203_0405_0607)) >> 56;
             if ended == 0 || other == 0 {
                 w.counts += field(24);
                 w.last = field(16) as u32;
                 w.seen |= w.last;
+                pos += 8;
+            } else if (word >> (8 * idx)) & 0xff == field(48) {
+                // The run's usual end (a value's `\n`, the path's blank): the run's bytes before
+                // it and that byte are taken, and the next word starts after it (at a header
+                // line's start, say, whose name can then be taken whole).
+                w.counts += (field(24) >> 3) * idx + (field(56) & u64::from(COUNTS));
+                w.last = field(56) as u32;
+                w.seen |= w.last;
+                pos += idx + 1;
             } else {
                 // Each byte loaded on its own (volatile: one load each; left to itself the
                 // compiler cut them out of the word with a shift and a mask each, and kept the
@@ -854,6 +900,7 @@ impl HttpState {
                 // a final state (bits 15..18 of `counts`): how many of its bytes followed the
                 // block's end.
                 stop = u64::from(w.last & FINAL);
+                pos += 8;
             }
             k += 1;
         }
@@ -862,7 +909,7 @@ impl HttpState {
         // the one above.
         // SAFETY: a write and a read of our own field.
         let mut i = u64::from(unsafe {
-            core::ptr::write_volatile(&raw mut self.bytes, (k * 8) as u32);
+            core::ptr::write_volatile(&raw mut self.bytes, pos as u32);
             core::ptr::read_volatile(&raw const self.bytes)
         });
         let mut j = 0;
@@ -910,10 +957,10 @@ impl HttpState {
     /// [`SCAN_MAX`] bytes; returns the bytes that belong to this request.
     pub fn feed(&mut self, bytes: &[u8]) -> usize {
         let mut took = 0;
-        for chunk in bytes.chunks(SCAN_MAX as usize) {
-            if self.at_end() {
-                break;
-            }
+        while took < bytes.len() && !self.at_end() {
+            let chunk = &bytes[took..bytes.len().min(took + SCAN_MAX as usize)];
+            // Fewer than the chunk's bytes where the request's header block ended, or where the
+            // loop's bound in words came first (then the next write goes on from there).
             took += self.scan(&mut Bytes(chunk), chunk.len() as u32) as usize;
         }
         took
@@ -1009,7 +1056,9 @@ impl HttpState {
             f
         } else if f.is_final() {
             if took < read || size > read { Finding::Trailing } else { f }
-        } else if size > read {
+        } else if size > read || took < read {
+            // Bytes of the write not scanned (the scan's loop has a bound in words, and a word
+            // may end early: see `HttpState::scan`) could hide a request.
             Finding::Oversized
         } else {
             f
@@ -1556,6 +1605,25 @@ mod tests {
             proptest::prop_assert_eq!((s.state, s.flags, s.path_at, s.path_bytes, took), want);
             proptest::prop_assert_eq!(s.bytes, before + took);
         }
+    }
+
+    #[test]
+    fn a_write_the_loop_cannot_finish_is_oversized() {
+        // Lines that end a value's run early in almost every word: the loop's 512 words cover
+        // fewer bytes than the write holds.
+        let mut req = String::from("GET / HTTP/1.1\r\n");
+        while req.len() < 4000 {
+            req.push_str("a:\n");
+        }
+        let n = req.len() as u32;
+        let mut s = HttpState::default();
+        let took = s.scan(&mut Bytes(req.as_bytes()), n);
+        assert!(took < n, "{took} of {n}");
+        assert_eq!(s.write_finding(took, n, n), Finding::Oversized);
+        // Fed on (the next write goes on from there), it is what a byte walk makes of it.
+        let mut whole = HttpState::default();
+        assert_eq!(whole.feed(req.as_bytes()), req.len());
+        assert_eq!(walk_bytes(&HttpState::default(), req.as_bytes()).0, whole.state);
     }
 
     #[test]
