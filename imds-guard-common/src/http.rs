@@ -749,6 +749,15 @@ impl Default for HttpState {
     }
 }
 
+/// Which byte of a word first ends the state's run (0..=7), from the run test's `ended` (not 0):
+/// its high bit is the lowest set (exact there, whatever the bytes above it), `low >> 7` a 1 in
+/// that byte, and the product's top byte its index. 0 in a state with no run.
+#[inline(always)]
+const fn first_ended(ended: u64) -> u64 {
+    let low = ended.isolate_lowest_one();
+    (low >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56
+}
+
 /// The fields of [`HttpState`] that one byte changes, held in locals while a write is scanned.
 struct Walk {
     /// The last entry taken: its bits 8..14, the next state, are the byte offset of its row.
@@ -868,11 +877,7 @@ impl HttpState {
             // A word of the state's run (a header value's bytes up to `\n`, the path's up to a
             // blank or line end), or the state's own word: taken whole, from the state's entry,
             // flags and counts with it. Otherwise stepped byte by byte. (No state has both.)
-            // Where the first byte that ends the run is (0..=7; 0 in a state with no run): its
-            // high bit is the lowest set in `ended` (exact there, whatever the bytes above),
-            // `low >> 7` a 1 in that byte, and the product's top byte its index.
-            let low = ended.isolate_lowest_one();
-            let idx = ((low >> 7).wrapping_mul(0x0001_0203_0405_0607)) >> 56;
+            let idx = first_ended(ended);
             if ended == 0 || other == 0 {
                 w.counts += field(24);
                 w.last = field(16) as u32;
@@ -1553,6 +1558,69 @@ mod tests {
         assert_eq!(runs, 2);
         assert_eq!(WORDS[usize::from(st::VALUE)].count, 0);
         assert_eq!(WORDS[usize::from(st::PATH_OTHER)].count, 8 * u64::from(CAPTURE));
+    }
+
+    #[test]
+    fn a_run_ended_by_its_end_byte_is_what_its_bytes_step_to() {
+        // What taking a word up to the byte that ends its run relies on (see `scan`): the index
+        // `first_ended` gives is the first byte that ends the run, whatever follows; and the run's
+        // bytes before it and the end byte step to `end_next`, with the counts taken.
+        const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+        let mut ends = 0;
+        for s in 0..128u8 {
+            let nw = WORDS[usize::from(s)];
+            if nw.end_byte == NO_END {
+                continue;
+            }
+            ends += 1;
+            assert_eq!(nw.no_run, 0, "state {s}: an end and no run");
+            let fillers: &[u8] = if s == st::VALUE { b"a\r\x7f\xff :" } else { b"x!?%\x7f\xff" };
+            for &filler in fillers {
+                assert!(!ends_run(s, u64::from_le_bytes([filler; 8])), "state {s} filler {filler:#x}");
+                for idx in 0..8usize {
+                    for b in 0..=255u8 {
+                        for &later in &[0u8, b'\n', b'a', 0xff] {
+                            let mut bytes = [later; 8];
+                            bytes[..idx].fill(filler);
+                            bytes[idx] = b;
+                            let word = u64::from_le_bytes(bytes);
+                            let ended = (word.wrapping_sub(nw.below) & !word & HIGHS) | nw.no_run;
+                            if !ends_run(
+                                s,
+                                u64::from_le_bytes([
+                                    filler, filler, filler, filler, filler, filler, filler, b,
+                                ]),
+                            ) {
+                                continue; // `b` does not end the run
+                            }
+                            assert_eq!(first_ended(ended), idx as u64, "state {s} byte {b:#x} at {idx}");
+                            if u64::from(b) != nw.end_byte {
+                                continue;
+                            }
+                            let (mut e, mut counts, mut seen) = (0u32, 0u64, 0u32);
+                            let mut state = s;
+                            for &x in &bytes[..=idx] {
+                                e = table_entry(state, x);
+                                counts += u64::from(e & COUNTS);
+                                seen |= e;
+                                state = next_state(e);
+                            }
+                            assert_eq!(u64::from(e), nw.end_next, "state {s} at {idx}");
+                            assert_eq!(
+                                counts,
+                                (nw.count >> 3) * idx as u64 + (nw.end_next & u64::from(COUNTS)),
+                                "state {s} at {idx}"
+                            );
+                            assert_eq!(seen & (FLAGS << FLAG_SHIFT), e & (FLAGS << FLAG_SHIFT), "state {s}");
+                            assert_eq!(e & FINAL, 0, "state {s}: an end byte ends no block");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(ends, 2);
+        assert_eq!(WORDS[usize::from(st::VALUE)].end_byte, u64::from(b'\n'));
+        assert_eq!(WORDS[usize::from(st::PATH_OTHER)].end_byte, u64::from(b' '));
     }
 
     #[test]
