@@ -713,6 +713,11 @@ pub fn copy_window<S: Source, const W: usize>(src: &mut S, at: usize, out: &mut 
     src.done();
 }
 
+/// What viewing the kept path as words relies on: whole words, at an 8-aligned offset of an
+/// 8-aligned struct.
+const PATH_AS_WORDS: bool =
+    PATH_MAX.is_multiple_of(8) && core::mem::offset_of!(HttpState, path).is_multiple_of(8);
+
 /// 8-byte aligned and reset field by field: in the kernel, a byte-wise copy or clear of it would
 /// become a loop the verifier has to walk.
 #[repr(C, align(8))]
@@ -877,35 +882,38 @@ impl HttpState {
             // A word of the state's run (a header value's bytes up to `\n`, the path's up to a
             // blank or line end), or the state's own word: taken whole, from the state's entry,
             // flags and counts with it. Otherwise stepped byte by byte. (No state has both.)
-            let idx = first_ended(ended);
             if ended == 0 || other == 0 {
                 w.counts += field(24);
                 w.last = field(16) as u32;
                 w.seen |= w.last;
                 pos += 8;
-            } else if (word >> (8 * idx)) & 0xff == field(48) {
-                // The run's usual end (a value's `\n`, the path's blank): the run's bytes before
-                // it and that byte are taken, and the next word starts after it (at a header
-                // line's start, say, whose name can then be taken whole).
-                w.counts += (field(24) >> 3) * idx + (field(56) & u64::from(COUNTS));
-                w.last = field(56) as u32;
-                w.seen |= w.last;
-                pos += idx + 1;
             } else {
-                // Each byte loaded on its own (volatile: one load each; left to itself the
-                // compiler cut them out of the word with a shift and a mask each, and kept the
-                // eight in spilled registers: the kernel has ten).
-                let mut j = 0;
-                while j < 8 {
-                    // SAFETY: a byte of the 8 at `from`.
-                    w.step(unsafe { core::ptr::read_volatile(from.add(j)) });
-                    j += 1;
+                // The first byte that ends the run: its own (below) or any other (stepped).
+                let idx = first_ended(ended);
+                if (word >> (8 * idx)) & 0xff == field(48) {
+                    // The run's usual end (a value's `\n`, the path's blank): the run's bytes before
+                    // it and that byte are taken, and the next word starts after it (at a header
+                    // line's start, say, whose name can then be taken whole).
+                    w.counts += (field(24) >> 3) * idx + (field(56) & u64::from(COUNTS));
+                    w.last = field(56) as u32;
+                    w.seen |= w.last;
+                    pos += idx + 1;
+                } else {
+                    // Each byte loaded on its own (volatile: one load each; left to itself the
+                    // compiler cut them out of the word with a shift and a mask each, and kept the
+                    // eight in spilled registers: the kernel has ten).
+                    let mut j = 0;
+                    while j < 8 {
+                        // SAFETY: a byte of the 8 at `from`.
+                        w.step(unsafe { core::ptr::read_volatile(from.add(j)) });
+                        j += 1;
+                    }
+                    // Once final, the state stays final and the word's later bytes count as taken in
+                    // a final state (bits 15..18 of `counts`): how many of its bytes followed the
+                    // block's end.
+                    stop = u64::from(w.last & FINAL);
+                    pos += 8;
                 }
-                // Once final, the state stays final and the word's later bytes count as taken in
-                // a final state (bits 15..18 of `counts`): how many of its bytes followed the
-                // block's end.
-                stop = u64::from(w.last & FINAL);
-                pos += 8;
             }
             k += 1;
         }
@@ -952,7 +960,7 @@ impl HttpState {
             // what the write has of a fixed-size window, keep at most PATH_MAX of it (the path's
             // bytes are all in the write: `path_bytes` counts those scanned).
             let at = (path_at & (SCAN_MAX - 1)) as usize;
-            copy_window(src, at, self.path_words());
+            copy_window(src, at, self.path_words_mut());
             self.path_len = if path_bytes < PATH_MAX as u32 { path_bytes as u8 } else { PATH_MAX as u8 };
         }
         bytes - before
@@ -971,12 +979,22 @@ impl HttpState {
         took
     }
 
-    /// The path's bytes as words, for [`copy_window`].
+    /// The kept path's bytes as words: what [`copy_window`] fills and the credentials matcher
+    /// reads a word at a time.
     #[inline(always)]
-    fn path_words(&mut self) -> &mut [u64; PATH_MAX / 8] {
-        const { assert!(PATH_MAX.is_multiple_of(8) && core::mem::offset_of!(HttpState, path).is_multiple_of(8)) };
+    #[must_use]
+    pub fn path_words(&self) -> &[u64; PATH_MAX / 8] {
+        const { assert!(PATH_AS_WORDS) };
         // SAFETY: PATH_MAX bytes at an 8-aligned offset of an 8-aligned struct: PATH_MAX / 8
         // words, borrowed with `self`.
+        unsafe { &*self.path.as_ptr().cast::<[u64; PATH_MAX / 8]>() }
+    }
+
+    /// [`HttpState::path_words`], to write.
+    #[inline(always)]
+    fn path_words_mut(&mut self) -> &mut [u64; PATH_MAX / 8] {
+        const { assert!(PATH_AS_WORDS) };
+        // SAFETY: as in `path_words`, borrowed mutably with `self`.
         unsafe { &mut *self.path.as_mut_ptr().cast::<[u64; PATH_MAX / 8]>() }
     }
 
@@ -1516,11 +1534,16 @@ mod tests {
         assert_eq!(walk_bytes(&get, b"GET /lat").1, flag::GET);
     }
 
-    /// Whether the scan's run test (see `scan`) finds a byte of `word` that ends state `s`'s run.
-    fn ends_run(s: u8, word: u64) -> bool {
+    /// The scan's run test (see `scan`): non-zero where a byte of `word` ends state `s`'s run.
+    fn run_ended(s: u8, word: u64) -> u64 {
         let nw = WORDS[usize::from(s)];
         const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-        (word.wrapping_sub(nw.below) & !word & HIGHS) | nw.no_run != 0
+        (word.wrapping_sub(nw.below) & !word & HIGHS) | nw.no_run
+    }
+
+    /// Whether the scan's run test finds a byte of `word` that ends state `s`'s run.
+    fn ends_run(s: u8, word: u64) -> bool {
+        run_ended(s, word) != 0
     }
 
     #[test]
@@ -1565,7 +1588,6 @@ mod tests {
         // What taking a word up to the byte that ends its run relies on (see `scan`): the index
         // `first_ended` gives is the first byte that ends the run, whatever follows; and the run's
         // bytes before it and the end byte step to `end_next`, with the counts taken.
-        const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
         let mut ends = 0;
         for s in 0..128u8 {
             let nw = WORDS[usize::from(s)];
@@ -1584,7 +1606,7 @@ mod tests {
                             bytes[..idx].fill(filler);
                             bytes[idx] = b;
                             let word = u64::from_le_bytes(bytes);
-                            let ended = (word.wrapping_sub(nw.below) & !word & HIGHS) | nw.no_run;
+                            let ended = run_ended(s, word);
                             if !ends_run(
                                 s,
                                 u64::from_le_bytes([

@@ -58,6 +58,33 @@ pub struct SockState {
     pub http: HttpState,
 }
 
+impl SockState {
+    /// The kept tail of the path ([`SockState::path_tail`]) as words: what the message hook
+    /// copies in and the credentials matcher reads a word at a time.
+    #[inline(always)]
+    #[must_use]
+    pub fn path_tail_words(&self) -> &[u64; crate::creds::PATH_TAIL / 8] {
+        const { assert!(TAIL_AS_WORDS) };
+        // SAFETY: PATH_TAIL bytes at an 8-aligned offset of a struct aligned for its u64 fields
+        // (map values are 8-aligned): PATH_TAIL / 8 words, borrowed with `self`.
+        unsafe { &*self.path_tail.as_ptr().cast::<[u64; crate::creds::PATH_TAIL / 8]>() }
+    }
+
+    /// [`SockState::path_tail_words`], to write.
+    #[inline(always)]
+    pub fn path_tail_words_mut(&mut self) -> &mut [u64; crate::creds::PATH_TAIL / 8] {
+        const { assert!(TAIL_AS_WORDS) };
+        // SAFETY: as in `path_tail_words`, borrowed mutably with `self`.
+        unsafe { &mut *self.path_tail.as_mut_ptr().cast::<[u64; crate::creds::PATH_TAIL / 8]>() }
+    }
+}
+
+/// What viewing the path's tail as words relies on: whole words, at an 8-aligned offset of an
+/// 8-aligned struct.
+const TAIL_AS_WORDS: bool = crate::creds::PATH_TAIL.is_multiple_of(8)
+    && core::mem::offset_of!(SockState, path_tail).is_multiple_of(8)
+    && core::mem::align_of::<SockState>() == 8;
+
 /// A connection whose requests must all be inspected (its workload's `imdsv1 = "deny"`, or a
 /// `read` other than "all"), kept by socket cookie in [`crate::maps::GUARDS`].
 ///

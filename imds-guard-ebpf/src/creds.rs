@@ -257,14 +257,10 @@ pub fn request(ctx: &SkMsgContext, st: &mut SockState, cfg: &GenConfig, path_kno
     }
     if path_known && path_lengths(st).2 {
         let (path_len, tail_len, _) = path_lengths(st);
-        // SAFETY: the kept path and its tail viewed as words: 8-aligned arrays of whole words (see
-        // the copy below).
-        let (path, tail) = unsafe {
-            (
-                &*st.http.path.as_ptr().cast::<[u64; PATH_MAX / 8]>(),
-                &*st.path_tail.as_ptr().cast::<[u64; creds::PATH_TAIL / 8]>(),
-            )
-        };
+        // Both views taken before the walks: with the tail's taken between them, the compiler
+        // kept other values live across the first walk and the hook verified in 570,000
+        // instructions instead of 415,000 (6.18).
+        let (path, tail) = (st.http.path_words(), st.path_tail_words());
         let s = creds::needle_words(0, path, path_len);
         let s = creds::needle_words(s, tail, tail_len);
         if !creds::found(s) {
@@ -296,15 +292,13 @@ pub fn request(ctx: &SkMsgContext, st: &mut SockState, cfg: &GenConfig, path_kno
     ev.path_bytes = if path_known { st.http.path_bytes } else { 0 };
     ev.path_len = path_len + tail_len;
     // Only the path's own bytes: what follows it in the kept window is the rest of the request
-    // (an IMDSv2 token header, say), which no event carries. A word at a time: the kept path
-    // (at 152 in the socket's storage), its tail (at 96) and the event's path (at 464 in the
-    // watch) are 8-aligned, as map values are.
+    // (an IMDSv2 token header, say), which no event carries. A word at a time: the kept path and
+    // its tail as words, into the event's path (at 464 in the watch, 8-aligned as map values are).
     const { assert!(PATH_MAX % 8 == 0 && creds::PATH_TAIL % 8 == 0) };
-    // SAFETY: byte arrays of PATH_MAX, PATH_TAIL and PATH_MAX + PATH_TAIL bytes, each 8-aligned
-    // (above; `words_are_aligned` in imds-guard-common checks the offsets), viewed as words.
+    let (path, tail) = (st.http.path_words(), st.path_tail_words());
+    // SAFETY: the event's path, PATH_MAX + PATH_TAIL bytes, 8-aligned (`words_are_aligned` in
+    // imds-guard-common checks the offset), viewed as words.
     unsafe {
-        let path = &*st.http.path.as_ptr().cast::<[u64; PATH_MAX / 8]>();
-        let tail = &*st.path_tail.as_ptr().cast::<[u64; creds::PATH_TAIL / 8]>();
         let out = ev.path.as_mut_ptr().cast::<u64>();
         creds::keep_below(path, path_len, &mut *out.cast::<[u64; PATH_MAX / 8]>());
         creds::keep_below(tail, tail_len, &mut *out.add(PATH_MAX / 8).cast::<[u64; creds::PATH_TAIL / 8]>());

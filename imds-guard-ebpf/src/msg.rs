@@ -161,9 +161,7 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
         st.path_tail_len = 0;
         if pb > PATH_MAX as u32 {
             let at = (st.http.path_at + PATH_MAX as u32) as usize;
-            // SAFETY: PATH_TAIL bytes at an 8-aligned offset of the storage (as `creds` reads them).
-            let tail = unsafe { &mut *st.path_tail.as_mut_ptr().cast::<[u64; PATH_TAIL / 8]>() };
-            copy_window(&mut msg, at, tail);
+            copy_window(&mut msg, at, st.path_tail_words_mut());
             let more = pb - PATH_MAX as u32;
             st.path_tail_len = if more > PATH_TAIL as u32 { PATH_TAIL as u32 } else { more };
         }
