@@ -42,10 +42,10 @@ enum Cmd {
     /// and target/bench/results.json.
     Bench {
         /// Only the metadata path: a metadata connect and a request on a new connection (cold)
-        /// and on a kept one (warm; also with botocore's headers), and an empty sk_msg program's
-        /// floor, 15 batches each (median and lowest batch), printed, nothing written: ~20 s,
-        /// for work on the hooks (with
-        /// IMDS_GUARD_LOG=debug, also what the verifier checked of each program).
+        /// and on a kept one (warm; also with botocore's headers; and each 2 ms after the last,
+        /// idle), and an empty sk_msg program's floor (back to back and idle), 15 batches each
+        /// (median and lowest batch), printed, nothing written: ~40 s, for work on the hooks
+        /// (with IMDS_GUARD_LOG=debug, also what the verifier checked of each program).
         #[arg(long)]
         requests: bool,
     },
