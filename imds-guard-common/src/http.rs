@@ -686,13 +686,17 @@ unsafe impl Source for Bytes<'_> {
     }
 }
 
-/// Copies the bytes of `src` from `at` into `out`, as many as the write has there (at most
-/// `8 * W`); the rest of `out` keeps what it held. Whole words, then the last 0..=7 bytes one by
-/// one: bounded loops, each access checked by `src`.
+/// Copies the bytes of `src` from `at` into `out`: the first `len`, rounded up to whole words,
+/// as many of them as the write has there (at most `8 * W`); the rest of `out` keeps what it
+/// held. Whole words, then the last 0..=7 bytes one by one: bounded loops, each access checked
+/// by `src`.
 #[inline(always)]
-pub fn copy_window<S: Source, const W: usize>(src: &mut S, at: usize, out: &mut [u64; W]) {
+pub fn copy_window<S: Source, const W: usize>(src: &mut S, at: usize, len: usize, out: &mut [u64; W]) {
     let mut j = 0;
     while j < W {
+        if 8 * j >= len {
+            break;
+        }
         let Some(p) = src.word(at + 8 * j) else { break };
         // SAFETY: 8 readable bytes (`Source`).
         out[j] = unsafe { load8(p) };
@@ -702,7 +706,7 @@ pub fn copy_window<S: Source, const W: usize>(src: &mut S, at: usize, out: &mut 
     let mut m = 0;
     while m < 8 {
         let i = 8 * j + m;
-        if i >= 8 * W {
+        if i >= 8 * W || i >= len {
             break;
         }
         let Some(p) = src.byte(at + i) else { break };
@@ -960,7 +964,7 @@ impl HttpState {
             // what the write has of a fixed-size window, keep at most PATH_MAX of it (the path's
             // bytes are all in the write: `path_bytes` counts those scanned).
             let at = (path_at & (SCAN_MAX - 1)) as usize;
-            copy_window(src, at, self.path_words_mut());
+            copy_window(src, at, path_bytes as usize, self.path_words_mut());
             self.path_len = if path_bytes < PATH_MAX as u32 { path_bytes as u8 } else { PATH_MAX as u8 };
         }
         bytes - before

@@ -443,10 +443,11 @@ pub fn classify_text(path: &[u8]) -> u32 {
 /// `/opc/v2/` (`Authorization: Bearer Oracle`). Only a path in canonical form counts (an AWS
 /// service that resolved `/metadata/../latest/…` would otherwise be asked for IMDSv1 data
 /// unseen); exact case, as those services spell them. OCI's `/opc/v1/` and `/openstack/` are its
-/// legacy tokenless API, like IMDSv1, and Alibaba Cloud's paths are AWS's: not counted.
+/// legacy tokenless API, like IMDSv1, and Alibaba Cloud's paths are AWS's: not counted. Only
+/// the path's own `len` bytes count: what follows them in `path` may be an earlier request's.
 #[inline(always)]
 #[must_use]
-pub fn other_cloud(path: &[u8; PATH_MAX], class: u32) -> bool {
+pub fn other_cloud(path: &[u8; PATH_MAX], len: u32, class: u32) -> bool {
     const MARKERS: [&[u8]; 3] = [b"/computeMetadata/", b"/metadata/", b"/opc/v2/"];
     if class == self::class::UNREADABLE {
         return false;
@@ -460,7 +461,7 @@ pub fn other_cloud(path: &[u8; PATH_MAX], class: u32) -> bool {
             same &= path[i] == marker[i];
             i += 1;
         }
-        if same {
+        if same && len as usize >= marker.len() {
             return true;
         }
         m += 1;
@@ -697,7 +698,7 @@ mod tests {
         let judge = |p: &str| {
             let mut buf = [0u8; PATH_MAX];
             buf[..p.len()].copy_from_slice(p.as_bytes());
-            other_cloud(&buf, of(p.as_bytes()))
+            other_cloud(&buf, p.len() as u32, of(p.as_bytes()))
         };
         for p in [
             "/computeMetadata/v1/instance/zone",
@@ -718,6 +719,22 @@ mod tests {
             "/",
         ] {
             assert!(!judge(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_path_is_another_clouds_by_its_own_bytes_not_an_earlier_requests() {
+        // The connection's state keeps the last request's path past the next one's (the scan
+        // copies a request's path, rounded up to words, and no more): a short tokenless path
+        // after another cloud's request is still AWS's.
+        let mut h = crate::http::HttpState::default();
+        h.feed(b"GET /computeMetadata/v1/instance/zone HTTP/1.1\r\nMetadata-Flavor: Google\r\n\r\n");
+        assert!(other_cloud(&h.path, u32::from(h.path_len), of(h.path())));
+        for short in ["/", "/c", "/computeMetadata", "/metadata", "/opc/v2"] {
+            h.reset();
+            h.feed(std::format!("GET {short} HTTP/1.1\r\n\r\n").as_bytes());
+            assert_eq!(h.path(), short.as_bytes());
+            assert!(!other_cloud(&h.path, u32::from(h.path_len), of(h.path())), "{short}");
         }
     }
 

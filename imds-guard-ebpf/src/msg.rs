@@ -161,8 +161,8 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
         st.path_tail_len = 0;
         if pb > PATH_MAX as u32 {
             let at = (st.http.path_at + PATH_MAX as u32) as usize;
-            copy_window(&mut msg, at, st.path_tail_words_mut());
             let more = pb - PATH_MAX as u32;
+            copy_window(&mut msg, at, more as usize, st.path_tail_words_mut());
             st.path_tail_len = if more > PATH_TAIL as u32 { PATH_TAIL as u32 } else { more };
         }
     }
@@ -198,8 +198,11 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
     let writer_grant =
         crate::judge::opaque(grant(walk.found_for(st.writer_generation), list_of(writer_read)));
     let finding = Finding::from_u32(finding);
-    let finding =
-        if tokenless != 0 && other_cloud(&st.http.path, path_class) { Finding::OtherCloud } else { finding };
+    let finding = if tokenless != 0 && other_cloud(&st.http.path, u32::from(st.http.path_len), path_class) {
+        Finding::OtherCloud
+    } else {
+        finding
+    };
     let v = request_verdict(finding, Imdsv1Action::from_u32(st.imdsv1));
     if let Some(stat) = v.stat {
         count(stat);
