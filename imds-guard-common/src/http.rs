@@ -758,6 +758,26 @@ impl Default for HttpState {
     }
 }
 
+/// The [`WordSkip`] of the state whose row an entry (`last`, as in [`TABLE`]) leads to, as a
+/// reader of its fields by byte offset (0, 8, .., 56): at the row offset over 4 in [`WORDS`].
+#[inline(always)]
+fn words_field(last: u32) -> impl Fn(usize) -> u64 {
+    let ws = ((last & ROW) >> 2) as usize & 0x1fc0;
+    // SAFETY: `ws` is a multiple of 64 below 8,192: a WordSkip of WORDS, aligned; `off` is one
+    // of its fields' offsets.
+    move |off: usize| unsafe { WORDS.as_ptr().cast::<u8>().add(ws + off).cast::<u64>().read() }
+}
+
+/// The run test of a state ([`WordSkip::below`], [`WordSkip::no_run`]) on a word: non-zero where
+/// a byte of it ends the run, one below `below`'s bytes (the classic test for a byte less than n,
+/// exact as to whether there is one, its lowest high bit exact as to where); always, in a state
+/// with no run.
+#[inline(always)]
+const fn run_test(word: u64, below: u64, no_run: u64) -> u64 {
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    (word.wrapping_sub(below) & !word & HIGHS) | no_run
+}
+
 /// Which byte of a word first ends the state's run (0..=7), from the run test's `ended` (not 0):
 /// its high bit is the lowest set (exact there, whatever the bytes above it), `low >> 7` a 1 in
 /// that byte, and the product's top byte its index. 0 in a state with no run.
@@ -845,7 +865,6 @@ impl HttpState {
         const TO_FINAL: u32 = FINAL.trailing_zeros() - 7;
         let mut stop = ((hide(u64::from(self.state)) + 2) << TO_FINAL) & u64::from(FINAL);
         let end = u64::from(len);
-        const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
         // Where the next word starts: 8 bytes on from the last, or just after the byte that
         // ended a run.
         let mut pos = 0u64;
@@ -870,19 +889,12 @@ impl HttpState {
             let Some(from) = src.word(at) else { break };
             // SAFETY: 8 readable bytes (`Source`).
             let word = unsafe { load8(from) };
-            let state = u64::from(w.last & ROW);
-            // What the state takes whole: at its row offset over 4 in WORDS. These ways meet the
-            // stepping way before `k += 1`, where the verifier finds their states inside the
-            // stepping way's (it walks that first) and goes no further on them.
-            let ws = (state >> 2) as usize & 0x1fc0;
-            // SAFETY: `ws` is a multiple of 64 below 8,192: a WordSkip of WORDS, aligned; its
-            // fields are at 0, 8, .., 56.
-            let field =
-                |off: usize| unsafe { WORDS.as_ptr().cast::<u8>().add(ws + off).cast::<u64>().read() };
-            // Non-zero where a byte of the word ends the state's run (see `WordSkip`): one below
-            // `below`'s bytes (the classic test for a byte less than n, exact as to whether there
-            // is one); always, in a state with no run.
-            let ended = (word.wrapping_sub(field(32)) & !word & HIGHS) | field(40);
+            // What the state takes whole. These ways meet the stepping way before `k += 1`,
+            // where the verifier finds their states inside the stepping way's (it walks that
+            // first) and goes no further on them.
+            let field = words_field(w.last);
+            // Non-zero where a byte of the word ends the state's run (see `run_test`).
+            let ended = run_test(word, field(32), field(40));
             // Non-zero unless the word is the state's own (a header name's next 8 bytes in any
             // case, the request line's usual start).
             let other = (word | field(8)) ^ field(0);
@@ -914,14 +926,10 @@ impl HttpState {
                     // they are all of its run, they are taken as one, as a word of it is.
                     // SAFETY: a byte of the 8 at `from`.
                     w.step(unsafe { core::ptr::read_volatile(from) });
-                    let ws = ((w.last & ROW) >> 2) as usize & 0x1fc0;
-                    // SAFETY: as `field`'s.
-                    let then = |off: usize| unsafe {
-                        WORDS.as_ptr().cast::<u8>().add(ws + off).cast::<u64>().read()
-                    };
+                    let then = words_field(w.last);
                     // The other seven bytes, and in the top byte one that ends no run.
                     let rest = (word >> 8) | (0xff << 56);
-                    if (rest.wrapping_sub(then(32)) & !rest & HIGHS) | then(40) == 0 {
+                    if run_test(rest, then(32), then(40)) == 0 {
                         // A run byte's counts are a run word's over 8.
                         w.counts += (then(24) >> 3) * 7;
                         w.last = then(16) as u32;
@@ -982,9 +990,10 @@ impl HttpState {
         };
         src.done();
         if before == 0 {
-            // The request began in this write, at its first byte: its path is in `src`. Copy
-            // what the write has of a fixed-size window, keep at most PATH_MAX of it (the path's
-            // bytes are all in the write: `path_bytes` counts those scanned).
+            // The request began in this write, at its first byte: its path is in `src`. Copy its
+            // words (the path's bytes scanned, `path_bytes`, rounded up to words, at most
+            // PATH_MAX): past `path_len`, the kept path holds whatever it held (the rest of the
+            // path's last word, or an earlier request's bytes).
             let at = (path_at & (SCAN_MAX - 1)) as usize;
             copy_window(src, at, path_bytes as usize, self.path_words_mut());
             self.path_len = if path_bytes < PATH_MAX as u32 { path_bytes as u8 } else { PATH_MAX as u8 };
@@ -1563,8 +1572,7 @@ mod tests {
     /// The scan's run test (see `scan`): non-zero where a byte of `word` ends state `s`'s run.
     fn run_ended(s: u8, word: u64) -> u64 {
         let nw = WORDS[usize::from(s)];
-        const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-        (word.wrapping_sub(nw.below) & !word & HIGHS) | nw.no_run
+        run_test(word, nw.below, nw.no_run)
     }
 
     /// Whether the scan's run test finds a byte of `word` that ends state `s`'s run.
