@@ -1789,24 +1789,31 @@ const ANALYSIS: &str = r#"
   idle request's medians were lower in each round (1,739–2,356 against 1,916–2,872). The hook
   verifies in 520,000 instructions on 6.18 (413,000 before); the 5.10 and 6.1 guests load it.
   The path's copy stops at the path's last word (4 words here instead of 12).
-- **What a warm request waits on** (2026-12-06, session 40). Builds that return at a cut point,
-  run alternately with `--requests` (three rounds, batch medians): returning once the socket's
-  storage is found, 110–160 ns (the floor 75–90 in the same runs); once the writer is checked as
-  well, 215–350 ns; the whole hook 540–650 ns (one round 1,220). The writer's check is about 40
-  BPF instructions (the `read` lists' entry, `bpf_get_current_pid_tgid`,
-  `bpf_get_current_uid_gid`, a comparison with the storage), yet costs ~110 ns: what a warm
-  request pays for is mostly reaching what the round trip between two requests pushed out of
-  the nearer caches (the task's credentials, the socket's storage, the hook's code and tables),
-  not the instructions it runs. Two changes that take instructions off the scan's loop did not
-  move it and were not kept: a header value's word taken together with the next where that one
-  is of the run too (5 of 11 such turns fewer on this request, 16 of 33 on botocore's; 180 →
-  164 ns hot on the host for botocore; the hook verified in 562,000 instructions instead of
-  520,000): warm medians 578–609 against 564–679 ns over four rounds, lowest batches no lower;
-  and the block's end folded into the loop's bound (two instructions fewer a turn): 584–667
-  against 560–1,126 over three. Pinning the client, the fake service and the floor to one CPU
-  made the warm request slower (706–724 ns). The full bench's warm row (medians of 856 and 762
-  ns in two runs that day) is higher than `--requests`' (560–630 the same morning): in it each
-  warm batch follows a batch of requests on new connections and a policy reload.
+- **Where a warm request's time goes, measured again** (2026-12-06, session 40). Builds that
+  return at a cut point, each run three times alternating with the others under `--requests`
+  (lowest batches; the floor, an empty program, 74–93 ns in the same runs): the socket's storage
+  found, 112–145 ns; and the `read` lists' entry, 119–127; and `bpf_get_current_pid_tgid`,
+  149–151 (or `bpf_get_current_uid_gid` instead, 182–198); the writer's whole check, 224–259;
+  the write pulled linear, 244–343; the write scanned (and the connection's state reset, as the
+  hook does), 465–530; the whole hook, 569–620. So the four helper calls of every request cost
+  ~165 ns together, 25–70 ns each, even one that only reads the task's ids (likely much of it
+  the calls themselves: this VM's kernel runs with AMD's SRSO "safe RET" mitigation,
+  `spec_rstack_overflow`, which makes every return in the kernel dearer); the scan ~200 ns (290–350 for botocore's request); judging the request
+  and the credentials bookkeeping ~100. A trap for cut builds: one that returns after the scan
+  without resetting the connection's state leaves it final, and every later request on the
+  connection is then not scanned at all (such a build measured 294–345 ns). Two changes
+  that take instructions off the scan's loop did not move the warm request out of the noise and
+  were not kept: a header value's word taken together with the next where that one is of the
+  run too (5 of 11 such turns fewer on this request, 16 of 33 on botocore's; 180 → 164 ns hot
+  on the host for botocore; the hook verified in 562,000 instructions instead of 520,000):
+  lowest batches 548–571 against 525–553 ns over four rounds; and the block's end folded into
+  the loop's bound (two instructions fewer a turn): 512–601 against 540–557 over three.
+  Pinning the client, the fake service and the floor to one CPU made the warm request slower
+  (lowest 607–634 ns). The full bench's warm row (medians of 856 and 762 ns in two runs that
+  day) is higher than `--requests`' (medians 553–680 in 13 of 16 runs the same morning,
+  949–1,228 in the other three): in it each warm batch follows a batch of requests on new
+  connections and a policy reload, and its mean includes the batch's token request and first
+  request, both on new connections.
 - **A restricted `read`** judges each complete request's path as well: a second walk, over the
   path only (~35 bytes here), through the path automaton and, for a list, the lists' automata.
   Its batches are interleaved with those of a workload that reads all (one of each per round)
