@@ -220,7 +220,7 @@ fn worker(args: &[String]) {
             let idle = args.get(2).is_some_and(|a| a == "idle");
             for _ in 0..n {
                 if idle {
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(IDLE_WAIT);
                 }
                 s.write_all(req.as_bytes()).unwrap();
                 read_response(&mut s, &mut buf);
@@ -1277,7 +1277,7 @@ fn msg_floor(sb: &Sandbox, batches: usize, idle: bool) -> Batched {
             let a = snap(&ids);
             for _ in 0..if idle { 100 } else { 200 } {
                 if idle {
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(IDLE_WAIT);
                 }
                 client.write_all(&write).unwrap();
                 server.read_exact(&mut read).unwrap();
@@ -1341,6 +1341,10 @@ fn batched(
     }
     per.iter().map(|v| Batched::of(v)).collect()
 }
+
+/// How long the idle rows wait before each write (the kept-alive worker's requests and the
+/// floor's writes): about as long as a request on a new connection waits here.
+const IDLE_WAIT: Duration = Duration::from_millis(2);
 
 /// Batches of each metadata-path row.
 const METADATA_BATCHES: usize = 10;
