@@ -292,8 +292,9 @@ pub fn request(ctx: &SkMsgContext, st: &mut SockState, cfg: &GenConfig, path_kno
     ev.path_bytes = if path_known { st.http.path_bytes } else { 0 };
     ev.path_len = path_len + tail_len;
     // Only the path's own bytes: what follows them in the kept path is the rest of its last
-    // word (an IMDSv2 token header's start, say) or an earlier request's, which no event carries. A word at a time: the kept path and
-    // its tail as words, into the event's path (at 464 in the watch, 8-aligned as map values are).
+    // word (an IMDSv2 token header's start, say) or an earlier request's, which no event
+    // carries. A word at a time: the kept path and its tail as words, into the event's path (at
+    // 464 in the watch, 8-aligned as map values are).
     const { assert!(PATH_MAX % 8 == 0 && creds::PATH_TAIL % 8 == 0) };
     let (path, tail) = (st.http.path_words(), st.path_tail_words());
     // SAFETY: the event's path, PATH_MAX + PATH_TAIL bytes, 8-aligned (`words_are_aligned` in

@@ -1802,12 +1802,14 @@ const ANALYSIS: &str = r#"
   hook does), 465–530; the whole hook, 569–620. So the four helper calls of every request cost
   ~165 ns together, 25–70 ns each, even one that only reads the task's ids (likely much of it
   the calls themselves: this VM's kernel runs with AMD's SRSO "safe RET" mitigation,
-  `spec_rstack_overflow`, which makes every return in the kernel dearer); the scan ~200 ns (290–350 for botocore's request); judging the request
-  and the credentials bookkeeping ~100. A trap for cut builds: one that returns after the scan
-  without resetting the connection's state leaves it final, and every later request on the
-  connection is then not scanned at all (such a build measured 294–345 ns). Two changes
-  that take instructions off the scan's loop did not move the warm request out of the noise and
-  were not kept: a header value's word taken together with the next where that one is of the
+  `spec_rstack_overflow`, which makes every return in the kernel dearer); the scan ~200 ns
+  (290–350 for botocore's request); judging the request and the credentials bookkeeping ~100
+  (a cut before the bookkeeping, three more rounds: 540–561 ns, against 474–513 after the scan
+  and 551–568 for the whole hook; judging ~50, the bookkeeping ~15). A trap for cut builds: one
+  that returns after the scan without resetting the connection's state leaves it final, and
+  every later request on the connection is then not scanned at all (such a build measured
+  294–345 ns). Two changes that take instructions off the scan's loop did not move the warm
+  request out of the noise and were not kept: a header value's word taken together with the next where that one is of the
   run too (5 of 11 such turns fewer on this request, 16 of 33 on botocore's; 180 → 164 ns hot
   on the host for botocore; the hook verified in 562,000 instructions instead of 520,000):
   lowest batches 548–571 against 525–553 ns over four rounds; and the block's end folded into
