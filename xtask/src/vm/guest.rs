@@ -49,9 +49,11 @@ pub const DEFAULT_CHECK_TIMEOUT: u32 = 300;
 /// made during the handshake (past the message hook) withheld where reads are restricted (the
 /// guard reads `tcp_sock->write_seq` through BTF, and each kernel's receive path drops it), and
 /// `SO_RCVLOWAT` refused on such connections (`cgroup/setsockopt`; the connect hook reads
-/// `sock->sk_rcvlowat` through BTF).
+/// `sock->sk_rcvlowat` through BTF); every way of writing a request (`sendfile`, `splice` and
+/// `MSG_ZEROCOPY` hand the message hook pages shared with user space on kernels before 6.5,
+/// which it must pull into its own before reading).
 /// (target, test, timeout in seconds)
-pub const SUBSET: [(&str, &str, u32); 20] = [
+pub const SUBSET: [(&str, &str, u32); 21] = [
     ("enforce", "allowed_uid_reaches_imds_and_denied_uid_gets_eperm_on_every_address_form", 180),
     ("identity", "exe_rule_matches_the_running_file_not_its_name", 180),
     ("identity", "cgroup_rule_covers_the_subtree_and_only_it", 180),
@@ -73,6 +75,7 @@ pub const SUBSET: [(&str, &str, u32); 20] = [
     ("bypass", "a_handed_over_socket_reads_no_more_than_its_holder_may", 360),
     ("bypass", "a_write_during_a_slow_handshake_gets_no_answer_where_reads_are_restricted", 240),
     ("bypass", "a_high_rcvlowat_cannot_keep_an_answer_from_the_guard", 240),
+    ("bypass", "every_write_path_on_an_established_connection_is_inspected", 180),
     (
         "credentials",
         "the_aws_sdk_s_credential_fetch_is_attributed_once_with_its_key_and_never_its_secret",
