@@ -340,6 +340,17 @@ pub fn read_class(read: u32, grant: u32, finding: u32, path_class: u32) -> u32 {
     u32::from(READ_VERDICTS[crate::path::ix(i, 4095)])
 }
 
+/// Whether a complete request needs no judging past its finding: an IMDSv2 request written on a
+/// connection whose workload, and whose writer, may read everything (`read` "all": 0 in the
+/// encoded value's low byte). [`request_verdict`] and [`read_class`] always let such a request
+/// through with nothing to count or report, whatever the path and the IMDSv1 treatment (a test
+/// checks every combination), so the message hook skips them: the common request.
+#[inline(always)]
+#[must_use]
+pub const fn needs_no_judging(read: u32, writer_read: u32, finding: u32) -> bool {
+    (read | writer_read) & 0xff == 0 && finding == Finding::Imdsv2 as u32
+}
+
 /// `a` unless it is 0, then `b`, without a branch.
 #[inline(always)]
 #[must_use]
@@ -555,6 +566,55 @@ mod tests {
     fn words(b: [u8; 16]) -> [u32; 4] {
         let w: Vec<u32> = b.chunks(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
         [w[0], w[1], w[2], w[3]]
+    }
+
+    #[test]
+    fn a_request_that_needs_no_judging_is_let_through_with_nothing_counted_or_reported() {
+        use crate::path::class;
+        let reads = [
+            Read::All as u32,
+            Read::NoSecrets as u32,
+            Read::Nothing as u32,
+            Read::Listed as u32,
+            crate::rule::listed(1),
+            crate::rule::listed(7),
+            MONITORED_READ as u32,
+            0x100, // "all" with stray upper bits
+        ];
+        let classes = [class::NONE, class::UNREADABLE, class::UNLISTED, 1, 2, 3, 4, 5, 6, 7, 15];
+        let mut skipped = 0;
+        for read in reads {
+            for writer_read in reads {
+                for f in 0..16u32 {
+                    if !needs_no_judging(read, writer_read, f) {
+                        continue;
+                    }
+                    skipped += 1;
+                    let finding = Finding::from_u32(f);
+                    assert_eq!(finding, Finding::Imdsv2);
+                    for action in [Imdsv1Action::Allow, Imdsv1Action::Log, Imdsv1Action::Deny] {
+                        let v = request_verdict(finding, action);
+                        assert!(
+                            !v.refuse && !v.report && v.stat.is_none(),
+                            "{read:#x} {writer_read:#x} {action:?}"
+                        );
+                    }
+                    for grant in 0..4 {
+                        for c in classes {
+                            assert_eq!(read_class(read, grant, f, c), 0, "{read:#x} grant {grant} class {c}");
+                            assert_eq!(read_class(writer_read, grant, f, c), 0, "{writer_read:#x}");
+                        }
+                    }
+                }
+            }
+        }
+        // All, and "all" with upper bits, as either read: 2 x 2 pairs, one finding.
+        assert_eq!(skipped, 4);
+        // And a restricted read, on either side, or any other finding, is judged.
+        assert!(!needs_no_judging(Read::NoSecrets as u32, 0, Finding::Imdsv2 as u32));
+        assert!(!needs_no_judging(0, crate::rule::listed(1), Finding::Imdsv2 as u32));
+        assert!(!needs_no_judging(0, 0, Finding::Imdsv1 as u32));
+        assert!(!needs_no_judging(0, 0, Finding::TokenPutForwarded as u32));
     }
 
     #[test]

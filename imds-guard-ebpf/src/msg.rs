@@ -22,14 +22,14 @@ use imds_guard_common::{
     creds::PATH_TAIL,
     event::{RequestEvent, TaskInfo, flags, kind},
     http::{Finding, PATH_MAX, Source, copy_window},
-    lists::{Walk, grant},
+    lists::{ReadSlots, Walk, grant},
     path::{classify_with, other_cloud},
     rule::{Identity, Imdsv1Action, Read, list_of},
     sock::{NO_RULE, SCAN_MAX, SockState, token_flag},
     stats::Stat,
     verdict::{
-        ConnectContext, ConnectVerdict, MONITORED_READ, admit, first_refusal, judge_connect, read_class,
-        request_verdict,
+        ConnectContext, ConnectVerdict, MONITORED_READ, admit, first_refusal, judge_connect,
+        needs_no_judging, read_class, request_verdict,
     },
 };
 
@@ -189,7 +189,48 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
     // below once, not once per way of getting to it.
     let (read, writer_read) = (reads & 0xffff, reads >> 16);
     let judged = crate::judge::opaque(((read | writer_read) & 0xff) | tokenless);
+    // The common request, IMDSv2 on a connection whose workload and writer may read all, needs
+    // no judging past its finding (`needs_no_judging`: let through, nothing counted or reported).
+    let (refuse, finding) = if needs_no_judging(read, writer_read, finding) {
+        (false, Finding::Imdsv2)
+    } else {
+        judge_request(&ctx, st, lists, reads, finding, tokenless, judged)
+    };
+    // Opaque: the verifier walks what follows once, not once per way here.
+    let refuse = crate::judge::opaque(u32::from(refuse)) != 0;
+    let finding = Finding::from_u32(crate::judge::opaque(finding as u32));
+    if !refuse && let Some(cfg) = crate::maps::live_config() {
+        // The path is this request's only where its request line was read as one.
+        let known = matches!(
+            finding,
+            Finding::Imdsv1
+                | Finding::Imdsv2
+                | Finding::TokenPut
+                | Finding::TokenPutForwarded
+                | Finding::Trailing
+                | Finding::OtherCloud
+        );
+        crate::creds::request(&ctx, st, cfg, known);
+    }
+    // The message is judged; the next one starts a new request.
+    st.http.reset();
+    if refuse { SK_DROP } else { SK_PASS }
+}
 
+/// Judges a complete request (see `judge_write`): what `request_verdict` and the two `read`s say
+/// of it, counted and reported. Returns whether it is refused, and its finding (another cloud's
+/// where its path says so).
+#[inline(always)]
+fn judge_request(
+    ctx: &SkMsgContext,
+    st: &mut SockState,
+    lists: &ReadSlots,
+    reads: u32,
+    finding: u32,
+    tokenless: u32,
+    judged: u32,
+) -> (bool, Finding) {
+    let (read, writer_read) = (reads & 0xffff, reads >> 16);
     // The `read` lists are walked in the classifier's loop, those of the generation that judged
     // the connect (a writer judged under another generation finds none of them: refused).
     let mut walk = Walk::new(lists, st.generation);
@@ -234,26 +275,11 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
     let refuse = v.refuse || denied_read.is_some_and(|(_, enforce)| enforce);
     if let Some((class, enforce)) = denied_read {
         count(Stat::RequestsDenied);
-        report(&ctx, st, finding, enforce, class);
+        report(ctx, st, finding, enforce, class);
     } else if v.report {
-        report(&ctx, st, finding, v.refuse, 0);
+        report(ctx, st, finding, v.refuse, 0);
     }
-    if !refuse && let Some(cfg) = crate::maps::live_config() {
-        // The path is this request's only where its request line was read as one.
-        let known = matches!(
-            finding,
-            Finding::Imdsv1
-                | Finding::Imdsv2
-                | Finding::TokenPut
-                | Finding::TokenPutForwarded
-                | Finding::Trailing
-                | Finding::OtherCloud
-        );
-        crate::creds::request(&ctx, st, cfg, known);
-    }
-    // The message is judged; the next one starts a new request.
-    st.http.reset();
-    if refuse { SK_DROP } else { SK_PASS }
+    (refuse, finding)
 }
 
 /// Judges a writer that is not the process that connected, or whose ids changed since (a socket
