@@ -1820,6 +1820,33 @@ const ANALYSIS: &str = r#"
   949–1,228 in the other three): in it each warm batch follows a batch of requests on new
   connections and a policy reload, and its mean includes the batch's token request and first
   request, both on new connections.
+- **Two things the common request no longer does** (2026-12-06, session 41). The pull:
+  `bpf_msg_pull_data` is called only where data..data_end does not already cover what the scan
+  reads (the kernel leaves both null where a write's first part is pages it shares with user
+  space, `sendfile`/`splice` before 6.5, so a covered range is always the kernel's own copy):
+  one helper call fewer on every write of one small `send`. And judging: an IMDSv2 request on a
+  connection whose workload and writer may read everything (`needs_no_judging`, checked on the
+  host against every `read`, finding, treatment and path class) goes from its finding straight
+  to the credentials bookkeeping. Over four alternating rounds of `--requests` each, the warm
+  request's lowest batches went from 537–567 to 501–530 ns (the pull), then from 551–566 to
+  512–530 (judging, against the first change's build); the idle request's lowest batches came
+  down with them (1,227–1,636 → 1,150–1,534 for judging). The hook verifies in 471,000
+  instructions on 6.18 (519,600 before). Tried and not kept: the scan's position hidden from the
+  verifier by adding a zero it cannot see and masking (two operations a word) instead of its
+  round trip through the socket's storage: 472,000 instructions, but lowest batches of 548–561
+  ns against 506–537. **The full bench against `--requests`**: three runs of the full bench
+  that also measured the metadata rows before its first section (64 rounds of 50,000 connects,
+  sends and `setsockopt`s with empty programs attached and detached) and again after its own
+  rows gave warm medians of 729, 1,089 and 586 ns before, 1,021, 917 and 627 in place, 906,
+  1,146 and 766 after (lowest batches 555, 633, 501; 607, 563, 553; 604, 604, 526); a storm of
+  the first section's connects inside `--requests` (8 to 32 rounds, no empty programs) left the
+  warm request where it was in one run and slower in another; and a warm batch right after a
+  policy reload, a second after one, or right after a batch of requests on new connections (as
+  each of the full bench's warm batches comes), three rounds of five each, stayed within the
+  spread of ten plain batches run in between (506–1,170 ns in one run). No section is shown to
+  slow the row down: what moves it is the machine (the same build's `--requests` medians ranged
+  516–1,108 ns within the hour, its lowest batches 492–676, the floor's 74–110; the VM's kernel
+  runs DAMON's proactive reclaim, `kdamond`, and shares its host).
 - **A restricted `read`** judges each complete request's path as well: a second walk, over the
   path only (~35 bytes here), through the path automaton and, for a list, the lists' automata.
   Its batches are interleaved with those of a workload that reads all (one of each per round)
