@@ -1846,7 +1846,13 @@ const ANALYSIS: &str = r#"
   spread of ten plain batches run in between (506–1,170 ns in one run). No section is shown to
   slow the row down: what moves it is the machine (the same build's `--requests` medians ranged
   516–1,108 ns within the hour, its lowest batches 492–676, the floor's 74–110; the VM's kernel
-  runs DAMON's proactive reclaim, `kdamond`, and shares its host).
+  runs DAMON's proactive reclaim, `kdamond`, and shares its host). What a cold request waits
+  for is not the scan's tables: counted on the host (every load of `TABLE`, `WORDS` and the
+  byte classes recorded), a request like this bench's (185 bytes) touches 13 cache lines of
+  them (5 bytes stepped), curl's 15 and botocore's 15, where cut builds put the scan's share of
+  a cold request at ~1 µs against ~200 ns warm; the code it runs (the JIT image is ~28 KB; a
+  stepped word's eight bytes, the path's copy and the credentials matcher are unrolled) is the
+  likelier cost, and the lever for the cold and idle rows.
 - **A restricted `read`** judges each complete request's path as well: a second walk, over the
   path only (~35 bytes here), through the path automaton and, for a list, the lists' automata.
   Its batches are interleaved with those of a workload that reads all (one of each per round)
