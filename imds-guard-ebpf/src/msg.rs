@@ -179,22 +179,14 @@ fn judge_write(ctx: SkMsgContext, seen: &mut *mut SockState) -> u32 {
     if !finding.is_final() {
         return SK_PASS; // the header block goes on in the next write
     }
-    // What the path reads: for `read`, and for a tokenless request, whose path may be another
-    // cloud's. Opaque before and after, so that the verifier walks the path's loop once or twice,
-    // not once per finding, and what follows once.
-    let tokenless = crate::judge::opaque(u32::from(finding == Finding::Imdsv1));
+    // Opaque, so that the verifier walks what follows once or twice, not once per finding.
     let finding = crate::judge::opaque(finding as u32);
-    // Whether the path must be judged: a `read` other than "all" (encoded 0 in its low byte), or
-    // a tokenless request. Without a branch per case, and opaque: the verifier walks the loop
-    // below once, not once per way of getting to it.
-    let (read, writer_read) = (reads & 0xffff, reads >> 16);
-    let judged = crate::judge::opaque(((read | writer_read) & 0xff) | tokenless);
     // The common request, IMDSv2 on a connection whose workload and writer may read all, needs
     // no judging past its finding (`needs_no_judging`: let through, nothing counted or reported).
-    let (refuse, finding) = if needs_no_judging(read, writer_read, finding) {
+    let (refuse, finding) = if needs_no_judging(reads & 0xffff, reads >> 16, finding) {
         (false, Finding::Imdsv2)
     } else {
-        judge_request(&ctx, st, lists, reads, finding, tokenless, judged)
+        judge_request(&ctx, st, lists, reads, finding)
     };
     // Opaque: the verifier walks what follows once, not once per way here.
     let refuse = crate::judge::opaque(u32::from(refuse)) != 0;
@@ -227,10 +219,16 @@ fn judge_request(
     lists: &ReadSlots,
     reads: u32,
     finding: u32,
-    tokenless: u32,
-    judged: u32,
 ) -> (bool, Finding) {
+    // What the path reads: for `read`, and for a tokenless request, whose path may be another
+    // cloud's. Opaque, so that the verifier walks the path's loop once or twice, not once per
+    // finding, and what follows once.
+    let tokenless = crate::judge::opaque(u32::from(finding == Finding::Imdsv1 as u32));
+    // Whether the path must be judged: a `read` other than "all" (encoded 0 in its low byte), or
+    // a tokenless request. Without a branch per case, and opaque: the verifier walks the loop
+    // below once, not once per way of getting to it.
     let (read, writer_read) = (reads & 0xffff, reads >> 16);
+    let judged = crate::judge::opaque(((read | writer_read) & 0xff) | tokenless);
     // The `read` lists are walked in the classifier's loop, those of the generation that judged
     // the connect (a writer judged under another generation finds none of them: refused).
     let mut walk = Walk::new(lists, st.generation);

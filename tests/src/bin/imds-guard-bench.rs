@@ -1809,8 +1809,8 @@ const ANALYSIS: &str = r#"
   that returns after the scan without resetting the connection's state leaves it final, and
   every later request on the connection is then not scanned at all (such a build measured
   294–345 ns). Two changes that take instructions off the scan's loop did not move the warm
-  request out of the noise and were not kept: a header value's word taken together with the next where that one is of the
-  run too (5 of 11 such turns fewer on this request, 16 of 33 on botocore's; 180 → 164 ns hot
+  request out of the noise and were not kept: a header value's word taken together with the
+  next where that one is of the run too (5 of 11 such turns fewer on this request, 16 of 33 on botocore's; 180 → 164 ns hot
   on the host for botocore; the hook verified in 562,000 instructions instead of 520,000):
   lowest batches 548–571 against 525–553 ns over four rounds; and the block's end folded into
   the loop's bound (two instructions fewer a turn): 512–601 against 540–557 over three.
@@ -1829,16 +1829,15 @@ const ANALYSIS: &str = r#"
   host against every `read`, finding, treatment and path class) goes from its finding straight
   to the credentials bookkeeping. Over four alternating rounds of `--requests` each, the warm
   request's lowest batches went from 537–567 (865 in a fourth, noisy round) to 501–530 ns (the
-  pull), then from 551–566 to
-  512–530 (judging, against the first change's build); the idle request's lowest batches came
-  down with them (1,227–1,636 → 1,150–1,534 for judging). The hook verifies in 471,000
-  instructions on 6.18 (519,600 before). Tried and not kept: the scan's position hidden from the
+  pull), then from 551–566 to 512–530 (judging, against the first change's build); the idle
+  request's lowest batches came down with them (1,227–1,636 → 1,150–1,534 for judging). The
+  hook verifies in 473,000 instructions on 6.18 (519,600 before). Tried and not kept: the scan's position hidden from the
   verifier by adding a zero it cannot see and masking (two operations a word) instead of its
   round trip through the socket's storage: 472,000 instructions, but lowest batches of 548–561
   ns (1,033 in a fourth round) against 506–537. **The full bench against `--requests`**: three
   runs of the full bench that also measured the metadata rows before its first section (64
-  rounds of 50,000 connects,
-  sends and `setsockopt`s with empty programs attached and detached) and again after its own
+  rounds of 50,000 connects, sends and `setsockopt`s with empty programs attached and detached)
+  and again after its own
   rows gave warm medians of 729, 1,089 and 586 ns before, 1,021, 917 and 627 in place, 906,
   1,146 and 766 after (lowest batches 555, 633, 501; 607, 563, 553; 604, 604, 526); a storm of
   the first section's connects inside `--requests` (8 to 32 rounds, no empty programs) left the
