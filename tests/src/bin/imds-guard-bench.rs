@@ -215,6 +215,13 @@ fn worker(args: &[String]) {
                 )
             };
             let mut buf = Vec::new();
+            // The first request on the connection is cold (the connection's state is new), and
+            // the token's came on a connection of its own: neither is what these rows measure.
+            // Both are made before the bench's first snapshot (`run_batch`: the worker says it
+            // is steady and waits for a line).
+            s.write_all(req.as_bytes()).unwrap();
+            read_response(&mut s, &mut buf);
+            steady();
             // With "idle": each request written 2 ms after the last response (what a cold
             // request waits, here): the CPU idles in between, the connection stays the same.
             let idle = args.get(2).is_some_and(|a| a == "idle");
@@ -279,6 +286,19 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// What a worker whose first steps are not to be measured prints when they are done: it then
+/// waits for a line on its stdin (`run_batch` takes its first snapshot in between; where the
+/// stdin is empty, as with `run_worker`, it goes straight on).
+const STEADY: &str = "{\"steady\":true}";
+
+/// Says [`STEADY`] and waits for the go-ahead.
+fn steady() {
+    println!("{STEADY}");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("read the go-ahead");
+}
+
 /// One request on a fresh connection; the response body.
 /// Reads one response with a `Content-Length` from a kept-alive connection (into `buf`, cleared).
 fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) {
@@ -328,7 +348,10 @@ fn run_worker(sb: &Sandbox, uid: u32, cgroup: &Path, args: &[&str]) -> Value {
     let out =
         sb.client(uid, uid).at_cgroup(cgroup).command(SELF_EXE).arg("worker").args(args).output().unwrap();
     assert!(out.status.success(), "worker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("worker {args:?} output: {e}"))
+    // The last line: a worker may say it is steady first (see `STEADY`).
+    let out = String::from_utf8_lossy(&out.stdout);
+    let last = out.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("worker {args:?} output: {e}: {last}"))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -1291,11 +1314,40 @@ fn msg_floor(sb: &Sandbox, batches: usize, idle: bool) -> Batched {
     Batched::of(&per)
 }
 
-/// Runs `worker` once in the sandbox's cgroup: the run statistics before and after.
+/// Runs `worker` once in the sandbox's cgroup: the run statistics before and after (before: once
+/// the worker says it is steady, where it does, see [`STEADY`]).
 fn run_batch(sb: &Sandbox, ours: &BTreeMap<&'static str, u32>, worker: &[&str]) -> (Snap, Snap) {
-    let a = snap(ours);
-    run_worker(sb, 0, &sb.cgroup, worker);
-    (a, snap(ours))
+    use std::io::BufRead as _;
+    assert!(!STOP.load(std::sync::atomic::Ordering::Relaxed), "interrupted");
+    let mut a = snap(ours);
+    let mut child = sb
+        .client(0, 0)
+        .at_cgroup(&sb.cgroup)
+        .command(SELF_EXE)
+        .arg("worker")
+        .args(worker)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut last = String::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        if line.trim_end() == STEADY {
+            a = snap(ours);
+            stdin.take().unwrap().write_all(b"go\n").unwrap();
+        } else {
+            last = line.clone();
+        }
+        line.clear();
+    }
+    assert!(child.wait().unwrap().success(), "worker {worker:?} failed");
+    let b = snap(ours);
+    let _: Value =
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("worker {worker:?} output: {e}: {last}"));
+    (a, b)
 }
 
 /// What [`batched`] measured of one program.
@@ -1423,8 +1475,9 @@ fn markdown(r: &Value) -> String {
          arrangement), of the pair's mean difference; then the median difference of each arrangement and \
          the range over those rounds. ns/run: medians of the same rounds. The metadata path's rows: the \
          median of 10 batches' means (a batch: 50 IMDSv2 token fetches and requests, each on a new \
-         connection, or 200 requests on one kept-alive connection; one batch of each policy per round, in \
-         rotating order), their range in the range column; a restricted `read`'s cost over reading all \
+         connection, or 200 requests on one kept-alive connection, 100 for the idle row, counted from \
+         after the connection's first request and the token's, which are cold; one batch of each policy \
+         per round, in rotating order), their range in the range column; a restricted `read`'s cost over reading all \
          is the median of the rounds' differences. The message hook's rows show beside them an empty \
          sk_msg program's median over 10 batches of writes of the warm request's size on a loopback \
          connection (its floor: mostly the two clock reads of run statistics) and what the hook costs \
