@@ -1907,6 +1907,19 @@ const ANALYSIS: &str = r#"
   a cold request at ~1 µs against ~200 ns warm; the code it runs (the JIT image is ~28 KB; a
   stepped word's eight bytes, the path's copy and the credentials matcher are unrolled) is the
   likelier cost, and the lever for the cold and idle rows.
+- **The kept-alive rows count from the connection's second request** (2026-12-06, session 42).
+  Until then each warm and idle batch's mean included the token's request (on a connection of
+  its own) and the kept connection's first request, both cold (~3 µs): 2 of 201 runs, 25–40 ns
+  of the warm row. The worker now makes both before the bench's first snapshot. Over three
+  alternating rounds of `--requests` the warm request's lowest batches were 473–539 ns against
+  517–557. What moves the warm row's median is not the client's CPU idling between requests (a
+  vCPU that idles exits to the hypervisor): a client that spun on its socket instead of blocking
+  had lowest batches of 469–507 ns against 496–607 and medians of 495, 772 and 911 against 571,
+  544 and 960 over three alternating rounds; in the third, every row was slower, the empty
+  program's too (75 → 91 ns). The scan's turn for a word taken whole is 51 instructions as the
+  kernel keeps them (`bpftool prog dump xlated`), 12 of them loads and stores of the stack or
+  the socket's storage: the position's round trip, the message's bound, and the counts, the
+  loop's counter and its limits spilled (BPF has ten registers; the loop keeps nine values live).
 - **A restricted `read`** judges each complete request's path as well: a second walk, over the
   path only (~35 bytes here), through the path automaton and, for a list, the lists' automata.
   Its batches are interleaved with those of a workload that reads all (one of each per round)
