@@ -299,7 +299,6 @@ fn steady() {
     std::io::stdin().read_line(&mut line).expect("read the go-ahead");
 }
 
-/// One request on a fresh connection; the response body.
 /// Reads one response with a `Content-Length` from a kept-alive connection (into `buf`, cleared).
 fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) {
     buf.clear();
@@ -322,6 +321,7 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) {
     }
 }
 
+/// One request on a fresh connection; the response body.
 fn http(req: &str) -> String {
     let mut s = TcpStream::connect(("169.254.169.254", 80)).expect("connect to the fake IMDS");
     s.write_all(req.as_bytes()).unwrap();
@@ -1477,8 +1477,8 @@ fn markdown(r: &Value) -> String {
          median of 10 batches' means (a batch: 50 IMDSv2 token fetches and requests, each on a new \
          connection, or 200 requests on one kept-alive connection, 100 for the idle row, counted from \
          after the connection's first request and the token's, which are cold; one batch of each policy \
-         per round, in rotating order), their range in the range column; a restricted `read`'s cost over reading all \
-         is the median of the rounds' differences. The message hook's rows show beside them an empty \
+         per round, in rotating order), their range in the range column; a restricted `read`'s cost \
+         over reading all is the median of the rounds' differences. The message hook's rows show beside them an empty \
          sk_msg program's median over 10 batches of writes of the warm request's size on a loopback \
          connection (its floor: mostly the two clock reads of run statistics) and what the hook costs \
          over it: 200 writes back to back for the kept-alive rows written back to back, 100 each 2 ms \
