@@ -1938,6 +1938,9 @@ const ANALYSIS: &str = r#"
   against the hook as it is: the warm request's median and lowest batch no different (paired
   differences +0 and −18 ns, lower in 5 rounds of 10); the idle request's lowest batch 147 ns
   lower (8 of 10), its median 284 ns (6 of 10), the cold request's median 228 ns (6 of 10).
+  In the run that wrote this file (the same day) the connect rate's ratio read 0.936, with the
+  empty programs alone at 0.940 and imds-guard over them at 1.000: the machine's drift from round
+  to round, not the guard (1.021, 1.031 and 0.997 in the run before).
 - **A restricted `read`** judges each complete request's path as well: a second walk, over the
   path only (~35 bytes here), through the path automaton and, for a list, the lists' automata.
   Its batches are interleaved with those of a workload that reads all (one of each per round)
