@@ -344,13 +344,22 @@ extern "C" fn on_signal(_: libc::c_int) {
 const SELF_EXE: &str = "/proc/self/exe";
 
 fn run_worker(sb: &Sandbox, uid: u32, cgroup: &Path, args: &[&str]) -> Value {
-    assert!(!STOP.load(std::sync::atomic::Ordering::Relaxed), "interrupted");
-    let out =
-        sb.client(uid, uid).at_cgroup(cgroup).command(SELF_EXE).arg("worker").args(args).output().unwrap();
+    let out = worker_command(sb, uid, cgroup, args).output().unwrap();
     assert!(out.status.success(), "worker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    // The last line: a worker may say it is steady first (see `STEADY`).
-    let out = String::from_utf8_lossy(&out.stdout);
-    let last = out.lines().last().unwrap_or_default();
+    worker_result(args, &String::from_utf8_lossy(&out.stdout))
+}
+
+/// The bench itself as `worker <args>`, in `cgroup` and the sandbox's namespace as `uid`.
+fn worker_command(sb: &Sandbox, uid: u32, cgroup: &Path, args: &[&str]) -> Command {
+    assert!(!STOP.load(std::sync::atomic::Ordering::Relaxed), "interrupted");
+    let mut cmd = sb.client(uid, uid).at_cgroup(cgroup).command(SELF_EXE);
+    cmd.arg("worker").args(args);
+    cmd
+}
+
+/// A worker's result: its last line of output (it may say it is steady first, see `STEADY`).
+fn worker_result(args: &[&str], stdout: &str) -> Value {
+    let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("worker {args:?} output: {e}: {last}"))
 }
 
@@ -1317,36 +1326,25 @@ fn msg_floor(sb: &Sandbox, batches: usize, idle: bool) -> Batched {
 /// Runs `worker` once in the sandbox's cgroup: the run statistics before and after (before: once
 /// the worker says it is steady, where it does, see [`STEADY`]).
 fn run_batch(sb: &Sandbox, ours: &BTreeMap<&'static str, u32>, worker: &[&str]) -> (Snap, Snap) {
-    use std::io::BufRead as _;
-    assert!(!STOP.load(std::sync::atomic::Ordering::Relaxed), "interrupted");
+    use std::{io::BufRead as _, process::Stdio};
     let mut a = snap(ours);
-    let mut child = sb
-        .client(0, 0)
-        .at_cgroup(&sb.cgroup)
-        .command(SELF_EXE)
-        .arg("worker")
-        .args(worker)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+    let mut child = worker_command(sb, 0, &sb.cgroup, worker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut last = String::new();
-    let mut line = String::new();
-    while out.read_line(&mut line).unwrap() > 0 {
-        if line.trim_end() == STEADY {
+    let mut all = String::new();
+    while out.read_line(&mut all).unwrap() > 0 {
+        if all.lines().last() == Some(STEADY) {
             a = snap(ours);
             stdin.take().unwrap().write_all(b"go\n").unwrap();
-        } else {
-            last = line.clone();
         }
-        line.clear();
     }
     assert!(child.wait().unwrap().success(), "worker {worker:?} failed");
     let b = snap(ours);
-    let _: Value =
-        serde_json::from_str(&last).unwrap_or_else(|e| panic!("worker {worker:?} output: {e}: {last}"));
+    worker_result(worker, &all);
     (a, b)
 }
 
@@ -1478,7 +1476,8 @@ fn markdown(r: &Value) -> String {
          connection, or 200 requests on one kept-alive connection, 100 for the idle row, counted from \
          after the connection's first request and the token's, which are cold; one batch of each policy \
          per round, in rotating order), their range in the range column; a restricted `read`'s cost \
-         over reading all is the median of the rounds' differences. The message hook's rows show beside them an empty \
+         over reading all is the median of the rounds' differences. The message hook's rows show beside \
+         them an empty \
          sk_msg program's median over 10 batches of writes of the warm request's size on a loopback \
          connection (its floor: mostly the two clock reads of run statistics) and what the hook costs \
          over it: 200 writes back to back for the kept-alive rows written back to back, 100 each 2 ms \
@@ -1661,7 +1660,8 @@ const ANALYSIS: &str = r#"
   with them off, as production does.
 - **Order.** The programs of a hook run one after the other on the same connect, and a program's
   time per run depends on its place in the cgroup's effective array: the one that runs first is
-  slower (most likely it brings the connect's data and the dispatch's into the cache). The kernel runs a cgroup's own programs before
+  slower (most likely it brings the connect's data and the dispatch's into the cache). The kernel
+  runs a cgroup's own programs before
   its ancestors' (`compute_effective_progs`), and those of one cgroup in attach order, so the
   rounds alternate between empty programs attached after the daemon's on the sandbox cgroup and
   empty programs on a child cgroup of it (bpftool's effective query checks the order each round;
@@ -1773,7 +1773,8 @@ const ANALYSIS: &str = r#"
   linear, +30 ns; reading the clock to mark the scan slot, +100 ns; copying the write into the
   slot (`bpf_probe_read_kernel`), +90 ns; the scan, +530 ns; judging, +50–100 ns; the
   credentials bookkeeping, +100 ns. The slot is no longer marked with the clock (since: two atomic
-  adds around the copy, which close a preemption gap, docs/SECURITY.md), the watch of a credentials request is looked up
+  adds around the copy, which close a preemption gap, docs/SECURITY.md), the watch of a credentials
+  request is looked up
   only when the connection made one (a flag in its storage), and the credentials matcher skips a
   word of the path with no `c`, `C` or `%` from its start state. The scan takes a header name's
   next 8 bytes (the token header's, the TTL header's), in any case, as one word: one table entry
@@ -1863,7 +1864,8 @@ const ANALYSIS: &str = r#"
   every later request on the connection is then not scanned at all (such a build measured
   294–345 ns). Two changes that take instructions off the scan's loop did not move the warm
   request out of the noise and were not kept: a header value's word taken together with the
-  next where that one is of the run too (5 of 11 such turns fewer on this request, 16 of 33 on botocore's; 180 → 164 ns hot
+  next where that one is of the run too (5 of 11 such turns fewer on this request, 16 of 33 on
+  botocore's; 180 → 164 ns hot
   on the host for botocore; the hook verified in 562,000 instructions instead of 520,000):
   lowest batches 548–571 against 525–553 ns over four rounds; and the block's end folded into
   the loop's bound (two instructions fewer a turn): 512–601 against 540–557 over three.
@@ -1884,7 +1886,8 @@ const ANALYSIS: &str = r#"
   request's lowest batches went from 537–567 (865 in a fourth, noisy round) to 501–530 ns (the
   pull), then from 551–566 to 512–530 (judging, against the first change's build); the idle
   request's lowest batches came down with them (1,227–1,636 → 1,150–1,534 for judging). The
-  hook verifies in 473,000 instructions on 6.18 (519,600 before). Tried and not kept: the scan's position hidden from the
+  hook verifies in 473,000 instructions on 6.18 (519,600 before). Tried and not kept: the scan's
+  position hidden from the
   verifier by adding a zero it cannot see and masking (two operations a word) instead of its
   round trip through the socket's storage: 472,000 instructions, but lowest batches of 548–561
   ns (1,033 in a fourth round) against 506–537. **The full bench against `--requests`**: three
@@ -1934,7 +1937,8 @@ const ANALYSIS: &str = r#"
   took 3.4 KB off the hook's 43.9 KB of instructions at no cost to the verifier, the
   credentials matcher's words 1.6 KB for 6 % more instructions verified, a stepped word's
   bytes 0.6 KB for 31 % more. Over four rounds, neither the first alone nor the first two
-  together moved any row out of the noise. All three together (654,000 instructions verified), over ten alternating rounds
+  together moved any row out of the noise. All three together (654,000 instructions verified), over
+  ten alternating rounds
   against the hook as it is: the warm request's median and lowest batch no different (paired
   differences +0 and −18 ns, lower in 5 rounds of 10); the idle request's lowest batch 147 ns
   lower (8 of 10), its median 284 ns (6 of 10), the cold request's median 228 ns (6 of 10).
