@@ -177,14 +177,6 @@ const NEEDLE_SLACK: usize = 256;
 #[inline(always)]
 #[must_use]
 pub fn needle_words<const W: usize>(mut s: u32, words: &[u64; W], len: u32) -> u32 {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    // Non-zero exactly when a byte of `word` is `b` (the zero-byte test on the word xor'ed with
-    // `b` in every byte).
-    let has = |word: u64, b: u8| {
-        let x = word ^ (ONES * u64::from(b));
-        x.wrapping_sub(ONES) & !x & HIGHS
-    };
     let full = len / 8;
     let mut q = 0u32;
     while (q as usize) < W {
@@ -193,7 +185,7 @@ pub fn needle_words<const W: usize>(mut s: u32, words: &[u64; W], len: u32) -> u
         }
         let word = words[q as usize];
         // Non-zero unless the matcher is at its start and no byte of the word could move it.
-        let stirs = u64::from(s) | has(word, b'c') | has(word, b'C') | has(word, b'%');
+        let stirs = u64::from(s) | has_byte(word, b'c') | has_byte(word, b'C') | has_byte(word, b'%');
         if stirs != 0 && s != FOUND_STATE {
             let mut j = 0;
             while j < 8 {
@@ -216,6 +208,63 @@ pub fn needle_words<const W: usize>(mut s: u32, words: &[u64; W], len: u32) -> u
         }
     }
     s
+}
+
+/// What [`letters`] gathers over a path's parts: where its words hold a `c` and an `r`, each in
+/// either case (or a `%`, counted as both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Letters {
+    c: u64,
+    r: u64,
+}
+
+impl Letters {
+    /// Whether the matcher could find `credentials` in what was gathered: the bytes hold a `c`
+    /// and an `r`, in either case, or a `%`. False is exact (the matcher then finds nothing);
+    /// true says only that it must be run. No branch.
+    #[inline(always)]
+    #[must_use]
+    pub const fn may_match(self) -> bool {
+        // 1 where non-zero: the top bit of `x | -x`.
+        let (c, r) = ((self.c | self.c.wrapping_neg()) >> 63, (self.r | self.r.wrapping_neg()) >> 63);
+        c & r != 0
+    }
+}
+
+/// A quick test before the matcher ([`needle_words`], same arguments): gathers into `acc` where
+/// the first `len` bytes of `words` hold a `c`, an `r` or a `%` (and maybe some bytes after them,
+/// in the word `len` ends in: those can make [`Letters::may_match`] true, never false). Most
+/// paths a workload reads (the instance id, the region, the AMI, the MAC addresses) hold no `c`
+/// or no `r`, and skip the matcher and its byte walk: three SWAR tests a word, one branch.
+#[inline(always)]
+#[must_use]
+pub fn letters<const W: usize>(mut acc: Letters, words: &[u64; W], len: u32) -> Letters {
+    // The letters' case bit, set in every byte: `C` becomes `c`, `R` `r`; no other byte becomes
+    // either (`%` has the bit already).
+    const CASE: u64 = u64::from_le_bytes([0x20; 8]);
+    let n = len.div_ceil(8);
+    let mut q = 0u32;
+    while (q as usize) < W {
+        if q >= n {
+            break;
+        }
+        let word = words[q as usize];
+        let pct = has_byte(word, b'%');
+        acc.c |= has_byte(word | CASE, b'c') | pct;
+        acc.r |= has_byte(word | CASE, b'r') | pct;
+        q += 1;
+    }
+    acc
+}
+
+/// Non-zero exactly when a byte of `word` is `b` (the zero-byte test on the word xor'ed with `b`
+/// in every byte).
+#[inline(always)]
+const fn has_byte(word: u64, b: u8) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let x = word ^ (ONES * b as u64);
+    x.wrapping_sub(ONES) & !x & HIGHS
 }
 
 /// The matcher's found state, as [`needle_words`] returns it.

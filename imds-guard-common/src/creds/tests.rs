@@ -409,6 +409,73 @@ proptest::proptest! {
         let s = needle_words(s, &words::<TAIL_WORDS>(&kb), b.len() as u32);
         proptest::prop_assert_eq!(s, byte_walk(byte_walk(0, a), b));
     }
+
+    /// The quick test before the matcher never skips a path the matcher would find, whatever
+    /// the stale bytes after each part; and it skips every path with no `c` or no `r` (either
+    /// case) and no `%`, whatever the stale bytes past the word each part ends in.
+    #[test]
+    fn the_letters_test_skips_only_what_the_matcher_would(
+        path in "[cCrReEdDnNtTiIaAlLsS%/x-]{0,128}",
+        stale in "[cCrR%x]{16}",
+        cut in 0usize..=96,
+    ) {
+        let bytes = path.as_bytes();
+        let cut = cut.min(bytes.len());
+        let (a, b) = bytes.split_at(cut);
+        let b = &b[..b.len().min(PATH_TAIL)];
+        let kept = |part: &[u8]| {
+            let mut k = part.to_vec();
+            k.extend_from_slice(stale.as_bytes());
+            k
+        };
+        let (ka, kb) = (kept(a), kept(b));
+        let (la, lb) = (a.len() as u32, b.len() as u32);
+        let acc = letters(letters(Letters::default(), &words::<PATH_WORDS>(&ka), la), &words::<TAIL_WORDS>(&kb), lb);
+        let s = needle_words(needle_words(0, &words::<PATH_WORDS>(&ka), la), &words::<TAIL_WORDS>(&kb), lb);
+        if found(s) {
+            proptest::prop_assert!(acc.may_match());
+        }
+        // Stale bytes only past each part's last word: then nothing but the part counts.
+        let whole = |part: &[u8]| {
+            let mut k = part.to_vec();
+            k.resize(part.len().div_ceil(8) * 8, b'x');
+            k.extend_from_slice(stale.as_bytes());
+            k
+        };
+        let acc = letters(letters(Letters::default(), &words::<PATH_WORDS>(&whole(a)), la), &words::<TAIL_WORDS>(&whole(b)), lb);
+        let has = |x: u8| a.iter().chain(b).any(|&y| y == b'%' || y.to_ascii_lowercase() == x);
+        proptest::prop_assert_eq!(acc.may_match(), has(b'c') && has(b'r'));
+    }
+}
+
+#[test]
+fn the_letters_test_on_paths_a_workload_reads() {
+    let may = |p: &[u8]| {
+        let (a, b) = p.split_at(p.len().min(crate::http::PATH_MAX));
+        let acc = letters(Letters::default(), &words::<PATH_WORDS>(a), a.len() as u32);
+        letters(acc, &words::<TAIL_WORDS>(b), b.len() as u32).may_match()
+    };
+    for skipped in [
+        &b"/latest/meta-data/instance-id"[..],
+        b"/latest/meta-data/placement/availability-zone",
+        b"/latest/meta-data/local-ipv4",
+        b"/latest/meta-data/ami-id",
+        b"/latest/api/token",
+        b"/",
+    ] {
+        assert!(!may(skipped), "{}", String::from_utf8_lossy(skipped));
+    }
+    for run in [
+        &b"/latest/meta-data/iam/security-credentials/"[..],
+        b"/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+        b"/LATEST/META-DATA/IAM/SECURITY-CREDENTIALS/",
+        b"/latest/meta-data/iam/security-%63redentials/",
+        b"/latest/meta-data/placement/region",
+        // `c` in the kept path, `r` only in its tail.
+        b"/latest/meta-data/c/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxr",
+    ] {
+        assert!(may(run), "{}", String::from_utf8_lossy(run));
+    }
 }
 
 #[test]
