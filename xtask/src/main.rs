@@ -48,6 +48,10 @@ enum Cmd {
         /// (with IMDS_GUARD_LOG=debug, also what the verifier checked of each program).
         #[arg(long)]
         requests: bool,
+        /// With --requests: only this many batches of the warm request (what
+        /// scripts/profile-msg.sh runs in a guest under QEMU's cache simulator).
+        #[arg(long, value_name = "BATCHES", requires = "requests")]
+        warm_only: Option<u32>,
     },
     /// Render the Helm chart (defaults and charts/imds-guard/ci/*.yaml), check that
     /// deploy/daemonset.yaml is the default rendering, validate every manifest against the
@@ -207,8 +211,15 @@ fn main() -> anyhow::Result<()> {
             };
             host.and(matrix).and(real_host)
         }
-        Cmd::Bench { requests: true } => build_and_run(&["--release"], "imds-guard-bench", &["--requests"]),
-        Cmd::Bench { requests: false } => {
+        Cmd::Bench { requests: true, warm_only } => {
+            let n = warm_only.map(|n| n.to_string());
+            let mut args = vec!["--requests"];
+            if let Some(n) = &n {
+                args.extend(["--warm-only", n.as_str()]);
+            }
+            build_and_run(&["--release"], "imds-guard-bench", &args)
+        }
+        Cmd::Bench { requests: false, .. } => {
             std::fs::create_dir_all(root().join("target/bench"))?;
             build_and_run(
                 &["--release"],

@@ -61,7 +61,10 @@ fn main() {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     if args.iter().any(|a| a == "--requests") {
-        requests_only();
+        let warm_only = args.iter().position(|a| a == "--warm-only").map(|i| {
+            args.get(i + 1).and_then(|n| n.parse().ok()).expect("--warm-only takes a number of batches")
+        });
+        requests_only(warm_only);
         return;
     }
     let results = run();
@@ -1099,8 +1102,9 @@ fn run() -> Value {
 }
 
 /// `--requests`: only the metadata path's rows, printed (nothing written): a quick measure while
-/// working on the connect and message hooks.
-fn requests_only() {
+/// working on the connect and message hooks. With `--warm-only N`, only N batches of the warm
+/// request.
+fn requests_only(warm_only: Option<usize>) {
     let sb = Sandbox::new("bench", ImdsMode::Optional).expect("sandbox");
     let small = "[[allow]]\nuid = 0\n";
     let policy = sb.write("policy.toml", small);
@@ -1112,6 +1116,18 @@ fn requests_only() {
         println!("{line}");
     }
     let stats_on = BpfStats::enable();
+    if let Some(n) = warm_only {
+        // Only the warm request, for a profile of it (scripts/profile-msg.sh, which divides what
+        // the hook ran by the runs counted here: the hook runs for nothing else).
+        sb.imds.configure(|o| o.keep_alive = true);
+        let warm = batched(&sb, &ours, &["imds-kept", "200"], &["imdsg_msg"], n);
+        println!(
+            "{:>9.1} ns/run (median of {n} batches; lowest {:.1})  imdsg_msg, warm",
+            warm[0].median, warm[0].low
+        );
+        println!("imdsg_msg runs in all: {}", stats(ours["imdsg_msg"]).1);
+        return;
+    }
     let cold = batched(&sb, &ours, &["imds", "50"], &["imdsg_connect4", "imdsg_msg"], REQUEST_BATCHES);
     sb.imds.configure(|o| o.keep_alive = true);
     let warm = batched(&sb, &ours, &["imds-kept", "200"], &["imdsg_msg"], REQUEST_BATCHES);

@@ -95,6 +95,11 @@ pub fn command(b: &Boot<'_>) -> Command {
         // spent 65-120 s, one emulated CPU busy, between the kernel starting systemd and
         // systemd's first line (the first boot: under 1 s).
         .arg("-no-reboot");
+    // A profiling aid: a TCG plugin (`-plugin <file>[,<arg>=<value>...]`), its output in the run's
+    // plugin.log (scripts/profile-msg.sh runs QEMU's cache simulator this way).
+    if let Some(plugin) = std::env::var_os("IMDSG_QEMU_PLUGIN") {
+        cmd.arg("-plugin").arg(plugin).args(["-d", "plugin", "-D"]).arg(b.run_dir.join("plugin.log"));
+    }
     // A debugging aid: QEMU's monitor on a unix socket (`info registers` shows where a guest
     // that seems stuck spends its time; boot with `--append nokaslr` to look the address up in
     // the kernel's System.map).
