@@ -1961,6 +1961,31 @@ const ANALYSIS: &str = r#"
   In the run that wrote this file (the same day) the connect rate's ratio read 0.936, with the
   empty programs alone at 0.940 and imds-guard over them at 1.000: the machine's drift from round
   to round, not the guard (1.021, 1.031 and 0.997 in the run before).
+- **A warm request counted, not timed** (2026-12-06, session 43). `scripts/profile-msg.sh` runs
+  the 6.12 guest under QEMU's cache simulator (L1 I and D of 32 KiB, L2 of 512 KiB, each 8-way),
+  patched to count each instruction's executions, and maps the hook's JIT image to source lines
+  by the kernel's line table: what one warm request runs, exactly, whatever the machine's noise.
+  Per request of this bench (1,010 runs) before this session's two changes: 2,225 x86
+  instructions in the hook's image, 69 L1 instruction misses (72 code lines run, nearly every
+  one missed on every request: the kernel's TCP path, the fake service and the client evict all
+  of it in between) and 25 L1 data misses, 17 of them loads of the scan's tables, on its chain
+  from one word to the next. The scan's loop and its last bytes are ~1,500 instructions on ~23
+  lines (20 words of a 160-byte request, ~60 instructions a word); the rest is the socket's
+  storage and the writer's check (~60), the path's copy (~75) and the credentials bookkeeping.
+  Two things ran for nothing: the classifier's reset, which the compiler had made a call of
+  `memset` (a BPF-to-BPF call to a byte loop: 107 instructions on two lines of their own, and a
+  return, which this VM's SRSO mitigation makes dear); and the credentials matcher stepping the
+  last bytes of a path that names no credentials (`ce-id`), with its table. The reset is six
+  stores now, and a path with no `c` or no `r` (either case) and no `%` skips the matcher (three
+  SWAR tests a word; property-tested never to skip what the matcher finds). After them: 2,090
+  instructions, 62 instruction misses, 60 lines, 22 data misses; the hook verifies in 469,600
+  instructions on 6.18 (473,000 before). What is left is the scan itself (~70 % of what runs)
+  and its tables' lines (14 data misses, on the chain). In the run that wrote this file (the same
+  hour) the warm row's median was 675 ns (batches 481–1,248) against 864 (538–1,366) in the one
+  before, on a machine slower than then by rows these changes do not touch (start 619 ms against
+  565, later reloads 16.6 ms against 11.8): the timing shows nothing either way. The `read` rows'
+  differences over reading all ran from −539 to +1,489 ns round to round (medians +629 and +944,
+  against +46 and +270 before), on requests whose judging these changes do not touch.
 - **A restricted `read`** judges each complete request's path as well: a second walk, over the
   path only (~35 bytes here), through the path automaton and, for a list, the lists' automata.
   Its batches are interleaved with those of a workload that reads all (one of each per round)
