@@ -234,8 +234,9 @@ impl Letters {
 /// A quick test before the matcher ([`needle_words`], same arguments): gathers into `acc` where
 /// the first `len` bytes of `words` hold a `c`, an `r` or a `%` (and maybe some bytes after them,
 /// in the word `len` ends in: those can make [`Letters::may_match`] true, never false). Most
-/// paths a workload reads (the instance id, the region, the AMI, the MAC addresses) hold no `c`
-/// or no `r`, and skip the matcher and its byte walk: three SWAR tests a word, one branch.
+/// paths a workload reads (the instance id, the availability zone, the AMI, the local address,
+/// the hostname) hold no `c` or no `r`, and skip the matcher and its byte walk: three SWAR tests
+/// a word, one branch. (The region's, `placement/region`, holds both: the matcher runs.)
 #[inline(always)]
 #[must_use]
 pub fn letters<const W: usize>(mut acc: Letters, words: &[u64; W], len: u32) -> Letters {

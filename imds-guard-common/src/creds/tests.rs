@@ -460,6 +460,7 @@ fn the_letters_test_on_paths_a_workload_reads() {
         b"/latest/meta-data/placement/availability-zone",
         b"/latest/meta-data/local-ipv4",
         b"/latest/meta-data/ami-id",
+        b"/latest/meta-data/hostname",
         b"/latest/api/token",
         b"/",
     ] {
