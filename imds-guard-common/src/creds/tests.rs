@@ -362,6 +362,24 @@ fn byte_walk(s: u32, bytes: &[u8]) -> u32 {
 const PATH_WORDS: usize = crate::http::PATH_MAX / 8;
 const TAIL_WORDS: usize = PATH_TAIL / 8;
 
+/// A generated path cut at `cut` (at most its length) into the kept path and its tail (at most
+/// PATH_TAIL bytes of the rest).
+fn cut_path(path: &str, cut: usize) -> (&[u8], &[u8]) {
+    let (a, b) = path.as_bytes().split_at(cut.min(path.len()));
+    (a, &b[..b.len().min(PATH_TAIL)])
+}
+
+/// A part of the kept path as the kernel may hold it: its bytes, then `stale` ones (what the
+/// storage held from before), as words.
+fn kept<const W: usize>(part: &[u8], stale: &str) -> [u64; W] {
+    words(&[part, stale.as_bytes()].concat())
+}
+
+/// The quick test's verdict on a kept path and its tail, as the message hook runs it.
+fn may_match(path: &[u64; PATH_WORDS], path_len: u32, tail: &[u64; TAIL_WORDS], tail_len: u32) -> bool {
+    letters(letters(Letters::default(), path, path_len), tail, tail_len).may_match()
+}
+
 #[test]
 fn the_kernel_s_path_loop_matches() {
     let p =
@@ -396,17 +414,10 @@ proptest::proptest! {
         stale in "[cCrReEdDnNtTiIaAlLsS%]{16}",
         cut in 0usize..=96,
     ) {
-        let bytes = path.as_bytes();
-        let cut = cut.min(bytes.len());
-        let (a, b) = bytes.split_at(cut);
-        let b = &b[..b.len().min(PATH_TAIL)];
-        let mut ka = a.to_vec();
-        ka.extend_from_slice(stale.as_bytes());
-        let mut kb = b.to_vec();
-        kb.extend_from_slice(stale.as_bytes());
-        let s = needle_words(0, &words::<PATH_WORDS>(&ka), a.len() as u32);
+        let (a, b) = cut_path(&path, cut);
+        let s = needle_words(0, &kept::<PATH_WORDS>(a, &stale), a.len() as u32);
         proptest::prop_assert_eq!(s, byte_walk(0, a));
-        let s = needle_words(s, &words::<TAIL_WORDS>(&kb), b.len() as u32);
+        let s = needle_words(s, &kept::<TAIL_WORDS>(b, &stale), b.len() as u32);
         proptest::prop_assert_eq!(s, byte_walk(byte_walk(0, a), b));
     }
 
@@ -419,32 +430,21 @@ proptest::proptest! {
         stale in "[cCrR%x]{16}",
         cut in 0usize..=96,
     ) {
-        let bytes = path.as_bytes();
-        let cut = cut.min(bytes.len());
-        let (a, b) = bytes.split_at(cut);
-        let b = &b[..b.len().min(PATH_TAIL)];
-        let kept = |part: &[u8]| {
-            let mut k = part.to_vec();
-            k.extend_from_slice(stale.as_bytes());
-            k
-        };
-        let (ka, kb) = (kept(a), kept(b));
+        let (a, b) = cut_path(&path, cut);
+        let (ka, kb) = (kept::<PATH_WORDS>(a, &stale), kept::<TAIL_WORDS>(b, &stale));
         let (la, lb) = (a.len() as u32, b.len() as u32);
-        let acc = letters(letters(Letters::default(), &words::<PATH_WORDS>(&ka), la), &words::<TAIL_WORDS>(&kb), lb);
-        let s = needle_words(needle_words(0, &words::<PATH_WORDS>(&ka), la), &words::<TAIL_WORDS>(&kb), lb);
-        if found(s) {
-            proptest::prop_assert!(acc.may_match());
+        if found(needle_words(needle_words(0, &ka, la), &kb, lb)) {
+            proptest::prop_assert!(may_match(&ka, la, &kb, lb));
         }
         // Stale bytes only past each part's last word: then nothing but the part counts.
         let whole = |part: &[u8]| {
             let mut k = part.to_vec();
             k.resize(part.len().div_ceil(8) * 8, b'x');
-            k.extend_from_slice(stale.as_bytes());
             k
         };
-        let acc = letters(letters(Letters::default(), &words::<PATH_WORDS>(&whole(a)), la), &words::<TAIL_WORDS>(&whole(b)), lb);
+        let (ka, kb) = (kept::<PATH_WORDS>(&whole(a), &stale), kept::<TAIL_WORDS>(&whole(b), &stale));
         let has = |x: u8| a.iter().chain(b).any(|&y| y == b'%' || y.to_ascii_lowercase() == x);
-        proptest::prop_assert_eq!(acc.may_match(), has(b'c') && has(b'r'));
+        proptest::prop_assert_eq!(may_match(&ka, la, &kb, lb), has(b'c') && has(b'r'));
     }
 }
 
@@ -452,8 +452,7 @@ proptest::proptest! {
 fn the_letters_test_on_paths_a_workload_reads() {
     let may = |p: &[u8]| {
         let (a, b) = p.split_at(p.len().min(crate::http::PATH_MAX));
-        let acc = letters(Letters::default(), &words::<PATH_WORDS>(a), a.len() as u32);
-        letters(acc, &words::<TAIL_WORDS>(b), b.len() as u32).may_match()
+        may_match(&words(a), a.len() as u32, &words(b), b.len() as u32)
     };
     for skipped in [
         &b"/latest/meta-data/instance-id"[..],
