@@ -690,16 +690,23 @@ unsafe impl Source for Bytes<'_> {
 /// as many of them as the write has there (at most `8 * W`); the rest of `out` keeps what it
 /// held. Whole words, then the last 0..=7 bytes one by one: bounded loops, each access checked
 /// by `src`.
+///
+/// The word loop stays a loop: its bound goes through a stack slot, which the compiler cannot
+/// see through (unrolled, each word copied was code of its own, ~a 64-byte line of it, and the
+/// kernel's TCP path evicts the hook's code between two requests: a line is a miss on every
+/// request). The verifier walks it as before, at most `W` turns (`get_mut` ends it there).
 #[inline(always)]
 pub fn copy_window<S: Source, const W: usize>(src: &mut S, at: usize, len: usize, out: &mut [u64; W]) {
     let mut j = 0;
-    while j < W {
+    let words = hide(W as u64) as usize;
+    while j < words {
         if 8 * j >= len {
             break;
         }
         let Some(p) = src.word(at + 8 * j) else { break };
+        let Some(slot) = out.get_mut(j) else { break };
         // SAFETY: 8 readable bytes (`Source`).
-        out[j] = unsafe { load8(p) };
+        *slot = unsafe { load8(p) };
         j += 1;
     }
     let out = out.as_mut_ptr().cast::<u8>();
