@@ -1986,6 +1986,24 @@ const ANALYSIS: &str = r#"
   565, later reloads 16.6 ms against 11.8): the timing shows nothing either way. The `read` rows'
   differences over reading all ran from −539 to +1,489 ns round to round (medians +629 and +944,
   against +46 and +270 before), on requests whose judging these changes do not touch.
+- **The warm row from run to run; the path's copy a loop** (2026-12-06, session 44). Thirteen
+  runs of `cargo xtask bench --requests` at one build (87916ca), within an hour, put the warm
+  request's median at 461 to 951 ns (712 the median of the thirteen; 600 or less in four), while
+  the empty program's floor in the same runs stayed at 79–104 ns. A run is fast or slow as a
+  whole: its lowest batch was 447 ns in one, 888 in another. Eight of the thirteen pinned the
+  client to one CPU and the fake service's process to one: on CPUs 0 and 1, 461 and 827 ns; on
+  1 and 0, 660 and 704; both on 0, 766 and 771; both on 1, 861 and 556. Where they run does not
+  explain it. The hook moves where the empty program does not, so what sets its time is where
+  its code and data lines are found, and the machine's neighbours decide that: the cache
+  simulator counts 60 code lines and 22 data lines a warm request, nearly all missed on every
+  request. Fewer lines is then the lever that timing here cannot show and the counts can. The
+  path's copy was twelve copies of its body, each word's code after the last (about a 64-byte
+  line a word, 4 words here); it is now one loop, its bound through a stack slot the compiler
+  cannot see through (the verifier can). Counted (`scripts/profile-msg.sh`, 1,010 runs): 2,120
+  instructions a warm request (+30), 58.2 instruction misses (−4.0; 57 lines run, against 60)
+  and 22.7 data misses (+0.6). The hook verifies in 500,200 instructions on 6.18 (469,600
+  before). The same loop was tried for the cold row and not kept, its timing being no different
+  (above); the counts are why it is kept now.
 - **A restricted `read`** judges each complete request's path as well: a second walk, over the
   path only (~35 bytes here), through the path automaton and, for a list, the lists' automata.
   Its batches are interleaved with those of a workload that reads all (one of each per round)
