@@ -1999,7 +1999,8 @@ const ANALYSIS: &str = r#"
   request. Fewer lines is then the lever that timing here cannot show and the counts can. The
   path's copy was twelve copies of its body, each word's code after the last (about a 64-byte
   line a word, 4 words here); it is now one loop, its bound through a stack slot the compiler
-  cannot see through (the verifier can). Counted (`scripts/profile-msg.sh`, 1,010 runs): 2,120
+  cannot see through (the verifier still walks at most 12 turns: the output's bound ends the
+  loop there too). Counted (`scripts/profile-msg.sh`, 1,010 runs): 2,120
   instructions a warm request (+30), 58.2 instruction misses (−4.0; 57 lines run, against 60)
   and 22.7 data misses (+0.6). The hook verifies in 500,200 instructions on 6.18 (469,600
   before). The same loop was tried for the cold row and not kept, its timing being no different
